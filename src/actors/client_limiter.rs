@@ -1,0 +1,366 @@
+//! One client's limiter: an actor holding that client's algorithm state for every endpoint
+//! it has used, its counters, and the statistics not yet written. Check-and-consume is
+//! one message, so concurrent requests of a client can never over-admit.
+//!
+//! Messages:
+//! - [`ClientCheck`] → [`Decision`]: decide one request and consume from the quota.
+//! - [`TakeSnapshot`] → `Option<ClientSnapshot>`: what changed since the last snapshot.
+//! - [`Evict`] → `Option<ClientSnapshot>`: the final snapshot; the actor then stops.
+//! - [`Status`] → [`ClientStatus`]: counters and remaining quota per endpoint.
+
+use super::DecisionEvent;
+use super::db::{Db, LoadClient};
+use crate::clock::{NANOS_PER_SEC, Nanos, SharedClock, rfc3339};
+use crate::limiter::{Algorithm, Decision, Limits, State};
+use crate::policy::{Policy, PolicyTable};
+use crate::stats::GlobalStats;
+use crate::store::{ClientSnapshot, EndpointSnapshot, StatDelta, StoredClient, Totals};
+use actix::prelude::*;
+use serde::Serialize;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Decide one request of this client under `policy`.
+#[derive(Message)]
+#[rtype(result = "Decision")]
+pub struct ClientCheck {
+    pub policy: Arc<Policy>,
+}
+
+/// Hand over a snapshot if anything changed since the last one.
+#[derive(Message)]
+#[rtype(result = "Option<ClientSnapshot>")]
+pub struct TakeSnapshot;
+
+/// Hand over the final snapshot (if anything changed) and stop.
+#[derive(Message)]
+#[rtype(result = "Option<ClientSnapshot>")]
+pub struct Evict;
+
+/// Report counters and quotas under the given configs.
+#[derive(Message)]
+#[rtype(result = "ClientStatus")]
+pub struct Status {
+    pub table: Arc<crate::policy::PolicyTable>,
+}
+
+/// Where a new limiter's state comes from.
+pub enum Restore {
+    /// A client never seen before.
+    Fresh,
+    /// A snapshot the registry still holds in memory.
+    From(StoredClient),
+    /// Ask the database before handling the first check.
+    Load(Addr<Db>),
+}
+
+/// Per endpoint: the algorithm state and the counts of the current minute.
+struct Endpoint {
+    state: State,
+    /// The limits of the last check, to tell when the state expires; `None` for a state
+    /// restored from a snapshot and not checked since.
+    limits: Option<Limits>,
+    /// The restored snapshot's expiry, used while `limits` is `None`.
+    stored_expiry: Nanos,
+    minute: u64,
+    allowed: u64,
+    blocked: u64,
+}
+
+pub struct ClientLimiter {
+    client: Arc<str>,
+    clock: SharedClock,
+    global: Arc<GlobalStats>,
+    events: Option<Recipient<DecisionEvent>>,
+    endpoints: HashMap<Arc<str>, Endpoint>,
+    totals: Totals,
+    /// Counts checks; snapshots carry it so the database keeps the newest.
+    version: u64,
+    /// `version` at the last snapshot: the limiter is dirty when they differ.
+    snapshot_version: u64,
+    /// Per-minute counts of past minutes, waiting for the next snapshot.
+    stats: Vec<StatDelta>,
+    restore: Option<Restore>,
+}
+
+impl ClientLimiter {
+    pub fn new(
+        client: Arc<str>,
+        clock: SharedClock,
+        global: Arc<GlobalStats>,
+        events: Option<Recipient<DecisionEvent>>,
+        restore: Restore,
+    ) -> Self {
+        Self {
+            client,
+            clock,
+            global,
+            events,
+            endpoints: HashMap::new(),
+            totals: Totals::default(),
+            version: 0,
+            snapshot_version: 0,
+            stats: Vec::new(),
+            restore: Some(restore),
+        }
+    }
+
+    fn restore_from(&mut self, stored: StoredClient) {
+        self.version = stored.version;
+        self.snapshot_version = stored.version;
+        self.totals = stored.totals;
+        let minute = self.clock.now() / NANOS_PER_SEC / 60;
+        for e in stored.endpoints {
+            match State::decode(e.algorithm, &e.state) {
+                Some(state) => {
+                    let endpoint = Endpoint {
+                        state,
+                        limits: None,
+                        stored_expiry: e.expires_at,
+                        minute,
+                        allowed: 0,
+                        blocked: 0,
+                    };
+                    self.endpoints.insert(e.endpoint, endpoint);
+                }
+                None => log::warn!(
+                    "client {:?}: unreadable snapshot for endpoint {:?} ignored",
+                    self.client,
+                    e.endpoint
+                ),
+            }
+        }
+    }
+
+    fn snapshot(&mut self) -> Option<ClientSnapshot> {
+        if self.version == self.snapshot_version {
+            return None;
+        }
+        self.snapshot_version = self.version;
+        let now = self.clock.now();
+        let mut endpoints = Vec::with_capacity(self.endpoints.len());
+        let mut stats = std::mem::take(&mut self.stats);
+        for (name, e) in &mut self.endpoints {
+            stats.extend(e.take_counts(name));
+            endpoints.push(EndpointSnapshot {
+                endpoint: name.clone(),
+                algorithm: e.state.algorithm(),
+                state: e.state.encode(),
+                expires_at: e.expires_at(now),
+            });
+        }
+        Some(ClientSnapshot {
+            client: self.client.clone(),
+            version: self.version,
+            totals: self.totals,
+            endpoints,
+            stats,
+        })
+    }
+}
+
+impl Actor for ClientLimiter {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        // Many thousands of checks may queue for a hot client; the default mailbox of 16
+        // would push back on the registry instead of queueing.
+        ctx.set_mailbox_capacity(1024);
+        match self.restore.take() {
+            Some(Restore::From(stored)) => self.restore_from(stored),
+            Some(Restore::Load(db)) => {
+                let msg = LoadClient {
+                    client: self.client.clone(),
+                    now: self.clock.now(),
+                };
+                // `wait`: no check is handled before the state is back.
+                ctx.wait(db.send(msg).into_actor(self).map(|res, act, _| match res {
+                    Ok(Ok(Some(stored))) => act.restore_from(stored),
+                    Ok(Ok(None)) => {}
+                    Ok(Err(e)) => log::error!("restoring client {:?}: {e}", act.client),
+                    Err(e) => log::error!("restoring client {:?}: {e}", act.client),
+                }));
+            }
+            Some(Restore::Fresh) | None => {}
+        }
+    }
+}
+
+impl Handler<ClientCheck> for ClientLimiter {
+    type Result = MessageResult<ClientCheck>;
+
+    fn handle(&mut self, msg: ClientCheck, _: &mut Context<Self>) -> Self::Result {
+        let now = self.clock.now();
+        let policy = &msg.policy;
+        let minute = now / NANOS_PER_SEC / 60;
+        let endpoint = self
+            .endpoints
+            .entry(policy.endpoint.clone())
+            .or_insert_with(|| Endpoint::new(policy.limits, minute));
+        let decision = endpoint.state.check(&policy.limits, now);
+        endpoint.limits = Some(policy.limits);
+        endpoint.count(&policy.endpoint, minute, decision.allowed, &mut self.stats);
+        if !decision.allowed {
+            self.totals.blocked_requests += 1;
+        }
+        self.totals.total_requests += 1;
+        self.totals.last_request = now;
+        self.version += 1;
+        self.global.record(now, decision.allowed);
+        if let Some(sink) = &self.events {
+            sink.do_send(DecisionEvent {
+                client: self.client.clone(),
+                endpoint: policy.endpoint.clone(),
+                decision,
+                at: now,
+            });
+        }
+        MessageResult(decision)
+    }
+}
+
+impl Endpoint {
+    fn new(limits: Limits, minute: u64) -> Self {
+        Endpoint {
+            state: State::new(limits.algorithm),
+            limits: Some(limits),
+            stored_expiry: 0,
+            minute,
+            allowed: 0,
+            blocked: 0,
+        }
+    }
+
+    /// Counts a decision in `minute`, moving the counts of an earlier minute to `out`.
+    fn count(&mut self, name: &Arc<str>, minute: u64, allowed: bool, out: &mut Vec<StatDelta>) {
+        if self.minute != minute {
+            if let Some(delta) = self.take_counts(name) {
+                out.push(delta);
+            }
+            self.minute = minute;
+        }
+        if allowed {
+            self.allowed += 1;
+        } else {
+            self.blocked += 1;
+        }
+    }
+
+    /// When the state will be as good as fresh.
+    fn expires_at(&mut self, now: Nanos) -> Nanos {
+        match self.limits {
+            Some(limits) => now.saturating_add(self.state.peek(&limits, now).reset_after),
+            None => self.stored_expiry,
+        }
+    }
+
+    fn take_counts(&mut self, name: &Arc<str>) -> Option<StatDelta> {
+        (self.allowed + self.blocked > 0).then(|| StatDelta {
+            minute: self.minute,
+            endpoint: name.clone(),
+            allowed: std::mem::take(&mut self.allowed),
+            blocked: std::mem::take(&mut self.blocked),
+        })
+    }
+}
+
+impl Handler<TakeSnapshot> for ClientLimiter {
+    type Result = Option<ClientSnapshot>;
+    fn handle(&mut self, _: TakeSnapshot, _: &mut Context<Self>) -> Self::Result {
+        self.snapshot()
+    }
+}
+
+impl Handler<Evict> for ClientLimiter {
+    type Result = Option<ClientSnapshot>;
+    fn handle(&mut self, _: Evict, ctx: &mut Context<Self>) -> Self::Result {
+        ctx.stop();
+        self.snapshot()
+    }
+}
+
+/// One endpoint of a client, as `/admin/stats/{client_id}` shows it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct EndpointStatus {
+    pub endpoint: String,
+    pub algorithm: Algorithm,
+    pub limit: u64,
+    pub remaining: u64,
+    /// When the quota is fully restored (RFC 3339).
+    pub reset_time: String,
+    /// Seconds until a request would be allowed again (0 while `remaining > 0`).
+    pub retry_after: u64,
+    pub is_active: bool,
+}
+
+/// A client's counters and quotas.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct ClientStatus {
+    pub total_requests: u64,
+    pub blocked_requests: u64,
+    /// RFC 3339, or null if the client never made a request.
+    pub last_request: Option<String>,
+    pub endpoints: Vec<EndpointStatus>,
+}
+
+impl ClientStatus {
+    /// Builds the status from states under today's configs; endpoints whose config was
+    /// deleted are left out.
+    pub fn build<'a>(
+        totals: Totals,
+        states: impl Iterator<Item = (&'a Arc<str>, &'a mut State)>,
+        table: &PolicyTable,
+        now: Nanos,
+    ) -> Self {
+        let mut endpoints: Vec<EndpointStatus> = states
+            .filter_map(|(name, state)| {
+                let policy = table.policy(name)?;
+                let d = state.peek(&policy.limits, now);
+                Some(EndpointStatus {
+                    endpoint: name.to_string(),
+                    algorithm: policy.limits.algorithm,
+                    limit: d.limit,
+                    remaining: d.remaining,
+                    reset_time: rfc3339(now + d.reset_after),
+                    retry_after: crate::clock::ceil_secs(d.retry_after),
+                    is_active: policy.active,
+                })
+            })
+            .collect();
+        endpoints.sort_by(|a, b| a.endpoint.cmp(&b.endpoint));
+        ClientStatus {
+            total_requests: totals.total_requests,
+            blocked_requests: totals.blocked_requests,
+            last_request: (totals.last_request > 0).then(|| rfc3339(totals.last_request)),
+            endpoints,
+        }
+    }
+
+    /// The same from a stored snapshot (a client without a live limiter).
+    pub fn from_stored(stored: StoredClient, table: &PolicyTable, now: Nanos) -> Self {
+        let mut states: Vec<(Arc<str>, State)> = stored
+            .endpoints
+            .into_iter()
+            .filter_map(|e| Some((e.endpoint, State::decode(e.algorithm, &e.state)?)))
+            .collect();
+        Self::build(
+            stored.totals,
+            states.iter_mut().map(|(n, s)| (&*n, s)),
+            table,
+            now,
+        )
+    }
+}
+
+impl Handler<Status> for ClientLimiter {
+    type Result = MessageResult<Status>;
+    fn handle(&mut self, msg: Status, _: &mut Context<Self>) -> Self::Result {
+        let now = self.clock.now();
+        MessageResult(ClientStatus::build(
+            self.totals,
+            self.endpoints.iter_mut().map(|(n, e)| (n, &mut e.state)),
+            &msg.table,
+            now,
+        ))
+    }
+}

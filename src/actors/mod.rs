@@ -1,0 +1,32 @@
+//! The actors: a sharded [`registry`] routes each check to the [`client_limiter`] of its
+//! client, which decides; the [`db`] actor owns SQLite and writes behind, in batches.
+//!
+//! ```text
+//! middleware ── Check ──▶ Registry shard (hash(client) % N, one arbiter each)
+//!                            │ spawns / finds / evicts (LRU, idle)
+//!                            ▼
+//!                      ClientLimiter (one per client, same arbiter as its shard)
+//!                         │ snapshots on Flush / Evict      │ DecisionEvent
+//!                         ▼                                 ▼
+//!                      Db (SyncArbiter, 1 thread)        event sink (the broadcaster)
+//! ```
+
+pub mod client_limiter;
+pub mod db;
+pub mod registry;
+
+use crate::clock::Nanos;
+use crate::limiter::Decision;
+use actix::Message;
+use std::sync::Arc;
+
+/// One decision, as the live feeds will carry it. Every check produces one and hands it
+/// to the event sink, if one is plugged in; sending never waits.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct DecisionEvent {
+    pub client: Arc<str>,
+    pub endpoint: Arc<str>,
+    pub decision: Decision,
+    pub at: Nanos,
+}

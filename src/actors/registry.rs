@@ -1,0 +1,373 @@
+//! Registry shards: each owns the limiters of the clients that hash to it, spawns them on
+//! its own arbiter (so a forwarded check is a same-thread hop), evicts the least recently
+//! used beyond its share of `--max-clients` and those idle for `--client-idle-secs`, and
+//! collects their snapshots into one batch per flush interval.
+//!
+//! Messages:
+//! - [`Check`] → `Result<Decision, LimiterUnavailable>`: route one check to its client.
+//! - [`Flush`] → `Result<usize, String>`: sweep idle clients, snapshot dirty ones, persist
+//!   the batch; answers once the database has committed it (the timer sends it too).
+//! - [`GetClientStatus`] → [`ClientStatus`]: for `/admin/stats/{client_id}`.
+//!
+//! Eviction and restore are ordered so that no consumption is lost in between: the
+//! registry waits (`ctx.wait`) for an evicted limiter's final snapshot before handling
+//! another message, keeps it in `unsent` until it has been queued to the DB actor, and a
+//! returning client is restored from `unsent` or, after that, from the database, whose
+//! single thread handles the write before the read.
+
+use super::DecisionEvent;
+use super::client_limiter::{
+    ClientCheck, ClientLimiter, ClientStatus, Evict, Restore, Status, TakeSnapshot,
+};
+use super::db::{Db, LoadClient, Persist};
+use crate::clock::{NANOS_PER_SEC, Nanos, SharedClock};
+use crate::limiter::Decision;
+use crate::policy::{Policy, PolicyTable};
+use crate::stats::GlobalStats;
+use crate::store::{ClientSnapshot, StoredClient};
+use actix::prelude::*;
+use futures_util::future::join_all;
+use hashlink::LinkedHashMap;
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+/// Decide one request of `client` under `policy`.
+#[derive(Message)]
+#[rtype(result = "Result<Decision, LimiterUnavailable>")]
+pub struct Check {
+    pub client: Arc<str>,
+    pub policy: Arc<Policy>,
+}
+
+/// The client's limiter could not answer (it stopped while the check was queued).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LimiterUnavailable;
+
+/// Evict idle clients, snapshot the dirty ones and persist everything pending.
+#[derive(Message)]
+#[rtype(result = "Result<usize, String>")]
+pub struct Flush;
+
+/// Counters and quotas of one client, live or stored.
+#[derive(Message)]
+#[rtype(result = "ClientStatus")]
+pub struct GetClientStatus {
+    pub client: Arc<str>,
+    pub table: Arc<PolicyTable>,
+}
+
+/// What a shard needs to run.
+#[derive(Clone)]
+pub struct RegistryConfig {
+    pub clock: SharedClock,
+    pub db: Addr<Db>,
+    pub global: Arc<GlobalStats>,
+    pub events: Option<Recipient<DecisionEvent>>,
+    /// Live limiters this shard may hold.
+    pub max_clients: usize,
+    pub idle: Nanos,
+    pub flush_interval: Duration,
+    /// Live limiters over all shards, for `/admin/stats`.
+    pub live_total: Arc<AtomicUsize>,
+}
+
+struct Live {
+    addr: Addr<ClientLimiter>,
+    last_used: Nanos,
+    /// Listed in `Registry::dirty` since the last flush.
+    dirty: bool,
+}
+
+pub struct Registry {
+    config: RegistryConfig,
+    /// Live limiters, least recently used first.
+    live: LinkedHashMap<Arc<str>, Live>,
+    /// Clients checked since the last flush.
+    dirty: Vec<Arc<str>>,
+    /// Snapshots taken but not yet queued to the DB actor.
+    unsent: HashMap<Arc<str>, ClientSnapshot>,
+    /// Hashes of clients the database may hold state for; a hit costs one read on the
+    /// client's first request, a miss (a new client) costs nothing.
+    known: HashSet<u64>,
+}
+
+/// The hash that picks a client's shard and marks it as known.
+pub fn client_hash(client: &str) -> u64 {
+    BuildHasherDefault::<DefaultHasher>::default().hash_one(client)
+}
+
+impl Registry {
+    pub fn new(config: RegistryConfig, known: HashSet<u64>) -> Self {
+        Self {
+            config,
+            live: LinkedHashMap::new(),
+            dirty: Vec::new(),
+            unsent: HashMap::new(),
+            known,
+        }
+    }
+
+    fn spawn(
+        &mut self,
+        client: &Arc<str>,
+        now: Nanos,
+        ctx: &mut Context<Self>,
+    ) -> Addr<ClientLimiter> {
+        if self.live.len() >= self.config.max_clients {
+            let victim = self.live.pop_front();
+            self.evict(victim.into_iter().collect(), ctx);
+        }
+        let restore = if let Some(s) = self.unsent.get(client) {
+            Restore::From(StoredClient {
+                version: s.version,
+                totals: s.totals,
+                endpoints: s.endpoints.clone(),
+            })
+        } else if self.known.contains(&client_hash(client)) {
+            Restore::Load(self.config.db.clone())
+        } else {
+            Restore::Fresh
+        };
+        let c = &self.config;
+        let addr = ClientLimiter::new(
+            client.clone(),
+            c.clock.clone(),
+            c.global.clone(),
+            c.events.clone(),
+            restore,
+        )
+        .start();
+        self.live.insert(
+            client.clone(),
+            Live {
+                addr: addr.clone(),
+                last_used: now,
+                dirty: true,
+            },
+        );
+        self.dirty.push(client.clone());
+        c.live_total.fetch_add(1, Ordering::Relaxed);
+        addr
+    }
+
+    /// Stops the given limiters, waiting for their final snapshots before this shard
+    /// handles anything else.
+    fn evict(&mut self, victims: Vec<(Arc<str>, Live)>, ctx: &mut Context<Self>) {
+        if victims.is_empty() {
+            return;
+        }
+        self.config
+            .live_total
+            .fetch_sub(victims.len(), Ordering::Relaxed);
+        let replies = victims
+            .into_iter()
+            .map(|(client, live)| async move { (client, live.addr.send(Evict).await) });
+        ctx.wait(join_all(replies).into_actor(self).map(|results, act, _| {
+            for (client, reply) in results {
+                match reply {
+                    Ok(snapshot) => act.stash(snapshot),
+                    Err(e) => log::error!("client {client:?}: final snapshot lost: {e}"),
+                }
+            }
+        }));
+    }
+
+    /// Keeps a snapshot for the next batch: the newest state wins, statistics add up.
+    fn stash(&mut self, snapshot: Option<ClientSnapshot>) {
+        let Some(mut new) = snapshot else { return };
+        self.known.insert(client_hash(&new.client));
+        if let Some(old) = self.unsent.get_mut(&new.client) {
+            if old.version > new.version {
+                old.stats.append(&mut new.stats);
+                return;
+            }
+            new.stats.append(&mut old.stats);
+        }
+        self.unsent.insert(new.client.clone(), new);
+    }
+
+    /// One flush: idle sweep, snapshots of dirty limiters, then the batch to the DB actor.
+    /// `done` hears back once the batch is committed.
+    fn flush(
+        &mut self,
+        ctx: &mut Context<Self>,
+        done: Option<oneshot::Sender<Result<usize, String>>>,
+    ) {
+        let now = self.config.clock.now();
+        let mut idle = Vec::new();
+        while let Some((_, live)) = self.live.front() {
+            if live.last_used.saturating_add(self.config.idle) > now {
+                break;
+            }
+            idle.extend(self.live.pop_front());
+        }
+        self.evict(idle, ctx);
+
+        let takes: Vec<_> = std::mem::take(&mut self.dirty)
+            .into_iter()
+            .filter_map(|client| {
+                let live = self.live.get_mut(&client)?;
+                live.dirty = false;
+                Some(live.addr.send(TakeSnapshot))
+            })
+            .collect();
+        ctx.wait(
+            join_all(takes)
+                .into_actor(self)
+                .map(move |replies, act, _| {
+                    for reply in replies {
+                        // A limiter evicted meanwhile answered `Evict` with the same state.
+                        act.stash(reply.ok().flatten());
+                    }
+                    let batch: Vec<ClientSnapshot> = act.unsent.drain().map(|(_, s)| s).collect();
+                    if batch.is_empty() {
+                        if let Some(done) = done {
+                            let _ = done.send(Ok(0));
+                        }
+                        return;
+                    }
+                    // `do_send` queues at once, ahead of any restore read that follows.
+                    act.config.db.do_send(Persist { batch, done });
+                }),
+        );
+    }
+}
+
+impl Actor for Registry {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        // Checks from every HTTP worker queue here; never push back on them.
+        ctx.set_mailbox_capacity(usize::MAX);
+        ctx.run_interval(self.config.flush_interval, |act, ctx| act.flush(ctx, None));
+    }
+}
+
+impl Handler<Check> for Registry {
+    type Result = ResponseFuture<Result<Decision, LimiterUnavailable>>;
+
+    fn handle(&mut self, msg: Check, ctx: &mut Context<Self>) -> Self::Result {
+        let now = self.config.clock.now();
+        let addr = match self.live.to_back(&msg.client) {
+            Some(live) => {
+                live.last_used = now;
+                if !live.dirty {
+                    live.dirty = true;
+                    self.dirty.push(msg.client.clone());
+                }
+                live.addr.clone()
+            }
+            None => self.spawn(&msg.client, now, ctx),
+        };
+        let check = addr.send(ClientCheck { policy: msg.policy });
+        Box::pin(async move { check.await.map_err(|_| LimiterUnavailable) })
+    }
+}
+
+impl Handler<Flush> for Registry {
+    type Result = ResponseFuture<Result<usize, String>>;
+
+    fn handle(&mut self, _: Flush, ctx: &mut Context<Self>) -> Self::Result {
+        let (tx, rx) = oneshot::channel();
+        self.flush(ctx, Some(tx));
+        Box::pin(async move {
+            rx.await
+                .unwrap_or_else(|_| Err("the database actor stopped".to_owned()))
+        })
+    }
+}
+
+impl Handler<GetClientStatus> for Registry {
+    type Result = ResponseFuture<ClientStatus>;
+
+    fn handle(&mut self, msg: GetClientStatus, _: &mut Context<Self>) -> Self::Result {
+        let now = self.config.clock.now();
+        if let Some(live) = self.live.get(&msg.client) {
+            let status = live.addr.send(Status { table: msg.table });
+            return Box::pin(async move { status.await.unwrap_or_default() });
+        }
+        if let Some(s) = self.unsent.get(&msg.client) {
+            let stored = StoredClient {
+                version: s.version,
+                totals: s.totals,
+                endpoints: s.endpoints.clone(),
+            };
+            let status = ClientStatus::from_stored(stored, &msg.table, now);
+            return Box::pin(async move { status });
+        }
+        if !self.known.contains(&client_hash(&msg.client)) {
+            return Box::pin(async { ClientStatus::default() });
+        }
+        let load = self.config.db.send(LoadClient {
+            client: msg.client,
+            now,
+        });
+        Box::pin(async move {
+            match load.await {
+                Ok(Ok(Some(stored))) => ClientStatus::from_stored(stored, &msg.table, now),
+                _ => ClientStatus::default(),
+            }
+        })
+    }
+}
+
+/// The shards, each on its own arbiter, and the routing between them.
+#[derive(Clone)]
+pub struct Registries {
+    shards: Arc<[Addr<Registry>]>,
+    live_total: Arc<AtomicUsize>,
+}
+
+impl Registries {
+    /// Starts `n` shards on new arbiters. `known` lists the clients the database holds.
+    pub fn start(n: usize, config: RegistryConfig, known: impl IntoIterator<Item = u64>) -> Self {
+        let n = n.max(1);
+        let mut per_shard: Vec<HashSet<u64>> = vec![HashSet::new(); n];
+        for h in known {
+            per_shard[(h % n as u64) as usize].insert(h);
+        }
+        let shard_config = RegistryConfig {
+            max_clients: config.max_clients.div_ceil(n).max(1),
+            ..config.clone()
+        };
+        let shards = per_shard
+            .into_iter()
+            .map(|known| {
+                let config = shard_config.clone();
+                Registry::start_in_arbiter(&Arbiter::new().handle(), move |_| {
+                    Registry::new(config, known)
+                })
+            })
+            .collect();
+        Self {
+            shards,
+            live_total: config.live_total,
+        }
+    }
+
+    pub fn shard(&self, client: &str) -> &Addr<Registry> {
+        &self.shards[(client_hash(client) % self.shards.len() as u64) as usize]
+    }
+
+    pub fn live_clients(&self) -> usize {
+        self.live_total.load(Ordering::Relaxed)
+    }
+
+    /// Flushes every shard and waits until all batches are committed.
+    pub async fn flush_all(&self) -> Result<usize, String> {
+        let mut total = 0;
+        for r in join_all(self.shards.iter().map(|s| s.send(Flush))).await {
+            total += r.map_err(|e| e.to_string())??;
+        }
+        Ok(total)
+    }
+}
+
+/// Seconds to nanoseconds, saturating.
+pub fn secs(s: u64) -> Nanos {
+    s.saturating_mul(NANOS_PER_SEC)
+}

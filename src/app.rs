@@ -1,0 +1,188 @@
+//! The composition root: the one place that knows the concrete types. It opens the
+//! database, starts the actors, builds the HTTP server on a given listener, and on stop
+//! flushes every limiter's state.
+
+use crate::actors::db::{Cleanup, Db};
+use crate::actors::registry::{Registries, RegistryConfig, client_hash};
+use crate::clock::{NANOS_PER_SEC, SharedClock, SystemClock};
+use crate::http::client_id::Identity;
+use crate::http::{AppState, middleware, routes};
+use crate::policy::{Policies, PolicyTable};
+use crate::settings::Settings;
+use crate::stats::GlobalStats;
+use crate::store;
+use actix_web::dev::{Server, ServerHandle};
+use actix_web::{App, HttpServer, web};
+use futures_util::future::{Either, join, select};
+use std::net::{SocketAddr, TcpListener};
+use std::pin::pin;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::time::Duration;
+
+/// How often the retention cleanup runs.
+const CLEANUP_EVERY: Duration = Duration::from_secs(600);
+
+/// A started server: its address, and what is needed to stop it cleanly.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub server: Server,
+    pub registries: Registries,
+}
+
+impl Running {
+    pub fn handle(&self) -> ServerHandle {
+        self.server.handle()
+    }
+
+    /// Serves until `shutdown` resolves (or a handle's `stop`), lets in-flight requests
+    /// finish, then writes every limiter's state. The actors are still running at that
+    /// point: the server owns no signal handling that could stop the system first.
+    pub async fn serve_until(self, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
+        let handle = self.server.handle();
+        let mut server = self.server;
+        let served = match select(&mut server, pin!(shutdown)).await {
+            Either::Left((served, _)) => served,
+            // The server future handles the stop command: poll both together.
+            Either::Right(((), _)) => join(handle.stop(true), server).await.1,
+        };
+        flush_on_stop(&self.registries).await;
+        served
+    }
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    use actix_web::rt::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            select(pin!(term.recv()), pin!(int.recv())).await;
+        }
+        _ => {
+            log::warn!("cannot listen for SIGTERM; stopping on Ctrl-C only");
+            let _ = actix_web::rt::signal::ctrl_c().await;
+        }
+    }
+    log::info!("shutdown signal received; finishing requests and writing state");
+}
+
+async fn flush_on_stop(registries: &Registries) {
+    match registries.flush_all().await {
+        Ok(n) => log::info!("stopped; {n} client snapshots written"),
+        Err(e) => log::error!("stopped, but the final flush failed: {e}"),
+    }
+}
+
+/// Starts everything on `listener` with the system clock.
+pub fn start(settings: &Settings, listener: TcpListener) -> Result<Running, String> {
+    start_with_clock(settings, listener, Arc::new(SystemClock))
+}
+
+/// Starts everything on `listener`. Must run inside an actix system.
+pub fn start_with_clock(
+    settings: &Settings,
+    listener: TcpListener,
+    clock: SharedClock,
+) -> Result<Running, String> {
+    let now = clock.now();
+    let conn = store::open(&settings.database)
+        .map_err(|e| format!("opening the database {}: {e}", settings.database))?;
+    let configs = store::load_configs(&conn, now).map_err(|e| format!("loading configs: {e}"))?;
+    let table = PolicyTable::new(configs).ok_or("the default config is missing")?;
+
+    let global = Arc::new(GlobalStats::default());
+    let day_ago = (now / NANOS_PER_SEC / 60).saturating_sub(24 * 60);
+    for (minute, allowed, blocked) in
+        store::minute_totals(&conn, day_ago).map_err(|e| format!("loading statistics: {e}"))?
+    {
+        global.seed_minute(minute, allowed, blocked);
+    }
+    let mut known = Vec::new();
+    store::for_each_client(&conn, |c| known.push(client_hash(c)))
+        .map_err(|e| format!("loading clients: {e}"))?;
+
+    let db = Db::start(conn, settings.database.clone());
+    let registries = Registries::start(
+        settings.shards(),
+        RegistryConfig {
+            clock: clock.clone(),
+            db: db.clone(),
+            global: global.clone(),
+            events: None,
+            max_clients: settings.max_clients.get(),
+            idle: settings.client_idle_secs * NANOS_PER_SEC,
+            flush_interval: Duration::from_millis(settings.flush_interval_ms),
+            live_total: Arc::new(AtomicUsize::new(0)),
+        },
+        known,
+    );
+    spawn_cleanup(
+        db.clone(),
+        clock.clone(),
+        settings.retention_days * 86_400 * NANOS_PER_SEC,
+    );
+
+    if settings.admin_token.is_none() {
+        log::warn!(
+            "no admin token is set (--admin-token / ADMIN_TOKEN): the admin API answers loopback clients only"
+        );
+    }
+    let state = web::Data::new(AppState {
+        policies: Arc::new(Policies::new(table)),
+        registries: registries.clone(),
+        db,
+        clock: clock.clone(),
+        global,
+        identity: Identity {
+            header: settings.client_id_header.0.clone(),
+            trusted_proxies: settings.trusted_proxies.clone(),
+        },
+        admin_token: settings.admin_token.clone(),
+        started_at: now,
+    });
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .wrap(actix_web::middleware::from_fn(middleware::rate_limit))
+            .configure(routes)
+    })
+    .workers(settings.workers())
+    .disable_signals()
+    .shutdown_timeout(5)
+    .listen(listener)
+    .map_err(|e| format!("listening on {addr}: {e}"))?
+    .run();
+    log::info!(
+        "ratewarden listening on http://{addr} (database {})",
+        settings.database
+    );
+    Ok(Running {
+        addr,
+        server,
+        registries,
+    })
+}
+
+fn spawn_cleanup(db: actix::Addr<Db>, clock: SharedClock, retention: u64) {
+    actix_web::rt::spawn(async move {
+        let mut every = actix_web::rt::time::interval(CLEANUP_EVERY);
+        loop {
+            every.tick().await;
+            match db
+                .send(Cleanup {
+                    now: clock.now(),
+                    retention,
+                })
+                .await
+            {
+                Ok(Ok(c)) => log::debug!("retention cleanup: {c:?}"),
+                Ok(Err(e)) => log::warn!("retention cleanup failed: {e}"),
+                Err(_) => return,
+            }
+        }
+    });
+}

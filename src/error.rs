@@ -1,0 +1,135 @@
+//! The HTTP-boundary error: every failure a handler or middleware reports, with one
+//! status per variant, answered as `{"error": "<code>", "message": "<sentence>", ...}`.
+
+use crate::policy::ValidationError;
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::{HttpResponse, ResponseError};
+use serde_json::json;
+use std::fmt;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ApiError {
+    /// 400 with a specific code (`invalid_json`, `invalid_client_id`, ...).
+    BadRequest {
+        code: &'static str,
+        message: String,
+    },
+    /// 422: a config broke a rule.
+    Validation(ValidationError),
+    NotFound(String),
+    /// 405.
+    MethodNotAllowed,
+    Conflict(String),
+    /// 401: missing or wrong bearer token.
+    Unauthorized,
+    /// 403: admin access from a non-loopback peer with no token configured.
+    Forbidden,
+    /// 413.
+    PayloadTooLarge {
+        limit: usize,
+    },
+    /// 415.
+    UnsupportedMediaType,
+    /// 503: a component needed for the answer is not answering.
+    Unavailable(String),
+    /// 500: a fault of the server, never of the request.
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        ApiError::BadRequest {
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn code(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest { code, .. } => code,
+            ApiError::Validation(_) => "validation_failed",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::Conflict(_) => "conflict",
+            ApiError::Unauthorized => "unauthorized",
+            ApiError::Forbidden => "forbidden",
+            ApiError::PayloadTooLarge { .. } => "payload_too_large",
+            ApiError::UnsupportedMediaType => "unsupported_media_type",
+            ApiError::Unavailable(_) => "service_unavailable",
+            ApiError::Internal(_) => "internal_error",
+        }
+    }
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ApiError::BadRequest { message, .. }
+            | ApiError::NotFound(message)
+            | ApiError::Conflict(message)
+            | ApiError::Unavailable(message) => f.write_str(message),
+            ApiError::Validation(v) => write!(f, "{} {}", v.field, v.message),
+            ApiError::MethodNotAllowed => f.write_str("This method is not allowed here."),
+            ApiError::Unauthorized => {
+                f.write_str("A valid admin token is required: Authorization: Bearer <token>.")
+            }
+            ApiError::Forbidden => f.write_str(
+                "No admin token is configured, so the admin API only answers loopback clients.",
+            ),
+            ApiError::PayloadTooLarge { limit } => {
+                write!(f, "The request body is larger than {limit} bytes.")
+            }
+            ApiError::UnsupportedMediaType => {
+                f.write_str("The request body must be JSON (Content-Type: application/json).")
+            }
+            ApiError::Internal(_) => f.write_str("The server failed; the request changed nothing."),
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden => StatusCode::FORBIDDEN,
+            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        if let ApiError::Internal(detail) = self {
+            log::error!("internal error: {detail}");
+        }
+        let mut body = json!({"error": self.code(), "message": self.to_string()});
+        if let ApiError::Validation(v) = self {
+            body["field"] = json!(v.field);
+            body["message"] = json!(format!("{} {}.", v.field, v.message));
+        }
+        let mut res = HttpResponse::build(self.status_code());
+        if matches!(self, ApiError::Unauthorized) {
+            res.insert_header((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")));
+        }
+        res.json(body)
+    }
+}
+
+impl From<ValidationError> for ApiError {
+    fn from(v: ValidationError) -> Self {
+        ApiError::Validation(v)
+    }
+}
+
+impl From<actix::MailboxError> for ApiError {
+    fn from(e: actix::MailboxError) -> Self {
+        ApiError::Unavailable(format!("The database is not answering ({e})."))
+    }
+}

@@ -1,0 +1,296 @@
+//! The admin API: configs (CRUD) and statistics. Config writes are durable in SQLite
+//! before they take effect, and take effect on the very next request.
+
+use super::client_id::validate_client_id;
+use super::{AppState, read_json};
+use crate::actors::db::{ClientEvents, CreateConfig, DeleteConfig, UpdateConfig};
+use crate::actors::registry::GetClientStatus;
+use crate::clock::{NANOS_PER_SEC, rfc3339};
+use crate::error::ApiError;
+use crate::policy::{ConfigPatch, DEFAULT_ENDPOINT, ValidationError, validate_endpoint};
+use crate::store::StoreError;
+use actix_web::http::header;
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde_json::{Value, json};
+use std::sync::Arc;
+
+/// Events listed by `/admin/stats/{client_id}`.
+const RECENT_EVENTS: usize = 20;
+const CONFIGS_PREFIX: &str = "/admin/configs/";
+
+/// The config endpoint named by the rest of the path, decoded once:
+/// `/admin/configs/api/data` → `/api/data`, `/admin/configs/*` → `*`.
+fn endpoint_from_path(req: &HttpRequest) -> Result<String, ApiError> {
+    let raw = req.uri().path().strip_prefix(CONFIGS_PREFIX).unwrap_or("");
+    let decoded = percent_decode(raw)?;
+    let endpoint = if decoded == DEFAULT_ENDPOINT {
+        decoded
+    } else {
+        format!("/{decoded}")
+    };
+    validate_endpoint(&endpoint).map_err(|e| {
+        ApiError::bad_request(
+            "invalid_endpoint",
+            format!("The path names no valid endpoint: {}.", e.message),
+        )
+    })?;
+    Ok(endpoint)
+}
+
+fn percent_decode(s: &str) -> Result<String, ApiError> {
+    let bad = || {
+        ApiError::bad_request(
+            "invalid_endpoint",
+            "The path has a malformed percent-encoding.",
+        )
+    };
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3).ok_or_else(bad)?;
+            let hex = std::str::from_utf8(hex).map_err(|_| bad())?;
+            out.push(u8::from_str_radix(hex, 16).map_err(|_| bad())?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| bad())
+}
+
+/// The `Location` of a config: its admin path, non-ASCII and reserved bytes encoded.
+fn location(endpoint: &str) -> String {
+    let rest = endpoint.strip_prefix('/').unwrap_or(endpoint);
+    let mut out = String::from(CONFIGS_PREFIX);
+    for b in rest.bytes() {
+        if b.is_ascii_alphanumeric() || b"/-._~*".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn store_error(e: StoreError) -> ApiError {
+    match e {
+        StoreError::Conflict => {
+            ApiError::Conflict("A config for that endpoint exists already.".to_owned())
+        }
+        e => ApiError::Unavailable(format!(
+            "The database could not store the change ({e}); nothing changed."
+        )),
+    }
+}
+
+fn patch_from(body: Value) -> Result<ConfigPatch, ApiError> {
+    match body {
+        Value::Object(map) => Ok(ConfigPatch::from_json(map)?),
+        _ => Err(ApiError::bad_request(
+            "invalid_json",
+            "The body must be a JSON object.",
+        )),
+    }
+}
+
+pub async fn list_configs(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok().json(state.policies.current().configs())
+}
+
+pub async fn get_config(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let endpoint = endpoint_from_path(&req)?;
+    let table = state.policies.current();
+    let config = table.get(&endpoint).ok_or_else(|| not_found(&endpoint))?;
+    Ok(HttpResponse::Ok().json(config))
+}
+
+fn not_found(endpoint: &str) -> ApiError {
+    ApiError::NotFound(format!("There is no config for {endpoint:?}."))
+}
+
+pub async fn create_config(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let spec = patch_from(read_json(&req, payload).await?)?.into_new_spec()?;
+    let _writing = state.policies.lock_writes().await;
+    if state.policies.current().get(&spec.endpoint).is_some() {
+        return Err(store_error(StoreError::Conflict));
+    }
+    let endpoint = spec.endpoint.clone();
+    let config = state
+        .db
+        .send(CreateConfig {
+            spec,
+            now: state.clock.now(),
+        })
+        .await?
+        .map_err(store_error)?;
+    state.policies.apply(&endpoint, Some(config.clone()));
+    log::info!("config created for {endpoint}");
+    Ok(HttpResponse::Created()
+        .insert_header((header::LOCATION, location(&endpoint)))
+        .json(config))
+}
+
+pub async fn update_config(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let endpoint = endpoint_from_path(&req)?;
+    let patch = patch_from(read_json(&req, payload).await?)?;
+    if patch.endpoint.as_ref().is_some_and(|e| *e != endpoint) {
+        return Err(ValidationError::new(
+            "endpoint",
+            "cannot be changed; create a config for the new endpoint and delete this one"
+                .to_owned(),
+        )
+        .into());
+    }
+    let _writing = state.policies.lock_writes().await;
+    let mut spec = state
+        .policies
+        .current()
+        .get(&endpoint)
+        .ok_or_else(|| not_found(&endpoint))?
+        .spec();
+    spec.merge(patch);
+    spec.validate()?;
+    let config = state
+        .db
+        .send(UpdateConfig {
+            spec,
+            now: state.clock.now(),
+        })
+        .await?
+        .map_err(store_error)?
+        .ok_or_else(|| not_found(&endpoint))?;
+    state.policies.apply(&endpoint, Some(config.clone()));
+    log::info!("config updated for {endpoint}");
+    Ok(HttpResponse::Ok().json(config))
+}
+
+pub async fn delete_config(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let endpoint = endpoint_from_path(&req)?;
+    if endpoint == DEFAULT_ENDPOINT {
+        return Err(ApiError::Conflict(
+            "The default policy \"*\" cannot be deleted; update or deactivate it instead."
+                .to_owned(),
+        ));
+    }
+    let _writing = state.policies.lock_writes().await;
+    if state.policies.current().get(&endpoint).is_none() {
+        return Err(not_found(&endpoint));
+    }
+    state
+        .db
+        .send(DeleteConfig {
+            endpoint: endpoint.clone(),
+            now: state.clock.now(),
+        })
+        .await?
+        .map_err(store_error)?
+        .ok_or_else(|| not_found(&endpoint))?;
+    state.policies.apply(&endpoint, None);
+    log::info!("config deleted for {endpoint}");
+    Ok(HttpResponse::NoContent().finish())
+}
+
+pub async fn global_stats(state: web::Data<AppState>) -> HttpResponse {
+    let now = state.clock.now();
+    let day = state.global.last_24h(now);
+    let success_rate = if day.total == 0 {
+        100.0
+    } else {
+        (day.total - day.blocked) as f64 * 100.0 / day.total as f64
+    };
+    HttpResponse::Ok().json(json!({
+        "total_requests_24h": day.total,
+        "blocked_requests_24h": day.blocked,
+        "success_rate": (success_rate * 100.0).round() / 100.0,
+        "active_configs": state.policies.current().active_count(),
+        "active_clients": state.registries.live_clients(),
+        "requests_per_second": state.global.requests_per_second(now),
+        "uptime_seconds": now.saturating_sub(state.started_at) / NANOS_PER_SEC,
+        "timestamp": rfc3339(now),
+    }))
+}
+
+pub async fn client_stats(
+    state: web::Data<AppState>,
+    client_id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let client_id = client_id.into_inner();
+    validate_client_id(&client_id)?;
+    let client: Arc<str> = Arc::from(client_id.as_str());
+    let status = state
+        .registries
+        .shard(&client)
+        .send(GetClientStatus {
+            client: client.clone(),
+            table: state.policies.current(),
+        })
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("The limiter is not answering ({e}).")))?;
+    let events = state
+        .db
+        .send(ClientEvents {
+            client,
+            limit: RECENT_EVENTS,
+        })
+        .await?
+        .map_err(store_error)?;
+    Ok(HttpResponse::Ok().json(json!({
+        "client_id": client_id,
+        "status": status,
+        "recent_events": events,
+        "timestamp": rfc3339(state.clock.now()),
+    })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::test::TestRequest;
+
+    fn endpoint(path: &str) -> Result<String, ApiError> {
+        endpoint_from_path(&TestRequest::get().uri(path).to_http_request())
+    }
+
+    #[test]
+    fn decodes_the_endpoint_from_the_path_once() {
+        assert_eq!(endpoint("/admin/configs/*").unwrap(), "*");
+        assert_eq!(endpoint("/admin/configs/%2A").unwrap(), "*");
+        assert_eq!(endpoint("/admin/configs/api/data").unwrap(), "/api/data");
+        assert_eq!(endpoint("/admin/configs/api%2Fdata").unwrap(), "/api/data");
+        assert_eq!(endpoint("/admin/configs/api/*").unwrap(), "/api/*");
+        assert_eq!(endpoint("/admin/configs/a%2525").unwrap(), "/a%25");
+        for bad in [
+            "/admin/configs/a%2",
+            "/admin/configs/a%zz",
+            "/admin/configs/%FF",
+            "/admin/configs/a%20b",
+        ] {
+            assert!(endpoint(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn locations_round_trip() {
+        for e in ["*", "/api/data", "/api/*", "/é", "/a%b"] {
+            let loc = location(e);
+            assert_eq!(endpoint(&loc).unwrap(), e, "{loc}");
+        }
+    }
+}

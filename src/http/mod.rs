@@ -1,0 +1,129 @@
+//! The HTTP surface: the route table (shared by the binary and the tests), the
+//! rate-limit and admin-access middleware, and the handlers.
+
+pub mod admin;
+pub mod client_id;
+pub mod demo;
+pub mod middleware;
+
+use crate::actors::db::Db;
+use crate::actors::registry::Registries;
+use crate::clock::{Nanos, SharedClock};
+use crate::error::ApiError;
+use crate::policy::Policies;
+use crate::stats::GlobalStats;
+use actix::Addr;
+use actix_web::http::header;
+use actix_web::{HttpRequest, HttpResponse, web};
+use client_id::Identity;
+use futures_util::StreamExt;
+use std::sync::Arc;
+
+/// Largest request body accepted anywhere (64 KiB).
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// What every handler and the middleware share.
+pub struct AppState {
+    pub policies: Arc<Policies>,
+    pub registries: Registries,
+    pub db: Addr<Db>,
+    pub clock: SharedClock,
+    pub global: Arc<GlobalStats>,
+    pub identity: Identity,
+    pub admin_token: Option<String>,
+    pub started_at: Nanos,
+}
+
+/// The route table. Rate limiting and admin access are middleware (see `app`).
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::scope("/admin")
+            .wrap(actix_web::middleware::from_fn(middleware::admin_access))
+            .service(
+                web::resource("/configs")
+                    .get(admin::list_configs)
+                    .post(admin::create_config)
+                    .default_service(web::to(method_not_allowed)),
+            )
+            .service(
+                web::resource("/configs/{endpoint:.*}")
+                    .get(admin::get_config)
+                    .put(admin::update_config)
+                    .delete(admin::delete_config)
+                    .default_service(web::to(method_not_allowed)),
+            )
+            .service(web::resource("/stats").get(admin::global_stats))
+            .service(web::resource("/stats/{client_id}").get(admin::client_stats)),
+    )
+    .service(web::resource("/").get(demo::index))
+    .service(web::resource("/health").get(demo::health))
+    .service(web::resource("/api/data").get(demo::data))
+    .service(
+        web::resource("/api/submit")
+            .post(demo::submit)
+            .default_service(web::to(method_not_allowed)),
+    )
+    .default_service(web::to(not_found));
+}
+
+async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::NotFound(format!(
+        "Nothing is served at {}.",
+        req.path()
+    )))
+}
+
+async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::MethodNotAllowed)
+}
+
+/// Reads a JSON body of at most [`MAX_BODY_BYTES`]: 415 for another content type, 413
+/// for a larger body, 400 for malformed JSON.
+pub async fn read_json(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+) -> Result<serde_json::Value, ApiError> {
+    let is_json = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| {
+            let v = v.trim();
+            v.eq_ignore_ascii_case("application/json") || v.to_ascii_lowercase().ends_with("+json")
+        });
+    if !is_json {
+        return Err(ApiError::UnsupportedMediaType);
+    }
+    let too_large = ApiError::PayloadTooLarge {
+        limit: MAX_BODY_BYTES,
+    };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return Err(too_large);
+    }
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| {
+            ApiError::bad_request(
+                "invalid_body",
+                format!("The request body could not be read: {e}"),
+            )
+        })?;
+        if body.len() + chunk.len() > MAX_BODY_BYTES {
+            return Err(too_large);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request("invalid_json", format!("The body is not valid JSON: {e}."))
+    })
+}
+
+/// A JSON response with the given status.
+pub fn json(status: actix_web::http::StatusCode, body: &impl serde::Serialize) -> HttpResponse {
+    HttpResponse::build(status).json(body)
+}

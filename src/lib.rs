@@ -1,0 +1,23 @@
+//! ratewarden: a rate-limiting HTTP server.
+//!
+//! A request passes the rate-limit middleware ([`http::middleware`]), which resolves the
+//! config for its path ([`policy`]), names the client ([`http::client_id`]) and sends
+//! one `Check` to the client's registry shard ([`actors::registry`]). The shard forwards
+//! it to the client's own limiter actor ([`actors::client_limiter`]), which runs the
+//! algorithm ([`limiter`], pure code over `now`) and answers with a `Decision`.
+//! State reaches SQLite ([`store`]) write-behind, in batches, through the DB actor
+//! ([`actors::db`]); nothing on the request path waits for it.
+//!
+//! [`app`] is the composition root, [`settings`] holds every flag, and [`clock`] is the
+//! only reader of the system time.
+
+pub mod actors;
+pub mod app;
+pub mod clock;
+pub mod error;
+pub mod http;
+pub mod limiter;
+pub mod policy;
+pub mod settings;
+pub mod stats;
+pub mod store;

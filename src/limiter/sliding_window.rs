@@ -1,0 +1,202 @@
+//! Exact sliding window: never more than `limit` admitted requests in any half-open
+//! interval of `window`.
+//!
+//! Admitted requests are kept as `(millisecond, count)` runs, oldest first. A request's
+//! time is rounded *up* to the millisecond, so it is counted slightly longer than its true
+//! time (at most 1 ms): the window can only be stricter than exact, never looser, and all
+//! requests admitted within one millisecond share one 12-byte run. Memory per key is
+//! therefore at most 12 bytes per millisecond that saw an admission inside the window,
+//! bounded by `12 * min(limit, window in ms)` bytes.
+
+use super::{Decision, Limits, Reader};
+use crate::clock::Nanos;
+use std::collections::VecDeque;
+
+const NANOS_PER_MS: Nanos = 1_000_000;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SlidingWindow {
+    /// Admissions as (millisecond since the epoch, count), strictly increasing in time.
+    runs: VecDeque<(u64, u32)>,
+    /// Sum of the counts in `runs`.
+    total: u64,
+}
+
+impl SlidingWindow {
+    pub(super) fn evaluate(&mut self, limits: &Limits, now: Nanos, consume: bool) -> Decision {
+        let window = limits.window;
+        // A run recorded at `ms` stops counting once `now >= ms + window`.
+        let expires = |ms: u64| (ms * NANOS_PER_MS).saturating_add(window);
+        while let Some(&(ms, count)) = self.runs.front() {
+            if expires(ms) > now {
+                break;
+            }
+            self.runs.pop_front();
+            self.total -= count as u64;
+        }
+
+        let allowed = self.total < limits.limit;
+        if allowed && consume {
+            let at = now.div_ceil(NANOS_PER_MS);
+            match self.runs.back_mut() {
+                // A clock that stepped back still records at the newest run: time never
+                // runs backwards inside the window.
+                Some((ms, count)) if *ms >= at && *count < u32::MAX => *count += 1,
+                Some(&mut (ms, _)) if ms >= at => self.runs.push_back((ms, 1)),
+                _ => self.runs.push_back((at, 1)),
+            }
+            self.total += 1;
+        }
+
+        let remaining = limits.limit.saturating_sub(self.total);
+        let retry_after = if remaining > 0 {
+            0
+        } else {
+            // The next request fits once `total - limit + 1` admissions have expired.
+            let mut to_expire = self.total - limits.limit + 1;
+            let mut at = now;
+            for &(ms, count) in &self.runs {
+                at = expires(ms);
+                if count as u64 >= to_expire {
+                    break;
+                }
+                to_expire -= count as u64;
+            }
+            at - now
+        };
+        let reset_after = self.runs.back().map_or(0, |&(ms, _)| expires(ms) - now);
+        Decision {
+            allowed,
+            limit: limits.limit,
+            remaining,
+            retry_after,
+            reset_after,
+        }
+    }
+
+    pub(super) fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&(self.runs.len() as u32).to_le_bytes());
+        for &(ms, count) in &self.runs {
+            out.extend_from_slice(&ms.to_le_bytes());
+            out.extend_from_slice(&count.to_le_bytes());
+        }
+    }
+
+    pub(super) fn decode(r: &mut Reader) -> Option<Self> {
+        let n = r.u32()? as usize;
+        // Never trust a length prefix with an allocation: cap it by the bytes present.
+        let mut runs = VecDeque::with_capacity(n.min(r.0.len() / 12));
+        let mut total = 0u64;
+        for _ in 0..n {
+            let run = (r.u64()?, r.u32()?);
+            if runs.back().is_some_and(|&(ms, _)| ms >= run.0) || run.1 == 0 {
+                return None;
+            }
+            total += run.1 as u64;
+            runs.push_back(run);
+        }
+        Some(Self { runs, total })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Algorithm, State};
+    use super::*;
+    use crate::clock::NANOS_PER_SEC;
+    use proptest::prelude::*;
+
+    fn limits(limit: u64, window_secs: u64) -> Limits {
+        Limits::new(Algorithm::SlidingWindow, limit, window_secs)
+    }
+
+    #[test]
+    fn blocks_the_request_after_the_limit_until_the_oldest_expires() {
+        let l = limits(3, 10);
+        let mut s = SlidingWindow::default();
+        let t0 = 1_000 * NANOS_PER_SEC;
+        for (i, remaining) in [2, 1, 0].into_iter().enumerate() {
+            let d = s.evaluate(&l, t0 + i as u64 * NANOS_PER_SEC, true);
+            assert!(d.allowed);
+            assert_eq!(d.remaining, remaining);
+        }
+        let d = s.evaluate(&l, t0 + 5 * NANOS_PER_SEC, true);
+        assert!(!d.allowed);
+        assert_eq!(d.retry_after, 5 * NANOS_PER_SEC);
+        assert_eq!(d.reset_after, 7 * NANOS_PER_SEC);
+        assert!(!s.evaluate(&l, t0 + 10 * NANOS_PER_SEC - 1, true).allowed);
+        assert!(s.evaluate(&l, t0 + 10 * NANOS_PER_SEC, true).allowed);
+    }
+
+    #[test]
+    fn a_lowered_limit_keeps_recorded_requests() {
+        let mut s = SlidingWindow::default();
+        for i in 0..5 {
+            assert!(s.evaluate(&limits(10, 60), i, true).allowed);
+        }
+        // Five recorded, new limit two: four must expire before one more fits.
+        let d = s.evaluate(&limits(2, 60), 10, true);
+        assert!(!d.allowed);
+        assert_eq!(d.remaining, 0);
+    }
+
+    #[test]
+    fn coalesces_requests_within_one_millisecond() {
+        let l = limits(1000, 60);
+        let mut s = SlidingWindow::default();
+        for i in 0..500 {
+            s.evaluate(&l, 5 * NANOS_PER_SEC + 1 + i, true);
+        }
+        assert_eq!(s.runs.len(), 1);
+        assert_eq!(s.total, 500);
+    }
+
+    proptest! {
+        /// Never more than `limit` admissions in any half-open window, and a blocked
+        /// request's `retry_after` is exactly when the next one is allowed.
+        #[test]
+        fn never_exceeds_the_limit_in_any_window(
+            limit in 1u64..8,
+            window_secs in 1u64..4,
+            gaps in prop::collection::vec(0u64..700_000_000, 1..200),
+        ) {
+            let l = limits(limit, window_secs);
+            let mut state = State::new(Algorithm::SlidingWindow);
+            let mut now = 1_700_000_000 * NANOS_PER_SEC;
+            let mut admitted: Vec<Nanos> = Vec::new();
+            for gap in gaps {
+                now += gap;
+                let d = state.check(&l, now);
+                if d.allowed {
+                    admitted.push(now);
+                    let in_window = admitted.iter().filter(|&&t| t + l.window > now).count() as u64;
+                    prop_assert!(in_window <= limit);
+                } else {
+                    prop_assert!(d.retry_after > 0);
+                    let mut probe = state.clone();
+                    prop_assert!(!probe.check(&l, now + d.retry_after - 1).allowed);
+                    let mut probe = state.clone();
+                    prop_assert!(probe.check(&l, now + d.retry_after).allowed);
+                }
+                prop_assert_eq!(d.remaining == 0, d.retry_after > 0);
+            }
+        }
+
+        #[test]
+        fn reset_after_restores_the_full_quota(
+            limit in 1u64..6,
+            gaps in prop::collection::vec(0u64..300_000_000, 1..30),
+        ) {
+            let l = limits(limit, 1);
+            let mut state = State::new(Algorithm::SlidingWindow);
+            let mut now = 0;
+            let mut last = None;
+            for gap in gaps {
+                now += gap;
+                last = Some(state.check(&l, now));
+            }
+            let d = last.unwrap(); // the vector is never empty (1..30)
+            prop_assert_eq!(state.peek(&l, now + d.reset_after).remaining, limit);
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! Token bucket, computed as GCRA: the state is the *theoretical arrival time* `tat`, the
+//! moment the bucket would be full again. Capacity `burst`, one token refilled every
+//! `refill_interval` nanoseconds, continuously (fractional tokens are kept implicitly);
+//! a new bucket starts full. Integer arithmetic makes `retry_after` exact.
+
+use super::{Decision, Limits, Reader};
+use crate::clock::Nanos;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TokenBucket {
+    /// When the bucket is full again. `u128` because `burst * refill_interval` can reach
+    /// 10^9 tokens times a year in nanoseconds.
+    tat: u128,
+    /// The refill interval `tat` was computed with; when the config's rate changes, the
+    /// recorded debt is rescaled so consumption carries over.
+    interval: Nanos,
+}
+
+impl TokenBucket {
+    pub(super) fn evaluate(&mut self, limits: &Limits, now: Nanos, consume: bool) -> Decision {
+        let t = limits.refill_interval as u128;
+        let capacity = limits.burst as u128 * t;
+        let now128 = now as u128;
+        // Debt: how far the bucket is from full, in time.
+        let mut debt = self.tat.saturating_sub(now128);
+        if self.interval != 0 && self.interval != limits.refill_interval {
+            debt = debt * t / self.interval as u128;
+        }
+        // A lowered capacity cannot leave the bucket emptier than empty.
+        debt = debt.min(capacity);
+        self.interval = limits.refill_interval;
+
+        let allowed = debt + t <= capacity;
+        if allowed && consume {
+            debt += t;
+        }
+        self.tat = now128 + debt;
+        let remaining = ((capacity - debt) / t) as u64;
+        let retry_after = if remaining > 0 {
+            0
+        } else {
+            (debt + t - capacity) as Nanos
+        };
+        Decision {
+            allowed,
+            limit: limits.burst,
+            remaining,
+            retry_after,
+            reset_after: debt.min(Nanos::MAX as u128) as Nanos,
+        }
+    }
+
+    pub(super) fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.tat.to_le_bytes());
+        out.extend_from_slice(&self.interval.to_le_bytes());
+    }
+
+    pub(super) fn decode(r: &mut Reader) -> Option<Self> {
+        Some(Self {
+            tat: r.u128()?,
+            interval: r.u64()?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Algorithm, State};
+    use super::*;
+    use crate::clock::NANOS_PER_SEC;
+    use proptest::prelude::*;
+
+    fn limits(burst: u64, per_sec: u64) -> Limits {
+        Limits {
+            algorithm: Algorithm::TokenBucket,
+            limit: burst,
+            window: NANOS_PER_SEC,
+            burst,
+            refill_interval: NANOS_PER_SEC / per_sec,
+        }
+    }
+
+    #[test]
+    fn allows_a_full_burst_then_refills_one_token_per_interval() {
+        let l = limits(5, 2); // one token every 500 ms
+        let mut s = TokenBucket::default();
+        let t0 = 10 * NANOS_PER_SEC;
+        for remaining in (0..5).rev() {
+            let d = s.evaluate(&l, t0, true);
+            assert!(d.allowed);
+            assert_eq!(d.remaining, remaining);
+        }
+        let d = s.evaluate(&l, t0, true);
+        assert!(!d.allowed);
+        assert_eq!(d.retry_after, 500_000_000);
+        assert_eq!(d.reset_after, 5 * 500_000_000);
+        assert!(!s.evaluate(&l, t0 + 499_999_999, true).allowed);
+        let d = s.evaluate(&l, t0 + 500_000_000, true);
+        assert!(d.allowed);
+        assert_eq!(d.remaining, 0);
+        // Fractional refill is kept: 1.5 intervals later one token is back, half of the
+        // next one is on its way.
+        let d = s.evaluate(&l, t0 + 1_250_000_000, false);
+        assert_eq!(d.remaining, 1);
+    }
+
+    #[test]
+    fn a_changed_rate_keeps_the_consumption() {
+        let mut s = TokenBucket::default();
+        for _ in 0..4 {
+            s.evaluate(&limits(10, 1), 0, true);
+        }
+        // Four tokens used; twice the rate: the debt is rescaled, still four tokens.
+        assert_eq!(s.evaluate(&limits(10, 2), 0, false).remaining, 6);
+        // A smaller bucket is simply empty, not negative.
+        let d = s.evaluate(&limits(3, 2), 0, false);
+        assert_eq!(d.remaining, 0);
+        assert_eq!(d.retry_after, 500_000_000);
+    }
+
+    proptest! {
+        #[test]
+        fn admits_no_more_than_burst_plus_refill(
+            burst in 1u64..10,
+            per_sec in 1u64..20,
+            gaps in prop::collection::vec(0u64..400_000_000, 1..200),
+        ) {
+            let l = limits(burst, per_sec);
+            let mut state = State::new(Algorithm::TokenBucket);
+            let start = 1_700_000_000 * NANOS_PER_SEC;
+            let mut now = start;
+            let mut admitted = 0u64;
+            for gap in gaps {
+                now += gap;
+                let d = state.check(&l, now);
+                if d.allowed {
+                    admitted += 1;
+                } else {
+                    let mut probe = state.clone();
+                    prop_assert!(!probe.check(&l, now + d.retry_after - 1).allowed);
+                    prop_assert!(probe.check(&l, now + d.retry_after).allowed);
+                }
+                let refilled = (now - start) / l.refill_interval;
+                prop_assert!(admitted <= burst + refilled);
+                prop_assert_eq!(d.remaining == 0, d.retry_after > 0);
+            }
+        }
+    }
+}

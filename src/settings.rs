@@ -1,0 +1,155 @@
+//! Every flag and environment variable, in one place. A bad value exits non-zero with one
+//! line that names it (see `main`).
+
+use crate::http::client_id::Cidr;
+use crate::store::DatabaseUrl;
+use clap::Parser;
+use std::net::SocketAddr;
+use std::num::NonZeroUsize;
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "ratewarden",
+    version,
+    about = "A rate-limiting HTTP server: sliding window, fixed window and token bucket \
+             limits per endpoint, managed live through an admin API."
+)]
+pub struct Settings {
+    /// Address to listen on.
+    #[arg(long, env = "RATEWARDEN_BIND", default_value = "127.0.0.1:8000")]
+    pub bind: SocketAddr,
+
+    /// SQLite database: a path, sqlite://path, or :memory:.
+    #[arg(long, env = "DATABASE_URL", default_value = "ratewarden.db", value_parser = DatabaseUrl::parse)]
+    pub database: DatabaseUrl,
+
+    /// Bearer token required by the admin API. Without one, only loopback peers may use it.
+    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
+    /// HTTP worker threads [default: the number of CPUs].
+    #[arg(long, env = "RATEWARDEN_WORKERS")]
+    pub workers: Option<NonZeroUsize>,
+
+    /// Registry shards, each on its own thread [default: the number of CPUs].
+    #[arg(long, env = "RATEWARDEN_SHARDS")]
+    pub shards: Option<NonZeroUsize>,
+
+    /// How often limiter state is written to the database; a crash loses at most this
+    /// much consumption.
+    #[arg(long, env = "RATEWARDEN_FLUSH_INTERVAL_MS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    pub flush_interval_ms: u64,
+
+    /// Days of statistics and events to keep.
+    #[arg(long, env = "RATEWARDEN_RETENTION_DAYS", default_value_t = 7,
+          value_parser = clap::value_parser!(u64).range(1..=3650))]
+    pub retention_days: u64,
+
+    /// Seconds without a request after which a client's limiter is persisted and stopped.
+    #[arg(long, env = "RATEWARDEN_CLIENT_IDLE_SECS", default_value_t = 300,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub client_idle_secs: u64,
+
+    /// Most live client limiters; beyond it the least recently used is persisted and stopped.
+    #[arg(long, env = "RATEWARDEN_MAX_CLIENTS", default_value = "100000")]
+    pub max_clients: NonZeroUsize,
+
+    /// Comma-separated CIDRs of proxies whose X-Forwarded-For is trusted.
+    #[arg(long, env = "RATEWARDEN_TRUSTED_PROXIES", value_delimiter = ',', value_parser = Cidr::parse)]
+    pub trusted_proxies: Vec<Cidr>,
+
+    /// Header that names the client; "none" keys every client by IP address only.
+    #[arg(long, env = "RATEWARDEN_CLIENT_ID_HEADER", default_value = "X-Client-ID",
+          value_parser = parse_header_name)]
+    pub client_id_header: ClientIdHeader,
+
+    /// Log level (error, warn, info, debug, trace); RUST_LOG, if set, takes precedence.
+    #[arg(long, env = "LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+}
+
+/// The header that names the client, or none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientIdHeader(pub Option<actix_web::http::header::HeaderName>);
+
+fn parse_header_name(s: &str) -> Result<ClientIdHeader, String> {
+    if s.is_empty() || s.eq_ignore_ascii_case("none") {
+        return Ok(ClientIdHeader(None));
+    }
+    actix_web::http::header::HeaderName::try_from(s)
+        .map(|h| ClientIdHeader(Some(h)))
+        .map_err(|_| format!("{s:?} is not a valid header name"))
+}
+
+impl Settings {
+    pub fn workers(&self) -> usize {
+        self.workers.map_or_else(cpus, NonZeroUsize::get)
+    }
+
+    pub fn shards(&self) -> usize {
+        self.shards.map_or_else(cpus, NonZeroUsize::get)
+    }
+
+    /// Settings for tests and embedding: defaults, an in-memory database, port 0.
+    pub fn for_tests() -> Self {
+        // The arguments are fixed and valid, so parsing cannot fail.
+        Self::try_parse_from([
+            "ratewarden",
+            "--database",
+            ":memory:",
+            "--bind",
+            "127.0.0.1:0",
+        ])
+        .expect("fixed test arguments parse")
+    }
+}
+
+fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, NonZeroUsize::get)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Settings, clap::Error> {
+        Settings::try_parse_from(std::iter::once("ratewarden").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn defaults_match_the_documentation() {
+        let s = parse(&[]).unwrap();
+        assert_eq!(s.bind.to_string(), "127.0.0.1:8000");
+        assert_eq!(s.database, DatabaseUrl::File("ratewarden.db".into()));
+        assert_eq!(s.flush_interval_ms, 1000);
+        assert_eq!(s.retention_days, 7);
+        assert_eq!(s.client_id_header.0.unwrap().as_str(), "x-client-id");
+    }
+
+    #[test]
+    fn rejects_bad_values() {
+        for args in [
+            &["--bind", "nowhere"][..],
+            &["--workers", "0"],
+            &["--flush-interval-ms", "5"],
+            &["--max-clients", "-3"],
+            &["--trusted-proxies", "10.0.0.0/33"],
+            &["--database", "mysql://x"],
+            &["--client-id-header", "bad header"],
+        ] {
+            assert!(parse(args).is_err(), "{args:?}");
+        }
+    }
+
+    #[test]
+    fn the_client_id_header_can_be_turned_off() {
+        assert_eq!(
+            parse(&["--client-id-header", "none"])
+                .unwrap()
+                .client_id_header
+                .0,
+            None
+        );
+    }
+}

@@ -1,0 +1,7 @@
+//! Persistence as plain functions over a connection. The DB actor
+//! (`actors::db`) owns the connection at run time; start-up and tests call these
+//! functions directly.
+
+pub mod sqlite;
+
+pub use sqlite::*;
