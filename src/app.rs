@@ -6,7 +6,7 @@ use crate::actors::db::{Cleanup, Db};
 use crate::actors::registry::{Registries, RegistryConfig, client_hash};
 use crate::clock::{NANOS_PER_SEC, SharedClock, SystemClock};
 use crate::http::client_id::Identity;
-use crate::http::{AppState, middleware, routes};
+use crate::http::{AppState, routes};
 use crate::policy::{Policies, PolicyTable};
 use crate::settings::Settings;
 use crate::stats::GlobalStats;
@@ -87,6 +87,30 @@ pub fn start_with_clock(
     listener: TcpListener,
     clock: SharedClock,
 ) -> Result<Running, String> {
+    let state = build_state(settings, clock)?;
+    let registries = state.registries.clone();
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let server = HttpServer::new(move || App::new().app_data(state.clone()).configure(routes))
+        .workers(settings.workers())
+        .disable_signals()
+        .shutdown_timeout(5)
+        .listen(listener)
+        .map_err(|e| format!("listening on {addr}: {e}"))?
+        .run();
+    log::info!(
+        "ratewarden listening on http://{addr} (database {})",
+        settings.database
+    );
+    Ok(Running {
+        addr,
+        server,
+        registries,
+    })
+}
+
+/// Opens the database, loads configs, statistics and known clients, and starts the
+/// actors: everything the routes need, without the HTTP server.
+pub fn build_state(settings: &Settings, clock: SharedClock) -> Result<web::Data<AppState>, String> {
     let now = clock.now();
     let conn = store::open(&settings.database)
         .map_err(|e| format!("opening the database {}: {e}", settings.database))?;
@@ -130,11 +154,11 @@ pub fn start_with_clock(
             "no admin token is set (--admin-token / ADMIN_TOKEN): the admin API answers loopback clients only"
         );
     }
-    let state = web::Data::new(AppState {
+    Ok(web::Data::new(AppState {
         policies: Arc::new(Policies::new(table)),
-        registries: registries.clone(),
+        registries,
         db,
-        clock: clock.clone(),
+        clock,
         global,
         identity: Identity {
             header: settings.client_id_header.0.clone(),
@@ -142,29 +166,7 @@ pub fn start_with_clock(
         },
         admin_token: settings.admin_token.clone(),
         started_at: now,
-    });
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    let server = HttpServer::new(move || {
-        App::new()
-            .app_data(state.clone())
-            .wrap(actix_web::middleware::from_fn(middleware::rate_limit))
-            .configure(routes)
-    })
-    .workers(settings.workers())
-    .disable_signals()
-    .shutdown_timeout(5)
-    .listen(listener)
-    .map_err(|e| format!("listening on {addr}: {e}"))?
-    .run();
-    log::info!(
-        "ratewarden listening on http://{addr} (database {})",
-        settings.database
-    );
-    Ok(Running {
-        addr,
-        server,
-        registries,
-    })
+    }))
 }
 
 fn spawn_cleanup(db: actix::Addr<Db>, clock: SharedClock, retention: u64) {

@@ -63,8 +63,9 @@ impl Handler<Persist> for Db {
     fn handle(&mut self, msg: Persist, _: &mut SyncContext<Self>) {
         let n = msg.batch.len();
         let result = store::persist(&self.conn, &msg.batch).map(|()| n);
-        if let Err(e) = &result {
-            log::error!("persisting {n} client snapshots failed: {e}");
+        match &result {
+            Ok(_) => log::debug!("persisted {n} client snapshots"),
+            Err(e) => log::error!("persisting {n} client snapshots failed: {e}"),
         }
         if let Some(done) = msg.done {
             let _ = done.send(result.map_err(|e| e.to_string()));

@@ -34,36 +34,43 @@ pub struct AppState {
     pub started_at: Nanos,
 }
 
-/// The route table. Rate limiting and admin access are middleware (see `app`).
+/// The route table, shared by the binary and the tests: everything sits in one root
+/// scope behind the rate-limit middleware (which lets the exempt prefixes through), and
+/// `/admin` behind the admin-access middleware.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(
-        web::scope("/admin")
-            .wrap(actix_web::middleware::from_fn(middleware::admin_access))
+        web::scope("")
+            .wrap(actix_web::middleware::from_fn(middleware::rate_limit))
             .service(
-                web::resource("/configs")
-                    .get(admin::list_configs)
-                    .post(admin::create_config)
+                web::scope("/admin")
+                    .wrap(actix_web::middleware::from_fn(middleware::admin_access))
+                    .service(
+                        web::resource("/configs")
+                            .get(admin::list_configs)
+                            .post(admin::create_config)
+                            .default_service(web::to(method_not_allowed)),
+                    )
+                    .service(
+                        web::resource("/configs/{endpoint:.*}")
+                            .get(admin::get_config)
+                            .put(admin::update_config)
+                            .delete(admin::delete_config)
+                            .default_service(web::to(method_not_allowed)),
+                    )
+                    .service(web::resource("/stats").get(admin::global_stats))
+                    .service(web::resource("/stats/{client_id}").get(admin::client_stats))
+                    .default_service(web::to(not_found)),
+            )
+            .service(web::resource("/").get(demo::index))
+            .service(web::resource("/health").get(demo::health))
+            .service(web::resource("/api/data").get(demo::data))
+            .service(
+                web::resource("/api/submit")
+                    .post(demo::submit)
                     .default_service(web::to(method_not_allowed)),
             )
-            .service(
-                web::resource("/configs/{endpoint:.*}")
-                    .get(admin::get_config)
-                    .put(admin::update_config)
-                    .delete(admin::delete_config)
-                    .default_service(web::to(method_not_allowed)),
-            )
-            .service(web::resource("/stats").get(admin::global_stats))
-            .service(web::resource("/stats/{client_id}").get(admin::client_stats)),
-    )
-    .service(web::resource("/").get(demo::index))
-    .service(web::resource("/health").get(demo::health))
-    .service(web::resource("/api/data").get(demo::data))
-    .service(
-        web::resource("/api/submit")
-            .post(demo::submit)
-            .default_service(web::to(method_not_allowed)),
-    )
-    .default_service(web::to(not_found));
+            .default_service(web::to(not_found)),
+    );
 }
 
 async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {

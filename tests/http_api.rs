@@ -1,0 +1,404 @@
+//! Black-box tests of the HTTP contract (DESIGN.md section 4) over a real server on a
+//! free port: demo endpoints, rate-limit headers, resolution, live config changes,
+//! concurrency, the admin API and its statistics.
+
+mod common;
+
+use common::{T0, TestServer};
+use futures_util::future::join_all;
+use ratewarden::clock::NANOS_PER_SEC;
+use serde_json::json;
+
+#[actix_rt::test]
+async fn demo_endpoints_answer_with_their_json() {
+    let s = TestServer::start().await;
+    let r = s.get("/").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(r.body["timestamp"], "2027-01-15T08:00:00Z");
+    assert!(r.body["message"].is_string());
+
+    let r = s.get("/api/data").await;
+    assert_eq!(r.status, 200);
+    assert!(r.body["data"].is_object());
+
+    let r = s.post("/api/submit", r#"{"a": [1, 2]}"#).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body["received_data"], json!({"a": [1, 2]}));
+    assert!(r.body["message"].is_string());
+
+    let r = s.get("/health").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body["status"], "healthy");
+    assert_eq!(r.body["database"], "connected");
+    // The health check is never limited.
+    assert!(r.header("x-ratelimit-limit").is_none());
+}
+
+#[actix_rt::test]
+async fn allowed_responses_carry_every_rate_limit_header() {
+    let s = TestServer::start().await;
+    let r = s.get_as("alice", "/api/data").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header_u64("x-ratelimit-limit"), 100);
+    assert_eq!(r.header_u64("x-ratelimit-remaining"), 99);
+    // Sliding window of an hour: fully restored an hour after this request.
+    assert_eq!(r.header_u64("x-ratelimit-reset"), T0 / NANOS_PER_SEC + 3600);
+    assert_eq!(r.header("ratelimit-policy"), Some("\"*\";q=100;w=3600"));
+    assert_eq!(r.header("ratelimit"), Some("\"*\";r=99;t=3600"));
+    assert!(r.header("retry-after").is_none());
+}
+
+#[actix_rt::test]
+async fn blocks_the_101st_request_of_the_default_policy_with_a_clear_429() {
+    let s = TestServer::start().await;
+    let statuses = s.statuses("bob", "/api/data", 100).await;
+    assert!(statuses.iter().all(|&c| c == 200));
+    s.clock.advance(60 * NANOS_PER_SEC);
+    let r = s.get_as("bob", "/api/data").await;
+    assert_eq!(r.status, 429);
+    assert_eq!(r.header_u64("retry-after"), 3540);
+    assert_eq!(r.header_u64("x-ratelimit-remaining"), 0);
+    assert_eq!(r.header("ratelimit"), Some("\"*\";r=0;t=3540"));
+    let b = &r.body;
+    assert_eq!(b["error"], "rate_limit_exceeded");
+    assert_eq!(b["client_id"], "bob");
+    assert_eq!(b["endpoint"], "*");
+    assert_eq!(
+        (b["limit"].as_u64(), b["remaining"].as_u64()),
+        (Some(100), Some(0))
+    );
+    assert_eq!(b["retry_after"], 3540);
+    assert_eq!(b["reset_time"], "2027-01-15T09:00:00Z");
+    assert!(b["message"].as_str().unwrap().contains("Retry in 3540 s"));
+
+    // Another client has its own budget; the same client is allowed once the oldest
+    // request leaves the window, exactly at Retry-After.
+    assert_eq!(s.get_as("carol", "/api/data").await.status, 200);
+    s.clock.advance(3540 * NANOS_PER_SEC - 1);
+    assert_eq!(s.get_as("bob", "/api/data").await.status, 429);
+    s.clock.advance(1);
+    assert_eq!(s.get_as("bob", "/api/data").await.status, 200);
+}
+
+#[actix_rt::test]
+async fn keys_by_peer_ip_without_a_client_header() {
+    let s = TestServer::start().await;
+    s.config("/ip", 1, 60, "fixed_window").await;
+    assert_eq!(s.get("/ip").await.status, 404);
+    let r = s.get("/ip").await;
+    assert_eq!(r.status, 429);
+    assert_eq!(r.body["client_id"], "127.0.0.1");
+    // Unknown paths are limited, then answered 404 with a JSON error.
+    assert_eq!(s.get_as("x", "/ip").await.body["error"], "not_found");
+}
+
+#[actix_rt::test]
+async fn the_client_header_can_be_ignored() {
+    let s = TestServer::with(|c| {
+        c.client_id_header = ratewarden::settings::ClientIdHeader(None);
+    })
+    .await;
+    s.config("/x", 1, 60, "fixed_window").await;
+    assert_eq!(s.get_as("a", "/x").await.status, 404);
+    let r = s.get_as("b", "/x").await;
+    assert_eq!(r.status, 429, "a spoofed id must not buy a new budget");
+    assert_eq!(r.body["client_id"], "127.0.0.1");
+}
+
+#[actix_rt::test]
+async fn resolves_exact_then_prefix_then_default_and_shares_prefix_budgets() {
+    let s = TestServer::start().await;
+    s.config("/api/*", 2, 60, "fixed_window").await;
+    s.config("/api/data", 5, 60, "sliding_window").await;
+    let r = s.get_as("c", "/api/data").await;
+    assert_eq!(r.header("ratelimit-policy"), Some("\"/api/data\";q=5;w=60"));
+    // /api/x and /api/y share the /api/* budget of two.
+    assert_eq!(
+        s.get_as("c", "/api/x")
+            .await
+            .header_u64("x-ratelimit-remaining"),
+        1
+    );
+    assert_eq!(
+        s.get_as("c", "/api/y")
+            .await
+            .header_u64("x-ratelimit-remaining"),
+        0
+    );
+    assert_eq!(s.get_as("c", "/api/x").await.status, 429);
+    assert_eq!(s.get_as("c", "/api").await.status, 429);
+    // Elsewhere the default applies.
+    assert_eq!(
+        s.get_as("c", "/other")
+            .await
+            .header_u64("x-ratelimit-limit"),
+        100
+    );
+    assert_eq!(
+        s.get_as("c", "/apix").await.header_u64("x-ratelimit-limit"),
+        100
+    );
+}
+
+#[actix_rt::test]
+async fn config_changes_apply_to_the_very_next_request() {
+    let s = TestServer::start().await;
+    s.config("/api/data", 3, 60, "sliding_window").await;
+    assert_eq!(s.statuses("d", "/api/data", 2).await, vec![200, 200]);
+    // Lower the limit: the two recorded requests still count.
+    let r = s
+        .put("/admin/configs/api/data", r#"{"requests_per_window": 2}"#)
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body["requests_per_window"], 2);
+    assert_eq!(r.body["window_seconds"], 60, "a PUT merges");
+    assert_eq!(s.get_as("d", "/api/data").await.status, 429);
+    // Raise it: allowed again at once.
+    s.put("/admin/configs/api/data", r#"{"requests_per_window": 10}"#)
+        .await;
+    assert_eq!(
+        s.get_as("d", "/api/data")
+            .await
+            .header_u64("x-ratelimit-remaining"),
+        7
+    );
+    // A new algorithm starts fresh state.
+    s.put(
+        "/admin/configs/api/data",
+        r#"{"algorithm": "token_bucket", "burst_limit": 4}"#,
+    )
+    .await;
+    let r = s.get_as("d", "/api/data").await;
+    assert_eq!(
+        (
+            r.header_u64("x-ratelimit-limit"),
+            r.header_u64("x-ratelimit-remaining")
+        ),
+        (4, 3)
+    );
+    // Deactivated: not limited at all, no headers.
+    s.put("/admin/configs/api/data", r#"{"is_active": false}"#)
+        .await;
+    let r = s.get_as("d", "/api/data").await;
+    assert_eq!(r.status, 200);
+    assert!(r.header("x-ratelimit-limit").is_none());
+    // Deleted: the default applies again.
+    assert_eq!(s.delete("/admin/configs/api/data").await.status, 204);
+    assert_eq!(
+        s.get_as("d", "/api/data")
+            .await
+            .header_u64("x-ratelimit-limit"),
+        100
+    );
+}
+
+#[actix_rt::test]
+async fn two_hundred_concurrent_requests_against_a_limit_of_fifty_admit_exactly_fifty() {
+    let s = TestServer::start().await;
+    for algorithm in ["sliding_window", "fixed_window", "token_bucket"] {
+        s.put(
+            "/admin/configs/*",
+            &json!({"algorithm": algorithm, "requests_per_window": 50, "window_seconds": 3600})
+                .to_string(),
+        )
+        .await;
+        let client = format!("crowd-{algorithm}");
+        let all = join_all((0..200).map(|_| s.get_as(&client, "/api/data"))).await;
+        let ok = all.iter().filter(|r| r.status == 200).count();
+        let limited = all.iter().filter(|r| r.status == 429).count();
+        assert_eq!((ok, limited), (50, 150), "{algorithm}");
+    }
+}
+
+#[actix_rt::test]
+async fn token_bucket_refills_at_its_rate() {
+    let s = TestServer::start().await;
+    let body = json!({"endpoint": "/tb", "requests_per_window": 10, "window_seconds": 10,
+                      "algorithm": "token_bucket", "burst_limit": 2, "refill_rate": 0.5});
+    assert_eq!(
+        s.post("/admin/configs", &body.to_string()).await.status,
+        201
+    );
+    assert_eq!(s.statuses("e", "/tb", 3).await, vec![404, 404, 429]);
+    let r = s.get_as("e", "/tb").await;
+    assert_eq!(r.header_u64("retry-after"), 2);
+    s.clock.advance(2 * NANOS_PER_SEC);
+    assert_eq!(s.statuses("e", "/tb", 2).await, vec![404, 429]);
+}
+
+#[actix_rt::test]
+async fn admin_crud_follows_the_contract() {
+    let s = TestServer::start().await;
+    let list = s.get("/admin/configs").await;
+    assert_eq!(list.status, 200);
+    let default = &list.body[0];
+    assert_eq!(default["endpoint"], "*");
+    assert_eq!(default["requests_per_window"], 100);
+    assert_eq!(default["window_seconds"], 3600);
+    assert_eq!(default["algorithm"], "sliding_window");
+    assert_eq!(default["is_active"], true);
+    assert!(default["id"].is_i64());
+    assert!(default["created_at"].as_str().unwrap().ends_with('Z'));
+
+    let body = r#"{"endpoint": "/api/*", "requests_per_window": 5, "window_seconds": 10,
+                   "algorithm": "token_bucket", "burst_limit": 8, "refill_rate": 2.5}"#;
+    let r = s.post("/admin/configs", body).await;
+    assert_eq!(r.status, 201);
+    assert_eq!(r.header("location"), Some("/admin/configs/api/*"));
+    assert_eq!(r.body["burst_limit"], 8);
+    assert_eq!(r.body["refill_rate"], 2.5);
+    assert_eq!(s.post("/admin/configs", body).await.status, 409);
+
+    let r = s.get("/admin/configs/api/*").await;
+    assert_eq!(
+        (r.status.as_u16(), &r.body["endpoint"]),
+        (200, &json!("/api/*"))
+    );
+    assert_eq!(
+        s.get("/admin/configs/api%2F%2A").await.body["endpoint"],
+        "/api/*"
+    );
+    assert_eq!(s.get("/admin/configs/nope").await.status, 404);
+    assert_eq!(s.get("/admin/configs/*").await.body["endpoint"], "*");
+
+    let r = s
+        .put("/admin/configs/api/*", r#"{"refill_rate": null}"#)
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body["refill_rate"], json!(null));
+    assert_eq!(r.body["burst_limit"], 8);
+    assert_eq!(
+        s.put("/admin/configs/nope", r#"{"is_active": false}"#)
+            .await
+            .status,
+        404
+    );
+    assert_eq!(
+        s.put("/admin/configs/*", r#"{"is_active": false}"#)
+            .await
+            .body["is_active"],
+        false
+    );
+
+    assert_eq!(s.delete("/admin/configs/*").await.status, 409);
+    assert_eq!(s.delete("/admin/configs/api/*").await.status, 204);
+    assert_eq!(s.delete("/admin/configs/api/*").await.status, 404);
+    assert_eq!(
+        s.get("/admin/configs").await.body.as_array().unwrap().len(),
+        1
+    );
+    assert_eq!(
+        s.send("PATCH", "/admin/configs", &[], None).await.status,
+        405
+    );
+}
+
+#[actix_rt::test]
+async fn statistics_report_totals_and_per_client_state() {
+    let s = TestServer::start().await;
+    s.config("/api/*", 2, 60, "fixed_window").await;
+    s.statuses("f", "/api/data", 3).await;
+    s.statuses("g", "/", 1).await;
+
+    let r = s.get("/admin/stats").await;
+    assert_eq!(r.status, 200);
+    let b = &r.body;
+    assert_eq!(b["total_requests_24h"], 4);
+    assert_eq!(b["blocked_requests_24h"], 1);
+    assert_eq!(b["success_rate"], 75.0);
+    assert_eq!(b["active_configs"], 2);
+    assert_eq!(b["active_clients"], 2);
+    assert!(b["requests_per_second"].is_number());
+    assert_eq!(b["uptime_seconds"], 0);
+    assert!(b["timestamp"].is_string());
+
+    let r = s.get("/admin/stats/f").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body["client_id"], "f");
+    let st = &r.body["status"];
+    assert_eq!(
+        (
+            st["total_requests"].as_u64(),
+            st["blocked_requests"].as_u64()
+        ),
+        (Some(3), Some(1))
+    );
+    assert_eq!(st["last_request"], "2027-01-15T08:00:00Z");
+    let e = &st["endpoints"][0];
+    assert_eq!(e["endpoint"], "/api/*");
+    assert_eq!(e["algorithm"], "fixed_window");
+    assert_eq!(
+        (e["limit"].as_u64(), e["remaining"].as_u64()),
+        (Some(2), Some(0))
+    );
+    assert_eq!(e["reset_time"], "2027-01-15T08:01:00Z");
+    assert!(r.body["recent_events"].is_array());
+
+    // The blocked request becomes a coalesced event once flushed.
+    s.registries.flush_all().await.unwrap();
+    let events = s.get("/admin/stats/f").await.body["recent_events"].clone();
+    assert_eq!(events[0]["type"], "rate_limit_exceeded");
+    assert_eq!(events[0]["count"], 1);
+    assert_eq!(events[0]["endpoint"], "/api/*");
+
+    let r = s.get("/admin/stats/nobody").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body["status"]["total_requests"], 0);
+    assert_eq!(r.body["status"]["last_request"], json!(null));
+    assert_eq!(r.body["recent_events"], json!([]));
+    assert_eq!(s.get("/admin/stats/bad%20id").await.status, 400);
+}
+
+#[actix_rt::test]
+async fn an_admin_token_is_required_when_configured() {
+    let s = TestServer::with(|c| c.admin_token = Some("s3cret".into())).await;
+    let r = s.get("/admin/configs").await;
+    assert_eq!(r.status, 401);
+    assert_eq!(r.header("www-authenticate"), Some("Bearer"));
+    assert_eq!(r.body["error"], "unauthorized");
+    let wrong = s
+        .send(
+            "GET",
+            "/admin/stats",
+            &[("Authorization", "Bearer s3creT")],
+            None,
+        )
+        .await;
+    assert_eq!(wrong.status, 401);
+    let basic = s
+        .send(
+            "GET",
+            "/admin/stats",
+            &[("Authorization", "Basic s3cret")],
+            None,
+        )
+        .await;
+    assert_eq!(basic.status, 401);
+    let ok = s
+        .send(
+            "GET",
+            "/admin/stats",
+            &[("Authorization", "Bearer s3cret")],
+            None,
+        )
+        .await;
+    assert_eq!(ok.status, 200);
+    // Refused writes change nothing.
+    let r = s
+        .post(
+            "/admin/configs",
+            r#"{"endpoint": "/z", "requests_per_window": 1, "window_seconds": 1}"#,
+        )
+        .await;
+    assert_eq!(r.status, 401);
+    let list = s
+        .send(
+            "GET",
+            "/admin/configs",
+            &[("Authorization", "Bearer s3cret")],
+            None,
+        )
+        .await;
+    assert_eq!(list.body.as_array().unwrap().len(), 1);
+}
