@@ -2,15 +2,19 @@
 //! database, starts the actors, builds the HTTP server on a given listener, and on stop
 //! flushes every limiter's state.
 
+use crate::actors::EventSink;
+use crate::actors::broadcaster::{Broadcaster, FeedInterest};
 use crate::actors::db::{Cleanup, Db};
 use crate::actors::registry::{Registries, RegistryConfig, client_hash};
 use crate::clock::{NANOS_PER_SEC, SharedClock, SystemClock};
 use crate::http::client_id::Identity;
-use crate::http::{AppState, routes};
+use crate::http::{AppState, dashboard, routes};
 use crate::policy::{Policies, PolicyTable};
+use crate::report::Reporter;
 use crate::settings::Settings;
 use crate::stats::GlobalStats;
 use crate::store;
+use actix::{AsyncContext, Context};
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::{App, HttpServer, web};
 use futures_util::future::{Either, join, select};
@@ -129,13 +133,21 @@ pub fn build_state(settings: &Settings, clock: SharedClock) -> Result<web::Data<
         .map_err(|e| format!("loading clients: {e}"))?;
 
     let db = Db::start(conn, settings.database.clone());
+    // The broadcaster needs the registries (for client statistics) and the limiters need
+    // the broadcaster: take its address first, run it once the registries exist.
+    let broadcaster_ctx = Context::<Broadcaster>::new();
+    let broadcaster = broadcaster_ctx.address();
+    let interest = Arc::new(FeedInterest::default());
     let registries = Registries::start(
         settings.shards(),
         RegistryConfig {
             clock: clock.clone(),
             db: db.clone(),
             global: global.clone(),
-            events: None,
+            events: Some(EventSink {
+                recipient: broadcaster.clone().recipient(),
+                interest: interest.clone(),
+            }),
             max_clients: settings.max_clients.get(),
             idle: settings.client_idle_secs * NANOS_PER_SEC,
             flush_interval: Duration::from_millis(settings.flush_interval_ms),
@@ -143,6 +155,20 @@ pub fn build_state(settings: &Settings, clock: SharedClock) -> Result<web::Data<
         },
         known,
     );
+    let policies = Arc::new(Policies::new(table));
+    let reporter = Reporter {
+        clock: clock.clone(),
+        global,
+        policies: policies.clone(),
+        registries: registries.clone(),
+        db: db.clone(),
+        started_at: now,
+    };
+    broadcaster_ctx.run(Broadcaster::new(
+        reporter.clone(),
+        interest,
+        settings.feed_max_events_per_sec,
+    ));
     spawn_cleanup(
         db.clone(),
         clock.clone(),
@@ -151,21 +177,22 @@ pub fn build_state(settings: &Settings, clock: SharedClock) -> Result<web::Data<
 
     if settings.admin_token.is_none() {
         log::warn!(
-            "no admin token is set (--admin-token / ADMIN_TOKEN): the admin API answers loopback clients only"
+            "no admin token is set (--admin-token / ADMIN_TOKEN): the admin API and feeds answer loopback clients only"
         );
     }
     Ok(web::Data::new(AppState {
-        policies: Arc::new(Policies::new(table)),
+        policies,
         registries,
         db,
         clock,
-        global,
+        reporter,
+        broadcaster,
+        templates: dashboard::templates()?,
         identity: Identity {
             header: settings.client_id_header.0.clone(),
             trusted_proxies: settings.trusted_proxies.clone(),
         },
         admin_token: settings.admin_token.clone(),
-        started_at: now,
     }))
 }
 

@@ -18,6 +18,7 @@ pub mod error;
 pub mod http;
 pub mod limiter;
 pub mod policy;
+pub mod report;
 pub mod settings;
 pub mod stats;
 pub mod store;

@@ -64,6 +64,12 @@ pub struct Settings {
           value_parser = parse_header_name)]
     pub client_id_header: ClientIdHeader,
 
+    /// Decision events each live feed forwards per second at most (a sample beyond it;
+    /// the per-second totals in `global_stats` stay exact).
+    #[arg(long, env = "RATEWARDEN_FEED_MAX_EVENTS_PER_SEC", default_value_t = 1000,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub feed_max_events_per_sec: u32,
+
     /// Log level (error, warn, info, debug, trace); RUST_LOG, if set, takes precedence.
     #[arg(long, env = "LOG_LEVEL", default_value = "info")]
     pub log_level: String,

@@ -2,96 +2,11 @@
 //! stop flushes everything; `kill -9` loses at most one flush interval), and the command
 //! line reports bad values in one line.
 
-use std::io::{BufRead, BufReader};
+mod common;
+
+use common::binary::{BIN, Binary};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{Receiver, channel};
-use std::time::{Duration, Instant};
-
-const BIN: &str = env!("CARGO_BIN_EXE_ratewarden");
-const WAIT: Duration = Duration::from_secs(20);
-
-/// A running ratewarden process and its log lines.
-struct Binary {
-    child: Child,
-    url: String,
-    lines: Receiver<String>,
-}
-
-impl Binary {
-    fn start(db: &Path) -> Self {
-        let mut child = Command::new(BIN)
-            .args([
-                "--bind",
-                "127.0.0.1:0",
-                "--flush-interval-ms",
-                "100",
-                "--database",
-            ])
-            .arg(db)
-            .env("RUST_LOG", "ratewarden=debug,actix_server=warn")
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("the binary starts");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, lines) = channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut b = Binary {
-            child,
-            url: String::new(),
-            lines,
-        };
-        let line = b.wait_for("listening on http://");
-        let addr = line
-            .split("http://")
-            .nth(1)
-            .unwrap()
-            .split(' ')
-            .next()
-            .unwrap();
-        b.url = format!("http://{addr}");
-        b
-    }
-
-    /// Blocks until a log line contains `needle` (or fails after a generous deadline).
-    fn wait_for(&mut self, needle: &str) -> String {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) if line.contains(needle) => return line,
-                Ok(_) => {}
-                Err(e) => panic!("no log line with {needle:?}: {e}"),
-            }
-        }
-    }
-
-    fn signal(&mut self, sig: &str) {
-        let status = Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-
-    fn wait_exit(&mut self) -> std::process::ExitStatus {
-        self.child.wait().unwrap()
-    }
-}
-
-impl Drop for Binary {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use std::process::Command;
 
 async fn get(url: &str, client: &str) -> u16 {
     awc::Client::new()
@@ -129,7 +44,7 @@ fn persisted_total(db: &Path, client: &str) -> u64 {
 async fn sigterm_then_restart_keeps_configs_and_consumption() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("r.db");
-    let mut server = Binary::start(&db);
+    let mut server = Binary::start(&db, &["--flush-interval-ms", "100"]);
     create_config(&server.url).await;
     let url = format!("{}/api/data", server.url);
     for expected in [200, 200, 200, 429] {
@@ -138,7 +53,7 @@ async fn sigterm_then_restart_keeps_configs_and_consumption() {
     server.signal("-TERM");
     assert!(server.wait_exit().success());
 
-    let server = Binary::start(&db);
+    let server = Binary::start(&db, &["--flush-interval-ms", "100"]);
     let configs: serde_json::Value = awc::Client::new()
         .get(format!("{}/admin/configs/api/*", server.url))
         .send()
@@ -161,7 +76,7 @@ async fn sigterm_then_restart_keeps_configs_and_consumption() {
 async fn kill_9_after_a_flush_interval_keeps_consumption() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("k.db");
-    let mut server = Binary::start(&db);
+    let mut server = Binary::start(&db, &["--flush-interval-ms", "100"]);
     create_config(&server.url).await;
     let url = format!("{}/api/data", server.url);
     for _ in 0..3 {
@@ -174,7 +89,7 @@ async fn kill_9_after_a_flush_interval_keeps_consumption() {
     server.signal("-KILL");
     server.wait_exit();
 
-    let server = Binary::start(&db);
+    let server = Binary::start(&db, &["--flush-interval-ms", "100"]);
     let url = format!("{}/api/data", server.url);
     assert_eq!(get(&url, "killed").await, 429);
 }

@@ -8,8 +8,8 @@
 //! - [`Evict`] → `Option<ClientSnapshot>`: the final snapshot; the actor then stops.
 //! - [`Status`] → [`ClientStatus`]: counters and remaining quota per endpoint.
 
-use super::DecisionEvent;
 use super::db::{Db, LoadClient};
+use super::{DecisionEvent, EventSink};
 use crate::clock::{NANOS_PER_SEC, Nanos, SharedClock, rfc3339};
 use crate::limiter::{Algorithm, Decision, Limits, State};
 use crate::policy::{Policy, PolicyTable};
@@ -71,7 +71,7 @@ pub struct ClientLimiter {
     client: Arc<str>,
     clock: SharedClock,
     global: Arc<GlobalStats>,
-    events: Option<Recipient<DecisionEvent>>,
+    events: Option<EventSink>,
     endpoints: HashMap<Arc<str>, Endpoint>,
     totals: Totals,
     /// Counts checks; snapshots carry it so the database keeps the newest.
@@ -88,7 +88,7 @@ impl ClientLimiter {
         client: Arc<str>,
         clock: SharedClock,
         global: Arc<GlobalStats>,
-        events: Option<Recipient<DecisionEvent>>,
+        events: Option<EventSink>,
         restore: Restore,
     ) -> Self {
         Self {
@@ -208,7 +208,7 @@ impl Handler<ClientCheck> for ClientLimiter {
         self.version += 1;
         self.global.record(now, decision.allowed);
         if let Some(sink) = &self.events {
-            sink.do_send(DecisionEvent {
+            sink.offer(&self.client, || DecisionEvent {
                 client: self.client.clone(),
                 endpoint: policy.endpoint.clone(),
                 decision,

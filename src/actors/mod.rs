@@ -11,13 +11,15 @@
 //!                      Db (SyncArbiter, 1 thread)        event sink (the broadcaster)
 //! ```
 
+pub mod broadcaster;
 pub mod client_limiter;
 pub mod db;
 pub mod registry;
+pub mod ws_session;
 
 use crate::clock::Nanos;
 use crate::limiter::Decision;
-use actix::Message;
+use actix::{Message, Recipient};
 use std::sync::Arc;
 
 /// One decision, as the live feeds will carry it. Every check produces one and hands it
@@ -29,4 +31,21 @@ pub struct DecisionEvent {
     pub endpoint: Arc<str>,
     pub decision: Decision,
     pub at: Nanos,
+}
+
+/// Where limiters send their decision events: the broadcaster, but only while someone
+/// watches that client or the global feed.
+#[derive(Clone)]
+pub struct EventSink {
+    pub recipient: Recipient<DecisionEvent>,
+    pub interest: Arc<broadcaster::FeedInterest>,
+}
+
+impl EventSink {
+    /// Sends the event built by `event` if anyone will receive it; never waits.
+    pub fn offer(&self, client: &str, event: impl FnOnce() -> DecisionEvent) {
+        if self.interest.wants(client) {
+            self.recipient.do_send(event());
+        }
+    }
 }

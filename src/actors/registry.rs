@@ -15,7 +15,7 @@
 //! returning client is restored from `unsent` or, after that, from the database, whose
 //! single thread handles the write before the read.
 
-use super::DecisionEvent;
+use super::EventSink;
 use super::client_limiter::{
     ClientCheck, ClientLimiter, ClientStatus, Evict, Restore, Status, TakeSnapshot,
 };
@@ -34,6 +34,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::sync::oneshot;
+
+/// Queued checks per shard before HTTP workers wait for room.
+const MAILBOX_CAPACITY: usize = 1 << 16;
 
 /// Decide one request of `client` under `policy`.
 #[derive(Message)]
@@ -66,7 +69,7 @@ pub struct RegistryConfig {
     pub clock: SharedClock,
     pub db: Addr<Db>,
     pub global: Arc<GlobalStats>,
-    pub events: Option<Recipient<DecisionEvent>>,
+    pub events: Option<EventSink>,
     /// Live limiters this shard may hold.
     pub max_clients: usize,
     pub idle: Nanos,
@@ -241,8 +244,9 @@ impl Actor for Registry {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        // Checks from every HTTP worker queue here; never push back on them.
-        ctx.set_mailbox_capacity(usize::MAX);
+        // Checks from every HTTP worker queue here. Beyond this many, senders wait
+        // (backpressure) instead of the queue growing without bound.
+        ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
         ctx.run_interval(self.config.flush_interval, |act, ctx| act.flush(ctx, None));
     }
 }

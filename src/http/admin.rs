@@ -3,19 +3,17 @@
 
 use super::client_id::validate_client_id;
 use super::{AppState, read_json};
-use crate::actors::db::{ClientEvents, CreateConfig, DeleteConfig, UpdateConfig};
-use crate::actors::registry::GetClientStatus;
-use crate::clock::{NANOS_PER_SEC, rfc3339};
+use crate::actors::broadcaster::ConfigChanged;
+use crate::actors::db::{CreateConfig, DeleteConfig, UpdateConfig};
 use crate::error::ApiError;
+use crate::policy::Config;
 use crate::policy::{ConfigPatch, DEFAULT_ENDPOINT, ValidationError, validate_endpoint};
-use crate::store::StoreError;
+use crate::store::{ConfigAction, StoreError};
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::sync::Arc;
 
-/// Events listed by `/admin/stats/{client_id}`.
-const RECENT_EVENTS: usize = 20;
 const CONFIGS_PREFIX: &str = "/admin/configs/";
 
 /// The config endpoint named by the rest of the path, decoded once:
@@ -96,6 +94,14 @@ fn patch_from(body: Value) -> Result<ConfigPatch, ApiError> {
     }
 }
 
+/// Tells the live feeds; never waits.
+fn announce(state: &AppState, action: ConfigAction, config: &Config) {
+    state.broadcaster.do_send(ConfigChanged {
+        action,
+        config: config.clone(),
+    });
+}
+
 pub async fn list_configs(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok().json(state.policies.current().configs())
 }
@@ -134,6 +140,7 @@ pub async fn create_config(
         .await?
         .map_err(store_error)?;
     state.policies.apply(&endpoint, Some(config.clone()));
+    announce(&state, ConfigAction::Created, &config);
     log::info!("config created for {endpoint}");
     Ok(HttpResponse::Created()
         .insert_header((header::LOCATION, location(&endpoint)))
@@ -174,6 +181,7 @@ pub async fn update_config(
         .map_err(store_error)?
         .ok_or_else(|| not_found(&endpoint))?;
     state.policies.apply(&endpoint, Some(config.clone()));
+    announce(&state, ConfigAction::Updated, &config);
     log::info!("config updated for {endpoint}");
     Ok(HttpResponse::Ok().json(config))
 }
@@ -193,7 +201,7 @@ pub async fn delete_config(
     if state.policies.current().get(&endpoint).is_none() {
         return Err(not_found(&endpoint));
     }
-    state
+    let config = state
         .db
         .send(DeleteConfig {
             endpoint: endpoint.clone(),
@@ -203,28 +211,18 @@ pub async fn delete_config(
         .map_err(store_error)?
         .ok_or_else(|| not_found(&endpoint))?;
     state.policies.apply(&endpoint, None);
+    announce(&state, ConfigAction::Deleted, &config);
     log::info!("config deleted for {endpoint}");
     Ok(HttpResponse::NoContent().finish())
 }
 
 pub async fn global_stats(state: web::Data<AppState>) -> HttpResponse {
-    let now = state.clock.now();
-    let day = state.global.last_24h(now);
-    let success_rate = if day.total == 0 {
-        100.0
-    } else {
-        (day.total - day.blocked) as f64 * 100.0 / day.total as f64
-    };
-    HttpResponse::Ok().json(json!({
-        "total_requests_24h": day.total,
-        "blocked_requests_24h": day.blocked,
-        "success_rate": (success_rate * 100.0).round() / 100.0,
-        "active_configs": state.policies.current().active_count(),
-        "active_clients": state.registries.live_clients(),
-        "requests_per_second": state.global.requests_per_second(now),
-        "uptime_seconds": now.saturating_sub(state.started_at) / NANOS_PER_SEC,
-        "timestamp": rfc3339(now),
-    }))
+    HttpResponse::Ok().json(state.reporter.global_stats())
+}
+
+/// Per-second traffic of the last five minutes, for the dashboard's chart.
+pub async fn traffic(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok().json(state.reporter.traffic())
 }
 
 pub async fn client_stats(
@@ -233,30 +231,8 @@ pub async fn client_stats(
 ) -> Result<HttpResponse, ApiError> {
     let client_id = client_id.into_inner();
     validate_client_id(&client_id)?;
-    let client: Arc<str> = Arc::from(client_id.as_str());
-    let status = state
-        .registries
-        .shard(&client)
-        .send(GetClientStatus {
-            client: client.clone(),
-            table: state.policies.current(),
-        })
-        .await
-        .map_err(|e| ApiError::Unavailable(format!("The limiter is not answering ({e}).")))?;
-    let events = state
-        .db
-        .send(ClientEvents {
-            client,
-            limit: RECENT_EVENTS,
-        })
-        .await?
-        .map_err(store_error)?;
-    Ok(HttpResponse::Ok().json(json!({
-        "client_id": client_id,
-        "status": status,
-        "recent_events": events,
-        "timestamp": rfc3339(state.clock.now()),
-    })))
+    let body = state.reporter.client_stats(Arc::from(client_id)).await?;
+    Ok(HttpResponse::Ok().json(body))
 }
 
 #[cfg(test)]

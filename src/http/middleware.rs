@@ -145,7 +145,9 @@ fn sf_string(s: &str) -> String {
     out
 }
 
-/// `/admin` access: a bearer token when one is configured, else loopback peers only.
+/// Admin access (the admin API and the live feeds): a bearer token when one is
+/// configured (or a `token` query parameter, because browsers cannot set headers on
+/// WebSocket and EventSource requests), else loopback peers only.
 pub async fn admin_access(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
@@ -153,13 +155,15 @@ pub async fn admin_access(
     let state = state(&req);
     let verdict = match &state.admin_token {
         Some(token) => {
-            let presented = req
+            let header = req
                 .headers()
                 .get(actix_web::http::header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "));
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .map(|t| t.trim().to_owned());
+            let presented = header.or_else(|| query_token(req.query_string()));
             match presented {
-                Some(p) if constant_time_eq(p.trim().as_bytes(), token.as_bytes()) => Ok(()),
+                Some(p) if constant_time_eq(p.as_bytes(), token.as_bytes()) => Ok(()),
                 _ => Err(ApiError::Unauthorized),
             }
         }
@@ -175,6 +179,17 @@ pub async fn admin_access(
             Ok(req.into_response(res))
         }
     }
+}
+
+/// The `token` query parameter, percent-decoded.
+fn query_token(query: &str) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct TokenQuery {
+        token: String,
+    }
+    web::Query::<TokenQuery>::from_query(query)
+        .ok()
+        .map(|q| q.into_inner().token)
 }
 
 /// Compares without an early exit, so the time taken does not reveal how much of a
@@ -208,6 +223,13 @@ mod tests {
         assert_eq!(sf_string("/api/*"), "\"/api/*\"");
         assert_eq!(sf_string("/a\"b\\c"), "\"/a\\\"b\\\\c\"");
         assert_eq!(sf_string("/é"), "\"/%C3%A9\"");
+    }
+
+    #[test]
+    fn reads_the_token_query_parameter() {
+        assert_eq!(query_token("token=a%2Bb&x=1"), Some("a+b".to_owned()));
+        assert_eq!(query_token("x=1"), None);
+        assert_eq!(query_token(""), None);
     }
 
     #[test]

@@ -3,15 +3,18 @@
 
 pub mod admin;
 pub mod client_id;
+pub mod dashboard;
 pub mod demo;
 pub mod middleware;
+pub mod realtime;
 
+use crate::actors::broadcaster::Broadcaster;
 use crate::actors::db::Db;
 use crate::actors::registry::Registries;
-use crate::clock::{Nanos, SharedClock};
+use crate::clock::SharedClock;
 use crate::error::ApiError;
 use crate::policy::Policies;
-use crate::stats::GlobalStats;
+use crate::report::Reporter;
 use actix::Addr;
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -28,10 +31,11 @@ pub struct AppState {
     pub registries: Registries,
     pub db: Addr<Db>,
     pub clock: SharedClock,
-    pub global: Arc<GlobalStats>,
+    pub reporter: Reporter,
+    pub broadcaster: Addr<Broadcaster>,
+    pub templates: tera::Tera,
     pub identity: Identity,
     pub admin_token: Option<String>,
-    pub started_at: Nanos,
 }
 
 /// The route table, shared by the binary and the tests: everything sits in one root
@@ -58,9 +62,25 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                             .default_service(web::to(method_not_allowed)),
                     )
                     .service(web::resource("/stats").get(admin::global_stats))
+                    .service(web::resource("/traffic").get(admin::traffic))
                     .service(web::resource("/stats/{client_id}").get(admin::client_stats))
                     .default_service(web::to(not_found)),
             )
+            .service(
+                web::scope("/ws")
+                    .wrap(actix_web::middleware::from_fn(middleware::admin_access))
+                    // Registered before `{client_id}`, so it is never taken for a client.
+                    .service(web::resource("/global").get(realtime::websocket))
+                    .service(web::resource("/{client_id}").get(realtime::websocket)),
+            )
+            .service(
+                web::scope("/events")
+                    .wrap(actix_web::middleware::from_fn(middleware::admin_access))
+                    .service(web::resource("/global").get(realtime::events))
+                    .service(web::resource("/{client_id}").get(realtime::events)),
+            )
+            .service(web::resource("/dashboard").get(dashboard::page))
+            .service(web::resource("/static/{file:.*}").get(dashboard::asset))
             .service(web::resource("/").get(demo::index))
             .service(web::resource("/health").get(demo::health))
             .service(web::resource("/api/data").get(demo::data))

@@ -2,6 +2,8 @@
 //! clock; and a small client for it.
 #![allow(dead_code)] // each test binary uses its own part of this module
 
+pub mod binary;
+
 use actix_web::dev::ServerHandle;
 use actix_web::http::StatusCode;
 use actix_web::http::header::HeaderMap;

@@ -1,0 +1,78 @@
+//! The dashboard: one Tera-rendered page and its assets, all compiled into the binary so
+//! it works from any directory and with no internet access. The page itself needs no
+//! token; its data calls and feeds do, and it asks for one when the server says 401.
+
+use super::AppState;
+use crate::error::ApiError;
+use actix_web::http::header;
+use actix_web::{HttpRequest, HttpResponse, web};
+use tera::{Context, Tera};
+
+const TEMPLATE: &str = "dashboard.html";
+
+/// The parsed template, built once at start.
+pub fn templates() -> Result<Tera, String> {
+    let mut tera = Tera::default();
+    tera.add_raw_template(TEMPLATE, include_str!("../../templates/dashboard.html"))
+        .map_err(|e| format!("the dashboard template does not parse: {e}"))?;
+    Ok(tera)
+}
+
+pub async fn page(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let mut ctx = Context::new();
+    ctx.insert("version", env!("CARGO_PKG_VERSION"));
+    ctx.insert("token_required", &state.admin_token.is_some());
+    let html = state
+        .templates
+        .render(TEMPLATE, &ctx)
+        .map_err(|e| ApiError::Internal(format!("rendering the dashboard: {e}")))?;
+    Ok(HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .insert_header((header::CACHE_CONTROL, "no-cache"))
+        .insert_header((
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; object-src 'none'",
+        ))
+        .body(html))
+}
+
+/// Files under `static/`, with their content types.
+const ASSETS: &[(&str, &str, &[u8])] = &[
+    (
+        "dashboard.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../static/dashboard.js"),
+    ),
+    (
+        "dashboard.css",
+        "text/css; charset=utf-8",
+        include_bytes!("../../static/dashboard.css"),
+    ),
+    (
+        "vendor/uplot/uPlot.iife.min.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../static/vendor/uplot/uPlot.iife.min.js"),
+    ),
+    (
+        "vendor/uplot/uPlot.min.css",
+        "text/css; charset=utf-8",
+        include_bytes!("../../static/vendor/uplot/uPlot.min.css"),
+    ),
+    (
+        "vendor/uplot/LICENSE",
+        "text/plain; charset=utf-8",
+        include_bytes!("../../static/vendor/uplot/LICENSE"),
+    ),
+];
+
+pub async fn asset(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    let name = req.match_info().query("file");
+    let (_, content_type, body) = ASSETS
+        .iter()
+        .find(|(n, _, _)| *n == name)
+        .ok_or_else(|| ApiError::NotFound(format!("There is no static file {name:?}.")))?;
+    Ok(HttpResponse::Ok()
+        .content_type(*content_type)
+        .insert_header((header::CACHE_CONTROL, "no-cache"))
+        .body(*body))
+}

@@ -1,0 +1,350 @@
+// ratewarden dashboard: live totals, chart, events, configs, client inspector and tester.
+// Everything that came from a request (paths, client ids, error text) is inserted with
+// textContent, never as HTML.
+"use strict";
+
+const MAX_EVENTS = 100;
+const CHART_SECONDS = 300;
+const $ = (sel) => document.querySelector(sel);
+
+// ---- admin token (kept in this tab only) ----------------------------------------------
+let token = sessionStorage.getItem("ratewarden-token") || "";
+let tokenWaiters = null;
+
+function askToken() {
+  if (tokenWaiters) return tokenWaiters;
+  const dialog = $("#token-dialog");
+  tokenWaiters = new Promise((resolve) => {
+    dialog.addEventListener("close", function onClose() {
+      dialog.removeEventListener("close", onClose);
+      if (dialog.returnValue === "ok") {
+        token = $("#token-input").value.trim();
+        sessionStorage.setItem("ratewarden-token", token);
+      }
+      tokenWaiters = null;
+      resolve(token);
+    });
+    dialog.showModal();
+  });
+  return tokenWaiters;
+}
+
+// fetch for the admin API: adds the token, asks for one on 401 and retries once.
+async function api(path, options = {}, retried = false) {
+  const headers = Object.assign({}, options.headers || {});
+  if (token) headers["Authorization"] = "Bearer " + token;
+  if (options.body) headers["Content-Type"] = "application/json";
+  const res = await fetch(path, Object.assign({}, options, { headers }));
+  if (res.status === 401 && !retried) {
+    await askToken();
+    reconnectAll();
+    return api(path, options, true);
+  }
+  return res;
+}
+
+function feedUrl(path) {
+  const proto = location.protocol === "https:" ? "wss:" : "ws:";
+  const q = token ? "?token=" + encodeURIComponent(token) : "";
+  return proto + "//" + location.host + path + q;
+}
+
+function el(tag, cls, text) {
+  const e = document.createElement(tag);
+  if (cls) e.className = cls;
+  if (text !== undefined) e.textContent = String(text);
+  return e;
+}
+
+const fmt = (n) => (typeof n === "number" ? n.toLocaleString("en-US") : "–");
+const clock = (iso) => (iso ? new Date(iso).toLocaleTimeString([], { hour12: false }) : "");
+
+// ---- totals ---------------------------------------------------------------------------
+function showTotals(d) {
+  $("#kpi-total").textContent = fmt(d.total_requests_24h);
+  $("#kpi-blocked").textContent = fmt(d.blocked_requests_24h);
+  $("#kpi-success").textContent = d.success_rate.toFixed(1) + " %";
+  $("#kpi-rps").textContent = d.requests_per_second.toFixed(1);
+  $("#kpi-clients").textContent = fmt(d.active_clients);
+  if (d.last_second) addSecond(d.last_second);
+}
+
+// ---- chart ----------------------------------------------------------------------------
+const series = new Map(); // second -> [allowed, blocked]
+let plot = null;
+
+function addSecond(s) {
+  series.set(s.second, [s.allowed, s.blocked]);
+  const newest = Math.max(...series.keys());
+  for (const k of series.keys()) if (k <= newest - CHART_SECONDS) series.delete(k);
+  drawChart();
+}
+
+function drawChart() {
+  const xs = [...series.keys()].sort((a, b) => a - b);
+  const data = [xs, xs.map((x) => series.get(x)[0]), xs.map((x) => series.get(x)[1])];
+  const box = $("#chart");
+  box.dataset.points = String(xs.length);
+  box.dataset.blocked = String(data[2].reduce((a, b) => a + b, 0));
+  if (typeof uPlot === "undefined") return;
+  if (!plot) {
+    plot = new uPlot({
+      width: box.clientWidth || 600, height: 240,
+      series: [{}, { label: "allowed", stroke: "#1a9b5f", fill: "#1a9b5f22" },
+                   { label: "blocked", stroke: "#d1453b", fill: "#d1453b22" }],
+      axes: [{}, { label: "requests / s" }],
+    }, data, box);
+    new ResizeObserver(() => plot.setSize({ width: box.clientWidth, height: 240 })).observe(box);
+  } else {
+    plot.setData(data);
+  }
+}
+
+async function loadTraffic() {
+  const res = await api("/admin/traffic");
+  if (!res.ok) return;
+  const body = await res.json();
+  for (const s of body.seconds) series.set(s.second, [s.allowed, s.blocked]);
+  drawChart();
+}
+
+// ---- events ---------------------------------------------------------------------------
+function describe(m) {
+  switch (m.type) {
+    case "request_processed": return ["200", "tag-ok", `${m.client_id} ${m.endpoint} · ${m.remaining}/${m.limit} left`];
+    case "rate_limit_exceeded": return ["429", "tag-block", `${m.client_id} ${m.endpoint} · retry in ${m.retry_after}s`];
+    case "config_updated": return ["cfg", "tag-cfg", `${m.action} ${m.config.endpoint}`];
+    case "events_dropped": return ["drop", "tag-block", `${m.count} events skipped (feed too slow)`];
+    default: return null;
+  }
+}
+
+function showEvent(m) {
+  if ($("#only-blocked").checked && m.type === "request_processed") return;
+  const d = describe(m);
+  if (!d) return;
+  const li = el("li");
+  li.append(el("span", "muted", clock(m.timestamp)), el("span", "tag " + d[1], d[0]), el("span", "ev-detail", d[2]));
+  const list = $("#events");
+  list.prepend(li);
+  while (list.children.length > MAX_EVENTS) list.lastChild.remove();
+}
+
+// ---- live feed ------------------------------------------------------------------------
+let globalSocket = null;
+let inspectorSocket = null;
+let watching = "";
+
+function connectGlobal() {
+  if (globalSocket) globalSocket.close();
+  const ws = new WebSocket(feedUrl("/ws/global"));
+  globalSocket = ws;
+  ws.onopen = () => { const c = $("#conn"); c.textContent = "live"; c.className = "pill pill-on"; };
+  ws.onclose = () => {
+    if (globalSocket !== ws) return;
+    const c = $("#conn"); c.textContent = "disconnected"; c.className = "pill pill-off";
+    setTimeout(connectGlobal, 2000);
+  };
+  ws.onmessage = (e) => {
+    const m = JSON.parse(e.data);
+    if (m.type === "global_stats") showTotals(m.data);
+    else {
+      showEvent(m);
+      if (m.type === "config_updated") loadConfigs();
+    }
+  };
+}
+
+function reconnectAll() {
+  connectGlobal();
+  if (watching) watch(watching);
+}
+
+// ---- configs --------------------------------------------------------------------------
+let editing = null;
+
+async function loadConfigs() {
+  const res = await api("/admin/configs");
+  if (!res.ok) return;
+  const rows = $("#config-rows");
+  rows.replaceChildren();
+  for (const c of await res.json()) {
+    const tr = el("tr");
+    const extra = c.algorithm === "token_bucket"
+      ? `${c.burst_limit ?? c.requests_per_window} / ${c.refill_rate ?? +(c.requests_per_window / c.window_seconds).toFixed(3)}`
+      : "–";
+    tr.append(el("td", "endpoint", c.endpoint), el("td", "", c.algorithm), el("td", "", fmt(c.requests_per_window)),
+              el("td", "", c.window_seconds + " s"), el("td", "", extra), el("td", "", c.is_active ? "yes" : "no"));
+    const actions = el("td");
+    const edit = el("button", "ghost small", "Edit");
+    edit.type = "button";
+    edit.onclick = () => openForm(c);
+    actions.append(edit);
+    if (c.endpoint !== "*") {
+      const del = el("button", "danger", "Delete");
+      del.type = "button";
+      del.onclick = async () => {
+        if (!confirm("Delete the config for " + c.endpoint + "?")) return;
+        const r = await api(configPath(c.endpoint), { method: "DELETE" });
+        if (!r.ok) alert(((await r.json()).message) || "Delete failed");
+        loadConfigs();
+      };
+      actions.append(" ", del);
+    }
+    tr.append(actions);
+    rows.append(tr);
+  }
+}
+
+function configPath(endpoint) {
+  const rest = endpoint === "*" ? "*" : endpoint.slice(1);
+  return "/admin/configs/" + rest.split("/").map(encodeURIComponent).join("/").replace(/%2A/g, "*");
+}
+
+function openForm(config) {
+  const f = $("#config-form");
+  editing = config;
+  f.hidden = false;
+  $("#config-error").textContent = "";
+  const c = config || { endpoint: "", algorithm: "sliding_window", requests_per_window: 100, window_seconds: 60,
+                        burst_limit: null, refill_rate: null, is_active: true };
+  f.endpoint.value = c.endpoint;
+  f.endpoint.disabled = !!config;
+  f.algorithm.value = c.algorithm;
+  f.requests_per_window.value = c.requests_per_window;
+  f.window_seconds.value = c.window_seconds;
+  f.burst_limit.value = c.burst_limit ?? "";
+  f.refill_rate.value = c.refill_rate ?? "";
+  f.is_active.checked = c.is_active;
+  $("#config-save").textContent = config ? "Save" : "Create";
+  f.endpoint.focus();
+}
+
+function numberOrNull(v) { return v === "" ? null : Number(v); }
+
+async function saveConfig(ev) {
+  ev.preventDefault();
+  const f = ev.target;
+  const body = {
+    algorithm: f.algorithm.value,
+    requests_per_window: numberOrNull(f.requests_per_window.value),
+    window_seconds: numberOrNull(f.window_seconds.value),
+    burst_limit: numberOrNull(f.burst_limit.value),
+    refill_rate: numberOrNull(f.refill_rate.value),
+    is_active: f.is_active.checked,
+  };
+  let res;
+  if (editing) {
+    res = await api(configPath(editing.endpoint), { method: "PUT", body: JSON.stringify(body) });
+  } else {
+    body.endpoint = f.endpoint.value.trim();
+    res = await api("/admin/configs", { method: "POST", body: JSON.stringify(body) });
+  }
+  if (res.ok) {
+    f.hidden = true;
+    editing = null;
+    loadConfigs();
+  } else {
+    const err = await res.json().catch(() => ({ message: "The server answered " + res.status }));
+    $("#config-error").textContent = err.message || ("Error " + res.status);
+  }
+}
+
+// ---- client inspector -----------------------------------------------------------------
+function watch(client) {
+  watching = client;
+  if (inspectorSocket) inspectorSocket.close();
+  $("#inspector-summary").textContent = "Connecting to " + client + "…";
+  const ws = new WebSocket(feedUrl("/ws/" + encodeURIComponent(client)));
+  inspectorSocket = ws;
+  ws.onmessage = (e) => {
+    const m = JSON.parse(e.data);
+    if (m.type === "client_stats") showClient(m.data);
+    else if (m.type === "request_processed") updateRemaining(m.endpoint, m.remaining, m.limit);
+    else if (m.type === "rate_limit_exceeded") updateRemaining(m.endpoint, 0, m.limit);
+  };
+  ws.onclose = () => { if (inspectorSocket === ws) $("#inspector-summary").textContent = "Feed closed for " + client + "."; };
+}
+
+function showClient(d) {
+  const s = d.status;
+  $("#inspector-summary").textContent =
+    `${d.client_id}: ${fmt(s.total_requests)} requests, ${fmt(s.blocked_requests)} blocked` +
+    (s.last_request ? `, last at ${clock(s.last_request)}` : ", no requests yet");
+  const rows = $("#quota-rows");
+  rows.replaceChildren();
+  for (const e of s.endpoints) {
+    const tr = el("tr");
+    tr.dataset.endpoint = e.endpoint;
+    const bar = el("div", "bar");
+    bar.append(el("div"));
+    const barCell = el("td");
+    barCell.append(bar);
+    tr.append(el("td", "endpoint", e.endpoint), el("td", "", e.algorithm), el("td", "remaining", ""), barCell,
+              el("td", "", clock(e.reset_time)));
+    rows.append(tr);
+    setRemaining(tr, e.remaining, e.limit);
+  }
+}
+
+function setRemaining(tr, remaining, limit) {
+  tr.querySelector(".remaining").textContent = `${fmt(remaining)} / ${fmt(limit)}`;
+  const pct = limit ? Math.max(0, Math.min(100, (remaining / limit) * 100)) : 0;
+  const bar = tr.querySelector(".bar");
+  bar.firstChild.style.width = pct + "%";
+  bar.classList.toggle("low", pct < 20);
+}
+
+function updateRemaining(endpoint, remaining, limit) {
+  for (const tr of $("#quota-rows").children) {
+    if (tr.dataset.endpoint === endpoint) setRemaining(tr, remaining, limit);
+  }
+}
+
+// ---- tester ---------------------------------------------------------------------------
+async function fire(ev) {
+  ev.preventDefault();
+  const f = ev.target;
+  const path = f.path.value.trim();
+  const client = f.client.value.trim();
+  const count = Math.max(1, Math.min(1000, Number(f.count.value) || 1));
+  const result = $("#tester-result");
+  result.textContent = "Sending " + count + " requests…";
+  const tally = { passed: 0, limited: 0, other: 0 };
+  let next = 0;
+  async function worker() {
+    while (next < count) {
+      next += 1;
+      try {
+        const r = await fetch(path, { headers: { "X-Client-ID": client }, cache: "no-store" });
+        if (r.status === 429) tally.limited += 1;
+        else if (r.status < 400 || r.status === 404) tally.passed += 1;
+        else tally.other += 1;
+      } catch (_) { tally.other += 1; }
+    }
+  }
+  await Promise.all(Array.from({ length: Math.min(8, count) }, worker));
+  result.replaceChildren();
+  const passed = el("strong", "good", tally.passed);
+  const limited = el("strong", "bad", tally.limited);
+  passed.id = "tester-passed";
+  limited.id = "tester-limited";
+  result.append(passed, " passed · ", limited, " limited");
+  if (tally.other) result.append(" · " + tally.other + " failed");
+  result.classList.remove("muted");
+}
+
+// ---- start ----------------------------------------------------------------------------
+$("#token-button").onclick = async () => { await askToken(); reconnectAll(); loadConfigs(); loadTraffic(); };
+$("#new-config").onclick = () => openForm(null);
+$("#config-cancel").onclick = () => { $("#config-form").hidden = true; editing = null; };
+$("#config-form").addEventListener("submit", saveConfig);
+$("#tester").addEventListener("submit", fire);
+$("#inspector").addEventListener("submit", (ev) => { ev.preventDefault(); watch(ev.target.client.value.trim()); });
+
+(async function start() {
+  if (document.body.dataset.tokenRequired === "true" && !token) await askToken();
+  await loadConfigs();
+  await loadTraffic();
+  connectGlobal();
+})();
