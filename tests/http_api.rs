@@ -402,3 +402,71 @@ async fn an_admin_token_is_required_when_configured() {
         .await;
     assert_eq!(list.body.as_array().unwrap().len(), 1);
 }
+
+#[actix_rt::test]
+async fn percent_encoded_paths_count_against_the_config_that_serves_them() {
+    let s = TestServer::start().await;
+    s.config("/api/*", 2, 60, "fixed_window").await;
+    let r = s.get_as("enc", "/%61pi/d%61ta").await;
+    assert_eq!(r.status, 200, "served by /api/data");
+    assert_eq!(r.header("ratelimit-policy"), Some("\"/api/*\";q=2;w=60"));
+    assert_eq!(
+        s.get_as("enc", "/api/data")
+            .await
+            .header_u64("x-ratelimit-remaining"),
+        0
+    );
+    assert_eq!(s.get_as("enc", "/%61pi/data").await.status, 429);
+    // Exempt prefixes are judged on the decoded path too.
+    assert!(
+        s.get("/%68ealth")
+            .await
+            .header("x-ratelimit-limit")
+            .is_none()
+    );
+}
+
+#[actix_rt::test]
+async fn a_clock_stepped_back_reopens_no_window() {
+    let s = TestServer::start().await;
+    s.config("/c", 2, 60, "fixed_window").await;
+    s.clock.advance(30 * NANOS_PER_SEC);
+    assert_eq!(s.statuses("ntp", "/c", 3).await, vec![404, 404, 429]);
+    // The wall clock steps back into the previous window: still limited.
+    s.clock.set(T0 - NANOS_PER_SEC);
+    assert_eq!(s.statuses("ntp", "/c", 1).await, vec![429]);
+}
+
+#[actix_rt::test]
+async fn wrong_methods_get_a_json_405_everywhere() {
+    let s = TestServer::start().await;
+    for (method, path) in [
+        ("POST", "/api/data"),
+        ("DELETE", "/"),
+        ("PUT", "/admin/stats"),
+        ("POST", "/health"),
+    ] {
+        let r = s.send(method, path, &[], None).await;
+        assert_eq!(r.status, 405, "{method} {path}");
+        assert_eq!(r.body["error"], "method_not_allowed", "{method} {path}");
+    }
+}
+
+#[actix_rt::test]
+async fn the_bearer_scheme_is_case_insensitive() {
+    let s = TestServer::with(|c| c.admin_token = Some("t0k".into())).await;
+    let r = s
+        .send(
+            "GET",
+            "/admin/stats",
+            &[("Authorization", "bearer t0k")],
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let r = s.get("/admin/stats?token=t0k").await;
+    assert_eq!(
+        r.status, 200,
+        "the token query parameter, for browsers' feeds"
+    );
+}

@@ -76,6 +76,9 @@ pub struct ClientLimiter {
     totals: Totals,
     /// Counts checks; snapshots carry it so the database keeps the newest.
     version: u64,
+    /// The latest time this limiter has seen: a wall clock stepped back (NTP) must not
+    /// reopen a window or refill a bucket, so time here never goes backwards.
+    last_now: Nanos,
     /// `version` at the last snapshot: the limiter is dirty when they differ.
     snapshot_version: u64,
     /// Per-minute counts of past minutes, waiting for the next snapshot.
@@ -99,6 +102,7 @@ impl ClientLimiter {
             endpoints: HashMap::new(),
             totals: Totals::default(),
             version: 0,
+            last_now: 0,
             snapshot_version: 0,
             stats: Vec::new(),
             restore: Some(restore),
@@ -109,6 +113,7 @@ impl ClientLimiter {
         self.version = stored.version;
         self.snapshot_version = stored.version;
         self.totals = stored.totals;
+        self.last_now = stored.totals.last_request;
         let minute = self.clock.now() / NANOS_PER_SEC / 60;
         for e in stored.endpoints {
             match State::decode(e.algorithm, &e.state) {
@@ -132,12 +137,18 @@ impl ClientLimiter {
         }
     }
 
+    /// The clock, never earlier than it was before.
+    fn now(&mut self) -> Nanos {
+        self.last_now = self.last_now.max(self.clock.now());
+        self.last_now
+    }
+
     fn snapshot(&mut self) -> Option<ClientSnapshot> {
         if self.version == self.snapshot_version {
             return None;
         }
         self.snapshot_version = self.version;
-        let now = self.clock.now();
+        let now = self.now();
         let mut endpoints = Vec::with_capacity(self.endpoints.len());
         let mut stats = std::mem::take(&mut self.stats);
         for (name, e) in &mut self.endpoints {
@@ -190,7 +201,7 @@ impl Handler<ClientCheck> for ClientLimiter {
     type Result = MessageResult<ClientCheck>;
 
     fn handle(&mut self, msg: ClientCheck, _: &mut Context<Self>) -> Self::Result {
-        let now = self.clock.now();
+        let now = self.now();
         let policy = &msg.policy;
         let minute = now / NANOS_PER_SEC / 60;
         let endpoint = self
@@ -321,7 +332,7 @@ impl ClientStatus {
                     algorithm: policy.limits.algorithm,
                     limit: d.limit,
                     remaining: d.remaining,
-                    reset_time: rfc3339(now + d.reset_after),
+                    reset_time: rfc3339(now.saturating_add(d.reset_after)),
                     retry_after: crate::clock::ceil_secs(d.retry_after),
                     is_active: policy.active,
                 })
@@ -355,7 +366,7 @@ impl ClientStatus {
 impl Handler<Status> for ClientLimiter {
     type Result = MessageResult<Status>;
     fn handle(&mut self, msg: Status, _: &mut Context<Self>) -> Self::Result {
-        let now = self.clock.now();
+        let now = self.now();
         MessageResult(ClientStatus::build(
             self.totals,
             self.endpoints.iter_mut().map(|(n, e)| (n, &mut e.state)),

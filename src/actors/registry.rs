@@ -20,13 +20,13 @@ use super::client_limiter::{
     ClientCheck, ClientLimiter, ClientStatus, Evict, Restore, Status, TakeSnapshot,
 };
 use super::db::{Db, LoadClient, Persist};
-use crate::clock::{NANOS_PER_SEC, Nanos, SharedClock};
+use crate::clock::{Nanos, SharedClock};
 use crate::limiter::Decision;
 use crate::policy::{Policy, PolicyTable};
 use crate::stats::GlobalStats;
 use crate::store::{ClientSnapshot, StoredClient};
 use actix::prelude::*;
-use futures_util::future::join_all;
+use futures_util::future::{join, join_all};
 use hashlink::LinkedHashMap;
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
@@ -194,7 +194,8 @@ impl Registry {
     }
 
     /// One flush: idle sweep, snapshots of dirty limiters, then the batch to the DB actor.
-    /// `done` hears back once the batch is committed.
+    /// `done` hears back once the batch is committed. Evictions and snapshots are awaited
+    /// together, so the batch always holds the evicted limiters' final state.
     fn flush(
         &mut self,
         ctx: &mut Context<Self>,
@@ -208,8 +209,10 @@ impl Registry {
             }
             idle.extend(self.live.pop_front());
         }
-        self.evict(idle, ctx);
-
+        self.config
+            .live_total
+            .fetch_sub(idle.len(), Ordering::Relaxed);
+        let evictions = idle.into_iter().map(|(_, live)| live.addr.send(Evict));
         let takes: Vec<_> = std::mem::take(&mut self.dirty)
             .into_iter()
             .filter_map(|client| {
@@ -218,13 +221,16 @@ impl Registry {
                 Some(live.addr.send(TakeSnapshot))
             })
             .collect();
+        let replies = join(join_all(evictions), join_all(takes));
         ctx.wait(
-            join_all(takes)
+            replies
                 .into_actor(self)
-                .map(move |replies, act, _| {
-                    for reply in replies {
-                        // A limiter evicted meanwhile answered `Evict` with the same state.
-                        act.stash(reply.ok().flatten());
+                .map(move |(evicted, taken), act, _| {
+                    for reply in evicted.into_iter().chain(taken) {
+                        match reply {
+                            Ok(snapshot) => act.stash(snapshot),
+                            Err(e) => log::error!("a limiter's snapshot was lost: {e}"),
+                        }
                     }
                     let batch: Vec<ClientSnapshot> = act.unsent.drain().map(|(_, s)| s).collect();
                     if batch.is_empty() {
@@ -369,9 +375,4 @@ impl Registries {
         }
         Ok(total)
     }
-}
-
-/// Seconds to nanoseconds, saturating.
-pub fn secs(s: u64) -> Nanos {
-    s.saturating_mul(NANOS_PER_SEC)
 }

@@ -11,10 +11,11 @@ use futures_util::stream;
 use std::time::Duration;
 
 /// How often the server pings.
-pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
 /// Pings left unanswered before the peer counts as dead: it is dropped within
-/// `HEARTBEAT_INTERVAL * (MAX_MISSED + 1)` = 30 s of its last sign of life.
-pub const MAX_MISSED: u32 = 2;
+/// `HEARTBEAT_INTERVAL * (MAX_MISSED + 1)` = 25 s of its last sign of life, inside the
+/// 30 s the contract allows.
+pub const MAX_MISSED: u32 = 4;
 
 pub struct WsSession {
     broadcaster: Addr<Broadcaster>,
@@ -25,20 +26,22 @@ pub struct WsSession {
 }
 
 impl WsSession {
-    /// Upgrades the request and starts a session that forwards `subscription`.
-    pub fn start(
-        broadcaster: Addr<Broadcaster>,
-        subscription: Subscription,
-        req: &HttpRequest,
-        payload: web::Payload,
-    ) -> Result<HttpResponse, actix_web::Error> {
-        let session = WsSession {
+    pub fn new(broadcaster: Addr<Broadcaster>, subscription: Subscription) -> Self {
+        WsSession {
             broadcaster,
             id: subscription.id,
             subscription: Some(subscription),
             missed: 0,
-        };
-        ws::start(session, req, payload)
+        }
+    }
+
+    /// Upgrades the request and runs this session over the peer's frames in `payload`.
+    pub fn start<S>(self, req: &HttpRequest, payload: S) -> Result<HttpResponse, actix_web::Error>
+    where
+        S: futures_util::Stream<Item = Result<web::Bytes, actix_web::error::PayloadError>>
+            + 'static,
+    {
+        ws::WsResponseBuilder::new(self, req, payload).start()
     }
 }
 

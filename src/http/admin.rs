@@ -227,9 +227,9 @@ pub async fn traffic(state: web::Data<AppState>) -> HttpResponse {
 
 pub async fn client_stats(
     state: web::Data<AppState>,
-    client_id: web::Path<String>,
+    req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let client_id = client_id.into_inner();
+    let client_id = req.match_info().query("client_id").to_owned();
     validate_client_id(&client_id)?;
     let body = state.reporter.client_stats(Arc::from(client_id)).await?;
     Ok(HttpResponse::Ok().json(body))

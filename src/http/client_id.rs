@@ -111,7 +111,7 @@ impl Identity {
     }
 
     /// The peer, or behind trusted proxies the rightmost untrusted `X-Forwarded-For` hop.
-    fn client_ip(&self, headers: &HeaderMap, peer: Option<SocketAddr>) -> Option<IpAddr> {
+    pub fn client_ip(&self, headers: &HeaderMap, peer: Option<SocketAddr>) -> Option<IpAddr> {
         let peer = peer?.ip().to_canonical();
         if !self.is_trusted(peer) {
             return Some(peer);

@@ -50,7 +50,10 @@ pub async fn rate_limit(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, Error> {
-    if is_exempt(req.path()) {
+    // The router matches the percent-decoded path, so limits must too: `/%61pi/data`
+    // is served by `/api/data` and must count against its config.
+    let path = req.match_info().as_str().to_owned();
+    if is_exempt(&path) {
         return Ok(next.call(req).await?.map_into_boxed_body());
     }
     let state = state(&req);
@@ -58,7 +61,7 @@ pub async fn rate_limit(
         Ok(c) => c,
         Err(e) => return Ok(req.error_response(e)),
     };
-    let policy = state.policies.current().resolve(req.path()).clone();
+    let policy = state.policies.current().resolve(&path).clone();
     if !policy.active {
         return Ok(next.call(req).await?.map_into_boxed_body());
     }
@@ -95,7 +98,7 @@ pub async fn rate_limit(
         "limit": decision.limit,
         "remaining": 0,
         "retry_after": retry_after,
-        "reset_time": rfc3339(now + decision.reset_after),
+        "reset_time": rfc3339(now.saturating_add(decision.reset_after)),
     }));
     let headers = res.headers_mut();
     add_headers(headers, &policy, &decision, now);
@@ -106,7 +109,7 @@ pub async fn rate_limit(
 /// The rate-limit headers of one decision.
 fn add_headers(headers: &mut HeaderMap, policy: &Policy, d: &Decision, now: Nanos) {
     let reset_in = ceil_secs(d.reset_after);
-    let reset_at = now.div_ceil(NANOS_PER_SEC) + reset_in;
+    let reset_at = now.div_ceil(NANOS_PER_SEC).saturating_add(reset_in);
     let name = sf_string(&policy.endpoint);
     headers.insert(X_LIMIT, HeaderValue::from(d.limit));
     headers.insert(X_REMAINING, HeaderValue::from(d.remaining));
@@ -159,16 +162,19 @@ pub async fn admin_access(
                 .headers()
                 .get(actix_web::http::header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .map(|t| t.trim().to_owned());
+                .and_then(|v| v.split_once(' '))
+                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+                .map(|(_, t)| t.trim().to_owned());
             let presented = header.or_else(|| query_token(req.query_string()));
             match presented {
                 Some(p) if constant_time_eq(p.as_bytes(), token.as_bytes()) => Ok(()),
                 _ => Err(ApiError::Unauthorized),
             }
         }
-        None => match req.peer_addr() {
-            Some(peer) if peer.ip().to_canonical().is_loopback() => Ok(()),
+        // Behind a trusted proxy on this host, the peer is always loopback: judge the
+        // client the proxy names instead.
+        None => match state.identity.client_ip(req.headers(), req.peer_addr()) {
+            Some(ip) if ip.is_loopback() => Ok(()),
             _ => Err(ApiError::Forbidden),
         },
     };

@@ -49,46 +49,40 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 web::scope("/admin")
                     .wrap(actix_web::middleware::from_fn(middleware::admin_access))
                     .service(
-                        web::resource("/configs")
+                        resource("/configs")
                             .get(admin::list_configs)
-                            .post(admin::create_config)
-                            .default_service(web::to(method_not_allowed)),
+                            .post(admin::create_config),
                     )
                     .service(
-                        web::resource("/configs/{endpoint:.*}")
+                        resource("/configs/{endpoint:.*}")
                             .get(admin::get_config)
                             .put(admin::update_config)
-                            .delete(admin::delete_config)
-                            .default_service(web::to(method_not_allowed)),
+                            .delete(admin::delete_config),
                     )
-                    .service(web::resource("/stats").get(admin::global_stats))
-                    .service(web::resource("/traffic").get(admin::traffic))
-                    .service(web::resource("/stats/{client_id}").get(admin::client_stats))
+                    .service(resource("/stats").get(admin::global_stats))
+                    .service(resource("/traffic").get(admin::traffic))
+                    .service(resource("/stats/{client_id}").get(admin::client_stats))
                     .default_service(web::to(not_found)),
             )
             .service(
                 web::scope("/ws")
                     .wrap(actix_web::middleware::from_fn(middleware::admin_access))
                     // Registered before `{client_id}`, so it is never taken for a client.
-                    .service(web::resource("/global").get(realtime::websocket))
-                    .service(web::resource("/{client_id}").get(realtime::websocket)),
+                    .service(resource("/global").get(realtime::websocket))
+                    .service(resource("/{client_id}").get(realtime::websocket)),
             )
             .service(
                 web::scope("/events")
                     .wrap(actix_web::middleware::from_fn(middleware::admin_access))
-                    .service(web::resource("/global").get(realtime::events))
-                    .service(web::resource("/{client_id}").get(realtime::events)),
+                    .service(resource("/global").get(realtime::events))
+                    .service(resource("/{client_id}").get(realtime::events)),
             )
-            .service(web::resource("/dashboard").get(dashboard::page))
-            .service(web::resource("/static/{file:.*}").get(dashboard::asset))
-            .service(web::resource("/").get(demo::index))
-            .service(web::resource("/health").get(demo::health))
-            .service(web::resource("/api/data").get(demo::data))
-            .service(
-                web::resource("/api/submit")
-                    .post(demo::submit)
-                    .default_service(web::to(method_not_allowed)),
-            )
+            .service(resource("/dashboard").get(dashboard::page))
+            .service(resource("/static/{file:.*}").get(dashboard::asset))
+            .service(resource("/").get(demo::index))
+            .service(resource("/health").get(demo::health))
+            .service(resource("/api/data").get(demo::data))
+            .service(resource("/api/submit").post(demo::submit))
             .default_service(web::to(not_found)),
     );
 }
@@ -98,6 +92,11 @@ async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
         "Nothing is served at {}.",
         req.path()
     )))
+}
+
+/// A resource whose other methods get a JSON 405.
+fn resource(path: &str) -> actix_web::Resource {
+    web::resource(path).default_service(web::to(method_not_allowed))
 }
 
 async fn method_not_allowed() -> Result<HttpResponse, ApiError> {

@@ -42,7 +42,7 @@ pub async fn websocket(
     payload: web::Payload,
 ) -> Result<HttpResponse, actix_web::Error> {
     let subscription = subscribe(&state, topic(&req)?).await?;
-    WsSession::start(state.broadcaster.clone(), subscription, &req, payload)
+    WsSession::new(state.broadcaster.clone(), subscription).start(&req, payload)
 }
 
 /// One SSE frame: `event: <type>` and `data: <json>` (the JSON has no newlines).

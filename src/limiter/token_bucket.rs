@@ -24,7 +24,11 @@ impl TokenBucket {
         // Debt: how far the bucket is from full, in time.
         let mut debt = self.tat.saturating_sub(now128);
         if self.interval != 0 && self.interval != limits.refill_interval {
-            debt = debt * t / self.interval as u128;
+            // Tokens owed times the new interval; a product past u128 is far beyond any
+            // capacity, so it clamps to an empty bucket below.
+            debt = debt
+                .checked_mul(t)
+                .map_or(capacity, |d| d / self.interval as u128);
         }
         // A lowered capacity cannot leave the bucket emptier than empty.
         debt = debt.min(capacity);

@@ -348,7 +348,7 @@ pub fn persist(conn: &Connection, batch: &[ClientSnapshot]) -> Result<()> {
                     &*e.endpoint,
                     e.algorithm.as_str(),
                     e.state,
-                    e.expires_at as i64,
+                    e.expires_at.min(i64::MAX as u64) as i64,
                     s.version
                 ])?;
             }
