@@ -26,7 +26,7 @@ use crate::policy::{Policy, PolicyTable};
 use crate::stats::GlobalStats;
 use crate::store::{ClientSnapshot, StoredClient};
 use actix::prelude::*;
-use futures_util::future::{join, join_all};
+use futures_util::future::join_all;
 use hashlink::LinkedHashMap;
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
@@ -194,8 +194,13 @@ impl Registry {
     }
 
     /// One flush: idle sweep, snapshots of dirty limiters, then the batch to the DB actor.
-    /// `done` hears back once the batch is committed. Evictions and snapshots are awaited
-    /// together, so the batch always holds the evicted limiters' final state.
+    /// `done` hears back once the batch is committed.
+    ///
+    /// Only the idle evictions hold up this shard (`ctx.wait`: a returning client must
+    /// find its final snapshot). Snapshots of live limiters are collected without
+    /// blocking checks; a late one can never overwrite a newer one, because `stash` and
+    /// the database both keep the higher version. Spawned items only run once pending
+    /// waits are done, so the batch always holds the evicted limiters' final state.
     fn flush(
         &mut self,
         ctx: &mut Context<Self>,
@@ -209,10 +214,8 @@ impl Registry {
             }
             idle.extend(self.live.pop_front());
         }
-        self.config
-            .live_total
-            .fetch_sub(idle.len(), Ordering::Relaxed);
-        let evictions = idle.into_iter().map(|(_, live)| live.addr.send(Evict));
+        self.evict(idle, ctx);
+
         let takes: Vec<_> = std::mem::take(&mut self.dirty)
             .into_iter()
             .filter_map(|client| {
@@ -221,16 +224,13 @@ impl Registry {
                 Some(live.addr.send(TakeSnapshot))
             })
             .collect();
-        let replies = join(join_all(evictions), join_all(takes));
-        ctx.wait(
-            replies
+        ctx.spawn(
+            join_all(takes)
                 .into_actor(self)
-                .map(move |(evicted, taken), act, _| {
-                    for reply in evicted.into_iter().chain(taken) {
-                        match reply {
-                            Ok(snapshot) => act.stash(snapshot),
-                            Err(e) => log::error!("a limiter's snapshot was lost: {e}"),
-                        }
+                .map(move |replies, act, _| {
+                    for reply in replies {
+                        // A limiter evicted meanwhile answered `Evict` with the same state.
+                        act.stash(reply.ok().flatten());
                     }
                     let batch: Vec<ClientSnapshot> = act.unsent.drain().map(|(_, s)| s).collect();
                     if batch.is_empty() {
