@@ -166,7 +166,7 @@ pub fn build_state(settings: &Settings, clock: SharedClock) -> Result<web::Data<
     };
     broadcaster_ctx.run(Broadcaster::new(
         reporter.clone(),
-        interest,
+        interest.clone(),
         settings.feed_max_events_per_sec,
     ));
     spawn_cleanup(
@@ -187,6 +187,7 @@ pub fn build_state(settings: &Settings, clock: SharedClock) -> Result<web::Data<
         clock,
         reporter,
         broadcaster,
+        interest,
         templates: dashboard::templates()?,
         identity: Identity {
             header: settings.client_id_header.0.clone(),

@@ -109,10 +109,13 @@ async function loadTraffic() {
 }
 
 // ---- events ---------------------------------------------------------------------------
+// The request path, and the config it counted against when that differs.
+const where = (m) => (m.path && m.path !== m.endpoint ? `${m.path} (${m.endpoint})` : m.endpoint);
+
 function describe(m) {
   switch (m.type) {
-    case "request_processed": return ["200", "tag-ok", `${m.client_id} ${m.endpoint} · ${m.remaining}/${m.limit} left`];
-    case "rate_limit_exceeded": return ["429", "tag-block", `${m.client_id} ${m.endpoint} · retry in ${m.retry_after}s`];
+    case "request_processed": return ["200", "tag-ok", `${m.client_id} ${where(m)} · ${m.remaining}/${m.limit} left`];
+    case "rate_limit_exceeded": return ["429", "tag-block", `${m.client_id} ${where(m)} · retry in ${m.retry_after}s`];
     case "config_updated": return ["cfg", "tag-cfg", `${m.action} ${m.config.endpoint}`];
     case "events_dropped": return ["drop", "tag-block", `${m.count} events skipped (feed too slow)`];
     default: return null;
@@ -166,9 +169,9 @@ let editing = null;
 async function loadConfigs() {
   const res = await api("/admin/configs");
   if (!res.ok) return;
-  const rows = $("#config-rows");
-  rows.replaceChildren();
-  for (const c of await res.json()) {
+  const configs = await res.json();
+  const rows = [];
+  for (const c of configs) {
     const tr = el("tr");
     const extra = c.algorithm === "token_bucket"
       ? `${c.burst_limit ?? c.requests_per_window} / ${c.refill_rate ?? +(c.requests_per_window / c.window_seconds).toFixed(3)}`
@@ -192,8 +195,10 @@ async function loadConfigs() {
       actions.append(" ", del);
     }
     tr.append(actions);
-    rows.append(tr);
+    rows.push(tr);
   }
+  // One swap after the data arrived: overlapping reloads cannot interleave their rows.
+  $("#config-rows").replaceChildren(...rows);
 }
 
 function configPath(endpoint) {

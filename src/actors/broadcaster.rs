@@ -377,21 +377,19 @@ impl Handler<DecisionEvent> for Broadcaster {
             return;
         }
         let d = &event.decision;
-        let msg = if d.allowed {
-            FeedMessage::new(
-                "request_processed",
-                &self.clock,
-                json!({"client_id": &*event.client, "endpoint": &*event.endpoint,
-                       "remaining": d.remaining, "limit": d.limit}),
-            )
+        let mut body =
+            json!({"client_id": &*event.client, "endpoint": &*event.endpoint, "limit": d.limit});
+        if let Some(path) = &event.path {
+            body["path"] = json!(&**path);
+        }
+        let kind = if d.allowed {
+            body["remaining"] = json!(d.remaining);
+            "request_processed"
         } else {
-            FeedMessage::new(
-                "rate_limit_exceeded",
-                &self.clock,
-                json!({"client_id": &*event.client, "endpoint": &*event.endpoint,
-                       "retry_after": ceil_secs(d.retry_after).max(1), "limit": d.limit}),
-            )
+            body["retry_after"] = json!(ceil_secs(d.retry_after).max(1));
+            "rate_limit_exceeded"
         };
+        let msg = FeedMessage::new(kind, &self.clock, body);
         if to_client {
             self.publish(&client_topic, &msg);
         }

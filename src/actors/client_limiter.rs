@@ -25,6 +25,8 @@ use std::sync::Arc;
 #[rtype(result = "Decision")]
 pub struct ClientCheck {
     pub policy: Arc<Policy>,
+    /// For the live feeds; only set while someone watches.
+    pub path: Option<Arc<str>>,
 }
 
 /// Hand over a snapshot if anything changed since the last one.
@@ -222,6 +224,7 @@ impl Handler<ClientCheck> for ClientLimiter {
             sink.offer(&self.client, || DecisionEvent {
                 client: self.client.clone(),
                 endpoint: policy.endpoint.clone(),
+                path: msg.path.clone(),
                 decision,
                 at: now,
             });

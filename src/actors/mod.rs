@@ -29,6 +29,8 @@ use std::sync::Arc;
 pub struct DecisionEvent {
     pub client: Arc<str>,
     pub endpoint: Arc<str>,
+    /// The request's path, when someone was watching as the request arrived.
+    pub path: Option<Arc<str>>,
     pub decision: Decision,
     pub at: Nanos,
 }

@@ -44,6 +44,8 @@ const MAILBOX_CAPACITY: usize = 1 << 16;
 pub struct Check {
     pub client: Arc<str>,
     pub policy: Arc<Policy>,
+    /// The request's path, for the live feeds (only set while someone watches).
+    pub path: Option<Arc<str>>,
 }
 
 /// The client's limiter could not answer (it stopped while the check was queued).
@@ -273,7 +275,10 @@ impl Handler<Check> for Registry {
             }
             None => self.spawn(&msg.client, now, ctx),
         };
-        let check = addr.send(ClientCheck { policy: msg.policy });
+        let check = addr.send(ClientCheck {
+            policy: msg.policy,
+            path: msg.path,
+        });
         Box::pin(async move { check.await.map_err(|_| LimiterUnavailable) })
     }
 }

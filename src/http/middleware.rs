@@ -13,6 +13,7 @@ use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 use actix_web::middleware::Next;
 use actix_web::{Error, HttpResponse, ResponseError, web};
 use serde_json::json;
+use std::sync::Arc;
 
 /// Never limited: the admin API, the feeds, the dashboard and its assets, metrics, and
 /// the health check (a load balancer's probe must never be throttled).
@@ -68,6 +69,11 @@ pub async fn rate_limit(
     let check = Check {
         client: client.clone(),
         policy: policy.clone(),
+        // Copied only while a feed would show it.
+        path: state
+            .interest
+            .wants(&client)
+            .then(|| Arc::from(path.as_str())),
     };
     let decision = match state.registries.shard(&client).send(check).await {
         Ok(Ok(d)) => d,

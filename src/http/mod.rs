@@ -8,7 +8,7 @@ pub mod demo;
 pub mod middleware;
 pub mod realtime;
 
-use crate::actors::broadcaster::Broadcaster;
+use crate::actors::broadcaster::{Broadcaster, FeedInterest};
 use crate::actors::db::Db;
 use crate::actors::registry::Registries;
 use crate::clock::SharedClock;
@@ -33,6 +33,8 @@ pub struct AppState {
     pub clock: SharedClock,
     pub reporter: Reporter,
     pub broadcaster: Addr<Broadcaster>,
+    /// Who watches the feeds, so the request path is only copied when shown.
+    pub interest: Arc<FeedInterest>,
     pub templates: tera::Tera,
     pub identity: Identity,
     pub admin_token: Option<String>,
