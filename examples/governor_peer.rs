@@ -6,8 +6,8 @@
 use actix_governor::{Governor, GovernorConfigBuilder, KeyExtractor, SimpleKeyExtractionError};
 use actix_web::dev::ServiceRequest;
 use actix_web::{App, HttpResponse, HttpServer, web};
-use ratewarden::clock::{Clock, SystemClock, rfc3339};
-use serde_json::json;
+use ratewarden::clock::{Clock, SystemClock};
+use ratewarden::http::demo::data_body;
 
 #[derive(Clone)]
 struct ClientId;
@@ -32,10 +32,7 @@ impl KeyExtractor for ClientId {
 }
 
 async fn data() -> HttpResponse {
-    HttpResponse::Ok().json(json!({
-        "data": {"items": [1, 2, 3], "source": "ratewarden demo"},
-        "timestamp": rfc3339(SystemClock.now()),
-    }))
+    HttpResponse::Ok().json(data_body(SystemClock.now()))
 }
 
 #[actix_web::main]

@@ -3,14 +3,11 @@
 //! Usage: `cargo run --release --example plain -- 127.0.0.1:8101`
 
 use actix_web::{App, HttpResponse, HttpServer, web};
-use ratewarden::clock::{Clock, SystemClock, rfc3339};
-use serde_json::json;
+use ratewarden::clock::{Clock, SystemClock};
+use ratewarden::http::demo::data_body;
 
 async fn data() -> HttpResponse {
-    HttpResponse::Ok().json(json!({
-        "data": {"items": [1, 2, 3], "source": "ratewarden demo"},
-        "timestamp": rfc3339(SystemClock.now()),
-    }))
+    HttpResponse::Ok().json(data_body(SystemClock.now()))
 }
 
 #[actix_web::main]

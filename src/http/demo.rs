@@ -2,7 +2,7 @@
 
 use super::{AppState, read_json};
 use crate::actors::db::Ping;
-use crate::clock::rfc3339;
+use crate::clock::{Nanos, rfc3339};
 use crate::error::ApiError;
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::json;
@@ -33,10 +33,15 @@ pub async fn health(state: web::Data<AppState>) -> HttpResponse {
 }
 
 pub async fn data(state: web::Data<AppState>) -> HttpResponse {
-    HttpResponse::Ok().json(json!({
+    HttpResponse::Ok().json(data_body(state.clock.now()))
+}
+
+/// The body of `GET /api/data`; the benchmark's peers answer with the same.
+pub fn data_body(now: Nanos) -> serde_json::Value {
+    json!({
         "data": {"items": [1, 2, 3], "source": "ratewarden demo"},
-        "timestamp": rfc3339(state.clock.now()),
-    }))
+        "timestamp": rfc3339(now),
+    })
 }
 
 pub async fn submit(

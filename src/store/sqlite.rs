@@ -182,22 +182,40 @@ impl ConfigAction {
     }
 }
 
+/// `?1` to `?8` of the insert and the update: endpoint, the writable fields, the time.
+#[allow(clippy::type_complexity)]
+fn spec_params(
+    spec: &ConfigSpec,
+    now: Nanos,
+) -> (
+    &str,
+    u64,
+    u64,
+    &'static str,
+    Option<u64>,
+    Option<f64>,
+    bool,
+    i64,
+) {
+    (
+        &spec.endpoint,
+        spec.requests_per_window,
+        spec.window_seconds,
+        spec.algorithm.as_str(),
+        spec.burst_limit,
+        spec.refill_rate,
+        spec.is_active,
+        now as i64,
+    )
+}
+
 pub fn insert_config(conn: &Connection, spec: &ConfigSpec, now: Nanos) -> Result<Config> {
     let tx = conn.unchecked_transaction()?;
     tx.execute(
         "INSERT INTO configs (endpoint, requests_per_window, window_seconds, algorithm, \
          burst_limit, refill_rate, is_active, created_at, updated_at) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)",
-        params![
-            spec.endpoint,
-            spec.requests_per_window,
-            spec.window_seconds,
-            spec.algorithm.as_str(),
-            spec.burst_limit,
-            spec.refill_rate,
-            spec.is_active,
-            now as i64
-        ],
+        spec_params(spec, now),
     )?;
     let config = get_config(&tx, &spec.endpoint)?
         .ok_or(StoreError::Sqlite(rusqlite::Error::QueryReturnedNoRows))?;
@@ -212,16 +230,7 @@ pub fn update_config(conn: &Connection, spec: &ConfigSpec, now: Nanos) -> Result
     let changed = tx.execute(
         "UPDATE configs SET requests_per_window = ?2, window_seconds = ?3, algorithm = ?4, \
          burst_limit = ?5, refill_rate = ?6, is_active = ?7, updated_at = ?8 WHERE endpoint = ?1",
-        params![
-            spec.endpoint,
-            spec.requests_per_window,
-            spec.window_seconds,
-            spec.algorithm.as_str(),
-            spec.burst_limit,
-            spec.refill_rate,
-            spec.is_active,
-            now as i64
-        ],
+        spec_params(spec, now),
     )?;
     if changed == 0 {
         return Ok(None);
