@@ -53,8 +53,7 @@ pub async fn rate_limit(
 ) -> Result<ServiceResponse<BoxBody>, Error> {
     // The router matches the percent-decoded path, so limits must too: `/%61pi/data`
     // is served by `/api/data` and must count against its config.
-    let path = req.match_info().as_str().to_owned();
-    if is_exempt(&path) {
+    if is_exempt(req.match_info().as_str()) {
         return Ok(next.call(req).await?.map_into_boxed_body());
     }
     let state = state(&req);
@@ -62,7 +61,8 @@ pub async fn rate_limit(
         Ok(c) => c,
         Err(e) => return Ok(req.error_response(e)),
     };
-    let policy = state.policies.current().resolve(&path).clone();
+    let path = req.match_info().as_str();
+    let policy = state.policies.current().resolve(path).clone();
     if !policy.active {
         return Ok(next.call(req).await?.map_into_boxed_body());
     }
@@ -70,10 +70,7 @@ pub async fn rate_limit(
         client: client.clone(),
         policy: policy.clone(),
         // Copied only while a feed would show it.
-        path: state
-            .interest
-            .wants(&client)
-            .then(|| Arc::from(path.as_str())),
+        path: state.interest.wants(&client).then(|| Arc::from(path)),
     };
     let decision = match state.registries.shard(&client).send(check).await {
         Ok(Ok(d)) => d,
