@@ -217,3 +217,43 @@ async fn a_subscriber_that_never_reads_does_not_slow_decisions_and_hears_what_it
     let dropped: Value = serde_json::from_str(data).unwrap();
     assert!(dropped["count"].as_u64().unwrap() > 0, "{dropped}");
 }
+
+#[actix_rt::test]
+async fn feeds_follow_the_admin_rule_and_the_dashboard_page_needs_no_token() {
+    let s = TestServer::with(|c| c.admin_token = Some("feed-token".into())).await;
+    for path in ["/ws/global", "/events/global", "/events/someone"] {
+        let r = s.get(path).await;
+        assert_eq!(r.status, 401, "{path}");
+        assert_eq!(r.body["error"], "unauthorized");
+    }
+    let mut socket = connect(&s, "/ws/global?token=feed-token").await;
+    s.statuses("tok", "/api/data", 1).await;
+    assert_eq!(
+        next_of(&mut socket, "request_processed").await["client_id"],
+        "tok"
+    );
+
+    // The page and its assets load without a token; the page knows one is required.
+    let page = awc::Client::new()
+        .get(format!("{}/dashboard", s.url))
+        .send()
+        .await
+        .unwrap()
+        .body()
+        .await
+        .unwrap();
+    let html = String::from_utf8(page.to_vec()).unwrap();
+    assert!(html.contains(r#"data-token-required="true""#));
+    for asset in [
+        "/static/dashboard.js",
+        "/static/dashboard.css",
+        "/static/vendor/uplot/uPlot.iife.min.js",
+    ] {
+        let res = awc::Client::new()
+            .get(format!("{}{asset}", s.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200, "{asset}");
+    }
+}
