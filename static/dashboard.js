@@ -74,10 +74,15 @@ const series = new Map(); // second -> [allowed, blocked]
 let plot = null;
 
 function addSecond(s) {
+  const before = series.size ? Math.max(...series.keys()) : s.second - 1;
   series.set(s.second, [s.allowed, s.blocked]);
   const newest = Math.max(...series.keys());
   for (const k of series.keys()) if (k <= newest - CHART_SECONDS) series.delete(k);
   drawChart();
+  // Each global_stats carries only the second before it was sent. A tick that fires a few
+  // ms late across a second boundary skips one (and a reconnect skips several): fetch
+  // the skipped seconds instead of charting them as zero.
+  if (s.second > before + 1) loadTraffic();
 }
 
 function drawChart() {
@@ -100,12 +105,19 @@ function drawChart() {
   }
 }
 
-async function loadTraffic() {
-  const res = await api("/admin/traffic");
-  if (!res.ok) return;
-  const body = await res.json();
-  for (const s of body.seconds) series.set(s.second, [s.allowed, s.blocked]);
-  drawChart();
+let trafficLoading = null;
+
+function loadTraffic() {
+  if (!trafficLoading) {
+    trafficLoading = (async () => {
+      const res = await api("/admin/traffic");
+      if (!res.ok) return;
+      const body = await res.json();
+      for (const s of body.seconds) series.set(s.second, [s.allowed, s.blocked]);
+      drawChart();
+    })().finally(() => { trafficLoading = null; });
+  }
+  return trafficLoading;
 }
 
 // ---- events ---------------------------------------------------------------------------

@@ -1,12 +1,20 @@
-// The dashboard in real headless Chromium against the real binary: create a config through
-// the UI, fire requests with the tester, watch the counters, the chart and a 429 arrive
-// live, check that request-derived text is never HTML, and save screenshots.
+// The dashboard in real headless Chromium (Debian's /usr/bin/chromium, driven by
+// playwright-core; no browser is ever downloaded) against the real server binary:
+// create a config through the UI, fire requests with the tester, watch the client
+// inspector, the counters, the chart and a 429 arrive live, check that request-derived
+// text is inserted as text (never HTML), check the narrow layout, and save screenshots.
+//
+//   cd tests/browser && npm ci && npm test
+//
+// RATEWARDEN_BIN overrides the binary (default <repo>/target/debug/ratewarden, built by
+// `cargo build`); CHROMIUM overrides the browser (default /usr/bin/chromium). A missing
+// binary or browser fails the test; it never skips.
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { mkdtempSync, mkdirSync, existsSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join, dirname, resolve } from "node:path";
+import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { createInterface } from "node:readline";
 import { chromium } from "playwright-core";
@@ -15,112 +23,169 @@ const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
 const BIN = process.env.RATEWARDEN_BIN || join(ROOT, "target/debug/ratewarden");
 const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
 const ARTIFACTS = join(ROOT, "target/artifacts");
-const WAIT = 15_000;
-const XSS = "<img src=x onerror=alert(1)>";
+const WAIT = 15_000; // the longest any single wait may take
 
-// Starts the binary on a free port with a fresh database; resolves with its URL.
-function startServer() {
-  const db = join(mkdtempSync(join(tmpdir(), "ratewarden-browser-")), "b.db");
-  const child = spawn(BIN, ["--bind", "127.0.0.1:0", "--database", db], {
+// Markup that runs script if it is ever inserted as HTML. A request path may hold
+// spaces (percent-encoded); a config endpoint may not, so its payload has none.
+const XSS_PATH = "<img src=x onerror=alert(1)>";
+const XSS_ENDPOINT = "/x/<img/src/onerror=alert(1)>";
+
+// Starts the binary on a free port with a fresh database. Resolves once it logged
+// `listening on http://ADDR `; stderr keeps being drained (and its tail kept for
+// failure messages) so the server never blocks on a full pipe.
+function startServer(dir) {
+  const child = spawn(BIN, ["--bind", "127.0.0.1:0", "--database", join(dir, "ratewarden.db")], {
     env: { ...process.env, RUST_LOG: "info" },
     stdio: ["ignore", "ignore", "pipe"],
   });
-  return new Promise((resolveUrl, reject) => {
-    const timer = setTimeout(() => reject(new Error("the server did not start")), WAIT);
-    child.on("exit", (code) => reject(new Error(`the server exited with ${code}`)));
+  const log = [];
+  const ready = new Promise((resolveReady, reject) => {
+    const timer = setTimeout(() => reject(new Error(`the server did not start within ${WAIT} ms:\n${log.join("\n")}`)), WAIT);
+    const fail = (err) => { clearTimeout(timer); reject(err); };
+    child.on("error", (e) => fail(new Error(`cannot run ${BIN}: ${e.message}`)));
+    child.on("exit", (code, signal) => fail(new Error(`the server exited (${code ?? signal}):\n${log.join("\n")}`)));
     createInterface({ input: child.stderr }).on("line", (line) => {
-      const m = line.match(/listening on (http:\/\/[\d.:]+)/);
-      if (m) {
-        clearTimeout(timer);
-        resolveUrl({ url: m[1], child });
-      }
+      log.push(line);
+      if (log.length > 50) log.shift();
+      const m = line.match(/listening on (http:\/\/[\d.]+:\d+) /);
+      if (m) { clearTimeout(timer); resolveReady(m[1]); }
     });
   });
+  ready.catch(() => {}); // awaited by the caller; never an unhandled rejection
+  return { child, ready, log };
 }
 
-const number = (text) => Number(String(text).replace(/[^\d]/g, ""));
+// SIGTERM, then SIGKILL if it has not exited within WAIT; resolves once it is gone.
+async function stopServer(child) {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  const exited = new Promise((r) => child.once("exit", r));
+  child.kill("SIGTERM");
+  const timer = setTimeout(() => child.kill("SIGKILL"), WAIT);
+  await exited;
+  clearTimeout(timer);
+}
 
-test("the dashboard shows live traffic and steers the limiter", { timeout: 120_000 }, async () => {
-  assert.ok(existsSync(CHROMIUM), `Chromium is required at ${CHROMIUM} (apt-get install chromium)`);
-  assert.ok(existsSync(BIN), `the server binary is required at ${BIN} (cargo build)`);
-  const { url, child } = await startServer();
-  const browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run",
-           "--disable-component-update", "--disable-sync", "--disable-quic"],
-  });
+// Waits for a predicate evaluated in the page (polled on animation frames).
+const until = (page, fn, arg) => page.waitForFunction(fn, arg, { timeout: WAIT });
+
+test("the dashboard shows live traffic and steers the limiter", { timeout: 180_000 }, async () => {
+  assert.ok(existsSync(CHROMIUM), `Chromium is required at ${CHROMIUM} (apt-get install chromium, or set CHROMIUM)`);
+  assert.ok(existsSync(BIN), `the server binary is required at ${BIN} (cargo build, or set RATEWARDEN_BIN)`);
+
+  const dir = mkdtempSync(join(tmpdir(), "ratewarden-browser-"));
+  let server = null;
+  let browser = null;
   try {
+    server = startServer(dir);
+    const url = await server.ready;
+    browser = await chromium.launch({
+      executablePath: CHROMIUM,
+      args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run",
+             "--disable-component-update", "--disable-sync", "--disable-quic"],
+    });
     const page = await browser.newPage({ viewport: { width: 1280, height: 800 } });
     const dialogs = [];
-    page.on("dialog", async (d) => { dialogs.push(d.message()); await d.dismiss(); });
-    const errors = [];
-    page.on("pageerror", (e) => errors.push(String(e)));
+    page.on("dialog", (d) => { dialogs.push(`${d.type()}: ${d.message()}`); d.dismiss().catch(() => {}); });
+    const pageErrors = [];
+    page.on("pageerror", (e) => pageErrors.push(String(e)));
 
     await page.goto(url + "/dashboard");
-    await page.waitForFunction(() => document.querySelector("#conn").textContent === "live", null, { timeout: WAIT });
+    await until(page, () => document.querySelector("#conn").textContent.trim() === "live");
 
-    // Create a config through the UI; a bad one shows the server's message inline.
+    // ---- configs: a bad one shows the server's message inline, then a good one ----
     await page.click("#new-config");
+    await page.locator("#config-form").waitFor({ state: "visible", timeout: WAIT });
     await page.fill("#config-form [name=endpoint]", "/api/*");
+    await page.selectOption("#config-form [name=algorithm]", "fixed_window");
     await page.fill("#config-form [name=requests_per_window]", "0");
     await page.fill("#config-form [name=window_seconds]", "60");
-    await page.selectOption("#config-form [name=algorithm]", "fixed_window");
     await page.click("#config-save");
-    await page.waitForFunction(() => /requests_per_window/.test(document.querySelector("#config-error").textContent),
-                               null, { timeout: WAIT });
+    await until(page, () => /requests_per_window/.test(document.querySelector("#config-error").textContent));
+    assert.ok(await page.isVisible("#config-form"), "the form stays open after a rejected create");
+
     await page.fill("#config-form [name=requests_per_window]", "5");
     await page.click("#config-save");
-    await page.waitForFunction(() => [...document.querySelectorAll("#config-rows td.endpoint")]
-      .some((td) => td.textContent === "/api/*"), null, { timeout: WAIT });
-    await page.waitForSelector("#config-form", { state: "hidden", timeout: WAIT }); // closes on success
-    // Reloads triggered by the feed and by the form never duplicate rows.
-    await page.waitForFunction(() => document.querySelectorAll("#config-rows tr").length === 2, null, { timeout: WAIT });
+    await until(page, () => [...document.querySelectorAll("#config-rows tr")].some((tr) =>
+      tr.querySelector("td.endpoint")?.textContent === "/api/*" && tr.children[1].textContent === "fixed_window"
+      && tr.children[2].textContent === "5" && tr.children[3].textContent === "60 s"));
+    await page.locator("#config-form").waitFor({ state: "hidden", timeout: WAIT });
+    // "*" and "/api/*": the reloads triggered by the form and by the feed never duplicate rows.
+    await until(page, () => document.querySelectorAll("#config-rows tr").length === 2);
 
-    // Fire 20 requests as one client: 5 pass, 15 are limited.
+    // ---- tester, then the inspector, inside one fixed window ----
+    // fixed_window windows are aligned to the minute: start with at least 12 s left in
+    // it, so that the 5 allowed requests and the inspector's "0 left" belong to one window.
+    await page.waitForFunction(() => Date.now() % 60_000 < 48_000, null, { timeout: WAIT, polling: 200 });
     await page.fill("#tester [name=path]", "/api/data");
     await page.fill("#tester [name=client]", "browser-test");
     await page.fill("#tester [name=count]", "20");
     await page.click("#tester button[type=submit]");
-    await page.waitForSelector("#tester-passed", { timeout: WAIT });
+    await page.locator("#tester-passed").waitFor({ timeout: WAIT });
     assert.equal(await page.textContent("#tester-passed"), "5");
     assert.equal(await page.textContent("#tester-limited"), "15");
 
-    // The totals, the chart and the event stream follow live.
-    await page.waitForFunction(() => {
-      const n = (id) => Number(document.querySelector(id).textContent.replace(/[^\d]/g, ""));
-      return n("#kpi-total") >= 20 && n("#kpi-blocked") >= 15;
-    }, null, { timeout: WAIT });
-    await page.waitForFunction(() => Number(document.querySelector("#chart").dataset.blocked) > 0, null, { timeout: WAIT });
-    await page.waitForFunction(() => [...document.querySelectorAll("#events .tag-block")]
-      .some((t) => t.textContent === "429"), null, { timeout: WAIT });
-    assert.ok(number(await page.textContent("#kpi-blocked")) >= 15);
-
-    // Request-derived text is text: a request to /api/<img src=x onerror=alert(1)> shows
-    // in the event stream as those characters, creates no element and runs no script.
-    await fetch(url + "/api/" + encodeURIComponent(XSS), { headers: { "X-Client-ID": "xss" } });
-    await page.waitForFunction((xss) => [...document.querySelectorAll("#events .ev-detail")]
-      .some((e) => e.textContent.includes("/api/" + xss)), XSS, { timeout: WAIT });
-    assert.equal(await page.evaluate(() => document.querySelectorAll("#events img").length), 0);
-
-    // The client inspector watches one client's quota.
     await page.fill("#inspector [name=client]", "browser-test");
     await page.click("#inspector button[type=submit]");
-    await page.waitForFunction(() => [...document.querySelectorAll("#quota-rows tr")]
-      .some((tr) => tr.dataset.endpoint === "/api/*" && tr.querySelector(".remaining").textContent.startsWith("0 /")),
-      null, { timeout: WAIT });
+    await until(page, () => [...document.querySelectorAll("#quota-rows tr")].some((tr) =>
+      tr.dataset.endpoint === "/api/*" && tr.querySelector(".remaining").textContent.trim().startsWith("0")));
 
+    // ---- totals, chart and events follow live ----
+    await until(page, () => {
+      const n = (sel) => Number(document.querySelector(sel).textContent.replace(/[^\d]/g, "") || NaN);
+      return n("#kpi-total") >= 20 && n("#kpi-blocked") >= 15;
+    });
+    await until(page, () => Number(document.querySelector("#chart").dataset.blocked) > 0);
+    await until(page, () => [...document.querySelectorAll("#events .tag-block")].some((t) => t.textContent === "429"));
+
+    // ---- request-derived text is text ----
+    // A path: the event shows it next to the config it counted against (/api/*).
+    const r1 = await fetch(url + "/api/%3Cimg%20src=x%20onerror=alert(1)%3E", { headers: { "X-Client-ID": "xss" } });
+    assert.equal(r1.status, 404);
+    await until(page, (xss) => [...document.querySelectorAll("#events .ev-detail")]
+      .some((e) => e.textContent.startsWith(`xss /api/${xss} (/api/*)`)), XSS_PATH);
+
+    // A config endpoint, created through the admin API, in the config table and the events.
+    const created = await fetch(url + "/admin/configs", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ endpoint: XSS_ENDPOINT, requests_per_window: 5, window_seconds: 60, algorithm: "fixed_window" }),
+    });
+    assert.ok(created.ok, `creating ${XSS_ENDPOINT}: ${created.status} ${await created.text()}`);
+    const r2 = await fetch(url + XSS_ENDPOINT.replace("<", "%3C").replace(">", "%3E"), { headers: { "X-Client-ID": "xss" } });
+    assert.equal(r2.status, 404);
+    assert.equal(r2.headers.get("x-ratelimit-limit"), "5", "the request counted against the new config");
+    await until(page, (ep) => [...document.querySelectorAll("#events .ev-detail")]
+      .some((e) => e.textContent.startsWith(`xss ${ep} · `)), XSS_ENDPOINT);
+    await until(page, (ep) => [...document.querySelectorAll("#config-rows td.endpoint")]
+      .some((td) => td.textContent === ep), XSS_ENDPOINT);
+    assert.equal(await page.evaluate(() => document.querySelectorAll("#events img, #config-rows img").length), 0,
+                 "no element was created from request-derived text");
+
+    // The forms scrolled the page; from the top, the sticky header sits where it belongs.
+    await page.evaluate(() => window.scrollTo(0, 0));
     mkdirSync(ARTIFACTS, { recursive: true });
     await page.screenshot({ path: join(ARTIFACTS, "dashboard.png"), fullPage: true });
 
-    // A narrow window: nothing overflows sideways.
+    // ---- a narrow window: nothing overflows sideways ----
     await page.setViewportSize({ width: 420, height: 800 });
-    await page.waitForFunction(() => document.documentElement.scrollWidth <= window.innerWidth + 1, null, { timeout: WAIT });
+    await until(page, () => window.innerWidth === 420);
+    // Waited for, not sampled: the chart follows its box through a ResizeObserver.
+    await until(page, () => document.documentElement.scrollWidth <= window.innerWidth + 1).catch(async (e) => {
+      const w = await page.evaluate(() => [document.documentElement.scrollWidth, window.innerWidth]);
+      throw new Error(`horizontal overflow at 420 px: scrollWidth ${w[0]} > innerWidth ${w[1]}`, { cause: e });
+    });
+    await page.evaluate(() => window.scrollTo(0, 0));
     await page.screenshot({ path: join(ARTIFACTS, "dashboard-narrow.png"), fullPage: true });
 
-    assert.deepEqual(dialogs, [], "no dialog (no injected script) opened");
-    assert.deepEqual(errors, [], "no script error on the page");
+    // Last, so that any late onerror handler had the whole run to fire.
+    assert.equal(await page.evaluate(() => document.querySelectorAll("img").length), 0);
+    assert.deepEqual(dialogs, [], "no dialog opened (no injected script ran)");
+    assert.deepEqual(pageErrors, [], "no uncaught error on the page");
   } finally {
-    await browser.close();
-    child.kill("SIGTERM");
+    try { if (browser) await browser.close(); } finally {
+      try { if (server) await stopServer(server.child); } finally {
+        rmSync(dir, { recursive: true, force: true });
+      }
+    }
   }
 });
