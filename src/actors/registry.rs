@@ -24,7 +24,7 @@ use crate::clock::{Nanos, SharedClock};
 use crate::limiter::Decision;
 use crate::policy::{Policy, PolicyTable};
 use crate::stats::GlobalStats;
-use crate::store::{ClientSnapshot, StoredClient};
+use crate::store::ClientSnapshot;
 use actix::prelude::*;
 use futures_util::future::join_all;
 use hashlink::LinkedHashMap;
@@ -127,11 +127,7 @@ impl Registry {
             self.evict(victim.into_iter().collect(), ctx);
         }
         let restore = if let Some(s) = self.unsent.get(client) {
-            Restore::From(StoredClient {
-                version: s.version,
-                totals: s.totals,
-                endpoints: s.endpoints.clone(),
-            })
+            Restore::From(s.stored())
         } else if self.known.contains(&client_hash(client)) {
             Restore::Load(self.config.db.clone())
         } else {
@@ -306,12 +302,7 @@ impl Handler<GetClientStatus> for Registry {
             return Box::pin(async move { status.await.unwrap_or_default() });
         }
         if let Some(s) = self.unsent.get(&msg.client) {
-            let stored = StoredClient {
-                version: s.version,
-                totals: s.totals,
-                endpoints: s.endpoints.clone(),
-            };
-            let status = ClientStatus::from_stored(stored, &msg.table, now);
+            let status = ClientStatus::from_stored(s.stored(), &msg.table, now);
             return Box::pin(async move { status });
         }
         if !self.known.contains(&client_hash(&msg.client)) {

@@ -312,6 +312,17 @@ pub struct ClientSnapshot {
     pub stats: Vec<StatDelta>,
 }
 
+impl ClientSnapshot {
+    /// The state this snapshot restores (its statistics stay with it, to be written).
+    pub fn stored(&self) -> StoredClient {
+        StoredClient {
+            version: self.version,
+            totals: self.totals,
+            endpoints: self.endpoints.clone(),
+        }
+    }
+}
+
 /// Writes a batch of snapshots in one transaction with prepared statements. A row is
 /// only replaced by a snapshot with a higher version; statistics are added up, and
 /// blocked counts also become one coalesced event per client, endpoint and minute.
