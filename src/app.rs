@@ -4,11 +4,13 @@
 
 use crate::actors::EventSink;
 use crate::actors::broadcaster::{Broadcaster, FeedInterest};
-use crate::actors::db::{Cleanup, Db};
+use crate::actors::db::{Cleanup, Db, DbStatus};
 use crate::actors::registry::{Registries, RegistryConfig, client_hash};
 use crate::clock::{NANOS_PER_SEC, SharedClock, SystemClock};
 use crate::http::client_id::Identity;
+use crate::http::realtime::FeedLimits;
 use crate::http::{AppState, dashboard, routes};
+use crate::metrics::Metrics;
 use crate::policy::{Policies, PolicyTable};
 use crate::report::Reporter;
 use crate::settings::Settings;
@@ -96,6 +98,9 @@ pub fn start_with_clock(
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let server = HttpServer::new(move || App::new().app_data(state.clone()).configure(routes))
         .workers(settings.workers())
+        // Slow clients (slowloris) get this long for a request's head, and for closing.
+        .client_request_timeout(Duration::from_millis(settings.client_timeout_ms))
+        .client_disconnect_timeout(Duration::from_millis(settings.client_timeout_ms))
         .disable_signals()
         .shutdown_timeout(5)
         .listen(listener)
@@ -132,7 +137,15 @@ pub fn build_state(settings: &Settings, clock: SharedClock) -> Result<web::Data<
     store::for_each_client(&conn, |c| known.push(client_hash(c)))
         .map_err(|e| format!("loading clients: {e}"))?;
 
-    let db = Db::start(conn, settings.database.clone());
+    let metrics = Arc::new(Metrics::default());
+    let db_status = Arc::new(DbStatus::default());
+    let db = Db::start(
+        conn,
+        settings.database.clone(),
+        settings.write_queue_max.get(),
+        metrics.clone(),
+        db_status.clone(),
+    );
     // The broadcaster needs the registries (for client statistics) and the limiters need
     // the broadcaster: take its address first, run it once the registries exist.
     let broadcaster_ctx = Context::<Broadcaster>::new();
@@ -152,6 +165,7 @@ pub fn build_state(settings: &Settings, clock: SharedClock) -> Result<web::Data<
             idle: settings.client_idle_secs * NANOS_PER_SEC,
             flush_interval: Duration::from_millis(settings.flush_interval_ms),
             live_total: Arc::new(AtomicUsize::new(0)),
+            metrics: metrics.clone(),
         },
         known,
     );
@@ -168,6 +182,7 @@ pub fn build_state(settings: &Settings, clock: SharedClock) -> Result<web::Data<
         reporter.clone(),
         interest.clone(),
         settings.feed_max_events_per_sec,
+        metrics.feed_events_dropped.clone(),
     ));
     spawn_cleanup(
         db.clone(),
@@ -194,6 +209,15 @@ pub fn build_state(settings: &Settings, clock: SharedClock) -> Result<web::Data<
             trusted_proxies: settings.trusted_proxies.clone(),
         },
         admin_token: settings.admin_token.clone(),
+        feeds: FeedLimits::new(
+            settings.max_subscribers_per_ip.get(),
+            settings.allowed_origins.clone(),
+            metrics.clone(),
+        ),
+        metrics,
+        db_status,
+        on_error: settings.on_error,
+        decision_timeout: Duration::from_millis(settings.decision_timeout_ms),
     }))
 }
 

@@ -25,6 +25,10 @@ pub enum ApiError {
     Unauthorized,
     /// 403: admin access from a non-loopback peer with no token configured.
     Forbidden,
+    /// 403: a WebSocket upgrade from a page of another origin.
+    ForbiddenOrigin,
+    /// 429: this IP address holds the most live-feed subscriptions allowed.
+    TooManySubscribers(usize),
     /// 413.
     PayloadTooLarge {
         limit: usize,
@@ -33,6 +37,8 @@ pub enum ApiError {
     UnsupportedMediaType,
     /// 503: a component needed for the answer is not answering.
     Unavailable(String),
+    /// 503: the client's limiter did not decide in time and `--on-error deny` is set.
+    LimiterUnavailable,
     /// 500: a fault of the server, never of the request.
     Internal(String),
 }
@@ -53,7 +59,9 @@ impl ApiError {
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::Conflict(_) => "conflict",
             ApiError::Unauthorized => "unauthorized",
-            ApiError::Forbidden => "forbidden",
+            ApiError::Forbidden | ApiError::ForbiddenOrigin => "forbidden",
+            ApiError::TooManySubscribers(_) => "too_many_subscribers",
+            ApiError::LimiterUnavailable => "limiter_unavailable",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::Unavailable(_) => "service_unavailable",
@@ -77,6 +85,16 @@ impl fmt::Display for ApiError {
             ApiError::Forbidden => f.write_str(
                 "No admin token is configured, so the admin API only answers loopback clients.",
             ),
+            ApiError::ForbiddenOrigin => f.write_str(
+                "WebSocket feeds only accept pages of this server's origin (see --allowed-origins).",
+            ),
+            ApiError::TooManySubscribers(n) => write!(
+                f,
+                "This address has {n} live feeds open, the most allowed; close one first."
+            ),
+            ApiError::LimiterUnavailable => f.write_str(
+                "The rate limiter could not decide in time, and this server denies requests then. Retry shortly.",
+            ),
             ApiError::PayloadTooLarge { limit } => {
                 write!(f, "The request body is larger than {limit} bytes.")
             }
@@ -97,7 +115,9 @@ impl ResponseError for ApiError {
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
-            ApiError::Forbidden => StatusCode::FORBIDDEN,
+            ApiError::Forbidden | ApiError::ForbiddenOrigin => StatusCode::FORBIDDEN,
+            ApiError::TooManySubscribers(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::LimiterUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -115,8 +135,14 @@ impl ResponseError for ApiError {
             body["message"] = json!(format!("{} {}.", v.field, v.message));
         }
         let mut res = HttpResponse::build(self.status_code());
-        if matches!(self, ApiError::Unauthorized) {
-            res.insert_header((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")));
+        match self {
+            ApiError::Unauthorized => {
+                res.insert_header((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")));
+            }
+            ApiError::LimiterUnavailable => {
+                res.insert_header((header::RETRY_AFTER, HeaderValue::from_static("1")));
+            }
+            _ => {}
         }
         res.json(body)
     }

@@ -8,8 +8,8 @@
 //! State reaches SQLite ([`store`]) write-behind, in batches, through the DB actor
 //! ([`actors::db`]); nothing on the request path waits for it.
 //!
-//! [`app`] is the composition root, [`settings`] holds every flag, and [`clock`] is the
-//! only reader of the system time.
+//! [`app`] is the composition root, [`settings`] holds every flag, [`metrics`] counts
+//! what happens for `/metrics`, and [`clock`] is the only reader of the system time.
 
 pub mod actors;
 pub mod app;
@@ -17,6 +17,7 @@ pub mod clock;
 pub mod error;
 pub mod http;
 pub mod limiter;
+pub mod metrics;
 pub mod policy;
 pub mod report;
 pub mod settings;

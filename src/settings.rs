@@ -70,9 +70,46 @@ pub struct Settings {
           value_parser = clap::value_parser!(u32).range(1..))]
     pub feed_max_events_per_sec: u32,
 
+    /// What a request gets when its limiter cannot answer in time (stopped, stalled on the
+    /// database, mailbox full): `allow` passes it unlimited, `deny` answers 503.
+    #[arg(long, env = "RATEWARDEN_ON_ERROR", value_enum, default_value_t = OnError::Allow)]
+    pub on_error: OnError,
+
+    /// Longest a request waits for its limiter's decision before `--on-error` decides.
+    #[arg(long, env = "RATEWARDEN_DECISION_TIMEOUT_MS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub decision_timeout_ms: u64,
+
+    /// Most client snapshots kept for writing while the database fails; beyond it the
+    /// oldest are dropped (counted in /metrics and logged).
+    #[arg(long, env = "RATEWARDEN_WRITE_QUEUE_MAX", default_value = "100000")]
+    pub write_queue_max: NonZeroUsize,
+
+    /// Most live-feed subscriptions (WebSocket and SSE) open at once from one IP address.
+    #[arg(long, env = "RATEWARDEN_MAX_SUBSCRIBERS_PER_IP", default_value = "32")]
+    pub max_subscribers_per_ip: NonZeroUsize,
+
+    /// Comma-separated origins (scheme://host[:port]) whose pages may open the WebSocket
+    /// feeds, besides the server's own; "*" allows any.
+    #[arg(long, env = "RATEWARDEN_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+
+    /// Time a client has to send a request's head, and to close after the response, in
+    /// milliseconds (slow clients are cut off; see actix's client request timeout).
+    #[arg(long, env = "RATEWARDEN_CLIENT_TIMEOUT_MS", default_value_t = 5000,
+          value_parser = clap::value_parser!(u64).range(100..=300_000))]
+    pub client_timeout_ms: u64,
+
     /// Log level (error, warn, info, debug, trace); RUST_LOG, if set, takes precedence.
     #[arg(long, env = "LOG_LEVEL", default_value = "info")]
     pub log_level: String,
+}
+
+/// The policy applied when a limiter cannot decide.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnError {
+    Allow,
+    Deny,
 }
 
 /// The header that names the client, or none.
@@ -136,6 +173,18 @@ mod tests {
         assert_eq!(s.flush_interval_ms, 1000);
         assert_eq!(s.retention_days, 7);
         assert_eq!(s.client_id_header.0.unwrap().as_str(), "x-client-id");
+        assert_eq!(s.on_error, OnError::Allow);
+        assert_eq!(s.decision_timeout_ms, 1000);
+        assert_eq!(s.client_timeout_ms, 5000);
+        let s = parse(&[
+            "--on-error",
+            "deny",
+            "--allowed-origins",
+            "https://a.example,*",
+        ])
+        .unwrap();
+        assert_eq!(s.on_error, OnError::Deny);
+        assert_eq!(s.allowed_origins, ["https://a.example", "*"]);
     }
 
     #[test]
@@ -148,6 +197,9 @@ mod tests {
             &["--trusted-proxies", "10.0.0.0/33"],
             &["--database", "mysql://x"],
             &["--client-id-header", "bad header"],
+            &["--on-error", "maybe"],
+            &["--decision-timeout-ms", "0"],
+            &["--max-subscribers-per-ip", "0"],
         ] {
             assert!(parse(args).is_err(), "{args:?}");
         }

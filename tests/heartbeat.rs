@@ -9,6 +9,7 @@ use ratewarden::actors::broadcaster::{Subscribe, Topic};
 use ratewarden::actors::ws_session::WsSession;
 use ratewarden::app::build_state;
 use ratewarden::clock::ManualClock;
+use ratewarden::metrics::Transport;
 use ratewarden::settings::Settings;
 use std::time::Duration;
 
@@ -34,7 +35,10 @@ async fn a_silent_websocket_peer_is_dropped_within_thirty_seconds() {
         .to_http_request();
     // A peer that stays connected and never sends a frame, not even a pong.
     let silent = stream::pending::<Result<actix_web::web::Bytes, actix_web::error::PayloadError>>();
-    let res = WsSession::new(state.broadcaster.clone(), subscription)
+    let ip = "127.0.0.1".parse().unwrap();
+    let slot = state.feeds.take(ip, Transport::websocket).unwrap();
+    assert_eq!(state.feeds.open_from(ip), 1);
+    let res = WsSession::new(state.broadcaster.clone(), subscription, slot)
         .start(&req, silent)
         .unwrap();
     assert_eq!(res.status(), 101);
@@ -54,4 +58,5 @@ async fn a_silent_websocket_peer_is_dropped_within_thirty_seconds() {
     );
     let pings = sent.windows(2).filter(|w| *w == PING).count();
     assert_eq!(pings, 4, "four unanswered pings before the drop");
+    assert_eq!(state.feeds.open_from(ip), 0, "the session freed its slot");
 }

@@ -20,6 +20,7 @@ use crate::policy::Config;
 use crate::report::Reporter;
 use crate::store::ConfigAction;
 use actix::prelude::*;
+use prometheus_client::metrics::counter::Counter;
 use serde_json::{Value, json};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -159,12 +160,17 @@ pub struct Broadcaster {
     /// Watched clients that changed since their last `client_stats`.
     stale: HashSet<Arc<str>>,
     next_id: u64,
-    /// Events dropped over all subscribers, for operators.
-    pub dropped_total: u64,
+    /// Messages dropped over all subscribers (`ratewarden_feed_events_dropped_total`).
+    dropped_total: Counter,
 }
 
 impl Broadcaster {
-    pub fn new(reporter: Reporter, interest: Arc<FeedInterest>, max_events_per_sec: u32) -> Self {
+    pub fn new(
+        reporter: Reporter,
+        interest: Arc<FeedInterest>,
+        max_events_per_sec: u32,
+        dropped_total: Counter,
+    ) -> Self {
         Self {
             clock: reporter.clock.clone(),
             reporter,
@@ -175,7 +181,7 @@ impl Broadcaster {
             budgets: HashMap::new(),
             stale: HashSet::new(),
             next_id: 0,
-            dropped_total: 0,
+            dropped_total,
         }
     }
 
@@ -186,7 +192,7 @@ impl Broadcaster {
         let mut closed = Vec::new();
         for id in ids {
             if let Some(sub) = self.subscribers.get_mut(id)
-                && !deliver(sub, msg, &self.clock, &mut self.dropped_total)
+                && !deliver(sub, msg, &self.clock, &self.dropped_total)
             {
                 closed.push(*id);
             }
@@ -254,7 +260,7 @@ impl Broadcaster {
             let held = sub.held.take().unwrap_or_default();
             let mut open = true;
             for m in msg.iter().chain(&held) {
-                open &= deliver(sub, m, &act.clock, &mut act.dropped_total);
+                open &= deliver(sub, m, &act.clock, &act.dropped_total);
             }
             if !open {
                 act.remove(id);
@@ -268,14 +274,14 @@ fn deliver(
     sub: &mut Subscriber,
     msg: &FeedMessage,
     clock: &SharedClock,
-    dropped_total: &mut u64,
+    dropped_total: &Counter,
 ) -> bool {
     if let Some(held) = &mut sub.held {
         if held.len() < SUBSCRIBER_BUFFER {
             held.push(msg.clone());
         } else {
             sub.dropped += 1;
-            *dropped_total += 1;
+            dropped_total.inc();
         }
         return true;
     }
@@ -291,7 +297,7 @@ fn deliver(
         Ok(()) => true,
         Err(TrySendError::Full(_)) => {
             sub.dropped += 1;
-            *dropped_total += 1;
+            dropped_total.inc();
             true
         }
         Err(TrySendError::Closed(_)) => false,
@@ -432,16 +438,16 @@ mod tests {
     fn a_full_subscriber_loses_messages_then_hears_how_many() {
         let clock: SharedClock = ManualClock::new(0);
         let (mut sub, mut rx) = subscriber(2);
-        let mut total = 0;
+        let total = Counter::default();
         let msg = |n: u32| FeedMessage::new("request_processed", &clock, json!({"n": n}));
         for n in 0..5 {
-            assert!(deliver(&mut sub, &msg(n), &clock, &mut total));
+            assert!(deliver(&mut sub, &msg(n), &clock, &total));
         }
-        assert_eq!((sub.dropped, total), (3, 3));
+        assert_eq!((sub.dropped, total.get()), (3, 3));
         assert!(rx.try_recv().unwrap().json.contains("\"n\":0"));
         assert!(rx.try_recv().unwrap().json.contains("\"n\":1"));
         // Room for one: the drop notice goes first, then the next message is dropped.
-        assert!(deliver(&mut sub, &msg(5), &clock, &mut total));
+        assert!(deliver(&mut sub, &msg(5), &clock, &total));
         let notice = rx.try_recv().unwrap();
         assert_eq!(notice.kind, "events_dropped");
         let v: Value = serde_json::from_str(&notice.json).unwrap();
@@ -451,7 +457,7 @@ mod tests {
         assert!(rx.try_recv().unwrap().json.contains("\"n\":5"));
         drop(rx);
         assert!(
-            !deliver(&mut sub, &msg(6), &clock, &mut total),
+            !deliver(&mut sub, &msg(6), &clock, &total),
             "a closed receiver is reported"
         );
     }

@@ -19,12 +19,16 @@ use actix::prelude::*;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Instant;
 
-/// Decide one request of this client under `policy`.
+/// Decide one request of this client under `policy`, unless `deadline` has passed:
+/// then the request was already answered by `--on-error`, and nothing is consumed
+/// (`None`).
 #[derive(Message)]
-#[rtype(result = "Decision")]
+#[rtype(result = "Option<Decision>")]
 pub struct ClientCheck {
     pub policy: Arc<Policy>,
+    pub deadline: Instant,
     /// For the live feeds; only set while someone watches.
     pub path: Option<Arc<str>>,
 }
@@ -187,11 +191,19 @@ impl Actor for ClientLimiter {
                     now: self.clock.now(),
                 };
                 // `wait`: no check is handled before the state is back.
-                ctx.wait(db.send(msg).into_actor(self).map(|res, act, _| match res {
-                    Ok(Ok(Some(stored))) => act.restore_from(stored),
-                    Ok(Ok(None)) => {}
-                    Ok(Err(e)) => log::error!("restoring client {:?}: {e}", act.client),
-                    Err(e) => log::error!("restoring client {:?}: {e}", act.client),
+                // A failed restore stops this limiter rather than start it empty (which
+                // would hand the client a fresh quota): the checks queued meanwhile get
+                // the `--on-error` policy, and the next check spawns a limiter that
+                // tries again.
+                ctx.wait(db.send(msg).into_actor(self).map(|res, act, ctx| {
+                    let e = match res {
+                        Ok(Ok(Some(stored))) => return act.restore_from(stored),
+                        Ok(Ok(None)) => return,
+                        Ok(Err(e)) => e.to_string(),
+                        Err(e) => e.to_string(),
+                    };
+                    log::error!("restoring client {:?} failed: {e}", act.client);
+                    ctx.stop();
                 }));
             }
             Some(Restore::Fresh) | None => {}
@@ -203,6 +215,9 @@ impl Handler<ClientCheck> for ClientLimiter {
     type Result = MessageResult<ClientCheck>;
 
     fn handle(&mut self, msg: ClientCheck, _: &mut Context<Self>) -> Self::Result {
+        if Instant::now() > msg.deadline {
+            return MessageResult(None);
+        }
         let now = self.now();
         let policy = &msg.policy;
         let minute = now / NANOS_PER_SEC / 60;
@@ -229,7 +244,7 @@ impl Handler<ClientCheck> for ClientLimiter {
                 at: now,
             });
         }
-        MessageResult(decision)
+        MessageResult(Some(decision))
     }
 }
 

@@ -3,27 +3,68 @@
 //! a snapshot written on eviction is always visible to the restore that follows it).
 //!
 //! Messages:
-//! - [`Persist`]: write a batch of client snapshots in one transaction (write-behind).
+//! - [`Persist`]: queue a batch of client snapshots and write everything queued in one
+//!   transaction (write-behind; kept and retried while the database fails).
 //! - [`LoadClient`]: read a client's last snapshot, to restore an evicted limiter.
 //! - [`CreateConfig`], [`UpdateConfig`], [`DeleteConfig`]: admin writes, durable before
-//!   they take effect.
+//!   they take effect, and never attempted after their deadline.
 //! - [`ClientEvents`]: recent events of one client.
 //! - [`Cleanup`]: delete what is older than the retention.
 //! - [`Ping`]: the health check.
 
 use crate::clock::Nanos;
+use crate::metrics::{DbOperation, Metrics, RestoreSource};
 use crate::policy::{Config, ConfigSpec};
 use crate::store::{
-    self, Cleaned, ClientSnapshot, DatabaseUrl, EventRow, StoreError, StoredClient,
+    self, Cleaned, ClientSnapshot, DatabaseUrl, EventRow, PendingSnapshots, StoreError,
+    StoredClient, merge_snapshot,
 };
 use actix::prelude::*;
 use rusqlite::Connection;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
+
+/// Whether the database is failing, for `/health`: set by a failed write or read,
+/// cleared by the next write that succeeds.
+#[derive(Default)]
+pub struct DbStatus {
+    failure: Mutex<Option<String>>,
+}
+
+impl DbStatus {
+    /// Why the database is failing, if it is.
+    pub fn failure(&self) -> Option<String> {
+        self.failure.lock().ok().and_then(|f| f.clone())
+    }
+
+    /// Records an outcome; returns whether that changed the status.
+    fn record(&self, failure: Option<String>) -> bool {
+        let Ok(mut current) = self.failure.lock() else {
+            return false;
+        };
+        let changed = current.is_some() != failure.is_some();
+        *current = failure;
+        changed
+    }
+}
 
 pub struct Db {
     conn: Connection,
+    /// The write-behind queue: snapshots not yet committed (they stay here while the
+    /// database fails, newest state per client, oldest client first).
+    pending: PendingSnapshots,
+    max_pending: usize,
+    metrics: Arc<Metrics>,
+    status: Arc<DbStatus>,
+    /// While failing, no write is tried before this: batches arriving meanwhile are only
+    /// queued, so a stalled file cannot pile up one busy timeout per flush interval in
+    /// front of reads and admin writes.
+    retry_at: Option<Instant>,
 }
+
+/// How long the DB actor waits after a failed write before it tries again.
+const RETRY_EVERY: Duration = Duration::from_secs(1);
 
 impl Actor for Db {
     type Context = SyncContext<Self>;
@@ -32,7 +73,13 @@ impl Actor for Db {
 impl Db {
     /// Starts the actor on its thread with a connection opened (and migrated) by the
     /// caller, so that start-up errors are reported before anything runs.
-    pub fn start(conn: Connection, url: DatabaseUrl) -> Addr<Db> {
+    pub fn start(
+        conn: Connection,
+        url: DatabaseUrl,
+        max_pending: usize,
+        metrics: Arc<Metrics>,
+        status: Arc<DbStatus>,
+    ) -> Addr<Db> {
         let first = Mutex::new(Some(conn));
         SyncArbiter::start(1, move || {
             let conn = first
@@ -44,13 +91,111 @@ impl Db {
             // Only reached again if the actor's thread died; the file opened a moment
             // ago, so failing now means the machine lost it: nothing sensible is left.
             let conn = conn.unwrap_or_else(|e| panic!("reopening the database {url}: {e}"));
-            Db { conn }
+            Db {
+                conn,
+                pending: PendingSnapshots::new(),
+                max_pending,
+                metrics: metrics.clone(),
+                status: status.clone(),
+                retry_at: None,
+            }
         })
+    }
+
+    /// Notes a failed operation: counted, and `/health` reports it.
+    fn failed(&self, operation: DbOperation, e: &StoreError) {
+        self.metrics.db_error(operation);
+        if self.status.record(Some(e.to_string())) {
+            log::warn!("the database is failing ({e}); decisions go on from memory");
+        }
+    }
+
+    fn recovered(&self) {
+        if self.status.record(None) {
+            log::info!("the database works again");
+        }
+    }
+
+    /// Writes every pending snapshot in one transaction; on failure they stay pending
+    /// (the oldest beyond `max_pending` are dropped, counted and logged).
+    fn write_pending(&mut self, now: bool) -> Result<usize, String> {
+        let n = self.pending.len();
+        if !now && self.retry_at.is_some_and(|at| Instant::now() < at) {
+            self.metrics.write_queue_depth.set(n as i64);
+            return Err(format!(
+                "the database is failing; {n} client snapshots wait"
+            ));
+        }
+        let result = if n == 0 {
+            // Nothing to write: while failing, probe whether writing works again.
+            match self.status.failure() {
+                Some(_) => store::probe_write(&self.conn).map(|()| 0),
+                None => Ok(0),
+            }
+        } else {
+            let started = Instant::now();
+            log::debug!("writing {n} client snapshots");
+            store::persist(&self.conn, self.pending.values()).map(|()| {
+                Metrics::observe(&self.metrics.flush_seconds, started.elapsed());
+                self.metrics.flush_batch_size.observe(n as f64);
+                self.pending.clear();
+                log::debug!("persisted {n} client snapshots");
+                n
+            })
+        };
+        let result = match result {
+            Ok(n) => {
+                self.retry_at = None;
+                self.recovered();
+                Ok(n)
+            }
+            Err(e) => {
+                self.retry_at = Some(Instant::now() + RETRY_EVERY);
+                self.failed(DbOperation::persist, &e);
+                let excess = self.pending.len().saturating_sub(self.max_pending);
+                for _ in 0..excess {
+                    if let Some((client, _)) = self.pending.pop_front() {
+                        log::warn!(
+                            "write-behind queue full: snapshot of client {client:?} dropped"
+                        );
+                    }
+                }
+                self.metrics.write_queue_dropped.inc_by(excess as u64);
+                Err(format!(
+                    "persisting {n} client snapshots failed ({e}); {} kept for the next try",
+                    self.pending.len()
+                ))
+            }
+        };
+        self.metrics
+            .write_queue_depth
+            .set(self.pending.len() as i64);
+        result
+    }
+
+    /// Refuses an admin write the caller has stopped waiting for, so that a 503 it
+    /// answered can never turn into a change later.
+    fn in_time(&self, deadline: Instant) -> Result<(), StoreError> {
+        if Instant::now() >= deadline {
+            let e = StoreError::Unavailable("the database did not get to the change in time");
+            self.failed(DbOperation::config_write, &e);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    fn config_write<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        match &result {
+            Err(StoreError::Conflict) | Ok(_) => {}
+            Err(e) => self.failed(DbOperation::config_write, e),
+        }
+        result
     }
 }
 
-/// Writes a batch; `done` (if any) learns how it went. Sent with `do_send`, so it is
-/// queued at once even when the mailbox is busy, keeping the write-before-restore order.
+/// Queues a batch and writes everything pending; `done` (if any) learns how it went.
+/// Sent with `do_send`, so it is queued at once even when the mailbox is busy, keeping
+/// the write-before-restore order. An empty batch still retries what is pending.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Persist {
@@ -61,14 +206,21 @@ pub struct Persist {
 impl Handler<Persist> for Db {
     type Result = ();
     fn handle(&mut self, msg: Persist, _: &mut SyncContext<Self>) {
-        let n = msg.batch.len();
-        let result = store::persist(&self.conn, &msg.batch).map(|()| n);
-        match &result {
-            Ok(_) => log::debug!("persisted {n} client snapshots"),
-            Err(e) => log::error!("persisting {n} client snapshots failed: {e}"),
+        for snapshot in msg.batch {
+            merge_snapshot(&mut self.pending, snapshot);
+        }
+        // A flush someone waits for (shutdown, tests) always tries.
+        let result = self.write_pending(msg.done.is_some());
+        if let Err(e) = &result
+            && self
+                .retry_at
+                .is_some_and(|at| at > Instant::now() + RETRY_EVERY / 2)
+        {
+            // Logged once per attempt, not once per queued batch.
+            log::error!("{e}");
         }
         if let Some(done) = msg.done {
-            let _ = done.send(result.map_err(|e| e.to_string()));
+            let _ = done.send(result);
         }
     }
 }
@@ -84,7 +236,17 @@ pub struct LoadClient {
 impl Handler<LoadClient> for Db {
     type Result = Result<Option<StoredClient>, StoreError>;
     fn handle(&mut self, msg: LoadClient, _: &mut SyncContext<Self>) -> Self::Result {
-        store::load_client(&self.conn, &msg.client, msg.now)
+        if let Some(pending) = self.pending.get(&msg.client) {
+            self.metrics.restored(RestoreSource::memory);
+            return Ok(Some(pending.stored()));
+        }
+        let loaded = store::load_client(&self.conn, &msg.client, msg.now);
+        match &loaded {
+            Ok(Some(_)) => self.metrics.restored(RestoreSource::database),
+            Ok(None) => {}
+            Err(e) => self.failed(DbOperation::restore, e),
+        }
+        loaded
     }
 }
 
@@ -93,12 +255,15 @@ impl Handler<LoadClient> for Db {
 pub struct CreateConfig {
     pub spec: ConfigSpec,
     pub now: Nanos,
+    /// Not attempted after this (the admin request has answered 503 by then).
+    pub deadline: Instant,
 }
 
 impl Handler<CreateConfig> for Db {
     type Result = Result<Config, StoreError>;
     fn handle(&mut self, msg: CreateConfig, _: &mut SyncContext<Self>) -> Self::Result {
-        store::insert_config(&self.conn, &msg.spec, msg.now)
+        self.in_time(msg.deadline)?;
+        self.config_write(store::insert_config(&self.conn, &msg.spec, msg.now))
     }
 }
 
@@ -107,12 +272,15 @@ impl Handler<CreateConfig> for Db {
 pub struct UpdateConfig {
     pub spec: ConfigSpec,
     pub now: Nanos,
+    /// Not attempted after this (the admin request has answered 503 by then).
+    pub deadline: Instant,
 }
 
 impl Handler<UpdateConfig> for Db {
     type Result = Result<Option<Config>, StoreError>;
     fn handle(&mut self, msg: UpdateConfig, _: &mut SyncContext<Self>) -> Self::Result {
-        store::update_config(&self.conn, &msg.spec, msg.now)
+        self.in_time(msg.deadline)?;
+        self.config_write(store::update_config(&self.conn, &msg.spec, msg.now))
     }
 }
 
@@ -121,12 +289,15 @@ impl Handler<UpdateConfig> for Db {
 pub struct DeleteConfig {
     pub endpoint: String,
     pub now: Nanos,
+    /// Not attempted after this (the admin request has answered 503 by then).
+    pub deadline: Instant,
 }
 
 impl Handler<DeleteConfig> for Db {
     type Result = Result<Option<Config>, StoreError>;
     fn handle(&mut self, msg: DeleteConfig, _: &mut SyncContext<Self>) -> Self::Result {
-        store::delete_config(&self.conn, &msg.endpoint, msg.now)
+        self.in_time(msg.deadline)?;
+        self.config_write(store::delete_config(&self.conn, &msg.endpoint, msg.now))
     }
 }
 
@@ -165,7 +336,11 @@ pub struct Ping;
 impl Handler<Ping> for Db {
     type Result = Result<(), StoreError>;
     fn handle(&mut self, _: Ping, _: &mut SyncContext<Self>) -> Self::Result {
-        self.conn.query_row("SELECT 1", [], |_| Ok(()))?;
-        Ok(())
+        let result = self.conn.query_row("SELECT 1", [], |_| Ok(()));
+        result.map_err(|e| {
+            let e = StoreError::from(e);
+            self.failed(DbOperation::health, &e);
+            e
+        })
     }
 }

@@ -22,17 +22,18 @@ use super::client_limiter::{
 use super::db::{Db, LoadClient, Persist};
 use crate::clock::{Nanos, SharedClock};
 use crate::limiter::Decision;
+use crate::metrics::{Metrics, RestoreSource};
 use crate::policy::{Policy, PolicyTable};
 use crate::stats::GlobalStats;
-use crate::store::ClientSnapshot;
+use crate::store::{ClientSnapshot, PendingSnapshots, merge_snapshot};
 use actix::prelude::*;
 use futures_util::future::join_all;
 use hashlink::LinkedHashMap;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 /// Queued checks per shard before HTTP workers wait for room.
@@ -46,9 +47,12 @@ pub struct Check {
     pub policy: Arc<Policy>,
     /// The request's path, for the live feeds (only set while someone watches).
     pub path: Option<Arc<str>>,
+    /// When the request stops waiting; a check still queued then consumes nothing.
+    pub deadline: Instant,
 }
 
-/// The client's limiter could not answer (it stopped while the check was queued).
+/// The client's limiter could not answer (it stopped while the check was queued, or the
+/// check's deadline passed before its turn).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LimiterUnavailable;
 
@@ -56,6 +60,12 @@ pub struct LimiterUnavailable;
 #[derive(Message)]
 #[rtype(result = "Result<usize, String>")]
 pub struct Flush;
+
+/// Answers once the shard handles messages: the health check's proof that requests
+/// can be decided.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Alive;
 
 /// Counters and quotas of one client, live or stored.
 #[derive(Message)]
@@ -78,6 +88,7 @@ pub struct RegistryConfig {
     pub flush_interval: Duration,
     /// Live limiters over all shards, for `/admin/stats`.
     pub live_total: Arc<AtomicUsize>,
+    pub metrics: Arc<Metrics>,
 }
 
 struct Live {
@@ -94,7 +105,7 @@ pub struct Registry {
     /// Clients checked since the last flush.
     dirty: Vec<Arc<str>>,
     /// Snapshots taken but not yet queued to the DB actor.
-    unsent: HashMap<Arc<str>, ClientSnapshot>,
+    unsent: PendingSnapshots,
     /// Hashes of clients the database may hold state for; a hit costs one read on the
     /// client's first request, a miss (a new client) costs nothing.
     known: HashSet<u64>,
@@ -111,7 +122,7 @@ impl Registry {
             config,
             live: LinkedHashMap::new(),
             dirty: Vec::new(),
-            unsent: HashMap::new(),
+            unsent: PendingSnapshots::new(),
             known,
         }
     }
@@ -127,6 +138,7 @@ impl Registry {
             self.evict(victim.into_iter().collect(), ctx);
         }
         let restore = if let Some(s) = self.unsent.get(client) {
+            self.config.metrics.restored(RestoreSource::memory);
             Restore::From(s.stored())
         } else if self.known.contains(&client_hash(client)) {
             Restore::Load(self.config.db.clone())
@@ -164,6 +176,7 @@ impl Registry {
         self.config
             .live_total
             .fetch_sub(victims.len(), Ordering::Relaxed);
+        self.config.metrics.evictions.inc_by(victims.len() as u64);
         let replies = victims
             .into_iter()
             .map(|(client, live)| async move { (client, live.addr.send(Evict).await) });
@@ -179,16 +192,9 @@ impl Registry {
 
     /// Keeps a snapshot for the next batch: the newest state wins, statistics add up.
     fn stash(&mut self, snapshot: Option<ClientSnapshot>) {
-        let Some(mut new) = snapshot else { return };
+        let Some(new) = snapshot else { return };
         self.known.insert(client_hash(&new.client));
-        if let Some(old) = self.unsent.get_mut(&new.client) {
-            if old.version > new.version {
-                old.stats.append(&mut new.stats);
-                return;
-            }
-            new.stats.append(&mut old.stats);
-        }
-        self.unsent.insert(new.client.clone(), new);
+        merge_snapshot(&mut self.unsent, new);
     }
 
     /// One flush: idle sweep, snapshots of dirty limiters, then the batch to the DB actor.
@@ -230,14 +236,12 @@ impl Registry {
                         // A limiter evicted meanwhile answered `Evict` with the same state.
                         act.stash(reply.ok().flatten());
                     }
-                    let batch: Vec<ClientSnapshot> = act.unsent.drain().map(|(_, s)| s).collect();
-                    if batch.is_empty() {
-                        if let Some(done) = done {
-                            let _ = done.send(Ok(0));
-                        }
-                        return;
-                    }
+                    let batch: Vec<ClientSnapshot> = std::mem::take(&mut act.unsent)
+                        .into_iter()
+                        .map(|(_, s)| s)
+                        .collect();
                     // `do_send` queues at once, ahead of any restore read that follows.
+                    // An empty batch is sent too: the DB actor retries what it holds.
                     act.config.db.do_send(Persist { batch, done });
                 }),
         );
@@ -261,7 +265,8 @@ impl Handler<Check> for Registry {
     fn handle(&mut self, msg: Check, ctx: &mut Context<Self>) -> Self::Result {
         let now = self.config.clock.now();
         let addr = match self.live.to_back(&msg.client) {
-            Some(live) => {
+            // A limiter that stopped on its own (its restore failed) is replaced.
+            Some(live) if live.addr.connected() => {
                 live.last_used = now;
                 if !live.dirty {
                     live.dirty = true;
@@ -269,13 +274,19 @@ impl Handler<Check> for Registry {
                 }
                 live.addr.clone()
             }
+            Some(_) => {
+                self.live.remove(&msg.client);
+                self.config.live_total.fetch_sub(1, Ordering::Relaxed);
+                self.spawn(&msg.client, now, ctx)
+            }
             None => self.spawn(&msg.client, now, ctx),
         };
         let check = addr.send(ClientCheck {
             policy: msg.policy,
             path: msg.path,
+            deadline: msg.deadline,
         });
-        Box::pin(async move { check.await.map_err(|_| LimiterUnavailable) })
+        Box::pin(async move { check.await.ok().flatten().ok_or(LimiterUnavailable) })
     }
 }
 
@@ -290,6 +301,11 @@ impl Handler<Flush> for Registry {
                 .unwrap_or_else(|_| Err("the database actor stopped".to_owned()))
         })
     }
+}
+
+impl Handler<Alive> for Registry {
+    type Result = ();
+    fn handle(&mut self, _: Alive, _: &mut Context<Self>) {}
 }
 
 impl Handler<GetClientStatus> for Registry {
@@ -357,6 +373,14 @@ impl Registries {
 
     pub fn shard(&self, client: &str) -> &Addr<Registry> {
         &self.shards[(client_hash(client) % self.shards.len() as u64) as usize]
+    }
+
+    /// Whether every shard handles messages.
+    pub async fn alive(&self) -> bool {
+        join_all(self.shards.iter().map(|s| s.send(Alive)))
+            .await
+            .iter()
+            .all(Result::is_ok)
     }
 
     pub fn live_clients(&self) -> usize {

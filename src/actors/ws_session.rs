@@ -4,6 +4,7 @@
 //! `actix-ws`), so moving off it touches one file.
 
 use super::broadcaster::{Broadcaster, FeedMessage, Subscription, Unsubscribe};
+use crate::http::realtime::Slot;
 use actix::prelude::*;
 use actix_web::{HttpRequest, HttpResponse, web};
 use actix_web_actors::ws;
@@ -23,15 +24,18 @@ pub struct WsSession {
     id: u64,
     /// Heartbeats since the peer last said anything.
     missed: u32,
+    /// This connection's place in the per-IP cap, freed when the session ends.
+    _slot: Slot,
 }
 
 impl WsSession {
-    pub fn new(broadcaster: Addr<Broadcaster>, subscription: Subscription) -> Self {
+    pub fn new(broadcaster: Addr<Broadcaster>, subscription: Subscription, slot: Slot) -> Self {
         WsSession {
             broadcaster,
             id: subscription.id,
             subscription: Some(subscription),
             missed: 0,
+            _slot: slot,
         }
     }
 

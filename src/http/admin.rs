@@ -6,6 +6,7 @@ use super::{AppState, read_json};
 use crate::actors::broadcaster::ConfigChanged;
 use crate::actors::db::{CreateConfig, DeleteConfig, UpdateConfig};
 use crate::error::ApiError;
+use crate::metrics;
 use crate::policy::Config;
 use crate::policy::{ConfigPatch, DEFAULT_ENDPOINT, ValidationError, validate_endpoint};
 use crate::store::{ConfigAction, StoreError};
@@ -13,8 +14,17 @@ use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::Value;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 const CONFIGS_PREFIX: &str = "/admin/configs/";
+
+/// How long an admin write may wait for the database before it answers 503. The DB actor
+/// never starts a write after this, so a 503 always means nothing changed.
+const WRITE_DEADLINE: Duration = Duration::from_secs(2);
+
+fn write_deadline() -> Instant {
+    Instant::now() + WRITE_DEADLINE
+}
 
 /// The config endpoint named by the rest of the path, decoded once:
 /// `/admin/configs/api/data` → `/api/data`, `/admin/configs/*` → `*`.
@@ -94,6 +104,22 @@ fn patch_from(body: Value) -> Result<ConfigPatch, ApiError> {
     }
 }
 
+/// Runs a config write to its end on its own task: if the client hangs up while the
+/// database works, the change it stored still takes effect in memory, so the table the
+/// server decides with never differs from the file.
+async fn to_completion<T, F>(
+    state: web::Data<AppState>,
+    write: impl FnOnce(web::Data<AppState>) -> F,
+) -> Result<T, ApiError>
+where
+    T: 'static,
+    F: Future<Output = Result<T, ApiError>> + 'static,
+{
+    actix_web::rt::spawn(write(state))
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("The config write did not finish ({e}).")))?
+}
+
 /// Tells the live feeds; never waits.
 fn announce(state: &AppState, action: ConfigAction, config: &Config) {
     state.broadcaster.do_send(ConfigChanged {
@@ -126,22 +152,29 @@ pub async fn create_config(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let spec = patch_from(read_json(&req, payload).await?)?.into_new_spec()?;
-    let _writing = state.policies.lock_writes().await;
-    if state.policies.current().get(&spec.endpoint).is_some() {
-        return Err(store_error(StoreError::Conflict));
-    }
     let endpoint = spec.endpoint.clone();
-    let config = state
-        .db
-        .send(CreateConfig {
-            spec,
-            now: state.clock.now(),
-        })
-        .await?
-        .map_err(store_error)?;
-    state.policies.apply(&endpoint, Some(config.clone()));
-    announce(&state, ConfigAction::Created, &config);
-    log::info!("config created for {endpoint}");
+    let config = to_completion(state.clone(), move |state| async move {
+        let _writing = state.policies.lock_writes().await;
+        if state.policies.current().get(&spec.endpoint).is_some() {
+            return Err(store_error(StoreError::Conflict));
+        }
+        let endpoint = spec.endpoint.clone();
+        let config = state
+            .db
+            .send(CreateConfig {
+                spec,
+                now: state.clock.now(),
+                deadline: write_deadline(),
+            })
+            .await?
+            .map_err(store_error)?;
+        state.policies.apply(&endpoint, Some(config.clone()));
+        announce(&state, ConfigAction::Created, &config);
+        state.metrics.config_changed(metrics::ConfigAction::create);
+        log::info!("config created for {endpoint}");
+        Ok(config)
+    })
+    .await?;
     Ok(HttpResponse::Created()
         .insert_header((header::LOCATION, location(&endpoint)))
         .json(config))
@@ -162,27 +195,33 @@ pub async fn update_config(
         )
         .into());
     }
-    let _writing = state.policies.lock_writes().await;
-    let mut spec = state
-        .policies
-        .current()
-        .get(&endpoint)
-        .ok_or_else(|| not_found(&endpoint))?
-        .spec();
-    spec.merge(patch);
-    spec.validate()?;
-    let config = state
-        .db
-        .send(UpdateConfig {
-            spec,
-            now: state.clock.now(),
-        })
-        .await?
-        .map_err(store_error)?
-        .ok_or_else(|| not_found(&endpoint))?;
-    state.policies.apply(&endpoint, Some(config.clone()));
-    announce(&state, ConfigAction::Updated, &config);
-    log::info!("config updated for {endpoint}");
+    let config = to_completion(state.clone(), move |state| async move {
+        let _writing = state.policies.lock_writes().await;
+        let mut spec = state
+            .policies
+            .current()
+            .get(&endpoint)
+            .ok_or_else(|| not_found(&endpoint))?
+            .spec();
+        spec.merge(patch);
+        spec.validate()?;
+        let config = state
+            .db
+            .send(UpdateConfig {
+                spec,
+                now: state.clock.now(),
+                deadline: write_deadline(),
+            })
+            .await?
+            .map_err(store_error)?
+            .ok_or_else(|| not_found(&endpoint))?;
+        state.policies.apply(&endpoint, Some(config.clone()));
+        announce(&state, ConfigAction::Updated, &config);
+        state.metrics.config_changed(metrics::ConfigAction::update);
+        log::info!("config updated for {endpoint}");
+        Ok(config)
+    })
+    .await?;
     Ok(HttpResponse::Ok().json(config))
 }
 
@@ -197,22 +236,28 @@ pub async fn delete_config(
                 .to_owned(),
         ));
     }
-    let _writing = state.policies.lock_writes().await;
-    if state.policies.current().get(&endpoint).is_none() {
-        return Err(not_found(&endpoint));
-    }
-    let config = state
-        .db
-        .send(DeleteConfig {
-            endpoint: endpoint.clone(),
-            now: state.clock.now(),
-        })
-        .await?
-        .map_err(store_error)?
-        .ok_or_else(|| not_found(&endpoint))?;
-    state.policies.apply(&endpoint, None);
-    announce(&state, ConfigAction::Deleted, &config);
-    log::info!("config deleted for {endpoint}");
+    to_completion(state.clone(), move |state| async move {
+        let _writing = state.policies.lock_writes().await;
+        if state.policies.current().get(&endpoint).is_none() {
+            return Err(not_found(&endpoint));
+        }
+        let config = state
+            .db
+            .send(DeleteConfig {
+                endpoint: endpoint.clone(),
+                now: state.clock.now(),
+                deadline: write_deadline(),
+            })
+            .await?
+            .map_err(store_error)?
+            .ok_or_else(|| not_found(&endpoint))?;
+        state.policies.apply(&endpoint, None);
+        announce(&state, ConfigAction::Deleted, &config);
+        state.metrics.config_changed(metrics::ConfigAction::delete);
+        log::info!("config deleted for {endpoint}");
+        Ok(())
+    })
+    .await?;
     Ok(HttpResponse::NoContent().finish())
 }
 

@@ -6,7 +6,9 @@ use crate::actors::registry::Check;
 use crate::clock::{NANOS_PER_SEC, Nanos, ceil_secs, rfc3339};
 use crate::error::ApiError;
 use crate::limiter::Decision;
+use crate::metrics::{ErrorReason, Metrics, Outcome};
 use crate::policy::Policy;
+use crate::settings::OnError;
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
@@ -14,6 +16,8 @@ use actix_web::middleware::Next;
 use actix_web::{Error, HttpResponse, ResponseError, web};
 use serde_json::json;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 /// Never limited: the admin API, the feeds, the dashboard and its assets, metrics, and
 /// the health check (a load balancer's probe must never be throttled).
@@ -66,23 +70,33 @@ pub async fn rate_limit(
     if !policy.active {
         return Ok(next.call(req).await?.map_into_boxed_body());
     }
+    let started = Instant::now();
     let check = Check {
         client: client.clone(),
         policy: policy.clone(),
+        deadline: started + state.decision_timeout,
         // Copied only while a feed would show it.
         path: state.interest.wants(&client).then(|| Arc::from(path)),
     };
-    let decision = match state.registries.shard(&client).send(check).await {
-        Ok(Ok(d)) => d,
-        // Fail open: a limiter that cannot answer must not take the service down.
-        _ => {
-            log::warn!(
-                "client {client:?}: limiter unavailable for {}; request allowed",
-                policy.endpoint
-            );
-            return Ok(next.call(req).await?.map_into_boxed_body());
+    let asked = state.registries.shard(&client).send(check);
+    let decision = match actix_web::rt::time::timeout(state.decision_timeout, asked).await {
+        Ok(Ok(Ok(d))) => {
+            Metrics::observe(&state.metrics.decision_seconds, started.elapsed());
+            d
+        }
+        failed => {
+            let reason = match failed {
+                Err(_) => ErrorReason::timeout,
+                Ok(_) => ErrorReason::unavailable,
+            };
+            return on_error(req, next, &state, &client, &policy.endpoint, reason).await;
         }
     };
+    let outcome = match decision.allowed {
+        true => Outcome::allowed,
+        false => Outcome::limited,
+    };
+    state.metrics.decision(&policy.endpoint, outcome);
     let now = state.clock.now();
     if decision.allowed {
         let mut res = next.call(req).await?.map_into_boxed_body();
@@ -107,6 +121,64 @@ pub async fn rate_limit(
     add_headers(headers, &policy, &decision, now);
     headers.insert(RETRY_AFTER, HeaderValue::from(retry_after));
     Ok(req.into_response(res))
+}
+
+/// A request whose limiter could not decide: `--on-error allow` passes it (without
+/// rate-limit headers), `deny` answers 503 with `Retry-After: 1`. Counted, and logged at
+/// most once a second so an outage cannot flood the log.
+async fn on_error(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+    state: &AppState,
+    client: &str,
+    endpoint: &Arc<str>,
+    reason: ErrorReason,
+) -> Result<ServiceResponse<BoxBody>, Error> {
+    static LAST_WARNED: AtomicU64 = AtomicU64::new(0);
+    let second = state.clock.now() / NANOS_PER_SEC;
+    if LAST_WARNED.swap(second, Ordering::Relaxed) != second {
+        log::warn!(
+            "client {client:?}: no decision for {endpoint} ({reason:?}); --on-error {:?} applies",
+            state.on_error
+        );
+    }
+    state.metrics.decision_error(reason);
+    match state.on_error {
+        OnError::Allow => {
+            state.metrics.decision(endpoint, Outcome::on_error_allowed);
+            Ok(next.call(req).await?.map_into_boxed_body())
+        }
+        OnError::Deny => {
+            state.metrics.decision(endpoint, Outcome::on_error_denied);
+            Ok(req.error_response(ApiError::LimiterUnavailable))
+        }
+    }
+}
+
+/// Logs every request at debug level: method, path (never the query string, which may
+/// carry the admin token), status, time taken and peer. Costs nothing above debug.
+pub async fn log_request(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, Error> {
+    if !log::log_enabled!(log::Level::Debug) {
+        return next.call(req).await;
+    }
+    let started = Instant::now();
+    let method = req.method().clone();
+    let path = req.path().to_owned();
+    let peer = req.peer_addr();
+    let res = next.call(req).await;
+    let status = match &res {
+        Ok(r) => r.status().as_u16(),
+        Err(e) => e.as_response_error().status_code().as_u16(),
+    };
+    log::debug!(
+        "{method} {path} -> {status} in {} µs (peer {})",
+        started.elapsed().as_micros(),
+        peer.map_or_else(|| "unknown".to_owned(), |p| p.ip().to_string())
+    );
+    res
 }
 
 /// The rate-limit headers of one decision.

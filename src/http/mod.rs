@@ -6,21 +6,25 @@ pub mod client_id;
 pub mod dashboard;
 pub mod demo;
 pub mod middleware;
+pub mod ops;
 pub mod realtime;
 
 use crate::actors::broadcaster::{Broadcaster, FeedInterest};
-use crate::actors::db::Db;
+use crate::actors::db::{Db, DbStatus};
 use crate::actors::registry::Registries;
 use crate::clock::SharedClock;
 use crate::error::ApiError;
+use crate::metrics::Metrics;
 use crate::policy::Policies;
 use crate::report::Reporter;
+use crate::settings::OnError;
 use actix::Addr;
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 use client_id::Identity;
 use futures_util::StreamExt;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Largest request body accepted anywhere (64 KiB).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -38,11 +42,18 @@ pub struct AppState {
     pub templates: tera::Tera,
     pub identity: Identity,
     pub admin_token: Option<String>,
+    pub metrics: Arc<Metrics>,
+    pub db_status: Arc<DbStatus>,
+    /// What a request gets when its limiter cannot answer within `decision_timeout`.
+    pub on_error: OnError,
+    pub decision_timeout: Duration,
+    pub feeds: realtime::FeedLimits,
 }
 
 /// The route table, shared by the binary and the tests: everything sits in one root
-/// scope behind the rate-limit middleware (which lets the exempt prefixes through), and
-/// `/admin` behind the admin-access middleware.
+/// scope behind the request log and the rate-limit middleware (which lets the exempt
+/// prefixes through), and `/admin`, `/metrics` and the feeds behind the admin-access
+/// middleware.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::scope("")
@@ -82,10 +93,16 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .service(resource("/dashboard").get(dashboard::page))
             .service(resource("/static/{file:.*}").get(dashboard::asset))
             .service(resource("/").get(demo::index))
-            .service(resource("/health").get(demo::health))
+            .service(resource("/health").get(ops::health))
+            .service(
+                web::scope("/metrics")
+                    .wrap(actix_web::middleware::from_fn(middleware::admin_access))
+                    .service(resource("").get(ops::metrics)),
+            )
             .service(resource("/api/data").get(demo::data))
             .service(resource("/api/submit").post(demo::submit))
-            .default_service(web::to(not_found)),
+            .default_service(web::to(not_found))
+            .wrap(actix_web::middleware::from_fn(middleware::log_request)),
     );
 }
 

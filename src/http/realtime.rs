@@ -1,17 +1,24 @@
 //! The live feeds: `WS /ws/global`, `WS /ws/{client_id}`, `GET /events/global` and
 //! `GET /events/{client_id}` (Server-Sent Events). Both carry the same JSON messages;
-//! access follows the admin rule (see `middleware::admin_access`).
+//! access follows the admin rule (see `middleware::admin_access`), WebSocket upgrades
+//! must come from an allowed `Origin`, and one IP address may hold at most
+//! `--max-subscribers-per-ip` feeds at once.
 
 use super::AppState;
 use super::client_id::validate_client_id;
 use crate::actors::broadcaster::{FeedMessage, Subscribe, Subscription, Topic};
 use crate::actors::ws_session::WsSession;
 use crate::error::ApiError;
+use crate::metrics::{Metrics, Transport};
+use actix_web::http::header;
 use actix_web::web::Bytes;
 use actix_web::{HttpRequest, HttpResponse, web};
 use futures_util::{StreamExt, stream};
+use prometheus_client::metrics::gauge::Gauge;
+use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// SSE keep-alive comment interval, so proxies do not close an idle stream.
@@ -28,6 +35,103 @@ fn topic(req: &HttpRequest) -> Result<Topic, ApiError> {
     }
 }
 
+/// Who may open feeds: at most `max_per_ip` at once from one IP address, and WebSocket
+/// upgrades only from the server's own origin or an allowed one.
+pub struct FeedLimits {
+    pub max_per_ip: usize,
+    /// Origins besides the server's own ("*" allows any).
+    pub allowed_origins: Vec<String>,
+    open: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    metrics: Arc<Metrics>,
+}
+
+impl FeedLimits {
+    pub fn new(max_per_ip: usize, allowed_origins: Vec<String>, metrics: Arc<Metrics>) -> Self {
+        Self {
+            max_per_ip,
+            allowed_origins,
+            open: Arc::default(),
+            metrics,
+        }
+    }
+
+    /// Takes a subscriber slot for `ip`, released when the returned guard drops.
+    pub fn take(&self, ip: IpAddr, transport: Transport) -> Result<Slot, ApiError> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let n = open.entry(ip).or_default();
+        if *n >= self.max_per_ip {
+            self.metrics.subscribers_refused.inc();
+            log::warn!("feed subscription from {ip} refused: {n} open already");
+            return Err(ApiError::TooManySubscribers(self.max_per_ip));
+        }
+        *n += 1;
+        let gauge = self.metrics.subscribers(transport);
+        gauge.inc();
+        Ok(Slot {
+            ip,
+            open: self.open.clone(),
+            gauge,
+        })
+    }
+
+    /// Feeds open from `ip` now.
+    pub fn open_from(&self, ip: IpAddr) -> usize {
+        let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        open.get(&ip).copied().unwrap_or(0)
+    }
+
+    /// A browser sends `Origin` with every WebSocket upgrade; a page on another site
+    /// must not ride on the admin's cookies or loopback access. Clients that are not
+    /// browsers send none and are judged by the admin rule alone.
+    fn check_origin(&self, req: &HttpRequest) -> Result<(), ApiError> {
+        let Some(origin) = req.headers().get(header::ORIGIN) else {
+            return Ok(());
+        };
+        let origin = origin.to_str().unwrap_or("");
+        let conn = req.connection_info();
+        let own = format!("{}://{}", conn.scheme(), conn.host());
+        let allowed = origin.eq_ignore_ascii_case(&own)
+            || self
+                .allowed_origins
+                .iter()
+                .any(|o| o == "*" || o.trim_end_matches('/').eq_ignore_ascii_case(origin));
+        if allowed {
+            return Ok(());
+        }
+        log::warn!("websocket upgrade from origin {origin:?} refused (own origin {own})");
+        Err(ApiError::ForbiddenOrigin)
+    }
+}
+
+/// One open subscription of one IP address; dropping it frees the slot.
+pub struct Slot {
+    ip: IpAddr,
+    open: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    gauge: Gauge,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.gauge.dec();
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// The subscriber's address as the admin rule sees it (trusted proxies honoured).
+fn slot(state: &AppState, req: &HttpRequest, transport: Transport) -> Result<Slot, ApiError> {
+    let ip = state
+        .identity
+        .client_ip(req.headers(), req.peer_addr())
+        .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+    state.feeds.take(ip, transport)
+}
+
 async fn subscribe(state: &AppState, topic: Topic) -> Result<Subscription, ApiError> {
     state
         .broadcaster
@@ -41,8 +145,11 @@ pub async fn websocket(
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, actix_web::Error> {
-    let subscription = subscribe(&state, topic(&req)?).await?;
-    WsSession::new(state.broadcaster.clone(), subscription).start(&req, payload)
+    state.feeds.check_origin(&req)?;
+    let topic = topic(&req)?;
+    let slot = slot(&state, &req, Transport::websocket)?;
+    let subscription = subscribe(&state, topic).await?;
+    WsSession::new(state.broadcaster.clone(), subscription, slot).start(&req, payload)
 }
 
 /// One SSE frame: `event: <type>` and `data: <json>` (the JSON has no newlines).
@@ -54,9 +161,12 @@ pub async fn events(
     state: web::Data<AppState>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let subscription = subscribe(&state, topic(&req)?).await?;
-    let messages = stream::unfold(subscription.receiver, |mut rx| async move {
-        rx.recv().await.map(|m| (frame(m), rx))
+    let topic = topic(&req)?;
+    let slot = slot(&state, &req, Transport::sse)?;
+    let subscription = subscribe(&state, topic).await?;
+    // The slot lives as long as the stream: freed when the client goes away.
+    let messages = stream::unfold((subscription.receiver, slot), |(mut rx, slot)| async move {
+        rx.recv().await.map(|m| (frame(m), (rx, slot)))
     });
     let start = actix_web::rt::time::Instant::now() + SSE_KEEP_ALIVE;
     let keep_alive = stream::unfold(

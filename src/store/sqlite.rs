@@ -54,6 +54,8 @@ pub enum StoreError {
     Sqlite(rusqlite::Error),
     /// The file was written by a newer ratewarden.
     TooNew(i64),
+    /// The operation was not attempted: the database did not get to it in time.
+    Unavailable(&'static str),
 }
 
 impl fmt::Display for StoreError {
@@ -61,6 +63,7 @@ impl fmt::Display for StoreError {
         match self {
             StoreError::Conflict => f.write_str("a config for that endpoint exists already"),
             StoreError::Sqlite(e) => write!(f, "sqlite: {e}"),
+            StoreError::Unavailable(why) => f.write_str(why),
             StoreError::TooNew(v) => write!(
                 f,
                 "the database has schema version {v}, newer than this ratewarden ({SCHEMA_VERSION})"
@@ -86,6 +89,9 @@ impl From<rusqlite::Error> for StoreError {
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+/// How long a statement waits for a lock held by another connection.
+pub const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Opens (creating if needed) the database, in WAL mode, with the schema applied.
 pub fn open(url: &DatabaseUrl) -> Result<Connection> {
     let conn = match url {
@@ -97,7 +103,9 @@ pub fn open(url: &DatabaseUrl) -> Result<Connection> {
     // design already accepts for one flush interval.
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    // Only another process (a backup, the sqlite3 shell) can hold the lock; waiting
+    // longer would stall the DB actor's queue behind one write.
+    conn.busy_timeout(BUSY_TIMEOUT)?;
     migrate(&conn)?;
     Ok(conn)
 }
@@ -312,6 +320,28 @@ pub struct ClientSnapshot {
     pub stats: Vec<StatDelta>,
 }
 
+/// Snapshots waiting to be written, keyed by client, oldest first.
+pub type PendingSnapshots = hashlink::LinkedHashMap<Arc<str>, ClientSnapshot>;
+
+/// Keeps `new` among the pending snapshots: the newest state wins, statistics add up.
+pub fn merge_snapshot(pending: &mut PendingSnapshots, mut new: ClientSnapshot) {
+    if let Some(old) = pending.get_mut(&new.client) {
+        if old.version > new.version {
+            old.stats.append(&mut new.stats);
+            return;
+        }
+        new.stats.append(&mut old.stats);
+    }
+    pending.replace(new.client.clone(), new);
+}
+
+/// Takes and releases the write lock: fails while the file cannot be written (locked by
+/// another process, read-only) without changing anything.
+pub fn probe_write(conn: &Connection) -> Result<()> {
+    conn.execute_batch("BEGIN IMMEDIATE; ROLLBACK;")?;
+    Ok(())
+}
+
 impl ClientSnapshot {
     /// The state this snapshot restores (its statistics stay with it, to be written).
     pub fn stored(&self) -> StoredClient {
@@ -326,7 +356,10 @@ impl ClientSnapshot {
 /// Writes a batch of snapshots in one transaction with prepared statements. A row is
 /// only replaced by a snapshot with a higher version; statistics are added up, and
 /// blocked counts also become one coalesced event per client, endpoint and minute.
-pub fn persist(conn: &Connection, batch: &[ClientSnapshot]) -> Result<()> {
+pub fn persist<'a>(
+    conn: &Connection,
+    batch: impl IntoIterator<Item = &'a ClientSnapshot>,
+) -> Result<()> {
     let tx = conn.unchecked_transaction()?;
     {
         let mut client = tx.prepare_cached(

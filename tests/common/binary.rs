@@ -1,5 +1,6 @@
 //! The real binary, started as a process on a free loopback port, with its log lines.
 
+use super::Http;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -14,6 +15,14 @@ pub struct Binary {
     pub child: Child,
     pub url: String,
     lines: Receiver<String>,
+    http: Http,
+}
+
+impl std::ops::Deref for Binary {
+    type Target = Http;
+    fn deref(&self) -> &Http {
+        &self.http
+    }
 }
 
 impl Binary {
@@ -41,6 +50,7 @@ impl Binary {
             child,
             url: String::new(),
             lines,
+            http: Http::new(""),
         };
         let line = b.wait_for("listening on http://");
         let addr = line
@@ -51,6 +61,7 @@ impl Binary {
             .next()
             .unwrap();
         b.url = format!("http://{addr}");
+        b.http = Http::new(&b.url);
         b
     }
 

@@ -23,7 +23,20 @@ pub struct TestServer {
     pub clock: Arc<ManualClock>,
     pub registries: Registries,
     handle: ServerHandle,
+    http: Http,
+}
+
+/// A small JSON client for one server (in-process or the real binary).
+pub struct Http {
+    pub url: String,
     client: awc::Client,
+}
+
+impl std::ops::Deref for TestServer {
+    type Target = Http;
+    fn deref(&self) -> &Http {
+        &self.http
+    }
 }
 
 pub struct Resp {
@@ -60,20 +73,29 @@ impl TestServer {
         let handle = running.handle();
         let registries = running.registries.clone();
         actix_rt::spawn(running.serve_until(std::future::pending()));
-        let client = awc::Client::builder()
-            .timeout(std::time::Duration::from_secs(30))
-            .finish();
         Self {
+            http: Http::new(&url),
             url,
             clock,
             registries,
             handle,
-            client,
         }
     }
 
     pub async fn stop(self) {
         self.handle.stop(true).await;
+    }
+}
+
+impl Http {
+    pub fn new(url: &str) -> Self {
+        let client = awc::Client::builder()
+            .timeout(std::time::Duration::from_secs(30))
+            .finish();
+        Self {
+            url: url.to_owned(),
+            client,
+        }
     }
 
     /// Sends a request; `body` is sent as JSON when given.
@@ -116,6 +138,28 @@ impl TestServer {
             headers: res.headers().clone(),
             body,
         }
+    }
+
+    /// A GET whose body is text (`/metrics`).
+    pub async fn text(&self, path: &str) -> (StatusCode, String) {
+        let mut res = self
+            .client
+            .get(format!("{}{path}", self.url))
+            .send()
+            .await
+            .expect("request failed");
+        let bytes = res.body().limit(1 << 22).await.expect("body");
+        (res.status(), String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    /// The value of the metric sample named exactly `series` (name and labels) in
+    /// `/metrics`, or 0 when it has not been counted yet.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let (status, text) = self.text("/metrics").await;
+        assert_eq!(status, 200, "{text}");
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0.0)
     }
 
     pub async fn get(&self, path: &str) -> Resp {

@@ -1,0 +1,68 @@
+//! What operators and load balancers ask: `GET /health` (never limited, open to all) and
+//! `GET /metrics` (Prometheus, behind the admin rule).
+
+use super::AppState;
+use crate::actors::db::Ping;
+use crate::clock::rfc3339;
+use crate::metrics::CONTENT_TYPE;
+use actix_web::rt::time::timeout;
+use actix_web::{HttpResponse, web};
+use serde_json::json;
+use std::time::Duration;
+
+/// How long the health check waits for the limiters and for the database.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// `healthy` (200) when everything answers; `degraded` (still 200, with the reason) when
+/// the database fails but decisions are still made from memory; `unhealthy` (503) only
+/// when the server cannot decide, because a registry shard does not answer.
+pub async fn health(state: web::Data<AppState>) -> HttpResponse {
+    let (deciding, ping) = futures_util::future::join(
+        timeout(HEALTH_TIMEOUT, state.registries.alive()),
+        timeout(HEALTH_TIMEOUT, state.db.send(Ping)),
+    )
+    .await;
+    let database_failure = match ping {
+        Ok(Ok(Ok(()))) => state.db_status.failure(),
+        Ok(Ok(Err(e))) => Some(e.to_string()),
+        Ok(Err(_)) => Some("the database actor stopped".to_owned()),
+        Err(_) => Some(format!(
+            "the database actor did not answer within {} s",
+            HEALTH_TIMEOUT.as_secs()
+        )),
+    };
+    let timestamp = rfc3339(state.clock.now());
+    let database = if database_failure.is_some() {
+        "failing"
+    } else {
+        "connected"
+    };
+    if deciding != Ok(true) {
+        return HttpResponse::ServiceUnavailable().json(json!({
+            "status": "unhealthy",
+            "reason": "the limiters are not answering; no request can be decided",
+            "database": database,
+            "timestamp": timestamp,
+        }));
+    }
+    match database_failure {
+        None => HttpResponse::Ok().json(json!({
+            "status": "healthy", "database": database, "timestamp": timestamp,
+        })),
+        Some(reason) => HttpResponse::Ok().json(json!({
+            "status": "degraded",
+            "reason": format!("database: {reason}; decisions continue from memory"),
+            "database": database,
+            "timestamp": timestamp,
+        })),
+    }
+}
+
+/// Every metric, in the OpenMetrics text format Prometheus scrapes.
+pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    let m = &state.metrics;
+    m.live_limiters.set(state.registries.live_clients() as i64);
+    HttpResponse::Ok()
+        .content_type(CONTENT_TYPE)
+        .body(m.encode())
+}

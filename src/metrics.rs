@@ -1,0 +1,298 @@
+//! What the server tells an operator: Prometheus metrics (OpenMetrics text, encoded by
+//! `prometheus-client`), served by `GET /metrics`. The parts of the server that do the
+//! work hold an `Arc<Metrics>` and count as they go; gauges that mirror other state
+//! (live limiters) are set when scraped.
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The `Content-Type` of [`Metrics::encode`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum Outcome {
+    allowed,
+    limited,
+    /// Decided by `--on-error` because the limiter could not answer in time.
+    on_error_allowed,
+    on_error_denied,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabels {
+    /// The config's endpoint (bounded by the configs, never the raw path).
+    pub endpoint: Arc<str>,
+    pub outcome: Outcome,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum ErrorReason {
+    /// No answer within `--decision-timeout-ms`.
+    timeout,
+    /// The limiter stopped (or its shard is gone) before answering.
+    unavailable,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: ErrorReason,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum RestoreSource {
+    /// From a snapshot still waiting to be written.
+    memory,
+    database,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RestoreLabels {
+    pub source: RestoreSource,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum DbOperation {
+    persist,
+    restore,
+    config_write,
+    health,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DbOperationLabels {
+    pub operation: DbOperation,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum Transport {
+    websocket,
+    sse,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransportLabels {
+    pub transport: Transport,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum ConfigAction {
+    create,
+    update,
+    delete,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ActionLabels {
+    pub action: ConfigAction,
+}
+
+fn seconds_histogram() -> Histogram {
+    // 10 µs to about 10 s.
+    Histogram::new(exponential_buckets(1e-5, 4.0, 11))
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub decisions: Family<DecisionLabels, Counter>,
+    pub decision_seconds: Histogram,
+    pub decision_errors: Family<ReasonLabels, Counter>,
+    pub live_limiters: Gauge,
+    pub evictions: Counter,
+    pub restores: Family<RestoreLabels, Counter>,
+    pub flush_batch_size: Histogram,
+    pub flush_seconds: Histogram,
+    pub db_errors: Family<DbOperationLabels, Counter>,
+    pub write_queue_depth: Gauge,
+    pub write_queue_dropped: Counter,
+    pub feed_events_dropped: Counter,
+    pub subscribers: Family<TransportLabels, Gauge>,
+    pub subscribers_refused: Counter,
+    pub config_changes: Family<ActionLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut m = Self {
+            registry: Registry::with_prefix("ratewarden"),
+            decisions: Family::default(),
+            decision_seconds: seconds_histogram(),
+            decision_errors: Family::default(),
+            live_limiters: Gauge::default(),
+            evictions: Counter::default(),
+            restores: Family::default(),
+            flush_batch_size: Histogram::new(exponential_buckets(1.0, 4.0, 10)),
+            flush_seconds: seconds_histogram(),
+            db_errors: Family::default(),
+            write_queue_depth: Gauge::default(),
+            write_queue_dropped: Counter::default(),
+            feed_events_dropped: Counter::default(),
+            subscribers: Family::default(),
+            subscribers_refused: Counter::default(),
+            config_changes: Family::default(),
+        };
+        let r = &mut m.registry;
+        r.register(
+            "decisions",
+            "Rate-limit decisions by config endpoint and outcome",
+            m.decisions.clone(),
+        );
+        r.register(
+            "decision_duration_seconds",
+            "Time from sending a check to its client's limiter to the answer",
+            m.decision_seconds.clone(),
+        );
+        r.register(
+            "decision_errors",
+            "Checks decided by --on-error because the limiter could not answer",
+            m.decision_errors.clone(),
+        );
+        r.register(
+            "live_limiters",
+            "Client limiter actors alive now",
+            m.live_limiters.clone(),
+        );
+        r.register(
+            "evictions",
+            "Limiters stopped for being idle or least recently used (state persisted)",
+            m.evictions.clone(),
+        );
+        r.register(
+            "restores",
+            "Limiters restored from a snapshot, by where the snapshot was",
+            m.restores.clone(),
+        );
+        r.register(
+            "db_flush_batch_size",
+            "Client snapshots per write-behind transaction",
+            m.flush_batch_size.clone(),
+        );
+        r.register(
+            "db_flush_duration_seconds",
+            "Time to write one write-behind batch",
+            m.flush_seconds.clone(),
+        );
+        r.register(
+            "db_errors",
+            "Database operations that failed, by operation",
+            m.db_errors.clone(),
+        );
+        r.register(
+            "write_behind_queue_depth",
+            "Client snapshots waiting to be written (grows while the database fails)",
+            m.write_queue_depth.clone(),
+        );
+        r.register(
+            "write_behind_dropped",
+            "Client snapshots dropped because the write-behind queue was full",
+            m.write_queue_dropped.clone(),
+        );
+        r.register(
+            "feed_events_dropped",
+            "Live-feed messages dropped for subscribers that did not keep up",
+            m.feed_events_dropped.clone(),
+        );
+        r.register(
+            "feed_subscribers",
+            "Connected live-feed subscribers, by transport",
+            m.subscribers.clone(),
+        );
+        r.register(
+            "feed_subscribers_refused",
+            "Feed subscriptions refused by the per-IP cap",
+            m.subscribers_refused.clone(),
+        );
+        r.register(
+            "config_changes",
+            "Config changes stored through the admin API, by action",
+            m.config_changes.clone(),
+        );
+        m
+    }
+}
+
+impl Metrics {
+    /// The OpenMetrics text of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(8 * 1024);
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    pub fn decision(&self, endpoint: &Arc<str>, outcome: Outcome) {
+        self.decisions
+            .get_or_create(&DecisionLabels {
+                endpoint: endpoint.clone(),
+                outcome,
+            })
+            .inc();
+    }
+
+    pub fn decision_error(&self, reason: ErrorReason) {
+        self.decision_errors
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    pub fn db_error(&self, operation: DbOperation) {
+        self.db_errors
+            .get_or_create(&DbOperationLabels { operation })
+            .inc();
+    }
+
+    pub fn restored(&self, source: RestoreSource) {
+        self.restores.get_or_create(&RestoreLabels { source }).inc();
+    }
+
+    pub fn config_changed(&self, action: ConfigAction) {
+        self.config_changes
+            .get_or_create(&ActionLabels { action })
+            .inc();
+    }
+
+    pub fn subscribers(&self, transport: Transport) -> Gauge {
+        self.subscribers
+            .get_or_create_owned(&TransportLabels { transport })
+    }
+
+    pub fn observe(histogram: &Histogram, d: Duration) {
+        histogram.observe(d.as_secs_f64());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_counters_with_labels_and_prefix() {
+        let m = Metrics::default();
+        let ep: Arc<str> = Arc::from("/api/*");
+        m.decision(&ep, Outcome::allowed);
+        m.decision(&ep, Outcome::allowed);
+        m.decision(&ep, Outcome::limited);
+        m.decision_error(ErrorReason::timeout);
+        let text = m.encode();
+        assert!(
+            text.contains(
+                "ratewarden_decisions_total{endpoint=\"/api/*\",outcome=\"allowed\"} 2\n"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("outcome=\"limited\"} 1\n"), "{text}");
+        assert!(text.contains("ratewarden_decision_errors_total{reason=\"timeout\"} 1\n"));
+        assert!(text.ends_with("# EOF\n"));
+    }
+}
