@@ -78,6 +78,15 @@ impl Binary {
         }
     }
 
+    /// The log lines not read yet, up to the process's exit (call after it exited).
+    pub fn remaining_lines(&mut self) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Ok(line) = self.lines.recv_timeout(WAIT) {
+            out.push(line);
+        }
+        out
+    }
+
     pub fn signal(&mut self, sig: &str) {
         let status = Command::new("kill")
             .args([sig, &self.child.id().to_string()])

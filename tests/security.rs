@@ -1,0 +1,230 @@
+//! Who may reach what: `/metrics` follows the admin rule, the admin API sends no CORS
+//! grants, WebSocket upgrades are checked against `Origin`, one address may hold only so
+//! many feeds, the admin token never reaches the log, and slow or oversized requests are
+//! cut off. Identification against spoofing is covered in `http_api.rs` and
+//! `src/http/client_id.rs`.
+
+mod common;
+
+use common::TestServer;
+use common::binary::Binary;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+#[actix_rt::test]
+async fn metrics_follow_the_admin_rule_and_count_decisions() {
+    let s = TestServer::with(|c| c.admin_token = Some("m-token".into())).await;
+    let r = s.get("/metrics").await;
+    assert_eq!(r.status, 401);
+    assert_eq!(r.header("www-authenticate"), Some("Bearer"));
+
+    let body = r#"{"endpoint": "/api/*", "requests_per_window": 2, "window_seconds": 60}"#;
+    let auth = ("Authorization", "Bearer m-token");
+    let created = s.send("POST", "/admin/configs", &[auth], Some(body)).await;
+    assert_eq!(created.status, 201);
+    assert_eq!(s.statuses("m", "/api/data", 3).await, [200, 200, 429]);
+    let mut res = awc::Client::new()
+        .get(format!("{}/metrics", s.url))
+        .bearer_auth("m-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let kind = res.headers().get("content-type").unwrap().to_str().unwrap();
+    assert!(kind.starts_with("application/openmetrics-text"), "{kind}");
+    let text = String::from_utf8(res.body().await.unwrap().to_vec()).unwrap();
+    for line in [
+        "ratewarden_decisions_total{endpoint=\"/api/*\",outcome=\"allowed\"} 2",
+        "ratewarden_decisions_total{endpoint=\"/api/*\",outcome=\"limited\"} 1",
+        "ratewarden_live_limiters 1",
+        "ratewarden_config_changes_total{action=\"create\"} 1",
+        "ratewarden_decision_duration_seconds_count 3",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+    }
+    // Scrapes are never limited.
+    for _ in 0..5 {
+        s.send("GET", "/metrics", &[("X-Client-ID", "m")], None)
+            .await;
+    }
+    assert_eq!(s.statuses("other", "/api/data", 1).await, [200]);
+}
+
+#[actix_rt::test]
+async fn the_admin_api_grants_no_cross_origin_access() {
+    let s = TestServer::start().await;
+    let origin = ("Origin", "https://evil.example");
+    let preflight = s
+        .send(
+            "OPTIONS",
+            "/admin/configs",
+            &[origin, ("Access-Control-Request-Method", "POST")],
+            None,
+        )
+        .await;
+    assert!(preflight.status.is_client_error(), "{}", preflight.status);
+    let get = s.send("GET", "/admin/configs", &[origin], None).await;
+    for r in [&preflight, &get] {
+        assert!(
+            !r.headers
+                .keys()
+                .any(|k| k.as_str().starts_with("access-control-")),
+            "{:?}",
+            r.headers
+        );
+    }
+}
+
+async fn upgrade(s: &TestServer, path: &str, origin: Option<&str>) -> u16 {
+    let mut req = awc::Client::new().ws(format!("{}{path}", s.url.replacen("http", "ws", 1)));
+    if let Some(o) = origin {
+        req = req.origin(o);
+    }
+    match req.connect().await {
+        Ok((res, _socket)) => res.status().as_u16(),
+        Err(awc::error::WsClientError::InvalidResponseStatus(status)) => status.as_u16(),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[actix_rt::test]
+async fn websocket_upgrades_from_other_origins_are_refused() {
+    let s = TestServer::with(|c| c.allowed_origins = vec!["https://dash.example".into()]).await;
+    let own = s.url.clone();
+    assert_eq!(upgrade(&s, "/ws/global", Some(&own)).await, 101);
+    assert_eq!(upgrade(&s, "/ws/global", None).await, 101, "not a browser");
+    assert_eq!(
+        upgrade(&s, "/ws/global", Some("https://dash.example")).await,
+        101
+    );
+    for evil in ["https://evil.example", "null", "http://127.0.0.1:1"] {
+        assert_eq!(upgrade(&s, "/ws/alice", Some(evil)).await, 403, "{evil}");
+    }
+    let r = s
+        .send(
+            "GET",
+            "/ws/global",
+            &[("Origin", "https://evil.example")],
+            None,
+        )
+        .await;
+    assert_eq!(r.body["error"], "forbidden");
+}
+
+#[actix_rt::test]
+async fn one_address_holds_at_most_the_configured_number_of_feeds() {
+    let s = TestServer::with(|c| c.max_subscribers_per_ip = 2.try_into().unwrap()).await;
+    let ws = |path: &'static str| {
+        awc::Client::new()
+            .ws(format!("{}{path}", s.url.replacen("http", "ws", 1)))
+            .connect()
+    };
+    let (_, mut first) = ws("/ws/global").await.unwrap();
+    let (_, _second) = ws("/ws/bob").await.unwrap();
+    assert_eq!(upgrade(&s, "/ws/global", None).await, 429);
+    let sse = s.get("/events/global").await;
+    assert_eq!(sse.status, 429);
+    assert_eq!(sse.body["error"], "too_many_subscribers");
+    assert_eq!(
+        s.metric("ratewarden_feed_subscribers_refused_total").await,
+        2.0
+    );
+
+    // Closing one frees its slot once the server has seen the close.
+    use futures_util::{SinkExt, StreamExt};
+    first.send(awc::ws::Message::Close(None)).await.unwrap();
+    while let Ok(Some(_)) = actix_rt::time::timeout(WAIT, first.next()).await {}
+    let gauge = r#"ratewarden_feed_subscribers{transport="websocket"}"#;
+    let deadline = std::time::Instant::now() + WAIT;
+    while s.metric(gauge).await != 1.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slot was not freed"
+        );
+    }
+    assert_eq!(upgrade(&s, "/ws/global", None).await, 101);
+}
+
+#[actix_rt::test]
+async fn the_admin_token_never_reaches_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = "s3cret-token-value";
+    let mut server = Binary::start(&dir.path().join("t.db"), &["--admin-token", token]);
+    let client = awc::Client::new();
+    for path in [
+        format!("/admin/configs?token={token}"),
+        format!("/events/nobody?token={token}&x=1"),
+        "/admin/configs?token=wrong".to_owned(),
+    ] {
+        let _ = client
+            .get(format!("{}{path}", server.url))
+            .timeout(Duration::from_secs(1))
+            .send()
+            .await;
+    }
+    let ok = client
+        .get(format!("{}/admin/stats", server.url))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    server.signal("-TERM");
+    assert!(server.wait_exit().success());
+    let log = server.remaining_lines();
+    assert!(
+        log.iter().any(|l| l.contains("GET /admin/configs")),
+        "requests are logged at debug level: {log:?}"
+    );
+    assert!(!log.iter().any(|l| l.contains(token)), "{log:?}");
+}
+
+/// Reads what the server sends until it closes the connection (or `WAIT` passes).
+async fn read_to_close(stream: &mut TcpStream) -> String {
+    let mut out = Vec::new();
+    let read = actix_rt::time::timeout(WAIT, stream.read_to_end(&mut out)).await;
+    assert!(read.is_ok(), "the server kept the connection open");
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[actix_rt::test]
+async fn slow_and_oversized_requests_are_cut_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Binary::start(&dir.path().join("s.db"), &["--client-timeout-ms", "1000"]);
+    let addr = server.url.trim_start_matches("http://").to_owned();
+    assert_eq!(server.get("/health").await.status, 200, "serving before");
+
+    // Slowloris: a request head that never ends is answered 408 and closed.
+    let mut slow = TcpStream::connect(&addr).await.unwrap();
+    slow.write_all(b"GET /api/data HTTP/1.1\r\nHost: x\r\nX-Client-ID: slow\r\n")
+        .await
+        .unwrap();
+    let answer = read_to_close(&mut slow).await;
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+        "{answer}"
+    );
+
+    // A head over 128 KiB, and more than 96 headers, are refused before any handler.
+    let huge = format!(
+        "GET /api/data HTTP/1.1\r\nHost: x\r\nX-Pad: {}\r\n\r\n",
+        "a".repeat(200 * 1024)
+    );
+    let many: String = (0..200).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let many = format!("GET /api/data HTTP/1.1\r\nHost: x\r\n{many}\r\n");
+    for request in [huge, many] {
+        let mut s = TcpStream::connect(&addr).await.unwrap();
+        // The server may close while we are still writing.
+        let _ = s.write_all(request.as_bytes()).await;
+        let answer = read_to_close(&mut s).await;
+        assert!(
+            answer.is_empty() || answer.starts_with("HTTP/1.1 4"),
+            "{:.80}",
+            answer
+        );
+    }
+    assert_eq!(server.get("/health").await.status, 200, "still serving");
+}
