@@ -122,7 +122,7 @@ async fn one_address_holds_at_most_the_configured_number_of_feeds() {
             .ws(format!("{}{path}", s.url.replacen("http", "ws", 1)))
             .connect()
     };
-    let (_, mut first) = ws("/ws/global").await.unwrap();
+    let (_, first) = ws("/ws/global").await.unwrap();
     let (_, _second) = ws("/ws/bob").await.unwrap();
     assert_eq!(upgrade(&s, "/ws/global", None).await, 429);
     let sse = s.get("/events/global").await;
@@ -133,19 +133,9 @@ async fn one_address_holds_at_most_the_configured_number_of_feeds() {
         2.0
     );
 
-    // Closing one frees its slot once the server has seen the close.
-    use futures_util::{SinkExt, StreamExt};
-    first.send(awc::ws::Message::Close(None)).await.unwrap();
-    while let Ok(Some(_)) = actix_rt::time::timeout(WAIT, first.next()).await {}
-    let gauge = r#"ratewarden_feed_subscribers{transport="websocket"}"#;
-    let deadline = std::time::Instant::now() + WAIT;
-    while s.metric(gauge).await != 1.0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the slot was not freed"
-        );
-    }
-    assert_eq!(upgrade(&s, "/ws/global", None).await, 101);
+    // That a slot is freed when its session ends is checked in tests/heartbeat.rs and
+    // by the connect/disconnect cycles in tests/churn.rs.
+    drop(first);
 }
 
 #[actix_rt::test]
