@@ -58,7 +58,7 @@ async fn cycle(addr: &str, i: usize) {
         "{}",
         String::from_utf8_lossy(&buf)
     );
-    if i % 2 == 0 && i % 4 != 3 {
+    if i.is_multiple_of(2) && i % 4 != 3 {
         // A clean close: a masked close frame with no payload.
         s.write_all(&[0x88, 0x80, 1, 2, 3, 4]).await.unwrap();
     }
