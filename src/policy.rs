@@ -153,6 +153,11 @@ pub fn validate_endpoint(endpoint: &str) -> Result<(), ValidationError> {
     if body.contains('*') {
         return err("\"*\" is only allowed as a final \"/*\" segment");
     }
+    // Clients and proxies resolve dot segments and may merge empty ones, so a config
+    // naming them could never be relied on.
+    if body.contains("//") || body.split('/').any(|seg| seg == "." || seg == "..") {
+        return err("must not contain empty, \".\" or \"..\" segments");
+    }
     Ok(())
 }
 
@@ -517,7 +522,16 @@ mod tests {
 
     #[test]
     fn validates_endpoints() {
-        for ok in ["*", "/", "/api/data", "/api/*", "/*", "/a%20b"] {
+        for ok in [
+            "*",
+            "/",
+            "/api/data",
+            "/api/*",
+            "/*",
+            "/a%20b",
+            "/api/",
+            "/a.b/..c",
+        ] {
             assert!(validate_endpoint(ok).is_ok(), "{ok}");
         }
         let long = format!("/{}", "a".repeat(256));
@@ -529,6 +543,12 @@ mod tests {
             "/a*",
             "/*/b",
             "**",
+            "//a",
+            "/a//b",
+            "/a/../b",
+            "/./a",
+            "/a/..",
+            "/../*",
             long.as_str(),
         ] {
             assert_eq!(

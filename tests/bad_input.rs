@@ -154,3 +154,174 @@ async fn without_a_token_the_admin_api_only_answers_loopback_peers() {
         .to_request();
     assert_eq!(call_service(&app, local).await.status(), 200);
 }
+
+/// One hostile request: method, path, headers, body, and the 4xx it must get.
+struct Hostile {
+    method: &'static str,
+    path: String,
+    headers: Vec<(&'static str, String)>,
+    body: Option<Vec<u8>>,
+    status: u16,
+}
+
+fn hostile(method: &'static str, path: &str, status: u16) -> Hostile {
+    Hostile {
+        method,
+        path: path.to_owned(),
+        headers: Vec::new(),
+        body: None,
+        status,
+    }
+}
+
+impl Hostile {
+    fn body(mut self, body: impl Into<Vec<u8>>) -> Self {
+        self.body = Some(body.into());
+        self
+    }
+
+    fn header(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.headers.push((name, value.into()));
+        self
+    }
+}
+
+/// The table of the issue: bad JSON, wrong types, overflows, non-finite numbers,
+/// duplicate keys, huge arrays, invalid UTF-8, header injection in client ids, and odd
+/// paths, across every route.
+fn hostile_requests() -> Vec<Hostile> {
+    let cfg = |extra: &str| {
+        format!(r#"{{"endpoint": "/h", "requests_per_window": 5, "window_seconds": 10{extra}}}"#)
+    };
+    let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+    let wide = format!("[{}]", vec!["{}"; 20_000].join(","));
+    let mut t = vec![
+        // Config bodies.
+        hostile("POST", "/admin/configs", 400).body("{"),
+        hostile("POST", "/admin/configs", 400).body(""),
+        hostile("POST", "/admin/configs", 400).body("null"),
+        hostile("POST", "/admin/configs", 400).body("\"a string\""),
+        hostile("POST", "/admin/configs", 400).body(r#"{"endpoint": "/h", "requests_per_window": NaN, "window_seconds": 10}"#),
+        hostile("POST", "/admin/configs", 400).body(r#"{"endpoint": "/h", "requests_per_window": Infinity, "window_seconds": 10}"#),
+        hostile("POST", "/admin/configs", 400).body(r#"{"endpoint": "/h", "requests_per_window": -Infinity, "window_seconds": 10}"#),
+        hostile("POST", "/admin/configs", 400).body(r#"{"endpoint": "/h", "requests_per_window": 1e400, "window_seconds": 10}"#),
+        hostile("POST", "/admin/configs", 400).body(cfg(r#", "window_seconds": 3600"#)),
+        hostile("POST", "/admin/configs", 400).body(r#"{"endpoint": "/h", "endpoint": "/i", "requests_per_window": 5, "window_seconds": 10}"#),
+        hostile("POST", "/admin/configs", 400).body(deep.clone()),
+        hostile("POST", "/admin/configs", 400).body(wide),
+        hostile("POST", "/admin/configs", 400).body(b"{\"endpoint\": \"/\xff\xfe\", \"requests_per_window\": 5, \"window_seconds\": 10}".to_vec()),
+        hostile("POST", "/admin/configs", 400).body(b"\xef\xbb\xbf{}".to_vec()),
+        hostile("POST", "/admin/configs", 400).body(cfg("} trailing")),
+        hostile("POST", "/admin/configs", 422).body(cfg(r#", "burst_limit": 18446744073709551616"#)),
+        hostile("POST", "/admin/configs", 422).body(r#"{"endpoint": "/h", "requests_per_window": 5, "window_seconds": -0.5}"#),
+        hostile("POST", "/admin/configs", 422).body(r#"{"endpoint": "/h", "requests_per_window": true, "window_seconds": 10}"#),
+        hostile("POST", "/admin/configs", 422).body(r#"{"endpoint": "/h", "requests_per_window": [5], "window_seconds": 10}"#),
+        hostile("POST", "/admin/configs", 422).body(r#"{"endpoint": "/h", "requests_per_window": {"n": 5}, "window_seconds": 10}"#),
+        hostile("POST", "/admin/configs", 422).body(r#"{"endpoint": 7, "requests_per_window": 5, "window_seconds": 10}"#),
+        hostile("POST", "/admin/configs", 422).body(r#"{"endpoint": "/h/../admin", "requests_per_window": 5, "window_seconds": 10}"#),
+        hostile("POST", "/admin/configs", 422).body(r#"{"endpoint": "//h", "requests_per_window": 5, "window_seconds": 10}"#),
+        hostile("POST", "/admin/configs", 422).body(r#"{"endpoint": "/h\u0000", "requests_per_window": 5, "window_seconds": 10}"#),
+        hostile("POST", "/admin/configs", 422).body(r#"{"endpoint": "/h\r\nX-Evil: 1", "requests_per_window": 5, "window_seconds": 10}"#),
+        hostile("POST", "/admin/configs", 422).body(cfg(r#", "refill_rate": 1e308"#)),
+        hostile("POST", "/admin/configs", 422).body(cfg(r#", "algorithm": "SLIDING_WINDOW""#)),
+        hostile("POST", "/admin/configs", 422).body(cfg(r#", "is_active": 1"#)),
+        hostile("POST", "/admin/configs", 415).body(cfg("")).header("content-type", "application/x-www-form-urlencoded"),
+        hostile("POST", "/admin/configs", 415).body(cfg("")).header("content-type", "text/json; charset=utf-8"),
+        hostile("POST", "/admin/configs", 413).body(format!(r#"{{"pad": "{}"}}"#, "x".repeat(70_000))),
+        hostile("PUT", "/admin/configs/keep", 400).body(deep),
+        hostile("PUT", "/admin/configs/keep", 400).body(r#"{"is_active": false, "is_active": true}"#),
+        hostile("PUT", "/admin/configs/keep", 422).body(r#"{"window_seconds": 1.5}"#),
+        hostile("PUT", "/admin/configs/keep", 422).body(r#"{"requests_per_window": 9223372036854775808}"#),
+        hostile("PUT", "/admin/configs/keep", 422).body(r#"{"algorithm": "token_bucket", "refill_rate": -1}"#),
+        // Config paths: encodings, dot and empty segments.
+        hostile("PUT", "/admin/configs/nope", 404).body(r#"{"is_active": false}"#),
+        hostile("GET", "/admin/configs/a%2", 400),
+        hostile("GET", "/admin/configs/%C3%28", 400),
+        hostile("GET", "/admin/configs/a%00b", 400),
+        hostile("GET", "/admin/configs/keep%2F..%2F..", 400),
+        hostile("DELETE", "/admin/configs/..", 400),
+        hostile("DELETE", "/admin/configs/a//b", 400),
+        hostile("DELETE", "/admin/configs/*", 409),
+        hostile("DELETE", "/admin/configs/never", 404),
+        hostile("PATCH", "/admin/configs/keep", 405).body("{}"),
+        // Statistics and feeds: client ids in paths.
+        hostile("GET", "/admin/stats/a%20b", 400),
+        hostile("GET", &format!("/admin/stats/{}", "a".repeat(129)), 400),
+        hostile("GET", "/admin/stats/%3Cscript%3E", 400),
+        hostile("POST", "/admin/stats", 405).body("{}"),
+        hostile("DELETE", "/admin/traffic", 405),
+        hostile("GET", "/admin/nothing", 404),
+        hostile("GET", "/ws/a%0D%0Ab", 400),
+        hostile("GET", "/events/%E2%80%AE", 400),
+        hostile("POST", "/events/global", 405),
+        // Client ids in headers: injection and smuggling attempts.
+        hostile("GET", "/api/data", 400).header("X-Client-ID", "a%0D%0AX-Evil: 1"),
+        hostile("GET", "/api/data", 400).header("X-Client-ID", "a\tb"),
+        hostile("GET", "/api/data", 400).header("X-Client-ID", "<script>alert(1)</script>"),
+        hostile("GET", "/api/data", 400).header("X-Client-ID", "a,b"),
+        hostile("GET", "/api/data", 400).header("X-Client-ID", "\"quoted\""),
+        hostile("GET", "/api/data", 400).header("X-Client-ID", "a").header("X-Client-ID", "b"),
+        hostile("GET", "/api/data", 400).header("X-Client-ID", "x".repeat(129)),
+        // Demo, dashboard and the rest.
+        hostile("POST", "/api/submit", 400).body(b"\xff\xff".to_vec()),
+        hostile("POST", "/api/submit", 400).body(r#"{"a": 1, "a": 2}"#),
+        hostile("POST", "/api/submit", 400).body("[1, 2,]"),
+        hostile("PUT", "/api/submit", 405).body("{}"),
+        hostile("DELETE", "/", 405),
+        hostile("POST", "/health", 405),
+        hostile("POST", "/metrics", 405),
+        hostile("POST", "/dashboard", 405),
+        hostile("GET", "/static/..%2F..%2FCargo.toml", 404),
+        hostile("GET", "/static/dashboard.js%00.png", 404),
+        hostile("GET", "/nowhere/%FF", 404),
+    ];
+    for h in &mut t {
+        if h.body.is_some() && !h.headers.iter().any(|(k, _)| *k == "content-type") {
+            h.headers
+                .push(("content-type", "application/json".to_owned()));
+        }
+    }
+    t
+}
+
+#[actix_rt::test]
+async fn hostile_requests_across_every_route_get_json_errors_and_change_nothing() {
+    let s = TestServer::start().await;
+    s.config("/keep", 3, 30, "fixed_window").await;
+    s.config("/api/data", 3, 30, "fixed_window").await;
+    assert_eq!(s.statuses("probe", "/api/data", 1).await, [200]);
+    let configs = s.get("/admin/configs").await.body;
+    let probe = s.get("/admin/stats/probe").await.body;
+
+    let table = hostile_requests();
+    assert!(table.len() >= 50, "{} cases", table.len());
+    for h in &table {
+        let headers: Vec<(&str, &str)> = h.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let r = s
+            .send_bytes(h.method, &h.path, &headers, h.body.as_deref())
+            .await;
+        let what = format!(
+            "{} {:.60} {:?} {:.60}",
+            h.method,
+            h.path,
+            h.headers,
+            String::from_utf8_lossy(h.body.as_deref().unwrap_or_default())
+        );
+        assert_eq!(r.status.as_u16(), h.status, "{what}: {:?}", r.body);
+        assert!(
+            r.body["error"].is_string() && r.body["message"].is_string(),
+            "{what}: {:?}",
+            r.body
+        );
+    }
+
+    assert_eq!(
+        s.get("/admin/configs").await.body,
+        configs,
+        "no config changed"
+    );
+    let after = s.get("/admin/stats/probe").await.body;
+    assert_eq!(after["total_requests"], probe["total_requests"], "{after}");
+    assert_eq!(s.get("/health").await.body["status"], "healthy");
+    assert_eq!(s.statuses("probe", "/api/data", 3).await, [200, 200, 429]);
+}

@@ -123,7 +123,7 @@ async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
 }
 
 /// Reads a JSON body of at most [`MAX_BODY_BYTES`]: 415 for another content type, 413
-/// for a larger body, 400 for malformed JSON.
+/// for a larger body, 400 for malformed JSON (including a key repeated in one object).
 pub async fn read_json(
     req: &HttpRequest,
     mut payload: web::Payload,
@@ -163,9 +163,64 @@ pub async fn read_json(
         }
         body.extend_from_slice(&chunk);
     }
-    serde_json::from_slice(&body).map_err(|e| {
-        ApiError::bad_request("invalid_json", format!("The body is not valid JSON: {e}."))
-    })
+    let invalid =
+        |e| ApiError::bad_request("invalid_json", format!("The body is not valid JSON: {e}."));
+    serde_json::from_slice::<NoDuplicateKeys>(&body).map_err(invalid)?;
+    serde_json::from_slice(&body).map_err(invalid)
+}
+
+/// Walks a JSON document and fails on an object with the same key twice, at any depth:
+/// otherwise the last one would silently win (`{"window_seconds": 1, "window_seconds":
+/// 3600}` means something different to every parser).
+struct NoDuplicateKeys;
+
+impl<'de> serde::Deserialize<'de> for NoDuplicateKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(NoDuplicateKeys)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for NoDuplicateKeys {
+    type Value = NoDuplicateKeys;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_unit<E>(self) -> Result<Self, E> {
+        Ok(self)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self, A::Error> {
+        while seq.next_element::<NoDuplicateKeys>()?.is_some() {}
+        Ok(self)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self, A::Error> {
+        let mut seen = std::collections::HashSet::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if !seen.insert(key.clone()) {
+                return Err(serde::de::Error::custom(format!("duplicate key {key:?}")));
+            }
+            map.next_value::<NoDuplicateKeys>()?;
+        }
+        Ok(self)
+    }
 }
 
 /// A JSON response with the given status.

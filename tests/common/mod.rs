@@ -106,18 +106,30 @@ impl Http {
         headers: &[(&str, &str)],
         body: Option<&str>,
     ) -> Resp {
+        self.send_bytes(method, path, headers, body.map(str::as_bytes))
+            .await
+    }
+
+    /// Like [`Http::send`], with any bytes as the body.
+    pub async fn send_bytes(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> Resp {
         let method = actix_web::http::Method::from_bytes(method.as_bytes()).unwrap();
         let mut req = self.client.request(method, format!("{}{path}", self.url));
         let mut has_type = false;
         for (k, v) in headers {
             has_type |= k.eq_ignore_ascii_case("content-type");
-            req = req.insert_header((*k, *v));
+            req = req.append_header((*k, *v));
         }
         if body.is_some() && !has_type {
             req = req.insert_header(("content-type", "application/json"));
         }
         let mut res = match body {
-            Some(b) => req.send_body(b.to_owned()).await,
+            Some(b) => req.send_body(b.to_vec()).await,
             None => req.send().await,
         }
         .expect("request failed");
