@@ -144,7 +144,8 @@ async fn twenty_kills_under_load_lose_at_most_one_flush_interval() {
                 "config {e} lost after kill {kill}"
             );
         }
-        for (client, times) in admitted.borrow().iter().enumerate() {
+        let seen = admitted.borrow().clone();
+        for (client, times) in seen.iter().enumerate() {
             let used = used(&server, &format!("c{client}")).await;
             let total = times.len() as u64;
             let now_forgotten = total.saturating_sub(used);
