@@ -30,6 +30,12 @@ fn write_deadline() -> Instant {
 /// `/admin/configs/api/data` → `/api/data`, `/admin/configs/*` → `*`.
 fn endpoint_from_path(req: &HttpRequest) -> Result<String, ApiError> {
     let raw = req.uri().path().strip_prefix(CONFIGS_PREFIX).unwrap_or("");
+    decode_endpoint(raw)
+}
+
+/// The config endpoint named by the raw (still percent-encoded) rest of an admin path:
+/// decoded exactly once, then validated like a config's endpoint.
+pub fn decode_endpoint(raw: &str) -> Result<String, ApiError> {
     let decoded = percent_decode(raw)?;
     let endpoint = if decoded == DEFAULT_ENDPOINT {
         decoded
@@ -70,7 +76,7 @@ fn percent_decode(s: &str) -> Result<String, ApiError> {
 }
 
 /// The `Location` of a config: its admin path, non-ASCII and reserved bytes encoded.
-fn location(endpoint: &str) -> String {
+pub fn location(endpoint: &str) -> String {
     let rest = endpoint.strip_prefix('/').unwrap_or(endpoint);
     let mut out = String::from(CONFIGS_PREFIX);
     for b in rest.bytes() {

@@ -1,0 +1,27 @@
+//! The admin API's endpoint paths (`/admin/configs/{endpoint}`): any bytes after the
+//! prefix decode at most once (`%2F`, `%252F`, `..`, empty segments), never panic, and
+//! whatever decodes is a valid endpoint whose `Location` decodes back to itself.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use ratewarden::http::admin::{decode_endpoint, location};
+use ratewarden::policy::validate_endpoint;
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(raw) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(endpoint) = decode_endpoint(raw) else {
+        return;
+    };
+    assert!(validate_endpoint(&endpoint).is_ok(), "{endpoint:?}");
+    assert!(
+        !endpoint.split('/').any(|s| s == ".." || s == "."),
+        "{endpoint:?}"
+    );
+    let again = location(&endpoint);
+    let rest = again
+        .strip_prefix("/admin/configs/")
+        .expect("a config location");
+    assert_eq!(decode_endpoint(rest).expect("a location decodes"), endpoint);
+});
