@@ -45,8 +45,19 @@ async function api(path, options = {}, retried = false) {
 
 function feedUrl(path) {
   const proto = location.protocol === "https:" ? "wss:" : "ws:";
-  const q = token ? "?token=" + encodeURIComponent(token) : "";
-  return proto + "//" + location.host + path + q;
+  return proto + "//" + location.host + path;
+}
+
+// A browser cannot set headers on a WebSocket, and a token in the URL would end up in
+// proxy logs: it travels as a subprotocol instead, "bearer.<hex of the token>", next to
+// "ratewarden", which the server selects.
+function feedSocket(path) {
+  const protocols = ["ratewarden"];
+  if (token) {
+    const hex = Array.from(new TextEncoder().encode(token), (b) => b.toString(16).padStart(2, "0"));
+    protocols.push("bearer." + hex.join(""));
+  }
+  return new WebSocket(feedUrl(path), protocols);
 }
 
 function el(tag, cls, text) {
@@ -152,7 +163,7 @@ let watching = "";
 
 function connectGlobal() {
   if (globalSocket) globalSocket.close();
-  const ws = new WebSocket(feedUrl("/ws/global"));
+  const ws = feedSocket("/ws/global");
   globalSocket = ws;
   ws.onopen = () => { const c = $("#conn"); c.textContent = "live"; c.className = "pill pill-on"; };
   ws.onclose = () => {
@@ -272,7 +283,7 @@ function watch(client) {
   watching = client;
   if (inspectorSocket) inspectorSocket.close();
   $("#inspector-summary").textContent = "Connecting to " + client + "…";
-  const ws = new WebSocket(feedUrl("/ws/" + encodeURIComponent(client)));
+  const ws = feedSocket("/ws/" + encodeURIComponent(client));
   inspectorSocket = ws;
   ws.onmessage = (e) => {
     const m = JSON.parse(e.data);

@@ -49,8 +49,8 @@ async fn limit_api(http: &Http) {
 }
 
 /// The binary with a config for `/api/*`, once a first client's state is in the file.
-async fn started_and_persisting(db: &Path) -> Binary {
-    let mut server = Binary::start(db, &FAST);
+async fn started_and_persisting(db: &Path, extra: &[&str]) -> Binary {
+    let mut server = Binary::start(db, &[&FAST[..], extra].concat());
     limit_api(&server).await;
     assert_eq!(remaining(&server, "before").await, (200, Some(4)));
     wait_persisted(&mut server, db, "before");
@@ -95,9 +95,9 @@ async fn assert_degraded(server: &Binary, reason: &str) {
 
 /// After the fault: everything decided meanwhile reaches the file, health is back, and
 /// the refused config never appeared.
-async fn assert_recovered(server: &mut Binary, db: &Path) {
+async fn assert_recovered(server: &mut Binary, db: &Path, newest: &str) {
     server.wait_for("the database works again");
-    wait_persisted(server, db, "fresh");
+    wait_persisted(server, db, newest);
     let health = server.get("/health").await;
     assert_eq!(health.body["status"], "healthy", "{:?}", health.body);
     let configs = server.get("/admin/configs").await.body;
@@ -110,11 +110,12 @@ async fn assert_recovered(server: &mut Binary, db: &Path) {
     );
 }
 
-#[actix_rt::test]
-async fn a_database_locked_by_another_process_stalls_writes_but_not_decisions() {
+/// The database locked by another process while a returning client must be restored
+/// from it: the restore cannot finish in time, and `--on-error` decides.
+async fn locked_database(on_error: &str) {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("locked.db");
-    let args = [&FAST[..], &["--on-error", "deny", "--max-clients", "1"]].concat();
+    let args = [&FAST[..], &["--on-error", on_error, "--max-clients", "1"]].concat();
     let mut server = Binary::start(&db, &args);
     limit_api(&server).await;
     // "old" uses 2 of 5, then "other" (one live limiter at most) evicts it to the file.
@@ -131,28 +132,47 @@ async fn a_database_locked_by_another_process_stalls_writes_but_not_decisions() 
     decide_fresh(&mut server).await;
 
     // The next write attempt holds the DB actor for the busy timeout (1 s); "old" must
-    // be restored from the file meanwhile, which cannot happen in time: --on-error deny.
+    // be restored from the file meanwhile, which cannot happen in time.
     server.wait_for("writing");
     let r = server.get_as("old", "/api/data").await;
-    assert_eq!(r.status, 503, "{:?}", r.body);
-    assert_eq!(r.body["error"], "limiter_unavailable");
-    assert_eq!(r.header("retry-after"), Some("1"));
+    let outcome = if on_error == "deny" {
+        assert_eq!(r.status, 503, "{:?}", r.body);
+        assert_eq!(r.body["error"], "limiter_unavailable");
+        assert_eq!(r.header("retry-after"), Some("1"));
+        "on_error_denied"
+    } else {
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        assert_eq!(
+            r.header("x-ratelimit-remaining"),
+            None,
+            "not decided by a limiter"
+        );
+        "on_error_allowed"
+    };
     // "locked", or "did not answer" while an attempt waits out the lock.
     assert_degraded(&server, "database").await;
     let timeouts = server
         .metric(r#"ratewarden_decision_errors_total{reason="timeout"}"#)
         .await;
     assert!(timeouts >= 1.0, "{timeouts}");
-    let denied = server
-        .metric(r#"ratewarden_decisions_total{endpoint="/api/*",outcome="on_error_denied"}"#)
-        .await;
-    assert!(denied >= 1.0, "{denied}");
+    let series = format!(r#"ratewarden_decisions_total{{endpoint="/api/*",outcome="{outcome}"}}"#);
+    assert!(server.metric(&series).await >= 1.0, "{series}");
 
     lock.execute_batch("ROLLBACK").unwrap();
     drop(lock);
-    assert_recovered(&mut server, &db).await;
-    // The denied request consumed nothing: "old" continues from 2 used.
+    assert_recovered(&mut server, &db, "fresh").await;
+    // The check that timed out consumed nothing: "old" continues from 2 used.
     assert_eq!(remaining(&server, "old").await, (200, Some(2)));
+}
+
+#[actix_rt::test]
+async fn a_locked_database_stalls_restores_and_on_error_deny_answers_503() {
+    locked_database("deny").await;
+}
+
+#[actix_rt::test]
+async fn a_locked_database_stalls_restores_and_on_error_allow_lets_requests_through() {
+    locked_database("allow").await;
 }
 
 /// A small tmpfs mounted for one test, unmounted (lazily) when dropped.
@@ -194,7 +214,7 @@ async fn a_full_disk_keeps_snapshots_pending_until_there_is_room() {
     let dir = tempfile::tempdir().unwrap();
     let disk = Tmpfs::mount(dir.path().join("small"), "4m");
     let db = disk.0.join("full.db");
-    let mut server = started_and_persisting(&db).await;
+    let mut server = started_and_persisting(&db, &[]).await;
 
     let filler = disk.0.join("filler");
     fill(&filler);
@@ -211,7 +231,7 @@ async fn a_full_disk_keeps_snapshots_pending_until_there_is_room() {
     assert!(server.metric("ratewarden_write_behind_queue_depth").await >= 1.0);
 
     std::fs::remove_file(&filler).unwrap();
-    assert_recovered(&mut server, &db).await;
+    assert_recovered(&mut server, &db, "fresh").await;
     let stored = persisted_clients(&db);
     assert!(stored.len() >= 302, "{} clients stored", stored.len());
 }
@@ -231,13 +251,24 @@ fn immutable(paths: &[PathBuf], on: bool) {
 async fn a_read_only_file_fails_writes_until_it_is_writable_again() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("ro.db");
-    let mut server = started_and_persisting(&db).await;
+    let mut server = started_and_persisting(&db, &["--write-queue-max", "10"]).await;
 
     let files = [db.clone(), dir.path().join("ro.db-wal")];
     immutable(&files, true);
     decide_fresh(&mut server).await;
     assert_degraded(&server, "").await;
+    // Beyond --write-queue-max, the oldest waiting snapshots are dropped and counted.
+    for i in 0..30 {
+        assert_eq!(
+            server.get_as(&format!("d{i}"), "/api/data").await.status,
+            200
+        );
+    }
+    server.wait_for("write-behind queue full");
+    let dropped = server.metric("ratewarden_write_behind_dropped_total").await;
+    assert!(dropped >= 1.0, "{dropped}");
+    assert!(server.metric("ratewarden_write_behind_queue_depth").await <= 10.0);
 
     immutable(&files, false);
-    assert_recovered(&mut server, &db).await;
+    assert_recovered(&mut server, &db, "d29").await;
 }

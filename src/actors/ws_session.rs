@@ -45,7 +45,11 @@ impl WsSession {
         S: futures_util::Stream<Item = Result<web::Bytes, actix_web::error::PayloadError>>
             + 'static,
     {
-        ws::WsResponseBuilder::new(self, req, payload).start()
+        // The dashboard offers "ratewarden" (and its token as "bearer.<hex>"); a browser
+        // only accepts the upgrade if one offered protocol is selected.
+        ws::WsResponseBuilder::new(self, req, payload)
+            .protocols(&["ratewarden"])
+            .start()
     }
 }
 

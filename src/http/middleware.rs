@@ -223,9 +223,9 @@ fn sf_string(s: &str) -> String {
     out
 }
 
-/// Admin access (the admin API and the live feeds): a bearer token when one is
-/// configured (or a `token` query parameter, because browsers cannot set headers on
-/// WebSocket and EventSource requests), else loopback peers only.
+/// Admin access (the admin API, `/metrics` and the live feeds): a bearer token when one
+/// is configured (in `Authorization`, or as a `bearer.<hex>` WebSocket subprotocol, or a
+/// `token` query parameter), else loopback peers only.
 pub async fn admin_access(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
@@ -240,7 +240,9 @@ pub async fn admin_access(
                 .and_then(|v| v.split_once(' '))
                 .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
                 .map(|(_, t)| t.trim().to_owned());
-            let presented = header.or_else(|| query_token(req.query_string()));
+            let presented = header
+                .or_else(|| protocol_token(req.headers()))
+                .or_else(|| query_token(req.query_string()));
             match presented {
                 Some(p) if constant_time_eq(p.as_bytes(), token.as_bytes()) => Ok(()),
                 _ => Err(ApiError::Unauthorized),
@@ -262,7 +264,26 @@ pub async fn admin_access(
     }
 }
 
-/// The `token` query parameter, percent-decoded.
+/// The token a browser's WebSocket carries as the subprotocol `bearer.<hex>` (a page
+/// cannot set headers on a WebSocket, and a token in the URL would reach proxy logs).
+fn protocol_token(headers: &HeaderMap) -> Option<String> {
+    let hex = headers
+        .get_all(actix_web::http::header::SEC_WEBSOCKET_PROTOCOL)
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .find_map(|p| p.trim().strip_prefix("bearer."))?;
+    if hex.len() % 2 != 0 {
+        return None;
+    }
+    let bytes: Option<Vec<u8>> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect();
+    String::from_utf8(bytes?).ok()
+}
+
+/// The `token` query parameter, percent-decoded (for clients that can set neither a
+/// header nor a subprotocol; avoid it where URLs are logged).
 fn query_token(query: &str) -> Option<String> {
     #[derive(serde::Deserialize)]
     struct TokenQuery {
@@ -311,6 +332,23 @@ mod tests {
         assert_eq!(query_token("token=a%2Bb&x=1"), Some("a+b".to_owned()));
         assert_eq!(query_token("x=1"), None);
         assert_eq!(query_token(""), None);
+    }
+
+    #[test]
+    fn reads_the_token_from_a_websocket_subprotocol() {
+        let mut h = HeaderMap::new();
+        let set = |h: &mut HeaderMap, v: &'static str| {
+            h.insert(
+                actix_web::http::header::SEC_WEBSOCKET_PROTOCOL,
+                HeaderValue::from_static(v),
+            )
+        };
+        set(&mut h, "ratewarden, bearer.746f6b2f656e3d31");
+        assert_eq!(protocol_token(&h), Some("tok/en=1".to_owned()));
+        for bad in ["ratewarden", "bearer.7", "bearer.zz", "bearer.ff"] {
+            set(&mut h, bad);
+            assert_eq!(protocol_token(&h), None, "{bad}");
+        }
     }
 
     #[test]

@@ -33,12 +33,13 @@ const XSS_ENDPOINT = "/x/<img/src/onerror=alert(1)>";
 // Starts the binary on a free port with a fresh database. Resolves once it logged
 // `listening on http://ADDR `; stderr keeps being drained (and its tail kept for
 // failure messages) so the server never blocks on a full pipe.
-function startServer(dir) {
-  const child = spawn(BIN, ["--bind", "127.0.0.1:0", "--database", join(dir, "ratewarden.db")], {
-    env: { ...process.env, RUST_LOG: "info" },
+function startServer(dir, extra = [], logLevel = "info") {
+  const child = spawn(BIN, ["--bind", "127.0.0.1:0", "--database", join(dir, "ratewarden.db"), ...extra], {
+    env: { ...process.env, RUST_LOG: logLevel },
     stdio: ["ignore", "ignore", "pipe"],
   });
   const log = [];
+  const all = [];
   const ready = new Promise((resolveReady, reject) => {
     const timer = setTimeout(() => reject(new Error(`the server did not start within ${WAIT} ms:\n${log.join("\n")}`)), WAIT);
     const fail = (err) => { clearTimeout(timer); reject(err); };
@@ -46,13 +47,14 @@ function startServer(dir) {
     child.on("exit", (code, signal) => fail(new Error(`the server exited (${code ?? signal}):\n${log.join("\n")}`)));
     createInterface({ input: child.stderr }).on("line", (line) => {
       log.push(line);
+      all.push(line);
       if (log.length > 50) log.shift();
       const m = line.match(/listening on (http:\/\/[\d.]+:\d+) /);
       if (m) { clearTimeout(timer); resolveReady(m[1]); }
     });
   });
   ready.catch(() => {}); // awaited by the caller; never an unhandled rejection
-  return { child, ready, log };
+  return { child, ready, log, all };
 }
 
 // SIGTERM, then SIGKILL if it has not exited within WAIT; resolves once it is gone.
@@ -68,6 +70,12 @@ async function stopServer(child) {
 // Waits for a predicate evaluated in the page (polled on animation frames).
 const until = (page, fn, arg) => page.waitForFunction(fn, arg, { timeout: WAIT });
 
+const launch = () => chromium.launch({
+  executablePath: CHROMIUM,
+  args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run",
+         "--disable-component-update", "--disable-sync", "--disable-quic"],
+});
+
 test("the dashboard shows live traffic and steers the limiter", { timeout: 180_000 }, async () => {
   assert.ok(existsSync(CHROMIUM), `Chromium is required at ${CHROMIUM} (apt-get install chromium, or set CHROMIUM)`);
   assert.ok(existsSync(BIN), `the server binary is required at ${BIN} (cargo build, or set RATEWARDEN_BIN)`);
@@ -78,11 +86,7 @@ test("the dashboard shows live traffic and steers the limiter", { timeout: 180_0
   try {
     server = startServer(dir);
     const url = await server.ready;
-    browser = await chromium.launch({
-      executablePath: CHROMIUM,
-      args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run",
-             "--disable-component-update", "--disable-sync", "--disable-quic"],
-    });
+    browser = await launch();
     const page = await browser.newPage({ viewport: { width: 1280, height: 800 } });
     const dialogs = [];
     page.on("dialog", (d) => { dialogs.push(`${d.type()}: ${d.message()}`); d.dismiss().catch(() => {}); });
@@ -181,6 +185,45 @@ test("the dashboard shows live traffic and steers the limiter", { timeout: 180_0
     assert.equal(await page.evaluate(() => document.querySelectorAll("img").length), 0);
     assert.deepEqual(dialogs, [], "no dialog opened (no injected script ran)");
     assert.deepEqual(pageErrors, [], "no uncaught error on the page");
+  } finally {
+    try { if (browser) await browser.close(); } finally {
+      try { if (server) await stopServer(server.child); } finally {
+        rmSync(dir, { recursive: true, force: true });
+      }
+    }
+  }
+});
+
+test("with an admin token the dashboard asks for it and never puts it in a URL", { timeout: 120_000 }, async () => {
+  const TOKEN = "tok/en=1+secret";
+  const dir = mkdtempSync(join(tmpdir(), "ratewarden-browser-"));
+  let server = null;
+  let browser = null;
+  try {
+    server = startServer(dir, ["--admin-token", TOKEN], "ratewarden=debug");
+    const url = await server.ready;
+    browser = await launch();
+    const page = await browser.newPage({ viewport: { width: 1280, height: 800 } });
+    const urls = [];
+    page.on("request", (r) => urls.push(r.url()));
+    page.on("websocket", (ws) => urls.push(ws.url()));
+    await page.goto(url + "/dashboard");
+    await page.locator("#token-dialog").waitFor({ state: "visible", timeout: WAIT });
+    await page.fill("#token-input", TOKEN);
+    await page.click("#token-form button[value=ok]");
+    // The feed authenticates with the token as a subprotocol, and goes live.
+    await until(page, () => document.querySelector("#conn").textContent.trim() === "live");
+    const r = await fetch(url + "/api/data", { headers: { "X-Client-ID": "tokened" } });
+    assert.equal(r.status, 200);
+    await until(page, () => [...document.querySelectorAll("#events .ev-detail")]
+      .some((e) => e.textContent.startsWith("tokened ")));
+    assert.ok(urls.some((u) => u.includes("/ws/global")), `the page opened the feed: ${urls}`);
+    for (const u of urls) {
+      assert.ok(!u.includes("token=") && !u.includes(encodeURIComponent(TOKEN)) && !u.includes(TOKEN), u);
+    }
+    await stopServer(server.child);
+    assert.ok(server.all.some((l) => l.includes("GET /ws/global")), "requests were logged");
+    assert.ok(!server.all.some((l) => l.includes(TOKEN) || l.includes(encodeURIComponent(TOKEN))), "the token never reached the log");
   } finally {
     try { if (browser) await browser.close(); } finally {
       try { if (server) await stopServer(server.child); } finally {
