@@ -15,11 +15,11 @@ use crate::limiter::{Algorithm, Decision, Limits, State};
 use crate::policy::{Policy, PolicyTable};
 use crate::stats::GlobalStats;
 use crate::store::{ClientSnapshot, EndpointSnapshot, StatDelta, StoredClient, Totals};
+use actix::clock::Instant;
 use actix::prelude::*;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
 
 /// Decide one request of this client under `policy`, unless `deadline` has passed:
 /// then the request was already answered by `--on-error`, and nothing is consumed

@@ -26,6 +26,7 @@ use crate::metrics::{Metrics, RestoreSource};
 use crate::policy::{Policy, PolicyTable};
 use crate::stats::GlobalStats;
 use crate::store::{ClientSnapshot, PendingSnapshots, merge_snapshot};
+use actix::clock::Instant;
 use actix::prelude::*;
 use futures_util::future::join_all;
 use hashlink::LinkedHashMap;
@@ -33,7 +34,7 @@ use std::collections::HashSet;
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::oneshot;
 
 /// Queued checks per shard before HTTP workers wait for room.

@@ -1,7 +1,7 @@
 //! Two middlewares: `rate_limit` decides every request outside the exempt prefixes (one
 //! message to the client's registry shard), and `admin_access` guards `/admin`.
 
-use super::AppState;
+use super::{AppState, deadline};
 use crate::actors::registry::Check;
 use crate::clock::{NANOS_PER_SEC, Nanos, ceil_secs, rfc3339};
 use crate::error::ApiError;
@@ -13,11 +13,11 @@ use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 use actix_web::middleware::Next;
+use actix_web::rt::time::Instant;
 use actix_web::{Error, HttpResponse, ResponseError, web};
 use serde_json::json;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
 
 /// Never limited: the admin API, the feeds, the dashboard and its assets, metrics, and
 /// the health check (a load balancer's probe must never be throttled).
@@ -71,15 +71,16 @@ pub async fn rate_limit(
         return Ok(next.call(req).await?.map_into_boxed_body());
     }
     let started = Instant::now();
+    let deadline = started + state.decision_timeout;
     let check = Check {
         client: client.clone(),
         policy: policy.clone(),
-        deadline: started + state.decision_timeout,
+        deadline,
         // Copied only while a feed would show it.
         path: state.interest.wants(&client).then(|| Arc::from(path)),
     };
     let asked = state.registries.shard(&client).send(check);
-    let decision = match actix_web::rt::time::timeout(state.decision_timeout, asked).await {
+    let decision = match deadline::within(deadline, asked).await {
         Ok(Ok(Ok(d))) => {
             Metrics::observe(&state.metrics.decision_seconds, started.elapsed());
             d

@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod client_id;
 pub mod dashboard;
+pub mod deadline;
 pub mod demo;
 pub mod middleware;
 pub mod ops;

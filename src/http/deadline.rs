@@ -1,0 +1,123 @@
+//! A deadline for the decision path that costs almost nothing per request. A tokio
+//! timer per request (an entry in the runtime's timer wheel, inserted and cancelled for
+//! every check) measurably slowed the hot path (`scripts/bench --only hot`: 0.81 against
+//! 0.87-0.97 without it), while a decision takes microseconds and the deadline is a
+//! second. Instead, each worker thread keeps a list of the requests still waiting and
+//! one ticker wakes them every [`TICK`], only while some are waiting; a woken request
+//! that has passed its deadline gives up. Precision is one tick. Times are tokio's
+//! (`Instant` is the system's monotonic clock, unless a test pauses tokio's clock).
+
+use std::cell::{Cell, RefCell};
+use std::future::{Future, poll_fn};
+use std::pin::pin;
+use std::rc::Rc;
+use std::task::{Poll, Waker};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// How often waiting requests look at their deadline.
+pub const TICK: Duration = Duration::from_millis(10);
+
+/// The deadline passed before the future finished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Elapsed;
+
+struct Waiting {
+    waker: Waker,
+    /// Set once the request no longer waits, so the ticker does not wake it for nothing.
+    done: Rc<Cell<bool>>,
+}
+
+thread_local! {
+    static WAITING: RefCell<Vec<Waiting>> = const { RefCell::new(Vec::new()) };
+    static TICKING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `fut` until it finishes or `deadline` passes (checked at least every [`TICK`]).
+/// Must run on an actix (tokio local) runtime.
+pub async fn within<F: Future>(deadline: Instant, fut: F) -> Result<F::Output, Elapsed> {
+    let mut fut = pin!(fut);
+    let mut registered: Option<Rc<Cell<bool>>> = None;
+    let out = poll_fn(|cx| {
+        if let Poll::Ready(v) = fut.as_mut().poll(cx) {
+            return Poll::Ready(Ok(v));
+        }
+        if Instant::now() >= deadline {
+            return Poll::Ready(Err(Elapsed));
+        }
+        if let Some(old) = registered.take() {
+            old.set(true);
+        }
+        let done = Rc::new(Cell::new(false));
+        WAITING.with(|w| {
+            w.borrow_mut().push(Waiting {
+                waker: cx.waker().clone(),
+                done: done.clone(),
+            })
+        });
+        registered = Some(done);
+        ensure_ticking();
+        Poll::Pending
+    })
+    .await;
+    if let Some(r) = registered {
+        r.set(true);
+    }
+    out
+}
+
+/// Starts this thread's ticker unless it runs; it stops once nothing waits.
+fn ensure_ticking() {
+    if TICKING.with(|t| t.replace(true)) {
+        return;
+    }
+    actix_web::rt::spawn(async {
+        let start = actix_web::rt::time::Instant::now() + TICK;
+        let mut every = actix_web::rt::time::interval_at(start, TICK);
+        loop {
+            every.tick().await;
+            let due = WAITING.with(|w| std::mem::take(&mut *w.borrow_mut()));
+            if due.is_empty() {
+                TICKING.with(|t| t.set(false));
+                return;
+            }
+            for w in due {
+                if !w.done.get() {
+                    w.waker.wake();
+                }
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[actix_rt::test]
+    async fn answers_in_time_and_gives_up_one_tick_after_the_deadline() {
+        tokio::time::pause();
+        let start = Instant::now();
+        let soon = start + Duration::from_secs(3600);
+        assert_eq!(within(soon, async { 7 }).await, Ok(7));
+        assert_eq!(
+            within(start, std::future::pending::<()>()).await,
+            Err(Elapsed)
+        );
+
+        // The paused clock only moves with the ticker: given up at the first tick after
+        // the deadline (tokio's timers round to the millisecond).
+        let deadline = start + Duration::from_millis(55);
+        assert_eq!(
+            within(deadline, std::future::pending::<()>()).await,
+            Err(Elapsed)
+        );
+        let waited = Instant::now() - start;
+        assert!(
+            waited >= Duration::from_millis(55) && waited <= Duration::from_millis(55) + TICK,
+            "{waited:?}"
+        );
+        // Nothing waits any more: the registration was marked done.
+        assert!(WAITING.with(|w| w.borrow().iter().all(|w| w.done.get())));
+    }
+}
