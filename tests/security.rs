@@ -166,7 +166,8 @@ async fn the_admin_token_never_reaches_the_log() {
     assert!(server.wait_exit().success());
     let log = server.remaining_lines();
     assert!(
-        log.iter().any(|l| l.contains("GET /admin/configs")),
+        log.iter()
+            .any(|l| l.contains(r#"request method=GET path="/admin/configs" status=200"#)),
         "requests are logged at debug level: {log:?}"
     );
     assert!(!log.iter().any(|l| l.contains(token)), "{log:?}");

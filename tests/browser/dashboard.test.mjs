@@ -222,7 +222,7 @@ test("with an admin token the dashboard asks for it and never puts it in a URL",
       assert.ok(!u.includes("token=") && !u.includes(encodeURIComponent(TOKEN)) && !u.includes(TOKEN), u);
     }
     await stopServer(server.child);
-    assert.ok(server.all.some((l) => l.includes("GET /ws/global")), "requests were logged");
+    assert.ok(server.all.some((l) => l.includes('request method=GET path="/ws/global" status=101')), "requests were logged");
     assert.ok(!server.all.some((l) => l.includes(TOKEN) || l.includes(encodeURIComponent(TOKEN))), "the token never reached the log");
   } finally {
     try { if (browser) await browser.close(); } finally {
