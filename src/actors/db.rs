@@ -116,14 +116,30 @@ impl Db {
         }
     }
 
+    /// Drops the oldest pending snapshots beyond `max_pending` (counted and logged), and
+    /// publishes the queue's depth.
+    fn enforce_cap(&mut self) {
+        let excess = self.pending.len().saturating_sub(self.max_pending);
+        for _ in 0..excess {
+            if let Some((client, _)) = self.pending.pop_front() {
+                log::warn!("write-behind queue full: snapshot of client {client:?} dropped");
+            }
+        }
+        self.metrics.write_queue_dropped.inc_by(excess as u64);
+        self.metrics
+            .write_queue_depth
+            .set(self.pending.len() as i64);
+    }
+
     /// Writes every pending snapshot in one transaction; on failure they stay pending
     /// (the oldest beyond `max_pending` are dropped, counted and logged).
     fn write_pending(&mut self, now: bool) -> Result<usize, String> {
         let n = self.pending.len();
         if !now && self.retry_at.is_some_and(|at| Instant::now() < at) {
-            self.metrics.write_queue_depth.set(n as i64);
+            self.enforce_cap();
             return Err(format!(
-                "the database is failing; {n} client snapshots wait"
+                "the database is failing; {} client snapshots wait",
+                self.pending.len()
             ));
         }
         let result = if n == 0 {
@@ -152,15 +168,7 @@ impl Db {
             Err(e) => {
                 self.retry_at = Some(Instant::now() + RETRY_EVERY);
                 self.failed(DbOperation::persist, &e);
-                let excess = self.pending.len().saturating_sub(self.max_pending);
-                for _ in 0..excess {
-                    if let Some((client, _)) = self.pending.pop_front() {
-                        log::warn!(
-                            "write-behind queue full: snapshot of client {client:?} dropped"
-                        );
-                    }
-                }
-                self.metrics.write_queue_dropped.inc_by(excess as u64);
+                self.enforce_cap();
                 Err(format!(
                     "persisting {n} client snapshots failed ({e}); {} kept for the next try",
                     self.pending.len()
