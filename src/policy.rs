@@ -153,10 +153,21 @@ pub fn validate_endpoint(endpoint: &str) -> Result<(), ValidationError> {
     if body.contains('*') {
         return err("\"*\" is only allowed as a final \"/*\" segment");
     }
-    // Clients and proxies resolve dot segments and may merge empty ones, so a config
-    // naming them could never be relied on.
-    if body.contains("//") || body.split('/').any(|seg| seg == "." || seg == "..") {
-        return err("must not contain empty, \".\" or \"..\" segments");
+    Ok(())
+}
+
+/// What a new config's endpoint must also satisfy: no empty, `.` or `..` segments.
+/// Clients and proxies resolve dot segments and may merge empty ones, so a config naming
+/// them could never be relied on. (Checked on creation only, so that a config stored
+/// before this rule can still be read, updated and deleted.)
+pub fn validate_new_endpoint(endpoint: &str) -> Result<(), ValidationError> {
+    validate_endpoint(endpoint)?;
+    let body = endpoint.strip_suffix("/*").unwrap_or(endpoint);
+    if endpoint.contains("//") || body.split('/').any(|seg| seg == "." || seg == "..") {
+        return Err(ValidationError::new(
+            "endpoint",
+            "must not contain empty, \".\" or \"..\" segments".to_owned(),
+        ));
     }
     Ok(())
 }
@@ -252,6 +263,7 @@ impl ConfigPatch {
         };
         spec.merge(self);
         spec.validate()?;
+        validate_new_endpoint(&spec.endpoint)?;
         Ok(spec)
     }
 }
@@ -543,12 +555,6 @@ mod tests {
             "/a*",
             "/*/b",
             "**",
-            "//a",
-            "/a//b",
-            "/a/../b",
-            "/./a",
-            "/a/..",
-            "/../*",
             long.as_str(),
         ] {
             assert_eq!(
@@ -556,6 +562,22 @@ mod tests {
                 "endpoint",
                 "{bad}"
             );
+        }
+    }
+
+    #[test]
+    fn new_endpoints_have_no_empty_or_dot_segments() {
+        for ok in ["*", "/", "/api/", "/api/*", "/a.b/..c"] {
+            assert!(validate_new_endpoint(ok).is_ok(), "{ok}");
+        }
+        for bad in ["//a", "/a//b", "/a/../b", "/./a", "/a/..", "/../*", "//*"] {
+            assert_eq!(
+                validate_new_endpoint(bad).unwrap_err().field,
+                "endpoint",
+                "{bad}"
+            );
+            // Still a valid name to read, update or delete an older config by.
+            assert!(validate_endpoint(bad).is_ok(), "{bad}");
         }
     }
 

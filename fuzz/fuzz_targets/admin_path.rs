@@ -1,6 +1,7 @@
 //! The admin API's endpoint paths (`/admin/configs/{endpoint}`): any bytes after the
 //! prefix decode at most once (`%2F`, `%252F`, `..`, empty segments), never panic, and
-//! whatever decodes is a valid endpoint whose `Location` decodes back to itself.
+//! whatever decodes is a valid endpoint name whose `Location` decodes back to itself
+//! (names a new config may not take, like `/a/../b`, still address older ones).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

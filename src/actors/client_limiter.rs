@@ -90,6 +90,9 @@ pub struct ClientLimiter {
     /// Per-minute counts of past minutes, waiting for the next snapshot.
     stats: Vec<StatDelta>,
     restore: Option<Restore>,
+    /// The restore failed: this limiter decides nothing more (actix still delivers the
+    /// checks already queued when it stops) and the registry replaces it.
+    restore_failed: bool,
 }
 
 impl ClientLimiter {
@@ -112,6 +115,7 @@ impl ClientLimiter {
             snapshot_version: 0,
             stats: Vec::new(),
             restore: Some(restore),
+            restore_failed: false,
         }
     }
 
@@ -203,6 +207,7 @@ impl Actor for ClientLimiter {
                         Err(e) => e.to_string(),
                     };
                     log::error!("restoring client {:?} failed: {e}", act.client);
+                    act.restore_failed = true;
                     ctx.stop();
                 }));
             }
@@ -215,7 +220,9 @@ impl Handler<ClientCheck> for ClientLimiter {
     type Result = MessageResult<ClientCheck>;
 
     fn handle(&mut self, msg: ClientCheck, _: &mut Context<Self>) -> Self::Result {
-        if Instant::now() > msg.deadline {
+        // Refused one deadline tick early: the answer must reach the request before it
+        // gives up, or a request answered by `--on-error` could still have consumed.
+        if self.restore_failed || Instant::now() + crate::http::deadline::TICK > msg.deadline {
             return MessageResult(None);
         }
         let now = self.now();

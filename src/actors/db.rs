@@ -7,7 +7,8 @@
 //!   transaction (write-behind; kept and retried while the database fails).
 //! - [`LoadClient`]: read a client's last snapshot, to restore an evicted limiter.
 //! - [`CreateConfig`], [`UpdateConfig`], [`DeleteConfig`]: admin writes, durable before
-//!   they take effect, and never attempted after their deadline.
+//!   they take effect, and never attempted once their [`WriteTicket`] expired or the
+//!   request gave up.
 //! - [`ClientEvents`]: recent events of one client.
 //! - [`Cleanup`]: delete what is older than the retention.
 //! - [`Ping`]: the health check.
@@ -21,6 +22,7 @@ use crate::store::{
 };
 use actix::prelude::*;
 use rusqlite::Connection;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
@@ -120,10 +122,23 @@ impl Db {
     /// publishes the queue's depth.
     fn enforce_cap(&mut self) {
         let excess = self.pending.len().saturating_sub(self.max_pending);
+        let mut dropped = Vec::new();
         for _ in 0..excess {
-            if let Some((client, _)) = self.pending.pop_front() {
-                log::warn!("write-behind queue full: snapshot of client {client:?} dropped");
-            }
+            dropped.extend(self.pending.pop_front().map(|(client, _)| client));
+        }
+        if !dropped.is_empty() {
+            // One line per cap, naming the first clients concerned.
+            let named: Vec<&str> = dropped.iter().take(5).map(|c| &**c).collect();
+            log::warn!(
+                "write-behind queue full: {} client snapshots dropped (least recently \
+                 updated first: {named:?}{})",
+                dropped.len(),
+                if dropped.len() > named.len() {
+                    ", ..."
+                } else {
+                    ""
+                }
+            );
         }
         self.metrics.write_queue_dropped.inc_by(excess as u64);
         self.metrics
@@ -181,10 +196,10 @@ impl Db {
         result
     }
 
-    /// Refuses an admin write the caller has stopped waiting for, so that a 503 it
-    /// answered can never turn into a change later.
-    fn in_time(&self, deadline: Instant) -> Result<(), StoreError> {
-        if Instant::now() >= deadline {
+    /// Refuses an admin write the caller has given up on (or is about to: its deadline
+    /// passed), so that a 503 it answered can never turn into a change later.
+    fn in_time(&self, ticket: &WriteTicket) -> Result<(), StoreError> {
+        if Instant::now() >= ticket.deadline || !ticket.claim(TAKEN) {
             let e = StoreError::Unavailable("the database did not get to the change in time");
             self.failed(DbOperation::config_write, &e);
             return Err(e);
@@ -198,6 +213,40 @@ impl Db {
             Err(e) => self.failed(DbOperation::config_write, e),
         }
         result
+    }
+}
+
+const OPEN: u8 = 0;
+const TAKEN: u8 = 1;
+const ABANDONED: u8 = 2;
+
+/// Who decides an admin write's fate: the DB actor claims it before writing, the admin
+/// request claims it when it gives up at the deadline. Whoever claims first wins, so a
+/// write is either done and reported, or refused and answered 503, never both.
+#[derive(Clone)]
+pub struct WriteTicket {
+    pub deadline: Instant,
+    state: Arc<AtomicU8>,
+}
+
+impl WriteTicket {
+    pub fn new(deadline: Instant) -> Self {
+        Self {
+            deadline,
+            state: Arc::new(AtomicU8::new(OPEN)),
+        }
+    }
+
+    fn claim(&self, by: u8) -> bool {
+        self.state
+            .compare_exchange(OPEN, by, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// The request gives up; `false` if the DB actor already started the write (then
+    /// its answer must be awaited).
+    pub fn abandon(&self) -> bool {
+        self.claim(ABANDONED)
     }
 }
 
@@ -263,14 +312,14 @@ impl Handler<LoadClient> for Db {
 pub struct CreateConfig {
     pub spec: ConfigSpec,
     pub now: Nanos,
-    /// Not attempted after this (the admin request has answered 503 by then).
-    pub deadline: Instant,
+    /// Not attempted after its deadline, nor once the admin request gave up.
+    pub ticket: WriteTicket,
 }
 
 impl Handler<CreateConfig> for Db {
     type Result = Result<Config, StoreError>;
     fn handle(&mut self, msg: CreateConfig, _: &mut SyncContext<Self>) -> Self::Result {
-        self.in_time(msg.deadline)?;
+        self.in_time(&msg.ticket)?;
         self.config_write(store::insert_config(&self.conn, &msg.spec, msg.now))
     }
 }
@@ -280,14 +329,14 @@ impl Handler<CreateConfig> for Db {
 pub struct UpdateConfig {
     pub spec: ConfigSpec,
     pub now: Nanos,
-    /// Not attempted after this (the admin request has answered 503 by then).
-    pub deadline: Instant,
+    /// Not attempted after its deadline, nor once the admin request gave up.
+    pub ticket: WriteTicket,
 }
 
 impl Handler<UpdateConfig> for Db {
     type Result = Result<Option<Config>, StoreError>;
     fn handle(&mut self, msg: UpdateConfig, _: &mut SyncContext<Self>) -> Self::Result {
-        self.in_time(msg.deadline)?;
+        self.in_time(&msg.ticket)?;
         self.config_write(store::update_config(&self.conn, &msg.spec, msg.now))
     }
 }
@@ -297,14 +346,14 @@ impl Handler<UpdateConfig> for Db {
 pub struct DeleteConfig {
     pub endpoint: String,
     pub now: Nanos,
-    /// Not attempted after this (the admin request has answered 503 by then).
-    pub deadline: Instant,
+    /// Not attempted after its deadline, nor once the admin request gave up.
+    pub ticket: WriteTicket,
 }
 
 impl Handler<DeleteConfig> for Db {
     type Result = Result<Option<Config>, StoreError>;
     fn handle(&mut self, msg: DeleteConfig, _: &mut SyncContext<Self>) -> Self::Result {
-        self.in_time(msg.deadline)?;
+        self.in_time(&msg.ticket)?;
         self.config_write(store::delete_config(&self.conn, &msg.endpoint, msg.now))
     }
 }

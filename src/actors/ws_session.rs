@@ -4,6 +4,7 @@
 //! `actix-ws`), so moving off it touches one file.
 
 use super::broadcaster::{Broadcaster, FeedMessage, Subscription, Unsubscribe};
+use crate::error::ApiError;
 use crate::http::realtime::Slot;
 use actix::prelude::*;
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -37,6 +38,16 @@ impl WsSession {
             missed: 0,
             _slot: slot,
         }
+    }
+
+    /// Checks that `req` is a valid WebSocket handshake, before anything is subscribed.
+    pub fn check_handshake(req: &HttpRequest) -> Result<(), ApiError> {
+        ws::handshake(req).map(|_| ()).map_err(|e| {
+            ApiError::bad_request(
+                "invalid_websocket_handshake",
+                format!("This is a WebSocket endpoint; the upgrade request is invalid ({e})."),
+            )
+        })
     }
 
     /// Upgrades the request and runs this session over the peer's frames in `payload`.

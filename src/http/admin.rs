@@ -4,12 +4,13 @@
 use super::client_id::validate_client_id;
 use super::{AppState, read_json};
 use crate::actors::broadcaster::ConfigChanged;
-use crate::actors::db::{CreateConfig, DeleteConfig, UpdateConfig};
+use crate::actors::db::{CreateConfig, Db, DeleteConfig, UpdateConfig, WriteTicket};
 use crate::error::ApiError;
 use crate::metrics;
 use crate::policy::Config;
 use crate::policy::{ConfigPatch, DEFAULT_ENDPOINT, ValidationError, validate_endpoint};
 use crate::store::{ConfigAction, StoreError};
+use actix::Addr;
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::Value;
@@ -18,12 +19,31 @@ use std::time::{Duration, Instant};
 
 const CONFIGS_PREFIX: &str = "/admin/configs/";
 
-/// How long an admin write may wait for the database before it answers 503. The DB actor
-/// never starts a write after this, so a 503 always means nothing changed.
+/// How long an admin write may wait (for other admin writes, then for the database)
+/// before it answers 503; see [`send_write`].
 const WRITE_DEADLINE: Duration = Duration::from_secs(2);
 
-fn write_deadline() -> Instant {
-    Instant::now() + WRITE_DEADLINE
+/// Sends an admin write and answers 503 at the ticket's deadline, unless the DB actor
+/// has started the write by then: its outcome is awaited, so a change the database made
+/// is never reported as failed, and a 503 always means nothing changed.
+async fn send_write<M, T>(db: &Addr<Db>, ticket: &WriteTicket, msg: M) -> Result<T, ApiError>
+where
+    M: actix::Message<Result = Result<T, StoreError>> + Send + 'static,
+    T: Send + 'static,
+    Db: actix::Handler<M>,
+{
+    let mut reply = std::pin::pin!(db.send(msg));
+    let left = ticket.deadline.saturating_duration_since(Instant::now());
+    let answer = match actix_web::rt::time::timeout(left, reply.as_mut()).await {
+        Ok(answer) => answer,
+        Err(_) if ticket.abandon() => {
+            return Err(store_error(StoreError::Unavailable(
+                "the database did not get to the change in time",
+            )));
+        }
+        Err(_) => reply.await,
+    };
+    answer?.map_err(store_error)
 }
 
 /// The config endpoint named by the rest of the path, decoded once:
@@ -159,21 +179,19 @@ pub async fn create_config(
 ) -> Result<HttpResponse, ApiError> {
     let spec = patch_from(read_json(&req, payload).await?)?.into_new_spec()?;
     let endpoint = spec.endpoint.clone();
+    let ticket = WriteTicket::new(Instant::now() + WRITE_DEADLINE);
     let config = to_completion(state.clone(), move |state| async move {
         let _writing = state.policies.lock_writes().await;
         if state.policies.current().get(&spec.endpoint).is_some() {
             return Err(store_error(StoreError::Conflict));
         }
         let endpoint = spec.endpoint.clone();
-        let config = state
-            .db
-            .send(CreateConfig {
-                spec,
-                now: state.clock.now(),
-                deadline: write_deadline(),
-            })
-            .await?
-            .map_err(store_error)?;
+        let msg = CreateConfig {
+            spec,
+            now: state.clock.now(),
+            ticket: ticket.clone(),
+        };
+        let config = send_write(&state.db, &ticket, msg).await?;
         state.policies.apply(&endpoint, Some(config.clone()));
         announce(&state, ConfigAction::Created, &config);
         state.metrics.config_changed(metrics::ConfigAction::create);
@@ -201,6 +219,7 @@ pub async fn update_config(
         )
         .into());
     }
+    let ticket = WriteTicket::new(Instant::now() + WRITE_DEADLINE);
     let config = to_completion(state.clone(), move |state| async move {
         let _writing = state.policies.lock_writes().await;
         let mut spec = state
@@ -211,15 +230,13 @@ pub async fn update_config(
             .spec();
         spec.merge(patch);
         spec.validate()?;
-        let config = state
-            .db
-            .send(UpdateConfig {
-                spec,
-                now: state.clock.now(),
-                deadline: write_deadline(),
-            })
+        let msg = UpdateConfig {
+            spec,
+            now: state.clock.now(),
+            ticket: ticket.clone(),
+        };
+        let config = send_write(&state.db, &ticket, msg)
             .await?
-            .map_err(store_error)?
             .ok_or_else(|| not_found(&endpoint))?;
         state.policies.apply(&endpoint, Some(config.clone()));
         announce(&state, ConfigAction::Updated, &config);
@@ -242,20 +259,19 @@ pub async fn delete_config(
                 .to_owned(),
         ));
     }
+    let ticket = WriteTicket::new(Instant::now() + WRITE_DEADLINE);
     to_completion(state.clone(), move |state| async move {
         let _writing = state.policies.lock_writes().await;
         if state.policies.current().get(&endpoint).is_none() {
             return Err(not_found(&endpoint));
         }
-        let config = state
-            .db
-            .send(DeleteConfig {
-                endpoint: endpoint.clone(),
-                now: state.clock.now(),
-                deadline: write_deadline(),
-            })
+        let msg = DeleteConfig {
+            endpoint: endpoint.clone(),
+            now: state.clock.now(),
+            ticket: ticket.clone(),
+        };
+        let config = send_write(&state.db, &ticket, msg)
             .await?
-            .map_err(store_error)?
             .ok_or_else(|| not_found(&endpoint))?;
         state.policies.apply(&endpoint, None);
         announce(&state, ConfigAction::Deleted, &config);

@@ -4,7 +4,8 @@
 //! 0.87-0.97 without it), while a decision takes microseconds and the deadline is a
 //! second. Instead, each worker thread keeps a list of the requests still waiting and
 //! one ticker wakes them every [`TICK`], only while some are waiting; a woken request
-//! that has passed its deadline gives up. Precision is one tick. Times are tokio's
+//! that has passed its deadline gives up. Precision is one tick; a request is only woken
+//! once its deadline has passed. Times are tokio's
 //! (`Instant` is the system's monotonic clock, unless a test pauses tokio's clock).
 
 use std::cell::{Cell, RefCell};
@@ -23,6 +24,7 @@ pub const TICK: Duration = Duration::from_millis(10);
 pub struct Elapsed;
 
 struct Waiting {
+    deadline: Instant,
     waker: Waker,
     /// Set once the request no longer waits, so the ticker does not wake it for nothing.
     done: Rc<Cell<bool>>,
@@ -51,6 +53,7 @@ pub async fn within<F: Future>(deadline: Instant, fut: F) -> Result<F::Output, E
         let done = Rc::new(Cell::new(false));
         WAITING.with(|w| {
             w.borrow_mut().push(Waiting {
+                deadline,
                 waker: cx.waker().clone(),
                 done: done.clone(),
             })
@@ -66,25 +69,43 @@ pub async fn within<F: Future>(deadline: Instant, fut: F) -> Result<F::Output, E
     out
 }
 
-/// Starts this thread's ticker unless it runs; it stops once nothing waits.
+/// Clears the ticking flag however the ticker ends (returned, or dropped with its
+/// runtime), so a later request on this thread starts a new one.
+struct TickerGuard;
+
+impl Drop for TickerGuard {
+    fn drop(&mut self) {
+        TICKING.with(|t| t.set(false));
+    }
+}
+
+/// Starts this thread's ticker unless it runs; it stops once nothing waits. Each tick
+/// forgets the requests that finished and wakes only those past their deadline.
 fn ensure_ticking() {
     if TICKING.with(|t| t.replace(true)) {
         return;
     }
     actix_web::rt::spawn(async {
-        let start = actix_web::rt::time::Instant::now() + TICK;
+        let _guard = TickerGuard;
+        let start = Instant::now() + TICK;
         let mut every = actix_web::rt::time::interval_at(start, TICK);
         loop {
             every.tick().await;
-            let due = WAITING.with(|w| std::mem::take(&mut *w.borrow_mut()));
-            if due.is_empty() {
-                TICKING.with(|t| t.set(false));
-                return;
-            }
+            let now = Instant::now();
+            let due: Vec<Waiting> = WAITING.with(|w| {
+                let mut w = w.borrow_mut();
+                w.retain(|e| !e.done.get());
+                let (due, keep) = std::mem::take(&mut *w)
+                    .into_iter()
+                    .partition(|e| e.deadline <= now);
+                *w = keep;
+                due
+            });
             for w in due {
-                if !w.done.get() {
-                    w.waker.wake();
-                }
+                w.waker.wake();
+            }
+            if WAITING.with(|w| w.borrow().is_empty()) {
+                return;
             }
         }
     });

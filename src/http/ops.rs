@@ -14,8 +14,9 @@ use std::time::Duration;
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// `healthy` (200) when everything answers; `degraded` (still 200, with the reason) when
-/// the database fails but decisions are still made from memory; `unhealthy` (503) only
-/// when the server cannot decide, because a registry shard does not answer.
+/// the database fails but decisions are still made from memory, or the limiters are too
+/// busy to answer within a second; `unhealthy` (503) only when the server cannot decide,
+/// because a registry shard has stopped.
 pub async fn health(state: web::Data<AppState>) -> HttpResponse {
     let (deciding, ping) = futures_util::future::join(
         timeout(HEALTH_TIMEOUT, state.registries.alive()),
@@ -37,25 +38,40 @@ pub async fn health(state: web::Data<AppState>) -> HttpResponse {
     } else {
         "connected"
     };
-    if deciding != Ok(true) {
-        return HttpResponse::ServiceUnavailable().json(json!({
-            "status": "unhealthy",
-            "reason": "the limiters are not answering; no request can be decided",
-            "database": database,
-            "timestamp": timestamp,
+    let mut reasons = Vec::new();
+    match deciding {
+        Ok(true) => {}
+        // A shard's mailbox is closed: its clients cannot be decided at all.
+        Ok(false) => {
+            return HttpResponse::ServiceUnavailable().json(json!({
+                "status": "unhealthy",
+                "reason": "a registry shard stopped; its clients cannot be decided",
+                "database": database,
+                "timestamp": timestamp,
+            }));
+        }
+        // Busy (a full mailbox pushes back), not broken: requests are still decided.
+        Err(_) => reasons.push(format!(
+            "the limiters did not answer within {} s (overloaded)",
+            HEALTH_TIMEOUT.as_secs()
+        )),
+    }
+    if let Some(reason) = database_failure {
+        reasons.push(format!(
+            "database: {reason}; decisions continue from memory"
+        ));
+    }
+    if reasons.is_empty() {
+        return HttpResponse::Ok().json(json!({
+            "status": "healthy", "database": database, "timestamp": timestamp,
         }));
     }
-    match database_failure {
-        None => HttpResponse::Ok().json(json!({
-            "status": "healthy", "database": database, "timestamp": timestamp,
-        })),
-        Some(reason) => HttpResponse::Ok().json(json!({
-            "status": "degraded",
-            "reason": format!("database: {reason}; decisions continue from memory"),
-            "database": database,
-            "timestamp": timestamp,
-        })),
-    }
+    HttpResponse::Ok().json(json!({
+        "status": "degraded",
+        "reason": reasons.join("; "),
+        "database": database,
+        "timestamp": timestamp,
+    }))
 }
 
 /// Every metric, in the OpenMetrics text format Prometheus scrapes.

@@ -147,6 +147,8 @@ pub async fn websocket(
 ) -> Result<HttpResponse, actix_web::Error> {
     state.feeds.check_origin(&req)?;
     let topic = topic(&req)?;
+    // A request that is not a valid upgrade must not leave a subscriber behind.
+    WsSession::check_handshake(&req)?;
     let slot = slot(&state, &req, Transport::websocket)?;
     let subscription = subscribe(&state, topic).await?;
     WsSession::new(state.broadcaster.clone(), subscription, slot).start(&req, payload)

@@ -320,7 +320,7 @@ pub struct ClientSnapshot {
     pub stats: Vec<StatDelta>,
 }
 
-/// Snapshots waiting to be written, keyed by client, oldest first.
+/// Snapshots waiting to be written, keyed by client, least recently updated first.
 pub type PendingSnapshots = hashlink::LinkedHashMap<Arc<str>, ClientSnapshot>;
 
 /// Keeps `new` among the pending snapshots: the newest state wins, statistics add up.
@@ -332,7 +332,9 @@ pub fn merge_snapshot(pending: &mut PendingSnapshots, mut new: ClientSnapshot) {
         }
         new.stats.append(&mut old.stats);
     }
-    pending.replace(new.client.clone(), new);
+    // `insert` moves an updated client to the back: when the queue is capped, the clients
+    // that went quiet longest are dropped, never the busiest ones' newest state.
+    pending.insert(new.client.clone(), new);
 }
 
 /// Takes and releases the write lock: fails while the file cannot be written (locked by
