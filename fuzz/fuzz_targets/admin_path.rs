@@ -16,10 +16,6 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     assert!(validate_endpoint(&endpoint).is_ok(), "{endpoint:?}");
-    assert!(
-        !endpoint.split('/').any(|s| s == ".." || s == "."),
-        "{endpoint:?}"
-    );
     let again = location(&endpoint);
     let rest = again
         .strip_prefix("/admin/configs/")
