@@ -146,11 +146,12 @@ impl Db {
             .set(self.pending.len() as i64);
     }
 
-    /// Writes every pending snapshot in one transaction; on failure they stay pending
-    /// (the oldest beyond `max_pending` are dropped, counted and logged).
-    fn write_pending(&mut self, now: bool) -> Result<usize, String> {
+    /// Writes every pending snapshot in one transaction (while failing, at most once per
+    /// [`RETRY_EVERY`] unless `force`d by a flush someone waits for). On failure they
+    /// stay pending; beyond `max_pending`, the least recently updated are dropped.
+    fn write_pending(&mut self, force: bool) -> Result<usize, String> {
         let n = self.pending.len();
-        if !now && self.retry_at.is_some_and(|at| Instant::now() < at) {
+        if !force && self.retry_at.is_some_and(|at| Instant::now() < at) {
             self.enforce_cap();
             return Err(format!(
                 "the database is failing; {} client snapshots wait",

@@ -1,5 +1,7 @@
-//! Two middlewares: `rate_limit` decides every request outside the exempt prefixes (one
-//! message to the client's registry shard), and `admin_access` guards `/admin`.
+//! Three middlewares: `rate_limit` decides every request outside the exempt prefixes (one
+//! message to the client's registry shard, bounded by `--decision-timeout-ms`),
+//! `admin_access` guards `/admin`, `/metrics` and the feeds, and `log_request` logs every
+//! request at debug level.
 
 use super::{AppState, deadline};
 use crate::actors::registry::Check;
