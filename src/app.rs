@@ -7,6 +7,7 @@ use crate::actors::broadcaster::{Broadcaster, FeedInterest};
 use crate::actors::db::{Cleanup, Db, DbStatus};
 use crate::actors::registry::{Registries, RegistryConfig, client_hash};
 use crate::clock::{NANOS_PER_SEC, SharedClock, SystemClock};
+use crate::cluster::{self, Cluster, ClusterParts};
 use crate::http::client_id::Identity;
 use crate::http::realtime::FeedLimits;
 use crate::http::{AppState, dashboard, routes};
@@ -14,8 +15,9 @@ use crate::metrics::Metrics;
 use crate::policy::{Policies, PolicyTable};
 use crate::report::Reporter;
 use crate::settings::Settings;
-use crate::stats::GlobalStats;
+use crate::stats::{GlobalStats, Peers};
 use crate::store;
+use crate::store::redis::RedisConfig;
 use actix::{AsyncContext, Context};
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::{App, HttpServer, web};
@@ -93,9 +95,9 @@ pub fn start_with_clock(
     listener: TcpListener,
     clock: SharedClock,
 ) -> Result<Running, String> {
-    let state = build_state(settings, clock)?;
-    let registries = state.registries.clone();
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let state = build_state_on(settings, clock, addr.port())?;
+    let registries = state.registries.clone();
     let server = HttpServer::new(move || App::new().app_data(state.clone()).configure(routes))
         .workers(settings.workers())
         // Slow clients (slowloris) get this long for a request's head, and for closing.
@@ -120,6 +122,15 @@ pub fn start_with_clock(
 /// Opens the database, loads configs, statistics and known clients, and starts the
 /// actors: everything the routes need, without the HTTP server.
 pub fn build_state(settings: &Settings, clock: SharedClock) -> Result<web::Data<AppState>, String> {
+    build_state_on(settings, clock, settings.bind.port())
+}
+
+/// [`build_state`] for a server listening on `port` (its default instance name).
+pub fn build_state_on(
+    settings: &Settings,
+    clock: SharedClock,
+    port: u16,
+) -> Result<web::Data<AppState>, String> {
     let now = clock.now();
     let conn = store::open(&settings.database)
         .map_err(|e| format!("opening the database {}: {e}", settings.database))?;
@@ -138,6 +149,16 @@ pub fn build_state(settings: &Settings, clock: SharedClock) -> Result<web::Data<
         .map_err(|e| format!("loading clients: {e}"))?;
 
     let metrics = Arc::new(Metrics::default());
+    let redis = match settings.redis_url.as_slice() {
+        [] => None,
+        urls => Some(RedisConfig::new(
+            urls,
+            settings.redis_cluster,
+            Duration::from_millis(settings.redis_timeout_ms),
+            &clock,
+            metrics.clone(),
+        )?),
+    };
     let db_status = Arc::new(DbStatus::default());
     let db = Db::start(
         conn,
@@ -166,24 +187,51 @@ pub fn build_state(settings: &Settings, clock: SharedClock) -> Result<web::Data<
             flush_interval: Duration::from_millis(settings.flush_interval_ms),
             live_total: Arc::new(AtomicUsize::new(0)),
             metrics: metrics.clone(),
+            redis: redis.clone(),
         },
         known,
     );
     let policies = Arc::new(Policies::new(table));
+    let instance: Arc<str> = Arc::from(settings.instance_id(port));
+    let peers = redis.as_ref().map(|_| Arc::new(Peers::default()));
     let reporter = Reporter {
         clock: clock.clone(),
-        global,
+        global: global.clone(),
         policies: policies.clone(),
         registries: registries.clone(),
         db: db.clone(),
         started_at: now,
+        cluster: peers.clone().map(|p| (instance.clone(), p)),
     };
-    broadcaster_ctx.run(Broadcaster::new(
+    let mut feeds = Broadcaster::new(
         reporter.clone(),
         interest.clone(),
         settings.feed_max_events_per_sec,
         metrics.feed_events_dropped.clone(),
-    ));
+    );
+    if redis.is_some() {
+        let max = cluster::events_per_second(settings.feed_max_events_per_sec);
+        feeds = feeds.in_cluster(instance.clone(), max);
+    }
+    broadcaster_ctx.run(feeds);
+    let cluster = match (redis, peers) {
+        (Some(redis), Some(peers)) => {
+            log::info!("distributed mode: instance {instance} shares limits through Redis");
+            Some(Cluster::start(ClusterParts {
+                instance,
+                redis,
+                policies: policies.clone(),
+                db: db.clone(),
+                broadcaster: broadcaster.clone(),
+                interest: interest.clone(),
+                global,
+                peers,
+                clock: clock.clone(),
+                metrics: metrics.clone(),
+            }))
+        }
+        _ => None,
+    };
     spawn_cleanup(
         db.clone(),
         clock.clone(),
@@ -217,8 +265,19 @@ pub fn build_state(settings: &Settings, clock: SharedClock) -> Result<web::Data<
         metrics,
         db_status,
         on_error: settings.on_error,
-        decision_timeout: Duration::from_millis(settings.decision_timeout_ms),
+        decision_timeout: decision_timeout(settings),
+        cluster,
     }))
+}
+
+/// How long a request waits for its decision: `--decision-timeout-ms`, and in distributed
+/// mode no longer than `--redis-timeout-ms`.
+fn decision_timeout(settings: &Settings) -> Duration {
+    let mut ms = settings.decision_timeout_ms;
+    if !settings.redis_url.is_empty() {
+        ms = ms.min(settings.redis_timeout_ms);
+    }
+    Duration::from_millis(ms)
 }
 
 fn spawn_cleanup(db: actix::Addr<Db>, clock: SharedClock, retention: u64) {

@@ -14,6 +14,13 @@ pub const NANOS_PER_SEC: Nanos = 1_000_000_000;
 /// A source of wall-clock time.
 pub trait Clock: Send + Sync + 'static {
     fn now(&self) -> Nanos;
+
+    /// Whether this is the machine's real clock. In Redis mode decisions then use the
+    /// Redis server's clock, which every instance shares; a test's manual clock is passed
+    /// to Redis instead, so tests still move time by hand.
+    fn is_system(&self) -> bool {
+        false
+    }
 }
 
 pub type SharedClock = Arc<dyn Clock>;
@@ -30,6 +37,10 @@ impl Clock for SystemClock {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_nanos() as Nanos)
             .unwrap_or(0)
+    }
+
+    fn is_system(&self) -> bool {
+        true
     }
 }
 

@@ -8,12 +8,17 @@
 //! State reaches SQLite ([`store`]) write-behind, in batches, through the DB actor
 //! ([`actors::db`]); nothing on the request path waits for it.
 //!
+//! In distributed mode (`--redis-url`) the limiters decide through Redis instead
+//! ([`store::redis`]: one Lua script per algorithm), and [`cluster`] shares configs and
+//! live feeds between the instances.
+//!
 //! [`app`] is the composition root, [`settings`] holds every flag, [`metrics`] counts
 //! what happens for `/metrics`, and [`clock`] is the only reader of the system time.
 
 pub mod actors;
 pub mod app;
 pub mod clock;
+pub mod cluster;
 pub mod error;
 pub mod http;
 pub mod limiter;

@@ -93,6 +93,24 @@ pub enum ConfigAction {
     delete,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum RedisFailure {
+    /// No answer within `--redis-timeout-ms`.
+    timeout,
+    /// The connection broke or could not be made.
+    connection,
+    /// Redis answered with an error.
+    server,
+    /// Not sent: the circuit breaker is open.
+    breaker_open,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RedisFailureLabels {
+    pub kind: RedisFailure,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ActionLabels {
     pub action: ConfigAction,
@@ -120,6 +138,11 @@ pub struct Metrics {
     pub subscribers: Family<TransportLabels, Gauge>,
     pub subscribers_refused: Counter,
     pub config_changes: Family<ActionLabels, Counter>,
+    pub redis_errors: Family<RedisFailureLabels, Counter>,
+    pub redis_breaker_open: Gauge,
+    pub redis_reconnects: Counter,
+    pub redis_seconds: Histogram,
+    pub cluster_messages: Counter,
 }
 
 impl Default for Metrics {
@@ -141,6 +164,11 @@ impl Default for Metrics {
             subscribers: Family::default(),
             subscribers_refused: Counter::default(),
             config_changes: Family::default(),
+            redis_errors: Family::default(),
+            redis_breaker_open: Gauge::default(),
+            redis_reconnects: Counter::default(),
+            redis_seconds: seconds_histogram(),
+            cluster_messages: Counter::default(),
         };
         let r = &mut m.registry;
         r.register(
@@ -218,6 +246,31 @@ impl Default for Metrics {
             "Config changes stored through the admin API, by action",
             m.config_changes.clone(),
         );
+        r.register(
+            "redis_errors",
+            "Redis calls that failed (or were not sent while the breaker is open), by kind",
+            m.redis_errors.clone(),
+        );
+        r.register(
+            "redis_breaker_open",
+            "Redis connections whose circuit breaker is open (decisions follow --on-error)",
+            m.redis_breaker_open.clone(),
+        );
+        r.register(
+            "redis_reconnects",
+            "Redis connections re-established after a failure",
+            m.redis_reconnects.clone(),
+        );
+        r.register(
+            "redis_decision_duration_seconds",
+            "Round trip of one decision script in Redis",
+            m.redis_seconds.clone(),
+        );
+        r.register(
+            "cluster_messages_received",
+            "Messages from other instances received over Redis pub/sub",
+            m.cluster_messages.clone(),
+        );
         m
     }
 }
@@ -259,6 +312,12 @@ impl Metrics {
     pub fn config_changed(&self, action: ConfigAction) {
         self.config_changes
             .get_or_create(&ActionLabels { action })
+            .inc();
+    }
+
+    pub fn redis_error(&self, kind: RedisFailure) {
+        self.redis_errors
+            .get_or_create(&RedisFailureLabels { kind })
             .inc();
     }
 

@@ -294,7 +294,7 @@ fn nullable<T>(
 }
 
 /// A stored config, as the admin API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Config {
     pub id: i64,
     pub endpoint: String,
@@ -459,6 +459,18 @@ impl Policies {
     /// Serialises admin writes; hold the guard until [`Policies::apply`] is done.
     pub async fn lock_writes(&self) -> tokio::sync::MutexGuard<'_, ()> {
         self.write.lock().await
+    }
+
+    /// Swaps in a whole new set of configs (distributed mode: the shared ones); `false`,
+    /// changing nothing, if the default policy is missing.
+    pub fn replace(&self, configs: Vec<Config>) -> bool {
+        match PolicyTable::new(configs) {
+            Some(table) => {
+                *self.table.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(table);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Swaps in the table with `config` created or replaced (`Some`) or `endpoint`

@@ -6,7 +6,7 @@ use crate::actors::registry::{GetClientStatus, Registries};
 use crate::clock::{NANOS_PER_SEC, Nanos, SharedClock, rfc3339};
 use crate::error::ApiError;
 use crate::policy::Policies;
-use crate::stats::GlobalStats;
+use crate::stats::{DayTotals, GlobalStats, InstanceRow, Peers, SecondCounts};
 use actix::Addr;
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -22,36 +22,68 @@ pub struct Reporter {
     pub registries: Registries,
     pub db: Addr<Db>,
     pub started_at: Nanos,
+    /// Distributed mode: this instance's name and what the others report.
+    pub cluster: Option<(Arc<str>, Arc<Peers>)>,
 }
 
 impl Reporter {
-    /// The body of `GET /admin/stats`, from memory only.
+    /// The body of `GET /admin/stats`, from memory only. In distributed mode the totals
+    /// are the cluster's (this instance's plus what the others reported) and
+    /// `instances` has a row per instance.
     pub fn global_stats(&self) -> Value {
         let now = self.clock.now();
-        let day = self.global.last_24h(now);
+        let mut day = self.global.last_24h(now);
+        let mut rps = self.global.requests_per_second(now);
+        let mut last = self.global.recent_seconds(now, 1);
+        let mut instances = None;
+        if let Some((name, peers)) = &self.cluster {
+            let remote = peers.remote.last_24h(now);
+            day = DayTotals {
+                total: day.total + remote.total,
+                blocked: day.blocked + remote.blocked,
+            };
+            let mut rows = vec![InstanceRow {
+                instance: name.to_string(),
+                local: true,
+                requests_per_second: rps,
+                last_second: last.first().copied().unwrap_or_default(),
+                last_seen: rfc3339(now),
+            }];
+            rows.extend(peers.rows(now));
+            rps += peers.remote.requests_per_second(now);
+            last = add_seconds(last, peers.remote.recent_seconds(now, 1));
+            instances = Some(rows);
+        }
         let success_rate = if day.total == 0 {
             100.0
         } else {
             (day.total - day.blocked) as f64 * 100.0 / day.total as f64
         };
-        let last = self.global.recent_seconds(now, 1);
-        json!({
+        let mut body = json!({
             "total_requests_24h": day.total,
             "blocked_requests_24h": day.blocked,
             "success_rate": (success_rate * 100.0).round() / 100.0,
             "active_configs": self.policies.current().active_count(),
             "active_clients": self.registries.live_clients(),
-            "requests_per_second": self.global.requests_per_second(now),
+            "requests_per_second": rps,
             "last_second": last.first(),
             "uptime_seconds": now.saturating_sub(self.started_at) / NANOS_PER_SEC,
             "timestamp": rfc3339(now),
-        })
+        });
+        if let Some(rows) = instances {
+            body["instances"] = json!(rows);
+        }
+        body
     }
 
     /// Allowed and blocked requests per second over the last five minutes, oldest first.
     pub fn traffic(&self) -> Value {
         let now = self.clock.now();
-        json!({"seconds": self.global.recent_seconds(now, 300), "timestamp": rfc3339(now)})
+        let mut seconds = self.global.recent_seconds(now, 300);
+        if let Some((_, peers)) = &self.cluster {
+            seconds = add_seconds(seconds, peers.remote.recent_seconds(now, 300));
+        }
+        json!({"seconds": seconds, "timestamp": rfc3339(now)})
     }
 
     /// The body of `GET /admin/stats/{client_id}` (the id must be valid already).
@@ -80,4 +112,13 @@ impl Reporter {
             "timestamp": rfc3339(self.clock.now()),
         }))
     }
+}
+
+/// Two series of the same seconds, added up.
+fn add_seconds(mut a: Vec<SecondCounts>, b: Vec<SecondCounts>) -> Vec<SecondCounts> {
+    for (x, y) in a.iter_mut().zip(b) {
+        x.allowed += y.allowed;
+        x.blocked += y.blocked;
+    }
+    a
 }

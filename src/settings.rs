@@ -100,6 +100,29 @@ pub struct Settings {
           value_parser = clap::value_parser!(u64).range(100..=300_000))]
     pub client_timeout_ms: u64,
 
+    /// Redis for distributed mode: counters, token buckets and configs are shared by every
+    /// instance on the same Redis. A `redis://` URL, or for Redis Cluster a comma-separated
+    /// list of seed nodes with `--redis-cluster`. Without it, state stays in this process
+    /// and its SQLite file.
+    #[arg(long, env = "REDIS_URL", value_delimiter = ',', value_parser = parse_redis_url)]
+    pub redis_url: Vec<String>,
+
+    /// Treat `--redis-url` as the seed nodes of a Redis Cluster.
+    #[arg(long, env = "REDIS_CLUSTER")]
+    pub redis_cluster: bool,
+
+    /// Longest a decision waits for Redis before `--on-error` decides; after three such
+    /// failures in a row the circuit breaker opens and decisions stop waiting at all until
+    /// a probe reconnects.
+    #[arg(long, env = "RATEWARDEN_REDIS_TIMEOUT_MS", default_value_t = 50,
+          value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub redis_timeout_ms: u64,
+
+    /// This instance's name in the cluster's live feeds and statistics
+    /// [default: the host name and the port].
+    #[arg(long, env = "RATEWARDEN_INSTANCE_ID", value_parser = parse_instance_id)]
+    pub instance_id: Option<String>,
+
     /// Log level (error, warn, info, debug, trace); RUST_LOG, if set, takes precedence.
     #[arg(long, env = "LOG_LEVEL", default_value = "info")]
     pub log_level: String,
@@ -125,7 +148,35 @@ fn parse_header_name(s: &str) -> Result<ClientIdHeader, String> {
         .map_err(|_| format!("{s:?} is not a valid header name"))
 }
 
+fn parse_redis_url(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    redis::parse_redis_url(s)
+        .filter(|u| matches!(u.scheme(), "redis" | "rediss" | "redis+unix" | "unix"))
+        .map(|_| s.to_owned())
+        .ok_or_else(|| format!("{s:?} is not a redis:// URL"))
+}
+
+fn parse_instance_id(s: &str) -> Result<String, String> {
+    let ok = (1..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._:@-".contains(&b));
+    ok.then(|| s.to_owned())
+        .ok_or_else(|| "must be 1 to 64 characters of A-Z a-z 0-9 . _ : @ -".to_owned())
+}
+
 impl Settings {
+    /// This instance's name in cluster feeds: `--instance-id`, or the host name and port.
+    pub fn instance_id(&self, port: u16) -> String {
+        self.instance_id.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|h| h.trim().to_owned())
+                .filter(|h| parse_instance_id(h).is_ok())
+                .unwrap_or_else(|| "ratewarden".to_owned());
+            format!("{host}:{port}")
+        })
+    }
+
     pub fn workers(&self) -> usize {
         self.workers.map_or_else(cpus, NonZeroUsize::get)
     }
@@ -176,6 +227,14 @@ mod tests {
         assert_eq!(s.on_error, OnError::Allow);
         assert_eq!(s.decision_timeout_ms, 1000);
         assert_eq!(s.client_timeout_ms, 5000);
+        assert!(s.redis_url.is_empty());
+        assert_eq!(s.redis_timeout_ms, 50);
+        let s = parse(&[
+            "--redis-url",
+            "redis://127.0.0.1:7000,redis://127.0.0.1:7001",
+        ])
+        .unwrap();
+        assert_eq!(s.redis_url.len(), 2);
         let s = parse(&[
             "--on-error",
             "deny",
@@ -200,6 +259,10 @@ mod tests {
             &["--on-error", "maybe"],
             &["--decision-timeout-ms", "0"],
             &["--max-subscribers-per-ip", "0"],
+            &["--redis-url", "http://localhost:6379"],
+            &["--redis-url", "not a url"],
+            &["--redis-timeout-ms", "0"],
+            &["--instance-id", "a b"],
         ] {
             assert!(parse(args).is_err(), "{args:?}");
         }

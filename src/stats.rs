@@ -78,11 +78,15 @@ impl GlobalStats {
     /// Counts one decision.
     pub fn record(&self, now: Nanos, allowed: bool) {
         let (a, b) = if allowed { (1, 0) } else { (0, 1) };
-        let second = now / NANOS_PER_SEC;
+        self.add_second(now / NANOS_PER_SEC, a, b);
+    }
+
+    /// Counts the decisions of one second (another instance's, in distributed mode).
+    pub fn add_second(&self, second: u64, allowed: u64, blocked: u64) {
         let minute = second / 60;
         let mut r = self.rings();
-        r.seconds[second as usize % SECONDS].add(second, a, b);
-        r.minutes[minute as usize % MINUTES].add(minute, a, b);
+        r.seconds[second as usize % SECONDS].add(second, allowed, blocked);
+        r.minutes[minute as usize % MINUTES].add(minute, allowed, blocked);
     }
 
     /// Seeds a minute from the database (at start).
@@ -139,6 +143,83 @@ impl GlobalStats {
     }
 }
 
+/// Distributed mode: what the other instances reported over Redis, once a second each.
+#[derive(Debug, Default)]
+pub struct Peers {
+    /// The other instances' decisions, by second and minute, as for this instance.
+    pub remote: GlobalStats,
+    instances: Mutex<std::collections::HashMap<String, Peer>>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Peer {
+    last_seen: Nanos,
+    /// The last reported seconds, newest last (at most `RATE_SECONDS`).
+    seconds: std::collections::VecDeque<SecondCounts>,
+    watching: bool,
+}
+
+/// One instance's row in `global_stats`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct InstanceRow {
+    pub instance: String,
+    /// This instance (the one answering).
+    pub local: bool,
+    pub requests_per_second: f64,
+    pub last_second: SecondCounts,
+    pub last_seen: String,
+}
+
+/// Instances not heard from for this long are dropped from the rows.
+const PEER_TIMEOUT: Nanos = 5 * NANOS_PER_SEC;
+
+impl Peers {
+    fn instances(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Peer>> {
+        self.instances.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records one instance's second of traffic, heard at `now`.
+    pub fn heard(&self, instance: &str, counts: SecondCounts, watching: bool, now: Nanos) {
+        self.remote
+            .add_second(counts.second, counts.allowed, counts.blocked);
+        let mut all = self.instances();
+        let peer = all.entry(instance.to_owned()).or_default();
+        peer.last_seen = now;
+        peer.watching = watching;
+        peer.seconds.push_back(counts);
+        while peer.seconds.len() > RATE_SECONDS as usize {
+            peer.seconds.pop_front();
+        }
+    }
+
+    /// Forgets instances gone quiet; whether any remaining one has feed subscribers.
+    pub fn sweep(&self, now: Nanos) -> bool {
+        let mut all = self.instances();
+        all.retain(|_, p| p.last_seen + PEER_TIMEOUT > now);
+        all.values().any(|p| p.watching)
+    }
+
+    /// The other instances' rows, by name.
+    pub fn rows(&self, now: Nanos) -> Vec<InstanceRow> {
+        let all = self.instances();
+        let mut rows: Vec<InstanceRow> = all
+            .iter()
+            .filter(|(_, p)| p.last_seen + PEER_TIMEOUT > now)
+            .map(|(name, p)| InstanceRow {
+                instance: name.clone(),
+                local: false,
+                requests_per_second: p.seconds.iter().map(|s| s.allowed + s.blocked).sum::<u64>()
+                    as f64
+                    / RATE_SECONDS as f64,
+                last_second: p.seconds.back().copied().unwrap_or_default(),
+                last_seen: crate::clock::rfc3339(p.last_seen),
+            })
+            .collect();
+        rows.sort_by(|a, b| a.instance.cmp(&b.instance));
+        rows
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -161,6 +242,29 @@ mod tests {
         );
         // A day and a minute later, all of it has left the window.
         assert_eq!(stats.last_24h(t + 86_460 * S), DayTotals::default());
+    }
+
+    #[test]
+    fn peers_are_counted_listed_and_forgotten_when_quiet() {
+        let peers = Peers::default();
+        let t = 3_000_000 * S;
+        for i in 0..12 {
+            let counts = SecondCounts {
+                second: t / S + i,
+                allowed: 10,
+                blocked: 1,
+            };
+            peers.heard("b:1", counts, i == 11, t + (i + 1) * S);
+        }
+        let now = t + 12 * S;
+        let rows = peers.rows(now);
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].requests_per_second, 11.0);
+        assert_eq!(rows[0].last_second.allowed, 10);
+        assert_eq!(peers.remote.last_24h(now).total, 132);
+        assert!(peers.sweep(now), "the last report said it was watched");
+        assert!(!peers.sweep(now + PEER_TIMEOUT));
+        assert!(peers.rows(now + PEER_TIMEOUT).is_empty());
     }
 
     #[test]

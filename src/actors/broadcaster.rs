@@ -23,7 +23,7 @@ use actix::prelude::*;
 use prometheus_client::metrics::counter::Counter;
 use serde_json::{Value, json};
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::sync::mpsc::{self, error::TrySendError};
@@ -88,6 +88,11 @@ pub struct ConfigChanged {
     pub config: Config,
 }
 
+/// Hand over the decision events kept for the other instances since the last call.
+#[derive(Message)]
+#[rtype(result = "Vec<DecisionEvent>")]
+pub struct TakeOutbox;
+
 /// Who is watching, readable without a message: limiters only send decision events that
 /// someone will receive, so the feeds cost nothing while nobody watches.
 #[derive(Debug, Default)]
@@ -95,17 +100,30 @@ pub struct FeedInterest {
     global: AtomicUsize,
     client_total: AtomicUsize,
     clients: RwLock<HashMap<Arc<str>, usize>>,
+    /// Distributed mode: another instance has subscribers, so every event is wanted.
+    remote: AtomicBool,
 }
 
 impl FeedInterest {
     pub fn wants(&self, client: &str) -> bool {
         self.global.load(Ordering::Relaxed) > 0
+            || self.remote.load(Ordering::Relaxed)
             || (self.client_total.load(Ordering::Relaxed) > 0
                 && self
                     .clients
                     .read()
                     .unwrap_or_else(|e| e.into_inner())
                     .contains_key(client))
+    }
+
+    /// Whether this instance has any feed subscriber.
+    pub fn watched_here(&self) -> bool {
+        self.global.load(Ordering::Relaxed) > 0 || self.client_total.load(Ordering::Relaxed) > 0
+    }
+
+    /// Distributed mode: whether some other instance has feed subscribers.
+    pub fn set_remote(&self, watched: bool) {
+        self.remote.store(watched, Ordering::Relaxed);
     }
 
     fn add(&self, topic: &Topic, delta: isize) {
@@ -162,6 +180,15 @@ pub struct Broadcaster {
     next_id: u64,
     /// Messages dropped over all subscribers (`ratewarden_feed_events_dropped_total`).
     dropped_total: Counter,
+    /// Distributed mode: this instance's name, and its events kept for the others.
+    cluster: Option<Outbox>,
+}
+
+/// This instance's decision events for the other instances, at most `max` a second.
+struct Outbox {
+    instance: Arc<str>,
+    events: Vec<DecisionEvent>,
+    max: usize,
 }
 
 impl Broadcaster {
@@ -182,7 +209,19 @@ impl Broadcaster {
             stale: HashSet::new(),
             next_id: 0,
             dropped_total,
+            cluster: None,
         }
+    }
+
+    /// Distributed mode: label events with `instance` and keep up to `max` a second of
+    /// this instance's for [`TakeOutbox`].
+    pub fn in_cluster(mut self, instance: Arc<str>, max: usize) -> Self {
+        self.cluster = Some(Outbox {
+            instance,
+            events: Vec::new(),
+            max,
+        });
+        self
     }
 
     fn publish(&mut self, topic: &Topic, msg: &FeedMessage) {
@@ -372,6 +411,12 @@ impl Handler<DecisionEvent> for Broadcaster {
     type Result = ();
 
     fn handle(&mut self, event: DecisionEvent, _: &mut Context<Self>) {
+        if let Some(outbox) = &mut self.cluster
+            && event.origin.is_none()
+            && outbox.events.len() < outbox.max
+        {
+            outbox.events.push(event.clone());
+        }
         let second = event.at / crate::clock::NANOS_PER_SEC;
         let client_topic = Topic::Client(event.client.clone());
         let to_client = self.within_budget(&client_topic, second);
@@ -388,6 +433,9 @@ impl Handler<DecisionEvent> for Broadcaster {
         if let Some(path) = &event.path {
             body["path"] = json!(&**path);
         }
+        if let Some(outbox) = &self.cluster {
+            body["instance"] = json!(&**event.origin.as_ref().unwrap_or(&outbox.instance));
+        }
         let kind = if d.allowed {
             body["remaining"] = json!(d.remaining);
             "request_processed"
@@ -402,6 +450,19 @@ impl Handler<DecisionEvent> for Broadcaster {
         if to_global {
             self.publish(&Topic::Global, &msg);
         }
+    }
+}
+
+impl Handler<TakeOutbox> for Broadcaster {
+    type Result = MessageResult<TakeOutbox>;
+
+    fn handle(&mut self, _: TakeOutbox, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(
+            self.cluster
+                .as_mut()
+                .map(|o| std::mem::take(&mut o.events))
+                .unwrap_or_default(),
+        )
     }
 }
 

@@ -4,6 +4,9 @@
 //!
 //! Messages:
 //! - [`ClientCheck`] → [`Decision`]: decide one request and consume from the quota.
+//! - [`RedisCheck`] → [`Decision`]: the same in distributed mode, where the quota lives
+//!   in Redis (atomic there, so this limiter does not serialise its checks: they are in
+//!   flight together and only their bookkeeping runs here).
 //! - [`TakeSnapshot`] → `Option<ClientSnapshot>`: what changed since the last snapshot.
 //! - [`Evict`] → `Option<ClientSnapshot>`: the final snapshot; the actor then stops.
 //! - [`Status`] → [`ClientStatus`]: counters and remaining quota per endpoint.
@@ -14,6 +17,7 @@ use crate::clock::{NANOS_PER_SEC, Nanos, SharedClock, rfc3339};
 use crate::limiter::{Algorithm, Decision, Limits, State};
 use crate::policy::{Policy, PolicyTable};
 use crate::stats::GlobalStats;
+use crate::store::redis::Redis;
 use crate::store::{ClientSnapshot, EndpointSnapshot, StatDelta, StoredClient, Totals};
 use actix::clock::Instant;
 use actix::prelude::*;
@@ -30,6 +34,16 @@ pub struct ClientCheck {
     pub policy: Arc<Policy>,
     pub deadline: Instant,
     /// For the live feeds; only set while someone watches.
+    pub path: Option<Arc<str>>,
+}
+
+/// Decide one request through Redis (distributed mode). `None` when Redis cannot answer
+/// in time, or the request's deadline passed first.
+#[derive(Message)]
+#[rtype(result = "Option<Decision>")]
+pub struct RedisCheck {
+    pub policy: Arc<Policy>,
+    pub deadline: Instant,
     pub path: Option<Arc<str>>,
 }
 
@@ -90,6 +104,8 @@ pub struct ClientLimiter {
     /// Per-minute counts of past minutes, waiting for the next snapshot.
     stats: Vec<StatDelta>,
     restore: Option<Restore>,
+    /// Distributed mode: decisions are made in Redis, this actor keeps the bookkeeping.
+    redis: Option<Redis>,
     /// The restore failed: this limiter decides nothing more (actix still delivers the
     /// checks already queued when it stops) and the registry replaces it.
     restore_failed: bool,
@@ -102,6 +118,7 @@ impl ClientLimiter {
         global: Arc<GlobalStats>,
         events: Option<EventSink>,
         restore: Restore,
+        redis: Option<Redis>,
     ) -> Self {
         Self {
             client,
@@ -115,6 +132,7 @@ impl ClientLimiter {
             snapshot_version: 0,
             stats: Vec::new(),
             restore: Some(restore),
+            redis,
             restore_failed: false,
         }
     }
@@ -216,23 +234,21 @@ impl Actor for ClientLimiter {
     }
 }
 
-impl Handler<ClientCheck> for ClientLimiter {
-    type Result = MessageResult<ClientCheck>;
+impl ClientLimiter {
+    /// Whether a check must be refused: the restore failed, or the answer could not reach
+    /// the request before it gives up (refused one deadline tick early, or a request
+    /// answered by `--on-error` could still have consumed).
+    fn refuses(&self, deadline: Instant) -> bool {
+        self.restore_failed || Instant::now() + crate::http::deadline::TICK > deadline
+    }
 
-    fn handle(&mut self, msg: ClientCheck, _: &mut Context<Self>) -> Self::Result {
-        // Refused one deadline tick early: the answer must reach the request before it
-        // gives up, or a request answered by `--on-error` could still have consumed.
-        if self.restore_failed || Instant::now() + crate::http::deadline::TICK > msg.deadline {
-            return MessageResult(None);
-        }
-        let now = self.now();
-        let policy = &msg.policy;
+    /// Counts one decision: per-minute statistics, totals, global counters, the feeds.
+    fn record(&mut self, policy: &Policy, decision: Decision, path: Option<Arc<str>>, now: Nanos) {
         let minute = now / NANOS_PER_SEC / 60;
         let endpoint = self
             .endpoints
             .entry(policy.endpoint.clone())
             .or_insert_with(|| Endpoint::new(policy.limits, minute));
-        let decision = endpoint.state.check(&policy.limits, now);
         endpoint.limits = Some(policy.limits);
         endpoint.count(&policy.endpoint, minute, decision.allowed, &mut self.stats);
         if !decision.allowed {
@@ -246,12 +262,49 @@ impl Handler<ClientCheck> for ClientLimiter {
             sink.offer(&self.client, || DecisionEvent {
                 client: self.client.clone(),
                 endpoint: policy.endpoint.clone(),
-                path: msg.path.clone(),
+                path,
                 decision,
                 at: now,
+                origin: None,
             });
         }
+    }
+}
+
+impl Handler<ClientCheck> for ClientLimiter {
+    type Result = MessageResult<ClientCheck>;
+
+    fn handle(&mut self, msg: ClientCheck, _: &mut Context<Self>) -> Self::Result {
+        if self.refuses(msg.deadline) {
+            return MessageResult(None);
+        }
+        let now = self.now();
+        let policy = &msg.policy;
+        let minute = now / NANOS_PER_SEC / 60;
+        let endpoint = self
+            .endpoints
+            .entry(policy.endpoint.clone())
+            .or_insert_with(|| Endpoint::new(policy.limits, minute));
+        let decision = endpoint.state.check(&policy.limits, now);
+        self.record(policy, decision, msg.path, now);
         MessageResult(Some(decision))
+    }
+}
+
+impl Handler<RedisCheck> for ClientLimiter {
+    type Result = ResponseActFuture<Self, Option<Decision>>;
+
+    fn handle(&mut self, msg: RedisCheck, _: &mut Context<Self>) -> Self::Result {
+        let Some(redis) = self.redis.as_ref().filter(|_| !self.refuses(msg.deadline)) else {
+            return Box::pin(fut::ready(None));
+        };
+        let ask = redis.check(&self.client, &msg.policy.endpoint, &msg.policy.limits, true);
+        Box::pin(ask.into_actor(self).map(move |answer, act, _| {
+            let decision = answer.ok()?;
+            let now = act.now();
+            act.record(&msg.policy, decision, msg.path, now);
+            Some(decision)
+        }))
     }
 }
 
@@ -348,19 +401,28 @@ impl ClientStatus {
         table: &PolicyTable,
         now: Nanos,
     ) -> Self {
-        let mut endpoints: Vec<EndpointStatus> = states
-            .filter_map(|(name, state)| {
-                let policy = table.policy(name)?;
-                let d = state.peek(&policy.limits, now);
-                Some(EndpointStatus {
-                    endpoint: name.to_string(),
-                    algorithm: policy.limits.algorithm,
-                    limit: d.limit,
-                    remaining: d.remaining,
-                    reset_time: rfc3339(now.saturating_add(d.reset_after)),
-                    retry_after: crate::clock::ceil_secs(d.retry_after),
-                    is_active: policy.active,
-                })
+        let peeked = states.filter_map(|(name, state)| {
+            let policy = table.policy(name)?;
+            Some((policy.clone(), state.peek(&policy.limits, now)))
+        });
+        Self::from_decisions(totals, peeked, now)
+    }
+
+    /// The status from each endpoint's policy and the decision a request would get now.
+    fn from_decisions(
+        totals: Totals,
+        decisions: impl Iterator<Item = (Arc<Policy>, Decision)>,
+        now: Nanos,
+    ) -> Self {
+        let mut endpoints: Vec<EndpointStatus> = decisions
+            .map(|(policy, d)| EndpointStatus {
+                endpoint: policy.endpoint.to_string(),
+                algorithm: policy.limits.algorithm,
+                limit: d.limit,
+                remaining: d.remaining,
+                reset_time: rfc3339(now.saturating_add(d.reset_after)),
+                retry_after: crate::clock::ceil_secs(d.retry_after),
+                is_active: policy.active,
             })
             .collect();
         endpoints.sort_by(|a, b| a.endpoint.cmp(&b.endpoint));
@@ -369,6 +431,30 @@ impl ClientStatus {
             blocked_requests: totals.blocked_requests,
             last_request: (totals.last_request > 0).then(|| rfc3339(totals.last_request)),
             endpoints,
+        }
+    }
+
+    /// The same in distributed mode: the quotas of `endpoints` as Redis holds them now
+    /// (an endpoint Redis cannot answer for is left out).
+    pub fn from_redis(
+        redis: &Redis,
+        client: &str,
+        totals: Totals,
+        endpoints: Vec<Arc<str>>,
+        table: Arc<PolicyTable>,
+        now: Nanos,
+    ) -> impl Future<Output = Self> + use<> {
+        let peeks: Vec<_> = endpoints
+            .iter()
+            .filter_map(|name| table.policy(name).cloned())
+            .map(|policy| {
+                let peek = redis.check(client, &policy.endpoint, &policy.limits, false);
+                async move { peek.await.ok().map(|d| (policy, d)) }
+            })
+            .collect();
+        async move {
+            let decisions = futures_util::future::join_all(peeks).await;
+            Self::from_decisions(totals, decisions.into_iter().flatten(), now)
         }
     }
 
@@ -389,14 +475,20 @@ impl ClientStatus {
 }
 
 impl Handler<Status> for ClientLimiter {
-    type Result = MessageResult<Status>;
+    type Result = ResponseActFuture<Self, ClientStatus>;
     fn handle(&mut self, msg: Status, _: &mut Context<Self>) -> Self::Result {
         let now = self.now();
-        MessageResult(ClientStatus::build(
-            self.totals,
-            self.endpoints.iter_mut().map(|(n, e)| (n, &mut e.state)),
-            &msg.table,
-            now,
-        ))
+        let Some(redis) = &self.redis else {
+            let status = ClientStatus::build(
+                self.totals,
+                self.endpoints.iter_mut().map(|(n, e)| (n, &mut e.state)),
+                &msg.table,
+                now,
+            );
+            return Box::pin(fut::ready(status));
+        };
+        let names: Vec<Arc<str>> = self.endpoints.keys().cloned().collect();
+        let ask = ClientStatus::from_redis(redis, &self.client, self.totals, names, msg.table, now);
+        Box::pin(ask.into_actor(self))
     }
 }

@@ -359,6 +359,21 @@ impl Handler<DeleteConfig> for Db {
     }
 }
 
+/// Make the stored configs equal to these (distributed mode: the shared ones).
+#[derive(Message)]
+#[rtype(result = "Result<(), StoreError>")]
+pub struct ReplaceConfigs {
+    pub configs: Vec<Config>,
+    pub now: Nanos,
+}
+
+impl Handler<ReplaceConfigs> for Db {
+    type Result = Result<(), StoreError>;
+    fn handle(&mut self, msg: ReplaceConfigs, _: &mut SyncContext<Self>) -> Self::Result {
+        self.config_write(store::replace_configs(&self.conn, &msg.configs, msg.now))
+    }
+}
+
 #[derive(Message)]
 #[rtype(result = "Result<Vec<EventRow>, StoreError>")]
 pub struct ClientEvents {

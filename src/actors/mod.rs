@@ -33,6 +33,9 @@ pub struct DecisionEvent {
     pub path: Option<Arc<str>>,
     pub decision: Decision,
     pub at: Nanos,
+    /// The instance that decided, for events heard from other instances over Redis;
+    /// `None` for this instance's own.
+    pub origin: Option<Arc<str>>,
 }
 
 /// Where limiters send their decision events: the broadcaster, but only while someone

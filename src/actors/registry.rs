@@ -17,7 +17,7 @@
 
 use super::EventSink;
 use super::client_limiter::{
-    ClientCheck, ClientLimiter, ClientStatus, Evict, Restore, Status, TakeSnapshot,
+    ClientCheck, ClientLimiter, ClientStatus, Evict, RedisCheck, Restore, Status, TakeSnapshot,
 };
 use super::db::{Db, LoadClient, Persist};
 use crate::clock::{Nanos, SharedClock};
@@ -25,6 +25,7 @@ use crate::limiter::Decision;
 use crate::metrics::{Metrics, RestoreSource};
 use crate::policy::{Policy, PolicyTable};
 use crate::stats::GlobalStats;
+use crate::store::redis::{Redis, RedisConfig};
 use crate::store::{ClientSnapshot, PendingSnapshots, merge_snapshot};
 use actix::clock::Instant;
 use actix::prelude::*;
@@ -90,6 +91,8 @@ pub struct RegistryConfig {
     /// Live limiters over all shards, for `/admin/stats`.
     pub live_total: Arc<AtomicUsize>,
     pub metrics: Arc<Metrics>,
+    /// Distributed mode: decide through Redis (each shard opens its own connection).
+    pub redis: Option<Arc<RedisConfig>>,
 }
 
 struct Live {
@@ -110,6 +113,8 @@ pub struct Registry {
     /// Hashes of clients the database may hold state for; a hit costs one read on the
     /// client's first request, a miss (a new client) costs nothing.
     known: HashSet<u64>,
+    /// This shard's Redis connection, in distributed mode.
+    redis: Option<Redis>,
 }
 
 /// The hash that picks a client's shard and marks it as known.
@@ -118,13 +123,14 @@ pub fn client_hash(client: &str) -> u64 {
 }
 
 impl Registry {
-    pub fn new(config: RegistryConfig, known: HashSet<u64>) -> Self {
+    pub fn new(config: RegistryConfig, known: HashSet<u64>, redis: Option<Redis>) -> Self {
         Self {
             config,
             live: LinkedHashMap::new(),
             dirty: Vec::new(),
             unsent: PendingSnapshots::new(),
             known,
+            redis,
         }
     }
 
@@ -153,6 +159,7 @@ impl Registry {
             c.global.clone(),
             c.events.clone(),
             restore,
+            self.redis.clone(),
         )
         .start();
         self.live.insert(
@@ -256,6 +263,10 @@ impl Actor for Registry {
         // Checks from every HTTP worker queue here. Beyond this many, senders wait
         // (backpressure) instead of the queue growing without bound.
         ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
+        // On this shard's thread, so the connection's driver runs beside its limiters.
+        if let Some(redis) = &self.redis {
+            redis.connect();
+        }
         ctx.run_interval(self.config.flush_interval, |act, ctx| act.flush(ctx, None));
     }
 }
@@ -282,6 +293,14 @@ impl Handler<Check> for Registry {
             }
             None => self.spawn(&msg.client, now, ctx),
         };
+        if self.redis.is_some() {
+            let check = addr.send(RedisCheck {
+                policy: msg.policy,
+                path: msg.path,
+                deadline: msg.deadline,
+            });
+            return Box::pin(async move { check.await.ok().flatten().ok_or(LimiterUnavailable) });
+        }
         let check = addr.send(ClientCheck {
             policy: msg.policy,
             path: msg.path,
@@ -318,9 +337,29 @@ impl Handler<GetClientStatus> for Registry {
             let status = live.addr.send(Status { table: msg.table });
             return Box::pin(async move { status.await.unwrap_or_default() });
         }
+        let redis = self.redis.clone();
+        let client = msg.client.clone();
+        // Distributed mode: the quotas are in Redis; the snapshot names the endpoints.
+        let status = move |stored: crate::store::StoredClient, table: Arc<PolicyTable>| {
+            let redis = redis.clone();
+            let client = client.clone();
+            async move {
+                match redis {
+                    Some(redis) => {
+                        let names = stored
+                            .endpoints
+                            .iter()
+                            .map(|e| e.endpoint.clone())
+                            .collect();
+                        ClientStatus::from_redis(&redis, &client, stored.totals, names, table, now)
+                            .await
+                    }
+                    None => ClientStatus::from_stored(stored, &table, now),
+                }
+            }
+        };
         if let Some(s) = self.unsent.get(&msg.client) {
-            let status = ClientStatus::from_stored(s.stored(), &msg.table, now);
-            return Box::pin(async move { status });
+            return Box::pin(status(s.stored(), msg.table));
         }
         if !self.known.contains(&client_hash(&msg.client)) {
             return Box::pin(async { ClientStatus::default() });
@@ -331,7 +370,7 @@ impl Handler<GetClientStatus> for Registry {
         });
         Box::pin(async move {
             match load.await {
-                Ok(Ok(Some(stored))) => ClientStatus::from_stored(stored, &msg.table, now),
+                Ok(Ok(Some(stored))) => status(stored, msg.table).await,
                 _ => ClientStatus::default(),
             }
         })
@@ -343,6 +382,8 @@ impl Handler<GetClientStatus> for Registry {
 pub struct Registries {
     shards: Arc<[Addr<Registry>]>,
     live_total: Arc<AtomicUsize>,
+    /// Each shard's Redis connection, for the health check.
+    redis: Arc<[Redis]>,
 }
 
 impl Registries {
@@ -357,18 +398,25 @@ impl Registries {
             max_clients: config.max_clients.div_ceil(n).max(1),
             ..config.clone()
         };
+        let redis: Arc<[Redis]> = match &config.redis {
+            Some(r) => (0..n).map(|_| Redis::new(r.clone())).collect(),
+            None => Arc::new([]),
+        };
         let shards = per_shard
             .into_iter()
-            .map(|known| {
+            .enumerate()
+            .map(|(i, known)| {
                 let config = shard_config.clone();
+                let redis = redis.get(i).cloned();
                 Registry::start_in_arbiter(&Arbiter::new().handle(), move |_| {
-                    Registry::new(config, known)
+                    Registry::new(config, known, redis)
                 })
             })
             .collect();
         Self {
             shards,
             live_total: config.live_total,
+            redis,
         }
     }
 
@@ -382,6 +430,14 @@ impl Registries {
             .await
             .iter()
             .all(Result::is_ok)
+    }
+
+    /// Distributed mode: how many shards reach Redis, of how many (`None` without Redis).
+    pub fn redis_reachable(&self) -> Option<(usize, usize)> {
+        (!self.redis.is_empty()).then(|| {
+            let up = self.redis.iter().filter(|r| r.is_up()).count();
+            (up, self.redis.len())
+        })
     }
 
     pub fn live_clients(&self) -> usize {

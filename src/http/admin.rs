@@ -5,9 +5,11 @@ use super::client_id::validate_client_id;
 use super::{AppState, read_json};
 use crate::actors::broadcaster::ConfigChanged;
 use crate::actors::db::{CreateConfig, Db, DeleteConfig, UpdateConfig, WriteTicket};
+use crate::clock::Nanos;
+use crate::cluster::Cluster;
 use crate::error::ApiError;
 use crate::metrics;
-use crate::policy::Config;
+use crate::policy::{Config, ConfigSpec};
 use crate::policy::{ConfigPatch, DEFAULT_ENDPOINT, ValidationError, validate_endpoint};
 use crate::store::{ConfigAction, StoreError};
 use actix::Addr;
@@ -154,6 +156,48 @@ fn announce(state: &AppState, action: ConfigAction, config: &Config) {
     });
 }
 
+/// A config as stored, from its writable part.
+fn stored_config(id: i64, spec: ConfigSpec, created_at: Nanos, updated_at: Nanos) -> Config {
+    Config {
+        id,
+        endpoint: spec.endpoint,
+        requests_per_window: spec.requests_per_window,
+        window_seconds: spec.window_seconds,
+        algorithm: spec.algorithm,
+        burst_limit: spec.burst_limit,
+        refill_rate: spec.refill_rate,
+        is_active: spec.is_active,
+        created_at,
+        updated_at,
+    }
+}
+
+/// Distributed mode: one admin write against the shared configs (see
+/// [`crate::cluster::Cluster::write`]), run to completion like a local one.
+async fn shared_write<F>(
+    state: web::Data<AppState>,
+    cluster: Arc<Cluster>,
+    endpoint: String,
+    action: metrics::ConfigAction,
+    change: impl FnOnce(&AppState, Option<i64>) -> F + 'static,
+) -> Result<Config, ApiError>
+where
+    F: Fn(Option<Config>) -> Result<Option<Config>, ApiError> + 'static,
+{
+    to_completion(state, move |state| async move {
+        let _writing = state.policies.lock_writes().await;
+        let id = match action {
+            metrics::ConfigAction::create => Some(cluster.next_config_id().await?),
+            _ => None,
+        };
+        let config = cluster.write(&endpoint, change(&state, id)).await?;
+        log::info!("config {action:?}d for {endpoint} (shared through Redis)");
+        state.metrics.config_changed(action);
+        Ok(config)
+    })
+    .await
+}
+
 pub async fn list_configs(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok().json(state.policies.current().configs())
 }
@@ -179,6 +223,20 @@ pub async fn create_config(
 ) -> Result<HttpResponse, ApiError> {
     let spec = patch_from(read_json(&req, payload).await?)?.into_new_spec()?;
     let endpoint = spec.endpoint.clone();
+    if let Some(cluster) = state.cluster.clone() {
+        let action = metrics::ConfigAction::create;
+        let config = shared_write(state, cluster, endpoint.clone(), action, |state, id| {
+            let now = state.clock.now();
+            move |current: Option<Config>| match current {
+                Some(_) => Err(store_error(StoreError::Conflict)),
+                None => Ok(Some(stored_config(id.unwrap_or(0), spec.clone(), now, now))),
+            }
+        })
+        .await?;
+        return Ok(HttpResponse::Created()
+            .insert_header((header::LOCATION, location(&endpoint)))
+            .json(config));
+    }
     let ticket = WriteTicket::new(Instant::now() + WRITE_DEADLINE);
     let config = to_completion(state.clone(), move |state| async move {
         let _writing = state.policies.lock_writes().await;
@@ -219,6 +277,27 @@ pub async fn update_config(
         )
         .into());
     }
+    if let Some(cluster) = state.cluster.clone() {
+        let action = metrics::ConfigAction::update;
+        let name = endpoint.clone();
+        let config = shared_write(state, cluster, endpoint, action, |state, _| {
+            let now = state.clock.now();
+            move |current: Option<Config>| {
+                let current = current.ok_or_else(|| not_found(&name))?;
+                let mut spec = current.spec();
+                spec.merge(patch.clone());
+                spec.validate()?;
+                Ok(Some(stored_config(
+                    current.id,
+                    spec,
+                    current.created_at,
+                    now,
+                )))
+            }
+        })
+        .await?;
+        return Ok(HttpResponse::Ok().json(config));
+    }
     let ticket = WriteTicket::new(Instant::now() + WRITE_DEADLINE);
     let config = to_completion(state.clone(), move |state| async move {
         let _writing = state.policies.lock_writes().await;
@@ -258,6 +337,15 @@ pub async fn delete_config(
             "The default policy \"*\" cannot be deleted; update or deactivate it instead."
                 .to_owned(),
         ));
+    }
+    if let Some(cluster) = state.cluster.clone() {
+        let action = metrics::ConfigAction::delete;
+        let name = endpoint.clone();
+        shared_write(state, cluster, endpoint, action, |_, _| {
+            move |current: Option<Config>| current.ok_or_else(|| not_found(&name)).map(|_| None)
+        })
+        .await?;
+        return Ok(HttpResponse::NoContent().finish());
     }
     let ticket = WriteTicket::new(Instant::now() + WRITE_DEADLINE);
     to_completion(state.clone(), move |state| async move {

@@ -49,6 +49,8 @@ pub struct AppState {
     pub on_error: OnError,
     pub decision_timeout: Duration,
     pub feeds: realtime::FeedLimits,
+    /// Distributed mode: configs and feeds shared with the other instances.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 /// The route table, shared by the binary and the tests: everything sits in one root

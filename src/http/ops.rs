@@ -56,22 +56,39 @@ pub async fn health(state: web::Data<AppState>) -> HttpResponse {
             HEALTH_TIMEOUT.as_secs()
         )),
     }
+    // Distributed mode: without Redis, decisions follow --on-error.
+    let redis = state.registries.redis_reachable().map(|(up, shards)| {
+        let coordinating = state.cluster.as_ref().is_none_or(|c| c.is_up());
+        if up == shards && coordinating {
+            return "connected";
+        }
+        reasons.push(format!(
+            "redis: unreachable from {} of {shards} limiter shards{}; decisions follow --on-error {:?}",
+            shards - up,
+            if coordinating { "" } else { " and from the config sync" },
+            state.on_error
+        ));
+        "unreachable"
+    });
     if let Some(reason) = database_failure {
         reasons.push(format!(
             "database: {reason}; decisions continue from memory"
         ));
     }
-    if reasons.is_empty() {
-        return HttpResponse::Ok().json(json!({
-            "status": "healthy", "database": database, "timestamp": timestamp,
-        }));
+    let mut body = if reasons.is_empty() {
+        json!({"status": "healthy", "database": database, "timestamp": timestamp})
+    } else {
+        json!({
+            "status": "degraded",
+            "reason": reasons.join("; "),
+            "database": database,
+            "timestamp": timestamp,
+        })
+    };
+    if let Some(redis) = redis {
+        body["redis"] = json!(redis);
     }
-    HttpResponse::Ok().json(json!({
-        "status": "degraded",
-        "reason": reasons.join("; "),
-        "database": database,
-        "timestamp": timestamp,
-    }))
+    HttpResponse::Ok().json(body)
 }
 
 /// Every metric, in the OpenMetrics text format Prometheus scrapes.

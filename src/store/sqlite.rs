@@ -263,6 +263,51 @@ pub fn delete_config(conn: &Connection, endpoint: &str, now: Nanos) -> Result<Op
     Ok(Some(config))
 }
 
+/// Makes the configs table equal to `configs` (distributed mode: the shared configs
+/// heard from Redis), ids and times included, recording an event for each change.
+pub fn replace_configs(conn: &Connection, configs: &[Config], now: Nanos) -> Result<()> {
+    let tx = conn.unchecked_transaction()?;
+    let mut old = std::collections::HashMap::new();
+    for c in load_configs(&tx, now)? {
+        old.insert(c.endpoint.clone(), c);
+    }
+    for c in configs {
+        let before = old.remove(&c.endpoint);
+        if before.as_ref() == Some(c) {
+            continue;
+        }
+        // Replaces a row with the same id or the same endpoint.
+        tx.execute(
+            "INSERT OR REPLACE INTO configs (id, endpoint, requests_per_window, window_seconds, \
+             algorithm, burst_limit, refill_rate, is_active, created_at, updated_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            params![
+                c.id,
+                c.endpoint,
+                c.requests_per_window,
+                c.window_seconds,
+                c.algorithm.as_str(),
+                c.burst_limit,
+                c.refill_rate,
+                c.is_active,
+                c.created_at as i64,
+                c.updated_at as i64
+            ],
+        )?;
+        let action = match before {
+            Some(_) => ConfigAction::Updated,
+            None => ConfigAction::Created,
+        };
+        record_config_event(&tx, action, c, now)?;
+    }
+    for (endpoint, c) in old {
+        tx.execute("DELETE FROM configs WHERE endpoint = ?1", [&endpoint])?;
+        record_config_event(&tx, ConfigAction::Deleted, &c, now)?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
 fn record_config_event(
     conn: &Connection,
     action: ConfigAction,

@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test binary uses its own part of this module
 
 pub mod binary;
+pub mod redis;
 
 use actix_web::dev::ServerHandle;
 use actix_web::http::StatusCode;

@@ -1,0 +1,526 @@
+//! Distributed mode's coordination between instances, over Redis (see
+//! [`crate::store::redis`] for the keys and scripts):
+//!
+//! - **Configs**: Redis holds the shared truth, each instance's SQLite its durable copy.
+//!   An admin write is a compare-and-set in Redis that announces the new version on
+//!   `rw:config`; every instance then reads the whole shared table, stores it in SQLite
+//!   and swaps it in. A once-a-second version check covers a missed announcement (pub/sub
+//!   does not queue for a disconnected subscriber), so every instance applies a change
+//!   within a second, or at once when the announcement arrives. The first instance on an
+//!   empty Redis seeds it with its own configs. A shared config this server refuses is
+//!   logged and the instance keeps what it had for that endpoint.
+//! - **Live feeds**: once a second each instance publishes on `rw:feed` its counts of
+//!   the last second, whether it has subscribers, and a bounded sample of its decision
+//!   events; the others add the counts to their cluster statistics and hand the events
+//!   to their broadcaster, so any instance's `/ws/global` and dashboard show the cluster.
+//!
+//! Everything here runs as tasks on the main arbiter; nothing on the request path waits
+//! for it.
+
+use crate::actors::DecisionEvent;
+use crate::actors::broadcaster::{Broadcaster, ConfigChanged, FeedInterest, TakeOutbox};
+use crate::actors::db::{Db, ReplaceConfigs};
+use crate::clock::SharedClock;
+use crate::error::ApiError;
+use crate::limiter::Decision;
+use crate::metrics::Metrics;
+use crate::policy::{Config, Policies};
+use crate::stats::{GlobalStats, Peers, SecondCounts};
+use crate::store::ConfigAction;
+use crate::store::redis::{
+    CONFIG_CHANNEL, FEED_CHANNEL, Redis, RedisConfig, RedisUnavailable, SharedConfig,
+};
+use actix::Addr;
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+/// How often an instance publishes its feed batch and checks the config version.
+const TICK: Duration = Duration::from_secs(1);
+/// Wait before resubscribing after the pub/sub connection broke.
+const RESUBSCRIBE_AFTER: Duration = Duration::from_millis(250);
+/// Compare-and-set attempts of one admin write before it answers 409.
+const WRITE_ATTEMPTS: usize = 8;
+/// Decision events one instance sends the others per second at most.
+const EVENTS_PER_SECOND: usize = 500;
+/// `applied` before the first sync.
+const NEVER: u64 = u64::MAX;
+
+/// One instance's message on `rw:feed`.
+#[derive(Debug, Serialize, Deserialize)]
+struct FeedBatch {
+    instance: String,
+    second: u64,
+    allowed: u64,
+    blocked: u64,
+    /// Whether this instance has feed subscribers (then the others send their events).
+    watching: bool,
+    events: Vec<SharedEvent>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct SharedEvent {
+    client: String,
+    endpoint: String,
+    path: Option<String>,
+    allowed: bool,
+    limit: u64,
+    remaining: u64,
+    retry_after: u64,
+    reset_after: u64,
+    at: u64,
+}
+
+/// The coordination of one instance with the others.
+pub struct Cluster {
+    pub instance: Arc<str>,
+    redis: Redis,
+    policies: Arc<Policies>,
+    db: Addr<Db>,
+    broadcaster: Addr<Broadcaster>,
+    interest: Arc<FeedInterest>,
+    global: Arc<GlobalStats>,
+    pub peers: Arc<Peers>,
+    clock: SharedClock,
+    metrics: Arc<Metrics>,
+    /// The shared config version this instance serves.
+    applied: AtomicU64,
+    /// A sync is running; another request for one only marks `again`.
+    syncing: AtomicBool,
+    again: AtomicBool,
+}
+
+/// What [`Cluster::start`] needs.
+pub struct ClusterParts {
+    pub instance: Arc<str>,
+    pub redis: Arc<RedisConfig>,
+    pub policies: Arc<Policies>,
+    pub db: Addr<Db>,
+    pub broadcaster: Addr<Broadcaster>,
+    pub interest: Arc<FeedInterest>,
+    pub global: Arc<GlobalStats>,
+    pub peers: Arc<Peers>,
+    pub clock: SharedClock,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Cluster {
+    /// Connects (in the background) and starts the tick and the subscription. Must run
+    /// inside an actix system.
+    pub fn start(p: ClusterParts) -> Arc<Self> {
+        let redis = Redis::new(p.redis.clone());
+        redis.connect();
+        let cluster = Arc::new(Self {
+            instance: p.instance,
+            redis,
+            policies: p.policies,
+            db: p.db,
+            broadcaster: p.broadcaster,
+            interest: p.interest,
+            global: p.global,
+            peers: p.peers,
+            clock: p.clock,
+            metrics: p.metrics,
+            applied: AtomicU64::new(NEVER),
+            syncing: AtomicBool::new(false),
+            again: AtomicBool::new(false),
+        });
+        actix_web::rt::spawn(cluster.clone().tick_loop());
+        actix_web::rt::spawn(cluster.clone().subscription(p.redis));
+        cluster
+    }
+
+    /// Whether this instance reaches Redis for its coordination.
+    pub fn is_up(&self) -> bool {
+        self.redis.is_up()
+    }
+
+    async fn tick_loop(self: Arc<Self>) {
+        let mut every = actix_web::rt::time::interval(TICK);
+        loop {
+            every.tick().await;
+            if !self.redis.is_up() {
+                continue;
+            }
+            self.publish_batch().await;
+            match self.redis.config_version().await {
+                Ok(v) if v.is_none_or(|v| v != self.applied.load(Ordering::Relaxed)) => {
+                    self.clone().request_sync();
+                }
+                _ => {}
+            }
+            let watched = self.peers.sweep(self.clock.now());
+            self.interest.set_remote(watched);
+        }
+    }
+
+    async fn publish_batch(&self) {
+        let now = self.clock.now();
+        let Some(last) = self.global.recent_seconds(now, 1).pop() else {
+            return;
+        };
+        let events = self.broadcaster.send(TakeOutbox).await.unwrap_or_default();
+        let batch = FeedBatch {
+            instance: self.instance.to_string(),
+            second: last.second,
+            allowed: last.allowed,
+            blocked: last.blocked,
+            watching: self.interest.watched_here(),
+            events: events.into_iter().map(SharedEvent::from).collect(),
+        };
+        // A batch of plain fields always serialises.
+        let json = serde_json::to_string(&batch).unwrap_or_default();
+        if let Err(e) = self.redis.publish(FEED_CHANNEL, &json).await {
+            log::debug!("publishing this instance's feed batch failed: {e}");
+        }
+    }
+
+    /// Subscribes to both channels, and again whenever the connection breaks.
+    async fn subscription(self: Arc<Self>, config: Arc<RedisConfig>) {
+        let client = config.pubsub_client().clone();
+        let mut logged = false;
+        loop {
+            let subscribed = async {
+                let mut pubsub = client.get_async_pubsub().await?;
+                pubsub.subscribe(&[CONFIG_CHANNEL, FEED_CHANNEL]).await?;
+                Ok::<_, redis::RedisError>(pubsub)
+            };
+            let pubsub = match subscribed.await {
+                Ok(p) => p,
+                Err(e) => {
+                    if !logged {
+                        log::warn!("subscribing to the cluster's channels failed ({e}); retrying");
+                        logged = true;
+                    }
+                    actix_web::rt::time::sleep(RESUBSCRIBE_AFTER).await;
+                    continue;
+                }
+            };
+            logged = false;
+            // Whatever was announced while not subscribed.
+            self.clone().request_sync();
+            let mut messages = pubsub.into_on_message();
+            while let Some(msg) = messages.next().await {
+                self.metrics.cluster_messages.inc();
+                let Ok(payload) = msg.get_payload::<String>() else {
+                    continue;
+                };
+                match msg.get_channel_name() {
+                    CONFIG_CHANNEL => self.clone().request_sync(),
+                    FEED_CHANNEL => self.heard(&payload),
+                    _ => {}
+                }
+            }
+            log::warn!("the cluster subscription ended; resubscribing");
+            actix_web::rt::time::sleep(RESUBSCRIBE_AFTER).await;
+        }
+    }
+
+    /// Another instance's feed batch: its counts and its events.
+    fn heard(&self, payload: &str) {
+        let batch: FeedBatch = match serde_json::from_str(payload) {
+            Ok(b) => b,
+            Err(e) => {
+                log::debug!("ignored a malformed feed batch: {e}");
+                return;
+            }
+        };
+        if *batch.instance == *self.instance {
+            return;
+        }
+        let counts = SecondCounts {
+            second: batch.second,
+            allowed: batch.allowed,
+            blocked: batch.blocked,
+        };
+        self.peers
+            .heard(&batch.instance, counts, batch.watching, self.clock.now());
+        if batch.watching {
+            self.interest.set_remote(true);
+        }
+        let origin: Arc<str> = Arc::from(batch.instance);
+        for e in batch.events {
+            self.broadcaster.do_send(e.into_event(origin.clone()));
+        }
+    }
+
+    /// Runs a config sync now, or right after the one running.
+    fn request_sync(self: Arc<Self>) {
+        self.again.store(true, Ordering::Relaxed);
+        if self.syncing.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        actix_web::rt::spawn(async move {
+            while self.again.swap(false, Ordering::Relaxed) {
+                let _writing = self.policies.lock_writes().await;
+                if let Err(e) = self.sync().await {
+                    log::debug!("config sync failed: {e}");
+                }
+            }
+            self.syncing.store(false, Ordering::Relaxed);
+        });
+    }
+
+    /// Reads the shared configs and serves them (the caller holds the write lock). The
+    /// first instance on an empty Redis seeds it with its own.
+    async fn sync(&self) -> Result<(), RedisUnavailable> {
+        let mut shared = self.redis.shared_configs().await?;
+        if shared.version.is_none() {
+            let mine = self.policies.current().configs().to_vec();
+            if self.redis.seed_configs(&mine).await? {
+                log::info!("seeded Redis with this instance's {} configs", mine.len());
+            }
+            shared = self.redis.shared_configs().await?;
+        }
+        let Some(version) = shared.version else {
+            return Ok(());
+        };
+        let current = self.policies.current();
+        let mut configs = Vec::with_capacity(shared.configs.len());
+        for (endpoint, _, parsed) in shared.configs {
+            match parsed {
+                Ok(c) if c.endpoint == endpoint => configs.push(c),
+                refused => {
+                    let why = refused
+                        .err()
+                        .unwrap_or_else(|| "its endpoint differs".to_owned());
+                    log::error!(
+                        "shared config for {endpoint:?} refused ({why}); keeping this instance's"
+                    );
+                    configs.extend(current.get(&endpoint).cloned());
+                }
+            }
+        }
+        let changes = diff(current.configs(), &configs);
+        if changes.is_empty() {
+            self.applied.store(version, Ordering::Relaxed);
+            return Ok(());
+        }
+        if !self.policies.replace(configs.clone()) {
+            log::error!("the shared configs have no default policy \"*\"; keeping this instance's");
+            return Ok(());
+        }
+        self.applied.store(version, Ordering::Relaxed);
+        let now = self.clock.now();
+        match self.db.send(ReplaceConfigs { configs, now }).await {
+            Ok(Ok(())) => {}
+            // Served from memory all the same; the next version writes the copy again.
+            Ok(Err(e)) => log::error!("storing the shared configs in SQLite failed: {e}"),
+            Err(e) => log::error!("storing the shared configs in SQLite failed: {e}"),
+        }
+        for (action, config) in changes {
+            log::info!(
+                "config {} for {} (shared)",
+                action.as_str(),
+                config.endpoint
+            );
+            self.broadcaster.do_send(ConfigChanged { action, config });
+        }
+        Ok(())
+    }
+
+    /// One admin write, applied to the shared configs: `change` gets the config Redis
+    /// holds for `endpoint` (if any) and returns the new one (`None` deletes). Retried
+    /// when another instance wrote the same endpoint in between. Answers the config
+    /// written (or deleted); this instance serves it before answering.
+    pub async fn write(
+        &self,
+        endpoint: &str,
+        change: impl Fn(Option<Config>) -> Result<Option<Config>, ApiError>,
+    ) -> Result<Config, ApiError> {
+        let unavailable = |e: RedisUnavailable| {
+            ApiError::Unavailable(format!(
+                "The shared configs could not be changed ({e}); nothing changed."
+            ))
+        };
+        for _ in 0..WRITE_ATTEMPTS {
+            let stored = self
+                .redis
+                .shared_config(endpoint)
+                .await
+                .map_err(unavailable)?;
+            let current = match &stored {
+                Some(json) => Some(SharedConfig::parse(json).map_err(|e| {
+                    ApiError::Unavailable(format!(
+                        "The shared config for {endpoint:?} is unreadable ({e}); nothing changed."
+                    ))
+                })?),
+                None => None,
+            };
+            let new = change(current.clone())?;
+            let json = new.as_ref().map(|c| SharedConfig::from(c).to_json());
+            match self
+                .redis
+                .swap_config(endpoint, stored.as_deref(), json.as_deref())
+                .await
+                .map_err(unavailable)?
+            {
+                Ok(_) => {
+                    // The sync serves it here, stores it in SQLite and tells the feeds;
+                    // should Redis fail in between, it is served from memory at once.
+                    if let Err(e) = self.sync().await {
+                        log::warn!("config stored in Redis, local sync deferred: {e}");
+                        self.policies.apply(endpoint, new.clone());
+                        let action = match (&current, &new) {
+                            (None, _) => ConfigAction::Created,
+                            (Some(_), Some(_)) => ConfigAction::Updated,
+                            (Some(_), None) => ConfigAction::Deleted,
+                        };
+                        if let Some(config) = new.clone().or(current.clone()) {
+                            self.broadcaster.do_send(ConfigChanged { action, config });
+                        }
+                    }
+                    // `change` returns None only for an existing config it deletes.
+                    return new.or(current).ok_or_else(|| {
+                        ApiError::NotFound(format!("There is no config for {endpoint:?}."))
+                    });
+                }
+                Err(_) => continue,
+            }
+        }
+        Err(ApiError::Conflict(
+            "Other instances kept changing this config; nothing changed, try again.".to_owned(),
+        ))
+    }
+
+    /// A config id no other instance will use.
+    pub async fn next_config_id(&self) -> Result<i64, ApiError> {
+        self.redis.next_config_id().await.map_err(|e| {
+            ApiError::Unavailable(format!(
+                "The shared configs could not be changed ({e}); nothing changed."
+            ))
+        })
+    }
+}
+
+/// What changed from `old` to `new`, by endpoint.
+fn diff(old: &[Config], new: &[Config]) -> Vec<(ConfigAction, Config)> {
+    let before: HashMap<&str, &Config> = old.iter().map(|c| (c.endpoint.as_str(), c)).collect();
+    let after: HashMap<&str, &Config> = new.iter().map(|c| (c.endpoint.as_str(), c)).collect();
+    let mut changes = Vec::new();
+    for c in new {
+        match before.get(c.endpoint.as_str()) {
+            None => changes.push((ConfigAction::Created, c.clone())),
+            Some(b) if *b != c => changes.push((ConfigAction::Updated, c.clone())),
+            Some(_) => {}
+        }
+    }
+    for c in old {
+        if !after.contains_key(c.endpoint.as_str()) {
+            changes.push((ConfigAction::Deleted, c.clone()));
+        }
+    }
+    changes
+}
+
+impl From<DecisionEvent> for SharedEvent {
+    fn from(e: DecisionEvent) -> Self {
+        Self {
+            client: e.client.to_string(),
+            endpoint: e.endpoint.to_string(),
+            path: e.path.map(|p| p.to_string()),
+            allowed: e.decision.allowed,
+            limit: e.decision.limit,
+            remaining: e.decision.remaining,
+            retry_after: e.decision.retry_after,
+            reset_after: e.decision.reset_after,
+            at: e.at,
+        }
+    }
+}
+
+impl SharedEvent {
+    fn into_event(self, origin: Arc<str>) -> DecisionEvent {
+        DecisionEvent {
+            client: Arc::from(self.client),
+            endpoint: Arc::from(self.endpoint),
+            path: self.path.map(Arc::from),
+            decision: Decision {
+                allowed: self.allowed,
+                limit: self.limit,
+                remaining: self.remaining,
+                retry_after: self.retry_after,
+                reset_after: self.reset_after,
+            },
+            at: self.at,
+            origin: Some(origin),
+        }
+    }
+}
+
+/// The events an instance forwards per second: the feed cap, within the cluster cap.
+pub fn events_per_second(feed_max: u32) -> usize {
+    (feed_max as usize).min(EVENTS_PER_SECOND)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::ConfigSpec;
+
+    fn config(endpoint: &str, limit: u64) -> Config {
+        let mut spec = ConfigSpec::default_policy();
+        spec.endpoint = endpoint.to_owned();
+        spec.requests_per_window = limit;
+        Config {
+            id: 1,
+            endpoint: spec.endpoint.clone(),
+            requests_per_window: limit,
+            window_seconds: spec.window_seconds,
+            algorithm: spec.algorithm,
+            burst_limit: None,
+            refill_rate: None,
+            is_active: true,
+            created_at: 5,
+            updated_at: 5,
+        }
+    }
+
+    #[test]
+    fn diff_names_each_created_updated_and_deleted_endpoint() {
+        let old = [config("*", 100), config("/a", 1), config("/b", 2)];
+        let new = [config("*", 100), config("/a", 9), config("/c", 3)];
+        let changes: Vec<(ConfigAction, String)> = diff(&old, &new)
+            .into_iter()
+            .map(|(a, c)| (a, c.endpoint))
+            .collect();
+        assert_eq!(
+            changes,
+            [
+                (ConfigAction::Updated, "/a".to_owned()),
+                (ConfigAction::Created, "/c".to_owned()),
+                (ConfigAction::Deleted, "/b".to_owned()),
+            ]
+        );
+        assert!(diff(&old, &old).is_empty());
+    }
+
+    #[test]
+    fn events_survive_the_trip_between_instances() {
+        let event = DecisionEvent {
+            client: Arc::from("alice"),
+            endpoint: Arc::from("/api/*"),
+            path: Some(Arc::from("/api/data")),
+            decision: Decision {
+                allowed: false,
+                limit: 5,
+                remaining: 0,
+                retry_after: 1_500_000_000,
+                reset_after: 9_000_000_000,
+            },
+            at: 1_800_000_000_000_000_123,
+            origin: None,
+        };
+        let json = serde_json::to_string(&SharedEvent::from(event.clone())).unwrap();
+        let back: SharedEvent = serde_json::from_str(&json).unwrap();
+        let back = back.into_event(Arc::from("b:1"));
+        assert_eq!(back.decision, event.decision);
+        assert_eq!(
+            (back.at, &*back.client, back.origin.as_deref()),
+            (event.at, "alice", Some("b:1"))
+        );
+    }
+}

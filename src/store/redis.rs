@@ -1,0 +1,811 @@
+//! The Redis backend of distributed mode: every instance on the same Redis decides with
+//! the same counters, and reads the same configs.
+//!
+//! - **Decisions** run as one Lua script per algorithm (loaded once, run with EVALSHA):
+//!   check-and-consume in one round trip, atomic in Redis, timed by the Redis server's
+//!   clock (`TIME`) so that instance clocks cannot disagree. The scripts keep exactly the
+//!   arithmetic of [`crate::limiter`]; `tests/backends.rs` runs one suite against both.
+//!   A test's manual clock is passed in instead of `TIME` ([`crate::clock::Clock::is_system`]).
+//! - **Keys** are `rw:{<client>}:<endpoint>:<kind>`: the hash tag keeps one client's keys
+//!   in one Redis Cluster slot, and every key expires once its state is as good as fresh.
+//! - **Failures**: each call waits at most `--redis-timeout-ms`; three failures in a row,
+//!   or a broken connection, open a circuit breaker, so that while Redis is down
+//!   decisions follow `--on-error` at once instead of waiting for a timeout each. A probe
+//!   reconnects with backoff and closes the breaker.
+//! - **Configs** live in one hash (`rw:{config}:all`, endpoint → [`SharedConfig`] JSON)
+//!   with a version counter; writes are compare-and-set scripts that also announce the new
+//!   version on the `rw:config` channel (see `crate::cluster`).
+
+use crate::clock::{NANOS_PER_SEC, Nanos, SharedClock};
+use crate::limiter::{Algorithm, Decision, Limits};
+use crate::metrics::{Metrics, RedisFailure};
+use crate::policy::Config;
+use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisError, RedisFuture, Script, Value};
+use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+/// Channel on which config versions are announced.
+pub const CONFIG_CHANNEL: &str = "rw:config";
+/// Channel on which instances share their per-second statistics and decision events.
+pub const FEED_CHANNEL: &str = "rw:feed";
+const CONFIGS_KEY: &str = "rw:{config}:all";
+const CONFIG_VERSION_KEY: &str = "rw:{config}:version";
+const CONFIG_ID_KEY: &str = "rw:{config}:next_id";
+
+/// Failures in a row (timeouts or server errors) that open the breaker.
+const BREAKER_FAILURES: u32 = 3;
+/// First and longest wait between reconnection attempts.
+const BACKOFF_MIN: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+/// Reads the time: Redis `TIME`, unless the caller passed seconds and nanoseconds.
+const PRELUDE: &str = r#"
+local now_s, now_ns
+if ARGV[1] == '' then
+  local t = redis.call('TIME')
+  now_s = tonumber(t[1]); now_ns = tonumber(t[2]) * 1000
+else
+  now_s = tonumber(ARGV[1]); now_ns = tonumber(ARGV[2])
+end
+local consume = ARGV[3] == '1'
+-- A time after now as whole seconds and nanoseconds: exact for any window.
+local function until_(s, ns)
+  local ds, dns = s - now_s, ns - now_ns
+  if dns < 0 then ds = ds - 1; dns = dns + 1000000000 end
+  if ds < 0 then return 0, 0 end
+  return ds, dns
+end
+local function split(n)
+  local s = math.floor(n / 1000000000)
+  return s, n - s * 1000000000
+end
+local function expire_in(keys, s, ns)
+  local ms = s * 1000 + math.ceil(ns / 1000000) + 1000
+  for _, k in ipairs(keys) do redis.call('PEXPIRE', k, ms) end
+end
+local function forget_others(first)
+  if consume and #KEYS >= first then redis.call('DEL', unpack(KEYS, first)) end
+end
+"#;
+
+/// Fixed window. KEYS[1]: hash {s = window start (s), c = count}; KEYS[2..]: the keys of
+/// the other algorithms. ARGV[4]: limit, ARGV[5]: window in seconds.
+const FIXED_WINDOW: &str = r#"
+local limit, w = tonumber(ARGV[4]), tonumber(ARGV[5])
+local start = now_s - (now_s % w)
+local st = redis.call('HMGET', KEYS[1], 's', 'c')
+local rs, count = tonumber(st[1]), 0
+if rs and rs >= start and rs < start + w then count = tonumber(st[2]) end
+local allowed = count < limit
+if allowed and consume then count = count + 1 end
+local remaining = math.max(limit - count, 0)
+local ue_s, ue_ns = until_(start + w, 0)
+local rt_s, rt_ns, rs_s, rs_ns = 0, 0, 0, 0
+if remaining == 0 then rt_s, rt_ns = ue_s, ue_ns end
+if count > 0 then rs_s, rs_ns = ue_s, ue_ns end
+if consume then
+  redis.call('HSET', KEYS[1], 's', start, 'c', count)
+  expire_in({KEYS[1]}, ue_s, ue_ns)
+  forget_others(2)
+end
+return {allowed and 1 or 0, remaining, rt_s, rt_ns, rs_s, rs_ns}
+"#;
+
+/// Exact sliding window, as runs of admissions per millisecond (see
+/// `limiter::sliding_window`). KEYS[1]: list of "ms:count", oldest first; KEYS[2]: the
+/// sum of the counts; KEYS[3..]: other algorithms. ARGV[4]: limit, ARGV[5]: window (s).
+const SLIDING_WINDOW: &str = r#"
+local limit, w = tonumber(ARGV[4]), tonumber(ARGV[5])
+local function parse(v)
+  local ms, c = string.match(v, '^(%d+):(%d+)$')
+  return tonumber(ms), tonumber(c)
+end
+local function expiry(ms)
+  local r = ms % 1000
+  return (ms - r) / 1000 + w, r * 1000000
+end
+local function expired(ms)
+  local s, ns = expiry(ms)
+  return s < now_s or (s == now_s and ns <= now_ns)
+end
+local total = tonumber(redis.call('GET', KEYS[2]) or '0')
+local popped = false
+while true do
+  local v = redis.call('LINDEX', KEYS[1], 0)
+  if not v then break end
+  local ms, c = parse(v)
+  if not expired(ms) then break end
+  redis.call('LPOP', KEYS[1])
+  total = total - c
+  popped = true
+end
+local allowed = total < limit
+if allowed and consume then
+  local at = now_s * 1000 + math.ceil(now_ns / 1000000)
+  local back = redis.call('LINDEX', KEYS[1], -1)
+  local bms, bc
+  if back then bms, bc = parse(back) end
+  if bms and bms >= at and bc < 4294967295 then
+    redis.call('LSET', KEYS[1], -1, string.format('%d:%d', bms, bc + 1))
+  elseif bms and bms >= at then
+    redis.call('RPUSH', KEYS[1], string.format('%d:1', bms))
+  else
+    redis.call('RPUSH', KEYS[1], string.format('%d:1', at))
+  end
+  total = total + 1
+end
+local remaining = math.max(limit - total, 0)
+local rt_s, rt_ns, rs_s, rs_ns = 0, 0, 0, 0
+if remaining == 0 then
+  local to_expire = total - limit + 1
+  local e_s, e_ns = now_s, now_ns
+  local i, done = 0, false
+  while not done do
+    local chunk = redis.call('LRANGE', KEYS[1], i, i + 63)
+    if #chunk == 0 then break end
+    for _, v in ipairs(chunk) do
+      local ms, c = parse(v)
+      e_s, e_ns = expiry(ms)
+      if c >= to_expire then done = true; break end
+      to_expire = to_expire - c
+    end
+    i = i + 64
+  end
+  rt_s, rt_ns = until_(e_s, e_ns)
+end
+local back = redis.call('LINDEX', KEYS[1], -1)
+if back then rs_s, rs_ns = until_(expiry(parse(back))) end
+-- A peek that dropped expired runs must keep the sum in step with them.
+if consume or popped then
+  if total > 0 then
+    redis.call('SET', KEYS[2], total)
+    expire_in({KEYS[1], KEYS[2]}, rs_s, rs_ns)
+  else
+    redis.call('DEL', KEYS[1], KEYS[2])
+  end
+  forget_others(3)
+end
+return {allowed and 1 or 0, remaining, rt_s, rt_ns, rs_s, rs_ns}
+"#;
+
+/// Token bucket as GCRA (see `limiter::token_bucket`). KEYS[1]: hash {ts, tn = the
+/// theoretical arrival time in s and ns, i = the refill interval it was computed with};
+/// KEYS[2..]: other algorithms. ARGV[4]: burst, ARGV[5]: refill interval in ns.
+/// Exact while the bucket's capacity in time (burst × interval) is below 2^53 ns (104
+/// days), within one part in 2^53 beyond.
+const TOKEN_BUCKET: &str = r#"
+local burst, t = tonumber(ARGV[4]), tonumber(ARGV[5])
+local cap = burst * t
+local st = redis.call('HMGET', KEYS[1], 'ts', 'tn', 'i')
+local debt = 0
+if st[1] then
+  debt = (tonumber(st[1]) - now_s) * 1000000000 + (tonumber(st[2]) - now_ns)
+  if debt < 0 then debt = 0 end
+  local old = tonumber(st[3])
+  if old ~= 0 and old ~= t then debt = math.floor(debt * t / old) end
+end
+if debt > cap then debt = cap end
+local allowed = debt + t <= cap
+if allowed and consume then debt = debt + t end
+local remaining = math.floor((cap - debt) / t)
+local rt_s, rt_ns = 0, 0
+if remaining == 0 then rt_s, rt_ns = split(debt + t - cap) end
+local rs_s, rs_ns = split(debt)
+-- Written on a peek too, as in memory: a rescaled or capped debt stays so.
+local ts, tn = split(now_ns + debt)
+redis.call('HSET', KEYS[1], 'ts', string.format('%d', now_s + ts), 'tn', string.format('%d', tn), 'i', string.format('%d', t))
+expire_in({KEYS[1]}, rs_s, rs_ns)
+forget_others(2)
+return {allowed and 1 or 0, remaining, rt_s, rt_ns, rs_s, rs_ns}
+"#;
+
+/// Compare-and-set of one config: KEYS[1] the configs hash, KEYS[2] the version.
+/// ARGV: endpoint, the JSON expected now ('' for none), the new JSON ('' to delete), the
+/// channel. Answers {1, version} when written, {0, current JSON} when it had changed.
+const CONFIG_CAS: &str = r#"
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if (cur or '') ~= ARGV[2] then return {0, cur or ''} end
+if ARGV[3] == '' then redis.call('HDEL', KEYS[1], ARGV[1])
+else redis.call('HSET', KEYS[1], ARGV[1], ARGV[3]) end
+local v = redis.call('INCR', KEYS[2])
+redis.call('PUBLISH', ARGV[4], v)
+return {1, v}
+"#;
+
+/// Seeds the shared configs from the first instance's own, unless some exist already.
+/// KEYS: configs, version, next id. ARGV: the highest id, then endpoint/JSON pairs.
+const CONFIG_SEED: &str = r#"
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+local id = tonumber(redis.call('GET', KEYS[3]) or '0')
+if id < tonumber(ARGV[1]) then redis.call('SET', KEYS[3], ARGV[1]) end
+redis.call('SET', KEYS[2], 1)
+return 1
+"#;
+
+/// The version and every shared config, read atomically.
+const CONFIG_ALL: &str = r#"
+return {redis.call('GET', KEYS[2]) or '', redis.call('HGETALL', KEYS[1])}
+"#;
+
+/// A config as Redis holds it: the admin API's fields, with the times in nanoseconds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SharedConfig {
+    pub id: i64,
+    pub endpoint: String,
+    pub requests_per_window: u64,
+    pub window_seconds: u64,
+    pub algorithm: Algorithm,
+    pub burst_limit: Option<u64>,
+    pub refill_rate: Option<f64>,
+    pub is_active: bool,
+    pub created_at: Nanos,
+    pub updated_at: Nanos,
+}
+
+impl From<&Config> for SharedConfig {
+    fn from(c: &Config) -> Self {
+        Self {
+            id: c.id,
+            endpoint: c.endpoint.clone(),
+            requests_per_window: c.requests_per_window,
+            window_seconds: c.window_seconds,
+            algorithm: c.algorithm,
+            burst_limit: c.burst_limit,
+            refill_rate: c.refill_rate,
+            is_active: c.is_active,
+            created_at: c.created_at,
+            updated_at: c.updated_at,
+        }
+    }
+}
+
+impl SharedConfig {
+    pub fn to_json(&self) -> String {
+        // A struct of plain fields always serialises.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// The config, if the stored JSON is one this server accepts (validated like input).
+    pub fn parse(json: &str) -> Result<Config, String> {
+        let s: SharedConfig = serde_json::from_str(json).map_err(|e| e.to_string())?;
+        let config = Config {
+            id: s.id,
+            endpoint: s.endpoint,
+            requests_per_window: s.requests_per_window,
+            window_seconds: s.window_seconds,
+            algorithm: s.algorithm,
+            burst_limit: s.burst_limit,
+            refill_rate: s.refill_rate,
+            is_active: s.is_active,
+            created_at: s.created_at,
+            updated_at: s.updated_at,
+        };
+        config
+            .spec()
+            .validate()
+            .map_err(|e| format!("{}: {}", e.field, e.message))?;
+        Ok(config)
+    }
+}
+
+/// Why a Redis call gave no answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisUnavailable {
+    /// The breaker is open (or no connection exists yet): not even tried.
+    Open,
+    Failed(String),
+}
+
+impl std::fmt::Display for RedisUnavailable {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        match self {
+            RedisUnavailable::Open => f.write_str("Redis is unreachable (circuit breaker open)"),
+            RedisUnavailable::Failed(e) => write!(f, "Redis failed: {e}"),
+        }
+    }
+}
+
+/// Where to connect: one server, or the seed nodes of a cluster.
+#[derive(Clone)]
+enum Target {
+    Single(redis::Client),
+    Cluster(redis::cluster::ClusterClient),
+}
+
+/// A live connection; both kinds multiplex every concurrent call over their sockets,
+/// which pipelines the checks of many requests without waiting for each answer.
+#[derive(Clone)]
+enum Conn {
+    Single(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+struct Scripts {
+    fixed: Script,
+    sliding: Script,
+    bucket: Script,
+    cas: Script,
+    seed: Script,
+    all: Script,
+}
+
+impl Scripts {
+    fn new() -> Self {
+        let decision = |body: &str| Script::new(&format!("{PRELUDE}{body}"));
+        Self {
+            fixed: decision(FIXED_WINDOW),
+            sliding: decision(SLIDING_WINDOW),
+            bucket: decision(TOKEN_BUCKET),
+            cas: Script::new(CONFIG_CAS),
+            seed: Script::new(CONFIG_SEED),
+            all: Script::new(CONFIG_ALL),
+        }
+    }
+}
+
+/// What every handle shares: where to connect, the scripts, the settings.
+pub struct RedisConfig {
+    target: Target,
+    /// For pub/sub: the first node (in a cluster, PUBLISH reaches every node).
+    pubsub: redis::Client,
+    scripts: Scripts,
+    timeout: Duration,
+    /// `None`: Redis server time; otherwise a test's clock.
+    clock: Option<SharedClock>,
+    metrics: Arc<Metrics>,
+}
+
+impl RedisConfig {
+    /// Checks the URLs (one server, or seed nodes with `cluster`); connects nothing yet.
+    pub fn new(
+        urls: &[String],
+        cluster: bool,
+        timeout: Duration,
+        clock: &SharedClock,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<Self>, String> {
+        let first = urls.first().ok_or("no Redis URL")?;
+        let pubsub = redis::Client::open(first.as_str()).map_err(|e| e.to_string())?;
+        let target = match (cluster, urls) {
+            (false, [url]) => {
+                Target::Single(redis::Client::open(url.as_str()).map_err(|e| e.to_string())?)
+            }
+            (false, _) => {
+                return Err(
+                    "--redis-url names several servers: add --redis-cluster for a Redis Cluster"
+                        .to_owned(),
+                );
+            }
+            (true, urls) => Target::Cluster(
+                redis::cluster::ClusterClientBuilder::new(urls.iter().map(String::as_str))
+                    .connection_timeout(timeout.max(Duration::from_millis(200)))
+                    .response_timeout(timeout)
+                    .retries(1)
+                    .build()
+                    .map_err(|e| e.to_string())?,
+            ),
+        };
+        Ok(Arc::new(Self {
+            target,
+            pubsub,
+            scripts: Scripts::new(),
+            timeout,
+            clock: (!clock.is_system()).then(|| clock.clone()),
+            metrics,
+        }))
+    }
+
+    /// A client for pub/sub: the first node (in a cluster, PUBLISH reaches every node).
+    pub fn pubsub_client(&self) -> &redis::Client {
+        &self.pubsub
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+}
+
+/// One connection to Redis with its circuit breaker. Each registry shard holds its own,
+/// connected on its own thread, so the connection's driver runs where its checks are sent.
+#[derive(Clone)]
+pub struct Redis {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: Arc<RedisConfig>,
+    conn: RwLock<Option<Conn>>,
+    /// Open: calls fail at once; the probe closes it.
+    open: AtomicBool,
+    failures: AtomicU32,
+    /// A probe task is running.
+    probing: AtomicBool,
+}
+
+impl Redis {
+    /// A handle, with the breaker open until [`Redis::connect`] succeeds.
+    pub fn new(config: Arc<RedisConfig>) -> Self {
+        config.metrics.redis_breaker_open.inc();
+        Self {
+            inner: Arc::new(Inner {
+                config,
+                conn: RwLock::new(None),
+                open: AtomicBool::new(true),
+                failures: AtomicU32::new(0),
+                probing: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// Starts connecting on the current thread's runtime, retrying with backoff until it
+    /// works. Must run inside an actix system.
+    pub fn connect(&self) {
+        self.probe();
+    }
+
+    /// Connects now and closes the breaker, or says why it could not (for tools and
+    /// tests that want a connection before their first call).
+    pub async fn connect_now(&self) -> Result<(), String> {
+        let conn = self.open_connection().await.map_err(|e| e.to_string())?;
+        self.use_connection(conn);
+        Ok(())
+    }
+
+    fn use_connection(&self, conn: Conn) {
+        *self.inner.conn.write().unwrap_or_else(|e| e.into_inner()) = Some(conn);
+        self.inner.failures.store(0, Ordering::Relaxed);
+        if self.inner.open.swap(false, Ordering::Relaxed) {
+            self.inner.config.metrics.redis_breaker_open.dec();
+        }
+    }
+
+    /// Whether calls are being sent (the breaker is closed).
+    pub fn is_up(&self) -> bool {
+        !self.inner.open.load(Ordering::Relaxed)
+    }
+
+    /// Checks one request of `client` under `limits` for the config `endpoint`, consuming
+    /// when `consume` and allowed.
+    pub fn check(
+        &self,
+        client: &str,
+        endpoint: &str,
+        limits: &Limits,
+        consume: bool,
+    ) -> impl Future<Output = Result<Decision, RedisUnavailable>> + use<> {
+        let conn = self.conn();
+        let this = self.clone();
+        let keys = keys(client, endpoint, limits.algorithm);
+        let limits = *limits;
+        let now = self.inner.config.clock.as_ref().map(|c| c.now());
+        async move {
+            let mut conn = conn?;
+            let s = &this.inner.config.scripts;
+            let script = match limits.algorithm {
+                Algorithm::FixedWindow => &s.fixed,
+                Algorithm::SlidingWindow => &s.sliding,
+                Algorithm::TokenBucket => &s.bucket,
+            };
+            let mut call = script.prepare_invoke();
+            for k in &keys {
+                call.key(k);
+            }
+            match now {
+                Some(now) => call.arg(now / NANOS_PER_SEC).arg(now % NANOS_PER_SEC),
+                None => call.arg("").arg(""),
+            };
+            call.arg(if consume { "1" } else { "0" });
+            match limits.algorithm {
+                Algorithm::TokenBucket => call.arg(limits.burst).arg(limits.refill_interval),
+                _ => call.arg(limits.limit).arg(limits.window / NANOS_PER_SEC),
+            };
+            let started = Instant::now();
+            let reply: Result<(u64, u64, u64, u64, u64, u64), RedisError> =
+                call.invoke_async(&mut conn).await;
+            Metrics::observe(&this.inner.config.metrics.redis_seconds, started.elapsed());
+            let (allowed, remaining, rt_s, rt_ns, rs_s, rs_ns) = this.observe(reply)?;
+            let nanos = |s: u64, ns: u64| s.saturating_mul(NANOS_PER_SEC).saturating_add(ns);
+            Ok(Decision {
+                allowed: allowed == 1,
+                limit: limits.quota(),
+                remaining,
+                retry_after: nanos(rt_s, rt_ns),
+                reset_after: nanos(rs_s, rs_ns),
+            })
+        }
+    }
+
+    /// The version and configs Redis holds (`None` for the version when no instance has
+    /// seeded them yet), each parsed or the reason it was refused.
+    pub async fn shared_configs(&self) -> Result<SharedTable, RedisUnavailable> {
+        let s = &self.inner.config.scripts;
+        let mut call = s.all.prepare_invoke();
+        call.key(CONFIGS_KEY).key(CONFIG_VERSION_KEY);
+        let mut conn = self.conn()?;
+        let (version, pairs): (String, Vec<(String, String)>) =
+            self.observe(call.invoke_async(&mut conn).await)?;
+        Ok(SharedTable {
+            version: version.parse().ok(),
+            configs: pairs
+                .into_iter()
+                .map(|(endpoint, json)| {
+                    let parsed = SharedConfig::parse(&json);
+                    (endpoint, json, parsed)
+                })
+                .collect(),
+        })
+    }
+
+    /// The JSON Redis holds for one endpoint.
+    pub async fn shared_config(&self, endpoint: &str) -> Result<Option<String>, RedisUnavailable> {
+        let mut conn = self.conn()?;
+        let reply = redis::cmd("HGET")
+            .arg(CONFIGS_KEY)
+            .arg(endpoint)
+            .query_async(&mut conn)
+            .await;
+        self.observe(reply)
+    }
+
+    /// A fresh config id, unique across the cluster.
+    pub async fn next_config_id(&self) -> Result<i64, RedisUnavailable> {
+        let mut conn = self.conn()?;
+        let reply = redis::cmd("INCR")
+            .arg(CONFIG_ID_KEY)
+            .query_async(&mut conn)
+            .await;
+        self.observe(reply)
+    }
+
+    /// Replaces `expected` (None: absent) by `new` (None: delete). `Ok(Ok(version))` when
+    /// written; `Ok(Err(current))` when another writer changed it first.
+    pub async fn swap_config(
+        &self,
+        endpoint: &str,
+        expected: Option<&str>,
+        new: Option<&str>,
+    ) -> Result<Result<u64, Option<String>>, RedisUnavailable> {
+        let s = &self.inner.config.scripts;
+        let mut call = s.cas.prepare_invoke();
+        call.key(CONFIGS_KEY)
+            .key(CONFIG_VERSION_KEY)
+            .arg(endpoint)
+            .arg(expected.unwrap_or(""))
+            .arg(new.unwrap_or(""))
+            .arg(CONFIG_CHANNEL);
+        let mut conn = self.conn()?;
+        let (written, value): (u64, String) = self.observe(call.invoke_async(&mut conn).await)?;
+        Ok(match written {
+            1 => Ok(value.parse().unwrap_or(0)),
+            _ => Err((!value.is_empty()).then_some(value)),
+        })
+    }
+
+    /// Seeds the shared configs with `configs` unless Redis has some; whether it did.
+    pub async fn seed_configs(&self, configs: &[Config]) -> Result<bool, RedisUnavailable> {
+        let s = &self.inner.config.scripts;
+        let mut call = s.seed.prepare_invoke();
+        call.key(CONFIGS_KEY)
+            .key(CONFIG_VERSION_KEY)
+            .key(CONFIG_ID_KEY)
+            .arg(configs.iter().map(|c| c.id).max().unwrap_or(0));
+        for c in configs {
+            call.arg(&c.endpoint).arg(SharedConfig::from(c).to_json());
+        }
+        let mut conn = self.conn()?;
+        let seeded: u64 = self.observe(call.invoke_async(&mut conn).await)?;
+        Ok(seeded == 1)
+    }
+
+    /// The configs' current version alone (one cheap GET, for the once-a-second check).
+    pub async fn config_version(&self) -> Result<Option<u64>, RedisUnavailable> {
+        let mut conn = self.conn()?;
+        let reply: Result<Option<u64>, _> = redis::cmd("GET")
+            .arg(CONFIG_VERSION_KEY)
+            .query_async(&mut conn)
+            .await;
+        self.observe(reply)
+    }
+
+    pub async fn publish(&self, channel: &str, payload: &str) -> Result<(), RedisUnavailable> {
+        let mut conn = self.conn()?;
+        let reply: Result<u64, _> = redis::cmd("PUBLISH")
+            .arg(channel)
+            .arg(payload)
+            .query_async(&mut conn)
+            .await;
+        self.observe(reply).map(drop)
+    }
+
+    fn conn(&self) -> Result<Conn, RedisUnavailable> {
+        if self.inner.open.load(Ordering::Relaxed) {
+            self.inner
+                .config
+                .metrics
+                .redis_error(RedisFailure::breaker_open);
+            return Err(RedisUnavailable::Open);
+        }
+        let conn = self.inner.conn.read().unwrap_or_else(|e| e.into_inner());
+        conn.clone().ok_or(RedisUnavailable::Open)
+    }
+
+    /// Counts the outcome of one call for the breaker.
+    fn observe<T>(&self, reply: Result<T, RedisError>) -> Result<T, RedisUnavailable> {
+        let e = match reply {
+            Ok(v) => {
+                self.inner.failures.store(0, Ordering::Relaxed);
+                return Ok(v);
+            }
+            Err(e) => e,
+        };
+        let (kind, trip) = if e.is_timeout() {
+            (RedisFailure::timeout, false)
+        } else if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() {
+            (RedisFailure::connection, true)
+        } else {
+            (RedisFailure::server, false)
+        };
+        let metrics = &self.inner.config.metrics;
+        metrics.redis_error(kind);
+        let failures = self.inner.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if trip || failures >= BREAKER_FAILURES {
+            self.trip(&e);
+        }
+        Err(RedisUnavailable::Failed(e.to_string()))
+    }
+
+    /// Opens the breaker and starts the probe that will close it.
+    fn trip(&self, cause: &RedisError) {
+        if !self.inner.open.swap(true, Ordering::Relaxed) {
+            log::warn!("Redis failed ({cause}); decisions follow --on-error until it is back");
+            self.inner.config.metrics.redis_breaker_open.inc();
+        }
+        self.probe();
+    }
+
+    /// Reconnects with backoff until a new connection answers PING, then closes the
+    /// breaker. At most one probe runs per handle.
+    fn probe(&self) {
+        if self.inner.probing.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let this = self.clone();
+        actix_web::rt::spawn(async move {
+            let mut wait = BACKOFF_MIN;
+            let mut attempts = 0u32;
+            loop {
+                match this.open_connection().await {
+                    Ok(conn) => {
+                        this.use_connection(conn);
+                        if attempts > 0 {
+                            this.inner.config.metrics.redis_reconnects.inc();
+                            log::info!("Redis is reachable again; decisions use it");
+                        }
+                        break;
+                    }
+                    Err(e) => {
+                        if attempts == 0 {
+                            log::warn!("connecting to Redis failed ({e}); retrying with backoff");
+                        }
+                        attempts += 1;
+                        actix_web::rt::time::sleep(wait).await;
+                        wait = (wait * 2).min(BACKOFF_MAX);
+                    }
+                }
+            }
+            this.inner.probing.store(false, Ordering::Relaxed);
+        });
+    }
+
+    async fn open_connection(&self) -> Result<Conn, RedisError> {
+        let config = &self.inner.config;
+        let connect_timeout = config.timeout.max(Duration::from_millis(200));
+        let mut conn = match &config.target {
+            Target::Single(client) => {
+                let settings = redis::AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(connect_timeout))
+                    .set_response_timeout(Some(config.timeout));
+                Conn::Single(
+                    client
+                        .get_multiplexed_async_connection_with_config(&settings)
+                        .await?,
+                )
+            }
+            Target::Cluster(client) => Conn::Cluster(client.get_async_connection().await?),
+        };
+        let ping = redis::cmd("PING");
+        let probe = ping.query_async::<String>(&mut conn);
+        actix_web::rt::time::timeout(connect_timeout, probe)
+            .await
+            .map_err(|_| RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut)))??;
+        Ok(conn)
+    }
+}
+
+/// The shared configs as read from Redis.
+pub struct SharedTable {
+    /// `None` until the first instance seeds them.
+    pub version: Option<u64>,
+    /// Endpoint, the stored JSON, and the config or why it was refused.
+    pub configs: Vec<(String, String, Result<Config, String>)>,
+}
+
+/// The keys of one (client, endpoint): the algorithm's own first, then the others' (a
+/// changed algorithm starts fresh state, as in memory).
+pub fn keys(client: &str, endpoint: &str, algorithm: Algorithm) -> Vec<String> {
+    let key = |kind: &str| format!("rw:{{{client}}}:{endpoint}:{kind}");
+    let (fixed, sliding, total, bucket) = (key("fw"), key("sw"), key("swn"), key("tb"));
+    match algorithm {
+        Algorithm::FixedWindow => vec![fixed, sliding, total, bucket],
+        Algorithm::SlidingWindow => vec![sliding, total, fixed, bucket],
+        Algorithm::TokenBucket => vec![bucket, fixed, sliding, total],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_share_the_clients_hash_tag_and_name_the_algorithm_first() {
+        let k = keys("alice", "/api/{x}", Algorithm::SlidingWindow);
+        assert_eq!(k[0], "rw:{alice}:/api/{x}:sw");
+        assert_eq!(k[1], "rw:{alice}:/api/{x}:swn");
+        assert_eq!(k.len(), 4);
+        // Redis Cluster hashes the first {...}: the client, whatever the endpoint holds.
+        assert!(k.iter().all(|k| k.starts_with("rw:{alice}:")));
+        assert_eq!(keys("a", "/", Algorithm::TokenBucket)[0], "rw:{a}:/:tb");
+    }
+
+    #[test]
+    fn shared_configs_are_validated_like_input() {
+        let good = r#"{"id":3,"endpoint":"/api/*","requests_per_window":5,"window_seconds":60,
+            "algorithm":"token_bucket","burst_limit":null,"refill_rate":2.5,"is_active":true,
+            "created_at":1800000000000000001,"updated_at":1800000000000000002}"#;
+        let c = SharedConfig::parse(good).unwrap();
+        assert_eq!((c.id, c.created_at), (3, 1_800_000_000_000_000_001));
+        assert_eq!(
+            SharedConfig::parse(&SharedConfig::from(&c).to_json())
+                .unwrap()
+                .spec(),
+            c.spec()
+        );
+        let bad = good.replace("\"requests_per_window\":5", "\"requests_per_window\":0");
+        assert!(SharedConfig::parse(&bad).is_err());
+        assert!(SharedConfig::parse("{}").is_err());
+    }
+}

@@ -1,0 +1,155 @@
+//! One suite, two backends: the in-memory algorithms (`limiter::State`) and their Lua
+//! scripts in a real Redis (started by this test) must reach the same decisions, to the
+//! nanosecond, for the same requests at the same times. Time is a manual clock, which
+//! the Redis scripts are given instead of `TIME`.
+
+mod common;
+
+use common::redis::RedisServer;
+use ratewarden::clock::{Clock, ManualClock, NANOS_PER_SEC, SharedClock};
+use ratewarden::limiter::{Algorithm, Decision, Limits, State};
+use ratewarden::metrics::Metrics;
+use ratewarden::store::redis::{Redis, RedisConfig};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A backend that decides one request at the clock's time.
+enum Backend {
+    Memory(State),
+    Redis(Redis, &'static str),
+}
+
+impl Backend {
+    async fn check(&mut self, limits: &Limits, now: u64, consume: bool) -> Decision {
+        match self {
+            Backend::Memory(state) if consume => state.check(limits, now),
+            Backend::Memory(state) => state.peek(limits, now),
+            Backend::Redis(redis, client) => redis
+                .check(client, "/api/*", limits, consume)
+                .await
+                .expect("Redis answers"),
+        }
+    }
+}
+
+async fn redis_with(clock: &Arc<ManualClock>, server: &RedisServer) -> Redis {
+    let shared: SharedClock = clock.clone();
+    let config = RedisConfig::new(
+        &[server.url()],
+        false,
+        Duration::from_secs(2),
+        &shared,
+        Arc::new(Metrics::default()),
+    )
+    .unwrap();
+    let redis = Redis::new(config);
+    redis.connect_now().await.unwrap();
+    redis
+}
+
+/// A small deterministic generator, so a failure replays.
+struct Lcg(u64);
+impl Lcg {
+    fn next(&mut self, below: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 33) % below
+    }
+}
+
+/// Runs the same random requests against both backends and compares every decision.
+async fn same_decisions(algorithm: Algorithm, seed: u64, server: &RedisServer) {
+    let clock = ManualClock::new(1_800_000_000 * NANOS_PER_SEC + 123_456_789);
+    let redis = redis_with(&clock, server).await;
+    let client: &'static str = Box::leak(format!("c-{algorithm:?}-{seed}").into_boxed_str());
+    let mut rng = Lcg(seed);
+    let mut limits = Limits::new(algorithm, 1 + rng.next(6), 1 + rng.next(4));
+    if algorithm == Algorithm::TokenBucket {
+        limits.burst = 1 + rng.next(6);
+        limits.refill_interval = 1 + rng.next(2 * NANOS_PER_SEC);
+    }
+    let mut memory = Backend::Memory(State::new(algorithm));
+    let mut shared = Backend::Redis(redis, client);
+    let mut allowed = 0;
+    for step in 0..150 {
+        // Bursts within a millisecond, gaps of a fraction of the window, and long idles.
+        let gap = match rng.next(10) {
+            0..=3 => rng.next(1_000_000),
+            4..=8 => rng.next(limits.window / 2),
+            _ => rng.next(limits.window * 2),
+        };
+        clock.advance(gap);
+        if step % 40 == 39 {
+            // A config change of the numbers keeps what was consumed.
+            limits.limit = 1 + rng.next(6);
+            limits.burst = limits.limit;
+        }
+        let now = clock.now();
+        let consume = rng.next(8) != 0;
+        let expected = memory.check(&limits, now, consume).await;
+        let got = shared.check(&limits, now, consume).await;
+        assert_eq!(
+            got, expected,
+            "{algorithm:?} seed {seed} step {step} at {now}, {limits:?}"
+        );
+        allowed += u64::from(expected.allowed && consume);
+    }
+    assert!(allowed > 0, "the trace admitted something");
+}
+
+#[actix_rt::test]
+async fn redis_scripts_decide_exactly_like_the_in_memory_algorithms() {
+    let server = RedisServer::start();
+    for algorithm in Algorithm::ALL {
+        for seed in 1..=8 {
+            same_decisions(algorithm, seed, &server).await;
+        }
+    }
+}
+
+#[actix_rt::test]
+async fn a_changed_algorithm_starts_fresh_state_in_both_backends() {
+    let server = RedisServer::start();
+    let clock = ManualClock::new(1_800_000_000 * NANOS_PER_SEC);
+    let mut backends = [
+        Backend::Memory(State::new(Algorithm::SlidingWindow)),
+        Backend::Redis(redis_with(&clock, &server).await, "switcher"),
+    ];
+    for b in &mut backends {
+        let sliding = Limits::new(Algorithm::SlidingWindow, 2, 60);
+        let fixed = Limits::new(Algorithm::FixedWindow, 2, 60);
+        let now = clock.now();
+        assert!(b.check(&sliding, now, true).await.allowed);
+        assert!(b.check(&sliding, now, true).await.allowed);
+        assert!(!b.check(&sliding, now, true).await.allowed);
+        let d = b.check(&fixed, now, true).await;
+        assert!(d.allowed);
+        assert_eq!(d.remaining, 1);
+        // And back: the sliding window's state was dropped with the switch.
+        assert_eq!(b.check(&sliding, now, true).await.remaining, 1);
+    }
+}
+
+#[actix_rt::test]
+async fn redis_keys_expire_once_their_state_is_fresh() {
+    let server = RedisServer::start();
+    let clock = ManualClock::new(1_800_000_000 * NANOS_PER_SEC);
+    let redis = redis_with(&clock, &server).await;
+    for (algorithm, client) in [
+        (Algorithm::FixedWindow, "ttl-fw"),
+        (Algorithm::SlidingWindow, "ttl-sw"),
+        (Algorithm::TokenBucket, "ttl-tb"),
+    ] {
+        let limits = Limits::new(algorithm, 10, 30);
+        redis.check(client, "/e", &limits, true).await.unwrap();
+        let keys = server.cli(&["--scan", "--pattern", &format!("rw:{{{client}}}:*")]);
+        assert!(!keys.trim().is_empty(), "{algorithm:?} wrote no key");
+        for key in keys.lines() {
+            let ttl: i64 = server.cli(&["pttl", key]).trim().parse().unwrap();
+            // Fresh within the window (30 s) plus a second of slack; never unbounded.
+            assert!((1..=31_000).contains(&ttl), "{key}: pttl {ttl}");
+        }
+    }
+}
