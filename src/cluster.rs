@@ -24,7 +24,7 @@ use crate::clock::SharedClock;
 use crate::error::ApiError;
 use crate::limiter::Decision;
 use crate::metrics::Metrics;
-use crate::policy::{Config, Policies};
+use crate::policy::{Config, DEFAULT_ENDPOINT, Policies};
 use crate::stats::{GlobalStats, Peers, SecondCounts};
 use crate::store::ConfigAction;
 use crate::store::redis::{
@@ -269,10 +269,7 @@ impl Cluster {
     async fn sync(&self) -> Result<(), RedisUnavailable> {
         let mut shared = self.redis.shared_configs().await?;
         if shared.version.is_none() {
-            let mine = self.policies.current().configs().to_vec();
-            if self.redis.seed_configs(&mine).await? {
-                log::info!("seeded Redis with this instance's {} configs", mine.len());
-            }
+            self.seed().await?;
             shared = self.redis.shared_configs().await?;
         }
         let Some(version) = shared.version else {
@@ -294,13 +291,16 @@ impl Cluster {
                 }
             }
         }
+        if !configs.iter().any(|c| c.endpoint == DEFAULT_ENDPOINT) {
+            log::error!("the shared configs have no default policy \"*\"; keeping this instance's");
+            configs.extend(current.get(DEFAULT_ENDPOINT).cloned());
+        }
         let changes = diff(current.configs(), &configs);
         if changes.is_empty() {
             self.applied.store(version, Ordering::Relaxed);
             return Ok(());
         }
         if !self.policies.replace(configs.clone()) {
-            log::error!("the shared configs have no default policy \"*\"; keeping this instance's");
             return Ok(());
         }
         self.applied.store(version, Ordering::Relaxed);
@@ -322,6 +322,15 @@ impl Cluster {
         Ok(())
     }
 
+    /// Seeds an empty Redis with this instance's configs (no-op once any instance has).
+    async fn seed(&self) -> Result<(), RedisUnavailable> {
+        let mine = self.policies.current().configs().to_vec();
+        if self.redis.seed_configs(&mine).await? {
+            log::info!("seeded Redis with this instance's {} configs", mine.len());
+        }
+        Ok(())
+    }
+
     /// One admin write, applied to the shared configs: `change` gets the config Redis
     /// holds for `endpoint` (if any) and returns the new one (`None` deletes). Retried
     /// when another instance wrote the same endpoint in between. Answers the config
@@ -336,6 +345,8 @@ impl Cluster {
                 "The shared configs could not be changed ({e}); nothing changed."
             ))
         };
+        // A write must never be the first shared config: the others would lack the rest.
+        self.seed().await.map_err(unavailable)?;
         for _ in 0..WRITE_ATTEMPTS {
             let stored = self
                 .redis

@@ -315,7 +315,7 @@ impl std::fmt::Display for RedisUnavailable {
 #[derive(Clone)]
 enum Target {
     Single(redis::Client),
-    Cluster(redis::cluster::ClusterClient),
+    Cluster(Box<redis::cluster::ClusterClient>),
 }
 
 /// A live connection; both kinds multiplex every concurrent call over their sockets,
@@ -410,14 +410,14 @@ impl RedisConfig {
                         .to_owned(),
                 );
             }
-            (true, urls) => Target::Cluster(
+            (true, urls) => Target::Cluster(Box::new(
                 redis::cluster::ClusterClientBuilder::new(urls.iter().map(String::as_str))
                     .connection_timeout(timeout.max(Duration::from_millis(200)))
                     .response_timeout(timeout)
                     .retries(1)
                     .build()
                     .map_err(|e| e.to_string())?,
-            ),
+            )),
         };
         Ok(Arc::new(Self {
             target,

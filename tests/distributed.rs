@@ -1,0 +1,308 @@
+//! Distributed mode end to end: real ratewarden processes sharing a real Redis (and a
+//! real three-master Redis Cluster), both started by this test on free loopback ports.
+
+mod common;
+
+use actix_codec::Framed;
+use awc::BoxedSocket;
+use awc::ws::{Codec, Frame};
+use common::binary::Binary;
+use common::redis::{RedisCluster, RedisServer};
+use futures_util::StreamExt;
+use futures_util::future::join_all;
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// `n` instances on the Redis at `url` (`cluster`: seed nodes of a Redis Cluster).
+fn instances(
+    n: usize,
+    url: &str,
+    cluster: bool,
+    extra: &[&str],
+) -> (tempfile::TempDir, Vec<Binary>) {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = (0..n)
+        .map(|i| {
+            let name = format!("node-{i}");
+            let mut args = vec!["--redis-url", url, "--instance-id", &name];
+            if cluster {
+                args.push("--redis-cluster");
+            }
+            args.extend_from_slice(extra);
+            Binary::start(&dir.path().join(format!("{name}.db")), &args)
+        })
+        .collect();
+    (dir, nodes)
+}
+
+/// Waits until `node` serves a config for `endpoint` whose `field` is `value`; returns
+/// how long that took.
+async fn until_served(node: &Binary, endpoint: &str, field: &str, value: &Value) -> Duration {
+    let started = Instant::now();
+    loop {
+        let r = node.get(&format!("/admin/configs{endpoint}")).await;
+        if r.status == 200 && r.body[field] == *value {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < WAIT,
+            "{} never served {endpoint} with {field}={value}: {:?}",
+            node.url,
+            r.body
+        );
+        actix_rt::task::yield_now().await;
+    }
+}
+
+/// Waits until every node's health says Redis is connected.
+async fn until_connected(nodes: &[Binary]) {
+    for node in nodes {
+        let started = Instant::now();
+        while node.get("/health").await.body["redis"] != "connected" {
+            assert!(started.elapsed() < WAIT, "never connected to Redis");
+            actix_rt::task::yield_now().await;
+        }
+    }
+}
+
+/// `n` concurrent requests of one client, spread over the nodes: (admitted, limited).
+async fn burst(nodes: &[Binary], client: &str, path: &str, n: usize) -> (usize, usize) {
+    let statuses = join_all((0..n).map(|i| nodes[i % nodes.len()].get_as(client, path))).await;
+    // Admitted requests of an endpoint nothing serves are answered 404.
+    let ok = statuses
+        .iter()
+        .filter(|r| r.status == 200 || r.status == 404)
+        .count();
+    let limited = statuses.iter().filter(|r| r.status == 429).count();
+    (ok, limited)
+}
+
+async fn exact_limit_across(nodes: &[Binary]) {
+    until_connected(nodes).await;
+    for (i, algorithm) in ["sliding_window", "fixed_window", "token_bucket"]
+        .iter()
+        .enumerate()
+    {
+        let endpoint = format!("/api/exact{i}");
+        let body = json!({"endpoint": endpoint, "requests_per_window": 100,
+                          "window_seconds": 3600, "algorithm": algorithm});
+        let r = nodes[i % nodes.len()]
+            .post("/admin/configs", &body.to_string())
+            .await;
+        assert_eq!(r.status, 201, "{:?}", r.body);
+        for node in nodes {
+            until_served(node, &endpoint, "algorithm", &json!(algorithm)).await;
+        }
+        let (ok, limited) = burst(nodes, &format!("shared-{algorithm}"), &endpoint, 300).await;
+        assert_eq!(
+            (ok, limited),
+            (100, 200),
+            "{algorithm} over {} instances",
+            nodes.len()
+        );
+    }
+}
+
+#[actix_rt::test]
+async fn instances_on_one_redis_admit_exactly_the_shared_limit() {
+    let redis = RedisServer::start();
+    let (_dir, nodes) = instances(3, &redis.url(), false, &[]);
+    exact_limit_across(&nodes).await;
+}
+
+#[actix_rt::test]
+async fn instances_on_a_redis_cluster_admit_exactly_the_shared_limit() {
+    let cluster = RedisCluster::start();
+    let (_dir, nodes) = instances(2, &cluster.urls(), true, &[]);
+    exact_limit_across(&nodes).await;
+    // The clients' keys really are spread over the masters.
+    let holding = cluster
+        .nodes
+        .iter()
+        .filter(|n| n.cli(&["dbsize"]).trim() != "0")
+        .count();
+    assert!(holding >= 2, "keys on {holding} of 3 masters");
+}
+
+#[actix_rt::test]
+async fn a_config_change_on_one_instance_limits_the_other_within_a_second() {
+    let redis = RedisServer::start();
+    let (_dir, nodes) = instances(2, &redis.url(), false, &[]);
+    let (a, b) = (&nodes[0], &nodes[1]);
+    until_connected(&nodes).await;
+    a.config("/api/data", 50, 60, "fixed_window").await;
+    until_served(b, "/api/data", "requests_per_window", &json!(50)).await;
+    assert_eq!(b.statuses("bob", "/api/data", 3).await, [200, 200, 200]);
+
+    let r = a
+        .put("/admin/configs/api/data", r#"{"requests_per_window": 4}"#)
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let took = until_served(b, "/api/data", "requests_per_window", &json!(4)).await;
+    assert!(
+        took < Duration::from_secs(1),
+        "B applied the change after {took:?}"
+    );
+    // The consumption recorded before the change still counts: one more, then 429.
+    assert_eq!(b.statuses("bob", "/api/data", 2).await, [200, 429]);
+    let limited = b.get_as("bob", "/api/data").await;
+    assert_eq!(limited.header("x-ratelimit-limit"), Some("4"));
+
+    // Both SQLite copies hold it, and a delete on B reaches A.
+    let r = b.delete("/admin/configs/api/data").await;
+    assert_eq!(r.status, 204);
+    let started = Instant::now();
+    while a.get("/admin/configs/api/data").await.status != 404 {
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "A kept the deleted config"
+        );
+        actix_rt::task::yield_now().await;
+    }
+    // A create racing on both instances: one wins, the other hears 409.
+    let body =
+        json!({"endpoint": "/race", "requests_per_window": 1, "window_seconds": 1}).to_string();
+    let (x, y) = futures_util::join!(
+        a.post("/admin/configs", &body),
+        b.post("/admin/configs", &body)
+    );
+    let mut codes = [x.status.as_u16(), y.status.as_u16()];
+    codes.sort();
+    assert_eq!(codes, [201, 409]);
+    // Ids are allocated cluster-wide: both instances show the same.
+    until_served(a, "/race", "requests_per_window", &json!(1)).await;
+    until_served(b, "/race", "requests_per_window", &json!(1)).await;
+    assert_eq!(
+        a.get("/admin/configs/race").await.body["id"],
+        b.get("/admin/configs/race").await.body["id"]
+    );
+}
+
+type Socket = Framed<BoxedSocket, Codec>;
+
+async fn next_json(socket: &mut Socket) -> Value {
+    loop {
+        let frame = actix_rt::time::timeout(WAIT, socket.next())
+            .await
+            .expect("a message within the wait")
+            .expect("the socket is open")
+            .expect("a valid frame");
+        if let Frame::Text(bytes) = frame {
+            return serde_json::from_slice(&bytes).unwrap();
+        }
+    }
+}
+
+#[actix_rt::test]
+async fn a_subscriber_on_one_instance_sees_the_decisions_of_the_others() {
+    let redis = RedisServer::start();
+    let (_dir, nodes) = instances(2, &redis.url(), false, &[]);
+    let (a, b) = (&nodes[0], &nodes[1]);
+    until_connected(&nodes).await;
+    a.config("/api/data", 3, 60, "sliding_window").await;
+    until_served(b, "/api/data", "requests_per_window", &json!(3)).await;
+    let (_, mut socket) = awc::Client::new()
+        .ws(format!("{}/ws/global", b.url.replacen("http", "ws", 1)))
+        .connect()
+        .await
+        .expect("websocket connects");
+    // Keep asking on A until B's subscriber hears about it (A only forwards events once
+    // it has heard that B has a subscriber, within a second).
+    let mut seen = (false, false, false);
+    let started = Instant::now();
+    let mut sent = 0;
+    while !(seen.0 && seen.1 && seen.2) {
+        assert!(started.elapsed() < WAIT, "saw {seen:?}");
+        if sent < 6 {
+            a.get_as("alice", "/api/data").await;
+            sent += 1;
+        }
+        let m = next_json(&mut socket).await;
+        match m["type"].as_str() {
+            Some("request_processed") if m["client_id"] == "alice" && m["instance"] == "node-0" => {
+                seen.0 = true
+            }
+            Some("rate_limit_exceeded")
+                if m["client_id"] == "alice" && m["instance"] == "node-0" =>
+            {
+                seen.1 = true
+            }
+            // B's statistics count A's traffic and list both instances.
+            Some("global_stats") => {
+                let rows = m["data"]["instances"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
+                if rows.len() == 2 && m["data"]["total_requests_24h"].as_u64() > Some(0) {
+                    seen.2 = true;
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+#[actix_rt::test]
+async fn redis_down_follows_the_on_error_policy_without_waiting_then_recovers() {
+    let mut redis = RedisServer::start();
+    let (_dir, nodes) = instances(
+        2,
+        &redis.url(),
+        false,
+        &["--on-error", "deny", "--redis-timeout-ms", "50"],
+    );
+    until_connected(&nodes).await;
+    nodes[0].config("/api/data", 20, 3600, "token_bucket").await;
+    for node in &nodes {
+        until_served(node, "/api/data", "requests_per_window", &json!(20)).await;
+    }
+    let (ok, _) = burst(&nodes, "before", "/api/data", 10).await;
+    assert_eq!(ok, 10);
+
+    // Mid-load: a stream of requests keeps going while Redis dies.
+    let load = async {
+        let mut slowest = Duration::ZERO;
+        let mut denied = 0;
+        for i in 0..200 {
+            let started = Instant::now();
+            let r = nodes[i % 2].get_as("during", "/api/data").await;
+            slowest = slowest.max(started.elapsed());
+            if r.status == 503 {
+                assert_eq!(r.body["error"], "limiter_unavailable", "{:?}", r.body);
+                assert_eq!(r.header("retry-after"), Some("1"));
+                denied += 1;
+            }
+        }
+        (slowest, denied)
+    };
+    let kill = async {
+        actix_rt::task::yield_now().await;
+        redis.kill();
+    };
+    let ((slowest, denied), ()) = futures_util::join!(load, kill);
+    assert!(denied > 0, "no request saw the outage");
+    // The timeout is 50 ms; with the deadline tick and a loaded CI machine, well under 1 s.
+    assert!(
+        slowest < Duration::from_millis(1000),
+        "a request waited {slowest:?}"
+    );
+    for node in &nodes {
+        let health = node.get("/health").await;
+        assert_eq!(health.body["status"], "degraded", "{:?}", health.body);
+        assert_eq!(health.body["redis"], "unreachable");
+        assert!(
+            node.metric("ratewarden_redis_errors_total{kind=\"breaker_open\"}")
+                .await
+                > 0.0
+        );
+    }
+
+    redis.restart();
+    until_connected(&nodes).await;
+    // Redis came back empty: a fresh shared budget, exact again across both instances.
+    let (ok, limited) = burst(&nodes, "after", "/api/data", 60).await;
+    assert_eq!((ok, limited), (20, 40));
+    assert!(nodes[0].metric("ratewarden_redis_reconnects_total").await >= 1.0);
+}
