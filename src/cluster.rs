@@ -91,6 +91,10 @@ pub struct Cluster {
     /// A sync is running; another request for one only marks `again`.
     syncing: AtomicBool,
     again: AtomicBool,
+    /// The last second whose counts were published.
+    published: AtomicU64,
+    /// Writing the shared configs to SQLite failed; retried at every sync until it works.
+    copy_stale: AtomicBool,
 }
 
 /// What [`Cluster::start`] needs.
@@ -127,6 +131,8 @@ impl Cluster {
             applied: AtomicU64::new(NEVER),
             syncing: AtomicBool::new(false),
             again: AtomicBool::new(false),
+            copy_stale: AtomicBool::new(false),
+            published: AtomicU64::new(0),
         });
         actix_web::rt::spawn(cluster.clone().tick_loop());
         actix_web::rt::spawn(cluster.clone().subscription(p.redis));
@@ -162,6 +168,10 @@ impl Cluster {
         let Some(last) = self.global.recent_seconds(now, 1).pop() else {
             return;
         };
+        // A tick delayed and caught up must not report the same second twice.
+        if self.published.swap(last.second, Ordering::Relaxed) == last.second {
+            return;
+        }
         let events = self.broadcaster.send(TakeOutbox).await.unwrap_or_default();
         let batch = FeedBatch {
             instance: self.instance.to_string(),
@@ -298,19 +308,16 @@ impl Cluster {
         let changes = diff(current.configs(), &configs);
         if changes.is_empty() {
             self.applied.store(version, Ordering::Relaxed);
+            if self.copy_stale.load(Ordering::Relaxed) {
+                self.store_copy(configs).await;
+            }
             return Ok(());
         }
         if !self.policies.replace(configs.clone()) {
             return Ok(());
         }
         self.applied.store(version, Ordering::Relaxed);
-        let now = self.clock.now();
-        match self.db.send(ReplaceConfigs { configs, now }).await {
-            Ok(Ok(())) => {}
-            // Served from memory all the same; the next version writes the copy again.
-            Ok(Err(e)) => log::error!("storing the shared configs in SQLite failed: {e}"),
-            Err(e) => log::error!("storing the shared configs in SQLite failed: {e}"),
-        }
+        self.store_copy(configs).await;
         for (action, config) in changes {
             log::info!(
                 "config {} for {} (shared)",
@@ -320,6 +327,23 @@ impl Cluster {
             self.broadcaster.do_send(ConfigChanged { action, config });
         }
         Ok(())
+    }
+
+    /// Writes the shared configs to this instance's SQLite copy; on failure they are still
+    /// served from memory, and every later sync tries again.
+    async fn store_copy(&self, configs: Vec<Config>) {
+        let now = self.clock.now();
+        let failed = match self.db.send(ReplaceConfigs { configs, now }).await {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(e) => Some(e.to_string()),
+        };
+        if let Some(e) = &failed {
+            log::error!(
+                "storing the shared configs in SQLite failed ({e}); retrying at the next sync"
+            );
+        }
+        self.copy_stale.store(failed.is_some(), Ordering::Relaxed);
     }
 
     /// Seeds an empty Redis with this instance's configs (no-op once any instance has).

@@ -39,8 +39,8 @@ impl Reporter {
         if let Some((name, peers)) = &self.cluster {
             let remote = peers.remote.last_24h(now);
             day = DayTotals {
-                total: day.total + remote.total,
-                blocked: day.blocked + remote.blocked,
+                total: day.total.saturating_add(remote.total),
+                blocked: day.blocked.saturating_add(remote.blocked),
             };
             let mut rows = vec![InstanceRow {
                 instance: name.to_string(),
@@ -117,8 +117,8 @@ impl Reporter {
 /// Two series of the same seconds, added up.
 fn add_seconds(mut a: Vec<SecondCounts>, b: Vec<SecondCounts>) -> Vec<SecondCounts> {
     for (x, y) in a.iter_mut().zip(b) {
-        x.allowed += y.allowed;
-        x.blocked += y.blocked;
+        x.allowed = x.allowed.saturating_add(y.allowed);
+        x.blocked = x.blocked.saturating_add(y.blocked);
     }
     a
 }

@@ -26,8 +26,9 @@ impl Slot {
                 ..Slot::default()
             };
         }
-        self.allowed += allowed;
-        self.blocked += blocked;
+        // Saturating: other instances' counts arrive over the network.
+        self.allowed = self.allowed.saturating_add(allowed);
+        self.blocked = self.blocked.saturating_add(blocked);
     }
 }
 
@@ -180,12 +181,20 @@ impl Peers {
 
     /// Records one instance's second of traffic, heard at `now`.
     pub fn heard(&self, instance: &str, counts: SecondCounts, watching: bool, now: Nanos) {
-        self.remote
-            .add_second(counts.second, counts.allowed, counts.blocked);
         let mut all = self.instances();
         let peer = all.entry(instance.to_owned()).or_default();
         peer.last_seen = now;
         peer.watching = watching;
+        // A second reported twice (a delayed tick catching up) counts once.
+        if peer
+            .seconds
+            .back()
+            .is_some_and(|s| s.second >= counts.second)
+        {
+            return;
+        }
+        self.remote
+            .add_second(counts.second, counts.allowed, counts.blocked);
         peer.seconds.push_back(counts);
         while peer.seconds.len() > RATE_SECONDS as usize {
             peer.seconds.pop_front();
@@ -208,8 +217,9 @@ impl Peers {
             .map(|(name, p)| InstanceRow {
                 instance: name.clone(),
                 local: false,
-                requests_per_second: p.seconds.iter().map(|s| s.allowed + s.blocked).sum::<u64>()
-                    as f64
+                requests_per_second: p.seconds.iter().fold(0u64, |n, s| {
+                    n.saturating_add(s.allowed).saturating_add(s.blocked)
+                }) as f64
                     / RATE_SECONDS as f64,
                 last_second: p.seconds.back().copied().unwrap_or_default(),
                 last_seen: crate::clock::rfc3339(p.last_seen),
@@ -256,6 +266,13 @@ mod tests {
             };
             peers.heard("b:1", counts, i == 11, t + (i + 1) * S);
         }
+        // A second reported twice counts once.
+        let again = SecondCounts {
+            second: t / S + 11,
+            allowed: 10,
+            blocked: 1,
+        };
+        peers.heard("b:1", again, true, t + 12 * S);
         let now = t + 12 * S;
         let rows = peers.rows(now);
         assert_eq!(rows.len(), 1);

@@ -153,3 +153,26 @@ async fn redis_keys_expire_once_their_state_is_fresh() {
         }
     }
 }
+
+#[actix_rt::test]
+async fn a_sliding_window_whose_sum_was_evicted_recounts_its_runs() {
+    let server = RedisServer::start();
+    let clock = ManualClock::new(1_800_000_000 * NANOS_PER_SEC);
+    let redis = redis_with(&clock, &server).await;
+    let limits = Limits::new(Algorithm::SlidingWindow, 3, 60);
+    for _ in 0..3 {
+        assert!(
+            redis
+                .check("evicted", "/e", &limits, true)
+                .await
+                .unwrap()
+                .allowed
+        );
+        clock.advance(NANOS_PER_SEC);
+    }
+    // Under a maxmemory policy Redis may evict the sum alone: the runs still count.
+    server.cli(&["del", "rw:{evicted}:/e:swn"]);
+    let d = redis.check("evicted", "/e", &limits, true).await.unwrap();
+    assert!(!d.allowed, "{d:?}");
+    assert_eq!(d.retry_after, 57 * NANOS_PER_SEC);
+}

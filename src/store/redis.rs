@@ -112,7 +112,15 @@ local function expired(ms)
   local s, ns = expiry(ms)
   return s < now_s or (s == now_s and ns <= now_ns)
 end
-local total = tonumber(redis.call('GET', KEYS[2]) or '0')
+local total = tonumber(redis.call('GET', KEYS[2]) or '-1')
+if total < 0 then
+  -- No sum (a fresh key, or the sum alone was evicted): count the runs themselves.
+  total = 0
+  for _, v in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
+    local _, c = parse(v)
+    total = total + c
+  end
+end
 local popped = false
 while true do
   local v = redis.call('LINDEX', KEYS[1], 0)
@@ -728,6 +736,10 @@ impl Redis {
                 }
             }
             this.inner.probing.store(false, Ordering::Relaxed);
+            // A call on the old connection may have tripped the breaker in between.
+            if this.inner.open.load(Ordering::Relaxed) {
+                this.probe();
+            }
         });
     }
 
