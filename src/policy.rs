@@ -315,6 +315,22 @@ fn as_rfc3339<S: Serializer>(at: &Nanos, s: S) -> Result<S::Ok, S::Error> {
 }
 
 impl Config {
+    /// A stored config from its writable part, its id and its times.
+    pub fn from_spec(id: i64, spec: ConfigSpec, created_at: Nanos, updated_at: Nanos) -> Self {
+        Self {
+            id,
+            endpoint: spec.endpoint,
+            requests_per_window: spec.requests_per_window,
+            window_seconds: spec.window_seconds,
+            algorithm: spec.algorithm,
+            burst_limit: spec.burst_limit,
+            refill_rate: spec.refill_rate,
+            is_active: spec.is_active,
+            created_at,
+            updated_at,
+        }
+    }
+
     pub fn spec(&self) -> ConfigSpec {
         ConfigSpec {
             endpoint: self.endpoint.clone(),

@@ -5,11 +5,10 @@ use super::client_id::validate_client_id;
 use super::{AppState, read_json};
 use crate::actors::broadcaster::ConfigChanged;
 use crate::actors::db::{CreateConfig, Db, DeleteConfig, UpdateConfig, WriteTicket};
-use crate::clock::Nanos;
 use crate::cluster::Cluster;
 use crate::error::ApiError;
 use crate::metrics;
-use crate::policy::{Config, ConfigSpec};
+use crate::policy::Config;
 use crate::policy::{ConfigPatch, DEFAULT_ENDPOINT, ValidationError, validate_endpoint};
 use crate::store::{ConfigAction, StoreError};
 use actix::Addr;
@@ -156,22 +155,6 @@ fn announce(state: &AppState, action: ConfigAction, config: &Config) {
     });
 }
 
-/// A config as stored, from its writable part.
-fn stored_config(id: i64, spec: ConfigSpec, created_at: Nanos, updated_at: Nanos) -> Config {
-    Config {
-        id,
-        endpoint: spec.endpoint,
-        requests_per_window: spec.requests_per_window,
-        window_seconds: spec.window_seconds,
-        algorithm: spec.algorithm,
-        burst_limit: spec.burst_limit,
-        refill_rate: spec.refill_rate,
-        is_active: spec.is_active,
-        created_at,
-        updated_at,
-    }
-}
-
 /// Distributed mode: one admin write against the shared configs (see
 /// [`crate::cluster::Cluster::write`]), run to completion like a local one.
 async fn shared_write<F>(
@@ -229,7 +212,12 @@ pub async fn create_config(
             let now = state.clock.now();
             move |current: Option<Config>| match current {
                 Some(_) => Err(store_error(StoreError::Conflict)),
-                None => Ok(Some(stored_config(id.unwrap_or(0), spec.clone(), now, now))),
+                None => Ok(Some(Config::from_spec(
+                    id.unwrap_or(0),
+                    spec.clone(),
+                    now,
+                    now,
+                ))),
             }
         })
         .await?;
@@ -287,7 +275,7 @@ pub async fn update_config(
                 let mut spec = current.spec();
                 spec.merge(patch.clone());
                 spec.validate()?;
-                Ok(Some(stored_config(
+                Ok(Some(Config::from_spec(
                     current.id,
                     spec,
                     current.created_at,

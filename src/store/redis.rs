@@ -19,7 +19,7 @@
 use crate::clock::{NANOS_PER_SEC, Nanos, SharedClock};
 use crate::limiter::{Algorithm, Decision, Limits};
 use crate::metrics::{Metrics, RedisFailure};
-use crate::policy::Config;
+use crate::policy::{Config, ConfigSpec};
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisError, RedisFuture, Script, Value};
@@ -282,8 +282,7 @@ impl SharedConfig {
     /// The config, if the stored JSON is one this server accepts (validated like input).
     pub fn parse(json: &str) -> Result<Config, String> {
         let s: SharedConfig = serde_json::from_str(json).map_err(|e| e.to_string())?;
-        let config = Config {
-            id: s.id,
+        let spec = ConfigSpec {
             endpoint: s.endpoint,
             requests_per_window: s.requests_per_window,
             window_seconds: s.window_seconds,
@@ -291,9 +290,8 @@ impl SharedConfig {
             burst_limit: s.burst_limit,
             refill_rate: s.refill_rate,
             is_active: s.is_active,
-            created_at: s.created_at,
-            updated_at: s.updated_at,
         };
+        let config = Config::from_spec(s.id, spec, s.created_at, s.updated_at);
         config
             .spec()
             .validate()
