@@ -3,12 +3,13 @@
 //! flushes every limiter's state.
 
 use crate::actors::EventSink;
-use crate::actors::broadcaster::{Broadcaster, FeedInterest};
+use crate::actors::broadcaster::{Broadcaster, EndFeeds, FeedInterest};
 use crate::actors::db::{Cleanup, Db, DbStatus};
 use crate::actors::registry::{Registries, RegistryConfig, client_hash};
 use crate::clock::{NANOS_PER_SEC, SharedClock, SystemClock};
 use crate::cluster::{self, Cluster, ClusterParts};
 use crate::http::client_id::Identity;
+use crate::http::connection::OpenConnections;
 use crate::http::realtime::FeedLimits;
 use crate::http::{AppState, dashboard, routes};
 use crate::metrics::Metrics;
@@ -36,6 +37,10 @@ pub struct Running {
     pub addr: SocketAddr,
     pub server: Server,
     pub registries: Registries,
+    /// Ends the live feeds at shutdown, which would otherwise hold their connections.
+    broadcaster: actix::Addr<Broadcaster>,
+    /// Tells a graceful stop when the last connection has closed.
+    connections: Arc<OpenConnections>,
 }
 
 impl Running {
@@ -43,16 +48,33 @@ impl Running {
         self.server.handle()
     }
 
-    /// Serves until `shutdown` resolves (or a handle's `stop`), lets in-flight requests
-    /// finish, then writes every limiter's state. The actors are still running at that
-    /// point: the server owns no signal handling that could stop the system first.
+    /// Serves until `shutdown` resolves (or a handle's `stop`), ends every live feed,
+    /// lets in-flight requests finish, then writes every limiter's state. The actors are
+    /// still running at that point: the server owns no signal handling that could stop
+    /// the system first.
     pub async fn serve_until(self, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
         let handle = self.server.handle();
         let mut server = self.server;
         let served = match select(&mut server, pin!(shutdown)).await {
             Either::Left((served, _)) => served,
-            // The server future handles the stop command: poll both together.
-            Either::Right(((), _)) => join(handle.stop(true), server).await.1,
+            Either::Right(((), _)) => {
+                // Feeds never finish by themselves: end them first (WebSocket Close 1001,
+                // SSE end of stream), or the graceful stop would wait out its timeout.
+                match self.broadcaster.send(EndFeeds).await {
+                    Ok(n) => log::info!("{n} live feeds ended"),
+                    Err(e) => log::warn!("ending the live feeds: {e}"),
+                }
+                // The graceful stop refuses new connections, closes idle ones and lets
+                // requests in flight finish; its workers look for the last connection
+                // only once a second, so this side watches for it and, once it has
+                // closed, drops the server (stopping the idle workers) at once. The
+                // server future handles the stop command: poll it meanwhile.
+                let stopped = join(handle.stop(true), &mut server);
+                match select(pin!(stopped), pin!(self.connections.all_closed())).await {
+                    Either::Left(((_, served), _)) => served,
+                    Either::Right(((), _)) => Ok(()),
+                }
+            }
         };
         flush_on_stop(&self.registries).await;
         served
@@ -98,11 +120,21 @@ pub fn start_with_clock(
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let state = build_state_on(settings, clock, addr.port())?;
     let registries = state.registries.clone();
+    let broadcaster = state.broadcaster.clone();
+    let connections = Arc::new(OpenConnections::default());
+    let counted = connections.clone();
     let server = HttpServer::new(move || App::new().app_data(state.clone()).configure(routes))
         .workers(settings.workers())
         // Slow clients (slowloris) get this long for a request's head, and for closing.
         .client_request_timeout(Duration::from_millis(settings.client_timeout_ms))
         .client_disconnect_timeout(Duration::from_millis(settings.client_timeout_ms))
+        // A client that closes its side has gone: its response (an SSE stream above all,
+        // which may have nothing to write for a long time) ends at once and frees what
+        // it held. HTTP/1.1 clients do not half-close to wait for an answer.
+        .h1_allow_half_closed(false)
+        // A handle to each socket, so a closed WebSocket ends its connection at once, and
+        // a count of them, so a stop ends as soon as the last one has closed.
+        .on_connect(move |io, ext| counted.on_connect(io, ext))
         .disable_signals()
         .shutdown_timeout(5)
         .listen(listener)
@@ -116,6 +148,8 @@ pub fn start_with_clock(
         addr,
         server,
         registries,
+        broadcaster,
+        connections,
     })
 }
 

@@ -7,6 +7,8 @@
 //! - [`DecisionEvent`]: from the client limiters, only while someone watches
 //!   ([`FeedInterest`]).
 //! - [`ConfigChanged`]: from the admin API.
+//! - [`EndFeeds`] → how many were open: the server is stopping; every subscription ends
+//!   now (WebSocket sessions close with 1001, SSE streams end) and none starts again.
 //!
 //! It never blocks a decision: every subscriber has a buffer of [`SUBSCRIBER_BUFFER`]
 //! messages; when it is full, messages for that subscriber are dropped and counted, and it
@@ -87,6 +89,11 @@ pub struct ConfigChanged {
     pub action: ConfigAction,
     pub config: Config,
 }
+
+/// End every subscription and refuse new ones: the server is stopping.
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct EndFeeds;
 
 /// Hand over the decision events kept for the other instances since the last call.
 #[derive(Message)]
@@ -182,6 +189,8 @@ pub struct Broadcaster {
     dropped_total: Counter,
     /// Distributed mode: this instance's name, and its events kept for the others.
     cluster: Option<Outbox>,
+    /// Set by [`EndFeeds`]: new subscriptions end as soon as they start.
+    ended: bool,
 }
 
 /// This instance's decision events for the other instances, at most `max` a second.
@@ -210,6 +219,7 @@ impl Broadcaster {
             next_id: 0,
             dropped_total,
             cluster: None,
+            ended: false,
         }
     }
 
@@ -377,6 +387,13 @@ impl Handler<Subscribe> for Broadcaster {
 
     fn handle(&mut self, msg: Subscribe, ctx: &mut Context<Self>) -> Self::Result {
         let (tx, receiver) = mpsc::channel(SUBSCRIBER_BUFFER);
+        if self.ended {
+            // `tx` is dropped here: the receiver ends at once.
+            return MessageResult(Subscription {
+                id: u64::MAX,
+                receiver,
+            });
+        }
         let id = self.next_id;
         self.next_id += 1;
         self.interest.add(&msg.topic, 1);
@@ -397,6 +414,20 @@ impl Handler<Subscribe> for Broadcaster {
             },
         );
         MessageResult(Subscription { id, receiver })
+    }
+}
+
+impl Handler<EndFeeds> for Broadcaster {
+    type Result = usize;
+
+    /// Dropping a subscriber's sender ends its receiver, which ends its feed.
+    fn handle(&mut self, _: EndFeeds, _: &mut Context<Self>) -> usize {
+        self.ended = true;
+        let ids: Vec<u64> = self.subscribers.keys().copied().collect();
+        for id in &ids {
+            self.remove(*id);
+        }
+        ids.len()
     }
 }
 

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod client_id;
+pub mod connection;
 pub mod dashboard;
 pub mod deadline;
 pub mod demo;

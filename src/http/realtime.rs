@@ -6,18 +6,22 @@
 
 use super::AppState;
 use super::client_id::validate_client_id;
+use super::connection::Connection;
 use crate::actors::broadcaster::{FeedMessage, Subscribe, Subscription, Topic};
 use crate::actors::ws_session::WsSession;
 use crate::error::ApiError;
 use crate::metrics::{Metrics, Transport};
+use actix_web::body::BoxBody;
 use actix_web::http::header;
 use actix_web::web::Bytes;
 use actix_web::{HttpRequest, HttpResponse, web};
+use futures_util::future::{Either, select};
 use futures_util::{StreamExt, stream};
 use prometheus_client::metrics::gauge::Gauge;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::IpAddr;
+use std::pin::pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -151,7 +155,12 @@ pub async fn websocket(
     WsSession::check_handshake(&req)?;
     let slot = slot(&state, &req, Transport::websocket)?;
     let subscription = subscribe(&state, topic).await?;
-    WsSession::new(state.broadcaster.clone(), subscription, slot).start(&req, payload)
+    let res = WsSession::new(state.broadcaster.clone(), subscription, slot).start(&req, payload)?;
+    // Once the session has sent its Close frame, the connection closes at once.
+    Ok(match req.conn_data::<Connection>() {
+        Some(conn) => res.map_body(|_, body| BoxBody::new(conn.close_after(body))),
+        None => res,
+    })
 }
 
 /// One SSE frame: `event: <type>` and `data: <json>` (the JSON has no newlines).
@@ -166,21 +175,25 @@ pub async fn events(
     let topic = topic(&req)?;
     let slot = slot(&state, &req, Transport::sse)?;
     let subscription = subscribe(&state, topic).await?;
-    // The slot lives as long as the stream: freed when the client goes away.
-    let messages = stream::unfold((subscription.receiver, slot), |(mut rx, slot)| async move {
-        rx.recv().await.map(|m| (frame(m), (rx, slot)))
-    });
     let start = actix_web::rt::time::Instant::now() + SSE_KEEP_ALIVE;
-    let keep_alive = stream::unfold(
-        actix_web::rt::time::interval_at(start, SSE_KEEP_ALIVE),
-        |mut every| async move {
-            every.tick().await;
-            Some((Bytes::from_static(b": keep-alive\n\n"), every))
+    let keep_alive = actix_web::rt::time::interval_at(start, SSE_KEEP_ALIVE);
+    // The stream ends when the broadcaster ends the subscription (at shutdown). The slot
+    // lives as long as the stream: freed when the client goes away, which the server
+    // notices at once because it does not allow half-closed connections (see `app`).
+    let feed = stream::unfold(
+        (subscription.receiver, keep_alive, slot),
+        |(mut rx, mut keep_alive, slot)| async move {
+            let next = match select(pin!(rx.recv()), pin!(keep_alive.tick())).await {
+                Either::Left((Some(msg), _)) => frame(msg),
+                Either::Left((None, _)) => return None,
+                Either::Right(_) => Bytes::from_static(b": keep-alive\n\n"),
+            };
+            Some((next, (rx, keep_alive, slot)))
         },
     );
     // A first comment sends the headers at once, so the client knows it is subscribed.
     let body = stream::once(async { Bytes::from_static(b": subscribed\n\n") })
-        .chain(stream::select(messages, keep_alive))
+        .chain(feed)
         .map(Ok::<_, Infallible>);
     Ok(HttpResponse::Ok()
         .content_type("text/event-stream")
