@@ -106,7 +106,7 @@ pub async fn rate_limit(
         add_headers(res.headers_mut(), &policy, &decision, now);
         return Ok(res);
     }
-    let retry_after = ceil_secs(decision.retry_after).max(1);
+    let retry_after = retry_after_secs(&decision);
     let mut res = HttpResponse::TooManyRequests().json(json!({
         "error": "rate_limit_exceeded",
         "message": format!(
@@ -187,10 +187,29 @@ pub async fn log_request(
     res
 }
 
+/// `Retry-After` of a refused request: whole seconds until a request would be allowed
+/// again, rounded up so never earlier than the truth, and at least 1.
+fn retry_after_secs(d: &Decision) -> u64 {
+    ceil_secs(d.retry_after).max(1)
+}
+
+/// `RateLimit`'s `t`. With quota left (`r` > 0): seconds until all of it is back, the
+/// same point as `X-RateLimit-Reset`. With none left (`r` = 0, on the last allowed
+/// request and on every 429): seconds until the next request is allowed, which on a 429
+/// is exactly `Retry-After`, so both name the same point in time as the draft asks. A
+/// client that waits `t` seconds always has quota again.
+fn reset_secs(d: &Decision) -> u64 {
+    match d.remaining {
+        0 => retry_after_secs(d),
+        _ => ceil_secs(d.reset_after),
+    }
+}
+
 /// The rate-limit headers of one decision.
 fn add_headers(headers: &mut HeaderMap, policy: &Policy, d: &Decision, now: Nanos) {
-    let reset_in = ceil_secs(d.reset_after);
-    let reset_at = now.div_ceil(NANOS_PER_SEC).saturating_add(reset_in);
+    let reset_at = now
+        .div_ceil(NANOS_PER_SEC)
+        .saturating_add(ceil_secs(d.reset_after));
     let name = sf_string(&policy.endpoint);
     headers.insert(X_LIMIT, HeaderValue::from(d.limit));
     headers.insert(X_REMAINING, HeaderValue::from(d.remaining));
@@ -200,7 +219,10 @@ fn add_headers(headers: &mut HeaderMap, policy: &Policy, d: &Decision, now: Nano
             RATELIMIT_POLICY,
             format!("{name};q={};w={}", d.limit, policy.window_seconds),
         ),
-        (RATELIMIT, format!("{name};r={};t={reset_in}", d.remaining)),
+        (
+            RATELIMIT,
+            format!("{name};r={};t={}", d.remaining, reset_secs(d)),
+        ),
     ];
     for (header, value) in structured {
         // `sf_string` only emits printable ASCII, so this cannot fail.
@@ -309,6 +331,44 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::limiter::{Algorithm, Limits, State};
+
+    /// The `t` and `Retry-After` of `n` requests `gap` apart under `limits`.
+    fn headers_of(limits: Limits, n: usize, gap: Nanos) -> Vec<(u64, Option<u64>)> {
+        let mut state = State::new(limits.algorithm);
+        (0..n as u64)
+            .map(|i| {
+                let d = state.check(&limits, 1_000 * NANOS_PER_SEC + i * gap);
+                (reset_secs(&d), (!d.allowed).then(|| retry_after_secs(&d)))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn t_is_retry_after_on_every_refusal() {
+        let ms = NANOS_PER_SEC / 1000;
+        let mut bucket = Limits::new(Algorithm::TokenBucket, 3, 60);
+        bucket.burst = 3;
+        // The case: the 4th request of a 3-per-60-s bucket waits 20 s, not 60.
+        let seen = headers_of(bucket, 5, ms);
+        assert_eq!(seen[3], (20, Some(20)));
+        // With quota left, `t` is when all of it is back: one token (20 s), two (40 s).
+        assert_eq!(&seen[..3], &[(20, None), (40, None), (20, None)]);
+        // A sliding window with admissions 2.2 s apart: the 3rd refusal comes when the
+        // first admission leaves the window.
+        let sliding = Limits::new(Algorithm::SlidingWindow, 2, 60);
+        let seen = headers_of(sliding, 3, 2_200 * ms);
+        assert_eq!(seen[2], (56, Some(56)));
+        for limits in [bucket, sliding, Limits::new(Algorithm::FixedWindow, 2, 60)] {
+            for gap in [0, ms, 700 * ms, 2_200 * ms] {
+                for (t, retry_after) in headers_of(limits, 8, gap) {
+                    if let Some(r) = retry_after {
+                        assert_eq!(t, r, "{limits:?} gap {gap}");
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn exempts_whole_segments_only() {
