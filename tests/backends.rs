@@ -7,7 +7,7 @@ mod common;
 
 use common::redis::RedisServer;
 use ratewarden::clock::{Clock, ManualClock, NANOS_PER_SEC, SharedClock};
-use ratewarden::limiter::{Algorithm, Decision, Limits, State};
+use ratewarden::limiter::{Algorithm, Decision, Limits, State, granule_ms};
 use ratewarden::metrics::Metrics;
 use ratewarden::store::redis::{Redis, RedisConfig};
 use std::sync::Arc;
@@ -59,13 +59,22 @@ impl Lcg {
     }
 }
 
-/// Runs the same random requests against both backends and compares every decision.
-async fn same_decisions(algorithm: Algorithm, seed: u64, server: &RedisServer) {
+/// Runs the same random requests against both backends and compares every decision:
+/// windows of 1 to 4 s with limits up to 6, or (`long`) windows of an hour to a week
+/// with limits up to a million, where a sliding window records at granules of 7 s to
+/// 20 min.
+async fn same_decisions(algorithm: Algorithm, seed: u64, server: &RedisServer, long: bool) {
     let clock = ManualClock::new(1_800_000_000 * NANOS_PER_SEC + 123_456_789);
     let redis = redis_with(&clock, server).await;
     let client: &'static str = Box::leak(format!("c-{algorithm:?}-{seed}").into_boxed_str());
     let mut rng = Lcg(seed);
-    let mut limits = Limits::new(algorithm, 1 + rng.next(6), 1 + rng.next(4));
+    let mut limits = match long {
+        false => Limits::new(algorithm, 1 + rng.next(6), 1 + rng.next(4)),
+        true => {
+            let limit = [1 + rng.next(6), 1 + rng.next(1_000_000)][rng.next(2) as usize];
+            Limits::new(algorithm, limit, 3600 * (1 + rng.next(168)))
+        }
+    };
     if algorithm == Algorithm::TokenBucket {
         limits.burst = 1 + rng.next(6);
         limits.refill_interval = 1 + rng.next(2 * NANOS_PER_SEC);
@@ -104,7 +113,17 @@ async fn redis_scripts_decide_exactly_like_the_in_memory_algorithms() {
     let server = RedisServer::start();
     for algorithm in Algorithm::ALL {
         for seed in 1..=8 {
-            same_decisions(algorithm, seed, &server).await;
+            same_decisions(algorithm, seed, &server, false).await;
+        }
+    }
+}
+
+#[actix_rt::test]
+async fn redis_scripts_decide_alike_for_long_windows_and_huge_limits() {
+    let server = RedisServer::start();
+    for algorithm in Algorithm::ALL {
+        for seed in 1..=4 {
+            same_decisions(algorithm, 100 + seed, &server, true).await;
         }
     }
 }
@@ -148,8 +167,10 @@ async fn redis_keys_expire_once_their_state_is_fresh() {
         assert!(!keys.trim().is_empty(), "{algorithm:?} wrote no key");
         for key in keys.lines() {
             let ttl: i64 = server.cli(&["pttl", key]).trim().parse().unwrap();
-            // Fresh within the window (30 s) plus a second of slack; never unbounded.
-            assert!((1..=31_000).contains(&ttl), "{key}: pttl {ttl}");
+            // Fresh within the window (30 s) and the granule a sliding window rounds up
+            // to, plus a second of slack; never unbounded.
+            let bound = 31_000 + granule_ms(limits.window) as i64;
+            assert!((1..=bound).contains(&ttl), "{key}: pttl {ttl}");
         }
     }
 }
@@ -157,7 +178,8 @@ async fn redis_keys_expire_once_their_state_is_fresh() {
 #[actix_rt::test]
 async fn a_sliding_window_whose_sum_was_evicted_recounts_its_runs() {
     let server = RedisServer::start();
-    let clock = ManualClock::new(1_800_000_000 * NANOS_PER_SEC);
+    let t0 = 1_800_000_000 * NANOS_PER_SEC;
+    let clock = ManualClock::new(t0);
     let redis = redis_with(&clock, &server).await;
     let limits = Limits::new(Algorithm::SlidingWindow, 3, 60);
     for _ in 0..3 {
@@ -174,5 +196,11 @@ async fn a_sliding_window_whose_sum_was_evicted_recounts_its_runs() {
     server.cli(&["del", "rw:{evicted}:/e:swn"]);
     let d = redis.check("evicted", "/e", &limits, true).await.unwrap();
     assert!(!d.allowed, "{d:?}");
-    assert_eq!(d.retry_after, 57 * NANOS_PER_SEC);
+    // The first admission counts from the end of its granule, 60 s on.
+    let granule = granule_ms(limits.window) * 1_000_000;
+    let first = t0.div_ceil(granule) * granule;
+    assert_eq!(
+        d.retry_after,
+        first + 60 * NANOS_PER_SEC - (t0 + 3 * NANOS_PER_SEC)
+    );
 }

@@ -3,7 +3,8 @@
 
 mod common;
 
-use common::TestServer;
+use common::redis::RedisServer;
+use common::{T0, TestServer, counted_from};
 use ratewarden::clock::NANOS_PER_SEC;
 use std::num::NonZeroUsize;
 
@@ -55,7 +56,10 @@ async fn idle_clients_stop_and_come_back_from_sqlite() {
 
     let r = s.get_as("idle", "/i").await;
     assert_eq!(r.status, 429);
-    assert_eq!(r.header_u64("retry-after"), 3600 - 11);
+    // The first admission counts from the end of its granule (7.032 s for an hour).
+    let expires = counted_from(T0, 3600) + 3600 * NANOS_PER_SEC;
+    let retry_after = (expires - (T0 + 11 * NANOS_PER_SEC)).div_ceil(NANOS_PER_SEC);
+    assert_eq!(r.header_u64("retry-after"), retry_after);
     assert_eq!(active_clients(&s).await, 1);
 }
 
@@ -130,4 +134,30 @@ async fn a_flood_of_distinct_clients_stays_within_the_cap_and_every_client_stays
         .metric(r#"ratewarden_restores_total{source="database"}"#)
         .await;
     assert!(restored >= 200.0, "{restored}");
+}
+
+#[actix_rt::test]
+async fn in_redis_mode_an_idle_client_still_shows_the_quota_redis_holds() {
+    let redis = RedisServer::start();
+    let s = TestServer::with(|c| {
+        c.client_idle_secs = 1;
+        c.redis_url = vec![redis.url()];
+    })
+    .await;
+    let started = std::time::Instant::now();
+    while s.get("/health").await.body["redis"] != "connected" {
+        assert!(started.elapsed().as_secs() < 10, "never connected to Redis");
+        actix_rt::task::yield_now().await;
+    }
+    s.config("/r", 10, 3600, "fixed_window").await;
+    assert_eq!(s.statuses("gone", "/r", 3).await, vec![404, 404, 404]);
+    s.clock.advance(2 * NANOS_PER_SEC);
+    s.registries.flush_all().await.unwrap();
+    assert_eq!(active_clients(&s).await, 0);
+    let st = s.get("/admin/stats/gone").await.body;
+    let endpoints = st["status"]["endpoints"].as_array().unwrap();
+    assert_eq!(endpoints.len(), 1, "{st}");
+    assert_eq!(endpoints[0]["endpoint"], "/r");
+    assert_eq!(endpoints[0]["remaining"], 7, "{st}");
+    assert_eq!(st["status"]["total_requests"], 3);
 }

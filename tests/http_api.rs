@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{T0, TestServer};
+use common::{T0, TestServer, counted_from};
 use futures_util::future::join_all;
 use ratewarden::clock::NANOS_PER_SEC;
 use serde_json::json;
@@ -42,10 +42,13 @@ async fn allowed_responses_carry_every_rate_limit_header() {
     assert_eq!(r.status, 200);
     assert_eq!(r.header_u64("x-ratelimit-limit"), 100);
     assert_eq!(r.header_u64("x-ratelimit-remaining"), 99);
-    // Sliding window of an hour: fully restored an hour after this request.
-    assert_eq!(r.header_u64("x-ratelimit-reset"), T0 / NANOS_PER_SEC + 3600);
+    // Sliding window of an hour: fully restored an hour after this request is counted
+    // from (the end of its 7.032 s granule, 5.304 s after T0), rounded up.
+    let restored = counted_from(T0, 3600) + 3600 * NANOS_PER_SEC;
+    assert_eq!(restored - T0, 3_605_304_000_000);
+    assert_eq!(r.header_u64("x-ratelimit-reset"), T0 / NANOS_PER_SEC + 3606);
     assert_eq!(r.header("ratelimit-policy"), Some("\"*\";q=100;w=3600"));
-    assert_eq!(r.header("ratelimit"), Some("\"*\";r=99;t=3600"));
+    assert_eq!(r.header("ratelimit"), Some("\"*\";r=99;t=3606"));
     assert!(r.header("retry-after").is_none());
 }
 
@@ -57,9 +60,13 @@ async fn blocks_the_101st_request_of_the_default_policy_with_a_clear_429() {
     s.clock.advance(60 * NANOS_PER_SEC);
     let r = s.get_as("bob", "/api/data").await;
     assert_eq!(r.status, 429);
-    assert_eq!(r.header_u64("retry-after"), 3540);
+    // The 100 requests count from the end of their granule, 5.304 s after T0: the next
+    // is allowed 3545.304 s from now, rounded up.
+    let allowed_in = counted_from(T0, 3600) + 3600 * NANOS_PER_SEC - (T0 + 60 * NANOS_PER_SEC);
+    assert_eq!(allowed_in, 3_545_304_000_000);
+    assert_eq!(r.header_u64("retry-after"), 3546);
     assert_eq!(r.header_u64("x-ratelimit-remaining"), 0);
-    assert_eq!(r.header("ratelimit"), Some("\"*\";r=0;t=3540"));
+    assert_eq!(r.header("ratelimit"), Some("\"*\";r=0;t=3546"));
     let b = &r.body;
     assert_eq!(b["error"], "rate_limit_exceeded");
     assert_eq!(b["client_id"], "bob");
@@ -68,14 +75,14 @@ async fn blocks_the_101st_request_of_the_default_policy_with_a_clear_429() {
         (b["limit"].as_u64(), b["remaining"].as_u64()),
         (Some(100), Some(0))
     );
-    assert_eq!(b["retry_after"], 3540);
-    assert_eq!(b["reset_time"], "2027-01-15T09:00:00Z");
-    assert!(b["message"].as_str().unwrap().contains("Retry in 3540 s"));
+    assert_eq!(b["retry_after"], 3546);
+    assert_eq!(b["reset_time"], "2027-01-15T09:00:05Z");
+    assert!(b["message"].as_str().unwrap().contains("Retry in 3546 s"));
 
     // Another client has its own budget; the same client is allowed once the oldest
-    // request leaves the window, exactly at Retry-After.
+    // request leaves the window, exactly when the decision said.
     assert_eq!(s.get_as("carol", "/api/data").await.status, 200);
-    s.clock.advance(3540 * NANOS_PER_SEC - 1);
+    s.clock.advance(allowed_in - 1);
     assert_eq!(s.get_as("bob", "/api/data").await.status, 429);
     s.clock.advance(1);
     assert_eq!(s.get_as("bob", "/api/data").await.status, 200);

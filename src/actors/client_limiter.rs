@@ -25,25 +25,24 @@ use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-/// Decide one request of this client under `policy`, unless `deadline` has passed:
-/// then the request was already answered by `--on-error`, and nothing is consumed
-/// (`None`).
+/// Decide one request of this client under `policy`, unless `answer_by` has passed:
+/// then the request is answered by `--on-error`, and nothing is consumed (`None`).
 #[derive(Message)]
 #[rtype(result = "Option<Decision>")]
 pub struct ClientCheck {
     pub policy: Arc<Policy>,
-    pub deadline: Instant,
+    pub answer_by: Instant,
     /// For the live feeds; only set while someone watches.
     pub path: Option<Arc<str>>,
 }
 
 /// Decide one request through Redis (distributed mode). `None` when Redis cannot answer
-/// in time, or the request's deadline passed first.
+/// in time, or `answer_by` passed first.
 #[derive(Message)]
 #[rtype(result = "Option<Decision>")]
 pub struct RedisCheck {
     pub policy: Arc<Policy>,
-    pub deadline: Instant,
+    pub answer_by: Instant,
     pub path: Option<Arc<str>>,
 }
 
@@ -177,6 +176,7 @@ impl ClientLimiter {
         }
         self.snapshot_version = self.version;
         let now = self.now();
+        let remote = self.redis.is_some();
         let mut endpoints = Vec::with_capacity(self.endpoints.len());
         let mut stats = std::mem::take(&mut self.stats);
         for (name, e) in &mut self.endpoints {
@@ -185,7 +185,7 @@ impl ClientLimiter {
                 endpoint: name.clone(),
                 algorithm: e.state.algorithm(),
                 state: e.state.encode(),
-                expires_at: e.expires_at(now),
+                expires_at: e.expires_at(now, remote),
             });
         }
         Some(ClientSnapshot {
@@ -236,10 +236,10 @@ impl Actor for ClientLimiter {
 
 impl ClientLimiter {
     /// Whether a check must be refused: the restore failed, or the answer could not reach
-    /// the request before it gives up (refused one deadline tick early, or a request
-    /// answered by `--on-error` could still have consumed).
-    fn refuses(&self, deadline: Instant) -> bool {
-        self.restore_failed || Instant::now() + crate::http::deadline::TICK > deadline
+    /// the request before it gives up (a request answered by `--on-error` must not have
+    /// consumed).
+    fn refuses(&self, answer_by: Instant) -> bool {
+        self.restore_failed || Instant::now() > answer_by
     }
 
     /// Counts one decision: per-minute statistics, totals, global counters, the feeds.
@@ -275,7 +275,7 @@ impl Handler<ClientCheck> for ClientLimiter {
     type Result = MessageResult<ClientCheck>;
 
     fn handle(&mut self, msg: ClientCheck, _: &mut Context<Self>) -> Self::Result {
-        if self.refuses(msg.deadline) {
+        if self.refuses(msg.answer_by) {
             return MessageResult(None);
         }
         let now = self.now();
@@ -295,7 +295,7 @@ impl Handler<RedisCheck> for ClientLimiter {
     type Result = ResponseActFuture<Self, Option<Decision>>;
 
     fn handle(&mut self, msg: RedisCheck, _: &mut Context<Self>) -> Self::Result {
-        let Some(redis) = self.redis.as_ref().filter(|_| !self.refuses(msg.deadline)) else {
+        let Some(redis) = self.redis.as_ref().filter(|_| !self.refuses(msg.answer_by)) else {
             return Box::pin(fut::ready(None));
         };
         let ask = redis.check(&self.client, &msg.policy.endpoint, &msg.policy.limits, true);
@@ -335,9 +335,12 @@ impl Endpoint {
         }
     }
 
-    /// When the state will be as good as fresh.
-    fn expires_at(&mut self, now: Nanos) -> Nanos {
+    /// When the state will be as good as fresh. With the quota kept in Redis (`remote`),
+    /// the local state never decides, so the longest reset of the limits is used: the
+    /// snapshot must outlive the quota, since it is what names the client's endpoints.
+    fn expires_at(&mut self, now: Nanos, remote: bool) -> Nanos {
         match self.limits {
+            Some(limits) if remote => now.saturating_add(limits.fresh_after()),
             Some(limits) => now.saturating_add(self.state.peek(&limits, now).reset_after),
             None => self.stored_expiry,
         }

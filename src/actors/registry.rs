@@ -49,8 +49,9 @@ pub struct Check {
     pub policy: Arc<Policy>,
     /// The request's path, for the live feeds (only set while someone watches).
     pub path: Option<Arc<str>>,
-    /// When the request stops waiting; a check still queued then consumes nothing.
-    pub deadline: Instant,
+    /// The latest time an answer can still reach the request; a check whose turn comes
+    /// later consumes nothing.
+    pub answer_by: Instant,
 }
 
 /// The client's limiter could not answer (it stopped while the check was queued, or the
@@ -297,14 +298,14 @@ impl Handler<Check> for Registry {
             let check = addr.send(RedisCheck {
                 policy: msg.policy,
                 path: msg.path,
-                deadline: msg.deadline,
+                answer_by: msg.answer_by,
             });
             return Box::pin(async move { check.await.ok().flatten().ok_or(LimiterUnavailable) });
         }
         let check = addr.send(ClientCheck {
             policy: msg.policy,
             path: msg.path,
-            deadline: msg.deadline,
+            answer_by: msg.answer_by,
         });
         Box::pin(async move { check.await.ok().flatten().ok_or(LimiterUnavailable) })
     }

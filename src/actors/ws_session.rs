@@ -4,13 +4,14 @@
 //! `actix-ws`), so moving off it touches one file.
 
 use super::broadcaster::{Broadcaster, FeedMessage, Subscription, Unsubscribe};
-use crate::error::ApiError;
-use crate::http::realtime::Slot;
 use actix::prelude::*;
 use actix_web::{HttpRequest, HttpResponse, web};
 use actix_web_actors::ws;
 use futures_util::stream;
+use std::any::Any;
 use std::time::Duration;
+
+pub use actix_web_actors::ws::HandshakeError;
 
 /// How often the server pings.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
@@ -25,29 +26,25 @@ pub struct WsSession {
     id: u64,
     /// Heartbeats since the peer last said anything.
     missed: u32,
-    /// This connection's place in the per-IP cap, freed when the session ends.
-    _slot: Slot,
+    /// Whatever the caller keeps for as long as the session lives (the HTTP layer's
+    /// subscriber slot in the per-IP cap), dropped when it ends.
+    _held: Box<dyn Any>,
 }
 
 impl WsSession {
-    pub fn new(broadcaster: Addr<Broadcaster>, subscription: Subscription, slot: Slot) -> Self {
+    pub fn new(broadcaster: Addr<Broadcaster>, subscription: Subscription, held: impl Any) -> Self {
         WsSession {
             broadcaster,
             id: subscription.id,
             subscription: Some(subscription),
             missed: 0,
-            _slot: slot,
+            _held: Box::new(held),
         }
     }
 
     /// Checks that `req` is a valid WebSocket handshake, before anything is subscribed.
-    pub fn check_handshake(req: &HttpRequest) -> Result<(), ApiError> {
-        ws::handshake(req).map(|_| ()).map_err(|e| {
-            ApiError::bad_request(
-                "invalid_websocket_handshake",
-                format!("This is a WebSocket endpoint; the upgrade request is invalid ({e})."),
-            )
-        })
+    pub fn check_handshake(req: &HttpRequest) -> Result<(), HandshakeError> {
+        ws::handshake(req).map(|_| ())
     }
 
     /// Upgrades the request and runs this session over the peer's frames in `payload`.

@@ -77,7 +77,10 @@ pub async fn rate_limit(
     let check = Check {
         client: client.clone(),
         policy: policy.clone(),
-        deadline,
+        // The request gives up at `deadline`, and learns of an answer up to one ticker
+        // period late: an answer given after this could not reach it in time, so the
+        // limiter refuses the check (consuming nothing) instead.
+        answer_by: deadline.checked_sub(deadline::TICK).unwrap_or(started),
         // Copied only while a feed would show it.
         path: state.interest.wants(&client).then(|| Arc::from(path)),
     };

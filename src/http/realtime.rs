@@ -152,7 +152,12 @@ pub async fn websocket(
     state.feeds.check_origin(&req)?;
     let topic = topic(&req)?;
     // A request that is not a valid upgrade must not leave a subscriber behind.
-    WsSession::check_handshake(&req)?;
+    WsSession::check_handshake(&req).map_err(|e| {
+        ApiError::bad_request(
+            "invalid_websocket_handshake",
+            format!("This is a WebSocket endpoint; the upgrade request is invalid ({e})."),
+        )
+    })?;
     let slot = slot(&state, &req, Transport::websocket)?;
     let subscription = subscribe(&state, topic).await?;
     let res = WsSession::new(state.broadcaster.clone(), subscription, slot).start(&req, payload)?;

@@ -10,7 +10,7 @@ mod sliding_window;
 mod token_bucket;
 
 pub use fixed_window::FixedWindow;
-pub use sliding_window::SlidingWindow;
+pub use sliding_window::{SlidingWindow, granule_ms};
 pub use token_bucket::TokenBucket;
 
 use crate::clock::{NANOS_PER_SEC, Nanos};
@@ -70,6 +70,19 @@ impl Limits {
             window,
             burst: limit,
             refill_interval: window.div_ceil(limit).max(1),
+        }
+    }
+
+    /// The longest a state can take, after its last check, to be as good as fresh: one
+    /// window (and the granule a sliding window rounds up to), or the time to refill a
+    /// whole bucket. For a state kept elsewhere (Redis), whose exact reset is unknown.
+    pub fn fresh_after(&self) -> Nanos {
+        match self.algorithm {
+            Algorithm::SlidingWindow => self
+                .window
+                .saturating_add(granule_ms(self.window) * 1_000_000),
+            Algorithm::FixedWindow => self.window,
+            Algorithm::TokenBucket => self.refill_interval.saturating_mul(self.burst),
         }
     }
 
@@ -230,6 +243,23 @@ mod tests {
             let mut longer = bytes.clone();
             longer.push(0);
             assert_eq!(State::decode(algorithm, &longer), None);
+        }
+    }
+
+    #[test]
+    fn every_state_is_fresh_after_its_longest_reset() {
+        for algorithm in Algorithm::ALL {
+            let limits = Limits::new(algorithm, 5, 10);
+            let mut state = State::new(algorithm);
+            let mut now = 123_456_789;
+            for _ in 0..7 {
+                let d = state.check(&limits, now);
+                assert!(d.reset_after <= limits.fresh_after(), "{algorithm:?}");
+                now += 1_000_000;
+            }
+            let last = now - 1_000_000;
+            let fresh = state.peek(&limits, last + limits.fresh_after());
+            assert_eq!(fresh.remaining, limits.quota(), "{algorithm:?}");
         }
     }
 

@@ -1,18 +1,28 @@
-//! Exact sliding window: never more than `limit` admitted requests in any half-open
-//! interval of `window`.
+//! Sliding window: never more than `limit` admitted requests in any half-open interval
+//! of `window`, in memory that does not grow with the limit.
 //!
 //! Admitted requests are kept as `(millisecond, count)` runs, oldest first. A request's
-//! time is rounded *up* to the millisecond, so it is counted slightly longer than its true
-//! time (at most 1 ms): the window can only be stricter than exact, never looser, and all
-//! requests admitted within one millisecond share one 12-byte run. Memory per key is
-//! therefore at most 12 bytes per millisecond that saw an admission inside the window,
-//! bounded by `12 * min(limit, window in ms)` bytes.
+//! time is rounded *up* to the next multiple of the window's granule (`window / 512`,
+//! at least 1 ms, aligned to the epoch), so it is counted slightly longer than its true
+//! time: the window can only be stricter than exact, never looser, and a refused request
+//! waits at most one granule longer than the exact answer. All requests admitted within
+//! one granule share one 12-byte run, so a key holds at most `GRANULES + 2` = 514 runs
+//! (about 6 KiB) whatever the limit: the runs of one window fit in `window / granule` + 2
+//! granules. (A window shortened by a config change keeps the runs recorded under the
+//! old granule until they expire.)
 
 use super::{Decision, Limits, Reader};
 use crate::clock::Nanos;
 use std::collections::VecDeque;
 
 const NANOS_PER_MS: Nanos = 1_000_000;
+/// Granules per window.
+pub const GRANULES: u64 = 512;
+
+/// The granule of a window, in milliseconds: `window / GRANULES` rounded up, at least 1.
+pub fn granule_ms(window: Nanos) -> u64 {
+    (window / NANOS_PER_MS).div_ceil(GRANULES).max(1)
+}
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SlidingWindow {
@@ -37,7 +47,8 @@ impl SlidingWindow {
 
         let allowed = self.total < limits.limit;
         if allowed && consume {
-            let at = now.div_ceil(NANOS_PER_MS);
+            let granule = granule_ms(window);
+            let at = now.div_ceil(NANOS_PER_MS).div_ceil(granule) * granule;
             match self.runs.back_mut() {
                 // A clock that stepped back still records at the newest run: time never
                 // runs backwards inside the window.
@@ -106,6 +117,9 @@ mod tests {
     use crate::clock::NANOS_PER_SEC;
     use proptest::prelude::*;
 
+    /// The most runs one key holds (see the module doc).
+    const MAX_RUNS: usize = GRANULES as usize + 2;
+
     fn limits(limit: u64, window_secs: u64) -> Limits {
         Limits::new(Algorithm::SlidingWindow, limit, window_secs)
     }
@@ -141,6 +155,37 @@ mod tests {
     }
 
     #[test]
+    fn holds_a_bounded_number_of_runs_whatever_the_limit() {
+        // One hot client under a million a day, one request every 100 ms for a day:
+        // exact runs would be 864,000 (10 MB).
+        let l = limits(1_000_000, 86_400);
+        let mut s = SlidingWindow::default();
+        let t0 = 1_700_000_000 * NANOS_PER_SEC;
+        let mut admitted = 0u64;
+        for i in 0..864_000u64 {
+            admitted += s.evaluate(&l, t0 + i * 100 * NANOS_PER_MS, true).allowed as u64;
+            assert!(s.runs.len() <= MAX_RUNS);
+        }
+        assert_eq!(admitted, 864_000);
+        assert_eq!(granule_ms(l.window), 168_750);
+        assert!(s.runs.len() >= GRANULES as usize, "{}", s.runs.len());
+    }
+
+    #[test]
+    fn a_refused_request_waits_at_most_one_granule_longer_than_exact() {
+        let l = limits(2, 3600); // a granule of 7,032 ms
+        let g = granule_ms(l.window) * NANOS_PER_MS;
+        let mut s = SlidingWindow::default();
+        let t0 = 1_700_000_000 * NANOS_PER_SEC + 1;
+        assert!(s.evaluate(&l, t0, true).allowed);
+        assert!(s.evaluate(&l, t0 + NANOS_PER_SEC, true).allowed);
+        let d = s.evaluate(&l, t0 + 2 * NANOS_PER_SEC, true);
+        let exact = l.window - 2 * NANOS_PER_SEC;
+        assert!(!d.allowed);
+        assert!(d.retry_after >= exact && d.retry_after < exact + g, "{d:?}");
+    }
+
+    #[test]
     fn coalesces_requests_within_one_millisecond() {
         let l = limits(1000, 60);
         let mut s = SlidingWindow::default();
@@ -152,6 +197,35 @@ mod tests {
     }
 
     proptest! {
+        /// Long windows and huge limits: never more than the limit in any window, never
+        /// more than `MAX_RUNS` runs, and `retry_after` exact.
+        #[test]
+        fn long_windows_and_huge_limits_stay_exact_and_bounded(
+            limit in 1u64..5_000,
+            window_secs in 60u64..31_536_000,
+            gaps in prop::collection::vec(0u64..20 * NANOS_PER_SEC, 1..400),
+        ) {
+            let l = limits(limit, window_secs);
+            let mut state = SlidingWindow::default();
+            let mut now = 1_700_000_000 * NANOS_PER_SEC;
+            let mut admitted: Vec<Nanos> = Vec::new();
+            for gap in gaps {
+                now += gap;
+                let d = state.evaluate(&l, now, true);
+                prop_assert!(state.runs.len() <= MAX_RUNS);
+                if d.allowed {
+                    admitted.push(now);
+                    let in_window = admitted.iter().filter(|&&t| t + l.window > now).count() as u64;
+                    prop_assert!(in_window <= limit);
+                } else {
+                    let mut probe = state.clone();
+                    prop_assert!(!probe.evaluate(&l, now + d.retry_after - 1, true).allowed);
+                    let mut probe = state.clone();
+                    prop_assert!(probe.evaluate(&l, now + d.retry_after, true).allowed);
+                }
+            }
+        }
+
         /// Never more than `limit` admissions in any half-open window, and a blocked
         /// request's `retry_after` is exactly when the next one is allowed.
         #[test]

@@ -17,7 +17,7 @@
 //!   version on the `rw:config` channel (see `crate::cluster`).
 
 use crate::clock::{NANOS_PER_SEC, Nanos, SharedClock};
-use crate::limiter::{Algorithm, Decision, Limits};
+use crate::limiter::{Algorithm, Decision, Limits, granule_ms};
 use crate::metrics::{Metrics, RedisFailure};
 use crate::policy::{Config, ConfigSpec};
 use redis::aio::{ConnectionLike, MultiplexedConnection};
@@ -42,203 +42,18 @@ const BREAKER_FAILURES: u32 = 3;
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
-/// Reads the time: Redis `TIME`, unless the caller passed seconds and nanoseconds.
-const PRELUDE: &str = r#"
-local now_s, now_ns
-if ARGV[1] == '' then
-  local t = redis.call('TIME')
-  now_s = tonumber(t[1]); now_ns = tonumber(t[2]) * 1000
-else
-  now_s = tonumber(ARGV[1]); now_ns = tonumber(ARGV[2])
-end
-local consume = ARGV[3] == '1'
--- A time after now as whole seconds and nanoseconds: exact for any window.
-local function until_(s, ns)
-  local ds, dns = s - now_s, ns - now_ns
-  if dns < 0 then ds = ds - 1; dns = dns + 1000000000 end
-  if ds < 0 then return 0, 0 end
-  return ds, dns
-end
-local function split(n)
-  local s = math.floor(n / 1000000000)
-  return s, n - s * 1000000000
-end
-local function expire_in(keys, s, ns)
-  local ms = s * 1000 + math.ceil(ns / 1000000) + 1000
-  for _, k in ipairs(keys) do redis.call('PEXPIRE', k, ms) end
-end
-local function forget_others(first)
-  if consume and #KEYS >= first then redis.call('DEL', unpack(KEYS, first)) end
-end
-"#;
+/// The prelude of every decision script: the time, and helpers.
+const PRELUDE: &str = include_str!("redis/prelude.lua");
 
-/// Fixed window. KEYS[1]: hash {s = window start (s), c = count}; KEYS[2..]: the keys of
-/// the other algorithms. ARGV[4]: limit, ARGV[5]: window in seconds.
-const FIXED_WINDOW: &str = r#"
-local limit, w = tonumber(ARGV[4]), tonumber(ARGV[5])
-local start = now_s - (now_s % w)
-local st = redis.call('HMGET', KEYS[1], 's', 'c')
-local rs, count = tonumber(st[1]), 0
-if rs and rs >= start and rs < start + w then count = tonumber(st[2]) end
-local allowed = count < limit
-if allowed and consume then count = count + 1 end
-local remaining = math.max(limit - count, 0)
-local ue_s, ue_ns = until_(start + w, 0)
-local rt_s, rt_ns, rs_s, rs_ns = 0, 0, 0, 0
-if remaining == 0 then rt_s, rt_ns = ue_s, ue_ns end
-if count > 0 then rs_s, rs_ns = ue_s, ue_ns end
-if consume then
-  redis.call('HSET', KEYS[1], 's', start, 'c', count)
-  expire_in({KEYS[1]}, ue_s, ue_ns)
-  forget_others(2)
-end
-return {allowed and 1 or 0, remaining, rt_s, rt_ns, rs_s, rs_ns}
-"#;
+/// The decision scripts, one per algorithm; each file says what its keys and arguments are.
+const FIXED_WINDOW: &str = include_str!("redis/fixed_window.lua");
+const SLIDING_WINDOW: &str = include_str!("redis/sliding_window.lua");
+const TOKEN_BUCKET: &str = include_str!("redis/token_bucket.lua");
 
-/// Exact sliding window, as runs of admissions per millisecond (see
-/// `limiter::sliding_window`). KEYS[1]: list of "ms:count", oldest first; KEYS[2]: the
-/// sum of the counts; KEYS[3..]: other algorithms. ARGV[4]: limit, ARGV[5]: window (s).
-const SLIDING_WINDOW: &str = r#"
-local limit, w = tonumber(ARGV[4]), tonumber(ARGV[5])
-local function parse(v)
-  local ms, c = string.match(v, '^(%d+):(%d+)$')
-  return tonumber(ms), tonumber(c)
-end
-local function expiry(ms)
-  local r = ms % 1000
-  return (ms - r) / 1000 + w, r * 1000000
-end
-local function expired(ms)
-  local s, ns = expiry(ms)
-  return s < now_s or (s == now_s and ns <= now_ns)
-end
-local total = tonumber(redis.call('GET', KEYS[2]) or '-1')
-if total < 0 then
-  -- No sum (a fresh key, or the sum alone was evicted): count the runs themselves.
-  total = 0
-  for _, v in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
-    local _, c = parse(v)
-    total = total + c
-  end
-end
-local popped = false
-while true do
-  local v = redis.call('LINDEX', KEYS[1], 0)
-  if not v then break end
-  local ms, c = parse(v)
-  if not expired(ms) then break end
-  redis.call('LPOP', KEYS[1])
-  total = total - c
-  popped = true
-end
-local allowed = total < limit
-if allowed and consume then
-  local at = now_s * 1000 + math.ceil(now_ns / 1000000)
-  local back = redis.call('LINDEX', KEYS[1], -1)
-  local bms, bc
-  if back then bms, bc = parse(back) end
-  if bms and bms >= at and bc < 4294967295 then
-    redis.call('LSET', KEYS[1], -1, string.format('%d:%d', bms, bc + 1))
-  elseif bms and bms >= at then
-    redis.call('RPUSH', KEYS[1], string.format('%d:1', bms))
-  else
-    redis.call('RPUSH', KEYS[1], string.format('%d:1', at))
-  end
-  total = total + 1
-end
-local remaining = math.max(limit - total, 0)
-local rt_s, rt_ns, rs_s, rs_ns = 0, 0, 0, 0
-if remaining == 0 then
-  local to_expire = total - limit + 1
-  local e_s, e_ns = now_s, now_ns
-  local i, done = 0, false
-  while not done do
-    local chunk = redis.call('LRANGE', KEYS[1], i, i + 63)
-    if #chunk == 0 then break end
-    for _, v in ipairs(chunk) do
-      local ms, c = parse(v)
-      e_s, e_ns = expiry(ms)
-      if c >= to_expire then done = true; break end
-      to_expire = to_expire - c
-    end
-    i = i + 64
-  end
-  rt_s, rt_ns = until_(e_s, e_ns)
-end
-local back = redis.call('LINDEX', KEYS[1], -1)
-if back then rs_s, rs_ns = until_(expiry(parse(back))) end
--- A peek that dropped expired runs must keep the sum in step with them.
-if consume or popped then
-  if total > 0 then
-    redis.call('SET', KEYS[2], total)
-    expire_in({KEYS[1], KEYS[2]}, rs_s, rs_ns)
-  else
-    redis.call('DEL', KEYS[1], KEYS[2])
-  end
-  forget_others(3)
-end
-return {allowed and 1 or 0, remaining, rt_s, rt_ns, rs_s, rs_ns}
-"#;
-
-/// Token bucket as GCRA (see `limiter::token_bucket`). KEYS[1]: hash {ts, tn = the
-/// theoretical arrival time in s and ns, i = the refill interval it was computed with};
-/// KEYS[2..]: other algorithms. ARGV[4]: burst, ARGV[5]: refill interval in ns.
-/// Exact while the bucket's capacity in time (burst × interval) is below 2^53 ns (104
-/// days), within one part in 2^53 beyond.
-const TOKEN_BUCKET: &str = r#"
-local burst, t = tonumber(ARGV[4]), tonumber(ARGV[5])
-local cap = burst * t
-local st = redis.call('HMGET', KEYS[1], 'ts', 'tn', 'i')
-local debt = 0
-if st[1] then
-  debt = (tonumber(st[1]) - now_s) * 1000000000 + (tonumber(st[2]) - now_ns)
-  if debt < 0 then debt = 0 end
-  local old = tonumber(st[3])
-  if old ~= 0 and old ~= t then debt = math.floor(debt * t / old) end
-end
-if debt > cap then debt = cap end
-local allowed = debt + t <= cap
-if allowed and consume then debt = debt + t end
-local remaining = math.floor((cap - debt) / t)
-local rt_s, rt_ns = 0, 0
-if remaining == 0 then rt_s, rt_ns = split(debt + t - cap) end
-local rs_s, rs_ns = split(debt)
--- Written on a peek too, as in memory: a rescaled or capped debt stays so.
-local ts, tn = split(now_ns + debt)
-redis.call('HSET', KEYS[1], 'ts', string.format('%d', now_s + ts), 'tn', string.format('%d', tn), 'i', string.format('%d', t))
-expire_in({KEYS[1]}, rs_s, rs_ns)
-forget_others(2)
-return {allowed and 1 or 0, remaining, rt_s, rt_ns, rs_s, rs_ns}
-"#;
-
-/// Compare-and-set of one config: KEYS[1] the configs hash, KEYS[2] the version.
-/// ARGV: endpoint, the JSON expected now ('' for none), the new JSON ('' to delete), the
-/// channel. Answers {1, version} when written, {0, current JSON} when it had changed.
-const CONFIG_CAS: &str = r#"
-local cur = redis.call('HGET', KEYS[1], ARGV[1])
-if (cur or '') ~= ARGV[2] then return {0, cur or ''} end
-if ARGV[3] == '' then redis.call('HDEL', KEYS[1], ARGV[1])
-else redis.call('HSET', KEYS[1], ARGV[1], ARGV[3]) end
-local v = redis.call('INCR', KEYS[2])
-redis.call('PUBLISH', ARGV[4], v)
-return {1, v}
-"#;
-
-/// Seeds the shared configs from the first instance's own, unless some exist already.
-/// KEYS: configs, version, next id. ARGV: the highest id, then endpoint/JSON pairs.
-const CONFIG_SEED: &str = r#"
-if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
-for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-local id = tonumber(redis.call('GET', KEYS[3]) or '0')
-if id < tonumber(ARGV[1]) then redis.call('SET', KEYS[3], ARGV[1]) end
-redis.call('SET', KEYS[2], 1)
-return 1
-"#;
-
-/// The version and every shared config, read atomically.
-const CONFIG_ALL: &str = r#"
-return {redis.call('GET', KEYS[2]) or '', redis.call('HGETALL', KEYS[1])}
-"#;
+/// The shared-config scripts (see `crate::cluster`); each file says what it takes.
+const CONFIG_CAS: &str = include_str!("redis/config_cas.lua");
+const CONFIG_SEED: &str = include_str!("redis/config_seed.lua");
+const CONFIG_ALL: &str = include_str!("redis/config_all.lua");
 
 /// A config as Redis holds it: the admin API's fields, with the times in nanoseconds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -537,7 +352,11 @@ impl Redis {
             call.arg(if consume { "1" } else { "0" });
             match limits.algorithm {
                 Algorithm::TokenBucket => call.arg(limits.burst).arg(limits.refill_interval),
-                _ => call.arg(limits.limit).arg(limits.window / NANOS_PER_SEC),
+                Algorithm::SlidingWindow => call
+                    .arg(limits.limit)
+                    .arg(limits.window / NANOS_PER_SEC)
+                    .arg(granule_ms(limits.window)),
+                Algorithm::FixedWindow => call.arg(limits.limit).arg(limits.window / NANOS_PER_SEC),
             };
             let started = Instant::now();
             let reply: Result<(u64, u64, u64, u64, u64, u64), RedisError> =

@@ -19,6 +19,13 @@ use std::sync::Arc;
 /// 2027-01-15T08:00:00Z: a fixed start for the manual clock.
 pub const T0: u64 = 1_800_000_000 * NANOS_PER_SEC;
 
+/// When a sliding window of `window_secs` starts counting an admission made at `at`: the
+/// end of its granule (see `limiter::sliding_window`).
+pub fn counted_from(at: u64, window_secs: u64) -> u64 {
+    let granule = ratewarden::limiter::granule_ms(window_secs * NANOS_PER_SEC) * 1_000_000;
+    at.div_ceil(granule) * granule
+}
+
 pub struct TestServer {
     pub url: String,
     pub clock: Arc<ManualClock>,

@@ -1,0 +1,84 @@
+-- Sliding window, as runs of admissions per granule (see `limiter::sliding_window`).
+-- KEYS[1]: list of "ms:count", oldest first; KEYS[2]: the sum of the counts; KEYS[3..]:
+-- other algorithms. ARGV[4]: limit, ARGV[5]: window (s), ARGV[6]: granule (ms).
+local limit, w, g = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local function parse(v)
+  local ms, c = string.match(v, '^(%d+):(%d+)$')
+  return tonumber(ms), tonumber(c)
+end
+local function expiry(ms)
+  local r = ms % 1000
+  return (ms - r) / 1000 + w, r * 1000000
+end
+local function expired(ms)
+  local s, ns = expiry(ms)
+  return s < now_s or (s == now_s and ns <= now_ns)
+end
+local total = tonumber(redis.call('GET', KEYS[2]) or '-1')
+if total < 0 then
+  -- No sum (a fresh key, or the sum alone was evicted): count the runs themselves.
+  total = 0
+  for _, v in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
+    local _, c = parse(v)
+    total = total + c
+  end
+end
+local popped = false
+while true do
+  local v = redis.call('LINDEX', KEYS[1], 0)
+  if not v then break end
+  local ms, c = parse(v)
+  if not expired(ms) then break end
+  redis.call('LPOP', KEYS[1])
+  total = total - c
+  popped = true
+end
+local allowed = total < limit
+if allowed and consume then
+  local at = now_s * 1000 + math.ceil(now_ns / 1000000)
+  local r = at % g
+  if r > 0 then at = at + g - r end
+  local back = redis.call('LINDEX', KEYS[1], -1)
+  local bms, bc
+  if back then bms, bc = parse(back) end
+  if bms and bms >= at and bc < 4294967295 then
+    redis.call('LSET', KEYS[1], -1, string.format('%d:%d', bms, bc + 1))
+  elseif bms and bms >= at then
+    redis.call('RPUSH', KEYS[1], string.format('%d:1', bms))
+  else
+    redis.call('RPUSH', KEYS[1], string.format('%d:1', at))
+  end
+  total = total + 1
+end
+local remaining = math.max(limit - total, 0)
+local rt_s, rt_ns, rs_s, rs_ns = 0, 0, 0, 0
+if remaining == 0 then
+  local to_expire = total - limit + 1
+  local e_s, e_ns = now_s, now_ns
+  local i, done = 0, false
+  while not done do
+    local chunk = redis.call('LRANGE', KEYS[1], i, i + 63)
+    if #chunk == 0 then break end
+    for _, v in ipairs(chunk) do
+      local ms, c = parse(v)
+      e_s, e_ns = expiry(ms)
+      if c >= to_expire then done = true; break end
+      to_expire = to_expire - c
+    end
+    i = i + 64
+  end
+  rt_s, rt_ns = until_(e_s, e_ns)
+end
+local back = redis.call('LINDEX', KEYS[1], -1)
+if back then rs_s, rs_ns = until_(expiry(parse(back))) end
+-- A peek that dropped expired runs must keep the sum in step with them.
+if consume or popped then
+  if total > 0 then
+    redis.call('SET', KEYS[2], total)
+    expire_in({KEYS[1], KEYS[2]}, rs_s, rs_ns)
+  else
+    redis.call('DEL', KEYS[1], KEYS[2])
+  end
+  forget_others(3)
+end
+return {allowed and 1 or 0, remaining, rt_s, rt_ns, rs_s, rs_ns}

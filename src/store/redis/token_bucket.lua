@@ -1,0 +1,28 @@
+-- Token bucket as GCRA (see `limiter::token_bucket`). KEYS[1]: hash {ts, tn = the
+-- theoretical arrival time in s and ns, i = the refill interval it was computed with};
+-- KEYS[2..]: other algorithms. ARGV[4]: burst, ARGV[5]: refill interval in ns.
+-- Exact while the bucket's capacity in time (burst × interval) is below 2^53 ns (104
+-- days), within one part in 2^53 beyond.
+local burst, t = tonumber(ARGV[4]), tonumber(ARGV[5])
+local cap = burst * t
+local st = redis.call('HMGET', KEYS[1], 'ts', 'tn', 'i')
+local debt = 0
+if st[1] then
+  debt = (tonumber(st[1]) - now_s) * 1000000000 + (tonumber(st[2]) - now_ns)
+  if debt < 0 then debt = 0 end
+  local old = tonumber(st[3])
+  if old ~= 0 and old ~= t then debt = math.floor(debt * t / old) end
+end
+if debt > cap then debt = cap end
+local allowed = debt + t <= cap
+if allowed and consume then debt = debt + t end
+local remaining = math.floor((cap - debt) / t)
+local rt_s, rt_ns = 0, 0
+if remaining == 0 then rt_s, rt_ns = split(debt + t - cap) end
+local rs_s, rs_ns = split(debt)
+-- Written on a peek too, as in memory: a rescaled or capped debt stays so.
+local ts, tn = split(now_ns + debt)
+redis.call('HSET', KEYS[1], 'ts', string.format('%d', now_s + ts), 'tn', string.format('%d', tn), 'i', string.format('%d', t))
+expire_in({KEYS[1]}, rs_s, rs_ns)
+forget_others(2)
+return {allowed and 1 or 0, remaining, rt_s, rt_ns, rs_s, rs_ns}
