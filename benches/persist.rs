@@ -16,7 +16,7 @@ fn batch(version: u64) -> Vec<ClientSnapshot> {
     (0..CLIENTS)
         .map(|i| {
             let mut state = State::new(Algorithm::SlidingWindow);
-            state.check(&limits, now + i);
+            state.check(&limits, 1, now + i);
             ClientSnapshot {
                 client: Arc::from(format!("client-{i}")),
                 version,

@@ -21,7 +21,6 @@ use crate::actors::DecisionEvent;
 use crate::actors::broadcaster::{Broadcaster, ConfigChanged, FeedInterest, TakeOutbox};
 use crate::actors::db::{Db, ReplaceConfigs};
 use crate::clock::SharedClock;
-use crate::error::ApiError;
 use crate::limiter::Decision;
 use crate::metrics::Metrics;
 use crate::policy::{Config, DEFAULT_ENDPOINT, Policies};
@@ -359,13 +358,13 @@ impl Cluster {
     /// holds for `endpoint` (if any) and returns the new one (`None` deletes). Retried
     /// when another instance wrote the same endpoint in between. Answers the config
     /// written (or deleted); this instance serves it before answering.
-    pub async fn write(
+    pub async fn write<E: From<WriteError>>(
         &self,
         endpoint: &str,
-        change: impl Fn(Option<Config>) -> Result<Option<Config>, ApiError>,
-    ) -> Result<Config, ApiError> {
+        change: impl Fn(Option<Config>) -> Result<Option<Config>, E>,
+    ) -> Result<Config, E> {
         let unavailable = |e: RedisUnavailable| {
-            ApiError::Unavailable(format!(
+            WriteError::Unavailable(format!(
                 "The shared configs could not be changed ({e}); nothing changed."
             ))
         };
@@ -379,7 +378,7 @@ impl Cluster {
                 .map_err(unavailable)?;
             let current = match &stored {
                 Some(json) => Some(SharedConfig::parse(json).map_err(|e| {
-                    ApiError::Unavailable(format!(
+                    WriteError::Unavailable(format!(
                         "The shared config for {endpoint:?} is unreadable ({e}); nothing changed."
                     ))
                 })?),
@@ -410,25 +409,37 @@ impl Cluster {
                     }
                     // `change` returns None only for an existing config it deletes.
                     return new.or(current).ok_or_else(|| {
-                        ApiError::NotFound(format!("There is no config for {endpoint:?}."))
+                        WriteError::NotFound(format!("There is no config for {endpoint:?}.")).into()
                     });
                 }
                 Err(_) => continue,
             }
         }
-        Err(ApiError::Conflict(
+        Err(WriteError::Conflict(
             "Other instances kept changing this config; nothing changed, try again.".to_owned(),
-        ))
+        )
+        .into())
     }
 
     /// A config id no other instance will use.
-    pub async fn next_config_id(&self) -> Result<i64, ApiError> {
+    pub async fn next_config_id(&self) -> Result<i64, WriteError> {
         self.redis.next_config_id().await.map_err(|e| {
-            ApiError::Unavailable(format!(
+            WriteError::Unavailable(format!(
                 "The shared configs could not be changed ({e}); nothing changed."
             ))
         })
     }
+}
+
+/// Why a shared config write changed nothing; each message is a sentence for the caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteError {
+    /// Redis could not be reached, or holds something unreadable.
+    Unavailable(String),
+    /// A delete or update of a config no instance has.
+    NotFound(String),
+    /// Other instances kept writing the same config.
+    Conflict(String),
 }
 
 /// What changed from `old` to `new`, by endpoint.

@@ -154,6 +154,23 @@ impl From<ValidationError> for ApiError {
     }
 }
 
+impl From<crate::cluster::WriteError> for ApiError {
+    fn from(e: crate::cluster::WriteError) -> Self {
+        use crate::cluster::WriteError;
+        match e {
+            WriteError::Unavailable(m) => ApiError::Unavailable(m),
+            WriteError::NotFound(m) => ApiError::NotFound(m),
+            WriteError::Conflict(m) => ApiError::Conflict(m),
+        }
+    }
+}
+
+impl From<crate::report::Unavailable> for ApiError {
+    fn from(e: crate::report::Unavailable) -> Self {
+        ApiError::Unavailable(e.0)
+    }
+}
+
 impl From<actix::MailboxError> for ApiError {
     fn from(e: actix::MailboxError) -> Self {
         ApiError::Unavailable(format!("The database is not answering ({e})."))

@@ -216,7 +216,10 @@ impl ConfigPatch {
                     let algorithm = Algorithm::parse(&name).ok_or_else(|| {
                         ValidationError::new(
                             key.clone(),
-                            "must be one of sliding_window, fixed_window, token_bucket".to_owned(),
+                            format!(
+                                "must be one of {}",
+                                Algorithm::names().collect::<Vec<_>>().join(", ")
+                            ),
                         )
                     })?;
                     patch.algorithm = Some(algorithm);

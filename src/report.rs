@@ -4,7 +4,6 @@
 use crate::actors::db::{ClientEvents, Db};
 use crate::actors::registry::{GetClientStatus, Registries};
 use crate::clock::{NANOS_PER_SEC, Nanos, SharedClock, rfc3339};
-use crate::error::ApiError;
 use crate::policy::Policies;
 use crate::stats::{DayTotals, GlobalStats, InstanceRow, Peers, SecondCounts};
 use actix::Addr;
@@ -87,7 +86,7 @@ impl Reporter {
     }
 
     /// The body of `GET /admin/stats/{client_id}` (the id must be valid already).
-    pub async fn client_stats(&self, client: Arc<str>) -> Result<Value, ApiError> {
+    pub async fn client_stats(&self, client: Arc<str>) -> Result<Value, Unavailable> {
         let status = self
             .registries
             .shard(&client)
@@ -96,21 +95,33 @@ impl Reporter {
                 table: self.policies.current(),
             })
             .await
-            .map_err(|e| ApiError::Unavailable(format!("The limiter is not answering ({e}).")))?;
+            .map_err(|e| Unavailable(format!("The limiter is not answering ({e}).")))?;
         let events = self
             .db
             .send(ClientEvents {
                 client: client.clone(),
                 limit: RECENT_EVENTS,
             })
-            .await?
-            .map_err(|e| ApiError::Unavailable(format!("The database is failing ({e}).")))?;
+            .await
+            .map_err(|e| Unavailable(format!("The database is not answering ({e}).")))?
+            .map_err(|e| Unavailable(format!("The database is failing ({e}).")))?;
         Ok(json!({
             "client_id": &*client,
             "status": status,
             "recent_events": events,
             "timestamp": rfc3339(self.clock.now()),
         }))
+    }
+}
+
+/// A report that could not be read: the limiter or the database did not answer. The
+/// message is a sentence for the operator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unavailable(pub String);
+
+impl std::fmt::Display for Unavailable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
     }
 }
 

@@ -7,7 +7,7 @@ mod common;
 
 use common::redis::RedisServer;
 use ratewarden::clock::{Clock, ManualClock, NANOS_PER_SEC, SharedClock};
-use ratewarden::limiter::{Algorithm, Decision, Limits, State, granule_ms};
+use ratewarden::limiter::{Algorithm, Decision, Limits, Mode, State, granule_ms};
 use ratewarden::metrics::Metrics;
 use ratewarden::store::redis::{Redis, RedisConfig};
 use std::sync::Arc;
@@ -20,12 +20,11 @@ enum Backend {
 }
 
 impl Backend {
-    async fn check(&mut self, limits: &Limits, now: u64, consume: bool) -> Decision {
+    async fn check(&mut self, limits: &Limits, now: u64, cost: u64, mode: Mode) -> Decision {
         match self {
-            Backend::Memory(state) if consume => state.check(limits, now),
-            Backend::Memory(state) => state.peek(limits, now),
+            Backend::Memory(state) => state.evaluate(limits, now, cost, mode),
             Backend::Redis(redis, client) => redis
-                .check(client, "/api/*", limits, consume)
+                .check(client, "/api/*", limits, cost, mode)
                 .await
                 .expect("Redis answers"),
         }
@@ -96,14 +95,26 @@ async fn same_decisions(algorithm: Algorithm, seed: u64, server: &RedisServer, l
             limits.burst = limits.limit;
         }
         let now = clock.now();
-        let consume = rng.next(8) != 0;
-        let expected = memory.check(&limits, now, consume).await;
-        let got = shared.check(&limits, now, consume).await;
+        let mode = match rng.next(8) {
+            0 => Mode::Peek,
+            _ => Mode::Consume,
+        };
+        // Mostly 1, sometimes any cost up to the quota, a cost of 0, or one that never
+        // fits.
+        let quota = limits.quota();
+        let cost = match rng.next(10) {
+            0..=5 => 1,
+            6 | 7 => rng.next(quota + 1),
+            8 => 0,
+            _ => quota + 1 + rng.next(3),
+        };
+        let expected = memory.check(&limits, now, cost, mode).await;
+        let got = shared.check(&limits, now, cost, mode).await;
         assert_eq!(
             got, expected,
-            "{algorithm:?} seed {seed} step {step} at {now}, {limits:?}"
+            "{algorithm:?} seed {seed} step {step} at {now}, cost {cost} {mode:?}, {limits:?}"
         );
-        allowed += u64::from(expected.allowed && consume);
+        allowed += u64::from(expected.allowed && mode == Mode::Consume && cost > 0);
     }
     assert!(allowed > 0, "the trace admitted something");
 }
@@ -140,14 +151,14 @@ async fn a_changed_algorithm_starts_fresh_state_in_both_backends() {
         let sliding = Limits::new(Algorithm::SlidingWindow, 2, 60);
         let fixed = Limits::new(Algorithm::FixedWindow, 2, 60);
         let now = clock.now();
-        assert!(b.check(&sliding, now, true).await.allowed);
-        assert!(b.check(&sliding, now, true).await.allowed);
-        assert!(!b.check(&sliding, now, true).await.allowed);
-        let d = b.check(&fixed, now, true).await;
+        assert!(b.check(&sliding, now, 1, Mode::Consume).await.allowed);
+        assert!(b.check(&sliding, now, 1, Mode::Consume).await.allowed);
+        assert!(!b.check(&sliding, now, 1, Mode::Consume).await.allowed);
+        let d = b.check(&fixed, now, 1, Mode::Consume).await;
         assert!(d.allowed);
         assert_eq!(d.remaining, 1);
         // And back: the sliding window's state was dropped with the switch.
-        assert_eq!(b.check(&sliding, now, true).await.remaining, 1);
+        assert_eq!(b.check(&sliding, now, 1, Mode::Consume).await.remaining, 1);
     }
 }
 
@@ -162,7 +173,10 @@ async fn redis_keys_expire_once_their_state_is_fresh() {
         (Algorithm::TokenBucket, "ttl-tb"),
     ] {
         let limits = Limits::new(algorithm, 10, 30);
-        redis.check(client, "/e", &limits, true).await.unwrap();
+        redis
+            .check(client, "/e", &limits, 1, Mode::Consume)
+            .await
+            .unwrap();
         let keys = server.cli(&["--scan", "--pattern", &format!("rw:{{{client}}}:*")]);
         assert!(!keys.trim().is_empty(), "{algorithm:?} wrote no key");
         for key in keys.lines() {
@@ -185,7 +199,7 @@ async fn a_sliding_window_whose_sum_was_evicted_recounts_its_runs() {
     for _ in 0..3 {
         assert!(
             redis
-                .check("evicted", "/e", &limits, true)
+                .check("evicted", "/e", &limits, 1, Mode::Consume)
                 .await
                 .unwrap()
                 .allowed
@@ -194,7 +208,10 @@ async fn a_sliding_window_whose_sum_was_evicted_recounts_its_runs() {
     }
     // Under a maxmemory policy Redis may evict the sum alone: the runs still count.
     server.cli(&["del", "rw:{evicted}:/e:swn"]);
-    let d = redis.check("evicted", "/e", &limits, true).await.unwrap();
+    let d = redis
+        .check("evicted", "/e", &limits, 1, Mode::Consume)
+        .await
+        .unwrap();
     assert!(!d.allowed, "{d:?}");
     // The first admission counts from the end of its granule, 60 s on.
     let granule = granule_ms(limits.window) * 1_000_000;

@@ -14,7 +14,7 @@
 use super::db::{Db, LoadClient};
 use super::{DecisionEvent, EventSink};
 use crate::clock::{NANOS_PER_SEC, Nanos, SharedClock, rfc3339};
-use crate::limiter::{Algorithm, Decision, Limits, State};
+use crate::limiter::{Algorithm, Decision, Limits, Mode, State};
 use crate::policy::{Policy, PolicyTable};
 use crate::stats::GlobalStats;
 use crate::store::redis::Redis;
@@ -31,6 +31,8 @@ use std::sync::Arc;
 #[rtype(result = "Option<Decision>")]
 pub struct ClientCheck {
     pub policy: Arc<Policy>,
+    pub cost: u64,
+    pub mode: Mode,
     pub answer_by: Instant,
     /// For the live feeds; only set while someone watches.
     pub path: Option<Arc<str>>,
@@ -42,6 +44,8 @@ pub struct ClientCheck {
 #[rtype(result = "Option<Decision>")]
 pub struct RedisCheck {
     pub policy: Arc<Policy>,
+    pub cost: u64,
+    pub mode: Mode,
     pub answer_by: Instant,
     pub path: Option<Arc<str>>,
 }
@@ -285,7 +289,9 @@ impl Handler<ClientCheck> for ClientLimiter {
             .endpoints
             .entry(policy.endpoint.clone())
             .or_insert_with(|| Endpoint::new(policy.limits, minute));
-        let decision = endpoint.state.check(&policy.limits, now);
+        let decision = endpoint
+            .state
+            .evaluate(&policy.limits, now, msg.cost, msg.mode);
         self.record(policy, decision, msg.path, now);
         MessageResult(Some(decision))
     }
@@ -298,7 +304,13 @@ impl Handler<RedisCheck> for ClientLimiter {
         let Some(redis) = self.redis.as_ref().filter(|_| !self.refuses(msg.answer_by)) else {
             return Box::pin(fut::ready(None));
         };
-        let ask = redis.check(&self.client, &msg.policy.endpoint, &msg.policy.limits, true);
+        let ask = redis.check(
+            &self.client,
+            &msg.policy.endpoint,
+            &msg.policy.limits,
+            msg.cost,
+            msg.mode,
+        );
         Box::pin(ask.into_actor(self).map(move |answer, act, _| {
             let decision = answer.ok()?;
             let now = act.now();
@@ -341,7 +353,7 @@ impl Endpoint {
     fn expires_at(&mut self, now: Nanos, remote: bool) -> Nanos {
         match self.limits {
             Some(limits) if remote => now.saturating_add(limits.fresh_after()),
-            Some(limits) => now.saturating_add(self.state.peek(&limits, now).reset_after),
+            Some(limits) => now.saturating_add(self.state.peek(&limits, 0, now).reset_after),
             None => self.stored_expiry,
         }
     }
@@ -406,7 +418,7 @@ impl ClientStatus {
     ) -> Self {
         let peeked = states.filter_map(|(name, state)| {
             let policy = table.policy(name)?;
-            Some((policy.clone(), state.peek(&policy.limits, now)))
+            Some((policy.clone(), state.peek(&policy.limits, 1, now)))
         });
         Self::from_decisions(totals, peeked, now)
     }
@@ -451,7 +463,7 @@ impl ClientStatus {
             .iter()
             .filter_map(|name| table.policy(name).cloned())
             .map(|policy| {
-                let peek = redis.check(client, &policy.endpoint, &policy.limits, false);
+                let peek = redis.check(client, &policy.endpoint, &policy.limits, 1, Mode::Peek);
                 async move { peek.await.ok().map(|d| (policy, d)) }
             })
             .collect();

@@ -21,7 +21,7 @@ use super::client_limiter::{
 };
 use super::db::{Db, LoadClient, Persist};
 use crate::clock::{Nanos, SharedClock};
-use crate::limiter::Decision;
+use crate::limiter::{Decision, Mode};
 use crate::metrics::{Metrics, RestoreSource};
 use crate::policy::{Policy, PolicyTable};
 use crate::stats::GlobalStats;
@@ -41,12 +41,15 @@ use tokio::sync::oneshot;
 /// Queued checks per shard before HTTP workers wait for room.
 const MAILBOX_CAPACITY: usize = 1 << 16;
 
-/// Decide one request of `client` under `policy`.
+/// Decide one request of `client` under `policy`: `cost` units, taken or only looked at
+/// (`mode`).
 #[derive(Message)]
 #[rtype(result = "Result<Decision, LimiterUnavailable>")]
 pub struct Check {
     pub client: Arc<str>,
     pub policy: Arc<Policy>,
+    pub cost: u64,
+    pub mode: Mode,
     /// The request's path, for the live feeds (only set while someone watches).
     pub path: Option<Arc<str>>,
     /// The latest time an answer can still reach the request; a check whose turn comes
@@ -297,6 +300,8 @@ impl Handler<Check> for Registry {
         if self.redis.is_some() {
             let check = addr.send(RedisCheck {
                 policy: msg.policy,
+                cost: msg.cost,
+                mode: msg.mode,
                 path: msg.path,
                 answer_by: msg.answer_by,
             });
@@ -304,6 +309,8 @@ impl Handler<Check> for Registry {
         }
         let check = addr.send(ClientCheck {
             policy: msg.policy,
+            cost: msg.cost,
+            mode: msg.mode,
             path: msg.path,
             answer_by: msg.answer_by,
         });

@@ -7,7 +7,7 @@ use super::{AppState, deadline};
 use crate::actors::registry::Check;
 use crate::clock::{NANOS_PER_SEC, Nanos, ceil_secs, rfc3339};
 use crate::error::ApiError;
-use crate::limiter::Decision;
+use crate::limiter::{Decision, Mode};
 use crate::metrics::{ErrorReason, Metrics, Outcome};
 use crate::policy::Policy;
 use crate::settings::OnError;
@@ -77,6 +77,8 @@ pub async fn rate_limit(
     let check = Check {
         client: client.clone(),
         policy: policy.clone(),
+        cost: 1,
+        mode: Mode::Consume,
         // The request gives up at `deadline`, and learns of an answer up to one ticker
         // period late: an answer given after this could not reach it in time, so the
         // limiter refuses the check (consuming nothing) instead.
@@ -341,7 +343,7 @@ mod tests {
         let mut state = State::new(limits.algorithm);
         (0..n as u64)
             .map(|i| {
-                let d = state.check(&limits, 1_000 * NANOS_PER_SEC + i * gap);
+                let d = state.check(&limits, 1, 1_000 * NANOS_PER_SEC + i * gap);
                 (reset_secs(&d), (!d.allowed).then(|| retry_after_secs(&d)))
             })
             .collect()

@@ -2,7 +2,7 @@
 //! (any length, including under a minute). Cheapest and smallest (16 bytes per key), at
 //! the cost of allowing up to twice the limit across a window boundary.
 
-use super::{Decision, Limits, Reader};
+use super::{Decision, Limits, Reader, fits};
 use crate::clock::Nanos;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -13,7 +13,13 @@ pub struct FixedWindow {
 }
 
 impl FixedWindow {
-    pub(super) fn evaluate(&mut self, limits: &Limits, now: Nanos, consume: bool) -> Decision {
+    pub(super) fn evaluate(
+        &mut self,
+        limits: &Limits,
+        now: Nanos,
+        cost: u64,
+        consume: bool,
+    ) -> Decision {
         let window = limits.window;
         let start = now - now % window;
         let end = start + window;
@@ -25,9 +31,9 @@ impl FixedWindow {
         }
         self.start = start;
 
-        let allowed = self.count < limits.limit;
+        let allowed = fits(self.count, cost, limits.limit);
         if allowed && consume {
-            self.count += 1;
+            self.count += cost;
         }
         let remaining = limits.limit.saturating_sub(self.count);
         let until_end = end - now;
@@ -35,7 +41,11 @@ impl FixedWindow {
             allowed,
             limit: limits.limit,
             remaining,
-            retry_after: if remaining > 0 { 0 } else { until_end },
+            // The count starts again at the end of the window.
+            retry_after: match fits(self.count, cost.max(1), limits.limit) {
+                true => 0,
+                false => until_end,
+            },
             reset_after: if self.count > 0 { until_end } else { 0 },
         }
     }
@@ -70,13 +80,13 @@ mod tests {
         let mut s = FixedWindow::default();
         // 700 s is a multiple of 7 s: the window is [700, 707).
         let t = 702 * NANOS_PER_SEC;
-        assert!(s.evaluate(&l, t, true).allowed);
-        assert!(s.evaluate(&l, t, true).allowed);
-        let d = s.evaluate(&l, t, true);
+        assert!(s.evaluate(&l, t, 1, true).allowed);
+        assert!(s.evaluate(&l, t, 1, true).allowed);
+        let d = s.evaluate(&l, t, 1, true);
         assert!(!d.allowed);
         assert_eq!(d.retry_after, 5 * NANOS_PER_SEC);
-        assert!(!s.evaluate(&l, 707 * NANOS_PER_SEC - 1, true).allowed);
-        let d = s.evaluate(&l, 707 * NANOS_PER_SEC, true);
+        assert!(!s.evaluate(&l, 707 * NANOS_PER_SEC - 1, 1, true).allowed);
+        let d = s.evaluate(&l, 707 * NANOS_PER_SEC, 1, true);
         assert!(d.allowed);
         assert_eq!(d.remaining, 1);
     }
@@ -86,10 +96,10 @@ mod tests {
         let mut s = FixedWindow::default();
         let t = 120 * NANOS_PER_SEC;
         for _ in 0..3 {
-            s.evaluate(&limits(10, 60), t, true);
+            s.evaluate(&limits(10, 60), t, 1, true);
         }
         // [120, 180) lies inside [0, 3600): the three requests still count.
-        assert_eq!(s.evaluate(&limits(10, 3600), t, false).remaining, 7);
+        assert_eq!(s.evaluate(&limits(10, 3600), t, 1, false).remaining, 7);
     }
 
     proptest! {
@@ -105,7 +115,7 @@ mod tests {
             let mut per_window = std::collections::HashMap::<u64, u64>::new();
             for gap in gaps {
                 now += gap;
-                let d = state.check(&l, now);
+                let d = state.check(&l, 1, now);
                 let w = now / l.window;
                 let n = per_window.entry(w).or_default();
                 if d.allowed {
@@ -115,8 +125,8 @@ mod tests {
                     prop_assert_eq!(*n, limit);
                     prop_assert_eq!(now + d.retry_after, (w + 1) * l.window);
                     let mut probe = state.clone();
-                    prop_assert!(!probe.check(&l, now + d.retry_after - 1).allowed);
-                    prop_assert!(probe.check(&l, now + d.retry_after).allowed);
+                    prop_assert!(!probe.check(&l, 1, now + d.retry_after - 1).allowed);
+                    prop_assert!(probe.check(&l, 1, now + d.retry_after).allowed);
                 }
                 prop_assert!(*n <= limit);
                 prop_assert_eq!(d.remaining, limit - *n);

@@ -40,6 +40,12 @@ impl Algorithm {
         }
     }
 
+    /// Every algorithm's name, in the order of [`Algorithm::ALL`]: the one list that
+    /// errors and the dashboard show.
+    pub fn names() -> impl Iterator<Item = &'static str> {
+        Self::ALL.into_iter().map(Self::as_str)
+    }
+
     pub fn parse(s: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|a| a.as_str() == s)
     }
@@ -95,14 +101,31 @@ impl Limits {
     }
 }
 
+/// Whether a check takes what it asks for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Mode {
+    /// Consume the cost if all of it fits (what a request does).
+    #[default]
+    Consume,
+    /// Report what a request of that cost would get, consuming nothing.
+    Peek,
+}
+
+/// Whether `cost` more units fit next to `used` under `limit`.
+fn fits(used: u64, cost: u64, limit: u64) -> bool {
+    used.checked_add(cost).is_some_and(|n| n <= limit)
+}
+
 /// The outcome of one check; headers and bodies are built from it, never recomputed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Decision {
     pub allowed: bool,
     pub limit: u64,
-    /// Requests still allowed right now, after this one.
+    /// Units still available right now, after this check.
     pub remaining: u64,
-    /// Time until a request would be allowed again; zero while `remaining > 0`.
+    /// Time until a request of the same cost (at least 1) would be allowed; zero while
+    /// one would be allowed now. For a cost above the quota, which never fits, the time
+    /// until the quota is fully restored.
     pub retry_after: Nanos,
     /// Time until the quota is fully restored.
     pub reset_after: Nanos,
@@ -133,25 +156,30 @@ impl State {
         }
     }
 
-    /// Checks one request and, when allowed, consumes from the quota. A state of another
+    /// Checks a request of `cost` units and, when all of them fit, consumes them (never
+    /// a part: a request that does not fit consumes nothing). A cost of 0 consumes
+    /// nothing and is allowed while the quota is not overdrawn. A state of another
     /// algorithm (the config's algorithm was changed) is replaced by a fresh one first.
-    pub fn check(&mut self, limits: &Limits, now: Nanos) -> Decision {
-        self.evaluate(limits, now, true)
+    pub fn check(&mut self, limits: &Limits, cost: u64, now: Nanos) -> Decision {
+        self.evaluate(limits, now, cost, Mode::Consume)
     }
 
-    /// The decision a request would get now, without consuming anything.
-    pub fn peek(&mut self, limits: &Limits, now: Nanos) -> Decision {
-        self.evaluate(limits, now, false)
+    /// The decision a request of `cost` would get now, consuming nothing: the state's
+    /// later decisions are the same as if the peek had not been made.
+    pub fn peek(&mut self, limits: &Limits, cost: u64, now: Nanos) -> Decision {
+        self.evaluate(limits, now, cost, Mode::Peek)
     }
 
-    fn evaluate(&mut self, limits: &Limits, now: Nanos, consume: bool) -> Decision {
+    /// [`State::check`] or [`State::peek`], by `mode`.
+    pub fn evaluate(&mut self, limits: &Limits, now: Nanos, cost: u64, mode: Mode) -> Decision {
         if self.algorithm() != limits.algorithm {
             *self = State::new(limits.algorithm);
         }
+        let consume = mode == Mode::Consume;
         match self {
-            State::Sliding(s) => s.evaluate(limits, now, consume),
-            State::Fixed(s) => s.evaluate(limits, now, consume),
-            State::Bucket(s) => s.evaluate(limits, now, consume),
+            State::Sliding(s) => s.evaluate(limits, now, cost, consume),
+            State::Fixed(s) => s.evaluate(limits, now, cost, consume),
+            State::Bucket(s) => s.evaluate(limits, now, cost, consume),
         }
     }
 
@@ -201,17 +229,110 @@ impl Reader<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// Limits of `algorithm` with a small quota over a window of 1 to 4 s.
+    fn small_limits(algorithm: Algorithm, quota: u64, window_secs: u64) -> Limits {
+        Limits::new(algorithm, quota, window_secs)
+    }
+
+    /// Whether admitting `cost` at `now` after `admitted` (time, units) keeps the
+    /// algorithm's guarantee.
+    fn within_guarantee(l: &Limits, admitted: &[(Nanos, u64)], now: Nanos) -> bool {
+        let units = |keep: &dyn Fn(Nanos) -> bool| -> u64 {
+            admitted
+                .iter()
+                .filter(|(t, _)| keep(*t))
+                .map(|(_, n)| n)
+                .sum()
+        };
+        match l.algorithm {
+            // Never more than the limit in any window ending now.
+            Algorithm::SlidingWindow => units(&|t| t + l.window > now) <= l.limit,
+            // Never more than the limit in the aligned window of now.
+            Algorithm::FixedWindow => units(&|t| t / l.window == now / l.window) <= l.limit,
+            // In any interval from an earlier admission to now: the burst plus what
+            // dripped in meanwhile.
+            Algorithm::TokenBucket => admitted.iter().all(|&(from, _)| {
+                units(&|t| t >= from) <= l.burst + (now - from) / l.refill_interval
+            }),
+        }
+    }
+
+    proptest! {
+        /// With costs: never more units than the guarantee allows, no partial admission,
+        /// and `retry_after` is exactly when a request of that cost passes.
+        #[test]
+        fn costs_keep_the_guarantee_and_retry_after_is_exact(
+            algorithm in prop::sample::select(Algorithm::ALL.to_vec()),
+            quota in 1u64..8,
+            window_secs in 1u64..4,
+            steps in prop::collection::vec((0u64..900_000_000, 0u64..9), 1..120),
+        ) {
+            let l = small_limits(algorithm, quota, window_secs);
+            let mut state = State::new(algorithm);
+            let mut now = 1_700_000_000 * NANOS_PER_SEC + 7;
+            let mut admitted = Vec::new();
+            for (gap, cost) in steps {
+                now += gap;
+                let cost = cost.min(quota);
+                let before = state.peek(&l, 0, now).remaining;
+                let d = state.check(&l, cost, now);
+                if d.allowed {
+                    prop_assert_eq!(d.remaining, before - cost);
+                    if cost > 0 {
+                        admitted.push((now, cost));
+                    }
+                    prop_assert!(within_guarantee(&l, &admitted, now));
+                } else {
+                    // Nothing was taken.
+                    prop_assert_eq!(d.remaining, before);
+                    prop_assert!(cost > before);
+                }
+                let need = cost.max(1);
+                prop_assert_eq!(d.retry_after > 0, d.remaining < need);
+                if d.retry_after > 0 {
+                    let mut probe = state.clone();
+                    prop_assert!(!probe.check(&l, need, now + d.retry_after - 1).allowed);
+                    let mut probe = state.clone();
+                    prop_assert!(probe.check(&l, need, now + d.retry_after).allowed);
+                }
+            }
+        }
+
+        /// A peek, of any cost, changes nothing that a later check could see.
+        #[test]
+        fn a_peek_never_changes_what_later_checks_decide(
+            algorithm in prop::sample::select(Algorithm::ALL.to_vec()),
+            quota in 1u64..8,
+            steps in prop::collection::vec((0u64..900_000_000, 0u64..9, any::<bool>()), 1..120),
+        ) {
+            let l = small_limits(algorithm, quota, 2);
+            let (mut plain, mut peeked) = (State::new(algorithm), State::new(algorithm));
+            let mut now = 1_700_000_000 * NANOS_PER_SEC;
+            for (gap, cost, peek) in steps {
+                now += gap;
+                if peek {
+                    // It says what the check would decide, and leaves the quota as it was.
+                    let seen = peeked.peek(&l, cost, now);
+                    prop_assert_eq!(seen.allowed, plain.clone().check(&l, cost, now).allowed);
+                    prop_assert_eq!(seen.remaining, plain.clone().peek(&l, 0, now).remaining);
+                }
+                prop_assert_eq!(peeked.check(&l, cost, now), plain.check(&l, cost, now));
+            }
+        }
+    }
 
     #[test]
     fn a_changed_algorithm_starts_fresh_state() {
         let sliding = Limits::new(Algorithm::SlidingWindow, 2, 60);
         let mut state = State::new(Algorithm::SlidingWindow);
-        assert!(state.check(&sliding, 0).allowed);
-        assert!(state.check(&sliding, 0).allowed);
-        assert!(!state.check(&sliding, 0).allowed);
+        assert!(state.check(&sliding, 1, 0).allowed);
+        assert!(state.check(&sliding, 1, 0).allowed);
+        assert!(!state.check(&sliding, 1, 0).allowed);
 
         let fixed = Limits::new(Algorithm::FixedWindow, 2, 60);
-        let d = state.check(&fixed, 0);
+        let d = state.check(&fixed, 1, 0);
         assert!(d.allowed);
         assert_eq!(d.remaining, 1);
         assert_eq!(state.algorithm(), Algorithm::FixedWindow);
@@ -222,10 +343,10 @@ mod tests {
         for algorithm in Algorithm::ALL {
             let limits = Limits::new(algorithm, 3, 10);
             let mut state = State::new(algorithm);
-            state.check(&limits, 0);
-            let before = state.peek(&limits, 0);
+            state.check(&limits, 1, 0);
+            let before = state.peek(&limits, 1, 0);
             assert_eq!(before.remaining, 2, "{algorithm:?}");
-            assert_eq!(state.peek(&limits, 0), before, "{algorithm:?}");
+            assert_eq!(state.peek(&limits, 1, 0), before, "{algorithm:?}");
         }
     }
 
@@ -235,7 +356,7 @@ mod tests {
             let limits = Limits::new(algorithm, 5, 10);
             let mut state = State::new(algorithm);
             for i in 0..4 {
-                state.check(&limits, i * 1_500_000_000);
+                state.check(&limits, 1, i * 1_500_000_000);
             }
             let bytes = state.encode();
             assert_eq!(State::decode(algorithm, &bytes), Some(state.clone()));
@@ -253,12 +374,12 @@ mod tests {
             let mut state = State::new(algorithm);
             let mut now = 123_456_789;
             for _ in 0..7 {
-                let d = state.check(&limits, now);
+                let d = state.check(&limits, 1, now);
                 assert!(d.reset_after <= limits.fresh_after(), "{algorithm:?}");
                 now += 1_000_000;
             }
             let last = now - 1_000_000;
-            let fresh = state.peek(&limits, last + limits.fresh_after());
+            let fresh = state.peek(&limits, 1, last + limits.fresh_after());
             assert_eq!(fresh.remaining, limits.quota(), "{algorithm:?}");
         }
     }

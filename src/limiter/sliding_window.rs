@@ -11,7 +11,7 @@
 //! granules. (A window shortened by a config change keeps the runs recorded under the
 //! old granule until they expire.)
 
-use super::{Decision, Limits, Reader};
+use super::{Decision, Limits, Reader, fits};
 use crate::clock::Nanos;
 use std::collections::VecDeque;
 
@@ -33,7 +33,13 @@ pub struct SlidingWindow {
 }
 
 impl SlidingWindow {
-    pub(super) fn evaluate(&mut self, limits: &Limits, now: Nanos, consume: bool) -> Decision {
+    pub(super) fn evaluate(
+        &mut self,
+        limits: &Limits,
+        now: Nanos,
+        cost: u64,
+        consume: bool,
+    ) -> Decision {
         let window = limits.window;
         // A run recorded at `ms` stops counting once `now >= ms + window`.
         let expires = |ms: u64| (ms * NANOS_PER_MS).saturating_add(window);
@@ -45,26 +51,35 @@ impl SlidingWindow {
             self.total -= count as u64;
         }
 
-        let allowed = self.total < limits.limit;
-        if allowed && consume {
+        let allowed = fits(self.total, cost, limits.limit);
+        if allowed && consume && cost > 0 {
             let granule = granule_ms(window);
             let at = now.div_ceil(NANOS_PER_MS).div_ceil(granule) * granule;
+            // `total + cost <= limit <= 10^9` (see `policy::validate`), so one run's count
+            // fits a u32.
+            let n = u32::try_from(cost).unwrap_or(u32::MAX);
             match self.runs.back_mut() {
                 // A clock that stepped back still records at the newest run: time never
                 // runs backwards inside the window.
-                Some((ms, count)) if *ms >= at && *count < u32::MAX => *count += 1,
-                Some(&mut (ms, _)) if ms >= at => self.runs.push_back((ms, 1)),
-                _ => self.runs.push_back((at, 1)),
+                Some((ms, count)) if *ms >= at && count.checked_add(n).is_some() => *count += n,
+                // A full run: the next millisecond, counted longer, never shorter.
+                Some(&mut (ms, _)) if ms >= at => self.runs.push_back((ms + 1, n)),
+                _ => self.runs.push_back((at, n)),
             }
-            self.total += 1;
+            self.total += cost;
         }
 
         let remaining = limits.limit.saturating_sub(self.total);
-        let retry_after = if remaining > 0 {
+        let reset_after = self.runs.back().map_or(0, |&(ms, _)| expires(ms) - now);
+        let need = cost.max(1);
+        let retry_after = if fits(self.total, need, limits.limit) {
             0
+        } else if need > limits.limit {
+            // Never fits: the best it gets is the whole quota back.
+            reset_after
         } else {
-            // The next request fits once `total - limit + 1` admissions have expired.
-            let mut to_expire = self.total - limits.limit + 1;
+            // A request of `need` fits once `total + need - limit` admissions expired.
+            let mut to_expire = self.total + need - limits.limit;
             let mut at = now;
             for &(ms, count) in &self.runs {
                 at = expires(ms);
@@ -75,7 +90,6 @@ impl SlidingWindow {
             }
             at - now
         };
-        let reset_after = self.runs.back().map_or(0, |&(ms, _)| expires(ms) - now);
         Decision {
             allowed,
             limit: limits.limit,
@@ -130,26 +144,26 @@ mod tests {
         let mut s = SlidingWindow::default();
         let t0 = 1_000 * NANOS_PER_SEC;
         for (i, remaining) in [2, 1, 0].into_iter().enumerate() {
-            let d = s.evaluate(&l, t0 + i as u64 * NANOS_PER_SEC, true);
+            let d = s.evaluate(&l, t0 + i as u64 * NANOS_PER_SEC, 1, true);
             assert!(d.allowed);
             assert_eq!(d.remaining, remaining);
         }
-        let d = s.evaluate(&l, t0 + 5 * NANOS_PER_SEC, true);
+        let d = s.evaluate(&l, t0 + 5 * NANOS_PER_SEC, 1, true);
         assert!(!d.allowed);
         assert_eq!(d.retry_after, 5 * NANOS_PER_SEC);
         assert_eq!(d.reset_after, 7 * NANOS_PER_SEC);
-        assert!(!s.evaluate(&l, t0 + 10 * NANOS_PER_SEC - 1, true).allowed);
-        assert!(s.evaluate(&l, t0 + 10 * NANOS_PER_SEC, true).allowed);
+        assert!(!s.evaluate(&l, t0 + 10 * NANOS_PER_SEC - 1, 1, true).allowed);
+        assert!(s.evaluate(&l, t0 + 10 * NANOS_PER_SEC, 1, true).allowed);
     }
 
     #[test]
     fn a_lowered_limit_keeps_recorded_requests() {
         let mut s = SlidingWindow::default();
         for i in 0..5 {
-            assert!(s.evaluate(&limits(10, 60), i, true).allowed);
+            assert!(s.evaluate(&limits(10, 60), i, 1, true).allowed);
         }
         // Five recorded, new limit two: four must expire before one more fits.
-        let d = s.evaluate(&limits(2, 60), 10, true);
+        let d = s.evaluate(&limits(2, 60), 10, 1, true);
         assert!(!d.allowed);
         assert_eq!(d.remaining, 0);
     }
@@ -163,7 +177,7 @@ mod tests {
         let t0 = 1_700_000_000 * NANOS_PER_SEC;
         let mut admitted = 0u64;
         for i in 0..864_000u64 {
-            admitted += s.evaluate(&l, t0 + i * 100 * NANOS_PER_MS, true).allowed as u64;
+            admitted += s.evaluate(&l, t0 + i * 100 * NANOS_PER_MS, 1, true).allowed as u64;
             assert!(s.runs.len() <= MAX_RUNS);
         }
         assert_eq!(admitted, 864_000);
@@ -177,9 +191,9 @@ mod tests {
         let g = granule_ms(l.window) * NANOS_PER_MS;
         let mut s = SlidingWindow::default();
         let t0 = 1_700_000_000 * NANOS_PER_SEC + 1;
-        assert!(s.evaluate(&l, t0, true).allowed);
-        assert!(s.evaluate(&l, t0 + NANOS_PER_SEC, true).allowed);
-        let d = s.evaluate(&l, t0 + 2 * NANOS_PER_SEC, true);
+        assert!(s.evaluate(&l, t0, 1, true).allowed);
+        assert!(s.evaluate(&l, t0 + NANOS_PER_SEC, 1, true).allowed);
+        let d = s.evaluate(&l, t0 + 2 * NANOS_PER_SEC, 1, true);
         let exact = l.window - 2 * NANOS_PER_SEC;
         assert!(!d.allowed);
         assert!(d.retry_after >= exact && d.retry_after < exact + g, "{d:?}");
@@ -190,7 +204,7 @@ mod tests {
         let l = limits(1000, 60);
         let mut s = SlidingWindow::default();
         for i in 0..500 {
-            s.evaluate(&l, 5 * NANOS_PER_SEC + 1 + i, true);
+            s.evaluate(&l, 5 * NANOS_PER_SEC + 1 + i, 1, true);
         }
         assert_eq!(s.runs.len(), 1);
         assert_eq!(s.total, 500);
@@ -211,7 +225,7 @@ mod tests {
             let mut admitted: Vec<Nanos> = Vec::new();
             for gap in gaps {
                 now += gap;
-                let d = state.evaluate(&l, now, true);
+                let d = state.evaluate(&l, now, 1, true);
                 prop_assert!(state.runs.len() <= MAX_RUNS);
                 if d.allowed {
                     admitted.push(now);
@@ -219,9 +233,9 @@ mod tests {
                     prop_assert!(in_window <= limit);
                 } else {
                     let mut probe = state.clone();
-                    prop_assert!(!probe.evaluate(&l, now + d.retry_after - 1, true).allowed);
+                    prop_assert!(!probe.evaluate(&l, now + d.retry_after - 1, 1, true).allowed);
                     let mut probe = state.clone();
-                    prop_assert!(probe.evaluate(&l, now + d.retry_after, true).allowed);
+                    prop_assert!(probe.evaluate(&l, now + d.retry_after, 1, true).allowed);
                 }
             }
         }
@@ -240,7 +254,7 @@ mod tests {
             let mut admitted: Vec<Nanos> = Vec::new();
             for gap in gaps {
                 now += gap;
-                let d = state.check(&l, now);
+                let d = state.check(&l, 1, now);
                 if d.allowed {
                     admitted.push(now);
                     let in_window = admitted.iter().filter(|&&t| t + l.window > now).count() as u64;
@@ -248,9 +262,9 @@ mod tests {
                 } else {
                     prop_assert!(d.retry_after > 0);
                     let mut probe = state.clone();
-                    prop_assert!(!probe.check(&l, now + d.retry_after - 1).allowed);
+                    prop_assert!(!probe.check(&l, 1, now + d.retry_after - 1).allowed);
                     let mut probe = state.clone();
-                    prop_assert!(probe.check(&l, now + d.retry_after).allowed);
+                    prop_assert!(probe.check(&l, 1, now + d.retry_after).allowed);
                 }
                 prop_assert_eq!(d.remaining == 0, d.retry_after > 0);
             }
@@ -267,10 +281,10 @@ mod tests {
             let mut last = None;
             for gap in gaps {
                 now += gap;
-                last = Some(state.check(&l, now));
+                last = Some(state.check(&l, 1, now));
             }
             let d = last.unwrap(); // the vector is never empty (1..30)
-            prop_assert_eq!(state.peek(&l, now + d.reset_after).remaining, limit);
+            prop_assert_eq!(state.peek(&l, 1, now + d.reset_after).remaining, limit);
         }
     }
 }

@@ -17,7 +17,13 @@ pub struct TokenBucket {
 }
 
 impl TokenBucket {
-    pub(super) fn evaluate(&mut self, limits: &Limits, now: Nanos, consume: bool) -> Decision {
+    pub(super) fn evaluate(
+        &mut self,
+        limits: &Limits,
+        now: Nanos,
+        cost: u64,
+        consume: bool,
+    ) -> Decision {
         let t = limits.refill_interval as u128;
         let capacity = limits.burst as u128 * t;
         let now128 = now as u128;
@@ -34,16 +40,21 @@ impl TokenBucket {
         debt = debt.min(capacity);
         self.interval = limits.refill_interval;
 
-        let allowed = debt + t <= capacity;
+        // `cost * t` stays far inside u128: both are below 2^64.
+        let allowed = debt + cost as u128 * t <= capacity;
         if allowed && consume {
-            debt += t;
+            debt += cost as u128 * t;
         }
         self.tat = now128 + debt;
         let remaining = ((capacity - debt) / t) as u64;
-        let retry_after = if remaining > 0 {
+        let need = cost.max(1) as u128 * t;
+        let retry_after = if debt + need <= capacity {
             0
+        } else if need > capacity {
+            // Never fits: the best it gets is a full bucket.
+            debt.min(Nanos::MAX as u128) as Nanos
         } else {
-            (debt + t - capacity) as Nanos
+            (debt + need - capacity) as Nanos
         };
         Decision {
             allowed,
@@ -90,21 +101,21 @@ mod tests {
         let mut s = TokenBucket::default();
         let t0 = 10 * NANOS_PER_SEC;
         for remaining in (0..5).rev() {
-            let d = s.evaluate(&l, t0, true);
+            let d = s.evaluate(&l, t0, 1, true);
             assert!(d.allowed);
             assert_eq!(d.remaining, remaining);
         }
-        let d = s.evaluate(&l, t0, true);
+        let d = s.evaluate(&l, t0, 1, true);
         assert!(!d.allowed);
         assert_eq!(d.retry_after, 500_000_000);
         assert_eq!(d.reset_after, 5 * 500_000_000);
-        assert!(!s.evaluate(&l, t0 + 499_999_999, true).allowed);
-        let d = s.evaluate(&l, t0 + 500_000_000, true);
+        assert!(!s.evaluate(&l, t0 + 499_999_999, 1, true).allowed);
+        let d = s.evaluate(&l, t0 + 500_000_000, 1, true);
         assert!(d.allowed);
         assert_eq!(d.remaining, 0);
         // Fractional refill is kept: 1.5 intervals later one token is back, half of the
         // next one is on its way.
-        let d = s.evaluate(&l, t0 + 1_250_000_000, false);
+        let d = s.evaluate(&l, t0 + 1_250_000_000, 1, false);
         assert_eq!(d.remaining, 1);
     }
 
@@ -112,12 +123,12 @@ mod tests {
     fn a_changed_rate_keeps_the_consumption() {
         let mut s = TokenBucket::default();
         for _ in 0..4 {
-            s.evaluate(&limits(10, 1), 0, true);
+            s.evaluate(&limits(10, 1), 0, 1, true);
         }
         // Four tokens used; twice the rate: the debt is rescaled, still four tokens.
-        assert_eq!(s.evaluate(&limits(10, 2), 0, false).remaining, 6);
+        assert_eq!(s.evaluate(&limits(10, 2), 0, 1, false).remaining, 6);
         // A smaller bucket is simply empty, not negative.
-        let d = s.evaluate(&limits(3, 2), 0, false);
+        let d = s.evaluate(&limits(3, 2), 0, 1, false);
         assert_eq!(d.remaining, 0);
         assert_eq!(d.retry_after, 500_000_000);
     }
@@ -136,13 +147,13 @@ mod tests {
             let mut admitted = 0u64;
             for gap in gaps {
                 now += gap;
-                let d = state.check(&l, now);
+                let d = state.check(&l, 1, now);
                 if d.allowed {
                     admitted += 1;
                 } else {
                     let mut probe = state.clone();
-                    prop_assert!(!probe.check(&l, now + d.retry_after - 1).allowed);
-                    prop_assert!(probe.check(&l, now + d.retry_after).allowed);
+                    prop_assert!(!probe.check(&l, 1, now + d.retry_after - 1).allowed);
+                    prop_assert!(probe.check(&l, 1, now + d.retry_after).allowed);
                 }
                 let refilled = (now - start) / l.refill_interval;
                 prop_assert!(admitted <= burst + refilled);

@@ -17,7 +17,7 @@
 //!   version on the `rw:config` channel (see `crate::cluster`).
 
 use crate::clock::{NANOS_PER_SEC, Nanos, SharedClock};
-use crate::limiter::{Algorithm, Decision, Limits, granule_ms};
+use crate::limiter::{Algorithm, Decision, Limits, Mode, granule_ms};
 use crate::metrics::{Metrics, RedisFailure};
 use crate::policy::{Config, ConfigSpec};
 use redis::aio::{ConnectionLike, MultiplexedConnection};
@@ -319,14 +319,16 @@ impl Redis {
         !self.inner.open.load(Ordering::Relaxed)
     }
 
-    /// Checks one request of `client` under `limits` for the config `endpoint`, consuming
-    /// when `consume` and allowed.
+    /// Checks a request of `cost` units of `client` under `limits` for the config
+    /// `endpoint`, consuming them when `mode` says so and they all fit: the same
+    /// decision as `limiter::State::evaluate`.
     pub fn check(
         &self,
         client: &str,
         endpoint: &str,
         limits: &Limits,
-        consume: bool,
+        cost: u64,
+        mode: Mode,
     ) -> impl Future<Output = Result<Decision, RedisUnavailable>> + use<> {
         let conn = self.conn();
         let this = self.clone();
@@ -349,7 +351,8 @@ impl Redis {
                 Some(now) => call.arg(now / NANOS_PER_SEC).arg(now % NANOS_PER_SEC),
                 None => call.arg("").arg(""),
             };
-            call.arg(if consume { "1" } else { "0" });
+            call.arg(if mode == Mode::Consume { "1" } else { "0" })
+                .arg(cost);
             match limits.algorithm {
                 Algorithm::TokenBucket => call.arg(limits.burst).arg(limits.refill_interval),
                 Algorithm::SlidingWindow => call

@@ -1,4 +1,6 @@
--- Reads the time: Redis `TIME`, unless the caller passed seconds and nanoseconds.
+-- The prelude of every decision script. ARGV[1], ARGV[2]: the time in seconds and
+-- nanoseconds, or '' for Redis `TIME`; ARGV[3]: '1' to consume, '0' to peek; ARGV[4]:
+-- the cost. The algorithm's own arguments follow from ARGV[5].
 local now_s, now_ns
 if ARGV[1] == '' then
   local t = redis.call('TIME')
@@ -7,6 +9,9 @@ else
   now_s = tonumber(ARGV[1]); now_ns = tonumber(ARGV[2])
 end
 local consume = ARGV[3] == '1'
+-- Units asked for (all or nothing), and the units a retry estimate is for (at least 1).
+local cost = tonumber(ARGV[4])
+local need = math.max(cost, 1)
 -- A time after now as whole seconds and nanoseconds: exact for any window.
 local function until_(s, ns)
   local ds, dns = s - now_s, ns - now_ns

@@ -1,7 +1,7 @@
 -- Sliding window, as runs of admissions per granule (see `limiter::sliding_window`).
 -- KEYS[1]: list of "ms:count", oldest first; KEYS[2]: the sum of the counts; KEYS[3..]:
--- other algorithms. ARGV[4]: limit, ARGV[5]: window (s), ARGV[6]: granule (ms).
-local limit, w, g = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+-- other algorithms. ARGV[5]: limit, ARGV[6]: window (s), ARGV[7]: granule (ms).
+local limit, w, g = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local function parse(v)
   local ms, c = string.match(v, '^(%d+):(%d+)$')
   return tonumber(ms), tonumber(c)
@@ -33,27 +33,34 @@ while true do
   total = total - c
   popped = true
 end
-local allowed = total < limit
-if allowed and consume then
+local allowed = total + cost <= limit
+if allowed and consume and cost > 0 then
   local at = now_s * 1000 + math.ceil(now_ns / 1000000)
   local r = at % g
   if r > 0 then at = at + g - r end
   local back = redis.call('LINDEX', KEYS[1], -1)
   local bms, bc
   if back then bms, bc = parse(back) end
-  if bms and bms >= at and bc < 4294967295 then
-    redis.call('LSET', KEYS[1], -1, string.format('%d:%d', bms, bc + 1))
+  if bms and bms >= at and bc + cost <= 4294967295 then
+    redis.call('LSET', KEYS[1], -1, string.format('%d:%d', bms, bc + cost))
   elseif bms and bms >= at then
-    redis.call('RPUSH', KEYS[1], string.format('%d:1', bms))
+    -- A full run: the next millisecond, counted longer, never shorter.
+    redis.call('RPUSH', KEYS[1], string.format('%d:%d', bms + 1, cost))
   else
-    redis.call('RPUSH', KEYS[1], string.format('%d:1', at))
+    redis.call('RPUSH', KEYS[1], string.format('%d:%d', at, cost))
   end
-  total = total + 1
+  total = total + cost
 end
 local remaining = math.max(limit - total, 0)
 local rt_s, rt_ns, rs_s, rs_ns = 0, 0, 0, 0
-if remaining == 0 then
-  local to_expire = total - limit + 1
+local back = redis.call('LINDEX', KEYS[1], -1)
+if back then rs_s, rs_ns = until_(expiry(parse(back))) end
+if total + need > limit and need > limit then
+  -- Never fits: the best it gets is the whole quota back.
+  rt_s, rt_ns = rs_s, rs_ns
+elseif total + need > limit then
+  -- A request of `need` fits once `total + need - limit` admissions have expired.
+  local to_expire = total + need - limit
   local e_s, e_ns = now_s, now_ns
   local i, done = 0, false
   while not done do
@@ -69,8 +76,6 @@ if remaining == 0 then
   end
   rt_s, rt_ns = until_(e_s, e_ns)
 end
-local back = redis.call('LINDEX', KEYS[1], -1)
-if back then rs_s, rs_ns = until_(expiry(parse(back))) end
 -- A peek that dropped expired runs must keep the sum in step with them.
 if consume or popped then
   if total > 0 then

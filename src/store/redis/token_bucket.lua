@@ -1,9 +1,9 @@
 -- Token bucket as GCRA (see `limiter::token_bucket`). KEYS[1]: hash {ts, tn = the
 -- theoretical arrival time in s and ns, i = the refill interval it was computed with};
--- KEYS[2..]: other algorithms. ARGV[4]: burst, ARGV[5]: refill interval in ns.
+-- KEYS[2..]: other algorithms. ARGV[5]: burst, ARGV[6]: refill interval in ns.
 -- Exact while the bucket's capacity in time (burst × interval) is below 2^53 ns (104
 -- days), within one part in 2^53 beyond.
-local burst, t = tonumber(ARGV[4]), tonumber(ARGV[5])
+local burst, t = tonumber(ARGV[5]), tonumber(ARGV[6])
 local cap = burst * t
 local st = redis.call('HMGET', KEYS[1], 'ts', 'tn', 'i')
 local debt = 0
@@ -14,11 +14,16 @@ if st[1] then
   if old ~= 0 and old ~= t then debt = math.floor(debt * t / old) end
 end
 if debt > cap then debt = cap end
-local allowed = debt + t <= cap
-if allowed and consume then debt = debt + t end
+local allowed = debt + cost * t <= cap
+if allowed and consume then debt = debt + cost * t end
 local remaining = math.floor((cap - debt) / t)
 local rt_s, rt_ns = 0, 0
-if remaining == 0 then rt_s, rt_ns = split(debt + t - cap) end
+if debt + need * t > cap and need * t > cap then
+  -- Never fits: the best it gets is a full bucket.
+  rt_s, rt_ns = split(debt)
+elseif debt + need * t > cap then
+  rt_s, rt_ns = split(debt + need * t - cap)
+end
 local rs_s, rs_ns = split(debt)
 -- Written on a peek too, as in memory: a rescaled or capped debt stays so.
 local ts, tn = split(now_ns + debt)
