@@ -161,3 +161,24 @@ async fn in_redis_mode_an_idle_client_still_shows_the_quota_redis_holds() {
     assert_eq!(endpoints[0]["remaining"], 7, "{st}");
     assert_eq!(st["status"]["total_requests"], 3);
 }
+
+#[actix_rt::test]
+async fn concurrent_checks_of_a_client_being_restored_admit_exactly_what_was_left() {
+    let s = TestServer::with(|c| {
+        c.client_idle_secs = 1;
+        c.shards = NonZeroUsize::new(1);
+    })
+    .await;
+    s.config("/w", 5, 3600, "fixed_window").await;
+    assert_eq!(s.statuses("w", "/w", 2).await, vec![404, 404]);
+    s.clock.advance(2 * NANOS_PER_SEC);
+    // Evicted, and its snapshot written: the next request reads it back from SQLite,
+    // and the checks that arrive meanwhile wait for it, in order.
+    s.registries.flush_all().await.unwrap();
+    assert_eq!(active_clients(&s).await, 0);
+    let replies = futures_util::future::join_all((0..10).map(|_| s.get_as("w", "/w"))).await;
+    let allowed = replies.iter().filter(|r| r.status == 404).count();
+    let limited = replies.iter().filter(|r| r.status == 429).count();
+    assert_eq!((allowed, limited), (3, 7));
+    assert_eq!(active_clients(&s).await, 1);
+}

@@ -1,84 +1,30 @@
-//! One client's limiter: an actor holding that client's algorithm state for every endpoint
-//! it has used, its counters, and the statistics not yet written. Check-and-consume is
-//! one message, so concurrent requests of a client can never over-admit.
+//! One client's limiter: an entity holding that client's algorithm state for every
+//! endpoint it has used, its counters, and the statistics not yet written. It is an actor
+//! in the model's sense, not an actix actor of its own: its state is private to it, and
+//! its registry shard, which owns it, hands it one check at a time, in order, so
+//! check-and-consume is atomic and concurrent requests of a client can never over-admit.
+//! A live client costs its key, this struct and one entry per endpoint used, with no
+//! task, mailbox or context of its own.
 //!
-//! Messages:
-//! - [`ClientCheck`] → [`Decision`]: decide one request and consume from the quota.
-//! - [`RedisCheck`] → [`Decision`]: the same in distributed mode, where the quota lives
-//!   in Redis (atomic there, so this limiter does not serialise its checks: they are in
-//!   flight together and only their bookkeeping runs here).
-//! - [`TakeSnapshot`] → `Option<ClientSnapshot>`: what changed since the last snapshot.
-//! - [`Evict`] → `Option<ClientSnapshot>`: the final snapshot; the actor then stops.
-//! - [`Status`] → [`ClientStatus`]: counters and remaining quota per endpoint.
+//! What the shard asks of it, all synchronous:
+//! - [`ClientLimiter::decide`]: decide one check and consume (in memory).
+//! - [`ClientLimiter::record`]: count a decision (also one made in Redis).
+//! - [`ClientLimiter::snapshot`]: what changed since the last snapshot.
+//! - [`ClientLimiter::status`]: counters and remaining quota per endpoint.
 
-use super::db::{Db, LoadClient};
 use super::{DecisionEvent, EventSink};
-use crate::clock::{NANOS_PER_SEC, Nanos, SharedClock, rfc3339};
+use crate::clock::{NANOS_PER_SEC, Nanos, rfc3339};
 use crate::limiter::{Algorithm, Decision, Limits, Mode, State};
 use crate::policy::{Policy, PolicyTable};
 use crate::stats::GlobalStats;
 use crate::store::redis::Redis;
 use crate::store::{ClientSnapshot, EndpointSnapshot, StatDelta, StoredClient, Totals};
-use actix::clock::Instant;
-use actix::prelude::*;
 use serde::Serialize;
-use std::collections::HashMap;
 use std::sync::Arc;
-
-/// Decide one request of this client under `policy`, unless `answer_by` has passed:
-/// then the request is answered by `--on-error`, and nothing is consumed (`None`).
-#[derive(Message)]
-#[rtype(result = "Option<Decision>")]
-pub struct ClientCheck {
-    pub policy: Arc<Policy>,
-    pub cost: u64,
-    pub mode: Mode,
-    pub answer_by: Instant,
-    /// For the live feeds; only set while someone watches.
-    pub path: Option<Arc<str>>,
-}
-
-/// Decide one request through Redis (distributed mode). `None` when Redis cannot answer
-/// in time, or `answer_by` passed first.
-#[derive(Message)]
-#[rtype(result = "Option<Decision>")]
-pub struct RedisCheck {
-    pub policy: Arc<Policy>,
-    pub cost: u64,
-    pub mode: Mode,
-    pub answer_by: Instant,
-    pub path: Option<Arc<str>>,
-}
-
-/// Hand over a snapshot if anything changed since the last one.
-#[derive(Message)]
-#[rtype(result = "Option<ClientSnapshot>")]
-pub struct TakeSnapshot;
-
-/// Hand over the final snapshot (if anything changed) and stop.
-#[derive(Message)]
-#[rtype(result = "Option<ClientSnapshot>")]
-pub struct Evict;
-
-/// Report counters and quotas under the given configs.
-#[derive(Message)]
-#[rtype(result = "ClientStatus")]
-pub struct Status {
-    pub table: Arc<crate::policy::PolicyTable>,
-}
-
-/// Where a new limiter's state comes from.
-pub enum Restore {
-    /// A client never seen before.
-    Fresh,
-    /// A snapshot the registry still holds in memory.
-    From(StoredClient),
-    /// Ask the database before handling the first check.
-    Load(Addr<Db>),
-}
 
 /// Per endpoint: the algorithm state and the counts of the current minute.
 struct Endpoint {
+    name: Arc<str>,
     state: State,
     /// The limits of the last check, to tell when the state expires; `None` for a state
     /// restored from a snapshot and not checked since.
@@ -90,12 +36,16 @@ struct Endpoint {
     blocked: u64,
 }
 
+/// What every limiter of a shard shares, lent for one call.
+pub struct Shared<'a> {
+    pub global: &'a GlobalStats,
+    pub events: Option<&'a EventSink>,
+}
+
 pub struct ClientLimiter {
     client: Arc<str>,
-    clock: SharedClock,
-    global: Arc<GlobalStats>,
-    events: Option<EventSink>,
-    endpoints: HashMap<Arc<str>, Endpoint>,
+    /// A client uses few endpoints: a vector is smaller and faster than a map.
+    endpoints: Vec<Endpoint>,
     totals: Totals,
     /// Counts checks; snapshots carry it so the database keeps the newest.
     version: u64,
@@ -106,58 +56,40 @@ pub struct ClientLimiter {
     snapshot_version: u64,
     /// Per-minute counts of past minutes, waiting for the next snapshot.
     stats: Vec<StatDelta>,
-    restore: Option<Restore>,
-    /// Distributed mode: decisions are made in Redis, this actor keeps the bookkeeping.
-    redis: Option<Redis>,
-    /// The restore failed: this limiter decides nothing more (actix still delivers the
-    /// checks already queued when it stops) and the registry replaces it.
-    restore_failed: bool,
 }
 
 impl ClientLimiter {
-    pub fn new(
-        client: Arc<str>,
-        clock: SharedClock,
-        global: Arc<GlobalStats>,
-        events: Option<EventSink>,
-        restore: Restore,
-        redis: Option<Redis>,
-    ) -> Self {
+    pub fn new(client: Arc<str>) -> Self {
         Self {
             client,
-            clock,
-            global,
-            events,
-            endpoints: HashMap::new(),
+            endpoints: Vec::new(),
             totals: Totals::default(),
             version: 0,
             last_now: 0,
             snapshot_version: 0,
             stats: Vec::new(),
-            restore: Some(restore),
-            redis,
-            restore_failed: false,
         }
     }
 
-    fn restore_from(&mut self, stored: StoredClient) {
+    pub fn restore_from(&mut self, stored: StoredClient, now: Nanos) {
         self.version = stored.version;
         self.snapshot_version = stored.version;
         self.totals = stored.totals;
-        self.last_now = stored.totals.last_request;
-        let minute = self.clock.now() / NANOS_PER_SEC / 60;
+        self.last_now = self.last_now.max(stored.totals.last_request);
+        let minute = now / NANOS_PER_SEC / 60;
         for e in stored.endpoints {
             match State::decode(e.algorithm, &e.state) {
                 Some(state) => {
-                    let endpoint = Endpoint {
+                    self.endpoints.retain(|x| x.name != e.endpoint);
+                    self.endpoints.push(Endpoint {
+                        name: e.endpoint,
                         state,
                         limits: None,
                         stored_expiry: e.expires_at,
                         minute,
                         allowed: 0,
                         blocked: 0,
-                    };
-                    self.endpoints.insert(e.endpoint, endpoint);
+                    });
                 }
                 None => log::warn!(
                     "client {:?}: unreadable snapshot for endpoint {:?} ignored",
@@ -168,25 +100,85 @@ impl ClientLimiter {
         }
     }
 
-    /// The clock, never earlier than it was before.
-    fn now(&mut self) -> Nanos {
-        self.last_now = self.last_now.max(self.clock.now());
+    /// `now`, never earlier than this limiter has seen before.
+    pub fn now(&mut self, now: Nanos) -> Nanos {
+        self.last_now = self.last_now.max(now);
         self.last_now
     }
 
-    fn snapshot(&mut self) -> Option<ClientSnapshot> {
+    fn endpoint(&mut self, policy: &Policy, minute: u64) -> &mut Endpoint {
+        let i = match self
+            .endpoints
+            .iter()
+            .position(|e| e.name == policy.endpoint)
+        {
+            Some(i) => i,
+            None => {
+                self.endpoints.push(Endpoint::new(policy, minute));
+                self.endpoints.len() - 1
+            }
+        };
+        &mut self.endpoints[i]
+    }
+
+    /// Decides a check of `cost` under `policy` from this limiter's own state, at `now`
+    /// (from [`ClientLimiter::now`]).
+    pub fn decide(&mut self, policy: &Policy, cost: u64, mode: Mode, now: Nanos) -> Decision {
+        let minute = now / NANOS_PER_SEC / 60;
+        let endpoint = self.endpoint(policy, minute);
+        endpoint.state.evaluate(&policy.limits, now, cost, mode)
+    }
+
+    /// Counts one decision: per-minute statistics, totals, global counters, the feeds.
+    pub fn record(
+        &mut self,
+        policy: &Policy,
+        decision: Decision,
+        path: Option<Arc<str>>,
+        now: Nanos,
+        shared: &Shared,
+    ) {
+        let minute = now / NANOS_PER_SEC / 60;
+        let mut stats = std::mem::take(&mut self.stats);
+        let endpoint = self.endpoint(policy, minute);
+        endpoint.limits = Some(policy.limits);
+        endpoint.count(minute, decision.allowed, &mut stats);
+        self.stats = stats;
+        if !decision.allowed {
+            self.totals.blocked_requests += 1;
+        }
+        self.totals.total_requests += 1;
+        self.totals.last_request = now;
+        self.version += 1;
+        shared.global.record(now, decision.allowed);
+        if let Some(sink) = shared.events {
+            sink.offer(&self.client, || DecisionEvent {
+                client: self.client.clone(),
+                endpoint: policy.endpoint.clone(),
+                path,
+                decision,
+                at: now,
+                origin: None,
+            });
+        }
+    }
+
+    /// A snapshot of what changed since the last one, if anything did. With the quota
+    /// kept in Redis (`remote`), the local state never decides, so each endpoint's
+    /// snapshot lives as long as its quota can (the longest reset of its limits): it is
+    /// what names the client's endpoints once the limiter is gone.
+    pub fn snapshot(&mut self, now: Nanos, remote: bool) -> Option<ClientSnapshot> {
         if self.version == self.snapshot_version {
             return None;
         }
         self.snapshot_version = self.version;
-        let now = self.now();
-        let remote = self.redis.is_some();
+        let now = self.now(now);
         let mut endpoints = Vec::with_capacity(self.endpoints.len());
         let mut stats = std::mem::take(&mut self.stats);
-        for (name, e) in &mut self.endpoints {
-            stats.extend(e.take_counts(name));
+        for e in &mut self.endpoints {
+            stats.extend(e.take_counts());
             endpoints.push(EndpointSnapshot {
-                endpoint: name.clone(),
+                endpoint: e.name.clone(),
                 algorithm: e.state.algorithm(),
                 state: e.state.encode(),
                 expires_at: e.expires_at(now, remote),
@@ -200,131 +192,34 @@ impl ClientLimiter {
             stats,
         })
     }
-}
 
-impl Actor for ClientLimiter {
-    type Context = Context<Self>;
-
-    fn started(&mut self, ctx: &mut Context<Self>) {
-        // Many thousands of checks may queue for a hot client; the default mailbox of 16
-        // would push back on the registry instead of queueing.
-        ctx.set_mailbox_capacity(1024);
-        match self.restore.take() {
-            Some(Restore::From(stored)) => self.restore_from(stored),
-            Some(Restore::Load(db)) => {
-                let msg = LoadClient {
-                    client: self.client.clone(),
-                    now: self.clock.now(),
-                };
-                // `wait`: no check is handled before the state is back.
-                // A failed restore stops this limiter rather than start it empty (which
-                // would hand the client a fresh quota): the checks queued meanwhile get
-                // the `--on-error` policy, and the next check spawns a limiter that
-                // tries again.
-                ctx.wait(db.send(msg).into_actor(self).map(|res, act, ctx| {
-                    let e = match res {
-                        Ok(Ok(Some(stored))) => return act.restore_from(stored),
-                        Ok(Ok(None)) => return,
-                        Ok(Err(e)) => e.to_string(),
-                        Err(e) => e.to_string(),
-                    };
-                    log::error!("restoring client {:?} failed: {e}", act.client);
-                    act.restore_failed = true;
-                    ctx.stop();
-                }));
-            }
-            Some(Restore::Fresh) | None => {}
-        }
-    }
-}
-
-impl ClientLimiter {
-    /// Whether a check must be refused: the restore failed, or the answer could not reach
-    /// the request before it gives up (a request answered by `--on-error` must not have
-    /// consumed).
-    fn refuses(&self, answer_by: Instant) -> bool {
-        self.restore_failed || Instant::now() > answer_by
+    /// Counters and quotas under today's configs, from this limiter's own state.
+    pub fn status(&mut self, table: &PolicyTable, now: Nanos) -> ClientStatus {
+        let now = self.now(now);
+        ClientStatus::build(
+            self.totals,
+            self.endpoints.iter_mut().map(|e| (&e.name, &mut e.state)),
+            table,
+            now,
+        )
     }
 
-    /// Counts one decision: per-minute statistics, totals, global counters, the feeds.
-    fn record(&mut self, policy: &Policy, decision: Decision, path: Option<Arc<str>>, now: Nanos) {
-        let minute = now / NANOS_PER_SEC / 60;
-        let endpoint = self
-            .endpoints
-            .entry(policy.endpoint.clone())
-            .or_insert_with(|| Endpoint::new(policy.limits, minute));
-        endpoint.limits = Some(policy.limits);
-        endpoint.count(&policy.endpoint, minute, decision.allowed, &mut self.stats);
-        if !decision.allowed {
-            self.totals.blocked_requests += 1;
-        }
-        self.totals.total_requests += 1;
-        self.totals.last_request = now;
-        self.version += 1;
-        self.global.record(now, decision.allowed);
-        if let Some(sink) = &self.events {
-            sink.offer(&self.client, || DecisionEvent {
-                client: self.client.clone(),
-                endpoint: policy.endpoint.clone(),
-                path,
-                decision,
-                at: now,
-                origin: None,
-            });
-        }
+    pub fn totals(&self) -> Totals {
+        self.totals
     }
-}
 
-impl Handler<ClientCheck> for ClientLimiter {
-    type Result = MessageResult<ClientCheck>;
-
-    fn handle(&mut self, msg: ClientCheck, _: &mut Context<Self>) -> Self::Result {
-        if self.refuses(msg.answer_by) {
-            return MessageResult(None);
-        }
-        let now = self.now();
-        let policy = &msg.policy;
-        let minute = now / NANOS_PER_SEC / 60;
-        let endpoint = self
-            .endpoints
-            .entry(policy.endpoint.clone())
-            .or_insert_with(|| Endpoint::new(policy.limits, minute));
-        let decision = endpoint
-            .state
-            .evaluate(&policy.limits, now, msg.cost, msg.mode);
-        self.record(policy, decision, msg.path, now);
-        MessageResult(Some(decision))
-    }
-}
-
-impl Handler<RedisCheck> for ClientLimiter {
-    type Result = ResponseActFuture<Self, Option<Decision>>;
-
-    fn handle(&mut self, msg: RedisCheck, _: &mut Context<Self>) -> Self::Result {
-        let Some(redis) = self.redis.as_ref().filter(|_| !self.refuses(msg.answer_by)) else {
-            return Box::pin(fut::ready(None));
-        };
-        let ask = redis.check(
-            &self.client,
-            &msg.policy.endpoint,
-            &msg.policy.limits,
-            msg.cost,
-            msg.mode,
-        );
-        Box::pin(ask.into_actor(self).map(move |answer, act, _| {
-            let decision = answer.ok()?;
-            let now = act.now();
-            act.record(&msg.policy, decision, msg.path, now);
-            Some(decision)
-        }))
+    /// The endpoints this client has used.
+    pub fn endpoint_names(&self) -> Vec<Arc<str>> {
+        self.endpoints.iter().map(|e| e.name.clone()).collect()
     }
 }
 
 impl Endpoint {
-    fn new(limits: Limits, minute: u64) -> Self {
+    fn new(policy: &Policy, minute: u64) -> Self {
         Endpoint {
-            state: State::new(limits.algorithm),
-            limits: Some(limits),
+            name: policy.endpoint.clone(),
+            state: State::new(policy.limits.algorithm),
+            limits: Some(policy.limits),
             stored_expiry: 0,
             minute,
             allowed: 0,
@@ -333,9 +228,9 @@ impl Endpoint {
     }
 
     /// Counts a decision in `minute`, moving the counts of an earlier minute to `out`.
-    fn count(&mut self, name: &Arc<str>, minute: u64, allowed: bool, out: &mut Vec<StatDelta>) {
+    fn count(&mut self, minute: u64, allowed: bool, out: &mut Vec<StatDelta>) {
         if self.minute != minute {
-            if let Some(delta) = self.take_counts(name) {
+            if let Some(delta) = self.take_counts() {
                 out.push(delta);
             }
             self.minute = minute;
@@ -347,9 +242,7 @@ impl Endpoint {
         }
     }
 
-    /// When the state will be as good as fresh. With the quota kept in Redis (`remote`),
-    /// the local state never decides, so the longest reset of the limits is used: the
-    /// snapshot must outlive the quota, since it is what names the client's endpoints.
+    /// When the state will be as good as fresh (see [`ClientLimiter::snapshot`]).
     fn expires_at(&mut self, now: Nanos, remote: bool) -> Nanos {
         match self.limits {
             Some(limits) if remote => now.saturating_add(limits.fresh_after()),
@@ -358,28 +251,13 @@ impl Endpoint {
         }
     }
 
-    fn take_counts(&mut self, name: &Arc<str>) -> Option<StatDelta> {
+    fn take_counts(&mut self) -> Option<StatDelta> {
         (self.allowed + self.blocked > 0).then(|| StatDelta {
             minute: self.minute,
-            endpoint: name.clone(),
+            endpoint: self.name.clone(),
             allowed: std::mem::take(&mut self.allowed),
             blocked: std::mem::take(&mut self.blocked),
         })
-    }
-}
-
-impl Handler<TakeSnapshot> for ClientLimiter {
-    type Result = Option<ClientSnapshot>;
-    fn handle(&mut self, _: TakeSnapshot, _: &mut Context<Self>) -> Self::Result {
-        self.snapshot()
-    }
-}
-
-impl Handler<Evict> for ClientLimiter {
-    type Result = Option<ClientSnapshot>;
-    fn handle(&mut self, _: Evict, ctx: &mut Context<Self>) -> Self::Result {
-        ctx.stop();
-        self.snapshot()
     }
 }
 
@@ -486,24 +364,5 @@ impl ClientStatus {
             table,
             now,
         )
-    }
-}
-
-impl Handler<Status> for ClientLimiter {
-    type Result = ResponseActFuture<Self, ClientStatus>;
-    fn handle(&mut self, msg: Status, _: &mut Context<Self>) -> Self::Result {
-        let now = self.now();
-        let Some(redis) = &self.redis else {
-            let status = ClientStatus::build(
-                self.totals,
-                self.endpoints.iter_mut().map(|(n, e)| (n, &mut e.state)),
-                &msg.table,
-                now,
-            );
-            return Box::pin(fut::ready(status));
-        };
-        let names: Vec<Arc<str>> = self.endpoints.keys().cloned().collect();
-        let ask = ClientStatus::from_redis(redis, &self.client, self.totals, names, msg.table, now);
-        Box::pin(ask.into_actor(self))
     }
 }

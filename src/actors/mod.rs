@@ -1,13 +1,13 @@
-//! The actors: a sharded [`registry`] routes each check to the [`client_limiter`] of its
-//! client, which decides; the [`db`] actor owns SQLite and writes behind, in batches.
+//! The actors: a sharded [`registry`] owns the [`client_limiter`] of each of its clients
+//! and hands it the client's checks one at a time; the [`db`] actor owns SQLite and
+//! writes behind, in batches; the [`broadcaster`] feeds the live subscribers.
 //!
 //! ```text
-//! middleware ── Check ──▶ Registry shard (hash(client) % N, one arbiter each)
-//!                            │ spawns / finds / evicts (LRU, idle)
-//!                            ▼
-//!                      ClientLimiter (one per client, same arbiter as its shard)
-//!                         │ snapshots on Flush / Evict      │ DecisionEvent
-//!                         ▼                                 ▼
+//! middleware ── Check ──▶ Registry shard (actix actor, hash(client) % N, one arbiter each)
+//!                            │ owns, in one LRU map: ClientLimiter entities (one per client,
+//!                            │ no task or mailbox of their own), evicted LRU / idle
+//!                            │ snapshots per flush, taken directly    │ DecisionEvent
+//!                            ▼                                       ▼
 //!                      Db (SyncArbiter, 1 thread)        event sink (the broadcaster)
 //! ```
 

@@ -1,24 +1,25 @@
-//! Registry shards: each owns the limiters of the clients that hash to it, spawns them on
-//! its own arbiter (so a forwarded check is a same-thread hop), evicts the least recently
-//! used beyond its share of `--max-clients` and those idle for `--client-idle-secs`, and
-//! collects their snapshots into one batch per flush interval.
+//! Registry shards: each owns the limiters of the clients that hash to it, as entities
+//! in one map (no actor, task or mailbox per client), hands each its checks one at a
+//! time, evicts the least recently used beyond its share of `--max-clients` and those
+//! idle for `--client-idle-secs`, and collects their snapshots into one batch per flush
+//! interval.
 //!
 //! Messages:
-//! - [`Check`] → `Result<Decision, LimiterUnavailable>`: route one check to its client.
+//! - [`Check`] → `Result<Decision, LimiterUnavailable>`: decide one check of a client.
 //! - [`Flush`] → `Result<usize, String>`: sweep idle clients, snapshot dirty ones, persist
 //!   the batch; answers once the database has committed it (the timer sends it too).
 //! - [`GetClientStatus`] → [`ClientStatus`]: for `/admin/stats/{client_id}`.
+//! - [`Alive`]: the health check.
 //!
-//! Eviction and restore are ordered so that no consumption is lost in between: the
-//! registry waits (`ctx.wait`) for an evicted limiter's final snapshot before handling
-//! another message, keeps it in `unsent` until it has been queued to the DB actor, and a
-//! returning client is restored from `unsent` or, after that, from the database, whose
-//! single thread handles the write before the read.
+//! Eviction and restore are ordered so that no consumption is lost in between: an evicted
+//! limiter's final snapshot is taken in the same message that evicts it and kept in
+//! `unsent` until it has been queued to the DB actor; a returning client is restored from
+//! `unsent` or, after that, from the database, whose single thread handles the write
+//! before the read. While a client's state is being read back, its checks wait in order
+//! in its entity (up to [`MAX_WAITING`]); nothing is decided before the state is back.
 
 use super::EventSink;
-use super::client_limiter::{
-    ClientCheck, ClientLimiter, ClientStatus, Evict, RedisCheck, Restore, Status, TakeSnapshot,
-};
+use super::client_limiter::{ClientLimiter, ClientStatus, Shared};
 use super::db::{Db, LoadClient, Persist};
 use crate::clock::{Nanos, SharedClock};
 use crate::limiter::{Decision, Mode};
@@ -26,7 +27,7 @@ use crate::metrics::{Metrics, RestoreSource};
 use crate::policy::{Policy, PolicyTable};
 use crate::stats::GlobalStats;
 use crate::store::redis::{Redis, RedisConfig};
-use crate::store::{ClientSnapshot, PendingSnapshots, merge_snapshot};
+use crate::store::{ClientSnapshot, PendingSnapshots, StoreError, StoredClient, merge_snapshot};
 use actix::clock::Instant;
 use actix::prelude::*;
 use futures_util::future::join_all;
@@ -40,6 +41,9 @@ use tokio::sync::oneshot;
 
 /// Queued checks per shard before HTTP workers wait for room.
 const MAILBOX_CAPACITY: usize = 1 << 16;
+/// Checks one client may have waiting for its restore; beyond, they are refused (and
+/// get `--on-error`) rather than queue without bound behind a stalled database.
+pub const MAX_WAITING: usize = 1024;
 
 /// Decide one request of `client` under `policy`: `cost` units, taken or only looked at
 /// (`mode`).
@@ -57,8 +61,8 @@ pub struct Check {
     pub answer_by: Instant,
 }
 
-/// The client's limiter could not answer (it stopped while the check was queued, or the
-/// check's deadline passed before its turn).
+/// The client's limiter could not answer (its restore failed, or the check's turn came
+/// after `answer_by`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LimiterUnavailable;
 
@@ -99,17 +103,33 @@ pub struct RegistryConfig {
     pub redis: Option<Arc<RedisConfig>>,
 }
 
-struct Live {
-    addr: Addr<ClientLimiter>,
+type Answer = Result<Decision, LimiterUnavailable>;
+
+/// A check waiting for its client's state to be read back, and where its answer goes.
+type Waiting = (Check, oneshot::Sender<Answer>);
+
+/// One live client.
+struct Entity {
+    limiter: ClientLimiter,
     last_used: Nanos,
     /// Listed in `Registry::dirty` since the last flush.
     dirty: bool,
+    /// While its state is being read back from the database: the checks that wait.
+    restoring: Option<Vec<Waiting>>,
+    /// Tells this entity from an earlier one of the same client, for a restore's answer.
+    incarnation: u64,
+}
+
+/// A check's answer: now, or once Redis (or a restore) has answered.
+enum Reply {
+    Now(Answer),
+    Later(oneshot::Receiver<Answer>),
 }
 
 pub struct Registry {
     config: RegistryConfig,
-    /// Live limiters, least recently used first.
-    live: LinkedHashMap<Arc<str>, Live>,
+    /// Live clients, least recently used first.
+    live: LinkedHashMap<Arc<str>, Entity>,
     /// Clients checked since the last flush.
     dirty: Vec<Arc<str>>,
     /// Snapshots taken but not yet queued to the DB actor.
@@ -119,6 +139,7 @@ pub struct Registry {
     known: HashSet<u64>,
     /// This shard's Redis connection, in distributed mode.
     redis: Option<Redis>,
+    incarnations: u64,
 }
 
 /// The hash that picks a client's shard and marks it as known.
@@ -135,71 +156,196 @@ impl Registry {
             unsent: PendingSnapshots::new(),
             known,
             redis,
+            incarnations: 0,
         }
     }
 
-    fn spawn(
-        &mut self,
-        client: &Arc<str>,
-        now: Nanos,
-        ctx: &mut Context<Self>,
-    ) -> Addr<ClientLimiter> {
-        if self.live.len() >= self.config.max_clients {
-            let victim = self.live.pop_front();
-            self.evict(victim.into_iter().collect(), ctx);
-        }
-        let restore = if let Some(s) = self.unsent.get(client) {
-            self.config.metrics.restored(RestoreSource::memory);
-            Restore::From(s.stored())
-        } else if self.known.contains(&client_hash(client)) {
-            Restore::Load(self.config.db.clone())
-        } else {
-            Restore::Fresh
-        };
-        let c = &self.config;
-        let addr = ClientLimiter::new(
-            client.clone(),
-            c.clock.clone(),
-            c.global.clone(),
-            c.events.clone(),
-            restore,
-            self.redis.clone(),
-        )
-        .start();
-        self.live.insert(
-            client.clone(),
-            Live {
-                addr: addr.clone(),
-                last_used: now,
-                dirty: true,
-            },
-        );
-        self.dirty.push(client.clone());
-        c.live_total.fetch_add(1, Ordering::Relaxed);
-        addr
-    }
-
-    /// Stops the given limiters, waiting for their final snapshots before this shard
-    /// handles anything else.
-    fn evict(&mut self, victims: Vec<(Arc<str>, Live)>, ctx: &mut Context<Self>) {
-        if victims.is_empty() {
+    /// Finds `client`'s entity, moving it to the back of the LRU order, or makes it
+    /// (evicting the least recently used beyond the cap), from the unsent snapshot, or
+    /// starting a restore from the database.
+    fn touch(&mut self, client: &Arc<str>, now: Nanos, ctx: &mut Context<Self>) {
+        if let Some(e) = self.live.to_back(client) {
+            e.last_used = now;
+            if !e.dirty {
+                e.dirty = true;
+                self.dirty.push(client.clone());
+            }
             return;
         }
-        self.config
-            .live_total
-            .fetch_sub(victims.len(), Ordering::Relaxed);
-        self.config.metrics.evictions.inc_by(victims.len() as u64);
-        let replies = victims
-            .into_iter()
-            .map(|(client, live)| async move { (client, live.addr.send(Evict).await) });
-        ctx.wait(join_all(replies).into_actor(self).map(|results, act, _| {
-            for (client, reply) in results {
-                match reply {
-                    Ok(snapshot) => act.stash(snapshot),
-                    Err(e) => log::error!("client {client:?}: final snapshot lost: {e}"),
+        if self.live.len() >= self.config.max_clients {
+            self.evict_oldest(now, 1, |_| true);
+        }
+        self.incarnations += 1;
+        let mut entity = Entity {
+            limiter: ClientLimiter::new(client.clone()),
+            last_used: now,
+            dirty: true,
+            restoring: None,
+            incarnation: self.incarnations,
+        };
+        if let Some(s) = self.unsent.get(client) {
+            self.config.metrics.restored(RestoreSource::memory);
+            entity.limiter.restore_from(s.stored(), now);
+        } else if self.known.contains(&client_hash(client)) {
+            entity.restoring = Some(Vec::new());
+            self.restore(client.clone(), entity.incarnation, now, ctx);
+        }
+        self.live.insert(client.clone(), entity);
+        self.dirty.push(client.clone());
+        self.config.live_total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Reads `client`'s state back, then decides the checks that waited, in order. A
+    /// failed read decides nothing (the waiting checks get `--on-error`) and drops the
+    /// entity, rather than start it empty, which would hand the client a fresh quota:
+    /// the next check tries again.
+    fn restore(&mut self, client: Arc<str>, incarnation: u64, now: Nanos, ctx: &mut Context<Self>) {
+        let load = self.config.db.send(LoadClient {
+            client: client.clone(),
+            now,
+        });
+        ctx.spawn(
+            load.into_actor(self)
+                .map(move |res, act, ctx| act.restored(client, incarnation, res, ctx)),
+        );
+    }
+
+    fn restored(
+        &mut self,
+        client: Arc<str>,
+        incarnation: u64,
+        res: Result<Result<Option<StoredClient>, StoreError>, MailboxError>,
+        ctx: &mut Context<Self>,
+    ) {
+        let now = self.config.clock.now();
+        let Some(e) = self
+            .live
+            .get_mut(&client)
+            .filter(|e| e.incarnation == incarnation)
+        else {
+            return;
+        };
+        let waiting = e.restoring.take().unwrap_or_default();
+        let error = match res {
+            Ok(Ok(Some(stored))) => {
+                e.limiter.restore_from(stored, now);
+                None
+            }
+            Ok(Ok(None)) => None,
+            Ok(Err(err)) => Some(err.to_string()),
+            Err(err) => Some(err.to_string()),
+        };
+        if let Some(err) = error {
+            log::error!("restoring client {client:?} failed: {err}");
+            self.live.remove(&client);
+            self.config.live_total.fetch_sub(1, Ordering::Relaxed);
+            for (_, reply) in waiting {
+                let _ = reply.send(Err(LimiterUnavailable));
+            }
+            return;
+        }
+        if !e.dirty {
+            e.dirty = true;
+            self.dirty.push(client.clone());
+        }
+        for (check, reply) in waiting {
+            match self.decide(check, ctx) {
+                Reply::Now(answer) => {
+                    let _ = reply.send(answer);
+                }
+                Reply::Later(rx) => {
+                    actix::spawn(async move {
+                        let _ = reply.send(rx.await.unwrap_or(Err(LimiterUnavailable)));
+                    });
                 }
             }
+        }
+    }
+
+    /// Decides `check` for its live, restored client.
+    fn decide(&mut self, check: Check, ctx: &mut Context<Self>) -> Reply {
+        // An answer that could not reach the request in time must not consume: the
+        // request was answered by `--on-error`.
+        if Instant::now() > check.answer_by {
+            return Reply::Now(Err(LimiterUnavailable));
+        }
+        let clock_now = self.config.clock.now();
+        let Some(redis) = &self.redis else {
+            let c = &self.config;
+            let shared = Shared {
+                global: &c.global,
+                events: c.events.as_ref(),
+            };
+            let Some(e) = self.live.get_mut(&check.client) else {
+                return Reply::Now(Err(LimiterUnavailable));
+            };
+            let now = e.limiter.now(clock_now);
+            let d = e.limiter.decide(&check.policy, check.cost, check.mode, now);
+            e.limiter.record(&check.policy, d, check.path, now, &shared);
+            return Reply::Now(Ok(d));
+        };
+        // Atomic in Redis: the checks of one client are in flight together, and only
+        // their bookkeeping runs here, in the order the answers come.
+        let p = &check.policy;
+        let ask = redis.check(
+            &check.client,
+            &p.endpoint,
+            &p.limits,
+            check.cost,
+            check.mode,
+        );
+        let (tx, rx) = oneshot::channel();
+        ctx.spawn(ask.into_actor(self).map(move |answer, act, _| {
+            let answer = answer.map_err(|_| LimiterUnavailable);
+            if let Ok(d) = answer {
+                let c = &act.config;
+                let shared = Shared {
+                    global: &c.global,
+                    events: c.events.as_ref(),
+                };
+                // An entity evicted meanwhile misses this count in its lifetime totals;
+                // the quota itself is in Redis.
+                match act.live.get_mut(&check.client) {
+                    Some(e) => {
+                        let now = e.limiter.now(c.clock.now());
+                        e.limiter.record(&check.policy, d, check.path, now, &shared);
+                    }
+                    None => shared.global.record(c.clock.now(), d.allowed),
+                }
+            }
+            let _ = tx.send(answer);
         }));
+        Reply::Later(rx)
+    }
+
+    /// Evicts up to `most` of the least recently used clients, oldest first, stopping at
+    /// the first that is not `evictable`. A client being restored is skipped (its state
+    /// is not here to snapshot) and moved to the back.
+    fn evict_oldest(&mut self, now: Nanos, most: usize, evictable: impl Fn(&Entity) -> bool) {
+        let mut evicted = 0;
+        for _ in 0..self.live.len() {
+            match self.live.front() {
+                Some((_, e)) if evicted < most && evictable(e) => {}
+                _ => return,
+            }
+            let Some((client, entity)) = self.live.pop_front() else {
+                return;
+            };
+            if entity.restoring.is_some() {
+                self.live.insert(client, entity);
+                continue;
+            }
+            self.evict(entity, now);
+            evicted += 1;
+        }
+    }
+
+    /// Takes a limiter's final snapshot for the next batch, and lets it go.
+    fn evict(&mut self, mut entity: Entity, now: Nanos) {
+        self.config.live_total.fetch_sub(1, Ordering::Relaxed);
+        self.config.metrics.evictions.inc();
+        let remote = self.redis.is_some();
+        self.stash(entity.limiter.snapshot(now, remote));
     }
 
     /// Keeps a snapshot for the next batch: the newest state wins, statistics add up.
@@ -211,52 +357,29 @@ impl Registry {
 
     /// One flush: idle sweep, snapshots of dirty limiters, then the batch to the DB actor.
     /// `done` hears back once the batch is committed.
-    ///
-    /// Only the idle evictions hold up this shard (`ctx.wait`: a returning client must
-    /// find its final snapshot). Snapshots of live limiters are collected without
-    /// blocking checks; a late one can never overwrite a newer one, because `stash` and
-    /// the database both keep the higher version. Spawned items only run once pending
-    /// waits are done, so the batch always holds the evicted limiters' final state.
-    fn flush(
-        &mut self,
-        ctx: &mut Context<Self>,
-        done: Option<oneshot::Sender<Result<usize, String>>>,
-    ) {
+    fn flush(&mut self, done: Option<oneshot::Sender<Result<usize, String>>>) {
         let now = self.config.clock.now();
-        let mut idle = Vec::new();
-        while let Some((_, live)) = self.live.front() {
-            if live.last_used.saturating_add(self.config.idle) > now {
-                break;
-            }
-            idle.extend(self.live.pop_front());
-        }
-        self.evict(idle, ctx);
+        let idle = self.config.idle;
+        self.evict_oldest(now, usize::MAX, |e| e.last_used.saturating_add(idle) <= now);
 
-        let takes: Vec<_> = std::mem::take(&mut self.dirty)
+        let remote = self.redis.is_some();
+        for client in std::mem::take(&mut self.dirty) {
+            let Some(e) = self.live.get_mut(&client) else {
+                continue;
+            };
+            e.dirty = false;
+            if e.restoring.is_none() {
+                let snapshot = e.limiter.snapshot(now, remote);
+                self.stash(snapshot);
+            }
+        }
+        let batch: Vec<ClientSnapshot> = std::mem::take(&mut self.unsent)
             .into_iter()
-            .filter_map(|client| {
-                let live = self.live.get_mut(&client)?;
-                live.dirty = false;
-                Some(live.addr.send(TakeSnapshot))
-            })
+            .map(|(_, s)| s)
             .collect();
-        ctx.spawn(
-            join_all(takes)
-                .into_actor(self)
-                .map(move |replies, act, _| {
-                    for reply in replies {
-                        // A limiter evicted meanwhile answered `Evict` with the same state.
-                        act.stash(reply.ok().flatten());
-                    }
-                    let batch: Vec<ClientSnapshot> = std::mem::take(&mut act.unsent)
-                        .into_iter()
-                        .map(|(_, s)| s)
-                        .collect();
-                    // `do_send` queues at once, ahead of any restore read that follows.
-                    // An empty batch is sent too: the DB actor retries what it holds.
-                    act.config.db.do_send(Persist { batch, done });
-                }),
-        );
+        // `do_send` queues at once, ahead of any restore read that follows. An empty
+        // batch is sent too: the DB actor retries what it holds.
+        self.config.db.do_send(Persist { batch, done });
     }
 }
 
@@ -271,59 +394,44 @@ impl Actor for Registry {
         if let Some(redis) = &self.redis {
             redis.connect();
         }
-        ctx.run_interval(self.config.flush_interval, |act, ctx| act.flush(ctx, None));
+        ctx.run_interval(self.config.flush_interval, |act, _| act.flush(None));
     }
 }
 
 impl Handler<Check> for Registry {
-    type Result = ResponseFuture<Result<Decision, LimiterUnavailable>>;
+    type Result = ResponseFuture<Answer>;
 
     fn handle(&mut self, msg: Check, ctx: &mut Context<Self>) -> Self::Result {
         let now = self.config.clock.now();
-        let addr = match self.live.to_back(&msg.client) {
-            // A limiter that stopped on its own (its restore failed) is replaced.
-            Some(live) if live.addr.connected() => {
-                live.last_used = now;
-                if !live.dirty {
-                    live.dirty = true;
-                    self.dirty.push(msg.client.clone());
-                }
-                live.addr.clone()
+        self.touch(&msg.client, now, ctx);
+        let restoring = self
+            .live
+            .get_mut(&msg.client)
+            .and_then(|e| e.restoring.as_mut());
+        let reply = match restoring {
+            Some(waiting) if waiting.len() >= MAX_WAITING => Reply::Now(Err(LimiterUnavailable)),
+            Some(waiting) => {
+                let (tx, rx) = oneshot::channel();
+                waiting.push((msg, tx));
+                Reply::Later(rx)
             }
-            Some(_) => {
-                self.live.remove(&msg.client);
-                self.config.live_total.fetch_sub(1, Ordering::Relaxed);
-                self.spawn(&msg.client, now, ctx)
-            }
-            None => self.spawn(&msg.client, now, ctx),
+            None => self.decide(msg, ctx),
         };
-        if self.redis.is_some() {
-            let check = addr.send(RedisCheck {
-                policy: msg.policy,
-                cost: msg.cost,
-                mode: msg.mode,
-                path: msg.path,
-                answer_by: msg.answer_by,
-            });
-            return Box::pin(async move { check.await.ok().flatten().ok_or(LimiterUnavailable) });
-        }
-        let check = addr.send(ClientCheck {
-            policy: msg.policy,
-            cost: msg.cost,
-            mode: msg.mode,
-            path: msg.path,
-            answer_by: msg.answer_by,
-        });
-        Box::pin(async move { check.await.ok().flatten().ok_or(LimiterUnavailable) })
+        Box::pin(async move {
+            match reply {
+                Reply::Now(answer) => answer,
+                Reply::Later(rx) => rx.await.unwrap_or(Err(LimiterUnavailable)),
+            }
+        })
     }
 }
 
 impl Handler<Flush> for Registry {
     type Result = ResponseFuture<Result<usize, String>>;
 
-    fn handle(&mut self, _: Flush, ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, _: Flush, _: &mut Context<Self>) -> Self::Result {
         let (tx, rx) = oneshot::channel();
-        self.flush(ctx, Some(tx));
+        self.flush(Some(tx));
         Box::pin(async move {
             rx.await
                 .unwrap_or_else(|_| Err("the database actor stopped".to_owned()))
@@ -341,14 +449,33 @@ impl Handler<GetClientStatus> for Registry {
 
     fn handle(&mut self, msg: GetClientStatus, _: &mut Context<Self>) -> Self::Result {
         let now = self.config.clock.now();
-        if let Some(live) = self.live.get(&msg.client) {
-            let status = live.addr.send(Status { table: msg.table });
-            return Box::pin(async move { status.await.unwrap_or_default() });
-        }
         let redis = self.redis.clone();
+        if let Some(e) = self
+            .live
+            .get_mut(&msg.client)
+            .filter(|e| e.restoring.is_none())
+        {
+            return match redis {
+                None => {
+                    let status = e.limiter.status(&msg.table, now);
+                    Box::pin(async move { status })
+                }
+                Some(redis) => {
+                    let (totals, names) = (e.limiter.totals(), e.limiter.endpoint_names());
+                    Box::pin(ClientStatus::from_redis(
+                        &redis,
+                        &msg.client,
+                        totals,
+                        names,
+                        msg.table,
+                        now,
+                    ))
+                }
+            };
+        }
         let client = msg.client.clone();
         // Distributed mode: the quotas are in Redis; the snapshot names the endpoints.
-        let status = move |stored: crate::store::StoredClient, table: Arc<PolicyTable>| {
+        let status = move |stored: StoredClient, table: Arc<PolicyTable>| {
             let redis = redis.clone();
             let client = client.clone();
             async move {
