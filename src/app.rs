@@ -76,6 +76,9 @@ impl Running {
                 }
             }
         };
+        // Stops the workers (idle by now) before the final flush, so that nothing can
+        // decide after it.
+        drop(server);
         flush_on_stop(&self.registries).await;
         served
     }

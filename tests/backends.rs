@@ -221,3 +221,26 @@ async fn a_sliding_window_whose_sum_was_evicted_recounts_its_runs() {
         first + 60 * NANOS_PER_SEC - (t0 + 3 * NANOS_PER_SEC)
     );
 }
+
+#[actix_rt::test]
+async fn a_sliding_window_whose_runs_were_evicted_forgets_their_sum() {
+    let server = RedisServer::start();
+    let clock = ManualClock::new(1_800_000_000 * NANOS_PER_SEC);
+    let redis = redis_with(&clock, &server).await;
+    let limits = Limits::new(Algorithm::SlidingWindow, 3, 60);
+    for _ in 0..3 {
+        redis
+            .check("runs-gone", "/e", &limits, 1, Mode::Consume)
+            .await
+            .unwrap();
+    }
+    // The runs alone evicted: the sum they leave behind names nothing that could ever
+    // expire, so it must not hold the client at its limit for good.
+    server.cli(&["del", "rw:{runs-gone}:/e:sw"]);
+    let d = redis
+        .check("runs-gone", "/e", &limits, 1, Mode::Consume)
+        .await
+        .unwrap();
+    assert!(d.allowed, "{d:?}");
+    assert_eq!(d.remaining, 2);
+}

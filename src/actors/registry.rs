@@ -30,12 +30,12 @@ use crate::store::redis::{Redis, RedisConfig};
 use crate::store::{ClientSnapshot, PendingSnapshots, StoreError, StoredClient, merge_snapshot};
 use actix::clock::Instant;
 use actix::prelude::*;
-use futures_util::future::join_all;
+use futures_util::future::{BoxFuture, join_all};
 use hashlink::LinkedHashMap;
 use std::collections::HashSet;
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::oneshot;
 
@@ -103,7 +103,7 @@ pub struct RegistryConfig {
     pub redis: Option<Arc<RedisConfig>>,
 }
 
-type Answer = Result<Decision, LimiterUnavailable>;
+pub type Answer = Result<Decision, LimiterUnavailable>;
 
 /// A check waiting for its client's state to be read back, and where its answer goes.
 type Waiting = (Check, oneshot::Sender<Answer>);
@@ -126,7 +126,10 @@ enum Reply {
     Later(oneshot::Receiver<Answer>),
 }
 
-pub struct Registry {
+/// One shard's clients, behind a mutex: the HTTP worker that has a check for a live
+/// client locks it and decides right there (the common case, no thread hop); everything
+/// that must wait (a new client's restore, a Redis call) goes through the shard's actor.
+pub struct Shard {
     config: RegistryConfig,
     /// Live clients, least recently used first.
     live: LinkedHashMap<Arc<str>, Entity>,
@@ -142,12 +145,26 @@ pub struct Registry {
     incarnations: u64,
 }
 
+/// A shard as its actor, the HTTP workers and its spawned tasks share it.
+type SharedShard = Arc<Mutex<Shard>>;
+
+fn lock(shard: &SharedShard) -> MutexGuard<'_, Shard> {
+    // A panic while holding it can leave one client's bookkeeping half done, never its
+    // quota over-admitted: keep serving.
+    shard.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A shard's actor: checks that must wait, the flush timer, status and health.
+pub struct Registry {
+    shard: SharedShard,
+}
+
 /// The hash that picks a client's shard and marks it as known.
 pub fn client_hash(client: &str) -> u64 {
     BuildHasherDefault::<DefaultHasher>::default().hash_one(client)
 }
 
-impl Registry {
+impl Shard {
     pub fn new(config: RegistryConfig, known: HashSet<u64>, redis: Option<Redis>) -> Self {
         Self {
             config,
@@ -163,7 +180,7 @@ impl Registry {
     /// Finds `client`'s entity, moving it to the back of the LRU order, or makes it
     /// (evicting the least recently used beyond the cap), from the unsent snapshot, or
     /// starting a restore from the database.
-    fn touch(&mut self, client: &Arc<str>, now: Nanos, ctx: &mut Context<Self>) {
+    fn touch(&mut self, me: &SharedShard, client: &Arc<str>, now: Nanos) {
         if let Some(e) = self.live.to_back(client) {
             e.last_used = now;
             if !e.dirty {
@@ -188,7 +205,7 @@ impl Registry {
             entity.limiter.restore_from(s.stored(), now);
         } else if self.known.contains(&client_hash(client)) {
             entity.restoring = Some(Vec::new());
-            self.restore(client.clone(), entity.incarnation, now, ctx);
+            self.restore(me, client.clone(), entity.incarnation, now);
         }
         self.live.insert(client.clone(), entity);
         self.dirty.push(client.clone());
@@ -199,23 +216,24 @@ impl Registry {
     /// failed read decides nothing (the waiting checks get `--on-error`) and drops the
     /// entity, rather than start it empty, which would hand the client a fresh quota:
     /// the next check tries again.
-    fn restore(&mut self, client: Arc<str>, incarnation: u64, now: Nanos, ctx: &mut Context<Self>) {
+    fn restore(&mut self, me: &SharedShard, client: Arc<str>, incarnation: u64, now: Nanos) {
         let load = self.config.db.send(LoadClient {
             client: client.clone(),
             now,
         });
-        ctx.spawn(
-            load.into_actor(self)
-                .map(move |res, act, ctx| act.restored(client, incarnation, res, ctx)),
-        );
+        let me = me.clone();
+        actix::spawn(async move {
+            let res = load.await;
+            lock(&me).restored(&me, client, incarnation, res);
+        });
     }
 
     fn restored(
         &mut self,
+        me: &SharedShard,
         client: Arc<str>,
         incarnation: u64,
         res: Result<Result<Option<StoredClient>, StoreError>, MailboxError>,
-        ctx: &mut Context<Self>,
     ) {
         let now = self.config.clock.now();
         let Some(e) = self
@@ -249,7 +267,7 @@ impl Registry {
             self.dirty.push(client.clone());
         }
         for (check, reply) in waiting {
-            match self.decide(check, ctx) {
+            match self.decide(me, check) {
                 Reply::Now(answer) => {
                     let _ = reply.send(answer);
                 }
@@ -263,26 +281,14 @@ impl Registry {
     }
 
     /// Decides `check` for its live, restored client.
-    fn decide(&mut self, check: Check, ctx: &mut Context<Self>) -> Reply {
+    fn decide(&mut self, me: &SharedShard, check: Check) -> Reply {
         // An answer that could not reach the request in time must not consume: the
         // request was answered by `--on-error`.
         if Instant::now() > check.answer_by {
             return Reply::Now(Err(LimiterUnavailable));
         }
-        let clock_now = self.config.clock.now();
         let Some(redis) = &self.redis else {
-            let c = &self.config;
-            let shared = Shared {
-                global: &c.global,
-                events: c.events.as_ref(),
-            };
-            let Some(e) = self.live.get_mut(&check.client) else {
-                return Reply::Now(Err(LimiterUnavailable));
-            };
-            let now = e.limiter.now(clock_now);
-            let d = e.limiter.decide(&check.policy, check.cost, check.mode, now);
-            e.limiter.record(&check.policy, d, check.path, now, &shared);
-            return Reply::Now(Ok(d));
+            return Reply::Now(self.decide_here(&check));
         };
         // Atomic in Redis: the checks of one client are in flight together, and only
         // their bookkeeping runs here, in the order the answers come.
@@ -295,27 +301,79 @@ impl Registry {
             check.mode,
         );
         let (tx, rx) = oneshot::channel();
-        ctx.spawn(ask.into_actor(self).map(move |answer, act, _| {
-            let answer = answer.map_err(|_| LimiterUnavailable);
+        let me = me.clone();
+        actix::spawn(async move {
+            let answer = ask.await.map_err(|_| LimiterUnavailable);
             if let Ok(d) = answer {
-                let c = &act.config;
-                let shared = Shared {
-                    global: &c.global,
-                    events: c.events.as_ref(),
-                };
-                // An entity evicted meanwhile misses this count in its lifetime totals;
-                // the quota itself is in Redis.
-                match act.live.get_mut(&check.client) {
-                    Some(e) => {
-                        let now = e.limiter.now(c.clock.now());
-                        e.limiter.record(&check.policy, d, check.path, now, &shared);
-                    }
-                    None => shared.global.record(c.clock.now(), d.allowed),
-                }
+                lock(&me).record(&check, d);
             }
             let _ = tx.send(answer);
-        }));
+        });
         Reply::Later(rx)
+    }
+
+    /// Decides `check` from the client's own state, in memory.
+    fn decide_here(&mut self, check: &Check) -> Answer {
+        let c = &self.config;
+        let shared = Shared {
+            global: &c.global,
+            events: c.events.as_ref(),
+        };
+        let Some(e) = self.live.get_mut(&check.client) else {
+            return Err(LimiterUnavailable);
+        };
+        let now = e.limiter.now(c.clock.now());
+        let d = e.limiter.decide(&check.policy, check.cost, check.mode, now);
+        e.limiter
+            .record(&check.policy, d, check.path.clone(), now, &shared);
+        Ok(d)
+    }
+
+    /// Counts a decision made in Redis, and marks its client dirty again (a flush may
+    /// have run while the call was in flight). An entity evicted meanwhile, or one being
+    /// restored (whose restore would overwrite the count), misses it in its lifetime
+    /// totals; the quota itself is in Redis.
+    fn record(&mut self, check: &Check, d: Decision) {
+        let c = &self.config;
+        let shared = Shared {
+            global: &c.global,
+            events: c.events.as_ref(),
+        };
+        match self
+            .live
+            .get_mut(&check.client)
+            .filter(|e| e.restoring.is_none())
+        {
+            Some(e) => {
+                let now = e.limiter.now(c.clock.now());
+                e.limiter
+                    .record(&check.policy, d, check.path.clone(), now, &shared);
+                if !e.dirty {
+                    e.dirty = true;
+                    self.dirty.push(check.client.clone());
+                }
+            }
+            None => shared.global.record(c.clock.now(), d.allowed),
+        }
+    }
+
+    /// The HTTP worker's own path: decides `check` right here when its client is live,
+    /// restored and decided in memory; `None` sends it through the shard's actor.
+    fn try_decide(&mut self, check: &Check) -> Option<Answer> {
+        if self.redis.is_some() {
+            return None;
+        }
+        let now = self.config.clock.now();
+        let e = self.live.to_back(&check.client)?;
+        if e.restoring.is_some() {
+            return None;
+        }
+        e.last_used = now;
+        if !e.dirty {
+            e.dirty = true;
+            self.dirty.push(check.client.clone());
+        }
+        Some(self.decide_here(check))
     }
 
     /// Evicts up to `most` of the least recently used clients, oldest first, stopping at
@@ -383,71 +441,29 @@ impl Registry {
     }
 }
 
-impl Actor for Registry {
-    type Context = Context<Self>;
-
-    fn started(&mut self, ctx: &mut Context<Self>) {
-        // Checks from every HTTP worker queue here. Beyond this many, senders wait
-        // (backpressure) instead of the queue growing without bound.
-        ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
-        // On this shard's thread, so the connection's driver runs beside its limiters.
-        if let Some(redis) = &self.redis {
-            redis.connect();
-        }
-        ctx.run_interval(self.config.flush_interval, |act, _| act.flush(None));
-    }
-}
-
-impl Handler<Check> for Registry {
-    type Result = ResponseFuture<Answer>;
-
-    fn handle(&mut self, msg: Check, ctx: &mut Context<Self>) -> Self::Result {
+impl Shard {
+    /// A check that came through the shard's actor: a new client's, one whose state is
+    /// being restored, or any in Redis mode.
+    fn check(&mut self, me: &SharedShard, msg: Check) -> Reply {
         let now = self.config.clock.now();
-        self.touch(&msg.client, now, ctx);
+        self.touch(me, &msg.client, now);
         let restoring = self
             .live
             .get_mut(&msg.client)
             .and_then(|e| e.restoring.as_mut());
-        let reply = match restoring {
+        match restoring {
             Some(waiting) if waiting.len() >= MAX_WAITING => Reply::Now(Err(LimiterUnavailable)),
             Some(waiting) => {
                 let (tx, rx) = oneshot::channel();
                 waiting.push((msg, tx));
                 Reply::Later(rx)
             }
-            None => self.decide(msg, ctx),
-        };
-        Box::pin(async move {
-            match reply {
-                Reply::Now(answer) => answer,
-                Reply::Later(rx) => rx.await.unwrap_or(Err(LimiterUnavailable)),
-            }
-        })
+            None => self.decide(me, msg),
+        }
     }
-}
 
-impl Handler<Flush> for Registry {
-    type Result = ResponseFuture<Result<usize, String>>;
-
-    fn handle(&mut self, _: Flush, _: &mut Context<Self>) -> Self::Result {
-        let (tx, rx) = oneshot::channel();
-        self.flush(Some(tx));
-        Box::pin(async move {
-            rx.await
-                .unwrap_or_else(|_| Err("the database actor stopped".to_owned()))
-        })
-    }
-}
-
-impl Handler<Alive> for Registry {
-    type Result = ();
-    fn handle(&mut self, _: Alive, _: &mut Context<Self>) {}
-}
-
-impl Handler<GetClientStatus> for Registry {
-    type Result = ResponseFuture<ClientStatus>;
-
-    fn handle(&mut self, msg: GetClientStatus, _: &mut Context<Self>) -> Self::Result {
+    /// Counters and quotas of one client, live or stored.
+    fn status(&mut self, msg: GetClientStatus) -> BoxFuture<'static, ClientStatus> {
         let now = self.config.clock.now();
         let redis = self.redis.clone();
         if let Some(e) = self
@@ -512,10 +528,70 @@ impl Handler<GetClientStatus> for Registry {
     }
 }
 
+impl Actor for Registry {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        // Checks that must wait queue here. Beyond this many, senders wait
+        // (backpressure) instead of the queue growing without bound.
+        ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
+        // On this shard's thread, so the connection's driver and the tasks that wait on
+        // Redis or a restore run here, not on the HTTP workers.
+        if let Some(redis) = &lock(&self.shard).redis {
+            redis.connect();
+        }
+        ctx.run_interval(lock(&self.shard).config.flush_interval, |act, _| {
+            lock(&act.shard).flush(None)
+        });
+    }
+}
+
+impl Handler<Check> for Registry {
+    type Result = ResponseFuture<Answer>;
+
+    fn handle(&mut self, msg: Check, _: &mut Context<Self>) -> Self::Result {
+        let reply = lock(&self.shard).check(&self.shard, msg);
+        Box::pin(async move {
+            match reply {
+                Reply::Now(answer) => answer,
+                Reply::Later(rx) => rx.await.unwrap_or(Err(LimiterUnavailable)),
+            }
+        })
+    }
+}
+
+impl Handler<Flush> for Registry {
+    type Result = ResponseFuture<Result<usize, String>>;
+
+    fn handle(&mut self, _: Flush, _: &mut Context<Self>) -> Self::Result {
+        let (tx, rx) = oneshot::channel();
+        lock(&self.shard).flush(Some(tx));
+        Box::pin(async move {
+            rx.await
+                .unwrap_or_else(|_| Err("the database actor stopped".to_owned()))
+        })
+    }
+}
+
+impl Handler<Alive> for Registry {
+    type Result = ();
+    fn handle(&mut self, _: Alive, _: &mut Context<Self>) {}
+}
+
+impl Handler<GetClientStatus> for Registry {
+    type Result = ResponseFuture<ClientStatus>;
+
+    fn handle(&mut self, msg: GetClientStatus, _: &mut Context<Self>) -> Self::Result {
+        lock(&self.shard).status(msg)
+    }
+}
+
 /// The shards, each on its own arbiter, and the routing between them.
 #[derive(Clone)]
 pub struct Registries {
     shards: Arc<[Addr<Registry>]>,
+    /// The same shards' state, for the HTTP workers' own path.
+    states: Arc<[SharedShard]>,
     live_total: Arc<AtomicUsize>,
     /// Each shard's Redis connection, for the health check.
     redis: Arc<[Redis]>,
@@ -537,26 +613,43 @@ impl Registries {
             Some(r) => (0..n).map(|_| Redis::new(r.clone())).collect(),
             None => Arc::new([]),
         };
-        let shards = per_shard
+        let states: Arc<[SharedShard]> = per_shard
             .into_iter()
             .enumerate()
             .map(|(i, known)| {
-                let config = shard_config.clone();
-                let redis = redis.get(i).cloned();
-                Registry::start_in_arbiter(&Arbiter::new().handle(), move |_| {
-                    Registry::new(config, known, redis)
-                })
+                let shard = Shard::new(shard_config.clone(), known, redis.get(i).cloned());
+                Arc::new(Mutex::new(shard))
+            })
+            .collect();
+        let shards = states
+            .iter()
+            .map(|shard| {
+                let shard = shard.clone();
+                Registry::start_in_arbiter(&Arbiter::new().handle(), move |_| Registry { shard })
             })
             .collect();
         Self {
             shards,
+            states,
             live_total: config.live_total,
             redis,
         }
     }
 
+    fn index(&self, client: &str) -> usize {
+        (client_hash(client) % self.shards.len() as u64) as usize
+    }
+
+    /// The actor of `client`'s shard.
     pub fn shard(&self, client: &str) -> &Addr<Registry> {
-        &self.shards[(client_hash(client) % self.shards.len() as u64) as usize]
+        &self.shards[self.index(client)]
+    }
+
+    /// Decides `check` on the calling thread when its client is live, restored and
+    /// decided in memory (it locks the client's shard for the decision alone); `None`
+    /// when the check must go through the shard's actor ([`Registries::shard`]).
+    pub fn try_decide(&self, check: &Check) -> Option<Answer> {
+        lock(&self.states[self.index(&check.client)]).try_decide(check)
     }
 
     /// Whether every shard handles messages.

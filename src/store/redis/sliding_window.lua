@@ -15,6 +15,8 @@ local function expired(ms)
   return s < now_s or (s == now_s and ns <= now_ns)
 end
 local total = tonumber(redis.call('GET', KEYS[2]) or '-1')
+-- A sum without its runs (the list alone was evicted) counts nothing that could expire.
+if total > 0 and redis.call('EXISTS', KEYS[1]) == 0 then total = 0 end
 if total < 0 then
   -- No sum (a fresh key, or the sum alone was evicted): count the runs themselves.
   total = 0
