@@ -159,6 +159,23 @@ pub struct Registry {
     shard: SharedShard,
 }
 
+/// Lists `client` for the next flush, once.
+fn mark_dirty(e: &mut Entity, dirty: &mut Vec<Arc<str>>, client: &Arc<str>) {
+    if !e.dirty {
+        e.dirty = true;
+        dirty.push(client.clone());
+    }
+}
+
+impl<'a> Shared<'a> {
+    fn of(c: &'a RegistryConfig) -> Self {
+        Shared {
+            global: &c.global,
+            events: c.events.as_ref(),
+        }
+    }
+}
+
 /// The hash that picks a client's shard and marks it as known.
 pub fn client_hash(client: &str) -> u64 {
     BuildHasherDefault::<DefaultHasher>::default().hash_one(client)
@@ -183,10 +200,7 @@ impl Shard {
     fn touch(&mut self, me: &SharedShard, client: &Arc<str>, now: Nanos) {
         if let Some(e) = self.live.to_back(client) {
             e.last_used = now;
-            if !e.dirty {
-                e.dirty = true;
-                self.dirty.push(client.clone());
-            }
+            mark_dirty(e, &mut self.dirty, client);
             return;
         }
         if self.live.len() >= self.config.max_clients {
@@ -262,10 +276,7 @@ impl Shard {
             }
             return;
         }
-        if !e.dirty {
-            e.dirty = true;
-            self.dirty.push(client.clone());
-        }
+        mark_dirty(e, &mut self.dirty, &client);
         for (check, reply) in waiting {
             match self.decide(me, check) {
                 Reply::Now(answer) => {
@@ -315,10 +326,7 @@ impl Shard {
     /// Decides `check` from the client's own state, in memory.
     fn decide_here(&mut self, check: &Check) -> Answer {
         let c = &self.config;
-        let shared = Shared {
-            global: &c.global,
-            events: c.events.as_ref(),
-        };
+        let shared = Shared::of(c);
         let Some(e) = self.live.get_mut(&check.client) else {
             return Err(LimiterUnavailable);
         };
@@ -335,10 +343,7 @@ impl Shard {
     /// totals; the quota itself is in Redis.
     fn record(&mut self, check: &Check, d: Decision) {
         let c = &self.config;
-        let shared = Shared {
-            global: &c.global,
-            events: c.events.as_ref(),
-        };
+        let shared = Shared::of(c);
         match self
             .live
             .get_mut(&check.client)
@@ -348,10 +353,7 @@ impl Shard {
                 let now = e.limiter.now(c.clock.now());
                 e.limiter
                     .record(&check.policy, d, check.path.clone(), now, &shared);
-                if !e.dirty {
-                    e.dirty = true;
-                    self.dirty.push(check.client.clone());
-                }
+                mark_dirty(e, &mut self.dirty, &check.client);
             }
             None => shared.global.record(c.clock.now(), d.allowed),
         }
@@ -369,10 +371,7 @@ impl Shard {
             return None;
         }
         e.last_used = now;
-        if !e.dirty {
-            e.dirty = true;
-            self.dirty.push(check.client.clone());
-        }
+        mark_dirty(e, &mut self.dirty, &check.client);
         Some(self.decide_here(check))
     }
 
