@@ -18,7 +18,8 @@ use crate::report::Reporter;
 use crate::settings::Settings;
 use crate::stats::{GlobalStats, Peers};
 use crate::store;
-use crate::store::redis::RedisConfig;
+use crate::store::quota::{Memory, QuotaBackend};
+use crate::store::redis::{Redis, RedisConfig};
 use actix::{AsyncContext, Context};
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::{App, HttpServer, web};
@@ -209,8 +210,18 @@ pub fn build_state_on(
     let broadcaster_ctx = Context::<Broadcaster>::new();
     let broadcaster = broadcaster_ctx.address();
     let interest = Arc::new(FeedInterest::default());
+    // The quota backend, chosen here and nowhere else: one per shard (each shard's own
+    // connection to a remote store).
+    let backends = (0..settings.shards())
+        .map(|_| -> Arc<dyn QuotaBackend> {
+            match &redis {
+                Some(config) => Arc::new(Redis::new(config.clone())),
+                None => Arc::new(Memory),
+            }
+        })
+        .collect();
     let registries = Registries::start(
-        settings.shards(),
+        backends,
         RegistryConfig {
             clock: clock.clone(),
             db: db.clone(),
@@ -224,7 +235,6 @@ pub fn build_state_on(
             flush_interval: Duration::from_millis(settings.flush_interval_ms),
             live_total: Arc::new(AtomicUsize::new(0)),
             metrics: metrics.clone(),
-            redis: redis.clone(),
         },
         known,
     );

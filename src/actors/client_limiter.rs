@@ -7,17 +7,17 @@
 //! task, mailbox or context of its own.
 //!
 //! What the shard asks of it, all synchronous:
-//! - [`ClientLimiter::decide`]: decide one check and consume (in memory).
-//! - [`ClientLimiter::record`]: count a decision (also one made in Redis).
+//! - [`ClientLimiter::decide`]: decide one check through the quota backend.
+//! - [`ClientLimiter::record`]: count a decision, however the backend made it.
 //! - [`ClientLimiter::snapshot`]: what changed since the last snapshot.
-//! - [`ClientLimiter::status`]: counters and remaining quota per endpoint.
+//! - [`ClientLimiter::states`]: its quotas, for [`ClientStatus::of`].
 
 use super::{DecisionEvent, EventSink};
 use crate::clock::{NANOS_PER_SEC, Nanos, rfc3339};
 use crate::limiter::{Algorithm, Decision, Limits, Mode, State};
 use crate::policy::{Policy, PolicyTable};
 use crate::stats::GlobalStats;
-use crate::store::redis::Redis;
+use crate::store::quota::{Quota, QuotaBackend, Verdict};
 use crate::store::{ClientSnapshot, EndpointSnapshot, StatDelta, StoredClient, Totals};
 use serde::Serialize;
 use std::sync::Arc;
@@ -107,7 +107,12 @@ impl ClientLimiter {
     }
 
     fn endpoint(&mut self, policy: &Policy, minute: u64) -> &mut Endpoint {
-        let i = match self
+        let i = self.endpoint_index(policy, minute);
+        &mut self.endpoints[i]
+    }
+
+    fn endpoint_index(&mut self, policy: &Policy, minute: u64) -> usize {
+        match self
             .endpoints
             .iter()
             .position(|e| e.name == policy.endpoint)
@@ -117,16 +122,26 @@ impl ClientLimiter {
                 self.endpoints.push(Endpoint::new(policy, minute));
                 self.endpoints.len() - 1
             }
-        };
-        &mut self.endpoints[i]
+        }
     }
 
-    /// Decides a check of `cost` under `policy` from this limiter's own state, at `now`
-    /// (from [`ClientLimiter::now`]).
-    pub fn decide(&mut self, policy: &Policy, cost: u64, mode: Mode, now: Nanos) -> Decision {
-        let minute = now / NANOS_PER_SEC / 60;
-        let endpoint = self.endpoint(policy, minute);
-        endpoint.state.evaluate(&policy.limits, now, cost, mode)
+    /// Decides a check of `cost` under `policy` through `backend`, at `now` (from
+    /// [`ClientLimiter::now`]). The caller records the decision once it has it.
+    pub fn decide(
+        &mut self,
+        backend: &dyn QuotaBackend,
+        policy: &Policy,
+        cost: u64,
+        mode: Mode,
+        now: Nanos,
+    ) -> Verdict {
+        let i = self.endpoint_index(policy, now / NANOS_PER_SEC / 60);
+        let quota = Quota {
+            client: &self.client,
+            endpoint: &policy.endpoint,
+            limits: &policy.limits,
+        };
+        backend.check(&mut self.endpoints[i].state, quota, cost, mode, now)
     }
 
     /// Counts one decision: per-minute statistics, totals, global counters, the feeds.
@@ -163,11 +178,10 @@ impl ClientLimiter {
         }
     }
 
-    /// A snapshot of what changed since the last one, if anything did. With the quota
-    /// kept in Redis (`remote`), the local state never decides, so each endpoint's
-    /// snapshot lives as long as its quota can (the longest reset of its limits): it is
-    /// what names the client's endpoints once the limiter is gone.
-    pub fn snapshot(&mut self, now: Nanos, remote: bool) -> Option<ClientSnapshot> {
+    /// A snapshot of what changed since the last one, if anything did. Each endpoint's
+    /// snapshot lives until `backend` says its quota is fresh again: it is what names
+    /// the client's endpoints once the limiter is gone.
+    pub fn snapshot(&mut self, now: Nanos, backend: &dyn QuotaBackend) -> Option<ClientSnapshot> {
         if self.version == self.snapshot_version {
             return None;
         }
@@ -181,7 +195,7 @@ impl ClientLimiter {
                 endpoint: e.name.clone(),
                 algorithm: e.state.algorithm(),
                 state: e.state.encode(),
-                expires_at: e.expires_at(now, remote),
+                expires_at: e.expires_at(now, backend),
             });
         }
         Some(ClientSnapshot {
@@ -193,24 +207,20 @@ impl ClientLimiter {
         })
     }
 
-    /// Counters and quotas under today's configs, from this limiter's own state.
-    pub fn status(&mut self, table: &PolicyTable, now: Nanos) -> ClientStatus {
-        let now = self.now(now);
-        ClientStatus::build(
-            self.totals,
-            self.endpoints.iter_mut().map(|e| (&e.name, &mut e.state)),
-            table,
-            now,
-        )
+    /// Its totals and a copy of its state per endpoint, for [`ClientStatus::of`].
+    pub fn states(&self) -> (Totals, Vec<(Arc<str>, State)>) {
+        let states = self.endpoints.iter();
+        let states = states.map(|e| (e.name.clone(), e.state.clone())).collect();
+        (self.totals, states)
     }
 
-    pub fn totals(&self) -> Totals {
-        self.totals
-    }
-
-    /// The endpoints this client has used.
-    pub fn endpoint_names(&self) -> Vec<Arc<str>> {
-        self.endpoints.iter().map(|e| e.name.clone()).collect()
+    /// The same from a stored snapshot (a client without a live limiter); an endpoint
+    /// whose state cannot be read is left out.
+    pub fn stored_states(stored: StoredClient) -> (Totals, Vec<(Arc<str>, State)>) {
+        let states = stored.endpoints.into_iter();
+        let states =
+            states.filter_map(|e| Some((e.endpoint, State::decode(e.algorithm, &e.state)?)));
+        (stored.totals, states.collect())
     }
 }
 
@@ -243,10 +253,9 @@ impl Endpoint {
     }
 
     /// When the state will be as good as fresh (see [`ClientLimiter::snapshot`]).
-    fn expires_at(&mut self, now: Nanos, remote: bool) -> Nanos {
+    fn expires_at(&mut self, now: Nanos, backend: &dyn QuotaBackend) -> Nanos {
         match self.limits {
-            Some(limits) if remote => now.saturating_add(limits.fresh_after()),
-            Some(limits) => now.saturating_add(self.state.peek(&limits, 0, now).reset_after),
+            Some(limits) => backend.fresh_at(&mut self.state, &limits, now),
             None => self.stored_expiry,
         }
     }
@@ -286,19 +295,34 @@ pub struct ClientStatus {
 }
 
 impl ClientStatus {
-    /// Builds the status from states under today's configs; endpoints whose config was
-    /// deleted are left out.
-    pub fn build<'a>(
-        totals: Totals,
-        states: impl Iterator<Item = (&'a Arc<str>, &'a mut State)>,
+    /// A client's status under today's configs: each endpoint's quota as `backend`
+    /// would decide a request of cost 1 now, consuming nothing, from the client's own
+    /// `states` (live or read back from a snapshot). Endpoints whose config was deleted,
+    /// or that the backend cannot answer for, are left out.
+    pub fn of(
+        backend: &dyn QuotaBackend,
+        client: &str,
+        (totals, mut states): (Totals, Vec<(Arc<str>, State)>),
         table: &PolicyTable,
         now: Nanos,
-    ) -> Self {
-        let peeked = states.filter_map(|(name, state)| {
-            let policy = table.policy(name)?;
-            Some((policy.clone(), state.peek(&policy.limits, 1, now)))
-        });
-        Self::from_decisions(totals, peeked, now)
+    ) -> impl Future<Output = Self> + use<> {
+        let peeks: Vec<_> = states
+            .iter_mut()
+            .filter_map(|(name, state)| {
+                let policy = table.policy(name)?.clone();
+                let quota = Quota {
+                    client,
+                    endpoint: &policy.endpoint,
+                    limits: &policy.limits,
+                };
+                let peek = backend.check(state, quota, 1, Mode::Peek, now);
+                Some(async move { peek.resolve().await.ok().map(|d| (policy, d)) })
+            })
+            .collect();
+        async move {
+            let decisions = futures_util::future::join_all(peeks).await;
+            Self::from_decisions(totals, decisions.into_iter().flatten(), now)
+        }
     }
 
     /// The status from each endpoint's policy and the decision a request would get now.
@@ -325,44 +349,5 @@ impl ClientStatus {
             last_request: (totals.last_request > 0).then(|| rfc3339(totals.last_request)),
             endpoints,
         }
-    }
-
-    /// The same in distributed mode: the quotas of `endpoints` as Redis holds them now
-    /// (an endpoint Redis cannot answer for is left out).
-    pub fn from_redis(
-        redis: &Redis,
-        client: &str,
-        totals: Totals,
-        endpoints: Vec<Arc<str>>,
-        table: Arc<PolicyTable>,
-        now: Nanos,
-    ) -> impl Future<Output = Self> + use<> {
-        let peeks: Vec<_> = endpoints
-            .iter()
-            .filter_map(|name| table.policy(name).cloned())
-            .map(|policy| {
-                let peek = redis.check(client, &policy.endpoint, &policy.limits, 1, Mode::Peek);
-                async move { peek.await.ok().map(|d| (policy, d)) }
-            })
-            .collect();
-        async move {
-            let decisions = futures_util::future::join_all(peeks).await;
-            Self::from_decisions(totals, decisions.into_iter().flatten(), now)
-        }
-    }
-
-    /// The same from a stored snapshot (a client without a live limiter).
-    pub fn from_stored(stored: StoredClient, table: &PolicyTable, now: Nanos) -> Self {
-        let mut states: Vec<(Arc<str>, State)> = stored
-            .endpoints
-            .into_iter()
-            .filter_map(|e| Some((e.endpoint, State::decode(e.algorithm, &e.state)?)))
-            .collect();
-        Self::build(
-            stored.totals,
-            states.iter_mut().map(|(n, s)| (&*n, s)),
-            table,
-            now,
-        )
     }
 }

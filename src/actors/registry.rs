@@ -26,7 +26,7 @@ use crate::limiter::{Decision, Mode};
 use crate::metrics::{Metrics, RestoreSource};
 use crate::policy::{Policy, PolicyTable};
 use crate::stats::GlobalStats;
-use crate::store::redis::{Redis, RedisConfig};
+use crate::store::quota::{QuotaBackend, Verdict};
 use crate::store::{ClientSnapshot, PendingSnapshots, StoreError, StoredClient, merge_snapshot};
 use actix::clock::Instant;
 use actix::prelude::*;
@@ -99,8 +99,6 @@ pub struct RegistryConfig {
     /// Live limiters over all shards, for `/admin/stats`.
     pub live_total: Arc<AtomicUsize>,
     pub metrics: Arc<Metrics>,
-    /// Distributed mode: decide through Redis (each shard opens its own connection).
-    pub redis: Option<Arc<RedisConfig>>,
 }
 
 pub type Answer = Result<Decision, LimiterUnavailable>;
@@ -120,15 +118,25 @@ struct Entity {
     incarnation: u64,
 }
 
-/// A check's answer: now, or once Redis (or a restore) has answered.
-enum Reply {
+/// A check's answer: now, or once the backend (or a restore) has answered.
+pub enum Reply {
     Now(Answer),
-    Later(oneshot::Receiver<Answer>),
+    Later(BoxFuture<'static, Answer>),
 }
 
-/// One shard's clients, behind a mutex: the HTTP worker that has a check for a live
-/// client locks it and decides right there (the common case, no thread hop); everything
-/// that must wait (a new client's restore, a Redis call) goes through the shard's actor.
+impl Reply {
+    async fn resolve(self) -> Answer {
+        match self {
+            Reply::Now(answer) => answer,
+            Reply::Later(later) => later.await,
+        }
+    }
+}
+
+/// One shard's clients, behind a mutex: the HTTP worker that has a check for a live,
+/// restored client locks it and has it decided right there (the common case, no thread
+/// hop; a backend that answers later is awaited by that request); a new client's first
+/// check, which may have to wait for its restore, goes through the shard's actor.
 pub struct Shard {
     config: RegistryConfig,
     /// Live clients, least recently used first.
@@ -140,8 +148,8 @@ pub struct Shard {
     /// Hashes of clients the database may hold state for; a hit costs one read on the
     /// client's first request, a miss (a new client) costs nothing.
     known: HashSet<u64>,
-    /// This shard's Redis connection, in distributed mode.
-    redis: Option<Redis>,
+    /// Where the quotas are decided (this shard's own connection, for a remote store).
+    backend: Arc<dyn QuotaBackend>,
     incarnations: u64,
 }
 
@@ -182,14 +190,18 @@ pub fn client_hash(client: &str) -> u64 {
 }
 
 impl Shard {
-    pub fn new(config: RegistryConfig, known: HashSet<u64>, redis: Option<Redis>) -> Self {
+    pub fn new(
+        config: RegistryConfig,
+        known: HashSet<u64>,
+        backend: Arc<dyn QuotaBackend>,
+    ) -> Self {
         Self {
             config,
             live: LinkedHashMap::new(),
             dirty: Vec::new(),
             unsent: PendingSnapshots::new(),
             known,
-            redis,
+            backend,
             incarnations: 0,
         }
     }
@@ -282,65 +294,62 @@ impl Shard {
                 Reply::Now(answer) => {
                     let _ = reply.send(answer);
                 }
-                Reply::Later(rx) => {
+                later => {
                     actix::spawn(async move {
-                        let _ = reply.send(rx.await.unwrap_or(Err(LimiterUnavailable)));
+                        let _ = reply.send(later.resolve().await);
                     });
                 }
             }
         }
     }
 
-    /// Decides `check` for its live, restored client.
+    /// Decides `check` for its live, restored client, unless its turn came too late.
     fn decide(&mut self, me: &SharedShard, check: Check) -> Reply {
         // An answer that could not reach the request in time must not consume: the
         // request was answered by `--on-error`.
         if Instant::now() > check.answer_by {
             return Reply::Now(Err(LimiterUnavailable));
         }
-        let Some(redis) = &self.redis else {
-            return Reply::Now(self.decide_here(&check));
-        };
-        // Atomic in Redis: the checks of one client are in flight together, and only
-        // their bookkeeping runs here, in the order the answers come.
-        let p = &check.policy;
-        let ask = redis.check(
-            &check.client,
-            &p.endpoint,
-            &p.limits,
-            check.cost,
-            check.mode,
-        );
-        let (tx, rx) = oneshot::channel();
-        let me = me.clone();
-        actix::spawn(async move {
-            let answer = ask.await.map_err(|_| LimiterUnavailable);
-            if let Ok(d) = answer {
-                lock(&me).record(&check, d);
-            }
-            let _ = tx.send(answer);
-        });
-        Reply::Later(rx)
+        self.decide_now(me, check)
     }
 
-    /// Decides `check` from the client's own state, in memory.
-    fn decide_here(&mut self, check: &Check) -> Answer {
+    /// Has the backend decide `check` for its live, restored client, and counts the
+    /// decision: at once, or when the backend answers. A backend's checks of one client
+    /// may be in flight together (the backend keeps each atomic); their bookkeeping runs
+    /// in the order the answers come.
+    fn decide_now(&mut self, me: &SharedShard, check: Check) -> Reply {
         let c = &self.config;
-        let shared = Shared::of(c);
         let Some(e) = self.live.get_mut(&check.client) else {
-            return Err(LimiterUnavailable);
+            return Reply::Now(Err(LimiterUnavailable));
         };
         let now = e.limiter.now(c.clock.now());
-        let d = e.limiter.decide(&check.policy, check.cost, check.mode, now);
-        e.limiter
-            .record(&check.policy, d, check.path.clone(), now, &shared);
-        Ok(d)
+        let p = &check.policy;
+        match e
+            .limiter
+            .decide(&*self.backend, p, check.cost, check.mode, now)
+        {
+            Verdict::Now(d) => {
+                e.limiter
+                    .record(p, d, check.path.clone(), now, &Shared::of(c));
+                Reply::Now(Ok(d))
+            }
+            Verdict::Later(later) => {
+                let me = me.clone();
+                Reply::Later(Box::pin(async move {
+                    let answer = later.await.map_err(|_| LimiterUnavailable);
+                    if let Ok(d) = answer {
+                        lock(&me).record(&check, d);
+                    }
+                    answer
+                }))
+            }
+        }
     }
 
-    /// Counts a decision made in Redis, and marks its client dirty again (a flush may
-    /// have run while the call was in flight). An entity evicted meanwhile, or one being
-    /// restored (whose restore would overwrite the count), misses it in its lifetime
-    /// totals; the quota itself is in Redis.
+    /// Counts a decision the backend made later, and marks its client dirty again (a
+    /// flush may have run while it was in flight). An entity evicted meanwhile, or one
+    /// being restored (whose restore would overwrite the count), misses it in its
+    /// lifetime totals; the quota itself is in the backend.
     fn record(&mut self, check: &Check, d: Decision) {
         let c = &self.config;
         let shared = Shared::of(c);
@@ -359,20 +368,20 @@ impl Shard {
         }
     }
 
-    /// The HTTP worker's own path: decides `check` right here when its client is live,
-    /// restored and decided in memory; `None` sends it through the shard's actor.
-    fn try_decide(&mut self, check: &Check) -> Option<Answer> {
-        if self.redis.is_some() {
-            return None;
-        }
+    /// The HTTP worker's own path: decides `check` right here when its client is live
+    /// and restored; hands it back to go through the shard's actor otherwise.
+    fn try_decide(&mut self, me: &SharedShard, check: Check) -> Result<Reply, Check> {
         let now = self.config.clock.now();
-        let e = self.live.to_back(&check.client)?;
-        if e.restoring.is_some() {
-            return None;
-        }
+        let Some(e) = self
+            .live
+            .to_back(&check.client)
+            .filter(|e| e.restoring.is_none())
+        else {
+            return Err(check);
+        };
         e.last_used = now;
         mark_dirty(e, &mut self.dirty, &check.client);
-        Some(self.decide_here(check))
+        Ok(self.decide_now(me, check))
     }
 
     /// Evicts up to `most` of the least recently used clients, oldest first, stopping at
@@ -401,8 +410,7 @@ impl Shard {
     fn evict(&mut self, mut entity: Entity, now: Nanos) {
         self.config.live_total.fetch_sub(1, Ordering::Relaxed);
         self.config.metrics.evictions.inc();
-        let remote = self.redis.is_some();
-        self.stash(entity.limiter.snapshot(now, remote));
+        self.stash(entity.limiter.snapshot(now, &*self.backend));
     }
 
     /// Keeps a snapshot for the next batch: the newest state wins, statistics add up.
@@ -419,14 +427,13 @@ impl Shard {
         let idle = self.config.idle;
         self.evict_oldest(now, usize::MAX, |e| e.last_used.saturating_add(idle) <= now);
 
-        let remote = self.redis.is_some();
         for client in std::mem::take(&mut self.dirty) {
             let Some(e) = self.live.get_mut(&client) else {
                 continue;
             };
             e.dirty = false;
             if e.restoring.is_none() {
-                let snapshot = e.limiter.snapshot(now, remote);
+                let snapshot = e.limiter.snapshot(now, &*self.backend);
                 self.stash(snapshot);
             }
         }
@@ -441,8 +448,8 @@ impl Shard {
 }
 
 impl Shard {
-    /// A check that came through the shard's actor: a new client's, one whose state is
-    /// being restored, or any in Redis mode.
+    /// A check that came through the shard's actor: a new client's, or one whose state
+    /// is being restored.
     fn check(&mut self, me: &SharedShard, msg: Check) -> Reply {
         let now = self.config.clock.now();
         self.touch(me, &msg.client, now);
@@ -455,7 +462,9 @@ impl Shard {
             Some(waiting) => {
                 let (tx, rx) = oneshot::channel();
                 waiting.push((msg, tx));
-                Reply::Later(rx)
+                Reply::Later(Box::pin(async move {
+                    rx.await.unwrap_or(Err(LimiterUnavailable))
+                }))
             }
             None => self.decide(me, msg),
         }
@@ -464,63 +473,31 @@ impl Shard {
     /// Counters and quotas of one client, live or stored.
     fn status(&mut self, msg: GetClientStatus) -> BoxFuture<'static, ClientStatus> {
         let now = self.config.clock.now();
-        let redis = self.redis.clone();
+        let (backend, client) = (self.backend.clone(), msg.client.clone());
+        let status = move |states, table: &PolicyTable| {
+            Box::pin(ClientStatus::of(&*backend, &client, states, table, now))
+        };
         if let Some(e) = self
             .live
             .get_mut(&msg.client)
             .filter(|e| e.restoring.is_none())
         {
-            return match redis {
-                None => {
-                    let status = e.limiter.status(&msg.table, now);
-                    Box::pin(async move { status })
-                }
-                Some(redis) => {
-                    let (totals, names) = (e.limiter.totals(), e.limiter.endpoint_names());
-                    Box::pin(ClientStatus::from_redis(
-                        &redis,
-                        &msg.client,
-                        totals,
-                        names,
-                        msg.table,
-                        now,
-                    ))
-                }
-            };
+            return status(e.limiter.states(), &msg.table);
         }
-        let client = msg.client.clone();
-        // Distributed mode: the quotas are in Redis; the snapshot names the endpoints.
-        let status = move |stored: StoredClient, table: Arc<PolicyTable>| {
-            let redis = redis.clone();
-            let client = client.clone();
-            async move {
-                match redis {
-                    Some(redis) => {
-                        let names = stored
-                            .endpoints
-                            .iter()
-                            .map(|e| e.endpoint.clone())
-                            .collect();
-                        ClientStatus::from_redis(&redis, &client, stored.totals, names, table, now)
-                            .await
-                    }
-                    None => ClientStatus::from_stored(stored, &table, now),
-                }
-            }
-        };
         if let Some(s) = self.unsent.get(&msg.client) {
-            return Box::pin(status(s.stored(), msg.table));
+            return status(ClientLimiter::stored_states(s.stored()), &msg.table);
         }
         if !self.known.contains(&client_hash(&msg.client)) {
             return Box::pin(async { ClientStatus::default() });
         }
         let load = self.config.db.send(LoadClient {
-            client: msg.client,
+            client: msg.client.clone(),
             now,
         });
+        let table = msg.table.clone();
         Box::pin(async move {
             match load.await {
-                Ok(Ok(Some(stored))) => status(stored, msg.table).await,
+                Ok(Ok(Some(stored))) => status(ClientLimiter::stored_states(stored), &table).await,
                 _ => ClientStatus::default(),
             }
         })
@@ -536,9 +513,7 @@ impl Actor for Registry {
         ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
         // On this shard's thread, so the connection's driver and the tasks that wait on
         // Redis or a restore run here, not on the HTTP workers.
-        if let Some(redis) = &lock(&self.shard).redis {
-            redis.connect();
-        }
+        lock(&self.shard).backend.start();
         ctx.run_interval(lock(&self.shard).config.flush_interval, |act, _| {
             lock(&act.shard).flush(None)
         });
@@ -550,12 +525,7 @@ impl Handler<Check> for Registry {
 
     fn handle(&mut self, msg: Check, _: &mut Context<Self>) -> Self::Result {
         let reply = lock(&self.shard).check(&self.shard, msg);
-        Box::pin(async move {
-            match reply {
-                Reply::Now(answer) => answer,
-                Reply::Later(rx) => rx.await.unwrap_or(Err(LimiterUnavailable)),
-            }
-        })
+        Box::pin(reply.resolve())
     }
 }
 
@@ -592,14 +562,20 @@ pub struct Registries {
     /// The same shards' state, for the HTTP workers' own path.
     states: Arc<[SharedShard]>,
     live_total: Arc<AtomicUsize>,
-    /// Each shard's Redis connection, for the health check.
-    redis: Arc<[Redis]>,
+    /// Each shard's backend, for the health check.
+    backends: Arc<[Arc<dyn QuotaBackend>]>,
 }
 
 impl Registries {
-    /// Starts `n` shards on new arbiters. `known` lists the clients the database holds.
-    pub fn start(n: usize, config: RegistryConfig, known: impl IntoIterator<Item = u64>) -> Self {
-        let n = n.max(1);
+    /// Starts one shard per backend (each its own connection), on new arbiters. `known`
+    /// lists the clients the database holds.
+    pub fn start(
+        backends: Vec<Arc<dyn QuotaBackend>>,
+        config: RegistryConfig,
+        known: impl IntoIterator<Item = u64>,
+    ) -> Self {
+        assert!(!backends.is_empty(), "a registry needs at least one shard");
+        let n = backends.len();
         let mut per_shard: Vec<HashSet<u64>> = vec![HashSet::new(); n];
         for h in known {
             per_shard[(h % n as u64) as usize].insert(h);
@@ -608,15 +584,12 @@ impl Registries {
             max_clients: config.max_clients.div_ceil(n).max(1),
             ..config.clone()
         };
-        let redis: Arc<[Redis]> = match &config.redis {
-            Some(r) => (0..n).map(|_| Redis::new(r.clone())).collect(),
-            None => Arc::new([]),
-        };
+        let backends: Arc<[_]> = backends.into();
         let states: Arc<[SharedShard]> = per_shard
             .into_iter()
-            .enumerate()
-            .map(|(i, known)| {
-                let shard = Shard::new(shard_config.clone(), known, redis.get(i).cloned());
+            .zip(backends.iter())
+            .map(|(known, backend)| {
+                let shard = Shard::new(shard_config.clone(), known, backend.clone());
                 Arc::new(Mutex::new(shard))
             })
             .collect();
@@ -631,7 +604,7 @@ impl Registries {
             shards,
             states,
             live_total: config.live_total,
-            redis,
+            backends,
         }
     }
 
@@ -639,16 +612,24 @@ impl Registries {
         (client_hash(client) % self.shards.len() as u64) as usize
     }
 
+    /// The one decision path: decides `check` on the calling thread when its client is
+    /// live and restored (locking its shard for the decision alone, and awaiting a
+    /// backend that answers later), else through the shard's actor.
+    pub async fn decide(&self, check: Check) -> Answer {
+        let i = self.index(&check.client);
+        let tried = lock(&self.states[i]).try_decide(&self.states[i], check);
+        match tried {
+            Ok(reply) => reply.resolve().await,
+            Err(check) => match self.shards[i].send(check).await {
+                Ok(answer) => answer,
+                Err(_) => Err(LimiterUnavailable),
+            },
+        }
+    }
+
     /// The actor of `client`'s shard.
     pub fn shard(&self, client: &str) -> &Addr<Registry> {
         &self.shards[self.index(client)]
-    }
-
-    /// Decides `check` on the calling thread when its client is live, restored and
-    /// decided in memory (it locks the client's shard for the decision alone); `None`
-    /// when the check must go through the shard's actor ([`Registries::shard`]).
-    pub fn try_decide(&self, check: &Check) -> Option<Answer> {
-        lock(&self.states[self.index(&check.client)]).try_decide(check)
     }
 
     /// Whether every shard handles messages.
@@ -659,12 +640,16 @@ impl Registries {
             .all(Result::is_ok)
     }
 
-    /// Distributed mode: how many shards reach Redis, of how many (`None` without Redis).
-    pub fn redis_reachable(&self) -> Option<(usize, usize)> {
-        (!self.redis.is_empty()).then(|| {
-            let up = self.redis.iter().filter(|r| r.is_up()).count();
-            (up, self.redis.len())
-        })
+    /// The backend's name, and how many shards reach it of how many (`None` for a
+    /// backend that cannot be unreachable).
+    pub fn backend_reachable(&self) -> Option<(&'static str, usize, usize)> {
+        let mut name = None;
+        let mut up = 0;
+        for (n, ok) in self.backends.iter().filter_map(|b| b.reachable()) {
+            name = Some(n);
+            up += usize::from(ok);
+        }
+        name.map(|n| (n, up, self.backends.len()))
     }
 
     pub fn live_clients(&self) -> usize {

@@ -86,13 +86,9 @@ pub async fn rate_limit(
         // Copied only while a feed would show it.
         path: state.interest.wants(&client).then(|| Arc::from(path)),
     };
-    // A live client's check is decided right here; any other waits for its shard.
-    let answer = match state.registries.try_decide(&check) {
-        Some(answer) => Ok(Ok(answer)),
-        None => deadline::within(deadline, state.registries.shard(&client).send(check)).await,
-    };
+    let answer = deadline::within(deadline, state.registries.decide(check)).await;
     let decision = match answer {
-        Ok(Ok(Ok(d))) => {
+        Ok(Ok(d)) => {
             Metrics::observe(&state.metrics.decision_seconds, started.elapsed());
             d
         }

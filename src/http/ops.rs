@@ -56,19 +56,19 @@ pub async fn health(state: web::Data<AppState>) -> HttpResponse {
             HEALTH_TIMEOUT.as_secs()
         )),
     }
-    // Distributed mode: without Redis, decisions follow --on-error.
-    let redis = state.registries.redis_reachable().map(|(up, shards)| {
+    // A remote quota backend (Redis): without it, decisions follow --on-error.
+    let backend = state.registries.backend_reachable().map(|(name, up, shards)| {
         let coordinating = state.cluster.as_ref().is_none_or(|c| c.is_up());
         if up == shards && coordinating {
-            return "connected";
+            return (name, "connected");
         }
         reasons.push(format!(
-            "redis: unreachable from {} of {shards} limiter shards{}; decisions follow --on-error {:?}",
+            "{name}: unreachable from {} of {shards} limiter shards{}; decisions follow --on-error {:?}",
             shards - up,
             if coordinating { "" } else { " and from the config sync" },
             state.on_error
         ));
-        "unreachable"
+        (name, "unreachable")
     });
     if let Some(reason) = database_failure {
         reasons.push(format!(
@@ -85,8 +85,8 @@ pub async fn health(state: web::Data<AppState>) -> HttpResponse {
             "timestamp": timestamp,
         })
     };
-    if let Some(redis) = redis {
-        body["redis"] = json!(redis);
+    if let Some((name, reachable)) = backend {
+        body[name] = json!(reachable);
     }
     HttpResponse::Ok().json(body)
 }

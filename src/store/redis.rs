@@ -16,8 +16,9 @@
 //!   with a version counter; writes are compare-and-set scripts that also announce the new
 //!   version on the `rw:config` channel (see `crate::cluster`).
 
+use super::quota::{Quota, QuotaBackend, Unavailable, Verdict};
 use crate::clock::{NANOS_PER_SEC, Nanos, SharedClock};
-use crate::limiter::{Algorithm, Decision, Limits, Mode, granule_ms};
+use crate::limiter::{Algorithm, Decision, Limits, Mode, State, granule_ms};
 use crate::metrics::{Metrics, RedisFailure};
 use crate::policy::{Config, ConfigSpec};
 use redis::aio::{ConnectionLike, MultiplexedConnection};
@@ -129,6 +130,33 @@ impl std::fmt::Display for RedisUnavailable {
             RedisUnavailable::Open => f.write_str("Redis is unreachable (circuit breaker open)"),
             RedisUnavailable::Failed(e) => write!(f, "Redis failed: {e}"),
         }
+    }
+}
+
+impl QuotaBackend for Redis {
+    fn check(
+        &self,
+        _local: &mut State,
+        quota: Quota<'_>,
+        cost: u64,
+        mode: Mode,
+        _now: Nanos,
+    ) -> Verdict {
+        let ask = Redis::check(self, quota.client, quota.endpoint, quota.limits, cost, mode);
+        Verdict::Later(Box::pin(async move { ask.await.map_err(|_| Unavailable) }))
+    }
+
+    /// The exact reset is in Redis: the longest a quota can take to be fresh again.
+    fn fresh_at(&self, _local: &mut State, limits: &Limits, now: Nanos) -> Nanos {
+        now.saturating_add(limits.fresh_after())
+    }
+
+    fn start(&self) {
+        self.connect();
+    }
+
+    fn reachable(&self) -> Option<(&'static str, bool)> {
+        Some(("redis", self.is_up()))
     }
 }
 

@@ -1,0 +1,98 @@
+//! The quota backend: where a client's quotas are kept and decided. One interface, two
+//! implementations: [`Memory`] (here: the limiter's own state decides) and
+//! [`super::redis::Redis`] (a Lua script decides in Redis, shared by every instance).
+//! `app.rs` picks one, once; the registry and the limiters see only `dyn QuotaBackend`.
+//!
+//! A backend decides either at once ([`Verdict::Now`]) or later ([`Verdict::Later`]);
+//! whoever asked treats both the same way (count, stream, answer), so statistics, feeds
+//! and client status are built one way for every backend.
+
+use crate::clock::Nanos;
+use crate::limiter::{Decision, Limits, Mode, State};
+use futures_util::future::BoxFuture;
+
+/// The quota a check is about: one client's, under one config.
+#[derive(Debug, Clone, Copy)]
+pub struct Quota<'a> {
+    pub client: &'a str,
+    /// The config's identity (its endpoint), which names the quota.
+    pub endpoint: &'a str,
+    pub limits: &'a Limits,
+}
+
+/// The backend could not decide (unreachable, timed out, or its breaker is open).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unavailable;
+
+impl std::fmt::Display for Unavailable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the quota backend is unavailable")
+    }
+}
+
+/// A backend's answer: now, or once the store has answered.
+pub enum Verdict {
+    Now(Decision),
+    Later(BoxFuture<'static, Result<Decision, Unavailable>>),
+}
+
+impl Verdict {
+    /// The decision, however it comes.
+    pub async fn resolve(self) -> Result<Decision, Unavailable> {
+        match self {
+            Verdict::Now(d) => Ok(d),
+            Verdict::Later(f) => f.await,
+        }
+    }
+}
+
+/// Where quotas live. A new backend is one module implementing this, and one arm in
+/// `app.rs` that picks it.
+pub trait QuotaBackend: Send + Sync + 'static {
+    /// Decides `cost` units of `quota` at `now`, consuming them when `mode` says so and
+    /// they all fit (never a part): the decision of [`State::evaluate`]. `local` is the
+    /// limiter's own state for this quota; a backend that keeps quotas elsewhere leaves
+    /// it alone.
+    fn check(
+        &self,
+        local: &mut State,
+        quota: Quota<'_>,
+        cost: u64,
+        mode: Mode,
+        now: Nanos,
+    ) -> Verdict;
+
+    /// When the quota of `local` will be as good as fresh, so its snapshot may be
+    /// forgotten (it still names the client's endpoints until then).
+    fn fresh_at(&self, local: &mut State, limits: &Limits, now: Nanos) -> Nanos;
+
+    /// Starts the backend's connections; called once on each registry shard's thread.
+    fn start(&self) {}
+
+    /// The backend's name and whether it can decide now, for the health check; `None`
+    /// for a backend that cannot be unreachable.
+    fn reachable(&self) -> Option<(&'static str, bool)> {
+        None
+    }
+}
+
+/// Quotas in this process: the limiter's own state decides, at once.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Memory;
+
+impl QuotaBackend for Memory {
+    fn check(
+        &self,
+        local: &mut State,
+        quota: Quota<'_>,
+        cost: u64,
+        mode: Mode,
+        now: Nanos,
+    ) -> Verdict {
+        Verdict::Now(local.evaluate(quota.limits, now, cost, mode))
+    }
+
+    fn fresh_at(&self, local: &mut State, limits: &Limits, now: Nanos) -> Nanos {
+        now.saturating_add(local.peek(limits, 0, now).reset_after)
+    }
+}
