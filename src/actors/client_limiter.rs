@@ -14,7 +14,7 @@
 
 use super::{DecisionEvent, EventSink};
 use crate::clock::{NANOS_PER_SEC, Nanos, rfc3339};
-use crate::limiter::{Algorithm, Decision, Limits, Mode, State};
+use crate::limiter::{Algorithm, Decision, Mode, State};
 use crate::policy::{Policy, PolicyTable};
 use crate::stats::GlobalStats;
 use crate::store::quota::{Quota, QuotaBackend, Verdict};
@@ -26,10 +26,11 @@ use std::sync::Arc;
 struct Endpoint {
     name: Arc<str>,
     state: State,
-    /// The limits of the last check, to tell when the state expires; `None` for a state
-    /// restored from a snapshot and not checked since.
-    limits: Option<Limits>,
-    /// The restored snapshot's expiry, used while `limits` is `None`.
+    /// The config of the last check, to tell when the state expires; `None` for a state
+    /// restored from a snapshot and not checked since. (A shared pointer: a tenth of a
+    /// copy of its limits, in the struct every live client has.)
+    policy: Option<Arc<Policy>>,
+    /// The restored snapshot's expiry, used while `policy` is `None`.
     stored_expiry: Nanos,
     minute: u64,
     allowed: u64,
@@ -81,10 +82,12 @@ impl ClientLimiter {
             match State::decode(e.algorithm, &e.state) {
                 Some(state) => {
                     self.endpoints.retain(|x| x.name != e.endpoint);
+                    // Room for exactly one more: a first push would reserve four.
+                    self.endpoints.reserve_exact(1);
                     self.endpoints.push(Endpoint {
                         name: e.endpoint,
                         state,
-                        limits: None,
+                        policy: None,
                         stored_expiry: e.expires_at,
                         minute,
                         allowed: 0,
@@ -106,12 +109,12 @@ impl ClientLimiter {
         self.last_now
     }
 
-    fn endpoint(&mut self, policy: &Policy, minute: u64) -> &mut Endpoint {
+    fn endpoint(&mut self, policy: &Arc<Policy>, minute: u64) -> &mut Endpoint {
         let i = self.endpoint_index(policy, minute);
         &mut self.endpoints[i]
     }
 
-    fn endpoint_index(&mut self, policy: &Policy, minute: u64) -> usize {
+    fn endpoint_index(&mut self, policy: &Arc<Policy>, minute: u64) -> usize {
         match self
             .endpoints
             .iter()
@@ -119,6 +122,9 @@ impl ClientLimiter {
         {
             Some(i) => i,
             None => {
+                // Room for exactly one more: a first push would reserve four, and most
+                // clients use one endpoint.
+                self.endpoints.reserve_exact(1);
                 self.endpoints.push(Endpoint::new(policy, minute));
                 self.endpoints.len() - 1
             }
@@ -130,7 +136,7 @@ impl ClientLimiter {
     pub fn decide(
         &mut self,
         backend: &dyn QuotaBackend,
-        policy: &Policy,
+        policy: &Arc<Policy>,
         cost: u64,
         mode: Mode,
         now: Nanos,
@@ -147,7 +153,7 @@ impl ClientLimiter {
     /// Counts one decision: per-minute statistics, totals, global counters, the feeds.
     pub fn record(
         &mut self,
-        policy: &Policy,
+        policy: &Arc<Policy>,
         decision: Decision,
         path: Option<Arc<str>>,
         now: Nanos,
@@ -156,7 +162,9 @@ impl ClientLimiter {
         let minute = now / NANOS_PER_SEC / 60;
         let mut stats = std::mem::take(&mut self.stats);
         let endpoint = self.endpoint(policy, minute);
-        endpoint.limits = Some(policy.limits);
+        if !endpoint.policy.as_ref().is_some_and(|p| Arc::ptr_eq(p, policy)) {
+            endpoint.policy = Some(policy.clone());
+        }
         endpoint.count(minute, decision.allowed, &mut stats);
         self.stats = stats;
         if !decision.allowed {
@@ -225,11 +233,11 @@ impl ClientLimiter {
 }
 
 impl Endpoint {
-    fn new(policy: &Policy, minute: u64) -> Self {
+    fn new(policy: &Arc<Policy>, minute: u64) -> Self {
         Endpoint {
             name: policy.endpoint.clone(),
             state: State::new(policy.limits.algorithm),
-            limits: Some(policy.limits),
+            policy: Some(policy.clone()),
             stored_expiry: 0,
             minute,
             allowed: 0,
@@ -254,8 +262,8 @@ impl Endpoint {
 
     /// When the state will be as good as fresh (see [`ClientLimiter::snapshot`]).
     fn expires_at(&mut self, now: Nanos, backend: &dyn QuotaBackend) -> Nanos {
-        match self.limits {
-            Some(limits) => backend.fresh_at(&mut self.state, &limits, now),
+        match &self.policy {
+            Some(p) => backend.fresh_at(&mut self.state, &p.limits, now),
             None => self.stored_expiry,
         }
     }

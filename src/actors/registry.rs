@@ -113,7 +113,8 @@ struct Entity {
     /// Listed in `Registry::dirty` since the last flush.
     dirty: bool,
     /// While its state is being read back from the database: the checks that wait.
-    restoring: Option<Vec<Waiting>>,
+    /// (Boxed: a pointer in the struct every live client has, a vector only while restoring.)
+    restoring: Option<Box<Vec<Waiting>>>,
     /// Tells this entity from an earlier one of the same client, for a restore's answer.
     incarnation: u64,
 }
@@ -230,7 +231,7 @@ impl Shard {
             self.config.metrics.restored(RestoreSource::memory);
             entity.limiter.restore_from(s.stored(), now);
         } else if self.known.contains(&client_hash(client)) {
-            entity.restoring = Some(Vec::new());
+            entity.restoring = Some(Box::default());
             self.restore(me, client.clone(), entity.incarnation, now);
         }
         self.live.insert(client.clone(), entity);
@@ -269,7 +270,7 @@ impl Shard {
         else {
             return;
         };
-        let waiting = e.restoring.take().unwrap_or_default();
+        let waiting = e.restoring.take().map(|w| *w).unwrap_or_default();
         let error = match res {
             Ok(Ok(Some(stored))) => {
                 e.limiter.restore_from(stored, now);
