@@ -118,7 +118,7 @@ impl ClientLimiter {
         match self
             .endpoints
             .iter()
-            .position(|e| e.name == policy.endpoint)
+            .position(|e| Arc::ptr_eq(&e.name, &policy.endpoint) || e.name == policy.endpoint)
         {
             Some(i) => i,
             None => {
@@ -162,7 +162,11 @@ impl ClientLimiter {
         let minute = now / NANOS_PER_SEC / 60;
         let mut stats = std::mem::take(&mut self.stats);
         let endpoint = self.endpoint(policy, minute);
-        if !endpoint.policy.as_ref().is_some_and(|p| Arc::ptr_eq(p, policy)) {
+        if !endpoint
+            .policy
+            .as_ref()
+            .is_some_and(|p| Arc::ptr_eq(p, policy))
+        {
             endpoint.policy = Some(policy.clone());
         }
         endpoint.count(minute, decision.allowed, &mut stats);

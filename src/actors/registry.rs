@@ -7,7 +7,9 @@
 //! Messages:
 //! - [`Check`] → `Result<Decision, LimiterUnavailable>`: decide one check of a client.
 //! - [`Flush`] → `Result<usize, String>`: sweep idle clients, snapshot dirty ones, persist
-//!   the batch; answers once the database has committed it (the timer sends it too).
+//!   the batch; answers once the database has committed it.
+//! - [`FlushSlice`] (to itself): the timer's flush, [`FLUSH_SLICE`] snapshots at a time, so
+//!   that the HTTP workers, which lock the shard to decide, never wait for a whole flush.
 //! - [`GetClientStatus`] → [`ClientStatus`]: for `/admin/stats/{client_id}`.
 //! - [`Alive`]: the health check.
 //!
@@ -71,6 +73,16 @@ pub struct LimiterUnavailable;
 #[rtype(result = "Result<usize, String>")]
 pub struct Flush;
 
+/// Snapshot the next [`FLUSH_SLICE`] clients of the timer's flush; persist the batch
+/// after the last.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct FlushSlice;
+
+/// Snapshots taken per lock of the shard during the timer's flush: a worker waits for
+/// the lock at most this many snapshots long, not for every dirty client's.
+const FLUSH_SLICE: usize = 256;
+
 /// Answers once the shard handles messages: the health check's proof that requests
 /// can be decided.
 #[derive(Message)]
@@ -113,7 +125,9 @@ struct Entity {
     /// Listed in `Registry::dirty` since the last flush.
     dirty: bool,
     /// While its state is being read back from the database: the checks that wait.
-    /// (Boxed: a pointer in the struct every live client has, a vector only while restoring.)
+    /// (Boxed: a pointer in the struct every live client has, a vector only while
+    /// restoring; the extra allocation is made only then.)
+    #[allow(clippy::box_collection)]
     restoring: Option<Box<Vec<Waiting>>>,
     /// Tells this entity from an earlier one of the same client, for a restore's answer.
     incarnation: u64,
@@ -144,6 +158,8 @@ pub struct Shard {
     live: LinkedHashMap<Arc<str>, Entity>,
     /// Clients checked since the last flush.
     dirty: Vec<Arc<str>>,
+    /// Dirty clients the timer's flush has yet to snapshot, a slice at a time.
+    flushing: Vec<Arc<str>>,
     /// Snapshots taken but not yet queued to the DB actor.
     unsent: PendingSnapshots,
     /// Hashes of clients the database may hold state for; a hit costs one read on the
@@ -185,6 +201,39 @@ impl<'a> Shared<'a> {
     }
 }
 
+/// Has `backend` decide `check` for its live, restored client `e`, and counts the
+/// decision: at once, or when the backend answers. A backend's checks of one client may
+/// be in flight together (the backend keeps each atomic); their bookkeeping runs in the
+/// order the answers come.
+fn decide_now(
+    e: &mut Entity,
+    backend: &dyn QuotaBackend,
+    config: &RegistryConfig,
+    me: &SharedShard,
+    check: Check,
+    now: Nanos,
+) -> Reply {
+    let now = e.limiter.now(now);
+    let p = &check.policy;
+    match e.limiter.decide(backend, p, check.cost, check.mode, now) {
+        Verdict::Now(d) => {
+            let shared = Shared::of(config);
+            e.limiter.record(p, d, check.path.clone(), now, &shared);
+            Reply::Now(Ok(d))
+        }
+        Verdict::Later(later) => {
+            let me = me.clone();
+            Reply::Later(Box::pin(async move {
+                let answer = later.await.map_err(|_| LimiterUnavailable);
+                if let Ok(d) = answer {
+                    lock(&me).record(&check, d);
+                }
+                answer
+            }))
+        }
+    }
+}
+
 /// The hash that picks a client's shard and marks it as known.
 pub fn client_hash(client: &str) -> u64 {
     BuildHasherDefault::<DefaultHasher>::default().hash_one(client)
@@ -200,6 +249,7 @@ impl Shard {
             config,
             live: LinkedHashMap::new(),
             dirty: Vec::new(),
+            flushing: Vec::new(),
             unsent: PendingSnapshots::new(),
             known,
             backend,
@@ -311,39 +361,10 @@ impl Shard {
         if Instant::now() > check.answer_by {
             return Reply::Now(Err(LimiterUnavailable));
         }
-        self.decide_now(me, check)
-    }
-
-    /// Has the backend decide `check` for its live, restored client, and counts the
-    /// decision: at once, or when the backend answers. A backend's checks of one client
-    /// may be in flight together (the backend keeps each atomic); their bookkeeping runs
-    /// in the order the answers come.
-    fn decide_now(&mut self, me: &SharedShard, check: Check) -> Reply {
-        let c = &self.config;
-        let Some(e) = self.live.get_mut(&check.client) else {
-            return Reply::Now(Err(LimiterUnavailable));
-        };
-        let now = e.limiter.now(c.clock.now());
-        let p = &check.policy;
-        match e
-            .limiter
-            .decide(&*self.backend, p, check.cost, check.mode, now)
-        {
-            Verdict::Now(d) => {
-                e.limiter
-                    .record(p, d, check.path.clone(), now, &Shared::of(c));
-                Reply::Now(Ok(d))
-            }
-            Verdict::Later(later) => {
-                let me = me.clone();
-                Reply::Later(Box::pin(async move {
-                    let answer = later.await.map_err(|_| LimiterUnavailable);
-                    if let Ok(d) = answer {
-                        lock(&me).record(&check, d);
-                    }
-                    answer
-                }))
-            }
+        let now = self.config.clock.now();
+        match self.live.get_mut(&check.client) {
+            Some(e) => decide_now(e, &*self.backend, &self.config, me, check, now),
+            None => Reply::Now(Err(LimiterUnavailable)),
         }
     }
 
@@ -382,7 +403,7 @@ impl Shard {
         };
         e.last_used = now;
         mark_dirty(e, &mut self.dirty, &check.client);
-        Ok(self.decide_now(me, check))
+        Ok(decide_now(e, &*self.backend, &self.config, me, check, now))
     }
 
     /// Evicts up to `most` of the least recently used clients, oldest first, stopping at
@@ -421,14 +442,20 @@ impl Shard {
         merge_snapshot(&mut self.unsent, new);
     }
 
-    /// One flush: idle sweep, snapshots of dirty limiters, then the batch to the DB actor.
-    /// `done` hears back once the batch is committed.
-    fn flush(&mut self, done: Option<oneshot::Sender<Result<usize, String>>>) {
+    /// Starts a flush: the idle sweep, and the dirty clients listed for snapshots.
+    fn begin_flush(&mut self) {
         let now = self.config.clock.now();
         let idle = self.config.idle;
         self.evict_oldest(now, usize::MAX, |e| e.last_used.saturating_add(idle) <= now);
+        let dirty = std::mem::take(&mut self.dirty);
+        self.flushing.extend(dirty);
+    }
 
-        for client in std::mem::take(&mut self.dirty) {
+    /// Snapshots up to `most` clients of the flush under way; true once none is left.
+    fn snapshot_some(&mut self, most: usize) -> bool {
+        let now = self.config.clock.now();
+        let from = self.flushing.len().saturating_sub(most);
+        for client in self.flushing.split_off(from) {
             let Some(e) = self.live.get_mut(&client) else {
                 continue;
             };
@@ -438,6 +465,12 @@ impl Shard {
                 self.stash(snapshot);
             }
         }
+        self.flushing.is_empty()
+    }
+
+    /// Ends a flush: every pending snapshot, in one batch to the DB actor. `done` hears
+    /// back once the batch is committed.
+    fn persist(&mut self, done: Option<oneshot::Sender<Result<usize, String>>>) {
         let batch: Vec<ClientSnapshot> = std::mem::take(&mut self.unsent)
             .into_iter()
             .map(|(_, s)| s)
@@ -445,6 +478,14 @@ impl Shard {
         // `do_send` queues at once, ahead of any restore read that follows. An empty
         // batch is sent too: the DB actor retries what it holds.
         self.config.db.do_send(Persist { batch, done });
+    }
+
+    /// A whole flush at once (shutdown, tests): the idle sweep, every dirty client's
+    /// snapshot (with those of a sliced flush under way), the batch.
+    fn flush(&mut self, done: Option<oneshot::Sender<Result<usize, String>>>) {
+        self.begin_flush();
+        self.snapshot_some(usize::MAX);
+        self.persist(done);
     }
 }
 
@@ -515,8 +556,15 @@ impl Actor for Registry {
         // On this shard's thread, so the connection's driver and the tasks that wait on
         // Redis or a restore run here, not on the HTTP workers.
         lock(&self.shard).backend.start();
-        ctx.run_interval(lock(&self.shard).config.flush_interval, |act, _| {
-            lock(&act.shard).flush(None)
+        ctx.run_interval(lock(&self.shard).config.flush_interval, |act, ctx| {
+            let mut shard = lock(&act.shard);
+            // A sliced flush still under way (a slow tick) takes the new dirty clients
+            // along; it persists once it is through.
+            let idle = shard.flushing.is_empty();
+            shard.begin_flush();
+            if idle {
+                ctx.notify(FlushSlice);
+            }
         });
     }
 }
@@ -540,6 +588,20 @@ impl Handler<Flush> for Registry {
             rx.await
                 .unwrap_or_else(|_| Err("the database actor stopped".to_owned()))
         })
+    }
+}
+
+impl Handler<FlushSlice> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, _: FlushSlice, ctx: &mut Context<Self>) {
+        let mut shard = lock(&self.shard);
+        if shard.snapshot_some(FLUSH_SLICE) {
+            shard.persist(None);
+        } else {
+            // Other messages (new clients' checks) and the workers go in between.
+            ctx.notify(FlushSlice);
+        }
     }
 }
 
@@ -664,5 +726,115 @@ impl Registries {
             total += r.map_err(|e| e.to_string())??;
         }
         Ok(total)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::policy::ConfigSpec;
+    use crate::store::quota::Memory;
+    use crate::store::{DatabaseUrl, open};
+
+    fn shard() -> SharedShard {
+        let url = DatabaseUrl::Memory;
+        let metrics = Arc::new(Metrics::default());
+        let db = Db::start(
+            open(&url).unwrap(),
+            url,
+            1000,
+            metrics.clone(),
+            Default::default(),
+        );
+        let config = RegistryConfig {
+            clock: ManualClock::new(1_800_000_000 * crate::clock::NANOS_PER_SEC),
+            db,
+            global: Arc::default(),
+            events: None,
+            max_clients: 10_000,
+            idle: u64::MAX,
+            flush_interval: Duration::from_secs(60),
+            live_total: Arc::default(),
+            metrics,
+        };
+        Arc::new(Mutex::new(Shard::new(
+            config,
+            HashSet::new(),
+            Arc::new(Memory),
+        )))
+    }
+
+    fn check(client: &str, policy: &Arc<Policy>) -> Check {
+        Check {
+            client: Arc::from(client),
+            policy: policy.clone(),
+            cost: 1,
+            mode: Mode::Consume,
+            path: None,
+            answer_by: Instant::now() + Duration::from_secs(60),
+        }
+    }
+
+    fn total_requests(shard: &Shard, client: &str) -> u64 {
+        shard
+            .unsent
+            .get(client)
+            .unwrap()
+            .stored()
+            .totals
+            .total_requests
+    }
+
+    #[actix_rt::test]
+    async fn a_sliced_flush_snapshots_every_dirty_client_and_lists_later_checks_for_the_next() {
+        let me = shard();
+        let policy = Arc::new(Policy::from_spec(&ConfigSpec::default_policy()));
+        let n = 2 * FLUSH_SLICE + 88;
+        let (done, waiting) = (format!("c{}", n - 1), "c0");
+        let rx = {
+            let mut s = lock(&me);
+            for i in 0..n {
+                assert!(matches!(
+                    s.check(&me, check(&format!("c{i}"), &policy)),
+                    Reply::Now(Ok(_))
+                ));
+            }
+            s.begin_flush();
+            assert_eq!((s.flushing.len(), s.dirty.len()), (n, 0));
+
+            assert!(!s.snapshot_some(FLUSH_SLICE));
+            assert_eq!(s.unsent.len(), FLUSH_SLICE);
+            // The last clients listed were snapshotted first: one checked again now must be
+            // listed for the next flush; one still waiting for its slice must not, and its
+            // snapshot must carry the new check.
+            assert!(s.unsent.get(&*done).is_some() && s.unsent.get(waiting).is_none());
+            for client in [&*done, waiting] {
+                assert!(matches!(
+                    s.try_decide(&me, check(client, &policy)),
+                    Ok(Reply::Now(Ok(_)))
+                ));
+            }
+            assert_eq!(s.dirty, vec![Arc::<str>::from(&*done)]);
+
+            assert!(!s.snapshot_some(FLUSH_SLICE));
+            assert!(s.snapshot_some(FLUSH_SLICE));
+            assert_eq!(s.unsent.len(), n);
+            assert_eq!(total_requests(&s, waiting), 2);
+            assert_eq!(total_requests(&s, &done), 1);
+
+            let (tx, rx) = oneshot::channel();
+            s.persist(Some(tx));
+            assert!(s.unsent.is_empty());
+            rx
+        };
+        assert_eq!(rx.await.unwrap(), Ok(n));
+
+        // The next flush takes the client checked after its slice, with both checks.
+        let mut s = lock(&me);
+        s.begin_flush();
+        assert!(s.snapshot_some(FLUSH_SLICE));
+        assert_eq!(s.unsent.len(), 1);
+        assert_eq!(total_requests(&s, &done), 2);
     }
 }
