@@ -10,6 +10,7 @@ use crate::clock::{NANOS_PER_SEC, SharedClock, SystemClock};
 use crate::cluster::{self, Cluster, ClusterParts};
 use crate::http::client_id::Identity;
 use crate::http::connection::OpenConnections;
+use crate::http::decision::ForwardAuth;
 use crate::http::realtime::FeedLimits;
 use crate::http::{AppState, dashboard, routes};
 use crate::metrics::Metrics;
@@ -22,6 +23,7 @@ use crate::store::quota::{Memory, QuotaBackend};
 use crate::store::redis::{Redis, RedisConfig};
 use actix::{AsyncContext, Context};
 use actix_web::dev::{Server, ServerHandle};
+use actix_web::http::StatusCode;
 use actix_web::{App, HttpServer, web};
 use futures_util::future::{Either, join, select};
 use std::net::{SocketAddr, TcpListener};
@@ -304,6 +306,13 @@ pub fn build_state_on(
             trusted_proxies: settings.trusted_proxies.clone(),
         },
         admin_token: settings.admin_token.clone(),
+        decision_token: settings.decision_token.clone(),
+        forward_auth: ForwardAuth {
+            headers: settings.forward_auth_headers,
+            // The parser admits 400 to 599 only, every one a valid status.
+            deny_status: StatusCode::from_u16(settings.forward_auth_deny_status)
+                .unwrap_or(StatusCode::TOO_MANY_REQUESTS),
+        },
         feeds: FeedLimits::new(
             settings.max_subscribers_per_ip.get(),
             settings.allowed_origins.clone(),

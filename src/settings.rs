@@ -27,6 +27,23 @@ pub struct Settings {
     #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
 
+    /// Bearer token for the decision API (`/v1/*`), so a proxy needs no admin token; the
+    /// admin token works there too. With neither, only loopback peers may use it.
+    #[arg(long, env = "DECISION_TOKEN", hide_env_values = true)]
+    pub decision_token: Option<String>,
+
+    /// Which headers name the original request at /v1/forward-auth: `original`
+    /// (X-Original-URI / X-Original-Method: nginx auth_request) or `forwarded`
+    /// (X-Forwarded-Uri / X-Forwarded-Method: Caddy forward_auth, Traefik ForwardAuth).
+    /// Only that family is read, so a client cannot choose its config with the other.
+    #[arg(long, env = "RATEWARDEN_FORWARD_AUTH_HEADERS", value_enum, default_value_t = ForwardAuthHeaders::Original)]
+    pub forward_auth_headers: ForwardAuthHeaders,
+
+    /// Status of a refusal at /v1/forward-auth (400 to 599). nginx's auth_request turns
+    /// anything but 2xx, 401 and 403 into a 500: set 403 there and map it back to 429.
+    #[arg(long, env = "RATEWARDEN_FORWARD_AUTH_DENY_STATUS", default_value_t = 429, value_parser = clap::value_parser!(u16).range(400..=599))]
+    pub forward_auth_deny_status: u16,
+
     /// HTTP worker threads [default: the number of CPUs].
     #[arg(long, env = "RATEWARDEN_WORKERS")]
     pub workers: Option<NonZeroUsize>,
@@ -126,6 +143,16 @@ pub struct Settings {
     /// Log level (error, warn, info, debug, trace); RUST_LOG, if set, takes precedence.
     #[arg(long, env = "LOG_LEVEL", default_value = "info")]
     pub log_level: String,
+}
+
+/// Which headers describe the original request to `/v1/forward-auth`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ForwardAuthHeaders {
+    /// `X-Original-URI` and `X-Original-Method`, as nginx's `auth_request` is told to set.
+    Original,
+    /// `X-Forwarded-Uri` and `X-Forwarded-Method`, as Caddy's `forward_auth` and
+    /// Traefik's `ForwardAuth` set.
+    Forwarded,
 }
 
 /// The policy applied when a limiter cannot decide.

@@ -216,16 +216,21 @@ fn decide_now(
     let now = e.limiter.now(now);
     let p = &check.policy;
     match e.limiter.decide(backend, p, check.cost, check.mode, now) {
+        // A peek changes nothing, so it is answered but neither counted nor streamed.
         Verdict::Now(d) => {
-            let shared = Shared::of(config);
-            e.limiter.record(p, d, check.path.clone(), now, &shared);
+            if check.mode == Mode::Consume {
+                let shared = Shared::of(config);
+                e.limiter.record(p, d, check.path.clone(), now, &shared);
+            }
             Reply::Now(Ok(d))
         }
         Verdict::Later(later) => {
             let me = me.clone();
             Reply::Later(Box::pin(async move {
                 let answer = later.await.map_err(|_| LimiterUnavailable);
-                if let Ok(d) = answer {
+                if let Ok(d) = answer
+                    && check.mode == Mode::Consume
+                {
                     lock(&me).record(&check, d);
                 }
                 answer

@@ -21,10 +21,11 @@ use serde_json::json;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Never limited: the admin API, the feeds, the dashboard and its assets, metrics, and
+/// Never limited: the admin API, the decision API, the feeds, the dashboard and its assets, metrics, and
 /// the health check (a load balancer's probe must never be throttled).
-const EXEMPT: [&str; 7] = [
+const EXEMPT: [&str; 8] = [
     "/admin",
+    "/v1",
     "/ws",
     "/events",
     "/dashboard",
@@ -69,56 +70,99 @@ pub async fn rate_limit(
     };
     let path = req.match_info().as_str();
     let policy = state.policies.current().resolve(path).clone();
-    if !policy.active {
-        return Ok(next.call(req).await?.map_into_boxed_body());
-    }
-    let started = Instant::now();
-    let deadline = started + state.decision_timeout;
-    let check = Check {
-        client: client.clone(),
-        policy: policy.clone(),
-        cost: 1,
-        mode: Mode::Consume,
-        // The request gives up at `deadline`, and learns of an answer up to one ticker
-        // period late: an answer given after this could not reach it in time, so the
-        // limiter refuses the check (consuming nothing) instead.
-        answer_by: deadline.checked_sub(deadline::TICK).unwrap_or(started),
-        // Copied only while a feed would show it.
-        path: state.interest.wants(&client).then(|| Arc::from(path)),
-    };
-    let answer = deadline::within(deadline, state.registries.decide(check)).await;
-    let decision = match answer {
-        Ok(Ok(d)) => {
-            Metrics::observe(&state.metrics.decision_seconds, started.elapsed());
-            d
-        }
-        failed => {
-            let reason = match failed {
-                Err(_) => ErrorReason::timeout,
-                Ok(_) => ErrorReason::unavailable,
+    let decision = match decide(&state, &client, &policy, path, 1, Mode::Consume).await {
+        Ruling::Inactive => return Ok(next.call(req).await?.map_into_boxed_body()),
+        Ruling::Failed => {
+            return match state.on_error {
+                OnError::Allow => Ok(next.call(req).await?.map_into_boxed_body()),
+                OnError::Deny => Ok(req.error_response(ApiError::LimiterUnavailable)),
             };
-            return on_error(req, next, &state, &client, &policy.endpoint, reason).await;
         }
+        Ruling::Decided(d) => d,
     };
-    let outcome = match decision.allowed {
-        true => Outcome::allowed,
-        false => Outcome::limited,
-    };
-    state.metrics.decision(&policy.endpoint, outcome);
     let now = state.clock.now();
     if decision.allowed {
         let mut res = next.call(req).await?.map_into_boxed_body();
         add_headers(res.headers_mut(), &policy, &decision, now);
         return Ok(res);
     }
-    let retry_after = retry_after_secs(&decision);
+    Ok(req.into_response(refusal(&client, &policy, &decision, now)))
+}
+
+/// What the server ruled on one check, whoever asked (a protected route, the decision
+/// API).
+pub enum Ruling {
+    /// The config that applies is inactive: nothing is limited, nothing counted.
+    Inactive,
+    Decided(Decision),
+    /// The limiter could not decide in time: `--on-error` applies.
+    Failed,
+}
+
+/// The one decision path of the HTTP layer: decides `cost` units of `client` under
+/// `policy` (resolved from `path`) within `--decision-timeout-ms`, and counts the
+/// outcome in the metrics. Peeks are answered, not counted.
+pub async fn decide(
+    state: &AppState,
+    client: &Arc<str>,
+    policy: &Arc<Policy>,
+    path: &str,
+    cost: u64,
+    mode: Mode,
+) -> Ruling {
+    if !policy.active {
+        return Ruling::Inactive;
+    }
+    let started = Instant::now();
+    let deadline = started + state.decision_timeout;
+    let check = Check {
+        client: client.clone(),
+        policy: policy.clone(),
+        cost,
+        mode,
+        // The request gives up at `deadline`, and learns of an answer up to one ticker
+        // period late: an answer given after this could not reach it in time, so the
+        // limiter refuses the check (consuming nothing) instead.
+        answer_by: deadline.checked_sub(deadline::TICK).unwrap_or(started),
+        // Copied only while a feed would show it.
+        path: state.interest.wants(client).then(|| Arc::from(path)),
+    };
+    let answer = deadline::within(deadline, state.registries.decide(check)).await;
+    let counted = mode == Mode::Consume;
+    match answer {
+        Ok(Ok(d)) => {
+            if counted {
+                Metrics::observe(&state.metrics.decision_seconds, started.elapsed());
+                let outcome = match d.allowed {
+                    true => Outcome::allowed,
+                    false => Outcome::limited,
+                };
+                state.metrics.decision(&policy.endpoint, outcome);
+            }
+            Ruling::Decided(d)
+        }
+        failed => {
+            let reason = match failed {
+                Err(_) => ErrorReason::timeout,
+                Ok(_) => ErrorReason::unavailable,
+            };
+            failed_decision(state, client, &policy.endpoint, reason);
+            Ruling::Failed
+        }
+    }
+}
+
+/// The answer to a refused request: 429 with `Retry-After`, the rate-limit headers and
+/// a JSON body saying why and until when.
+pub fn refusal(client: &str, policy: &Policy, decision: &Decision, now: Nanos) -> HttpResponse {
+    let retry_after = retry_after_secs(decision);
     let mut res = HttpResponse::TooManyRequests().json(json!({
         "error": "rate_limit_exceeded",
         "message": format!(
             "Rate limit exceeded: {} requests per {} s for {}. Retry in {retry_after} s.",
             decision.limit, policy.window_seconds, policy.endpoint
         ),
-        "client_id": &*client,
+        "client_id": client,
         "endpoint": &*policy.endpoint,
         "limit": decision.limit,
         "remaining": 0,
@@ -126,22 +170,14 @@ pub async fn rate_limit(
         "reset_time": rfc3339(now.saturating_add(decision.reset_after)),
     }));
     let headers = res.headers_mut();
-    add_headers(headers, &policy, &decision, now);
+    add_headers(headers, policy, decision, now);
     headers.insert(RETRY_AFTER, HeaderValue::from(retry_after));
-    Ok(req.into_response(res))
+    res
 }
 
-/// A request whose limiter could not decide: `--on-error allow` passes it (without
-/// rate-limit headers), `deny` answers 503 with `Retry-After: 1`. Counted, and logged at
-/// most once a second so an outage cannot flood the log.
-async fn on_error(
-    req: ServiceRequest,
-    next: Next<impl MessageBody + 'static>,
-    state: &AppState,
-    client: &str,
-    endpoint: &Arc<str>,
-    reason: ErrorReason,
-) -> Result<ServiceResponse<BoxBody>, Error> {
+/// A check whose limiter could not decide: counted under `--on-error`'s outcome, and
+/// logged at most once a second so an outage cannot flood the log.
+fn failed_decision(state: &AppState, client: &str, endpoint: &Arc<str>, reason: ErrorReason) {
     static LAST_WARNED: AtomicU64 = AtomicU64::new(0);
     let second = state.clock.now() / NANOS_PER_SEC;
     if LAST_WARNED.swap(second, Ordering::Relaxed) != second {
@@ -151,16 +187,11 @@ async fn on_error(
         );
     }
     state.metrics.decision_error(reason);
-    match state.on_error {
-        OnError::Allow => {
-            state.metrics.decision(endpoint, Outcome::on_error_allowed);
-            Ok(next.call(req).await?.map_into_boxed_body())
-        }
-        OnError::Deny => {
-            state.metrics.decision(endpoint, Outcome::on_error_denied);
-            Ok(req.error_response(ApiError::LimiterUnavailable))
-        }
-    }
+    let outcome = match state.on_error {
+        OnError::Allow => Outcome::on_error_allowed,
+        OnError::Deny => Outcome::on_error_denied,
+    };
+    state.metrics.decision(endpoint, outcome);
 }
 
 /// Logs every request at debug level as `key=value` pairs: method, path (never the query
@@ -211,7 +242,7 @@ fn reset_secs(d: &Decision) -> u64 {
 }
 
 /// The rate-limit headers of one decision.
-fn add_headers(headers: &mut HeaderMap, policy: &Policy, d: &Decision, now: Nanos) {
+pub fn add_headers(headers: &mut HeaderMap, policy: &Policy, d: &Decision, now: Nanos) {
     let reset_at = now
         .div_ceil(NANOS_PER_SEC)
         .saturating_add(ceil_secs(d.reset_after));
@@ -256,44 +287,79 @@ fn sf_string(s: &str) -> String {
     out
 }
 
-/// Admin access (the admin API, `/metrics` and the live feeds): a bearer token when one
-/// is configured (in `Authorization`, or as a `bearer.<hex>` WebSocket subprotocol, or a
-/// `token` query parameter), else loopback peers only.
+/// Admin access (the admin API, `/metrics` and the live feeds): the admin token when
+/// one is configured (see [`authorize`]), else loopback peers only.
 pub async fn admin_access(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, Error> {
     let state = state(&req);
-    let verdict = match &state.admin_token {
-        Some(token) => {
-            let header = req
-                .headers()
-                .get(actix_web::http::header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.split_once(' '))
-                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-                .map(|(_, t)| t.trim().to_owned());
-            let presented = header
-                .or_else(|| protocol_token(req.headers()))
-                .or_else(|| query_token(req.query_string()));
-            match presented {
-                Some(p) if constant_time_eq(p.as_bytes(), token.as_bytes()) => Ok(()),
-                _ => Err(ApiError::Unauthorized),
-            }
-        }
-        // Behind a trusted proxy on this host, the peer is always loopback: judge the
-        // client the proxy names instead.
-        None => match state.identity.client_ip(req.headers(), req.peer_addr()) {
-            Some(ip) if ip.is_loopback() => Ok(()),
-            _ => Err(ApiError::Forbidden),
-        },
-    };
+    let verdict = authorize(&req, &state, [&state.admin_token]);
+    guarded(req, next, verdict).await
+}
+
+/// Access to the decision API (`/v1/*`): the decision token or the admin token when
+/// either is configured, so a proxy needs no admin rights; else loopback peers only.
+pub async fn decision_access(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, Error> {
+    let state = state(&req);
+    let verdict = authorize(&req, &state, [&state.decision_token, &state.admin_token]);
+    guarded(req, next, verdict).await
+}
+
+async fn guarded(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+    verdict: Result<(), ApiError>,
+) -> Result<ServiceResponse<BoxBody>, Error> {
     match verdict {
         Ok(()) => Ok(next.call(req).await?.map_into_boxed_body()),
         Err(e) => {
             let res = e.error_response();
             Ok(req.into_response(res))
         }
+    }
+}
+
+/// With some of `tokens` configured: one of them as a bearer token (in `Authorization`,
+/// or as a `bearer.<hex>` WebSocket subprotocol, or a `token` query parameter), compared
+/// in constant time. With none: loopback peers only.
+fn authorize<'a>(
+    req: &ServiceRequest,
+    state: &AppState,
+    tokens: impl IntoIterator<Item = &'a Option<String>>,
+) -> Result<(), ApiError> {
+    let tokens: Vec<&String> = tokens.into_iter().flatten().collect();
+    if tokens.is_empty() {
+        // Behind a trusted proxy on this host, the peer is always loopback: judge the
+        // client the proxy names instead.
+        return match state.identity.client_ip(req.headers(), req.peer_addr()) {
+            Some(ip) if ip.is_loopback() => Ok(()),
+            _ => Err(ApiError::Forbidden),
+        };
+    }
+    let header = req
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim().to_owned());
+    let presented = header
+        .or_else(|| protocol_token(req.headers()))
+        .or_else(|| query_token(req.query_string()));
+    match presented {
+        // Every token is compared, so the time taken does not tell which one matched.
+        Some(p) => tokens
+            .iter()
+            .fold(false, |ok, t| {
+                constant_time_eq(p.as_bytes(), t.as_bytes()) | ok
+            })
+            .then_some(())
+            .ok_or(ApiError::Unauthorized),
+        None => Err(ApiError::Unauthorized),
     }
 }
 

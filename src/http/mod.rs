@@ -6,6 +6,7 @@ pub mod client_id;
 pub mod connection;
 pub mod dashboard;
 pub mod deadline;
+pub mod decision;
 pub mod demo;
 pub mod middleware;
 pub mod ops;
@@ -44,6 +45,9 @@ pub struct AppState {
     pub templates: tera::Tera,
     pub identity: Identity,
     pub admin_token: Option<String>,
+    /// Accepted by the decision API besides the admin token.
+    pub decision_token: Option<String>,
+    pub forward_auth: decision::ForwardAuth,
     pub metrics: Arc<Metrics>,
     pub db_status: Arc<DbStatus>,
     /// What a request gets when its limiter cannot answer within `decision_timeout`.
@@ -79,6 +83,13 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                     .service(resource("/stats").get(admin::global_stats))
                     .service(resource("/traffic").get(admin::traffic))
                     .service(resource("/stats/{client_id}").get(admin::client_stats))
+                    .default_service(web::to(not_found)),
+            )
+            .service(
+                web::scope("/v1")
+                    .wrap(actix_web::middleware::from_fn(middleware::decision_access))
+                    .service(resource("/check").post(decision::check))
+                    .service(web::resource("/forward-auth").to(decision::forward_auth))
                     .default_service(web::to(not_found)),
             )
             .service(

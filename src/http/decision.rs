@@ -1,0 +1,318 @@
+//! Decisions for other services: the decision API for programs, `POST /v1/check`, and
+//! forward-auth for proxies, `/v1/forward-auth`. Both get the same decision a protected
+//! route gets (resolve the path to its config, decide through the client's limiter,
+//! count, stream) through `middleware::decide`.
+//!
+//! `/v1/check` takes a cost and a peek mode, one check or a batch of up to
+//! [`MAX_CHECKS`] decided in order. A refused check is still a 200 (the call worked); a
+//! bad one is a 400 or 422 naming the field, and then nothing of the call is decided.
+//!
+//! `/v1/forward-auth` reads the original request from the headers the proxy sets (only
+//! those of the family `--forward-auth-headers` names, so a client cannot choose its
+//! config by sending the other family) and answers 200 or the refusal.
+
+use super::AppState;
+use super::client_id::validate_client_id;
+use super::middleware::{Ruling, add_headers, decide, refusal};
+use crate::clock::{NANOS_PER_SEC, Nanos, rfc3339};
+use crate::error::ApiError;
+use crate::limiter::{Algorithm, Decision, Mode};
+use crate::policy::{Policy, ValidationError};
+use crate::settings::{ForwardAuthHeaders, OnError};
+use actix_web::http::StatusCode;
+use actix_web::http::header::{HeaderValue, RETRY_AFTER};
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde::Serialize;
+use serde_json::{Map, Value};
+use std::sync::Arc;
+
+/// Checks one call may carry.
+pub const MAX_CHECKS: usize = 100;
+
+/// One check as asked for, validated.
+struct Ask {
+    client: Arc<str>,
+    path: String,
+    policy: Arc<Policy>,
+    cost: u64,
+    mode: Mode,
+}
+
+/// One check's answer.
+#[derive(Debug, Serialize)]
+struct Answer {
+    allowed: bool,
+    /// The config that applied.
+    endpoint: String,
+    algorithm: Algorithm,
+    /// False when that config is inactive: nothing was limited or counted.
+    active: bool,
+    limit: u64,
+    remaining: u64,
+    /// Seconds until a check of this cost would be allowed (0 when it is).
+    retry_after: f64,
+    /// Seconds until the quota is fully restored.
+    reset_after: f64,
+    reset_time: String,
+    /// Set when the limiter could not decide in time: `allowed` is then what
+    /// `--on-error` says.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'static str>,
+}
+
+/// The batch form's answer.
+#[derive(Serialize)]
+struct Batch {
+    results: Vec<Answer>,
+}
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> ApiError {
+    ApiError::Validation(ValidationError::new(field, message.into()))
+}
+
+/// `POST /v1/check`.
+pub async fn check(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let body = super::read_json(&req, payload).await?;
+    let Value::Object(mut body) = body else {
+        return Err(invalid("body", "must be a JSON object"));
+    };
+    // Every check is validated before any is decided, so a bad call consumes nothing.
+    let batch = match body.remove("checks") {
+        Some(checks) => {
+            if let Some(other) = body.keys().next() {
+                return Err(invalid(other.clone(), "is not allowed next to checks"));
+            }
+            let Value::Array(checks) = checks else {
+                return Err(invalid("checks", "must be an array of checks"));
+            };
+            if checks.is_empty() || checks.len() > MAX_CHECKS {
+                return Err(invalid(
+                    "checks",
+                    format!("must hold 1 to {MAX_CHECKS} checks"),
+                ));
+            }
+            let asks = checks
+                .into_iter()
+                .enumerate()
+                .map(|(i, c)| parse(&state, c, &format!("checks[{i}].")))
+                .collect::<Result<Vec<_>, _>>()?;
+            Some(asks)
+        }
+        None => None,
+    };
+    let now = || state.clock.now();
+    match batch {
+        Some(asks) => {
+            let mut results = Vec::with_capacity(asks.len());
+            // In order: each check sees what the ones before it consumed.
+            for ask in &asks {
+                results.push(answer(&state, ask, now()).await.0);
+            }
+            Ok(HttpResponse::Ok().json(Batch { results }))
+        }
+        None => {
+            let ask = parse(&state, Value::Object(body), "")?;
+            let (answer, decision) = answer(&state, &ask, now()).await;
+            let mut res = HttpResponse::Ok().json(&answer);
+            if let Some(d) = decision {
+                add_headers(res.headers_mut(), &ask.policy, &d, now());
+                if !d.allowed {
+                    let secs = crate::clock::ceil_secs(d.retry_after).max(1);
+                    res.headers_mut()
+                        .insert(RETRY_AFTER, HeaderValue::from(secs));
+                }
+            }
+            Ok(res)
+        }
+    }
+}
+
+/// Validates one check (`prefix` names it within a batch in error messages).
+fn parse(state: &AppState, check: Value, prefix: &str) -> Result<Ask, ApiError> {
+    let Value::Object(mut c) = check else {
+        let field = prefix.trim_end_matches('.');
+        return Err(invalid(
+            if field.is_empty() { "body" } else { field },
+            "must be a JSON object",
+        ));
+    };
+    let field = |name: &str| format!("{prefix}{name}");
+    let string = |c: &mut Map<String, Value>, name: &str| match c.remove(name) {
+        None => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(invalid(field(name), "must be a string")),
+    };
+    let client =
+        string(&mut c, "client_id")?.ok_or_else(|| invalid(field("client_id"), "is required"))?;
+    validate_client_id(&client).map_err(|e| invalid(field("client_id"), e.to_string()))?;
+    let path = string(&mut c, "path")?.ok_or_else(|| invalid(field("path"), "is required"))?;
+    // The query string never selects a config.
+    let path = path.split(['?', '#']).next().unwrap_or_default().to_owned();
+    if !path.starts_with('/') || path.len() > 2048 || path.chars().any(char::is_control) {
+        return Err(invalid(
+            field("path"),
+            "must be a request path starting with / (at most 2048 bytes, no control characters)",
+        ));
+    }
+    if let Some(method) = string(&mut c, "method")?
+        && (method.is_empty() || !method.bytes().all(|b| b.is_ascii_alphabetic()))
+    {
+        return Err(invalid(
+            field("method"),
+            "must be an HTTP method such as GET",
+        ));
+    }
+    let policy = state.policies.current().resolve(&path).clone();
+    let cost = match c.remove("cost") {
+        None => 1,
+        Some(v) => v
+            .as_u64()
+            .ok_or_else(|| invalid(field("cost"), "must be a whole number of units, 0 or more"))?,
+    };
+    let quota = policy.limits.quota();
+    if cost > quota {
+        return Err(invalid(
+            field("cost"),
+            format!("must be at most the limit of {} ({quota})", policy.endpoint),
+        ));
+    }
+    let mode = match c.remove("peek") {
+        None | Some(Value::Bool(false)) => Mode::Consume,
+        Some(Value::Bool(true)) => Mode::Peek,
+        Some(_) => return Err(invalid(field("peek"), "must be true or false")),
+    };
+    if let Some(other) = c.keys().next() {
+        return Err(invalid(field(other), "is not a field of a check"));
+    }
+    Ok(Ask {
+        client: Arc::from(client),
+        path,
+        policy,
+        cost,
+        mode,
+    })
+}
+
+/// Decides one check; the decision too when one was made (for the headers).
+async fn answer(state: &AppState, ask: &Ask, now: Nanos) -> (Answer, Option<Decision>) {
+    let p = &ask.policy;
+    let secs = |n: Nanos| n as f64 / NANOS_PER_SEC as f64;
+    let quota = p.limits.quota();
+    let base = Answer {
+        allowed: true,
+        endpoint: p.endpoint.to_string(),
+        algorithm: p.limits.algorithm,
+        active: p.active,
+        limit: quota,
+        remaining: quota,
+        retry_after: 0.0,
+        reset_after: 0.0,
+        reset_time: rfc3339(now),
+        error: None,
+    };
+    match decide(state, &ask.client, p, &ask.path, ask.cost, ask.mode).await {
+        Ruling::Inactive => (base, None),
+        Ruling::Failed => (
+            Answer {
+                allowed: state.on_error == OnError::Allow,
+                remaining: 0,
+                error: Some("limiter_unavailable"),
+                ..base
+            },
+            None,
+        ),
+        Ruling::Decided(d) => (
+            Answer {
+                allowed: d.allowed,
+                limit: d.limit,
+                remaining: d.remaining,
+                retry_after: secs(d.retry_after),
+                reset_after: secs(d.reset_after),
+                reset_time: rfc3339(now.saturating_add(d.reset_after)),
+                ..base
+            },
+            Some(d),
+        ),
+    }
+}
+
+/// `/v1/forward-auth`, any method: decides the request the proxy describes in its
+/// headers, for the client it names (see `Identity`: `X-Client-ID` when enabled, else the
+/// address, believed from `X-Forwarded-For` / `X-Real-IP` only when the caller is one of
+/// `--trusted-proxies`). 200 with the rate-limit headers and an empty body when allowed;
+/// the usual 429 (or `--forward-auth-deny-status`) when refused.
+pub async fn forward_auth(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let (uri_header, method_header) = match state.forward_auth.headers {
+        ForwardAuthHeaders::Original => ("x-original-uri", "x-original-method"),
+        ForwardAuthHeaders::Forwarded => ("x-forwarded-uri", "x-forwarded-method"),
+    };
+    let one = |name: &str| -> Result<Option<&str>, ApiError> {
+        let mut values = req.headers().get_all(name);
+        let value = values.next();
+        if values.next().is_some() {
+            return Err(ApiError::bad_request(
+                "invalid_forward_auth",
+                format!("Send one {name} header, not several."),
+            ));
+        }
+        value.map(|v| v.to_str()).transpose().map_err(|_| {
+            ApiError::bad_request("invalid_forward_auth", format!("{name} is not ASCII."))
+        })
+    };
+    let uri = one(uri_header)?.ok_or_else(|| {
+        ApiError::bad_request(
+            "invalid_forward_auth",
+            format!(
+                "{uri_header} names the original request's path; the proxy must set it \
+                 (see --forward-auth-headers)."
+            ),
+        )
+    })?;
+    let _method = one(method_header)?;
+    // The router's own decoding, so the path resolves as the same request sent to a
+    // protected route would; the query string never selects a config.
+    let path = match uri.parse::<actix_web::http::Uri>() {
+        Ok(u) if u.path().starts_with('/') => actix_web::dev::Url::new(u).path().to_owned(),
+        _ => {
+            return Err(ApiError::bad_request(
+                "invalid_forward_auth",
+                format!("{uri_header} must be a request path starting with /."),
+            ));
+        }
+    };
+    let client = state.identity.client_id(req.headers(), req.peer_addr())?;
+    let policy = state.policies.current().resolve(&path).clone();
+    let now = state.clock.now();
+    match decide(&state, &client, &policy, &path, 1, Mode::Consume).await {
+        Ruling::Inactive => Ok(HttpResponse::Ok().finish()),
+        Ruling::Failed => match state.on_error {
+            OnError::Allow => Ok(HttpResponse::Ok().finish()),
+            OnError::Deny => Err(ApiError::LimiterUnavailable),
+        },
+        Ruling::Decided(d) if d.allowed => {
+            let mut res = HttpResponse::Ok().finish();
+            add_headers(res.headers_mut(), &policy, &d, now);
+            Ok(res)
+        }
+        Ruling::Decided(d) => {
+            let mut res = refusal(&client, &policy, &d, now);
+            *res.status_mut() = state.forward_auth.deny_status;
+            Ok(res)
+        }
+    }
+}
+
+/// How `/v1/forward-auth` reads and answers.
+#[derive(Debug, Clone, Copy)]
+pub struct ForwardAuth {
+    pub headers: ForwardAuthHeaders,
+    /// The status of a refusal (429 unless set).
+    pub deny_status: StatusCode,
+}

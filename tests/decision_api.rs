@@ -1,0 +1,357 @@
+//! The decision API, `POST /v1/check`: the same decision a protected route gets, with a
+//! cost and a peek, one check or a batch decided in order; bad input consumes nothing.
+//! Each test runs its own in-process server (cheap), configured by [`server`].
+
+mod common;
+
+use common::{Resp, TestServer};
+use serde_json::{Value, json};
+/// A server with `/d/*` 5 per minute (fixed window), `/s/*` 10 per minute (sliding
+/// window), `/b/*` a bucket of 4, and `/off` inactive.
+async fn server() -> TestServer {
+    let s = TestServer::start().await;
+    s.config("/d/*", 5, 60, "fixed_window").await;
+    s.config("/s/*", 10, 60, "sliding_window").await;
+    s.config("/b/*", 4, 60, "token_bucket").await;
+    s.config("/off", 3, 60, "fixed_window").await;
+    let r = s.put("/admin/configs/off", r#"{"is_active": false}"#).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    s
+}
+
+async fn check(s: &TestServer, body: Value) -> Resp {
+    s.post("/v1/check", &body.to_string()).await
+}
+
+async fn remaining(s: &TestServer, client: &str, path: &str) -> u64 {
+    let r = check(s, json!({"client_id": client, "path": path, "peek": true})).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    r.body["remaining"].as_u64().unwrap()
+}
+
+#[actix_rt::test]
+async fn a_single_check_answers_the_decision_with_the_routes_headers() {
+    let s = server().await;
+    let r = check(
+        &s,
+        json!({"client_id": "single-1", "path": "/d/x", "method": "GET"}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let b = &r.body;
+    assert_eq!(b["allowed"], true);
+    assert_eq!(b["endpoint"], "/d/*");
+    assert_eq!(b["algorithm"], "fixed_window");
+    assert_eq!(
+        (b["limit"].as_u64(), b["remaining"].as_u64()),
+        (Some(5), Some(4))
+    );
+    assert_eq!(b["retry_after"], 0.0);
+    assert!(b["reset_after"].as_f64().unwrap() > 0.0);
+    assert!(b["reset_time"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(r.header("x-ratelimit-limit"), Some("5"));
+    assert_eq!(r.header("x-ratelimit-remaining"), Some("4"));
+    assert_eq!(r.header("ratelimit-policy"), Some("\"/d/*\";q=5;w=60"));
+    assert!(
+        r.header("ratelimit")
+            .unwrap()
+            .starts_with("\"/d/*\";r=4;t=")
+    );
+    assert!(r.header("retry-after").is_none());
+
+    // The same budget as the route itself: the route's requests and the API's add up.
+    let routed = s.statuses("single-1", "/d/x", 4).await;
+    assert_eq!(routed, vec![404; 4]);
+    let r = check(&s, json!({"client_id": "single-1", "path": "/d/y"})).await;
+    assert_eq!(r.status, 200, "a refused check is still a 200");
+    assert_eq!(r.body["allowed"], false);
+    assert_eq!(r.body["remaining"], 0);
+    let retry = r.body["retry_after"].as_f64().unwrap();
+    assert!(retry > 0.0 && retry <= 60.0, "{retry}");
+    let header = r.header_u64("retry-after");
+    assert_eq!(header, retry.ceil() as u64);
+    assert!(
+        r.header("ratelimit")
+            .unwrap()
+            .ends_with(&format!("t={header}"))
+    );
+}
+
+#[actix_rt::test]
+async fn a_cost_is_taken_whole_or_not_at_all_and_zero_or_a_peek_takes_nothing() {
+    let s = server().await;
+    let c = "cost-1";
+    let r = check(&s, json!({"client_id": c, "path": "/s/a", "cost": 7})).await;
+    assert_eq!(
+        (r.body["allowed"].clone(), r.body["remaining"].clone()),
+        (json!(true), json!(3))
+    );
+    // 4 do not fit in the 3 left: refused, and nothing of it is taken.
+    let r = check(&s, json!({"client_id": c, "path": "/s/a", "cost": 4})).await;
+    assert_eq!(r.body["allowed"], false);
+    assert_eq!(remaining(&s, c, "/s/a").await, 3);
+    let r = check(&s, json!({"client_id": c, "path": "/s/a", "cost": 0})).await;
+    assert_eq!(
+        (r.body["allowed"].clone(), r.body["remaining"].clone()),
+        (json!(true), json!(3))
+    );
+    for _ in 0..3 {
+        let r = check(
+            &s,
+            json!({"client_id": c, "path": "/s/a", "cost": 3, "peek": true}),
+        )
+        .await;
+        assert_eq!(r.body["allowed"], true);
+        assert_eq!(r.body["remaining"], 3, "a peek reports without taking");
+    }
+    let r = check(&s, json!({"client_id": c, "path": "/s/a", "cost": 3})).await;
+    assert_eq!(
+        (r.body["allowed"].clone(), r.body["remaining"].clone()),
+        (json!(true), json!(0))
+    );
+    // Peeks are not requests: the client's counters show the three consuming checks
+    // that were allowed and the one refused, nothing else.
+    let stats = s.get(&format!("/admin/stats/{c}")).await.body;
+    assert_eq!(stats["status"]["total_requests"], 4, "{stats}");
+    assert_eq!(stats["status"]["blocked_requests"], 1, "{stats}");
+}
+
+#[actix_rt::test]
+async fn a_batch_is_decided_in_order_each_check_on_its_own() {
+    let s = server().await;
+    let r = check(
+        &s,
+        json!({"checks": [
+            {"client_id": "batch-1", "path": "/b/x", "cost": 3},
+            {"client_id": "batch-1", "path": "/b/y", "cost": 2},
+            {"client_id": "batch-1", "path": "/b/z", "cost": 1},
+            {"client_id": "batch-2", "path": "/b/x", "cost": 4},
+            {"client_id": "batch-1", "path": "/off"},
+            {"client_id": "batch-1", "path": "/elsewhere", "peek": true},
+        ]}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let results = r.body["results"].as_array().unwrap();
+    let allowed: Vec<_> = results
+        .iter()
+        .map(|x| x["allowed"].as_bool().unwrap())
+        .collect();
+    // 3 of 4 taken; 2 do not fit in the 1 left; 1 does; another client has its own.
+    assert_eq!(allowed, vec![true, false, true, true, true, true]);
+    let left: Vec<_> = results
+        .iter()
+        .map(|x| x["remaining"].as_u64().unwrap())
+        .collect();
+    assert_eq!(&left[..4], &[1, 1, 0, 0]);
+    assert_eq!(
+        results[4]["active"], false,
+        "an inactive config limits nothing"
+    );
+    assert_eq!(results[4]["endpoint"], "/off");
+    assert_eq!(
+        results[5]["endpoint"], "*",
+        "an unconfigured path falls to the default"
+    );
+    assert!(
+        r.header("ratelimit").is_none(),
+        "headers are for a single check"
+    );
+}
+
+#[actix_rt::test]
+async fn bad_input_names_the_field_and_consumes_nothing() {
+    let s = server().await;
+    let ok = json!({"client_id": "bad-1", "path": "/d/q"});
+    let cases: Vec<(Value, u16, &str)> = vec![
+        (json!([]), 422, "body"),
+        (json!({"path": "/d/q"}), 422, "client_id"),
+        (
+            json!({"client_id": "bad 1", "path": "/d/q"}),
+            422,
+            "client_id",
+        ),
+        (
+            json!({"client_id": "x".repeat(129), "path": "/d/q"}),
+            422,
+            "client_id",
+        ),
+        (json!({"client_id": "bad-1"}), 422, "path"),
+        (json!({"client_id": "bad-1", "path": "d/q"}), 422, "path"),
+        (
+            json!({"client_id": "bad-1", "path": "/d/q", "cost": -1}),
+            422,
+            "cost",
+        ),
+        (
+            json!({"client_id": "bad-1", "path": "/d/q", "cost": 1.5}),
+            422,
+            "cost",
+        ),
+        (
+            json!({"client_id": "bad-1", "path": "/d/q", "cost": 6}),
+            422,
+            "cost",
+        ),
+        (
+            json!({"client_id": "bad-1", "path": "/d/q", "cost": "1"}),
+            422,
+            "cost",
+        ),
+        (
+            json!({"client_id": "bad-1", "path": "/d/q", "peek": "yes"}),
+            422,
+            "peek",
+        ),
+        (
+            json!({"client_id": "bad-1", "path": "/d/q", "method": "G T"}),
+            422,
+            "method",
+        ),
+        (
+            json!({"client_id": "bad-1", "path": "/d/q", "limit": 9}),
+            422,
+            "limit",
+        ),
+        (json!({"checks": []}), 422, "checks"),
+        (json!({"checks": {}}), 422, "checks"),
+        (json!({"checks": vec![ok.clone(); 101]}), 422, "checks"),
+        (
+            json!({"checks": [ok.clone()], "client_id": "bad-1"}),
+            422,
+            "client_id",
+        ),
+        // One bad check fails the batch before any is decided.
+        (
+            json!({"checks": [ok.clone(), {"client_id": "bad-1", "path": "/d/q", "cost": 9}]}),
+            422,
+            "checks[1].cost",
+        ),
+        (json!({"checks": [ok.clone(), 3]}), 422, "checks[1]"),
+    ];
+    for (body, status, field) in cases {
+        let r = check(&s, body.clone()).await;
+        assert_eq!(r.status.as_u16(), status, "{body}: {:?}", r.body);
+        assert_eq!(r.body["error"], "validation_failed", "{body}");
+        assert_eq!(r.body["field"], field, "{body}: {:?}", r.body);
+    }
+    let r = s
+        .send(
+            "POST",
+            "/v1/check",
+            &[("Content-Type", "application/json")],
+            Some("{\"client_id\": "),
+        )
+        .await;
+    assert_eq!(
+        (r.status.as_u16(), r.body["error"].as_str()),
+        (400, Some("invalid_json"))
+    );
+    let r = s
+        .send(
+            "POST",
+            "/v1/check",
+            &[("Content-Type", "text/plain")],
+            Some("{}"),
+        )
+        .await;
+    assert_eq!(r.status, 415);
+    let r = s.get("/v1/check").await;
+    assert_eq!(r.status, 405);
+    assert_eq!(
+        remaining(&s, "bad-1", "/d/q").await,
+        5,
+        "nothing was consumed"
+    );
+}
+
+#[actix_rt::test]
+async fn decisions_made_here_are_counted_like_any_other() {
+    let s = server().await;
+    let before = s
+        .metric("ratewarden_decisions_total{endpoint=\"/d/*\",outcome=\"allowed\"}")
+        .await;
+    check(
+        &s,
+        json!({"client_id": "counted-1", "path": "/d/c", "cost": 2}),
+    )
+    .await;
+    check(
+        &s,
+        json!({"client_id": "counted-1", "path": "/d/c", "peek": true}),
+    )
+    .await;
+    let after = s
+        .metric("ratewarden_decisions_total{endpoint=\"/d/*\",outcome=\"allowed\"}")
+        .await;
+    assert_eq!(after - before, 1.0);
+    let stats = s.get("/admin/stats/counted-1").await.body;
+    assert_eq!(stats["status"]["total_requests"], 1);
+    assert_eq!(stats["status"]["endpoints"][0]["remaining"], 3);
+    // `/v1` is never limited itself, whatever the default policy says.
+    let r = s
+        .put("/admin/configs/*", r#"{"requests_per_window": 1}"#)
+        .await;
+    assert_eq!(r.status, 200);
+    for _ in 0..3 {
+        assert_eq!(
+            check(
+                &s,
+                json!({"client_id": "counted-2", "path": "/d/c", "peek": true})
+            )
+            .await
+            .status,
+            200
+        );
+    }
+    let r = s
+        .put("/admin/configs/*", r#"{"requests_per_window": 100}"#)
+        .await;
+    assert_eq!(r.status, 200);
+}
+
+#[actix_rt::test]
+async fn a_decision_token_opens_v1_and_nothing_else() {
+    let s = TestServer::with(|c| {
+        c.admin_token = Some("admin-secret".into());
+        c.decision_token = Some("proxy-secret".into());
+    })
+    .await;
+    let body = r#"{"client_id": "tok", "path": "/x"}"#;
+    let post = |token: &'static str| {
+        let s = &s;
+        async move {
+            let auth = format!("Bearer {token}");
+            let headers = [
+                ("Content-Type", "application/json"),
+                ("Authorization", auth.as_str()),
+            ];
+            s.send("POST", "/v1/check", &headers, Some(body))
+                .await
+                .status
+                .as_u16()
+        }
+    };
+    assert_eq!(post("proxy-secret").await, 200);
+    assert_eq!(post("admin-secret").await, 200);
+    assert_eq!(post("proxy-secret-").await, 401);
+    let r = s
+        .send(
+            "POST",
+            "/v1/check",
+            &[("Content-Type", "application/json")],
+            Some(body),
+        )
+        .await;
+    assert_eq!(r.status, 401);
+    let r = s
+        .send(
+            "GET",
+            "/admin/configs",
+            &[("Authorization", "Bearer proxy-secret")],
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 401, "the decision token is not an admin token");
+    s.stop().await;
+}
