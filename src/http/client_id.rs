@@ -110,11 +110,18 @@ impl Identity {
         Ok(Arc::from(ip.to_string()))
     }
 
-    /// The peer, or behind trusted proxies the rightmost untrusted `X-Forwarded-For` hop.
+    /// The peer, or behind trusted proxies the rightmost untrusted `X-Forwarded-For` hop
+    /// (or, from a trusted proxy that sends no `X-Forwarded-For`, its `X-Real-IP`).
     pub fn client_ip(&self, headers: &HeaderMap, peer: Option<SocketAddr>) -> Option<IpAddr> {
         let peer = peer?.ip().to_canonical();
         if !self.is_trusted(peer) {
             return Some(peer);
+        }
+        if !headers.contains_key("x-forwarded-for") {
+            let real = headers.get("x-real-ip").and_then(|v| v.to_str().ok());
+            if let Some(ip) = real.and_then(|v| v.trim().parse::<IpAddr>().ok()) {
+                return Some(ip.to_canonical());
+            }
         }
         let mut client = peer;
         // Walk from the nearest hop outward; every header line counts, in order.
@@ -210,6 +217,22 @@ mod tests {
         assert_eq!(&*id.client_id(&h, peer("7.7.7.7")).unwrap(), "7.7.7.7");
         // A garbage hop stops the walk at the last trusted address.
         let h = headers(&[("x-forwarded-for", "5.5.5.5, junk")]);
+        assert_eq!(&*id.client_id(&h, peer("10.0.0.1")).unwrap(), "10.0.0.1");
+    }
+
+    #[test]
+    fn believes_x_real_ip_only_from_a_trusted_proxy_without_forwarded_for() {
+        let id = Identity {
+            header: None,
+            ..identity(&["10.0.0.0/8"])
+        };
+        let h = headers(&[("x-real-ip", "5.5.5.5")]);
+        assert_eq!(&*id.client_id(&h, peer("10.0.0.1")).unwrap(), "5.5.5.5");
+        assert_eq!(&*id.client_id(&h, peer("7.7.7.7")).unwrap(), "7.7.7.7");
+        // X-Forwarded-For, when sent, is the proxy's word: X-Real-IP is not read.
+        let h = headers(&[("x-real-ip", "6.6.6.6"), ("x-forwarded-for", "5.5.5.5")]);
+        assert_eq!(&*id.client_id(&h, peer("10.0.0.1")).unwrap(), "5.5.5.5");
+        let h = headers(&[("x-real-ip", "junk")]);
         assert_eq!(&*id.client_id(&h, peer("10.0.0.1")).unwrap(), "10.0.0.1");
     }
 

@@ -1,0 +1,333 @@
+//! Forward-auth behind real proxies from Debian's packages, started here on free loopback
+//! ports: nginx with `auth_request` and Caddy with `forward_auth`, each in front of an
+//! upstream, asking `/v1/forward-auth` of a ratewarden on a manual clock. Clients connect
+//! from their own loopback addresses (127.0.0.2, 127.0.0.3) so each has its own key.
+
+mod common;
+
+use common::TestServer;
+use ratewarden::http::client_id::Cidr;
+use ratewarden::settings::ForwardAuthHeaders;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A proxy process, killed when dropped.
+struct Proxy {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Proxy {
+    /// Waits until the proxy accepts connections (it has just been started), failing at
+    /// once with its log if it exits.
+    async fn ready(mut self, log: &Path) -> Self {
+        for _ in 0..500 {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return self;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                let log = std::fs::read_to_string(log).unwrap_or_default();
+                panic!("the proxy exited ({status}): {log}");
+            }
+            tokio::task::yield_now().await;
+            std::thread::park_timeout(std::time::Duration::from_millis(10));
+        }
+        panic!(
+            "the proxy did not listen: {}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+    }
+}
+
+/// One answer, as a client sees it.
+struct Answer {
+    status: u16,
+    headers: Vec<(String, String)>,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<&str> {
+        let found = self
+            .headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name));
+        found.map(|(_, v)| v.as_str())
+    }
+}
+
+/// `GET path` sent to `port` from the loopback address `source`, with `extra` headers.
+async fn get_from(source: &str, port: u16, path: &str, extra: &[(&str, &str)]) -> Answer {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut stream = socket.connect(addr).await.unwrap();
+    let mut req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
+    for (k, v) in extra {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    stream.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.unwrap();
+    let text = String::from_utf8_lossy(&raw);
+    let head = text.split("\r\n\r\n").next().unwrap();
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    Answer { status, headers }
+}
+
+async fn ratewarden(headers: ForwardAuthHeaders, deny_status: u16) -> TestServer {
+    let s = TestServer::with(|c| {
+        c.trusted_proxies = vec![Cidr::parse("127.0.0.1/32").unwrap()];
+        c.forward_auth_headers = headers;
+        c.forward_auth_deny_status = deny_status;
+    })
+    .await;
+    s.config("/app/*", 2, 60, "fixed_window").await;
+    s
+}
+
+fn port_of(url: &str) -> u16 {
+    url.rsplit(':').next().unwrap().parse().unwrap()
+}
+
+#[actix_rt::test]
+async fn nginx_auth_request_limits_each_client_address_and_ignores_forged_headers() {
+    let s = ratewarden(ForwardAuthHeaders::Original, 403).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (port, upstream) = (free_port(), free_port());
+    let d = dir.path().display();
+    let conf = format!(
+        r#"
+worker_processes 1;
+error_log {d}/error.log;
+pid {d}/nginx.pid;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            auth_request /_ratewarden;
+            auth_request_set $rl $upstream_http_ratelimit;
+            auth_request_set $rlp $upstream_http_ratelimit_policy;
+            auth_request_set $retry $upstream_http_retry_after;
+            add_header RateLimit $rl always;
+            add_header RateLimit-Policy $rlp always;
+            error_page 403 = @limited;
+            proxy_pass http://127.0.0.1:{upstream};
+        }}
+        location = /_ratewarden {{
+            internal;
+            proxy_pass http://127.0.0.1:{rw}/v1/forward-auth;
+            proxy_pass_request_body off;
+            proxy_set_header Content-Length "";
+            proxy_set_header X-Original-URI $request_uri;
+            proxy_set_header X-Original-Method $request_method;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+        }}
+        location @limited {{
+            add_header Retry-After $retry always;
+            add_header RateLimit $rl always;
+            add_header RateLimit-Policy $rlp always;
+            default_type application/json;
+            return 429 '{{"error": "rate_limit_exceeded"}}';
+        }}
+    }}
+    server {{
+        listen 127.0.0.1:{upstream};
+        location / {{ return 200 "upstream\n"; }}
+    }}
+}}
+"#,
+        rw = port_of(&s.url)
+    );
+    let conf_path = dir.path().join("nginx.conf");
+    std::fs::write(&conf_path, conf).unwrap();
+    let child = Command::new("nginx")
+        .args(["-p", &d.to_string(), "-c"])
+        .arg(&conf_path)
+        .args(["-g", "daemon off;"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("nginx is installed (scripts/test installs nginx-light)");
+    let nginx = Proxy { child, port }
+        .ready(&dir.path().join("error.log"))
+        .await;
+
+    let a = "127.0.0.2";
+    assert_eq!(get_from(a, nginx.port, "/app/x", &[]).await.status, 200);
+    let second = get_from(a, nginx.port, "/app/x?page=2", &[]).await;
+    assert_eq!(second.status, 200, "the query string counts against /app/*");
+    assert_eq!(second.header("RateLimit"), Some("\"/app/*\";r=0;t=60"));
+    let third = get_from(a, nginx.port, "/app/y", &[]).await;
+    assert_eq!(third.status, 429);
+    assert_eq!(third.header("Retry-After"), Some("60"));
+    assert_eq!(third.header("RateLimit"), Some("\"/app/*\";r=0;t=60"));
+    assert_eq!(
+        third.header("RateLimit-Policy"),
+        Some("\"/app/*\";q=2;w=60")
+    );
+
+    // Forged headers change nothing: nginx appends the real address to a client's
+    // X-Forwarded-For and ratewarden keys by the rightmost untrusted hop; nginx sets
+    // X-Original-URI itself, and X-Forwarded-Uri is not read in this mode.
+    for forged in [
+        ("X-Forwarded-For", "10.9.9.9"),
+        ("X-Real-IP", "10.9.9.9"),
+        ("X-Original-URI", "/free"),
+        ("X-Forwarded-Uri", "/free"),
+    ] {
+        let r = get_from(a, nginx.port, "/app/z", &[forged]).await;
+        assert_eq!(r.status, 429, "{forged:?} escaped the limit");
+    }
+    // Another address has its own budget.
+    let b = "127.0.0.3";
+    assert_eq!(get_from(b, nginx.port, "/app/x", &[]).await.status, 200);
+    assert_eq!(get_from(b, nginx.port, "/app/x", &[]).await.status, 200);
+    assert_eq!(get_from(b, nginx.port, "/app/x", &[]).await.status, 429);
+    let stats = s.get("/admin/stats/127.0.0.2").await.body;
+    assert_eq!(stats["status"]["total_requests"], 7, "{stats}");
+    assert_eq!(stats["status"]["blocked_requests"], 5, "{stats}");
+    drop(nginx);
+    s.stop().await;
+}
+
+#[actix_rt::test]
+async fn caddy_forward_auth_passes_the_429_and_its_headers_through() {
+    let s = ratewarden(ForwardAuthHeaders::Forwarded, 429).await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let caddyfile = format!(
+        r#"{{
+    admin off
+    auto_https off
+}}
+http://127.0.0.1:{port} {{
+    forward_auth 127.0.0.1:{rw} {{
+        uri /v1/forward-auth
+    }}
+    respond "upstream" 200
+}}
+"#,
+        rw = port_of(&s.url)
+    );
+    let path = dir.path().join("Caddyfile");
+    std::fs::write(&path, caddyfile).unwrap();
+    let log = dir.path().join("caddy.log");
+    let child = Command::new("caddy")
+        .args(["run", "--adapter", "caddyfile", "--config"])
+        .arg(&path)
+        .env("HOME", dir.path())
+        .env("XDG_DATA_HOME", dir.path())
+        .env("XDG_CONFIG_HOME", dir.path())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("caddy is installed (scripts/test installs it)");
+    let caddy = Proxy { child, port }.ready(&log).await;
+
+    let a = "127.0.0.2";
+    assert_eq!(get_from(a, caddy.port, "/app/x", &[]).await.status, 200);
+    assert_eq!(get_from(a, caddy.port, "/app/x", &[]).await.status, 200);
+    let refused = get_from(a, caddy.port, "/app/x", &[("X-Original-URI", "/free")]).await;
+    assert_eq!(
+        refused.status, 429,
+        "a forged X-Original-URI is not read in this mode"
+    );
+    assert_eq!(refused.header("Retry-After"), Some("60"));
+    assert_eq!(refused.header("RateLimit"), Some("\"/app/*\";r=0;t=60"));
+    assert_eq!(
+        refused.header("RateLimit-Policy"),
+        Some("\"/app/*\";q=2;w=60")
+    );
+    assert_eq!(refused.header("X-RateLimit-Remaining"), Some("0"));
+    assert!(
+        refused
+            .header("Content-Type")
+            .unwrap()
+            .starts_with("application/json")
+    );
+    // Caddy writes X-Forwarded-Uri itself: a client's own one does not pick the config.
+    let r = get_from(
+        "127.0.0.3",
+        caddy.port,
+        "/other",
+        &[("X-Forwarded-Uri", "/app/x")],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("RateLimit"),
+        None,
+        "upstream answers carry no headers of ours"
+    );
+    let stats = s.get("/admin/stats/127.0.0.3").await.body;
+    assert_eq!(stats["status"]["endpoints"][0]["endpoint"], "*", "{stats}");
+    drop(caddy);
+    s.stop().await;
+}
+
+#[actix_rt::test]
+async fn forward_auth_refuses_a_call_without_the_original_uri_and_consumes_nothing() {
+    let s = ratewarden(ForwardAuthHeaders::Original, 429).await;
+    let r = s
+        .send("GET", "/v1/forward-auth", &[("X-Client-ID", "fa-1")], None)
+        .await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.body["error"], "invalid_forward_auth");
+    let r = s
+        .send(
+            "GET",
+            "/v1/forward-auth",
+            &[("X-Client-ID", "fa-1"), ("X-Forwarded-Uri", "/app/x")],
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 400, "the other family is not read");
+    let h = [("X-Client-ID", "fa-1"), ("X-Original-URI", "app/x")];
+    assert_eq!(
+        s.send("GET", "/v1/forward-auth", &h, None).await.status,
+        400
+    );
+    let h = [("X-Client-ID", "fa-1"), ("X-Original-URI", "/app/x")];
+    for expected in [200, 200, 429] {
+        let r = s.send("POST", "/v1/forward-auth", &h, None).await;
+        assert_eq!(r.status, expected, "any method is accepted");
+    }
+    s.stop().await;
+}
