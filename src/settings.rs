@@ -24,12 +24,12 @@ pub struct Settings {
     pub database: DatabaseUrl,
 
     /// Bearer token required by the admin API. Without one, only loopback peers may use it.
-    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
+    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true, value_parser = clap::builder::NonEmptyStringValueParser::new())]
     pub admin_token: Option<String>,
 
     /// Bearer token for the decision API (`/v1/*`), so a proxy needs no admin token; the
     /// admin token works there too. With neither, only loopback peers may use it.
-    #[arg(long, env = "DECISION_TOKEN", hide_env_values = true)]
+    #[arg(long, env = "DECISION_TOKEN", hide_env_values = true, value_parser = clap::builder::NonEmptyStringValueParser::new())]
     pub decision_token: Option<String>,
 
     /// Which headers name the original request at /v1/forward-auth: `original`
@@ -293,6 +293,13 @@ mod tests {
         ] {
             assert!(parse(args).is_err(), "{args:?}");
         }
+    }
+
+    #[test]
+    fn empty_tokens_are_refused() {
+        assert!(parse(&["--decision-token", ""]).is_err());
+        assert!(parse(&["--admin-token", ""]).is_err());
+        assert!(parse(&["--decision-token", "x", "--admin-token", "y"]).is_ok());
     }
 
     #[test]

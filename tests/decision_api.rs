@@ -58,6 +58,9 @@ async fn a_single_check_answers_the_decision_with_the_routes_headers() {
             .starts_with("\"/d/*\";r=4;t=")
     );
     assert!(r.header("retry-after").is_none());
+    // The path is decoded as the router decodes a request's.
+    let r = check(&s, json!({"client_id": "single-2", "path": "/%64/x"})).await;
+    assert_eq!(r.body["endpoint"], "/d/*", "{:?}", r.body);
 
     // The same budget as the route itself: the route's requests and the API's add up.
     let routed = s.statuses("single-1", "/d/x", 4).await;
@@ -157,6 +160,14 @@ async fn a_batch_is_decided_in_order_each_check_on_its_own() {
         r.header("ratelimit").is_none(),
         "headers are for a single check"
     );
+    // The peek of an endpoint batch-1 never used added nothing to its status.
+    let stats = s.get("/admin/stats/batch-1").await.body;
+    let endpoints = stats["status"]["endpoints"].as_array().unwrap();
+    let names: Vec<_> = endpoints
+        .iter()
+        .map(|e| e["endpoint"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec!["/b/*"], "{stats}");
 }
 
 #[actix_rt::test]

@@ -158,6 +158,7 @@ http {{
             proxy_set_header X-Original-URI $request_uri;
             proxy_set_header X-Original-Method $request_method;
             proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Client-ID "";
         }}
         location @limited {{
             add_header Retry-After $retry always;
@@ -205,10 +206,12 @@ http {{
 
     // Forged headers change nothing: nginx appends the real address to a client's
     // X-Forwarded-For and ratewarden keys by the rightmost untrusted hop; nginx sets
-    // X-Original-URI itself, and X-Forwarded-Uri is not read in this mode.
+    // X-Original-URI itself and clears X-Client-ID; X-Forwarded-Uri and X-Real-IP are
+    // not read.
     for forged in [
         ("X-Forwarded-For", "10.9.9.9"),
         ("X-Real-IP", "10.9.9.9"),
+        ("X-Client-ID", "someone-else"),
         ("X-Original-URI", "/free"),
         ("X-Forwarded-Uri", "/free"),
     ] {
@@ -221,8 +224,8 @@ http {{
     assert_eq!(get_from(b, nginx.port, "/app/x", &[]).await.status, 200);
     assert_eq!(get_from(b, nginx.port, "/app/x", &[]).await.status, 429);
     let stats = s.get("/admin/stats/127.0.0.2").await.body;
-    assert_eq!(stats["status"]["total_requests"], 7, "{stats}");
-    assert_eq!(stats["status"]["blocked_requests"], 5, "{stats}");
+    assert_eq!(stats["status"]["total_requests"], 8, "{stats}");
+    assert_eq!(stats["status"]["blocked_requests"], 6, "{stats}");
     drop(nginx);
     s.stop().await;
 }
@@ -240,6 +243,7 @@ async fn caddy_forward_auth_passes_the_429_and_its_headers_through() {
 http://127.0.0.1:{port} {{
     forward_auth 127.0.0.1:{rw} {{
         uri /v1/forward-auth
+        header_up -X-Client-ID
     }}
     respond "upstream" 200
 }}
@@ -264,11 +268,9 @@ http://127.0.0.1:{port} {{
     let a = "127.0.0.2";
     assert_eq!(get_from(a, caddy.port, "/app/x", &[]).await.status, 200);
     assert_eq!(get_from(a, caddy.port, "/app/x", &[]).await.status, 200);
-    let refused = get_from(a, caddy.port, "/app/x", &[("X-Original-URI", "/free")]).await;
-    assert_eq!(
-        refused.status, 429,
-        "a forged X-Original-URI is not read in this mode"
-    );
+    let forged = [("X-Original-URI", "/free"), ("X-Client-ID", "someone-else")];
+    let refused = get_from(a, caddy.port, "/app/x", &forged).await;
+    assert_eq!(refused.status, 429, "{forged:?} escaped the limit");
     assert_eq!(refused.header("Retry-After"), Some("60"));
     assert_eq!(refused.header("RateLimit"), Some("\"/app/*\";r=0;t=60"));
     assert_eq!(
@@ -324,10 +326,41 @@ async fn forward_auth_refuses_a_call_without_the_original_uri_and_consumes_nothi
         s.send("GET", "/v1/forward-auth", &h, None).await.status,
         400
     );
-    let h = [("X-Client-ID", "fa-1"), ("X-Original-URI", "/app/x")];
+    let h = [("X-Client-ID", "fa-1"), ("X-Original-URI", "/app/%78")];
     for expected in [200, 200, 429] {
         let r = s.send("POST", "/v1/forward-auth", &h, None).await;
         assert_eq!(r.status, expected, "any method is accepted");
     }
+    // With no token set, the caller itself must be on loopback: here a trusted proxy
+    // on loopback asking for a client elsewhere (its X-Forwarded-For) is let in.
+    let h = [
+        ("X-Forwarded-For", "10.1.1.1"),
+        ("X-Original-URI", "/app/x"),
+    ];
+    let r = s.send("GET", "/v1/forward-auth", &h, None).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let h = [
+        ("X-Forwarded-For", "10.1.1.1"),
+        ("Content-Type", "application/json"),
+    ];
+    let r = s
+        .send(
+            "POST",
+            "/v1/check",
+            &h,
+            Some(r#"{"client_id": "x", "path": "/"}"#),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    // The admin API still judges the client the proxy names.
+    let r = s
+        .send(
+            "GET",
+            "/admin/configs",
+            &[("X-Forwarded-For", "10.1.1.1")],
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 403);
     s.stop().await;
 }

@@ -141,13 +141,22 @@ impl ClientLimiter {
         mode: Mode,
         now: Nanos,
     ) -> Verdict {
-        let i = self.endpoint_index(policy, now / NANOS_PER_SEC / 60);
+        let known = self.endpoints.iter().any(|e| e.name == policy.endpoint);
+        // A peek changes nothing, not even the list of endpoints this client used.
+        let mut fresh = State::new(policy.limits.algorithm);
+        let state = match mode == Mode::Peek && !known {
+            true => &mut fresh,
+            false => {
+                let i = self.endpoint_index(policy, now / NANOS_PER_SEC / 60);
+                &mut self.endpoints[i].state
+            }
+        };
         let quota = Quota {
             client: &self.client,
             endpoint: &policy.endpoint,
             limits: &policy.limits,
         };
-        backend.check(&mut self.endpoints[i].state, quota, cost, mode, now)
+        backend.check(state, quota, cost, mode, now)
     }
 
     /// Counts one decision: per-minute statistics, totals, global counters, the feeds.

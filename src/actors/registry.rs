@@ -34,7 +34,7 @@ use actix::clock::Instant;
 use actix::prelude::*;
 use futures_util::future::{BoxFuture, join_all};
 use hashlink::LinkedHashMap;
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -158,8 +158,9 @@ pub struct Shard {
     live: LinkedHashMap<Arc<str>, Entity>,
     /// Clients checked since the last flush.
     dirty: Vec<Arc<str>>,
-    /// Dirty clients the timer's flush has yet to snapshot, a slice at a time.
-    flushing: Vec<Arc<str>>,
+    /// Dirty clients the timer's flush has yet to snapshot, a slice at a time, oldest
+    /// first.
+    flushing: VecDeque<Arc<str>>,
     /// Snapshots taken but not yet queued to the DB actor.
     unsent: PendingSnapshots,
     /// Hashes of clients the database may hold state for; a hit costs one read on the
@@ -167,6 +168,9 @@ pub struct Shard {
     known: HashSet<u64>,
     /// Where the quotas are decided (this shard's own connection, for a remote store).
     backend: Arc<dyn QuotaBackend>,
+    /// The shard's own thread: a backend's later answers are awaited and counted there,
+    /// next to its connection, whether or not the request still waits for them.
+    arbiter: ArbiterHandle,
     incarnations: u64,
 }
 
@@ -207,12 +211,16 @@ impl<'a> Shared<'a> {
 /// order the answers come.
 fn decide_now(
     e: &mut Entity,
-    backend: &dyn QuotaBackend,
-    config: &RegistryConfig,
+    parts: Parts<'_>,
     me: &SharedShard,
     check: Check,
     now: Nanos,
 ) -> Reply {
+    let Parts {
+        backend,
+        config,
+        arbiter,
+    } = parts;
     let now = e.limiter.now(now);
     let p = &check.policy;
     match e.limiter.decide(backend, p, check.cost, check.mode, now) {
@@ -225,18 +233,31 @@ fn decide_now(
             Reply::Now(Ok(d))
         }
         Verdict::Later(later) => {
+            // Awaited on the shard's thread, not by the request: an answer that comes
+            // after the request gave up is still counted (the backend has consumed).
             let me = me.clone();
-            Reply::Later(Box::pin(async move {
+            let (tx, rx) = oneshot::channel();
+            arbiter.spawn(async move {
                 let answer = later.await.map_err(|_| LimiterUnavailable);
                 if let Ok(d) = answer
                     && check.mode == Mode::Consume
                 {
                     lock(&me).record(&check, d);
                 }
-                answer
+                let _ = tx.send(answer);
+            });
+            Reply::Later(Box::pin(async move {
+                rx.await.unwrap_or(Err(LimiterUnavailable))
             }))
         }
     }
+}
+
+/// What [`decide_now`] borrows of its shard besides the entity.
+struct Parts<'a> {
+    backend: &'a dyn QuotaBackend,
+    config: &'a RegistryConfig,
+    arbiter: &'a ArbiterHandle,
 }
 
 /// The hash that picks a client's shard and marks it as known.
@@ -249,15 +270,17 @@ impl Shard {
         config: RegistryConfig,
         known: HashSet<u64>,
         backend: Arc<dyn QuotaBackend>,
+        arbiter: ArbiterHandle,
     ) -> Self {
         Self {
             config,
             live: LinkedHashMap::new(),
             dirty: Vec::new(),
-            flushing: Vec::new(),
+            flushing: VecDeque::new(),
             unsent: PendingSnapshots::new(),
             known,
             backend,
+            arbiter,
             incarnations: 0,
         }
     }
@@ -368,7 +391,17 @@ impl Shard {
         }
         let now = self.config.clock.now();
         match self.live.get_mut(&check.client) {
-            Some(e) => decide_now(e, &*self.backend, &self.config, me, check, now),
+            Some(e) => decide_now(
+                e,
+                Parts {
+                    backend: &*self.backend,
+                    config: &self.config,
+                    arbiter: &self.arbiter,
+                },
+                me,
+                check,
+                now,
+            ),
             None => Reply::Now(Err(LimiterUnavailable)),
         }
     }
@@ -399,16 +432,31 @@ impl Shard {
     /// and restored; hands it back to go through the shard's actor otherwise.
     fn try_decide(&mut self, me: &SharedShard, check: Check) -> Result<Reply, Check> {
         let now = self.config.clock.now();
-        let Some(e) = self
-            .live
-            .to_back(&check.client)
-            .filter(|e| e.restoring.is_none())
-        else {
+        // A peek is not a use: it leaves the LRU order, the idle time and the dirty
+        // list alone.
+        let peek = check.mode == Mode::Peek;
+        let found = match peek {
+            true => self.live.get_mut(&check.client),
+            false => self.live.to_back(&check.client),
+        };
+        let Some(e) = found.filter(|e| e.restoring.is_none()) else {
             return Err(check);
         };
-        e.last_used = now;
-        mark_dirty(e, &mut self.dirty, &check.client);
-        Ok(decide_now(e, &*self.backend, &self.config, me, check, now))
+        if !peek {
+            e.last_used = now;
+            mark_dirty(e, &mut self.dirty, &check.client);
+        }
+        Ok(decide_now(
+            e,
+            Parts {
+                backend: &*self.backend,
+                config: &self.config,
+                arbiter: &self.arbiter,
+            },
+            me,
+            check,
+            now,
+        ))
     }
 
     /// Evicts up to `most` of the least recently used clients, oldest first, stopping at
@@ -459,8 +507,11 @@ impl Shard {
     /// Snapshots up to `most` clients of the flush under way; true once none is left.
     fn snapshot_some(&mut self, most: usize) -> bool {
         let now = self.config.clock.now();
-        let from = self.flushing.len().saturating_sub(most);
-        for client in self.flushing.split_off(from) {
+        let slice: Vec<Arc<str>> = self
+            .flushing
+            .drain(..most.min(self.flushing.len()))
+            .collect();
+        for client in slice {
             let Some(e) = self.live.get_mut(&client) else {
                 continue;
             };
@@ -653,19 +704,27 @@ impl Registries {
             ..config.clone()
         };
         let backends: Arc<[_]> = backends.into();
+        let arbiters: Vec<ArbiterHandle> = (0..n).map(|_| Arbiter::new().handle()).collect();
         let states: Arc<[SharedShard]> = per_shard
             .into_iter()
             .zip(backends.iter())
-            .map(|(known, backend)| {
-                let shard = Shard::new(shard_config.clone(), known, backend.clone());
+            .zip(&arbiters)
+            .map(|((known, backend), arbiter)| {
+                let shard = Shard::new(
+                    shard_config.clone(),
+                    known,
+                    backend.clone(),
+                    arbiter.clone(),
+                );
                 Arc::new(Mutex::new(shard))
             })
             .collect();
         let shards = states
             .iter()
-            .map(|shard| {
+            .zip(&arbiters)
+            .map(|(shard, arbiter)| {
                 let shard = shard.clone();
-                Registry::start_in_arbiter(&Arbiter::new().handle(), move |_| Registry { shard })
+                Registry::start_in_arbiter(arbiter, move |_| Registry { shard })
             })
             .collect();
         Self {
@@ -767,6 +826,7 @@ mod tests {
             config,
             HashSet::new(),
             Arc::new(Memory),
+            actix::Arbiter::current(),
         )))
     }
 
@@ -796,7 +856,8 @@ mod tests {
         let me = shard();
         let policy = Arc::new(Policy::from_spec(&ConfigSpec::default_policy()));
         let n = 2 * FLUSH_SLICE + 88;
-        let (done, waiting) = (format!("c{}", n - 1), "c0");
+        let (done, last) = ("c0".to_owned(), format!("c{}", n - 1));
+        let waiting = &*last;
         let rx = {
             let mut s = lock(&me);
             for i in 0..n {
@@ -810,9 +871,9 @@ mod tests {
 
             assert!(!s.snapshot_some(FLUSH_SLICE));
             assert_eq!(s.unsent.len(), FLUSH_SLICE);
-            // The last clients listed were snapshotted first: one checked again now must be
-            // listed for the next flush; one still waiting for its slice must not, and its
-            // snapshot must carry the new check.
+            // The first clients listed are snapshotted first: one checked again now must
+            // be listed for the next flush; one still waiting for its slice must not, and
+            // its snapshot must carry the new check. A peek lists nothing.
             assert!(s.unsent.get(&*done).is_some() && s.unsent.get(waiting).is_none());
             for client in [&*done, waiting] {
                 assert!(matches!(
@@ -820,6 +881,9 @@ mod tests {
                     Ok(Reply::Now(Ok(_)))
                 ));
             }
+            let mut peek = check("c1", &policy);
+            peek.mode = Mode::Peek;
+            assert!(matches!(s.try_decide(&me, peek), Ok(Reply::Now(Ok(_)))));
             assert_eq!(s.dirty, vec![Arc::<str>::from(&*done)]);
 
             assert!(!s.snapshot_some(FLUSH_SLICE));

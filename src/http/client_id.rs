@@ -110,18 +110,13 @@ impl Identity {
         Ok(Arc::from(ip.to_string()))
     }
 
-    /// The peer, or behind trusted proxies the rightmost untrusted `X-Forwarded-For` hop
-    /// (or, from a trusted proxy that sends no `X-Forwarded-For`, its `X-Real-IP`).
+    /// The peer, or behind trusted proxies the rightmost untrusted `X-Forwarded-For` hop.
+    /// (`X-Real-IP` is not read: a proxy that is not told to set it passes a client's own
+    /// copy through, and unlike `X-Forwarded-For` it has no hops to walk.)
     pub fn client_ip(&self, headers: &HeaderMap, peer: Option<SocketAddr>) -> Option<IpAddr> {
         let peer = peer?.ip().to_canonical();
         if !self.is_trusted(peer) {
             return Some(peer);
-        }
-        if !headers.contains_key("x-forwarded-for") {
-            let real = headers.get("x-real-ip").and_then(|v| v.to_str().ok());
-            if let Some(ip) = real.and_then(|v| v.trim().parse::<IpAddr>().ok()) {
-                return Some(ip.to_canonical());
-            }
         }
         let mut client = peer;
         // Walk from the nearest hop outward; every header line counts, in order.
@@ -221,18 +216,12 @@ mod tests {
     }
 
     #[test]
-    fn believes_x_real_ip_only_from_a_trusted_proxy_without_forwarded_for() {
+    fn never_believes_x_real_ip() {
         let id = Identity {
             header: None,
             ..identity(&["10.0.0.0/8"])
         };
-        let h = headers(&[("x-real-ip", "5.5.5.5")]);
-        assert_eq!(&*id.client_id(&h, peer("10.0.0.1")).unwrap(), "5.5.5.5");
-        assert_eq!(&*id.client_id(&h, peer("7.7.7.7")).unwrap(), "7.7.7.7");
-        // X-Forwarded-For, when sent, is the proxy's word: X-Real-IP is not read.
-        let h = headers(&[("x-real-ip", "6.6.6.6"), ("x-forwarded-for", "5.5.5.5")]);
-        assert_eq!(&*id.client_id(&h, peer("10.0.0.1")).unwrap(), "5.5.5.5");
-        let h = headers(&[("x-real-ip", "junk")]);
+        let h = headers(&[("x-real-ip", "127.0.0.1")]);
         assert_eq!(&*id.client_id(&h, peer("10.0.0.1")).unwrap(), "10.0.0.1");
     }
 

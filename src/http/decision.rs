@@ -150,14 +150,15 @@ fn parse(state: &AppState, check: Value, prefix: &str) -> Result<Ask, ApiError> 
         string(&mut c, "client_id")?.ok_or_else(|| invalid(field("client_id"), "is required"))?;
     validate_client_id(&client).map_err(|e| invalid(field("client_id"), e.to_string()))?;
     let path = string(&mut c, "path")?.ok_or_else(|| invalid(field("path"), "is required"))?;
-    // The query string never selects a config.
-    let path = path.split(['?', '#']).next().unwrap_or_default().to_owned();
-    if !path.starts_with('/') || path.len() > 2048 || path.chars().any(char::is_control) {
-        return Err(invalid(
-            field("path"),
-            "must be a request path starting with / (at most 2048 bytes, no control characters)",
-        ));
-    }
+    let path = (path.len() <= 2048)
+        .then(|| request_path(path.split('#').next().unwrap_or_default()))
+        .flatten()
+        .ok_or_else(|| {
+            invalid(
+                field("path"),
+                "must be a request path starting with / (at most 2048 bytes, no control characters or spaces)",
+            )
+        })?;
     if let Some(method) = string(&mut c, "method")?
         && (method.is_empty() || !method.bytes().all(|b| b.is_ascii_alphabetic()))
     {
@@ -276,17 +277,12 @@ pub async fn forward_auth(
         )
     })?;
     let _method = one(method_header)?;
-    // The router's own decoding, so the path resolves as the same request sent to a
-    // protected route would; the query string never selects a config.
-    let path = match uri.parse::<actix_web::http::Uri>() {
-        Ok(u) if u.path().starts_with('/') => actix_web::dev::Url::new(u).path().to_owned(),
-        _ => {
-            return Err(ApiError::bad_request(
-                "invalid_forward_auth",
-                format!("{uri_header} must be a request path starting with /."),
-            ));
-        }
-    };
+    let path = request_path(uri).ok_or_else(|| {
+        ApiError::bad_request(
+            "invalid_forward_auth",
+            format!("{uri_header} must be a request path starting with /."),
+        )
+    })?;
     let client = state.identity.client_id(req.headers(), req.peer_addr())?;
     let policy = state.policies.current().resolve(&path).clone();
     let now = state.clock.now();
@@ -306,6 +302,18 @@ pub async fn forward_auth(
             *res.status_mut() = state.forward_auth.deny_status;
             Ok(res)
         }
+    }
+}
+
+/// The path of a request target (`/api/data?page=2`), decoded as the router decodes a
+/// request's, so it resolves to the config the same request sent to a protected route
+/// would get; the query string never selects a config. `None` for anything else.
+fn request_path(target: &str) -> Option<String> {
+    match target.parse::<actix_web::http::Uri>() {
+        Ok(u) if u.path().starts_with('/') && u.scheme().is_none() => {
+            Some(actix_web::dev::Url::new(u).path().to_owned())
+        }
+        _ => None,
     }
 }
 

@@ -146,7 +146,9 @@ pub async fn decide(
                 Err(_) => ErrorReason::timeout,
                 Ok(_) => ErrorReason::unavailable,
             };
-            failed_decision(state, client, &policy.endpoint, reason);
+            if counted {
+                failed_decision(state, client, &policy.endpoint, reason);
+            }
             Ruling::Failed
         }
     }
@@ -294,7 +296,10 @@ pub async fn admin_access(
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, Error> {
     let state = state(&req);
-    let verdict = authorize(&req, &state, [&state.admin_token]);
+    // Behind a trusted proxy on this host, the peer is always loopback: judge the
+    // client the proxy names.
+    let caller = state.identity.client_ip(req.headers(), req.peer_addr());
+    let verdict = authorize(&req, caller, [&state.admin_token]);
     guarded(req, next, verdict).await
 }
 
@@ -305,7 +310,9 @@ pub async fn decision_access(
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, Error> {
     let state = state(&req);
-    let verdict = authorize(&req, &state, [&state.decision_token, &state.admin_token]);
+    // The caller of `/v1` is the proxy (or program) itself, whoever it names.
+    let caller = req.peer_addr().map(|p| p.ip().to_canonical());
+    let verdict = authorize(&req, caller, [&state.decision_token, &state.admin_token]);
     guarded(req, next, verdict).await
 }
 
@@ -325,17 +332,15 @@ async fn guarded(
 
 /// With some of `tokens` configured: one of them as a bearer token (in `Authorization`,
 /// or as a `bearer.<hex>` WebSocket subprotocol, or a `token` query parameter), compared
-/// in constant time. With none: loopback peers only.
+/// in constant time. With none: only a loopback `caller`.
 fn authorize<'a>(
     req: &ServiceRequest,
-    state: &AppState,
+    caller: Option<std::net::IpAddr>,
     tokens: impl IntoIterator<Item = &'a Option<String>>,
 ) -> Result<(), ApiError> {
     let tokens: Vec<&String> = tokens.into_iter().flatten().collect();
     if tokens.is_empty() {
-        // Behind a trusted proxy on this host, the peer is always loopback: judge the
-        // client the proxy names instead.
-        return match state.identity.client_ip(req.headers(), req.peer_addr()) {
+        return match caller {
             Some(ip) if ip.is_loopback() => Ok(()),
             _ => Err(ApiError::Forbidden),
         };
