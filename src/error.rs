@@ -80,7 +80,7 @@ impl fmt::Display for ApiError {
             ApiError::Validation(v) => write!(f, "{} {}", v.field, v.message),
             ApiError::MethodNotAllowed => f.write_str("This method is not allowed here."),
             ApiError::Unauthorized => {
-                f.write_str("A valid admin token is required: Authorization: Bearer <token>.")
+                f.write_str("A valid bearer token is required (the admin token; on /v1 also the decision token): Authorization: Bearer <token>.")
             }
             ApiError::Forbidden => f.write_str(
                 "No admin token is configured, so the admin API only answers loopback clients.",
