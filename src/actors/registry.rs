@@ -260,6 +260,21 @@ struct Parts<'a> {
     arbiter: &'a ArbiterHandle,
 }
 
+impl<'a> Parts<'a> {
+    /// From the shard's fields (not the shard, whose map lends the entity meanwhile).
+    fn of(
+        backend: &'a Arc<dyn QuotaBackend>,
+        config: &'a RegistryConfig,
+        arbiter: &'a ArbiterHandle,
+    ) -> Self {
+        Parts {
+            backend: &**backend,
+            config,
+            arbiter,
+        }
+    }
+}
+
 /// The hash that picks a client's shard and marks it as known.
 pub fn client_hash(client: &str) -> u64 {
     BuildHasherDefault::<DefaultHasher>::default().hash_one(client)
@@ -393,11 +408,7 @@ impl Shard {
         match self.live.get_mut(&check.client) {
             Some(e) => decide_now(
                 e,
-                Parts {
-                    backend: &*self.backend,
-                    config: &self.config,
-                    arbiter: &self.arbiter,
-                },
+                Parts::of(&self.backend, &self.config, &self.arbiter),
                 me,
                 check,
                 now,
@@ -448,11 +459,7 @@ impl Shard {
         }
         Ok(decide_now(
             e,
-            Parts {
-                backend: &*self.backend,
-                config: &self.config,
-                arbiter: &self.arbiter,
-            },
+            Parts::of(&self.backend, &self.config, &self.arbiter),
             me,
             check,
             now,
