@@ -114,12 +114,20 @@ impl ClientLimiter {
         &mut self.endpoints[i]
     }
 
-    fn endpoint_index(&mut self, policy: &Arc<Policy>, minute: u64) -> usize {
-        match self
-            .endpoints
+    /// Where `policy`'s endpoint is in `endpoints`, if this client has used it.
+    fn find(&self, policy: &Policy) -> Option<usize> {
+        self.endpoints
             .iter()
             .position(|e| Arc::ptr_eq(&e.name, &policy.endpoint) || e.name == policy.endpoint)
-        {
+    }
+
+    fn endpoint_index(&mut self, policy: &Arc<Policy>, minute: u64) -> usize {
+        self.index_or_add(self.find(policy), policy, minute)
+    }
+
+    /// `found` (from [`ClientLimiter::find`]), or a new endpoint for `policy`.
+    fn index_or_add(&mut self, found: Option<usize>, policy: &Arc<Policy>, minute: u64) -> usize {
+        match found {
             Some(i) => i,
             None => {
                 // Room for exactly one more: a first push would reserve four, and most
@@ -141,15 +149,15 @@ impl ClientLimiter {
         mode: Mode,
         now: Nanos,
     ) -> Verdict {
-        let known = self.endpoints.iter().any(|e| e.name == policy.endpoint);
-        // A peek changes nothing, not even the list of endpoints this client used.
-        let mut fresh = State::new(policy.limits.algorithm);
-        let state = match mode == Mode::Peek && !known {
-            true => &mut fresh,
-            false => {
-                let i = self.endpoint_index(policy, now / NANOS_PER_SEC / 60);
-                &mut self.endpoints[i].state
-            }
+        let found = self.find(policy);
+        let mut fresh;
+        let state = if mode == Mode::Peek && found.is_none() {
+            // A peek changes nothing, not even the list of endpoints this client used.
+            fresh = State::new(policy.limits.algorithm);
+            &mut fresh
+        } else {
+            let i = self.index_or_add(found, policy, now / NANOS_PER_SEC / 60);
+            &mut self.endpoints[i].state
         };
         let quota = Quota {
             client: &self.client,

@@ -20,7 +20,6 @@ use crate::limiter::{Algorithm, Decision, Mode};
 use crate::policy::{Policy, ValidationError};
 use crate::settings::{ForwardAuthHeaders, OnError};
 use actix_web::http::StatusCode;
-use actix_web::http::header::{HeaderValue, RETRY_AFTER};
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -120,11 +119,6 @@ pub async fn check(
             let mut res = HttpResponse::Ok().json(&answer);
             if let Some(d) = decision {
                 add_headers(res.headers_mut(), &ask.policy, &d, now());
-                if !d.allowed {
-                    let secs = crate::clock::ceil_secs(d.retry_after).max(1);
-                    res.headers_mut()
-                        .insert(RETRY_AFTER, HeaderValue::from(secs));
-                }
             }
             Ok(res)
         }

@@ -171,9 +171,7 @@ pub fn refusal(client: &str, policy: &Policy, decision: &Decision, now: Nanos) -
         "retry_after": retry_after,
         "reset_time": rfc3339(now.saturating_add(decision.reset_after)),
     }));
-    let headers = res.headers_mut();
-    add_headers(headers, policy, decision, now);
-    headers.insert(RETRY_AFTER, HeaderValue::from(retry_after));
+    add_headers(res.headers_mut(), policy, decision, now);
     res
 }
 
@@ -243,7 +241,8 @@ fn reset_secs(d: &Decision) -> u64 {
     }
 }
 
-/// The rate-limit headers of one decision.
+/// The rate-limit headers of one decision, with `Retry-After` when it was refused.
+/// Every surface (a protected route, `/v1/check`, `/v1/forward-auth`) sends these.
 pub fn add_headers(headers: &mut HeaderMap, policy: &Policy, d: &Decision, now: Nanos) {
     let reset_at = now
         .div_ceil(NANOS_PER_SEC)
@@ -267,6 +266,9 @@ pub fn add_headers(headers: &mut HeaderMap, policy: &Policy, d: &Decision, now: 
         if let Ok(v) = HeaderValue::try_from(value) {
             headers.insert(header, v);
         }
+    }
+    if !d.allowed {
+        headers.insert(RETRY_AFTER, HeaderValue::from(retry_after_secs(d)));
     }
 }
 
