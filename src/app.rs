@@ -11,6 +11,7 @@ use crate::cluster::{self, Cluster, ClusterParts};
 use crate::http::client_id::Identity;
 use crate::http::connection::OpenConnections;
 use crate::http::decision::ForwardAuth;
+use crate::http::proxy::{Forwarder, Upstream};
 use crate::http::realtime::FeedLimits;
 use crate::http::{AppState, dashboard, routes};
 use crate::metrics::Metrics;
@@ -129,23 +130,40 @@ pub fn start_with_clock(
     let broadcaster = state.broadcaster.clone();
     let connections = Arc::new(OpenConnections::default());
     let counted = connections.clone();
-    let server = HttpServer::new(move || App::new().app_data(state.clone()).configure(routes))
-        .workers(settings.workers())
-        // Slow clients (slowloris) get this long for a request's head, and for closing.
-        .client_request_timeout(Duration::from_millis(settings.client_timeout_ms))
-        .client_disconnect_timeout(Duration::from_millis(settings.client_timeout_ms))
-        // A client that closes its side has gone: its response (an SSE stream above all,
-        // which may have nothing to write for a long time) ends at once and frees what
-        // it held. HTTP/1.1 clients do not half-close to wait for an answer.
-        .h1_allow_half_closed(false)
-        // A handle to each socket, so a closed WebSocket ends its connection at once, and
-        // a count of them, so a stop ends as soon as the last one has closed.
-        .on_connect(move |io, ext| counted.on_connect(io, ext))
-        .disable_signals()
-        .shutdown_timeout(5)
-        .listen(listener)
-        .map_err(|e| format!("listening on {addr}: {e}"))?
-        .run();
+    let upstream = settings.upstream.as_ref().map(|origin| Upstream {
+        origin: origin.clone(),
+        timeout: Duration::from_millis(settings.upstream_timeout_ms),
+        max_body: settings.max_proxy_body,
+    });
+    if let Some(u) = &upstream {
+        log::info!("reverse-proxy mode: allowed requests go to {}", u.origin);
+    }
+    let server = HttpServer::new(move || {
+        let app = App::new()
+            .app_data(state.clone())
+            .configure(routes(upstream.is_some()));
+        match &upstream {
+            // Each worker has its own connections to the upstream.
+            Some(u) => app.app_data(Forwarder::new(u.clone())),
+            None => app,
+        }
+    })
+    .workers(settings.workers())
+    // Slow clients (slowloris) get this long for a request's head, and for closing.
+    .client_request_timeout(Duration::from_millis(settings.client_timeout_ms))
+    .client_disconnect_timeout(Duration::from_millis(settings.client_timeout_ms))
+    // A client that closes its side has gone: its response (an SSE stream above all,
+    // which may have nothing to write for a long time) ends at once and frees what
+    // it held. HTTP/1.1 clients do not half-close to wait for an answer.
+    .h1_allow_half_closed(false)
+    // A handle to each socket, so a closed WebSocket ends its connection at once, and
+    // a count of them, so a stop ends as soon as the last one has closed.
+    .on_connect(move |io, ext| counted.on_connect(io, ext))
+    .disable_signals()
+    .shutdown_timeout(5)
+    .listen(listener)
+    .map_err(|e| format!("listening on {addr}: {e}"))?
+    .run();
     log::info!(
         "ratewarden listening on http://{addr} (database {})",
         settings.database

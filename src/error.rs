@@ -31,7 +31,7 @@ pub enum ApiError {
     TooManySubscribers(usize),
     /// 413.
     PayloadTooLarge {
-        limit: usize,
+        limit: u64,
     },
     /// 415.
     UnsupportedMediaType,
@@ -39,6 +39,12 @@ pub enum ApiError {
     Unavailable(String),
     /// 503: the client's limiter did not decide in time and `--on-error deny` is set.
     LimiterUnavailable,
+    /// 501: something this server does not do (proxying a protocol upgrade).
+    NotImplemented(String),
+    /// 502: reverse-proxy mode, the upstream could not be reached or broke off.
+    BadGateway(String),
+    /// 504: reverse-proxy mode, the upstream did not answer within its timeout.
+    GatewayTimeout(String),
     /// 500: a fault of the server, never of the request.
     Internal(String),
 }
@@ -65,6 +71,9 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::Unavailable(_) => "service_unavailable",
+            ApiError::NotImplemented(_) => "not_implemented",
+            ApiError::BadGateway(_) => "bad_gateway",
+            ApiError::GatewayTimeout(_) => "gateway_timeout",
             ApiError::Internal(_) => "internal_error",
         }
     }
@@ -76,7 +85,10 @@ impl fmt::Display for ApiError {
             ApiError::BadRequest { message, .. }
             | ApiError::NotFound(message)
             | ApiError::Conflict(message)
-            | ApiError::Unavailable(message) => f.write_str(message),
+            | ApiError::Unavailable(message)
+            | ApiError::NotImplemented(message)
+            | ApiError::BadGateway(message)
+            | ApiError::GatewayTimeout(message) => f.write_str(message),
             ApiError::Validation(v) => write!(f, "{} {}", v.field, v.message),
             ApiError::MethodNotAllowed => f.write_str("This method is not allowed here."),
             ApiError::Unauthorized => {
@@ -121,6 +133,9 @@ impl ResponseError for ApiError {
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
+            ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
+            ApiError::GatewayTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -111,6 +111,20 @@ pub struct RedisFailureLabels {
     pub kind: RedisFailure,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum UpstreamFailure {
+    /// No connection could be made, or it broke before a response head (answered 502).
+    unreachable,
+    /// No response head within `--upstream-timeout-ms` (answered 504).
+    timeout,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamFailureLabels {
+    pub reason: UpstreamFailure,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ActionLabels {
     pub action: ConfigAction,
@@ -143,6 +157,7 @@ pub struct Metrics {
     pub redis_reconnects: Counter,
     pub redis_seconds: Histogram,
     pub cluster_messages: Counter,
+    pub upstream_errors: Family<UpstreamFailureLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -169,6 +184,7 @@ impl Default for Metrics {
             redis_reconnects: Counter::default(),
             redis_seconds: seconds_histogram(),
             cluster_messages: Counter::default(),
+            upstream_errors: Family::default(),
         };
         let r = &mut m.registry;
         r.register(
@@ -271,6 +287,11 @@ impl Default for Metrics {
             "Messages from other instances received over Redis pub/sub",
             m.cluster_messages.clone(),
         );
+        r.register(
+            "upstream_errors",
+            "Reverse-proxy mode: forwarded requests the upstream did not answer, by reason",
+            m.upstream_errors.clone(),
+        );
         m
     }
 }
@@ -318,6 +339,12 @@ impl Metrics {
     pub fn redis_error(&self, kind: RedisFailure) {
         self.redis_errors
             .get_or_create(&RedisFailureLabels { kind })
+            .inc();
+    }
+
+    pub fn upstream_error(&self, reason: UpstreamFailure) {
+        self.upstream_errors
+            .get_or_create(&UpstreamFailureLabels { reason })
             .inc();
     }
 

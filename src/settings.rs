@@ -44,6 +44,24 @@ pub struct Settings {
     #[arg(long, env = "RATEWARDEN_FORWARD_AUTH_DENY_STATUS", default_value_t = 429, value_parser = clap::value_parser!(u16).range(400..=599))]
     pub forward_auth_deny_status: u16,
 
+    /// Reverse-proxy mode: forward every request outside ratewarden's own paths (`/admin`,
+    /// `/v1`, `/ws`, `/events`, `/dashboard`, `/static`, `/metrics`, `/health`) to this
+    /// `http://host:port` once it is allowed; the demo routes are not served.
+    #[arg(long, env = "RATEWARDEN_UPSTREAM", value_parser = parse_upstream)]
+    pub upstream: Option<String>,
+
+    /// Longest the upstream may take to answer a forwarded request (connecting, sending
+    /// the body and its response head) before the client gets a 504; a response's body
+    /// then streams for as long as it lasts.
+    #[arg(long, env = "RATEWARDEN_UPSTREAM_TIMEOUT_MS", default_value_t = 60_000,
+          value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    pub upstream_timeout_ms: u64,
+
+    /// Largest request body forwarded to the upstream, in bytes (a larger one gets a 413)
+    /// [default: no limit; bodies are streamed, never held whole].
+    #[arg(long, env = "RATEWARDEN_MAX_PROXY_BODY", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_proxy_body: Option<u64>,
+
     /// HTTP worker threads [default: the number of CPUs].
     #[arg(long, env = "RATEWARDEN_WORKERS")]
     pub workers: Option<NonZeroUsize>,
@@ -183,6 +201,32 @@ fn parse_redis_url(s: &str) -> Result<String, String> {
         .ok_or_else(|| format!("{s:?} is not a redis:// URL"))
 }
 
+/// `http://host[:port]`, with no path but `/`, no query and no user: the origin every
+/// forwarded request's own path is appended to. (Plain HTTP only: TLS to the upstream
+/// is not built.)
+fn parse_upstream(s: &str) -> Result<String, String> {
+    let uri: actix_web::http::Uri = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a URL"))?;
+    match (uri.scheme_str(), uri.authority()) {
+        (Some("http"), Some(a))
+            if !a.as_str().contains('@')
+                && !a.host().is_empty()
+                && matches!(uri.path(), "" | "/")
+                && uri.query().is_none() =>
+        {
+            Ok(format!("http://{a}"))
+        }
+        (Some("https"), _) => Err(format!(
+            "{s:?}: TLS to the upstream is not supported; give an http:// address"
+        )),
+        _ => Err(format!(
+            "{s:?} is not http://host[:port] (no path, query or user)"
+        )),
+    }
+}
+
 fn parse_instance_id(s: &str) -> Result<String, String> {
     let ok = (1..=64).contains(&s.len())
         && s.bytes()
@@ -290,9 +334,31 @@ mod tests {
             &["--redis-url", "not a url"],
             &["--redis-timeout-ms", "0"],
             &["--instance-id", "a b"],
+            &["--upstream", "https://example.com"],
+            &["--upstream", "http://example.com/base"],
+            &["--upstream", "http://u:p@example.com"],
+            &["--upstream", "example.com:80"],
+            &["--upstream", "http://example.com/?a=1"],
+            &["--upstream-timeout-ms", "0"],
+            &["--max-proxy-body", "0"],
         ] {
             assert!(parse(args).is_err(), "{args:?}");
         }
+    }
+
+    #[test]
+    fn the_upstream_is_an_origin() {
+        for (given, origin) in [
+            ("http://127.0.0.1:9000", "http://127.0.0.1:9000"),
+            ("http://backend/", "http://backend"),
+            ("http://[::1]:81", "http://[::1]:81"),
+        ] {
+            let s = parse(&["--upstream", given]).unwrap();
+            assert_eq!(s.upstream.as_deref(), Some(origin));
+        }
+        let s = parse(&[]).unwrap();
+        assert_eq!((s.upstream, s.upstream_timeout_ms), (None, 60_000));
+        assert_eq!(s.max_proxy_body, None);
     }
 
     #[test]

@@ -139,7 +139,7 @@ impl Identity {
         Some(client)
     }
 
-    fn is_trusted(&self, ip: IpAddr) -> bool {
+    pub fn is_trusted(&self, ip: IpAddr) -> bool {
         self.trusted_proxies.iter().any(|c| c.contains(ip))
     }
 }

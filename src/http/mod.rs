@@ -10,6 +10,7 @@ pub mod decision;
 pub mod demo;
 pub mod middleware;
 pub mod ops;
+pub mod proxy;
 pub mod realtime;
 
 use crate::actors::broadcaster::{Broadcaster, FeedInterest};
@@ -61,10 +62,11 @@ pub struct AppState {
 /// The route table, shared by the binary and the tests: everything sits in one root
 /// scope behind the request log and the rate-limit middleware (which lets the exempt
 /// prefixes through), and `/admin`, `/metrics` and the feeds behind the admin-access
-/// middleware.
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(
-        web::scope("")
+/// middleware. With `proxying` (reverse-proxy mode), every other path is forwarded to the
+/// upstream instead of the demo routes being served.
+pub fn routes(proxying: bool) -> impl Fn(&mut web::ServiceConfig) + Clone {
+    move |cfg| {
+        let root = web::scope("")
             .wrap(actix_web::middleware::from_fn(middleware::rate_limit))
             .service(
                 web::scope("/admin")
@@ -107,18 +109,22 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             )
             .service(resource("/dashboard").get(dashboard::page))
             .service(resource("/static/{file:.*}").get(dashboard::asset))
-            .service(resource("/").get(demo::index))
             .service(resource("/health").get(ops::health))
             .service(
                 web::scope("/metrics")
                     .wrap(actix_web::middleware::from_fn(middleware::admin_access))
                     .service(resource("").get(ops::metrics)),
-            )
-            .service(resource("/api/data").get(demo::data))
-            .service(resource("/api/submit").post(demo::submit))
-            .default_service(web::to(not_found))
-            .wrap(actix_web::middleware::from_fn(middleware::log_request)),
-    );
+            );
+        let root = match proxying {
+            true => root.default_service(web::to(proxy::forward)),
+            false => root
+                .service(resource("/").get(demo::index))
+                .service(resource("/api/data").get(demo::data))
+                .service(resource("/api/submit").post(demo::submit))
+                .default_service(web::to(not_found)),
+        };
+        cfg.service(root.wrap(actix_web::middleware::from_fn(middleware::log_request)));
+    }
 }
 
 async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
@@ -156,7 +162,7 @@ pub async fn read_json(
         return Err(ApiError::UnsupportedMediaType);
     }
     let too_large = ApiError::PayloadTooLarge {
-        limit: MAX_BODY_BYTES,
+        limit: MAX_BODY_BYTES as u64,
     };
     let declared = req
         .headers()
