@@ -334,6 +334,7 @@ async function fire(ev) {
   ev.preventDefault();
   const f = ev.target;
   const path = f.path.value.trim();
+  const method = f.method.value;
   const client = f.client.value.trim();
   const count = Math.max(1, Math.min(1000, Number(f.count.value) || 1));
   const result = $("#tester-result");
@@ -344,7 +345,7 @@ async function fire(ev) {
     while (next < count) {
       next += 1;
       try {
-        const r = await fetch(path, { headers: { "X-Client-ID": client }, cache: "no-store" });
+        const r = await fetch(path, { method, headers: { "X-Client-ID": client }, cache: "no-store" });
         if (r.status === 429) tally.limited += 1;
         else if (r.status < 400 || r.status === 404) tally.passed += 1;
         else tally.other += 1;

@@ -2,7 +2,8 @@
 // playwright-core; no browser is ever downloaded) against the real server binary:
 // create a config through the UI, fire requests with the tester, watch the client
 // inspector, the counters, the chart and a 429 arrive live, check that request-derived
-// text is inserted as text (never HTML), check the narrow layout, and save screenshots.
+// text is inserted as text (never HTML), check the narrow layout, and save screenshots;
+// then, in reverse-proxy mode in front of a node:http upstream, fire at a proxied path.
 //
 //   cd tests/browser && npm ci && npm test
 //
@@ -17,6 +18,7 @@ import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { createInterface } from "node:readline";
+import { createServer } from "node:http";
 import { chromium } from "playwright-core";
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
@@ -228,6 +230,54 @@ test("with an admin token the dashboard asks for it and never puts it in a URL",
     try { if (browser) await browser.close(); } finally {
       try { if (server) await stopServer(server.child); } finally {
         rmSync(dir, { recursive: true, force: true });
+      }
+    }
+  }
+});
+
+test("in reverse-proxy mode the tester fires at the upstream's paths", { timeout: 120_000 }, async () => {
+  // The upstream counts what reaches it, by method and path.
+  const reached = [];
+  const upstream = createServer((req, res) => {
+    reached.push(`${req.method} ${req.url}`);
+    res.writeHead(200, { "Content-Type": "application/json" });
+    res.end(JSON.stringify({ upstream: true }));
+  });
+  await new Promise((r) => upstream.listen(0, "127.0.0.1", r));
+  const dir = mkdtempSync(join(tmpdir(), "ratewarden-browser-"));
+  let server = null;
+  let browser = null;
+  try {
+    server = startServer(dir, ["--upstream", `http://127.0.0.1:${upstream.address().port}`]);
+    const url = await server.ready;
+    // A token bucket of 3 for the upstream's /shop/*: no window boundary to wait for.
+    const created = await fetch(url + "/admin/configs", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ endpoint: "/shop/*", requests_per_window: 3, window_seconds: 3600, algorithm: "token_bucket" }),
+    });
+    assert.equal(created.status, 201);
+    browser = await launch();
+    const page = await browser.newPage({ viewport: { width: 1280, height: 800 } });
+    await page.goto(url + "/dashboard");
+    await until(page, () => document.querySelector("#conn").textContent.trim() === "live");
+    await page.selectOption("#tester [name=method]", "POST");
+    await page.fill("#tester [name=path]", "/shop/cart");
+    await page.fill("#tester [name=client]", "shopper");
+    await page.fill("#tester [name=count]", "5");
+    await page.click("#tester button[type=submit]");
+    await page.locator("#tester-passed").waitFor({ timeout: WAIT });
+    assert.equal(await page.textContent("#tester-passed"), "3");
+    assert.equal(await page.textContent("#tester-limited"), "2");
+    // (The browser's own /favicon.ico is the upstream's too, and reaches it.)
+    assert.deepEqual(reached.filter((r) => r.includes("/shop")), ["POST /shop/cart", "POST /shop/cart", "POST /shop/cart"],
+                     "the allowed requests, and only they, reached the upstream");
+    await until(page, () => [...document.querySelectorAll("#events .tag-block")].some((t) => t.textContent === "429"));
+  } finally {
+    try { if (browser) await browser.close(); } finally {
+      try { if (server) await stopServer(server.child); } finally {
+        rmSync(dir, { recursive: true, force: true });
+        upstream.close();
       }
     }
   }
