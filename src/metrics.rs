@@ -118,6 +118,8 @@ pub enum UpstreamFailure {
     unreachable,
     /// No response head within `--upstream-timeout-ms` (answered 504).
     timeout,
+    /// An answer this proxy cannot pass on, an interim 1xx (answered 502).
+    invalid_response,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

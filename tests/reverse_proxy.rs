@@ -37,7 +37,8 @@ struct Seen {
 
 /// `/echo/*`: the headers it was sent. `/count/*`: counted. `/upload`: the body's size,
 /// counted as it arrives. `/download`: 50 MiB. `/sse`: one event, then a second once the
-/// test says it read the first. `/hang`: never answers.
+/// test says it read the first. `/hang`: never answers. `/not-modified`: a 304 with the
+/// Content-Length of a representation it does not send.
 async fn upstream_handler(
     req: HttpRequest,
     mut body: web::Payload,
@@ -86,6 +87,9 @@ async fn upstream_handler(
                 .streaming(first.chain(futures_util::stream::once(second)))
         }
         "/hang" => std::future::pending().await,
+        "/not-modified" => HttpResponse::NotModified()
+            .insert_header(("content-length", "1234"))
+            .finish(),
         _ => HttpResponse::NotFound().json(json!({"upstream": "not found"})),
     }
 }
@@ -148,8 +152,9 @@ async fn streams_bodies_both_ways_without_holding_them_and_rewrites_headers() {
     assert_eq!(rw.get("/count/warm").await.status, 200);
     let before = peak_rss(rw.child.id());
 
-    // 50 MiB up, with its Content-Length: the first MiB must reach the upstream before the rest is sent, so a
-    // proxy that read the whole body before forwarding it would stall here.
+    // 50 MiB up, with its Content-Length: half a MiB must reach the upstream before more
+    // than the first MiB is sent, so a proxy that read the whole body before forwarding
+    // it would stall here.
     let uploaded = seen.uploaded.subscribe();
     let chunks = 50 * MIB / ZEROS.len() as u64;
     let body = futures_util::stream::unfold(0u64, move |i| {
@@ -212,14 +217,19 @@ async fn streams_bodies_both_ways_without_holding_them_and_rewrites_headers() {
         res.headers().get("content-type").unwrap(),
         "text/event-stream"
     );
-    let first = tokio::time::timeout(STALL, res.next())
-        .await
-        .expect("the first event is passed on at once");
-    assert_eq!(&first.unwrap().unwrap()[..], b"data: one\n\n");
+    let mut events = Vec::new();
+    while !events.ends_with(b"\n\n") {
+        let chunk = tokio::time::timeout(STALL, res.next())
+            .await
+            .expect("the first event is passed on at once");
+        events.extend_from_slice(&chunk.unwrap().unwrap());
+    }
+    assert_eq!(events, b"data: one\n\n");
     seen.first_event_read.send_replace(true);
-    let second = res.next().await.unwrap().unwrap();
-    assert_eq!(&second[..], b"data: two\n\n");
-    assert!(res.next().await.is_none());
+    while let Some(chunk) = res.next().await {
+        events.extend_from_slice(&chunk.unwrap());
+    }
+    assert_eq!(events, b"data: one\n\ndata: two\n\n");
 
     // Hop-by-hop headers stay on this side; X-Forwarded-For is this peer's address (a
     // client's own copy is not trusted), with X-Forwarded-Proto and -Host set.
@@ -227,7 +237,8 @@ async fn streams_bodies_both_ways_without_holding_them_and_rewrites_headers() {
         &rw.url,
         "GET /echo/x?page=2 HTTP/1.1\r\nHost: app.example\r\nConnection: close, X-Hop\r\n\
          X-Hop: 1\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\nProxy-Authorization: Basic eA==\r\n\
-         X-Forwarded-For: 10.9.9.9\r\nX-Client-ID: echo\r\nAccept: a\r\n\r\n",
+         X-Forwarded-For: 10.9.9.9\r\nX-Real-IP: 10.9.9.9\r\nUpgrade: h2c\r\n\
+         X-Client-ID: echo\r\nAccept: a\r\n\r\n",
     )
     .await;
     let body = answer.split("\r\n\r\n").nth(1).unwrap();
@@ -244,7 +255,15 @@ async fn streams_bodies_both_ways_without_holding_them_and_rewrites_headers() {
             .map(|(_, v)| v.as_str())
             .collect()
     };
-    for gone in ["x-hop", "keep-alive", "te", "proxy-authorization"] {
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    for gone in [
+        "x-hop",
+        "keep-alive",
+        "te",
+        "proxy-authorization",
+        "x-real-ip",
+        "upgrade",
+    ] {
         assert!(get(gone).is_empty(), "{gone} was forwarded: {headers:?}");
     }
     assert_eq!(get("x-forwarded-for"), ["127.0.0.1"]);
@@ -279,13 +298,61 @@ async fn two_hundred_concurrent_requests_against_fifty_let_exactly_fifty_reach_t
     assert_eq!(passed.body["counted"], true, "the upstream's own answer");
     assert!(passed.header("RateLimit").is_some());
 
-    // The demo routes are the upstream's now; ratewarden's own paths stay its own.
+    // The demo routes are the upstream's now; ratewarden's own paths stay its own, and
+    // what it does not serve under them is neither decided nor forwarded.
     let r = s.get_as("other", "/api/data").await;
     assert_eq!(
         (r.status.as_u16(), &r.body),
         (404, &json!({"upstream": "not found"}))
     );
     assert_eq!(s.get("/health").await.body["status"], "healthy");
+    for own in ["/health/x", "/static", "/dashboard/x", "/%64ashboard/x"] {
+        let r = s.get_as("other", own).await;
+        assert_eq!(
+            (r.status.as_u16(), &r.body["error"]),
+            (404, &json!("not_found")),
+            "{own}"
+        );
+        assert_eq!(r.header("RateLimit"), None, "{own}");
+    }
+    // A dot segment would let the upstream serve another path than the one decided.
+    for dotted in ["/count/../admin", "/count/%2E%2E/x", "/count/..%2Fx"] {
+        let answer = raw(
+            &s.url,
+            &format!("GET {dotted} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"),
+        )
+        .await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{dotted}: {answer}");
+        assert!(answer.contains("invalid_path"), "{answer}");
+    }
+    assert_eq!(
+        seen.counted.load(Ordering::SeqCst),
+        50,
+        "none of those reached it"
+    );
+    // Answers without a body: HEAD keeps its length, and a 304 its Content-Length
+    // without being waited on for a body (nothing would ever come).
+    for (method, path, length) in [
+        ("HEAD", "/echo/head", None),
+        ("GET", "/not-modified", Some("1234")),
+    ] {
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: a\r\nX-Client-ID: h\r\nConnection: close\r\n\r\n"
+        );
+        let answer = tokio::time::timeout(STALL, raw(&s.url, &request))
+            .await
+            .expect("a bodiless answer is not waited on for a body");
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+        assert!(body.is_empty(), "{answer}");
+        let declared = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .unwrap_or_else(|| panic!("{answer}"));
+        match length {
+            Some(n) => assert_eq!(declared, n),
+            None => assert!(declared.parse::<u64>().unwrap() > 0, "{answer}"),
+        }
+    }
     let r = s
         .send(
             "GET",
@@ -318,9 +385,10 @@ async fn an_unreachable_upstream_is_a_502_and_a_slow_one_a_504_both_counted() {
     assert_eq!(slow.metric(timeouts).await, 1.0);
     slow.stop().await;
 
-    let closed = TcpListener::bind("127.0.0.1:0").unwrap();
-    let dead = format!("http://{}", closed.local_addr().unwrap());
-    drop(closed);
+    // A port bound but not listening: refused, and no other test can take it meanwhile.
+    let reserved = tokio::net::TcpSocket::new_v4().unwrap();
+    reserved.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let dead = format!("http://{}", reserved.local_addr().unwrap());
     let s = TestServer::with(|c| c.upstream = Some(dead)).await;
     let r = s.get_as("w", "/anything").await;
     assert_eq!(r.status, 502);
@@ -328,6 +396,7 @@ async fn an_unreachable_upstream_is_a_502_and_a_slow_one_a_504_both_counted() {
     let unreachable = "ratewarden_upstream_errors_total{reason=\"unreachable\"}";
     assert_eq!(s.metric(unreachable).await, 1.0);
     s.stop().await;
+    drop(reserved);
 }
 
 #[actix_rt::test]
@@ -344,6 +413,15 @@ async fn the_upstreams_hop_by_hop_headers_stay_behind_and_a_large_body_is_refuse
                     break;
                 }
                 head.push(byte[0]);
+            }
+            if head.starts_with(b"GET /early ") {
+                let _ = conn
+                    .write_all(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n")
+                    .await;
+                let _ = conn
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+                    .await;
+                continue;
             }
             let body = b"{\"raw\": true}";
             let answer = format!(
@@ -368,6 +446,11 @@ async fn the_upstreams_hop_by_hop_headers_stay_behind_and_a_large_body_is_refuse
     for gone in ["X-Up-Hop", "Keep-Alive", "Proxy-Authenticate"] {
         assert_eq!(r.header(gone), None, "{gone} came through");
     }
+    // An interim answer is not taken for the final one.
+    let r = s.get_as("h", "/early").await;
+    assert_eq!(r.status, 502);
+    let invalid = "ratewarden_upstream_errors_total{reason=\"invalid_response\"}";
+    assert_eq!(s.metric(invalid).await, 1.0);
     let big = vec![b'x'; 1001];
     let r = s
         .send_bytes("POST", "/raw", &[("X-Client-ID", "h")], Some(&big))

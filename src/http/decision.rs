@@ -13,7 +13,7 @@
 
 use super::AppState;
 use super::client_id::validate_client_id;
-use super::middleware::{Ruling, add_headers, decide, refusal};
+use super::middleware::{Ruling, add_headers, decide, has_dot_segments, refusal};
 use crate::clock::{NANOS_PER_SEC, Nanos, rfc3339};
 use crate::error::ApiError;
 use crate::limiter::{Algorithm, Decision, Mode};
@@ -150,7 +150,7 @@ fn parse(state: &AppState, check: Value, prefix: &str) -> Result<Ask, ApiError> 
         .ok_or_else(|| {
             invalid(
                 field("path"),
-                "must be a request path starting with / (at most 2048 bytes, no control characters or spaces)",
+                "must be a request path starting with / (at most 2048 bytes, no control characters, spaces, \".\" or \"..\" segments)",
             )
         })?;
     if let Some(method) = string(&mut c, "method")?
@@ -274,7 +274,7 @@ pub async fn forward_auth(
     let path = request_path(uri).ok_or_else(|| {
         ApiError::bad_request(
             "invalid_forward_auth",
-            format!("{uri_header} must be a request path starting with /."),
+            format!("{uri_header} must be a request path starting with /, with no \".\" or \"..\" segments."),
         )
     })?;
     let client = state.identity.client_id(req.headers(), req.peer_addr())?;
@@ -301,11 +301,13 @@ pub async fn forward_auth(
 
 /// The path of a request target (`/api/data?page=2`), decoded as the router decodes a
 /// request's, so it resolves to the config the same request sent to a protected route
-/// would get; the query string never selects a config. `None` for anything else.
+/// would get; the query string never selects a config. `None` for anything else, and
+/// for a path with `.` or `..` segments (refused as a protected route refuses them).
 fn request_path(target: &str) -> Option<String> {
     match target.parse::<actix_web::http::Uri>() {
         Ok(u) if u.path().starts_with('/') && u.scheme().is_none() => {
-            Some(actix_web::dev::Url::new(u).path().to_owned())
+            let path = actix_web::dev::Url::new(u).path().to_owned();
+            (!has_dot_segments(&path)).then_some(path)
         }
         _ => None,
     }

@@ -41,6 +41,16 @@ pub fn is_exempt(path: &str) -> bool {
     })
 }
 
+/// Whether a (decoded) request path has a `.` or `..` segment, `%2F` counting as a
+/// slash. Clients resolve them before sending, and a server behind may resolve them
+/// after the config was chosen: `/api/../admin` would be limited as `/api/*` and served
+/// as `/admin`. So such a path is refused, never decided.
+pub fn has_dot_segments(path: &str) -> bool {
+    path.split('/')
+        .flat_map(|s| s.split("%2F").flat_map(|s| s.split("%2f")))
+        .any(|seg| seg == "." || seg == "..")
+}
+
 const X_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
 const X_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
 const X_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
@@ -62,6 +72,13 @@ pub async fn rate_limit(
     // is served by `/api/data` and must count against its config.
     if is_exempt(req.match_info().as_str()) {
         return Ok(next.call(req).await?.map_into_boxed_body());
+    }
+    if has_dot_segments(req.match_info().as_str()) {
+        let e = ApiError::bad_request(
+            "invalid_path",
+            "The path has \".\" or \"..\" segments: send it resolved.",
+        );
+        return Ok(req.error_response(e));
     }
     let state = state(&req);
     let client = match state.identity.client_id(req.headers(), req.peer_addr()) {
@@ -461,6 +478,23 @@ mod tests {
         }
         for p in ["/", "/administrator", "/healthz", "/api/admin", "//admin"] {
             assert!(!is_exempt(p), "{p}");
+        }
+    }
+
+    #[test]
+    fn finds_dot_segments() {
+        for p in [
+            "/api/../admin",
+            "/..",
+            "/a/./b",
+            "/a/..%2Fb",
+            "/a%2f..%2fb",
+            "/a/..",
+        ] {
+            assert!(has_dot_segments(p), "{p}");
+        }
+        for p in ["/", "/a.b/c", "/...", "/a/.b", "/a..", "/a%2Fb"] {
+            assert!(!has_dot_segments(p), "{p}");
         }
     }
 

@@ -6,11 +6,13 @@
 
 use super::AppState;
 use super::client_id::Identity;
+use super::middleware::is_exempt;
 use crate::error::ApiError;
 use crate::metrics::UpstreamFailure;
 use actix_web::body::{BodyStream, SizedStream};
 use actix_web::error::PayloadError;
 use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use actix_web::http::{Method, StatusCode};
 use actix_web::{HttpRequest, HttpResponse, web};
 use futures_util::StreamExt;
 use std::cell::Cell;
@@ -22,6 +24,9 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+/// How long an idle connection to the upstream is kept for reuse.
+const IDLE_KEEP_ALIVE: Duration = Duration::from_secs(4);
 
 /// Where and how requests are forwarded (from `--upstream`, `--upstream-timeout-ms`
 /// and `--max-proxy-body`).
@@ -44,8 +49,11 @@ impl Forwarder {
         let connector = awc::Connector::new()
             .timeout(upstream.timeout)
             // As many connections as requests in flight, as nginx's `proxy_pass`; idle
-            // ones are kept for reuse (and checked before each).
-            .limit(0);
+            // ones are kept for reuse (and checked before each), for less time than the
+            // 5 s after which common servers (actix-web, Node) close them, so a request
+            // is not sent on a connection the upstream is closing.
+            .limit(0)
+            .conn_keep_alive(IDLE_KEEP_ALIVE);
         let client = awc::Client::builder()
             .connector(connector)
             // The request's own headers only (no User-Agent or Date of ours), its
@@ -85,8 +93,8 @@ fn is_hop_by_hop(name: &HeaderName, connection: &HeaderMap) -> bool {
 
 /// The headers sent upstream: the client's, minus hop-by-hop ones, with
 /// `X-Forwarded-For` appended to (its earlier hops kept only from a trusted proxy, as
-/// are a trusted proxy's `X-Forwarded-Proto`, `X-Forwarded-Host` and `Forwarded`), and
-/// `X-Forwarded-Proto` and `X-Forwarded-Host` set.
+/// are a trusted proxy's `X-Forwarded-Proto`, `X-Forwarded-Host`, `X-Real-IP` and
+/// `Forwarded`), and `X-Forwarded-Proto` and `X-Forwarded-Host` set.
 fn upstream_headers(
     incoming: &HeaderMap,
     peer: Option<SocketAddr>,
@@ -102,6 +110,7 @@ fn upstream_headers(
         let from_a_proxy = *name == X_FORWARDED_FOR
             || *name == X_FORWARDED_PROTO
             || *name == X_FORWARDED_HOST
+            || *name == X_REAL_IP
             || *name == header::FORWARDED;
         if from_a_proxy && !trusted {
             continue;
@@ -160,26 +169,51 @@ pub async fn forward(
         )));
     };
     let upstream = &forwarder.upstream;
-    if req.headers().contains_key(header::UPGRADE) {
+    // ratewarden's own prefixes are never decided, so never forwarded either
+    // (`/health/x`, `/static`): what is not served here is not found.
+    if is_exempt(req.match_info().as_str()) {
+        return Err(ApiError::NotFound(format!(
+            "Nothing is served at {}.",
+            req.path()
+        )));
+    }
+    if *req.method() == Method::CONNECT {
+        return Err(ApiError::MethodNotAllowed);
+    }
+    let Some(target) = req
+        .uri()
+        .path_and_query()
+        .map(|pq| pq.as_str())
+        .filter(|t| t.starts_with('/'))
+    else {
+        return Err(ApiError::bad_request(
+            "invalid_target",
+            "Only origin-form request targets (/path?query) are forwarded.",
+        ));
+    };
+    let upgrade = req.headers().get_all(header::UPGRADE);
+    if upgrade
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim().to_ascii_lowercase().starts_with("websocket"))
+    {
         return Err(ApiError::NotImplemented(
-            "Protocol upgrades (WebSocket included) are not proxied; connect to the upstream directly.".to_owned(),
+            "WebSocket upgrades are not proxied; connect to the upstream directly.".to_owned(),
         ));
     }
     let declared = content_length(req.headers());
-    let chunked = req.headers().contains_key(header::TRANSFER_ENCODING);
-    if req.headers().contains_key(header::CONTENT_LENGTH) && declared.is_none() {
-        return Err(ApiError::bad_request(
-            "invalid_content_length",
-            "Content-Length must be one number.",
-        ));
-    }
+    // Framed as actix read it: chunked (HTTP/1.1) wins over a Content-Length.
+    let chunked = req.version() == actix_web::http::Version::HTTP_11
+        && req
+            .headers()
+            .get(header::TRANSFER_ENCODING)
+            .is_some_and(|v| v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked"));
     if let (Some(limit), Some(n)) = (upstream.max_body, declared)
         && n > limit
     {
         return Err(ApiError::PayloadTooLarge { limit });
     }
 
-    let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
     let mut request = forwarder
         .client
         .request(req.method().clone(), format!("{}{target}", upstream.origin));
@@ -199,10 +233,13 @@ pub async fn forward(
         }
         Ok(chunk)
     });
-    let sending = match (declared, chunked) {
-        (Some(0), _) | (None, false) => request.send_body(actix_web::body::None::new()),
-        (Some(n), _) => request.send_body(SizedStream::new(n, body)),
-        (None, true) => request.send_body(BodyStream::new(body)),
+    // (actix-http refused a request with two lengths, a bad one, or both a length and
+    // chunked, before it got here.)
+    let sending = match (chunked, declared) {
+        (true, _) => request.send_body(BodyStream::new(body)),
+        (false, Some(0)) => request.send_body(()),
+        (false, Some(n)) => request.send_body(SizedStream::new(n, body)),
+        (false, None) => request.send_body(actix_web::body::None::new()),
     };
     let answer = match actix_web::rt::time::timeout(upstream.timeout, sending).await {
         Ok(Ok(answer)) => answer,
@@ -232,17 +269,44 @@ pub async fn forward(
             )));
         }
     };
+    let status = answer.status();
+    if status.is_informational() {
+        // awc takes an interim answer (103 Early Hints) for the final one.
+        state
+            .metrics
+            .upstream_error(UpstreamFailure::invalid_response);
+        return Err(ApiError::BadGateway(format!(
+            "The upstream answered {status}, an interim response this proxy does not pass on."
+        )));
+    }
 
-    let mut res = HttpResponse::build(answer.status());
+    let mut res = HttpResponse::build(status);
     let upstream_length = content_length(answer.headers());
     for (name, value) in answer.headers().iter() {
         if !is_hop_by_hop(name, answer.headers()) {
             res.append_header((name.clone(), value.clone()));
         }
     }
-    Ok(match upstream_length {
-        Some(n) => res.body(SizedStream::new(n, answer)),
-        None => res.body(BodyStream::new(answer)),
+    // Answers that never have a body (RFC 9110 6.4.1) are not read for one: a 304's
+    // Content-Length describes the representation, and awc would wait for it. Their
+    // Content-Length is passed on as it was.
+    let bodiless = *req.method() == Method::HEAD
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    Ok(match (bodiless, upstream_length) {
+        // actix writes a 304's Content-Length header as given, and a HEAD answer's
+        // from the body's size (and never the body).
+        (true, Some(n)) if status == StatusCode::NOT_MODIFIED => {
+            res.insert_header((header::CONTENT_LENGTH, n));
+            res.body(actix_web::body::None::new())
+        }
+        (true, Some(n)) if status != StatusCode::NO_CONTENT => {
+            let nothing = futures_util::stream::empty::<Result<web::Bytes, PayloadError>>();
+            res.body(SizedStream::new(n, nothing))
+        }
+        (true, _) => res.body(actix_web::body::None::new()),
+        (false, Some(n)) => res.body(SizedStream::new(n, answer)),
+        (false, None) => res.body(BodyStream::new(answer)),
     })
 }
 
