@@ -190,6 +190,16 @@ async fn bad_input_names_the_field_and_consumes_nothing() {
         (json!({"client_id": "bad-1"}), 422, "path"),
         (json!({"client_id": "bad-1", "path": "d/q"}), 422, "path"),
         (
+            json!({"client_id": "bad-1", "path": "/d/../q"}),
+            422,
+            "path",
+        ),
+        (
+            json!({"client_id": "bad-1", "path": "/d/%2e%2e/q"}),
+            422,
+            "path",
+        ),
+        (
             json!({"client_id": "bad-1", "path": "/d/q", "cost": -1}),
             422,
             "cost",
