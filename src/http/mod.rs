@@ -12,6 +12,7 @@ pub mod middleware;
 pub mod ops;
 pub mod proxy;
 pub mod realtime;
+mod upstream;
 
 use crate::actors::broadcaster::{Broadcaster, FeedInterest};
 use crate::actors::db::{Db, DbStatus};

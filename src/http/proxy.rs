@@ -4,15 +4,19 @@
 //! streamed both ways, hop-by-hop headers dropped, `X-Forwarded-*` set, 502 when the
 //! upstream cannot be reached and 504 when it does not answer in time.
 
-use super::AppState;
 use super::client_id::Identity;
 use super::middleware::is_exempt;
+use super::upstream::{Pool, SendError};
+use super::{AppState, deadline};
 use crate::error::ApiError;
 use crate::metrics::UpstreamFailure;
-use actix_web::body::{BodyStream, SizedStream};
+use actix_web::body::BodySize;
+use actix_web::body::{BodyStream, BoxBody, SizedStream};
+use actix_web::dev::RequestHead;
 use actix_web::error::PayloadError;
 use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use actix_web::http::{Method, StatusCode};
+use actix_web::http::{Method, StatusCode, Uri, Version, uri};
+use actix_web::rt::time::Instant;
 use actix_web::{HttpRequest, HttpResponse, web};
 use futures_util::StreamExt;
 use std::cell::Cell;
@@ -25,8 +29,6 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
-/// How long an idle connection to the upstream is kept for reuse.
-const IDLE_KEEP_ALIVE: Duration = Duration::from_secs(4);
 
 /// Where and how requests are forwarded (from `--upstream`, `--upstream-timeout-ms`
 /// and `--max-proxy-body`).
@@ -38,57 +40,54 @@ pub struct Upstream {
     pub max_body: Option<u64>,
 }
 
-/// One worker's connections to the upstream (an `awc` client lives on one thread).
+/// One worker's connections to the upstream.
 pub struct Forwarder {
-    client: awc::Client,
+    pool: Rc<Pool>,
     upstream: Upstream,
 }
 
 impl Forwarder {
     pub fn new(upstream: Upstream) -> Self {
-        let connector = awc::Connector::new()
-            .timeout(upstream.timeout)
-            // As many connections as requests in flight, as nginx's `proxy_pass`; idle
-            // ones are kept for reuse (and checked before each), for less time than the
-            // 5 s after which common servers (actix-web, Node) close them, so a request
-            // is not sent on a connection the upstream is closing.
-            .limit(0)
-            .conn_keep_alive(IDLE_KEEP_ALIVE);
-        let client = awc::Client::builder()
-            .connector(connector)
-            // The request's own headers only (no User-Agent or Date of ours), its
-            // redirects passed back to the client, and our own deadline (awc's would
-            // also cut a long response body short).
-            .no_default_headers()
-            .disable_redirects()
-            .disable_timeout()
-            .finish();
-        Self { client, upstream }
+        let authority = upstream.origin.trim_start_matches("http://");
+        // A bracketed IPv6 address, or a name, with or without its port.
+        let has_port = authority
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && !port.contains(']'));
+        let authority = match has_port {
+            true => authority.to_owned(),
+            false => format!("{authority}:80"),
+        };
+        Self {
+            pool: Pool::new(authority),
+            upstream,
+        }
     }
 }
 
-/// Hop-by-hop headers, which describe one connection and are never forwarded (RFC 9110
-/// 7.6.1), besides those the `Connection` header names. The body's framing
+/// Drops the hop-by-hop headers, which describe one connection and are never forwarded
+/// (RFC 9110 7.6.1), and those the `Connection` header names. The body's framing
 /// (`Content-Length`, `Transfer-Encoding`) is set anew for each side, and `Expect` was
 /// answered by this server already.
-fn is_hop_by_hop(name: &HeaderName, connection: &HeaderMap) -> bool {
-    let listed = |name: &HeaderName| {
-        connection
-            .get_all(header::CONNECTION)
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|token| token.trim().eq_ignore_ascii_case(name.as_str()))
-    };
-    *name == header::CONNECTION
-        || *name == KEEP_ALIVE
-        || *name == header::TE
-        || *name == header::TRAILER
-        || *name == header::TRANSFER_ENCODING
-        || *name == header::UPGRADE
-        || *name == header::CONTENT_LENGTH
-        || *name == header::EXPECT
-        || name.as_str().starts_with("proxy-")
-        || listed(name)
+fn drop_hop_by_hop(headers: &mut HeaderMap) {
+    // The names `Connection` lists, read once (usually none but `keep-alive`/`close`).
+    let listed: Vec<String> = headers
+        .get_all(header::CONNECTION)
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|token| token.trim().to_ascii_lowercase())
+        .collect();
+    headers.retain(|name, _| {
+        !(*name == header::CONNECTION
+            || *name == KEEP_ALIVE
+            || *name == header::TE
+            || *name == header::TRAILER
+            || *name == header::TRANSFER_ENCODING
+            || *name == header::UPGRADE
+            || *name == header::CONTENT_LENGTH
+            || *name == header::EXPECT
+            || name.as_str().starts_with("proxy-")
+            || listed.iter().any(|l| l == name.as_str()))
+    });
 }
 
 /// The headers sent upstream: the client's, minus hop-by-hop ones, with
@@ -102,21 +101,17 @@ fn upstream_headers(
 ) -> HeaderMap {
     let peer = peer.map(|p| p.ip().to_canonical());
     let trusted = peer.is_some_and(|ip| identity.is_trusted(ip));
-    let mut out = HeaderMap::with_capacity(incoming.len() + 3);
-    for (name, value) in incoming.iter() {
-        if is_hop_by_hop(name, incoming) {
-            continue;
-        }
-        let from_a_proxy = *name == X_FORWARDED_FOR
-            || *name == X_FORWARDED_PROTO
-            || *name == X_FORWARDED_HOST
-            || *name == X_REAL_IP
-            || *name == header::FORWARDED;
-        if from_a_proxy && !trusted {
-            continue;
-        }
-        if *name != X_FORWARDED_FOR {
-            out.append(name.clone(), value.clone());
+    let mut out = incoming.clone();
+    drop_hop_by_hop(&mut out);
+    out.remove(X_FORWARDED_FOR);
+    if !trusted {
+        for name in [
+            X_FORWARDED_PROTO,
+            X_FORWARDED_HOST,
+            X_REAL_IP,
+            header::FORWARDED,
+        ] {
+            out.remove(name);
         }
     }
     let mut hops: Vec<&str> = Vec::new();
@@ -183,8 +178,8 @@ pub async fn forward(
     let Some(target) = req
         .uri()
         .path_and_query()
-        .map(|pq| pq.as_str())
-        .filter(|t| t.starts_with('/'))
+        .filter(|pq| pq.as_str().starts_with('/'))
+        .cloned()
     else {
         return Err(ApiError::bad_request(
             "invalid_target",
@@ -214,18 +209,27 @@ pub async fn forward(
         return Err(ApiError::PayloadTooLarge { limit });
     }
 
-    let mut request = forwarder
-        .client
-        .request(req.method().clone(), format!("{}{target}", upstream.origin));
-    *request.headers_mut() = upstream_headers(req.headers(), req.peer_addr(), &state.identity);
+    let mut head = RequestHead::default();
+    head.method = req.method().clone();
+    head.version = Version::HTTP_11;
+    let mut parts = uri::Parts::default();
+    parts.path_and_query = Some(target);
+    head.uri = Uri::from_parts(parts).unwrap_or_default();
+    head.headers = upstream_headers(req.headers(), req.peer_addr(), &state.identity);
+    if !head.headers.contains_key(header::HOST) {
+        // An HTTP/1.0 client may name no host: the upstream is the host then.
+        let host = upstream.origin.trim_start_matches("http://");
+        if let Ok(v) = HeaderValue::try_from(host) {
+            head.headers.insert(header::HOST, v);
+        }
+    }
 
     // The body streams through as it arrives, counted against `--max-proxy-body`.
     let too_large = Rc::new(Cell::new(false));
-    let client_broke = Rc::new(Cell::new(false));
-    let (flag, broke, limit) = (too_large.clone(), client_broke.clone(), upstream.max_body);
+    let (flag, limit) = (too_large.clone(), upstream.max_body);
     let mut seen = 0u64;
     let body = payload.map(move |chunk| {
-        let chunk = chunk.inspect_err(|_| broke.set(true))?;
+        let chunk = chunk?;
         seen += chunk.len() as u64;
         if limit.is_some_and(|l| seen > l) {
             flag.set(true);
@@ -233,29 +237,30 @@ pub async fn forward(
         }
         Ok(chunk)
     });
-    // (actix-http refused a request with two lengths, a bad one, or both a length and
-    // chunked, before it got here.)
-    let sending = match (chunked, declared) {
-        (true, _) => request.send_body(BodyStream::new(body)),
-        (false, Some(0)) => request.send_body(()),
-        (false, Some(n)) => request.send_body(SizedStream::new(n, body)),
-        (false, None) => request.send_body(actix_web::body::None::new()),
+    // Framed as actix read it (it refused two lengths, a bad one, or both a length and
+    // chunked, before this point).
+    let size = match (chunked, declared) {
+        (true, _) => BodySize::Stream,
+        (false, Some(n)) => BodySize::Sized(n),
+        (false, None) => BodySize::None,
     };
-    let answer = match actix_web::rt::time::timeout(upstream.timeout, sending).await {
+    // The decision's cheap deadline, not a timer per request: registering one wakes the
+    // runtime's timer driver each time the wheel was empty (an eventfd write).
+    let deadline = Instant::now() + upstream.timeout;
+    let answer = match deadline::within(deadline, forwarder.pool.send(head, size, body)).await {
         Ok(Ok(answer)) => answer,
-        Ok(Err(_)) if too_large.get() => {
+        Ok(Err(SendError::Body(_))) if too_large.get() => {
             return Err(ApiError::PayloadTooLarge {
                 limit: limit.unwrap_or(0),
             });
         }
-        Ok(Err(e)) if client_broke.get() => {
+        Ok(Err(SendError::Body(e))) => {
             return Err(ApiError::bad_request(
                 "invalid_body",
                 format!("The request body could not be read: {e}"),
             ));
         }
-        Ok(Err(awc::error::SendRequestError::Connect(awc::error::ConnectError::Timeout)))
-        | Err(_) => {
+        Err(_) => {
             state.metrics.upstream_error(UpstreamFailure::timeout);
             return Err(ApiError::GatewayTimeout(format!(
                 "The upstream did not answer within {} ms.",
@@ -269,9 +274,11 @@ pub async fn forward(
             )));
         }
     };
-    let status = answer.status();
+    let (mut answer, body) = answer;
+    let status = answer.status;
     if status.is_informational() {
-        // awc takes an interim answer (103 Early Hints) for the final one.
+        // An interim answer (103 Early Hints) is not passed on, nor the final one after
+        // it looked for.
         state
             .metrics
             .upstream_error(UpstreamFailure::invalid_response);
@@ -280,34 +287,34 @@ pub async fn forward(
         )));
     }
 
-    let mut res = HttpResponse::build(status);
-    let upstream_length = content_length(answer.headers());
-    for (name, value) in answer.headers().iter() {
-        if !is_hop_by_hop(name, answer.headers()) {
-            res.append_header((name.clone(), value.clone()));
-        }
-    }
+    let upstream_length = content_length(&answer.headers);
+    let mut headers = std::mem::take(&mut answer.headers);
+    drop_hop_by_hop(&mut headers);
     // Answers that never have a body (RFC 9110 6.4.1) are not read for one: a 304's
-    // Content-Length describes the representation, and awc would wait for it. Their
-    // Content-Length is passed on as it was.
+    // Content-Length describes the representation, and the codec would wait for it
+    // (the connection is closed instead of reused). Their Content-Length is passed on
+    // as it was.
     let bodiless = *req.method() == Method::HEAD
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;
-    Ok(match (bodiless, upstream_length) {
+    let body = match (bodiless, upstream_length) {
         // actix writes a 304's Content-Length header as given, and a HEAD answer's
         // from the body's size (and never the body).
         (true, Some(n)) if status == StatusCode::NOT_MODIFIED => {
-            res.insert_header((header::CONTENT_LENGTH, n));
-            res.body(actix_web::body::None::new())
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+            BoxBody::new(actix_web::body::None::new())
         }
         (true, Some(n)) if status != StatusCode::NO_CONTENT => {
             let nothing = futures_util::stream::empty::<Result<web::Bytes, PayloadError>>();
-            res.body(SizedStream::new(n, nothing))
+            BoxBody::new(SizedStream::new(n, nothing))
         }
-        (true, _) => res.body(actix_web::body::None::new()),
-        (false, Some(n)) => res.body(SizedStream::new(n, answer)),
-        (false, None) => res.body(BodyStream::new(answer)),
-    })
+        (true, _) => BoxBody::new(actix_web::body::None::new()),
+        (false, Some(n)) => BoxBody::new(SizedStream::new(n, body)),
+        (false, None) => BoxBody::new(BodyStream::new(body)),
+    };
+    let mut res = HttpResponse::with_body(status, body);
+    *res.headers_mut() = headers;
+    Ok(res)
 }
 
 #[cfg(test)]
