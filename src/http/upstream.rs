@@ -5,8 +5,9 @@
 //!
 //! Why not awc: awc builds a fresh codec configuration for every request, and with it
 //! actix-http's date service, a task and a timer of its own, spawned and aborted per
-//! request (each one waking the worker's runtime through its eventfd); measured with
-//! `scripts/bench --only proxy`, that alone cost a sixth of the throughput.
+//! request (each one waking the worker's runtime through its eventfd). Forwarding
+//! without deciding, measured by hand with wrk (10,000 rotating clients): 28-34k
+//! requests/s through awc, 33-44k/s through this pool.
 
 use actix_codec::Framed;
 use actix_http::body::BodySize;
