@@ -118,7 +118,7 @@ pub enum UpstreamFailure {
     unreachable,
     /// No response head within `--upstream-timeout-ms` (answered 504).
     timeout,
-    /// An answer this proxy cannot pass on, an interim 1xx (answered 502).
+    /// An answer this proxy cannot pass on: a 101 no upgrade asked for (answered 502).
     invalid_response,
 }
 

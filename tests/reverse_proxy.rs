@@ -401,42 +401,73 @@ async fn an_unreachable_upstream_is_a_502_and_a_slow_one_a_504_both_counted() {
 
 #[actix_rt::test]
 async fn the_upstreams_hop_by_hop_headers_stay_behind_and_a_large_body_is_refused() {
-    // An upstream that writes its answer by hand, naming a header in `Connection`.
+    // An upstream that writes its answers by hand, several per connection: one naming a
+    // header in `Connection`, an interim answer before the final one, a 101 nobody asked
+    // for, a body that ends with the connection, and an HTTP/1.0 answer after which it
+    // keeps the connection open but never answers on it again.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let up = format!("http://{}", listener.local_addr().unwrap());
     actix_rt::spawn(async move {
         while let Ok((mut conn, _)) = listener.accept().await {
-            let mut head = Vec::new();
-            while !head.ends_with(b"\r\n\r\n") {
-                let mut byte = [0u8; 1];
-                if conn.read(&mut byte).await.unwrap_or(0) == 0 {
-                    break;
+            actix_rt::spawn(async move {
+                loop {
+                    let mut head = Vec::new();
+                    while !head.ends_with(b"\r\n\r\n") {
+                        let mut byte = [0u8; 1];
+                        if conn.read(&mut byte).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        head.push(byte[0]);
+                    }
+                    let path = String::from_utf8_lossy(&head)
+                        .split(' ')
+                        .nth(1)
+                        .unwrap_or_default()
+                        .to_owned();
+                    let answer: Vec<u8> = match path.as_str() {
+                        "/early" => b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n\
+                            HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"
+                            .to_vec(),
+                        "/switch" => {
+                            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n".to_vec()
+                        }
+                        "/close" => {
+                            let _ = conn
+                                .write_all(b"HTTP/1.0 200 OK\r\n\r\n{\"closed\": true}")
+                                .await;
+                            return;
+                        }
+                        "/old" => {
+                            let _ = conn
+                                .write_all(
+                                    b"HTTP/1.0 200 OK\r\nContent-Length: 13\r\n\r\n{\"old\": true}",
+                                )
+                                .await;
+                            std::future::pending::<()>().await;
+                            return;
+                        }
+                        _ => {
+                            let body = "{\"raw\": true}";
+                            format!(
+                                "HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Up-Hop\r\nX-Up-Hop: 1\r\n\
+                                 Keep-Alive: timeout=5\r\nProxy-Authenticate: Basic\r\nX-Kept: yes\r\n\
+                                 Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                                body.len()
+                            )
+                            .into_bytes()
+                        }
+                    };
+                    if conn.write_all(&answer).await.is_err() {
+                        return;
+                    }
                 }
-                head.push(byte[0]);
-            }
-            if head.starts_with(b"GET /early ") {
-                let _ = conn
-                    .write_all(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n")
-                    .await;
-                let _ = conn
-                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
-                    .await;
-                continue;
-            }
-            let body = b"{\"raw\": true}";
-            let answer = format!(
-                "HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Up-Hop\r\nX-Up-Hop: 1\r\n\
-                 Keep-Alive: timeout=5\r\nProxy-Authenticate: Basic\r\nX-Kept: yes\r\n\
-                 Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-                body.len()
-            );
-            let _ = conn.write_all(answer.as_bytes()).await;
-            let _ = conn.write_all(body).await;
+            });
         }
     });
     let s = TestServer::with(|c| {
         c.upstream = Some(up);
         c.max_proxy_body = Some(1000);
+        c.upstream_timeout_ms = 5000;
     })
     .await;
     let r = s.get_as("h", "/raw").await;
@@ -446,11 +477,30 @@ async fn the_upstreams_hop_by_hop_headers_stay_behind_and_a_large_body_is_refuse
     for gone in ["X-Up-Hop", "Keep-Alive", "Proxy-Authenticate"] {
         assert_eq!(r.header(gone), None, "{gone} came through");
     }
-    // An interim answer is not taken for the final one.
+    // An interim answer is read past: the final one is passed on.
     let r = s.get_as("h", "/early").await;
+    assert_eq!((r.status.as_u16(), &r.body), (200, &json!({})));
+    // A 101 that no upgrade asked for is not passed on.
+    let r = s.get_as("h", "/switch").await;
     assert_eq!(r.status, 502);
     let invalid = "ratewarden_upstream_errors_total{reason=\"invalid_response\"}";
     assert_eq!(s.metric(invalid).await, 1.0);
+    // A body that ends with the connection arrives whole.
+    let r = s.get_as("h", "/close").await;
+    assert_eq!(
+        (r.status.as_u16(), &r.body),
+        (200, &json!({"closed": true}))
+    );
+    // After an HTTP/1.0 answer the connection is not reused (that upstream would never
+    // answer on it again: the next request would wait out the timeout).
+    let r = s.get_as("h", "/old").await;
+    assert_eq!((r.status.as_u16(), &r.body), (200, &json!({"old": true})));
+    for _ in 0..3 {
+        let r = s.get_as("h", "/raw").await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+    }
+    let timeouts = "ratewarden_upstream_errors_total{reason=\"timeout\"}";
+    assert_eq!(s.metric(timeouts).await, 0.0);
     let big = vec![b'x'; 1001];
     let r = s
         .send_bytes("POST", "/raw", &[("X-Client-ID", "h")], Some(&big))

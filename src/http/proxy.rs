@@ -277,13 +277,13 @@ pub async fn forward(
     let (mut answer, body) = answer;
     let status = answer.status;
     if status.is_informational() {
-        // An interim answer (103 Early Hints) is not passed on, nor the final one after
-        // it looked for.
+        // Interim answers were read past; what is left is a 101 that no upgrade asked
+        // for (upgrades are not forwarded).
         state
             .metrics
             .upstream_error(UpstreamFailure::invalid_response);
         return Err(ApiError::BadGateway(format!(
-            "The upstream answered {status}, an interim response this proxy does not pass on."
+            "The upstream answered {status}, which this proxy does not pass on."
         )));
     }
 

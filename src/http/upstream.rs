@@ -13,7 +13,7 @@ use actix_codec::Framed;
 use actix_http::body::BodySize;
 use actix_http::error::PayloadError;
 use actix_http::h1::{ClientCodec, ClientPayloadCodec, Message, MessageType};
-use actix_http::{RequestHead, RequestHeadType, ResponseHead, ServiceConfig};
+use actix_http::{RequestHead, RequestHeadType, ResponseHead, ServiceConfig, StatusCode, header};
 use actix_web::rt::net::TcpStream;
 use actix_web::rt::time::Instant;
 use actix_web::web::Bytes;
@@ -75,9 +75,18 @@ impl Pool {
         })
     }
 
-    /// The newest idle connection still fit for a request, or a new one.
+    /// The newest idle connection still fit for a request, or a new one. Those idle for
+    /// too long (the oldest, at the front) are closed on the way.
     async fn connection(&self) -> Result<Conn, SendError> {
         let now = Instant::now();
+        {
+            let mut idle = self.idle.borrow_mut();
+            let expired = idle
+                .iter()
+                .take_while(|(_, since)| now.duration_since(*since) >= IDLE_KEEP_ALIVE)
+                .count();
+            idle.drain(..expired);
+        }
         loop {
             let Some((conn, since)) = self.idle.borrow_mut().pop() else {
                 break;
@@ -124,26 +133,47 @@ impl Pool {
         poll_fn(|cx| framed.as_mut().flush::<Request>(cx))
             .await
             .map_err(broken)?;
-        let head = match conn.next().await {
-            Some(Ok(head)) => head,
-            Some(Err(e)) => return Err(SendError::Upstream(format!("a bad response: {e}"))),
-            None => {
-                return Err(SendError::Upstream(
-                    "the connection closed before a response".to_owned(),
-                ));
+        // Interim answers (100 Continue, 103 Early Hints) are read past, as nginx does:
+        // the final answer follows on the same connection.
+        let head = loop {
+            match conn.next().await {
+                Some(Ok(head))
+                    if head.status.is_informational()
+                        && head.status != StatusCode::SWITCHING_PROTOCOLS => {}
+                Some(Ok(head)) => break head,
+                Some(Err(e)) => return Err(SendError::Upstream(format!("a bad response: {e}"))),
+                None => {
+                    return Err(SendError::Upstream(
+                        "the connection closed before a response".to_owned(),
+                    ));
+                }
             }
         };
+        // Reused only when both sides keep it open (an HTTP/1.0 answer without
+        // `Connection: keep-alive` is followed by a close) and the answer was normal.
+        let reusable = conn.codec_ref().keep_alive()
+            && head.keep_alive()
+            && head.status != StatusCode::SWITCHING_PROTOCOLS;
         let body = match conn.codec_ref().message_type() {
             MessageType::None => {
-                if conn.codec_ref().keep_alive() && conn.is_read_buf_empty() {
+                if reusable && conn.is_read_buf_empty() {
                     self.give_back(conn);
                 }
                 Body::Empty
             }
-            _ => Body::Streaming {
-                conn: Some(conn.into_map_codec(ClientCodec::into_payload_codec)),
-                pool: self.clone(),
-            },
+            kind => {
+                // A body without a length or chunks (an HTTP/1.0 answer's, a 101's) ends
+                // when the upstream closes the connection.
+                let until_close = kind == MessageType::Stream
+                    || !(head.headers.contains_key(header::CONTENT_LENGTH)
+                        || head.headers.contains_key(header::TRANSFER_ENCODING));
+                Body::Streaming {
+                    until_close,
+                    reusable: reusable && !until_close,
+                    conn: Some(conn.into_map_codec(ClientCodec::into_payload_codec)),
+                    pool: self.clone(),
+                }
+            }
         };
         Ok((head, body))
     }
@@ -160,28 +190,36 @@ fn is_quiet(conn: &Conn) -> bool {
 }
 
 /// Writes the body as it arrives, flushing whenever the write buffer is full (so a large
-/// upload is never held whole), then the end of the body.
+/// upload is never held whole) and whenever the client has nothing more yet (so a slow
+/// one is not held back either), then the end of the body.
 async fn send_body<S>(mut body: Pin<&mut S>, mut framed: Pin<&mut Conn>) -> Result<(), SendError>
 where
     S: Stream<Item = Result<Bytes, PayloadError>>,
 {
     let broken = |e: io::Error| SendError::Upstream(format!("the connection failed: {e}"));
     loop {
-        while !framed.is_write_buf_full() {
-            match body.next().await {
-                Some(Ok(chunk)) => framed
-                    .as_mut()
-                    .write(Message::Chunk(Some(chunk)))
-                    .map_err(broken)?,
-                Some(Err(e)) => return Err(SendError::Body(e)),
-                None => {
-                    return framed.as_mut().write(Message::Chunk(None)).map_err(broken);
-                }
+        let next = match poll_fn(|cx| Poll::Ready(body.as_mut().poll_next(cx))).await {
+            Poll::Ready(next) => next,
+            Poll::Pending => {
+                poll_fn(|cx| framed.as_mut().flush::<Request>(cx))
+                    .await
+                    .map_err(broken)?;
+                body.next().await
             }
+        };
+        match next {
+            Some(Ok(chunk)) => framed
+                .as_mut()
+                .write(Message::Chunk(Some(chunk)))
+                .map_err(broken)?,
+            Some(Err(e)) => return Err(SendError::Body(e)),
+            None => return framed.as_mut().write(Message::Chunk(None)).map_err(broken),
         }
-        poll_fn(|cx| framed.as_mut().flush::<Request>(cx))
-            .await
-            .map_err(broken)?;
+        if framed.is_write_buf_full() {
+            poll_fn(|cx| framed.as_mut().flush::<Request>(cx))
+                .await
+                .map_err(broken)?;
+        }
     }
 }
 
@@ -192,6 +230,10 @@ pub enum Body {
     Streaming {
         conn: Option<Framed<TcpStream, ClientPayloadCodec>>,
         pool: Rc<Pool>,
+        /// The body ends when the upstream closes the connection.
+        until_close: bool,
+        /// The connection may carry another request once the body has been read.
+        reusable: bool,
     },
 }
 
@@ -199,7 +241,13 @@ impl Stream for Body {
     type Item = Result<Bytes, PayloadError>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let Body::Streaming { conn, pool } = self.get_mut() else {
+        let Body::Streaming {
+            conn,
+            pool,
+            until_close,
+            reusable,
+        } = self.get_mut()
+        else {
             return Poll::Ready(None);
         };
         let Some(framed) = conn.as_mut() else {
@@ -211,6 +259,7 @@ impl Stream for Body {
             Poll::Ready(Some(Ok(None))) => {
                 // The whole body was read: the connection can carry the next request.
                 if let Some(framed) = conn.take()
+                    && *reusable
                     && framed.codec_ref().keep_alive()
                     && framed.is_read_buf_empty()
                 {
@@ -224,7 +273,10 @@ impl Stream for Body {
             }
             Poll::Ready(None) => {
                 conn.take();
-                Poll::Ready(Some(Err(PayloadError::Incomplete(None))))
+                match until_close {
+                    true => Poll::Ready(None),
+                    false => Poll::Ready(Some(Err(PayloadError::Incomplete(None)))),
+                }
             }
         }
     }
