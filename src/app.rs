@@ -11,7 +11,7 @@ use crate::cluster::{self, Cluster, ClusterParts};
 use crate::http::client_id::Identity;
 use crate::http::connection::OpenConnections;
 use crate::http::decision::ForwardAuth;
-use crate::http::proxy::{Forwarder, Upstream};
+use crate::http::proxy::Upstream;
 use crate::http::realtime::FeedLimits;
 use crate::http::{AppState, dashboard, routes};
 use crate::metrics::Metrics;
@@ -139,14 +139,9 @@ pub fn start_with_clock(
         log::info!("reverse-proxy mode: allowed requests go to {}", u.origin);
     }
     let server = HttpServer::new(move || {
-        let app = App::new()
+        App::new()
             .app_data(state.clone())
-            .configure(routes(upstream.is_some()));
-        match &upstream {
-            // Each worker has its own connections to the upstream.
-            Some(u) => app.app_data(Forwarder::new(u.clone())),
-            None => app,
-        }
+            .configure(routes(upstream.clone()))
     })
     .workers(settings.workers())
     // Slow clients (slowloris) get this long for a request's head, and for closing.

@@ -137,7 +137,7 @@ async fn without_a_token_the_admin_api_only_answers_loopback_peers() {
     let mut settings = Settings::for_tests();
     settings.admin_token = None;
     let state = build_state(&settings, ManualClock::new(common::T0)).unwrap();
-    let app = init_service(App::new().app_data(state).configure(routes(false))).await;
+    let app = init_service(App::new().app_data(state).configure(routes(None))).await;
 
     let remote = TestRequest::get()
         .uri("/admin/configs")

@@ -63,9 +63,10 @@ pub struct AppState {
 /// The route table, shared by the binary and the tests: everything sits in one root
 /// scope behind the request log and the rate-limit middleware (which lets the exempt
 /// prefixes through), and `/admin`, `/metrics` and the feeds behind the admin-access
-/// middleware. With `proxying` (reverse-proxy mode), every other path is forwarded to the
-/// upstream instead of the demo routes being served.
-pub fn routes(proxying: bool) -> impl Fn(&mut web::ServiceConfig) + Clone {
+/// middleware. With an `upstream` (reverse-proxy mode), every other path is forwarded
+/// to it, through this worker's own connections, instead of the demo routes being
+/// served. Called once per worker.
+pub fn routes(upstream: Option<proxy::Upstream>) -> impl Fn(&mut web::ServiceConfig) + Clone {
     move |cfg| {
         let root = web::scope("")
             .wrap(actix_web::middleware::from_fn(middleware::rate_limit))
@@ -116,9 +117,11 @@ pub fn routes(proxying: bool) -> impl Fn(&mut web::ServiceConfig) + Clone {
                     .wrap(actix_web::middleware::from_fn(middleware::admin_access))
                     .service(resource("").get(ops::metrics)),
             );
-        let root = match proxying {
-            true => root.default_service(web::to(proxy::forward)),
-            false => root
+        let root = match &upstream {
+            Some(u) => root
+                .app_data(proxy::Forwarder::new(u.clone()))
+                .default_service(web::to(proxy::forward)),
+            None => root
                 .service(resource("/").get(demo::index))
                 .service(resource("/api/data").get(demo::data))
                 .service(resource("/api/submit").post(demo::submit))
@@ -129,10 +132,22 @@ pub fn routes(proxying: bool) -> impl Fn(&mut web::ServiceConfig) + Clone {
 }
 
 async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    Err(ApiError::NotFound(format!(
-        "Nothing is served at {}.",
-        req.path()
-    )))
+    Err(nothing_served(&req))
+}
+
+/// The 404 of a path this server does not serve.
+fn nothing_served(req: &HttpRequest) -> ApiError {
+    ApiError::NotFound(format!("Nothing is served at {}.", req.path()))
+}
+
+/// `Content-Length` when it is given once and is a number.
+fn content_length(headers: &header::HeaderMap) -> Option<u64> {
+    let mut values = headers.get_all(header::CONTENT_LENGTH);
+    let first = values.next()?;
+    if values.next().is_some() {
+        return None;
+    }
+    first.to_str().ok()?.trim().parse().ok()
 }
 
 /// A resource whose other methods get a JSON 405.
@@ -165,10 +180,7 @@ pub async fn read_json(
     let too_large = ApiError::PayloadTooLarge {
         limit: MAX_BODY_BYTES as u64,
     };
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let declared = content_length(req.headers());
     if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
         return Err(too_large);
     }

@@ -7,7 +7,7 @@
 use super::client_id::Identity;
 use super::middleware::is_exempt;
 use super::upstream::{Pool, SendError};
-use super::{AppState, deadline};
+use super::{AppState, content_length, deadline, nothing_served};
 use crate::error::ApiError;
 use crate::metrics::UpstreamFailure;
 use actix_web::body::BodySize;
@@ -17,7 +17,7 @@ use actix_web::error::PayloadError;
 use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use actix_web::http::{Method, StatusCode, Uri, Version, uri};
 use actix_web::rt::time::Instant;
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 use futures_util::StreamExt;
 use std::cell::Cell;
 use std::net::SocketAddr;
@@ -44,6 +44,8 @@ pub struct Upstream {
 pub struct Forwarder {
     pool: Rc<Pool>,
     upstream: Upstream,
+    /// The upstream's `host[:port]`: the `Host` of a request that names none.
+    host: Option<HeaderValue>,
 }
 
 impl Forwarder {
@@ -53,13 +55,15 @@ impl Forwarder {
         let has_port = authority
             .rsplit_once(':')
             .is_some_and(|(host, port)| !host.is_empty() && !port.contains(']'));
-        let authority = match has_port {
+        let host = HeaderValue::try_from(authority).ok();
+        let address = match has_port {
             true => authority.to_owned(),
             false => format!("{authority}:80"),
         };
         Self {
-            pool: Pool::new(authority),
+            pool: Pool::new(address),
             upstream,
+            host,
         }
     }
 }
@@ -140,16 +144,6 @@ fn upstream_headers(
     out
 }
 
-/// `Content-Length` when it is given once and is a number.
-fn content_length(headers: &HeaderMap) -> Option<u64> {
-    let mut values = headers.get_all(header::CONTENT_LENGTH);
-    let first = values.next()?;
-    if values.next().is_some() {
-        return None;
-    }
-    first.to_str().ok()?.trim().parse().ok()
-}
-
 /// Forwards one allowed request and streams the upstream's answer back (the middleware
 /// adds the rate-limit headers to it).
 pub async fn forward(
@@ -157,21 +151,13 @@ pub async fn forward(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let Some(forwarder) = req.app_data::<Forwarder>() else {
-        return Err(ApiError::NotFound(format!(
-            "Nothing is served at {}.",
-            req.path()
-        )));
-    };
-    let upstream = &forwarder.upstream;
     // ratewarden's own prefixes are never decided, so never forwarded either
     // (`/health/x`, `/static`): what is not served here is not found.
-    if is_exempt(req.match_info().as_str()) {
-        return Err(ApiError::NotFound(format!(
-            "Nothing is served at {}.",
-            req.path()
-        )));
-    }
+    let forwarder = req.app_data::<Forwarder>();
+    let Some(forwarder) = forwarder.filter(|_| !is_exempt(req.match_info().as_str())) else {
+        return Err(nothing_served(&req));
+    };
+    let upstream = &forwarder.upstream;
     if *req.method() == Method::CONNECT {
         return Err(ApiError::MethodNotAllowed);
     }
@@ -197,12 +183,9 @@ pub async fn forward(
         ));
     }
     let declared = content_length(req.headers());
-    // Framed as actix read it: chunked (HTTP/1.1) wins over a Content-Length.
-    let chunked = req.version() == actix_web::http::Version::HTTP_11
-        && req
-            .headers()
-            .get(header::TRANSFER_ENCODING)
-            .is_some_and(|v| v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked"));
+    // Framed as actix read it: chunked wins over a Content-Length (and is refused on
+    // HTTP/1.0 before this point).
+    let chunked = req.chunked().unwrap_or(false);
     if let (Some(limit), Some(n)) = (upstream.max_body, declared)
         && n > limit
     {
@@ -216,12 +199,11 @@ pub async fn forward(
     parts.path_and_query = Some(target);
     head.uri = Uri::from_parts(parts).unwrap_or_default();
     head.headers = upstream_headers(req.headers(), req.peer_addr(), &state.identity);
-    if !head.headers.contains_key(header::HOST) {
+    if !head.headers.contains_key(header::HOST)
+        && let Some(host) = &forwarder.host
+    {
         // An HTTP/1.0 client may name no host: the upstream is the host then.
-        let host = upstream.origin.trim_start_matches("http://");
-        if let Ok(v) = HeaderValue::try_from(host) {
-            head.headers.insert(header::HOST, v);
-        }
+        head.headers.insert(header::HOST, host.clone());
     }
 
     // The body streams through as it arrives, counted against `--max-proxy-body`.
