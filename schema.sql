@@ -1,19 +1,33 @@
--- ratewarden's one schema. Applied at every start; every statement is idempotent.
+-- ratewarden's schema at its current version. A new database gets this file as it is.
 -- Times are INTEGER nanoseconds since the Unix epoch unless named `minute`
--- (minutes since the epoch). The version lives in PRAGMA user_version (see store/sqlite.rs).
+-- (minutes since the epoch). The version lives in PRAGMA user_version: this file is the
+-- schema of the current version, given to a new database; an older database is brought
+-- here by the steps in src/store/migrations/ (see store/sqlite.rs).
 
+-- One row per config. `spec` is the config's writable part as JSON (the serde form of
+-- `config::ConfigSpec`), so a new config field needs no column; `endpoint` is repeated
+-- as a column for its uniqueness and lookups.
 CREATE TABLE IF NOT EXISTS configs (
-    id                  INTEGER PRIMARY KEY AUTOINCREMENT,
-    endpoint            TEXT    NOT NULL UNIQUE,
-    requests_per_window INTEGER NOT NULL,
-    window_seconds      INTEGER NOT NULL,
-    algorithm           TEXT    NOT NULL,
-    burst_limit         INTEGER,
-    refill_rate         REAL,
-    is_active           INTEGER NOT NULL DEFAULT 1,
-    created_at          INTEGER NOT NULL,
-    updated_at          INTEGER NOT NULL
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    endpoint   TEXT    NOT NULL UNIQUE,
+    spec       TEXT    NOT NULL,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
 );
+
+-- Every config change, kept until deleted by hand (changes are rare): what the config
+-- was and became (a `Config` as JSON, NULL for absent), when, and who made it (`api`,
+-- `cluster`, `start`). `version` orders the changes across all configs.
+CREATE TABLE IF NOT EXISTS config_history (
+    version  INTEGER PRIMARY KEY AUTOINCREMENT,
+    at       INTEGER NOT NULL,
+    endpoint TEXT    NOT NULL,
+    action   TEXT    NOT NULL,
+    source   TEXT    NOT NULL,
+    before   TEXT,
+    after    TEXT
+);
+CREATE INDEX IF NOT EXISTS config_history_by_endpoint ON config_history (endpoint, version);
 
 -- One row per client: lifetime totals. `version` orders snapshots of the same client,
 -- so a late write of an older snapshot never overwrites a newer one.
@@ -51,7 +65,8 @@ CREATE TABLE IF NOT EXISTS request_stats (
 ) WITHOUT ROWID;
 
 -- Notable events: blocked requests (coalesced per client, endpoint and minute, `at` is
--- the minute's start) and config changes (`detail` holds the config as JSON).
+-- the minute's start). Config changes are in `config_history` (before version 2, they
+-- were here, with `detail` holding the config as JSON).
 CREATE TABLE IF NOT EXISTS events (
     id        INTEGER PRIMARY KEY,
     at        INTEGER NOT NULL,

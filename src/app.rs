@@ -8,6 +8,7 @@ use crate::actors::db::{Cleanup, Db, DbStatus};
 use crate::actors::registry::{Registries, RegistryConfig, client_hash};
 use crate::clock::{NANOS_PER_SEC, SharedClock, SystemClock};
 use crate::cluster::{self, Cluster, ClusterParts};
+use crate::config::writer::{Committer, ConfigWriter};
 use crate::http::client_id::Identity;
 use crate::http::connection::OpenConnections;
 use crate::http::decision::ForwardAuth;
@@ -276,15 +277,19 @@ pub fn build_state_on(
         feeds = feeds.in_cluster(instance.clone(), max);
     }
     broadcaster_ctx.run(feeds);
+    let committer = Arc::new(Committer {
+        policies: policies.clone(),
+        db: db.clone(),
+        broadcaster: broadcaster.clone(),
+        clock: clock.clone(),
+    });
     let cluster = match (redis, peers) {
         (Some(redis), Some(peers)) => {
             log::info!("distributed mode: instance {instance} shares limits through Redis");
             Some(Cluster::start(ClusterParts {
                 instance,
                 redis,
-                policies: policies.clone(),
-                db: db.clone(),
-                broadcaster: broadcaster.clone(),
+                committer: committer.clone(),
                 interest: interest.clone(),
                 global,
                 peers,
@@ -331,10 +336,15 @@ pub fn build_state_on(
             settings.allowed_origins.clone(),
             metrics.clone(),
         ),
-        metrics,
+        metrics: metrics.clone(),
         db_status,
         on_error: settings.on_error,
         decision_timeout: decision_timeout(settings),
+        configs: Arc::new(ConfigWriter::new(
+            committer,
+            cluster.clone(),
+            metrics.clone(),
+        )),
         cluster,
     }))
 }

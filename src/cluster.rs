@@ -18,21 +18,18 @@
 //! for it.
 
 use crate::actors::DecisionEvent;
-use crate::actors::broadcaster::{Broadcaster, ConfigChanged, FeedInterest, TakeOutbox};
-use crate::actors::db::{Db, ReplaceConfigs};
+use crate::actors::broadcaster::{Broadcaster, FeedInterest, TakeOutbox};
 use crate::clock::SharedClock;
+use crate::config::writer::{Committer, WriteError};
+use crate::config::{Change, Config, DEFAULT_ENDPOINT, Source, diff};
 use crate::limiter::Decision;
 use crate::metrics::Metrics;
-use crate::policy::{Config, DEFAULT_ENDPOINT, Policies};
+use crate::policy::Policies;
 use crate::stats::{GlobalStats, Peers, SecondCounts};
-use crate::store::ConfigAction;
-use crate::store::redis::{
-    CONFIG_CHANNEL, FEED_CHANNEL, Redis, RedisConfig, RedisUnavailable, SharedConfig,
-};
+use crate::store::redis::{CONFIG_CHANNEL, FEED_CHANNEL, Redis, RedisConfig, RedisUnavailable};
 use actix::Addr;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -78,7 +75,8 @@ pub struct Cluster {
     pub instance: Arc<str>,
     redis: Redis,
     policies: Arc<Policies>,
-    db: Addr<Db>,
+    /// Stores, serves and announces what a sync finds changed.
+    committer: Arc<Committer>,
     broadcaster: Addr<Broadcaster>,
     interest: Arc<FeedInterest>,
     global: Arc<GlobalStats>,
@@ -100,9 +98,7 @@ pub struct Cluster {
 pub struct ClusterParts {
     pub instance: Arc<str>,
     pub redis: Arc<RedisConfig>,
-    pub policies: Arc<Policies>,
-    pub db: Addr<Db>,
-    pub broadcaster: Addr<Broadcaster>,
+    pub committer: Arc<Committer>,
     pub interest: Arc<FeedInterest>,
     pub global: Arc<GlobalStats>,
     pub peers: Arc<Peers>,
@@ -119,9 +115,9 @@ impl Cluster {
         let cluster = Arc::new(Self {
             instance: p.instance,
             redis,
-            policies: p.policies,
-            db: p.db,
-            broadcaster: p.broadcaster,
+            policies: p.committer.policies.clone(),
+            broadcaster: p.committer.broadcaster.clone(),
+            committer: p.committer,
             interest: p.interest,
             global: p.global,
             peers: p.peers,
@@ -288,7 +284,7 @@ impl Cluster {
         let mut configs = Vec::with_capacity(shared.configs.len());
         for (endpoint, _, parsed) in shared.configs {
             match parsed {
-                Ok(c) if c.endpoint == endpoint => configs.push(c),
+                Ok(c) if c.endpoint() == endpoint => configs.push(c),
                 refused => {
                     let why = refused
                         .err()
@@ -300,7 +296,7 @@ impl Cluster {
                 }
             }
         }
-        if !configs.iter().any(|c| c.endpoint == DEFAULT_ENDPOINT) {
+        if !configs.iter().any(|c| c.endpoint() == DEFAULT_ENDPOINT) {
             log::error!("the shared configs have no default policy \"*\"; keeping this instance's");
             configs.extend(current.get(DEFAULT_ENDPOINT).cloned());
         }
@@ -312,18 +308,9 @@ impl Cluster {
             }
             return Ok(());
         }
-        if !self.policies.replace(configs.clone()) {
-            return Ok(());
-        }
-        self.applied.store(version, Ordering::Relaxed);
         self.store_copy(configs).await;
-        for (action, config) in changes {
-            log::info!(
-                "config {} for {} (shared)",
-                action.as_str(),
-                config.endpoint
-            );
-            self.broadcaster.do_send(ConfigChanged { action, config });
+        if self.committer.publish(&changes, Source::Cluster) {
+            self.applied.store(version, Ordering::Relaxed);
         }
         Ok(())
     }
@@ -331,12 +318,7 @@ impl Cluster {
     /// Writes the shared configs to this instance's SQLite copy; on failure they are still
     /// served from memory, and every later sync tries again.
     async fn store_copy(&self, configs: Vec<Config>) {
-        let now = self.clock.now();
-        let failed = match self.db.send(ReplaceConfigs { configs, now }).await {
-            Ok(Ok(())) => None,
-            Ok(Err(e)) => Some(e.to_string()),
-            Err(e) => Some(e.to_string()),
-        };
+        let failed = self.committer.copy(configs).await.err();
         if let Some(e) = &failed {
             log::error!(
                 "storing the shared configs in SQLite failed ({e}); retrying at the next sync"
@@ -354,15 +336,15 @@ impl Cluster {
         Ok(())
     }
 
-    /// One admin write, applied to the shared configs: `change` gets the config Redis
-    /// holds for `endpoint` (if any) and returns the new one (`None` deletes). Retried
-    /// when another instance wrote the same endpoint in between. Answers the config
-    /// written (or deleted); this instance serves it before answering.
-    pub async fn write<E: From<WriteError>>(
+    /// One write, applied to the shared configs: `change` gets the config Redis holds for
+    /// `endpoint` (if any) and returns the new one (`None` deletes). Retried when another
+    /// instance wrote the same endpoint in between. Answers the change made; this
+    /// instance serves it before answering. The caller holds the write lock.
+    pub async fn write(
         &self,
         endpoint: &str,
-        change: impl Fn(Option<Config>) -> Result<Option<Config>, E>,
-    ) -> Result<Config, E> {
+        change: impl Fn(Option<&Config>) -> Result<Option<Config>, WriteError>,
+    ) -> Result<Change, WriteError> {
         let unavailable = |e: RedisUnavailable| {
             WriteError::Unavailable(format!(
                 "The shared configs could not be changed ({e}); nothing changed."
@@ -376,16 +358,16 @@ impl Cluster {
                 .shared_config(endpoint)
                 .await
                 .map_err(unavailable)?;
-            let current = match &stored {
-                Some(json) => Some(SharedConfig::parse(json).map_err(|e| {
+            let before = match &stored {
+                Some(json) => Some(Config::parse(json).map_err(|e| {
                     WriteError::Unavailable(format!(
                         "The shared config for {endpoint:?} is unreadable ({e}); nothing changed."
                     ))
                 })?),
                 None => None,
             };
-            let new = change(current.clone())?;
-            let json = new.as_ref().map(|c| SharedConfig::from(c).to_json());
+            let after = change(before.as_ref())?;
+            let json = after.as_ref().map(Config::to_json);
             match self
                 .redis
                 .swap_config(endpoint, stored.as_deref(), json.as_deref())
@@ -393,32 +375,22 @@ impl Cluster {
                 .map_err(unavailable)?
             {
                 Ok(_) => {
+                    let made = Change { before, after };
                     // The sync serves it here, stores it in SQLite and tells the feeds;
                     // should Redis fail in between, it is served from memory at once.
                     if let Err(e) = self.sync().await {
                         log::warn!("config stored in Redis, local sync deferred: {e}");
-                        self.policies.apply(endpoint, new.clone());
-                        let action = match (&current, &new) {
-                            (None, _) => ConfigAction::Created,
-                            (Some(_), Some(_)) => ConfigAction::Updated,
-                            (Some(_), None) => ConfigAction::Deleted,
-                        };
-                        if let Some(config) = new.clone().or(current.clone()) {
-                            self.broadcaster.do_send(ConfigChanged { action, config });
-                        }
+                        self.committer
+                            .publish(std::slice::from_ref(&made), Source::Api);
                     }
-                    // `change` returns None only for an existing config it deletes.
-                    return new.or(current).ok_or_else(|| {
-                        WriteError::NotFound(format!("There is no config for {endpoint:?}.")).into()
-                    });
+                    return Ok(made);
                 }
                 Err(_) => continue,
             }
         }
         Err(WriteError::Conflict(
             "Other instances kept changing this config; nothing changed, try again.".to_owned(),
-        )
-        .into())
+        ))
     }
 
     /// A config id no other instance will use.
@@ -429,37 +401,6 @@ impl Cluster {
             ))
         })
     }
-}
-
-/// Why a shared config write changed nothing; each message is a sentence for the caller.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum WriteError {
-    /// Redis could not be reached, or holds something unreadable.
-    Unavailable(String),
-    /// A delete or update of a config no instance has.
-    NotFound(String),
-    /// Other instances kept writing the same config.
-    Conflict(String),
-}
-
-/// What changed from `old` to `new`, by endpoint.
-fn diff(old: &[Config], new: &[Config]) -> Vec<(ConfigAction, Config)> {
-    let before: HashMap<&str, &Config> = old.iter().map(|c| (c.endpoint.as_str(), c)).collect();
-    let after: HashMap<&str, &Config> = new.iter().map(|c| (c.endpoint.as_str(), c)).collect();
-    let mut changes = Vec::new();
-    for c in new {
-        match before.get(c.endpoint.as_str()) {
-            None => changes.push((ConfigAction::Created, c.clone())),
-            Some(b) if *b != c => changes.push((ConfigAction::Updated, c.clone())),
-            Some(_) => {}
-        }
-    }
-    for c in old {
-        if !after.contains_key(c.endpoint.as_str()) {
-            changes.push((ConfigAction::Deleted, c.clone()));
-        }
-    }
-    changes
 }
 
 impl From<DecisionEvent> for SharedEvent {
@@ -505,44 +446,6 @@ pub fn events_per_second(feed_max: u32) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::ConfigSpec;
-
-    fn config(endpoint: &str, limit: u64) -> Config {
-        let mut spec = ConfigSpec::default_policy();
-        spec.endpoint = endpoint.to_owned();
-        spec.requests_per_window = limit;
-        Config {
-            id: 1,
-            endpoint: spec.endpoint.clone(),
-            requests_per_window: limit,
-            window_seconds: spec.window_seconds,
-            algorithm: spec.algorithm,
-            burst_limit: None,
-            refill_rate: None,
-            is_active: true,
-            created_at: 5,
-            updated_at: 5,
-        }
-    }
-
-    #[test]
-    fn diff_names_each_created_updated_and_deleted_endpoint() {
-        let old = [config("*", 100), config("/a", 1), config("/b", 2)];
-        let new = [config("*", 100), config("/a", 9), config("/c", 3)];
-        let changes: Vec<(ConfigAction, String)> = diff(&old, &new)
-            .into_iter()
-            .map(|(a, c)| (a, c.endpoint))
-            .collect();
-        assert_eq!(
-            changes,
-            [
-                (ConfigAction::Updated, "/a".to_owned()),
-                (ConfigAction::Created, "/c".to_owned()),
-                (ConfigAction::Deleted, "/b".to_owned()),
-            ]
-        );
-        assert!(diff(&old, &old).is_empty());
-    }
 
     #[test]
     fn events_survive_the_trip_between_instances() {

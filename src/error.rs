@@ -1,7 +1,8 @@
 //! The HTTP-boundary error: every failure a handler or middleware reports, with one
 //! status per variant, answered as `{"error": "<code>", "message": "<sentence>", ...}`.
 
-use crate::policy::ValidationError;
+use crate::config::ValidationError;
+use crate::config::writer::WriteError;
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpResponse, ResponseError};
@@ -169,10 +170,10 @@ impl From<ValidationError> for ApiError {
     }
 }
 
-impl From<crate::cluster::WriteError> for ApiError {
-    fn from(e: crate::cluster::WriteError) -> Self {
-        use crate::cluster::WriteError;
+impl From<WriteError> for ApiError {
+    fn from(e: WriteError) -> Self {
         match e {
+            WriteError::Invalid(v) => ApiError::Validation(v),
             WriteError::Unavailable(m) => ApiError::Unavailable(m),
             WriteError::NotFound(m) => ApiError::NotFound(m),
             WriteError::Conflict(m) => ApiError::Conflict(m),

@@ -19,6 +19,7 @@ pub mod actors;
 pub mod app;
 pub mod clock;
 pub mod cluster;
+pub mod config;
 pub mod error;
 pub mod http;
 pub mod limiter;

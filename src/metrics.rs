@@ -3,6 +3,7 @@
 //! work hold an `Arc<Metrics>` and count as they go; gauges that mirror other state
 //! (live limiters) are set when scraped.
 
+use crate::config::ConfigAction;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -85,12 +86,15 @@ pub struct TransportLabels {
     pub transport: Transport,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
-#[allow(non_camel_case_types)]
-pub enum ConfigAction {
-    create,
-    update,
-    delete,
+/// `action` of `ratewarden_config_changes_total`: the verb (`create`, `update`, `delete`).
+impl prometheus_client::encoding::EncodeLabelValue for ConfigAction {
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::LabelValueEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write;
+        encoder.write_str(self.verb())
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]

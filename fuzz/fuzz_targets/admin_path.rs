@@ -6,7 +6,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use ratewarden::http::admin::{decode_endpoint, location};
-use ratewarden::policy::validate_endpoint;
+use ratewarden::config::validate_endpoint;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(raw) = std::str::from_utf8(data) else {

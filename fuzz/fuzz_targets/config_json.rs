@@ -3,23 +3,19 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use ratewarden::policy::{ConfigPatch, ConfigSpec};
+use ratewarden::config::ConfigSpec;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(serde_json::Value::Object(map)) = serde_json::from_slice(data) else {
         return;
     };
-    let Ok(patch) = ConfigPatch::from_json(map) else {
-        return;
-    };
     // As a PUT: merged into the default and validated as a whole.
-    let mut merged = ConfigSpec::default_policy();
-    merged.merge(patch.clone());
-    if merged.validate().is_ok() {
+    if let Ok(merged) = ConfigSpec::default_policy().merged(map.clone()) {
+        merged.validate().expect("a merged spec is validated");
         check(&merged);
     }
     // As a POST.
-    if let Ok(spec) = patch.into_new_spec() {
+    if let Ok(spec) = ConfigSpec::from_create(map) {
         spec.validate().expect("a new spec is validated");
         check(&spec);
     }

@@ -4,18 +4,13 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use ratewarden::policy::{Config, ConfigSpec, PolicyTable, validate_endpoint};
+use ratewarden::config::{Config, ConfigSpec, validate_endpoint};
+use ratewarden::policy::PolicyTable;
 
 fn config(id: i64, spec: ConfigSpec) -> Config {
     Config {
         id,
-        endpoint: spec.endpoint,
-        requests_per_window: spec.requests_per_window,
-        window_seconds: spec.window_seconds,
-        algorithm: spec.algorithm,
-        burst_limit: spec.burst_limit,
-        refill_rate: spec.refill_rate,
-        is_active: spec.is_active,
+        spec,
         created_at: 0,
         updated_at: 0,
     }
@@ -40,7 +35,7 @@ fuzz_target!(|data: &[u8]| {
     let path = lines.pop().unwrap_or("");
     let mut configs = vec![config(0, ConfigSpec::default_policy())];
     for (i, e) in lines.iter().enumerate() {
-        if validate_endpoint(e).is_ok() && !configs.iter().any(|c| c.endpoint == *e) {
+        if validate_endpoint(e).is_ok() && !configs.iter().any(|c| c.endpoint() == *e) {
             let spec = ConfigSpec {
                 endpoint: (*e).to_owned(),
                 ..ConfigSpec::default_policy()
@@ -53,7 +48,7 @@ fuzz_target!(|data: &[u8]| {
     assert!(covers(&winner, path), "{winner:?} does not cover {path:?}");
     // No covering pattern is more specific than the winner.
     for c in &configs {
-        if covers(&c.endpoint, path) && c.endpoint != winner {
+        if covers(c.endpoint(), path) && c.endpoint() != winner {
             let more_specific = c.endpoint == path
                 || (winner != path
                     && c.endpoint != "*"

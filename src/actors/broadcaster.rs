@@ -6,7 +6,7 @@
 //! - [`Unsubscribe`]: a subscriber went away (closed receivers are also swept each second).
 //! - [`DecisionEvent`]: from the client limiters, only while someone watches
 //!   ([`FeedInterest`]).
-//! - [`ConfigChanged`]: from the admin API.
+//! - [`ConfigChanged`]: from the config writer.
 //! - [`EndFeeds`] → how many were open: the server is stopping; every subscription ends
 //!   now (WebSocket sessions close with 1001, SSE streams end) and none starts again.
 //!
@@ -18,9 +18,8 @@
 
 use super::DecisionEvent;
 use crate::clock::{SharedClock, ceil_secs, rfc3339};
-use crate::policy::Config;
+use crate::config::{Config, ConfigAction};
 use crate::report::Reporter;
-use crate::store::ConfigAction;
 use actix::prelude::*;
 use prometheus_client::metrics::counter::Counter;
 use serde_json::{Value, json};
@@ -504,7 +503,7 @@ impl Handler<ConfigChanged> for Broadcaster {
         let msg = FeedMessage::new(
             "config_updated",
             &self.clock,
-            json!({"action": msg.action, "config": msg.config}),
+            json!({"action": msg.action, "config": msg.config.view()}),
         );
         self.publish(&Topic::Global, &msg);
     }

@@ -6,16 +6,16 @@
 //! - [`Persist`]: queue a batch of client snapshots and write everything queued in one
 //!   transaction (write-behind; kept and retried while the database fails).
 //! - [`LoadClient`]: read a client's last snapshot, to restore an evicted limiter.
-//! - [`CreateConfig`], [`UpdateConfig`], [`DeleteConfig`]: admin writes, durable before
+//! - [`WriteConfigs`]: config changes (from [`crate::config::writer`]), durable before
 //!   they take effect, and never attempted once their [`WriteTicket`] expired or the
-//!   request gave up.
+//!   writer gave up; [`ReplaceConfigs`]: the copy of the shared configs.
 //! - [`ClientEvents`]: recent events of one client.
 //! - [`Cleanup`]: delete what is older than the retention.
 //! - [`Ping`]: the health check.
 
 use crate::clock::Nanos;
+use crate::config::{Change, Config, Source};
 use crate::metrics::{DbOperation, Metrics, RestoreSource};
-use crate::policy::{Config, ConfigSpec};
 use crate::store::{
     self, Cleaned, ClientSnapshot, DatabaseUrl, EventRow, PendingSnapshots, StoreError,
     StoredClient, merge_snapshot,
@@ -308,54 +308,28 @@ impl Handler<LoadClient> for Db {
     }
 }
 
+/// Make these config changes, with their history, in one transaction; answers them as
+/// stored (a new config with its id).
 #[derive(Message)]
-#[rtype(result = "Result<Config, StoreError>")]
-pub struct CreateConfig {
-    pub spec: ConfigSpec,
+#[rtype(result = "Result<Vec<Change>, StoreError>")]
+pub struct WriteConfigs {
+    pub changes: Vec<Change>,
+    pub source: Source,
     pub now: Nanos,
-    /// Not attempted after its deadline, nor once the admin request gave up.
+    /// Not attempted after its deadline, nor once the writer gave up.
     pub ticket: WriteTicket,
 }
 
-impl Handler<CreateConfig> for Db {
-    type Result = Result<Config, StoreError>;
-    fn handle(&mut self, msg: CreateConfig, _: &mut SyncContext<Self>) -> Self::Result {
+impl Handler<WriteConfigs> for Db {
+    type Result = Result<Vec<Change>, StoreError>;
+    fn handle(&mut self, msg: WriteConfigs, _: &mut SyncContext<Self>) -> Self::Result {
         self.in_time(&msg.ticket)?;
-        self.config_write(store::insert_config(&self.conn, &msg.spec, msg.now))
-    }
-}
-
-#[derive(Message)]
-#[rtype(result = "Result<Option<Config>, StoreError>")]
-pub struct UpdateConfig {
-    pub spec: ConfigSpec,
-    pub now: Nanos,
-    /// Not attempted after its deadline, nor once the admin request gave up.
-    pub ticket: WriteTicket,
-}
-
-impl Handler<UpdateConfig> for Db {
-    type Result = Result<Option<Config>, StoreError>;
-    fn handle(&mut self, msg: UpdateConfig, _: &mut SyncContext<Self>) -> Self::Result {
-        self.in_time(&msg.ticket)?;
-        self.config_write(store::update_config(&self.conn, &msg.spec, msg.now))
-    }
-}
-
-#[derive(Message)]
-#[rtype(result = "Result<Option<Config>, StoreError>")]
-pub struct DeleteConfig {
-    pub endpoint: String,
-    pub now: Nanos,
-    /// Not attempted after its deadline, nor once the admin request gave up.
-    pub ticket: WriteTicket,
-}
-
-impl Handler<DeleteConfig> for Db {
-    type Result = Result<Option<Config>, StoreError>;
-    fn handle(&mut self, msg: DeleteConfig, _: &mut SyncContext<Self>) -> Self::Result {
-        self.in_time(&msg.ticket)?;
-        self.config_write(store::delete_config(&self.conn, &msg.endpoint, msg.now))
+        self.config_write(store::write_configs(
+            &self.conn,
+            msg.changes,
+            msg.source,
+            msg.now,
+        ))
     }
 }
 

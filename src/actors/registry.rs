@@ -804,7 +804,7 @@ impl Registries {
 mod tests {
     use super::*;
     use crate::clock::ManualClock;
-    use crate::policy::ConfigSpec;
+    use crate::config::ConfigSpec;
     use crate::store::quota::Memory;
     use crate::store::{DatabaseUrl, open};
 

@@ -56,6 +56,8 @@ pub struct AppState {
     pub on_error: OnError,
     pub decision_timeout: Duration,
     pub feeds: realtime::FeedLimits,
+    /// The one way configs change.
+    pub configs: Arc<crate::config::writer::ConfigWriter>,
     /// Distributed mode: configs and feeds shared with the other instances.
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }

@@ -12,19 +12,18 @@
 //!   or a broken connection, open a circuit breaker, so that while Redis is down
 //!   decisions follow `--on-error` at once instead of waiting for a timeout each. A probe
 //!   reconnects with backoff and closes the breaker.
-//! - **Configs** live in one hash (`rw:{config}:all`, endpoint → [`SharedConfig`] JSON)
+//! - **Configs** live in one hash (`rw:{config}:all`, endpoint → [`Config`] JSON)
 //!   with a version counter; writes are compare-and-set scripts that also announce the new
 //!   version on the `rw:config` channel (see `crate::cluster`).
 
 use super::quota::{Quota, QuotaBackend, Unavailable, Verdict};
 use crate::clock::{NANOS_PER_SEC, Nanos, SharedClock};
+use crate::config::Config;
 use crate::limiter::{Algorithm, Decision, Limits, Mode, State, granule_ms};
 use crate::metrics::{Metrics, RedisFailure};
-use crate::policy::{Config, ConfigSpec};
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisError, RedisFuture, Script, Value};
-use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -55,66 +54,6 @@ const TOKEN_BUCKET: &str = include_str!("redis/token_bucket.lua");
 const CONFIG_CAS: &str = include_str!("redis/config_cas.lua");
 const CONFIG_SEED: &str = include_str!("redis/config_seed.lua");
 const CONFIG_ALL: &str = include_str!("redis/config_all.lua");
-
-/// A config as Redis holds it: the admin API's fields, with the times in nanoseconds.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SharedConfig {
-    pub id: i64,
-    pub endpoint: String,
-    pub requests_per_window: u64,
-    pub window_seconds: u64,
-    pub algorithm: Algorithm,
-    pub burst_limit: Option<u64>,
-    pub refill_rate: Option<f64>,
-    pub is_active: bool,
-    pub created_at: Nanos,
-    pub updated_at: Nanos,
-}
-
-impl From<&Config> for SharedConfig {
-    fn from(c: &Config) -> Self {
-        Self {
-            id: c.id,
-            endpoint: c.endpoint.clone(),
-            requests_per_window: c.requests_per_window,
-            window_seconds: c.window_seconds,
-            algorithm: c.algorithm,
-            burst_limit: c.burst_limit,
-            refill_rate: c.refill_rate,
-            is_active: c.is_active,
-            created_at: c.created_at,
-            updated_at: c.updated_at,
-        }
-    }
-}
-
-impl SharedConfig {
-    pub fn to_json(&self) -> String {
-        // A struct of plain fields always serialises.
-        serde_json::to_string(self).unwrap_or_default()
-    }
-
-    /// The config, if the stored JSON is one this server accepts (validated like input).
-    pub fn parse(json: &str) -> Result<Config, String> {
-        let s: SharedConfig = serde_json::from_str(json).map_err(|e| e.to_string())?;
-        let spec = ConfigSpec {
-            endpoint: s.endpoint,
-            requests_per_window: s.requests_per_window,
-            window_seconds: s.window_seconds,
-            algorithm: s.algorithm,
-            burst_limit: s.burst_limit,
-            refill_rate: s.refill_rate,
-            is_active: s.is_active,
-        };
-        let config = Config::from_spec(s.id, spec, s.created_at, s.updated_at);
-        config
-            .spec()
-            .validate()
-            .map_err(|e| format!("{}: {}", e.field, e.message))?;
-        Ok(config)
-    }
-}
 
 /// Why a Redis call gave no answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -419,7 +358,7 @@ impl Redis {
             configs: pairs
                 .into_iter()
                 .map(|(endpoint, json)| {
-                    let parsed = SharedConfig::parse(&json);
+                    let parsed = Config::parse(&json);
                     (endpoint, json, parsed)
                 })
                 .collect(),
@@ -480,7 +419,7 @@ impl Redis {
             .key(CONFIG_ID_KEY)
             .arg(configs.iter().map(|c| c.id).max().unwrap_or(0));
         for c in configs {
-            call.arg(&c.endpoint).arg(SharedConfig::from(c).to_json());
+            call.arg(c.endpoint()).arg(c.to_json());
         }
         let mut conn = self.conn()?;
         let seeded: u64 = self.observe(call.invoke_async(&mut conn).await)?;
@@ -656,16 +595,14 @@ mod tests {
         let good = r#"{"id":3,"endpoint":"/api/*","requests_per_window":5,"window_seconds":60,
             "algorithm":"token_bucket","burst_limit":null,"refill_rate":2.5,"is_active":true,
             "created_at":1800000000000000001,"updated_at":1800000000000000002}"#;
-        let c = SharedConfig::parse(good).unwrap();
+        let c = Config::parse(good).unwrap();
         assert_eq!((c.id, c.created_at), (3, 1_800_000_000_000_000_001));
-        assert_eq!(
-            SharedConfig::parse(&SharedConfig::from(&c).to_json())
-                .unwrap()
-                .spec(),
-            c.spec()
-        );
+        assert_eq!(Config::parse(&c.to_json()).unwrap(), c);
         let bad = good.replace("\"requests_per_window\":5", "\"requests_per_window\":0");
-        assert!(SharedConfig::parse(&bad).is_err());
-        assert!(SharedConfig::parse("{}").is_err());
+        assert!(Config::parse(&bad).is_err());
+        assert!(Config::parse("{}").is_err());
+        // A field this instance does not know (written by a newer one) is not ignored.
+        let newer = good.replace("\"is_active\":true", "\"is_active\":true,\"colour\":1");
+        assert!(Config::parse(&newer).is_err());
     }
 }

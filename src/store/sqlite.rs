@@ -2,8 +2,8 @@
 //! Every function takes the connection it works on; none keeps state of its own.
 
 use crate::clock::{NANOS_PER_SEC, Nanos};
+use crate::config::{Change, Config, ConfigSpec, DEFAULT_ENDPOINT, Source, diff};
 use crate::limiter::Algorithm;
-use crate::policy::{Config, ConfigSpec, DEFAULT_ENDPOINT};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde::Serialize;
 use std::fmt;
@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 pub const SCHEMA: &str = include_str!("../../schema.sql");
 /// Bumped by every change to `schema.sql` that needs a migration step.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// Where the database lives, from `--database` / `DATABASE_URL`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,46 +110,87 @@ pub fn open(url: &DatabaseUrl) -> Result<Connection> {
     Ok(conn)
 }
 
+/// The schema steps, in order: `MIGRATIONS[i]` takes a database from version `i + 1` to
+/// `i + 2`. Each runs in one transaction with the version bump, so a failed step leaves
+/// the file as it was. A new database gets `schema.sql` (the schema after every step)
+/// directly.
+const MIGRATIONS: [&str; 1] = [include_str!("migrations/002_config_spec.sql")];
+
+/// Brings the file to [`SCHEMA_VERSION`]: creates the schema in a new database, or runs
+/// the steps from the file's version on.
 fn migrate(conn: &Connection) -> Result<()> {
     let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
     if version > SCHEMA_VERSION {
         return Err(StoreError::TooNew(version));
     }
-    conn.execute_batch(SCHEMA)?;
-    conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    let has_tables: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'configs')",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has_tables {
+        let tx = conn.unchecked_transaction()?;
+        tx.execute_batch(SCHEMA)?;
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        tx.commit()?;
+        return Ok(());
+    }
+    // Version 1 was the first schema; a file with tables and no version predates the
+    // version stamp and has that schema.
+    for (from, step) in
+        (version.max(1)..SCHEMA_VERSION).zip(&MIGRATIONS[(version.max(1) - 1) as usize..])
+    {
+        let tx = conn.unchecked_transaction()?;
+        tx.execute_batch(step)?;
+        tx.pragma_update(None, "user_version", from + 1)?;
+        tx.commit()?;
+        log::info!(
+            "database migrated from schema version {from} to {}",
+            from + 1
+        );
+    }
     Ok(())
 }
 
-const CONFIG_COLUMNS: &str = "id, endpoint, requests_per_window, window_seconds, algorithm, \
-     burst_limit, refill_rate, is_active, created_at, updated_at";
-
 fn config_from_row(row: &Row) -> rusqlite::Result<Option<Config>> {
-    let algorithm: String = row.get(4)?;
-    let Some(algorithm) = Algorithm::parse(&algorithm) else {
-        log::warn!(
-            "config {:?} names an unknown algorithm {algorithm:?}; skipped",
-            row.get::<_, String>(1)?
-        );
-        return Ok(None);
+    let spec: String = row.get(1)?;
+    let spec = match serde_json::from_str::<ConfigSpec>(&spec)
+        .map_err(|e| e.to_string())
+        .and_then(|s| {
+            s.validate()
+                .map(|()| s)
+                .map_err(|e| format!("{}: {}", e.field, e.message))
+        }) {
+        Ok(spec) => spec,
+        Err(why) => {
+            log::warn!("stored config {spec} is not one this server accepts ({why}); skipped");
+            return Ok(None);
+        }
     };
     Ok(Some(Config {
         id: row.get(0)?,
-        endpoint: row.get(1)?,
-        requests_per_window: row.get(2)?,
-        window_seconds: row.get(3)?,
-        algorithm,
-        burst_limit: row.get(5)?,
-        refill_rate: row.get(6)?,
-        is_active: row.get(7)?,
-        created_at: row.get::<_, i64>(8)? as Nanos,
-        updated_at: row.get::<_, i64>(9)? as Nanos,
+        spec,
+        created_at: row.get::<_, i64>(2)? as Nanos,
+        updated_at: row.get::<_, i64>(3)? as Nanos,
     }))
 }
+
+const CONFIG_COLUMNS: &str = "id, spec, created_at, updated_at";
 
 /// All configs; the default `"*"` is created first if it is missing.
 pub fn load_configs(conn: &Connection, now: Nanos) -> Result<Vec<Config>> {
     if get_config(conn, DEFAULT_ENDPOINT)?.is_none() {
-        insert_config(conn, &ConfigSpec::default_policy(), now)?;
+        let default = Config {
+            id: 0,
+            spec: ConfigSpec::default_policy(),
+            created_at: now,
+            updated_at: now,
+        };
+        let created = Change {
+            before: None,
+            after: Some(default),
+        };
+        write_configs(conn, vec![created], Source::Start, now)?;
     }
     let mut stmt = conn.prepare(&format!("SELECT {CONFIG_COLUMNS} FROM configs"))?;
     let rows = stmt.query_map([], config_from_row)?;
@@ -171,158 +212,72 @@ pub fn get_config(conn: &Connection, endpoint: &str) -> Result<Option<Config>> {
         .flatten())
 }
 
-/// What an admin write did, for the events table and the live feeds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ConfigAction {
-    Created,
-    Updated,
-    Deleted,
-}
-
-impl ConfigAction {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ConfigAction::Created => "created",
-            ConfigAction::Updated => "updated",
-            ConfigAction::Deleted => "deleted",
-        }
-    }
-}
-
-/// `?1` to `?8` of the insert and the update: endpoint, the writable fields, the time.
-#[allow(clippy::type_complexity)]
-fn spec_params(
-    spec: &ConfigSpec,
+/// Makes `changes` in one transaction and records each in the history; a created config
+/// without an id (0) gets the next one. Answers the changes as stored.
+pub fn write_configs(
+    conn: &Connection,
+    mut changes: Vec<Change>,
+    source: Source,
     now: Nanos,
-) -> (
-    &str,
-    u64,
-    u64,
-    &'static str,
-    Option<u64>,
-    Option<f64>,
-    bool,
-    i64,
-) {
-    (
-        &spec.endpoint,
-        spec.requests_per_window,
-        spec.window_seconds,
-        spec.algorithm.as_str(),
-        spec.burst_limit,
-        spec.refill_rate,
-        spec.is_active,
-        now as i64,
-    )
-}
-
-pub fn insert_config(conn: &Connection, spec: &ConfigSpec, now: Nanos) -> Result<Config> {
+) -> Result<Vec<Change>> {
     let tx = conn.unchecked_transaction()?;
-    tx.execute(
-        "INSERT INTO configs (endpoint, requests_per_window, window_seconds, algorithm, \
-         burst_limit, refill_rate, is_active, created_at, updated_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)",
-        spec_params(spec, now),
-    )?;
-    let config = get_config(&tx, &spec.endpoint)?
-        .ok_or(StoreError::Sqlite(rusqlite::Error::QueryReturnedNoRows))?;
-    record_config_event(&tx, ConfigAction::Created, &config, now)?;
-    tx.commit()?;
-    Ok(config)
-}
-
-/// Replaces the writable fields of an existing config; `None` if there is none.
-pub fn update_config(conn: &Connection, spec: &ConfigSpec, now: Nanos) -> Result<Option<Config>> {
-    let tx = conn.unchecked_transaction()?;
-    let changed = tx.execute(
-        "UPDATE configs SET requests_per_window = ?2, window_seconds = ?3, algorithm = ?4, \
-         burst_limit = ?5, refill_rate = ?6, is_active = ?7, updated_at = ?8 WHERE endpoint = ?1",
-        spec_params(spec, now),
-    )?;
-    if changed == 0 {
-        return Ok(None);
-    }
-    let config = get_config(&tx, &spec.endpoint)?;
-    if let Some(c) = &config {
-        record_config_event(&tx, ConfigAction::Updated, c, now)?;
-    }
-    tx.commit()?;
-    Ok(config)
-}
-
-/// Deletes a config and returns it; `None` if there is none.
-pub fn delete_config(conn: &Connection, endpoint: &str, now: Nanos) -> Result<Option<Config>> {
-    let tx = conn.unchecked_transaction()?;
-    let Some(config) = get_config(&tx, endpoint)? else {
-        return Ok(None);
-    };
-    tx.execute("DELETE FROM configs WHERE endpoint = ?1", [endpoint])?;
-    record_config_event(&tx, ConfigAction::Deleted, &config, now)?;
-    tx.commit()?;
-    Ok(Some(config))
-}
-
-/// Makes the configs table equal to `configs` (distributed mode: the shared configs
-/// heard from Redis), ids and times included, recording an event for each change.
-pub fn replace_configs(conn: &Connection, configs: &[Config], now: Nanos) -> Result<()> {
-    let tx = conn.unchecked_transaction()?;
-    let mut old = std::collections::HashMap::new();
-    for c in load_configs(&tx, now)? {
-        old.insert(c.endpoint.clone(), c);
-    }
-    for c in configs {
-        let before = old.remove(&c.endpoint);
-        if before.as_ref() == Some(c) {
-            continue;
+    for change in &mut changes {
+        let endpoint = change.endpoint().to_owned();
+        match &mut change.after {
+            Some(c) if c.id == 0 => {
+                tx.execute(
+                    "INSERT INTO configs (endpoint, spec, created_at, updated_at) \
+                     VALUES (?1, ?2, ?3, ?4)",
+                    params![
+                        endpoint,
+                        serde_json::to_string(&c.spec).unwrap_or_default(),
+                        c.created_at as i64,
+                        c.updated_at as i64
+                    ],
+                )?;
+                c.id = tx.last_insert_rowid();
+            }
+            Some(c) => {
+                // Replaces the row with the same id or the same endpoint (in distributed
+                // mode ids come from Redis, and may have moved between endpoints).
+                tx.execute(
+                    "INSERT OR REPLACE INTO configs (id, endpoint, spec, created_at, updated_at) \
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![
+                        c.id,
+                        endpoint,
+                        serde_json::to_string(&c.spec).unwrap_or_default(),
+                        c.created_at as i64,
+                        c.updated_at as i64
+                    ],
+                )?;
+            }
+            None => {
+                tx.execute("DELETE FROM configs WHERE endpoint = ?1", [&endpoint])?;
+            }
         }
-        // Replaces a row with the same id or the same endpoint.
         tx.execute(
-            "INSERT OR REPLACE INTO configs (id, endpoint, requests_per_window, window_seconds, \
-             algorithm, burst_limit, refill_rate, is_active, created_at, updated_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            "INSERT INTO config_history (at, endpoint, action, source, before, after) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![
-                c.id,
-                c.endpoint,
-                c.requests_per_window,
-                c.window_seconds,
-                c.algorithm.as_str(),
-                c.burst_limit,
-                c.refill_rate,
-                c.is_active,
-                c.created_at as i64,
-                c.updated_at as i64
+                now as i64,
+                endpoint,
+                change.action().as_str(),
+                source.as_str(),
+                change.before.as_ref().map(Config::to_json),
+                change.after.as_ref().map(Config::to_json)
             ],
         )?;
-        let action = match before {
-            Some(_) => ConfigAction::Updated,
-            None => ConfigAction::Created,
-        };
-        record_config_event(&tx, action, c, now)?;
-    }
-    for (endpoint, c) in old {
-        tx.execute("DELETE FROM configs WHERE endpoint = ?1", [&endpoint])?;
-        record_config_event(&tx, ConfigAction::Deleted, &c, now)?;
     }
     tx.commit()?;
-    Ok(())
+    Ok(changes)
 }
 
-fn record_config_event(
-    conn: &Connection,
-    action: ConfigAction,
-    config: &Config,
-    now: Nanos,
-) -> Result<()> {
-    conn.execute(
-        "INSERT INTO events (at, kind, endpoint, detail) VALUES (?1, ?2, ?3, ?4)",
-        params![
-            now as i64,
-            format!("config_{}", action.as_str()),
-            config.endpoint,
-            serde_json::to_string(config).unwrap_or_default()
-        ],
-    )?;
+/// Makes the stored configs equal to `configs` (distributed mode: the shared ones), ids
+/// and times included, recording each change in the history.
+pub fn replace_configs(conn: &Connection, configs: &[Config], now: Nanos) -> Result<()> {
+    let stored = load_configs(conn, now)?;
+    write_configs(conn, diff(&stored, configs), Source::Cluster, now)?;
     Ok(())
 }
 
@@ -674,32 +629,258 @@ mod tests {
         assert!(matches!(open(&url), Err(StoreError::TooNew(_))));
     }
 
+    fn change(before: Option<&Config>, spec: Option<ConfigSpec>, now: Nanos) -> Change {
+        let after = spec.map(|spec| Config {
+            id: before.map_or(0, |b| b.id),
+            spec,
+            created_at: before.map_or(now, |b| b.created_at),
+            updated_at: now,
+        });
+        Change {
+            before: before.cloned(),
+            after,
+        }
+    }
+
+    fn history(conn: &Connection) -> Vec<(String, String, String, bool, bool)> {
+        let mut stmt = conn
+            .prepare(
+                "SELECT endpoint, action, source, before IS NOT NULL, after IS NOT NULL \
+                 FROM config_history ORDER BY version",
+            )
+            .unwrap();
+        stmt.query_map([], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+    }
+
     #[test]
-    fn creates_the_default_config_once_and_detects_conflicts() {
+    fn writes_configs_with_their_history_and_detects_conflicts() {
         let (_dir, conn) = temp_db();
         assert_eq!(load_configs(&conn, 1).unwrap().len(), 1);
         assert_eq!(load_configs(&conn, 2).unwrap().len(), 1);
         let mut spec = ConfigSpec::default_policy();
         spec.endpoint = "/a".into();
-        insert_config(&conn, &spec, 3).unwrap();
+        let created = write_configs(
+            &conn,
+            vec![change(None, Some(spec.clone()), 3)],
+            Source::Api,
+            3,
+        )
+        .unwrap();
+        let a = created[0].after.clone().unwrap();
+        assert!(a.id > 1, "the default has id 1, a new config the next");
         assert!(matches!(
-            insert_config(&conn, &spec, 4),
+            write_configs(
+                &conn,
+                vec![change(None, Some(spec.clone()), 4)],
+                Source::Api,
+                4
+            ),
             Err(StoreError::Conflict)
         ));
         spec.requests_per_window = 7;
-        let updated = update_config(&conn, &spec, 5).unwrap().unwrap();
+        write_configs(&conn, vec![change(Some(&a), Some(spec), 5)], Source::Api, 5).unwrap();
+        let updated = get_config(&conn, "/a").unwrap().unwrap();
         assert_eq!(
             (
-                updated.requests_per_window,
+                updated.id,
+                updated.spec.requests_per_window,
                 updated.created_at,
                 updated.updated_at
             ),
-            (7, 3, 5)
+            (a.id, 7, 3, 5)
         );
-        assert!(delete_config(&conn, "/a", 6).unwrap().is_some());
-        assert!(delete_config(&conn, "/a", 7).unwrap().is_none());
-        spec.endpoint = "/b".into();
-        assert!(update_config(&conn, &spec, 8).unwrap().is_none());
+        write_configs(&conn, vec![change(Some(&updated), None, 6)], Source::Api, 6).unwrap();
+        assert!(get_config(&conn, "/a").unwrap().is_none());
+        let h = |e: &str, a: &str, s: &str, b, f| (e.to_owned(), a.to_owned(), s.to_owned(), b, f);
+        assert_eq!(
+            history(&conn),
+            vec![
+                h("*", "created", "start", false, true),
+                h("/a", "created", "api", false, true),
+                h("/a", "updated", "api", true, true),
+                h("/a", "deleted", "api", true, false),
+            ]
+        );
+        // Ids are never handed out twice, even after a delete.
+        let mut b = ConfigSpec::default_policy();
+        b.endpoint = "/b".into();
+        let b = write_configs(&conn, vec![change(None, Some(b), 7)], Source::Api, 7).unwrap();
+        assert!(b[0].after.as_ref().unwrap().id > a.id);
+    }
+
+    #[test]
+    fn replacing_configs_writes_only_the_differences() {
+        let (_dir, conn) = temp_db();
+        let mut shared = load_configs(&conn, 1).unwrap();
+        let mut spec = ConfigSpec::default_policy();
+        spec.endpoint = "/s".into();
+        shared.push(Config {
+            id: 40,
+            spec,
+            created_at: 2,
+            updated_at: 2,
+        });
+        replace_configs(&conn, &shared, 3).unwrap();
+        replace_configs(&conn, &shared, 4).unwrap();
+        let mut stored = load_configs(&conn, 5).unwrap();
+        stored.sort_by_key(|c| c.id);
+        assert_eq!(stored, shared);
+        assert_eq!(history(&conn).len(), 2, "the default, then /s once");
+        assert_eq!(history(&conn)[1].2, "cluster");
+    }
+
+    /// A database made by version 1's schema (kept in `testdata/`), with configs of every
+    /// kind, a client and a snapshot, as that version wrote them.
+    fn version_1_database(path: &std::path::Path) {
+        let conn = Connection::open(path).unwrap();
+        conn.execute_batch(include_str!("testdata/schema_v1.sql"))
+            .unwrap();
+        conn.pragma_update(None, "user_version", 1).unwrap();
+        conn.execute_batch(
+            "INSERT INTO configs (endpoint, requests_per_window, window_seconds, algorithm, \
+                burst_limit, refill_rate, is_active, created_at, updated_at) VALUES \
+             ('*', 100, 3600, 'sliding_window', NULL, NULL, 1, 10, 10), \
+             ('/api/*', 5, 60, 'token_bucket', 8, 0.25, 0, 11, 12), \
+             ('/gone', 1, 1, 'fixed_window', NULL, NULL, 1, 13, 13), \
+             ('/fixed', 3, 9, 'fixed_window', NULL, NULL, 1, 14, 15); \
+             DELETE FROM configs WHERE endpoint = '/gone'; \
+             INSERT INTO clients VALUES ('c1', 9, 2, 99, 4); \
+             INSERT INTO snapshots VALUES ('c1', '/api/*', 'token_bucket', x'0102', 9999999999, 4); \
+             INSERT INTO request_stats VALUES (5, 'c1', '/api/*', 7, 2);",
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn migrates_a_version_1_database_keeping_every_config_and_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v1.db");
+        version_1_database(&path);
+        let url = DatabaseUrl::File(path.to_string_lossy().into_owned());
+        let conn = open(&url).unwrap();
+        let v: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, SCHEMA_VERSION);
+        let mut configs = load_configs(&conn, 100).unwrap();
+        configs.sort_by_key(|c| c.id);
+        let spec = |endpoint: &str, limit, window, algorithm, burst, rate, active| ConfigSpec {
+            endpoint: endpoint.to_owned(),
+            requests_per_window: limit,
+            window_seconds: window,
+            algorithm,
+            burst_limit: burst,
+            refill_rate: rate,
+            is_active: active,
+        };
+        assert_eq!(
+            configs,
+            vec![
+                Config {
+                    id: 1,
+                    spec: spec("*", 100, 3600, Algorithm::SlidingWindow, None, None, true),
+                    created_at: 10,
+                    updated_at: 10
+                },
+                Config {
+                    id: 2,
+                    spec: spec(
+                        "/api/*",
+                        5,
+                        60,
+                        Algorithm::TokenBucket,
+                        Some(8),
+                        Some(0.25),
+                        false
+                    ),
+                    created_at: 11,
+                    updated_at: 12
+                },
+                Config {
+                    id: 4,
+                    spec: spec("/fixed", 3, 9, Algorithm::FixedWindow, None, None, true),
+                    created_at: 14,
+                    updated_at: 15
+                },
+            ]
+        );
+        let client = load_client(&conn, "c1", 100).unwrap().unwrap();
+        assert_eq!((client.version, client.totals.total_requests), (4, 9));
+        assert_eq!(client.endpoints.len(), 1);
+        assert_eq!(client.endpoints[0].state, vec![1, 2]);
+        assert_eq!(minute_totals(&conn, 0).unwrap(), vec![(5, 7, 2)]);
+        // The id of the config deleted before the migration is not handed out again.
+        let mut new = ConfigSpec::default_policy();
+        new.endpoint = "/new".into();
+        let made =
+            write_configs(&conn, vec![change(None, Some(new), 101)], Source::Api, 101).unwrap();
+        assert_eq!(made[0].after.as_ref().unwrap().id, 5);
+        // Migrated, the file has exactly the schema a new database gets.
+        drop(conn);
+        let fresh_dir = tempfile::tempdir().unwrap();
+        let fresh = DatabaseUrl::File(
+            fresh_dir
+                .path()
+                .join("new.db")
+                .to_string_lossy()
+                .into_owned(),
+        );
+        let shape = |conn: &Connection| -> Vec<(String, String, String)> {
+            let mut stmt = conn
+                .prepare(
+                    "SELECT m.name, p.name, p.type || ' ' || p.\"notnull\" || ' ' || p.pk \
+                     FROM sqlite_master m, pragma_table_info(m.name) p \
+                     WHERE m.type = 'table' ORDER BY m.name, p.cid",
+                )
+                .unwrap();
+            let mut shape: Vec<_> = stmt
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+            let mut idx = conn
+                .prepare("SELECT name, tbl_name, '' FROM sqlite_master WHERE type = 'index' ORDER BY name")
+                .unwrap();
+            shape.extend(
+                idx.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                    .unwrap()
+                    .map(Result::unwrap),
+            );
+            shape
+        };
+        assert_eq!(shape(&open(&url).unwrap()), shape(&open(&fresh).unwrap()));
+    }
+
+    #[test]
+    fn a_failed_migration_step_leaves_the_file_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v1.db");
+        version_1_database(&path);
+        // A name the step needs is taken: the step fails half-way.
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch("CREATE TABLE config_history (x)")
+            .unwrap();
+        let url = DatabaseUrl::File(path.to_string_lossy().into_owned());
+        assert!(open(&url).is_err());
+        let conn = Connection::open(&path).unwrap();
+        let v: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, 1);
+        let n: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM configs WHERE requests_per_window > 0",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(n, 3, "the version 1 table, untouched");
     }
 
     #[test]

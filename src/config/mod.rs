@@ -1,0 +1,603 @@
+//! The config model: what an operator writes (a [`ConfigSpec`]), what is stored and
+//! shared (a [`Config`]: the spec with its id and times), how input becomes a spec, and
+//! what a change is ([`Change`]). Every form derives from `ConfigSpec` through serde:
+//! the admin API's JSON, the SQLite row's `spec` column and Redis's shared JSON.
+//!
+//! Adding a config field means: the field on [`ConfigSpec`] (with its serde default and
+//! its rule in [`ConfigSpec::validate`]), and the code it changes the behaviour of.
+//! Nothing else lists the fields.
+//!
+//! [`writer`] is the one path by which a change takes effect.
+
+pub mod writer;
+
+use crate::clock::{NANOS_PER_SEC, Nanos, rfc3339};
+use crate::limiter::{Algorithm, Limits};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+pub const DEFAULT_ENDPOINT: &str = "*";
+pub const MAX_REQUESTS_PER_WINDOW: u64 = 1_000_000_000;
+pub const MAX_WINDOW_SECONDS: u64 = 31_536_000;
+pub const MAX_ENDPOINT_BYTES: usize = 256;
+/// One token a year: slower refill rates would make the bucket never refill in practice
+/// and overflow the refill interval.
+pub const MIN_REFILL_RATE: f64 = 1.0 / MAX_WINDOW_SECONDS as f64;
+pub const MAX_REFILL_RATE: f64 = 1e9;
+
+/// The fields a create request must name; every other field has a default.
+const REQUIRED: [&str; 3] = ["endpoint", "requests_per_window", "window_seconds"];
+/// Fields of a [`Config`] the server owns.
+const READ_ONLY: [&str; 3] = ["id", "created_at", "updated_at"];
+
+/// The writable part of a config, validated as a whole. Its serde form is the admin
+/// API's input and the stored form; a field missing from stored JSON takes its default,
+/// so a field added later reads older rows and older instances' shared configs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConfigSpec {
+    /// `"*"`, an exact path or a `/prefix/*`: which requests the config limits.
+    pub endpoint: String,
+    pub requests_per_window: u64,
+    pub window_seconds: u64,
+    #[serde(default = "default_algorithm")]
+    pub algorithm: Algorithm,
+    /// Token bucket capacity; `None` is `requests_per_window`.
+    #[serde(default)]
+    pub burst_limit: Option<u64>,
+    /// Token bucket tokens per second; `None` is `requests_per_window / window_seconds`.
+    #[serde(default)]
+    pub refill_rate: Option<f64>,
+    /// An inactive config limits nothing (it does not fall back to another).
+    #[serde(default = "yes")]
+    pub is_active: bool,
+}
+
+fn default_algorithm() -> Algorithm {
+    Algorithm::SlidingWindow
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl ConfigSpec {
+    /// The default policy present from the first start: 100 requests per hour.
+    pub fn default_policy() -> Self {
+        Self {
+            endpoint: DEFAULT_ENDPOINT.to_owned(),
+            requests_per_window: 100,
+            window_seconds: 3600,
+            algorithm: default_algorithm(),
+            burst_limit: None,
+            refill_rate: None,
+            is_active: true,
+        }
+    }
+
+    pub fn limits(&self) -> Limits {
+        let mut limits = Limits::new(
+            self.algorithm,
+            self.requests_per_window,
+            self.window_seconds,
+        );
+        if let Some(burst) = self.burst_limit {
+            limits.burst = burst;
+        }
+        if let Some(rate) = self.refill_rate {
+            // Rounded up: the bucket never refills faster than configured. `validate`
+            // bounds the rate, so the interval fits in a u64 and is at least 1 ns.
+            limits.refill_interval = ((NANOS_PER_SEC as f64 / rate).ceil() as Nanos).max(1);
+        }
+        limits
+    }
+
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        validate_endpoint(&self.endpoint)?;
+        in_range(
+            "requests_per_window",
+            self.requests_per_window,
+            MAX_REQUESTS_PER_WINDOW,
+        )?;
+        in_range("window_seconds", self.window_seconds, MAX_WINDOW_SECONDS)?;
+        if let Some(burst) = self.burst_limit {
+            in_range("burst_limit", burst, MAX_REQUESTS_PER_WINDOW)?;
+        }
+        if let Some(rate) = self.refill_rate
+            && !(rate.is_finite() && (MIN_REFILL_RATE..=MAX_REFILL_RATE).contains(&rate))
+        {
+            return Err(ValidationError::new(
+                "refill_rate",
+                format!(
+                    "must be a number of tokens per second from {MIN_REFILL_RATE:e} to {MAX_REFILL_RATE:e}"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A new config from a create request's JSON object: the required fields must be
+    /// there, the others take their defaults; validated as a whole, endpoint included.
+    pub fn from_create(object: Map<String, Value>) -> Result<Self, ValidationError> {
+        if let Some(missing) = REQUIRED.iter().find(|f| !object.contains_key(**f)) {
+            return Err(ValidationError::new(*missing, "is required".to_owned()));
+        }
+        let spec = Self::default_policy().merged(object)?;
+        validate_new_endpoint(&spec.endpoint)?;
+        Ok(spec)
+    }
+
+    /// This spec with the fields of `patch` replaced (a partial update: an explicit
+    /// `null` resets an optional field to its default), validated as a whole. Unknown and
+    /// read-only fields are refused, and every error names its field.
+    pub fn merged(&self, patch: Map<String, Value>) -> Result<Self, ValidationError> {
+        let Value::Object(mut merged) = to_value(self) else {
+            unreachable!("a struct serialises to an object")
+        };
+        for (key, value) in patch {
+            if READ_ONLY.contains(&key.as_str()) {
+                return Err(ValidationError::new(key, "is read-only".to_owned()));
+            }
+            let Some(slot) = merged.get_mut(&key) else {
+                return Err(ValidationError::new(key, "is not a known field".to_owned()));
+            };
+            // Tried alone against this (valid) spec first, so a wrong type is reported
+            // under the field that has it.
+            let was = std::mem::replace(slot, value);
+            let one = Self::deserialize(&Value::Object(merged.clone()));
+            if let Err(e) = one {
+                return Err(ValidationError::new(key, type_message(&e, &was)));
+            }
+        }
+        let spec = Self::deserialize(&Value::Object(merged))
+            .map_err(|e| ValidationError::new("body", e.to_string()))?;
+        spec.validate()?;
+        Ok(spec)
+    }
+}
+
+/// A field's serde error as a sentence: what the field takes, shown by the value it had.
+fn type_message(e: &serde_json::Error, example: &Value) -> String {
+    let expected = match example {
+        Value::Bool(_) => "must be true or false".to_owned(),
+        Value::Number(_) | Value::Null => "must be a number within range".to_owned(),
+        Value::String(_) => "must be a string".to_owned(),
+        _ => "has the wrong type".to_owned(),
+    };
+    let e = e.to_string();
+    // serde's own words name the accepted values of an enum (`algorithm`).
+    match e.find("expected one of") {
+        Some(at) => format!("must be one of {}", &e[at + "expected one of ".len()..]),
+        None => format!("{expected} ({e})"),
+    }
+}
+
+/// A serialisable value as JSON; a struct of plain fields never fails.
+fn to_value<T: Serialize>(value: &T) -> Value {
+    serde_json::to_value(value).unwrap_or(Value::Null)
+}
+
+fn in_range(field: &'static str, v: u64, max: u64) -> Result<(), ValidationError> {
+    if (1..=max).contains(&v) {
+        Ok(())
+    } else {
+        Err(ValidationError::new(
+            field,
+            format!("must be an integer from 1 to {max}"),
+        ))
+    }
+}
+
+/// `"*"`, an exact path `"/a/b"`, or a prefix `"/a/*"`.
+pub fn validate_endpoint(endpoint: &str) -> Result<(), ValidationError> {
+    let err = |message: &str| Err(ValidationError::new("endpoint", message.to_owned()));
+    if endpoint == DEFAULT_ENDPOINT {
+        return Ok(());
+    }
+    if !endpoint.starts_with('/') {
+        return err("must be \"*\" or start with \"/\"");
+    }
+    if endpoint.len() > MAX_ENDPOINT_BYTES {
+        return err("must be at most 256 bytes");
+    }
+    if endpoint
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control())
+    {
+        return err("must not contain whitespace or control characters");
+    }
+    let body = endpoint.strip_suffix("/*").unwrap_or(endpoint);
+    if body.contains('*') {
+        return err("\"*\" is only allowed as a final \"/*\" segment");
+    }
+    Ok(())
+}
+
+/// What a new config's endpoint must also satisfy: no empty, `.` or `..` segments.
+/// Clients and proxies resolve dot segments and may merge empty ones, so a config naming
+/// them could never be relied on. (Checked on creation only, so that a config stored
+/// before this rule can still be read, updated and deleted.)
+pub fn validate_new_endpoint(endpoint: &str) -> Result<(), ValidationError> {
+    validate_endpoint(endpoint)?;
+    let body = endpoint.strip_suffix("/*").unwrap_or(endpoint);
+    if endpoint.contains("//") || body.split('/').any(|seg| seg == "." || seg == "..") {
+        return Err(ValidationError::new(
+            "endpoint",
+            "must not contain empty, \".\" or \"..\" segments".to_owned(),
+        ));
+    }
+    Ok(())
+}
+
+/// A rule a config broke: answered as 422 with the field's name.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidationError {
+    pub field: String,
+    pub message: String,
+}
+
+impl ValidationError {
+    pub fn new(field: impl Into<String>, message: String) -> Self {
+        Self {
+            field: field.into(),
+            message,
+        }
+    }
+}
+
+/// A stored config: its spec, its id and its times. This serde form (times as integer
+/// nanoseconds) is what SQLite and Redis hold; [`Config::view`] is what the API shows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Config {
+    pub id: i64,
+    #[serde(flatten)]
+    pub spec: ConfigSpec,
+    pub created_at: Nanos,
+    pub updated_at: Nanos,
+}
+
+/// A config as the admin API and the feeds show it: times in RFC 3339.
+#[derive(Debug, Serialize)]
+pub struct ConfigView<'a> {
+    pub id: i64,
+    #[serde(flatten)]
+    pub spec: &'a ConfigSpec,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl Config {
+    pub fn endpoint(&self) -> &str {
+        &self.spec.endpoint
+    }
+
+    pub fn view(&self) -> ConfigView<'_> {
+        ConfigView {
+            id: self.id,
+            spec: &self.spec,
+            created_at: rfc3339(self.created_at),
+            updated_at: rfc3339(self.updated_at),
+        }
+    }
+
+    /// The stored or shared JSON of a config, if it is one this server accepts
+    /// (validated like input).
+    pub fn parse(json: &str) -> Result<Self, String> {
+        let value: Value = serde_json::from_str(json).map_err(|e| e.to_string())?;
+        let config = Config::deserialize(&value).map_err(|e| e.to_string())?;
+        // A field this server does not know (written by a newer one) is refused rather
+        // than dropped: it might have changed what the config does.
+        if let (Value::Object(given), Value::Object(known)) = (&value, to_value(&config))
+            && let Some(unknown) = given.keys().find(|k| !known.contains_key(*k))
+        {
+            return Err(format!("{unknown}: is not a known field"));
+        }
+        config
+            .spec
+            .validate()
+            .map_err(|e| format!("{}: {}", e.field, e.message))?;
+        Ok(config)
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// The API's view of a list of configs.
+pub fn views(configs: &[Config]) -> Vec<ConfigView<'_>> {
+    configs.iter().map(Config::view).collect()
+}
+
+/// What a change did, for the feeds, the metrics and the history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConfigAction {
+    Created,
+    Updated,
+    Deleted,
+}
+
+impl ConfigAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConfigAction::Created => "created",
+            ConfigAction::Updated => "updated",
+            ConfigAction::Deleted => "deleted",
+        }
+    }
+
+    /// The metric label: the verb (`create`, `update`, `delete`).
+    pub fn verb(self) -> &'static str {
+        let s = self.as_str();
+        &s[..s.len() - 1]
+    }
+}
+
+/// Who made a change, as the history records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// The admin API.
+    Api,
+    /// Another instance, through the shared configs (distributed mode).
+    Cluster,
+    /// The first start: the default policy.
+    Start,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Api => "api",
+            Source::Cluster => "cluster",
+            Source::Start => "start",
+        }
+    }
+}
+
+/// One config before and after a change; `None` for absent. At least one is `Some`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    pub before: Option<Config>,
+    pub after: Option<Config>,
+}
+
+impl Change {
+    pub fn endpoint(&self) -> &str {
+        match (&self.after, &self.before) {
+            (Some(c), _) | (None, Some(c)) => c.endpoint(),
+            (None, None) => "",
+        }
+    }
+
+    pub fn action(&self) -> ConfigAction {
+        match (&self.before, &self.after) {
+            (None, _) => ConfigAction::Created,
+            (Some(_), Some(_)) => ConfigAction::Updated,
+            (Some(_), None) => ConfigAction::Deleted,
+        }
+    }
+
+    /// The config the feeds show: the new one, or the one deleted.
+    pub fn shown(&self) -> Option<&Config> {
+        self.after.as_ref().or(self.before.as_ref())
+    }
+}
+
+/// The changes that turn `old` into `new`, by endpoint; configs equal in both are left out.
+pub fn diff(old: &[Config], new: &[Config]) -> Vec<Change> {
+    let before: std::collections::HashMap<&str, &Config> =
+        old.iter().map(|c| (c.endpoint(), c)).collect();
+    let after: std::collections::HashSet<&str> = new.iter().map(Config::endpoint).collect();
+    let mut changes = Vec::new();
+    for c in new {
+        match before.get(c.endpoint()) {
+            Some(b) if *b == c => {}
+            b => changes.push(Change {
+                before: b.map(|b| (*b).clone()),
+                after: Some(c.clone()),
+            }),
+        }
+    }
+    for c in old {
+        if !after.contains(c.endpoint()) {
+            changes.push(Change {
+                before: Some(c.clone()),
+                after: None,
+            });
+        }
+    }
+    changes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn object(v: Value) -> Map<String, Value> {
+        v.as_object().cloned().unwrap_or_default()
+    }
+
+    fn config(endpoint: &str, limit: u64) -> Config {
+        Config {
+            id: 1,
+            spec: ConfigSpec {
+                endpoint: endpoint.to_owned(),
+                requests_per_window: limit,
+                ..ConfigSpec::default_policy()
+            },
+            created_at: 0,
+            updated_at: 0,
+        }
+    }
+
+    #[test]
+    fn validates_endpoints() {
+        for ok in [
+            "*",
+            "/",
+            "/api/data",
+            "/api/*",
+            "/*",
+            "/a%20b",
+            "/api/",
+            "/a.b/..c",
+        ] {
+            assert!(validate_endpoint(ok).is_ok(), "{ok}");
+        }
+        let long = format!("/{}", "a".repeat(256));
+        for bad in [
+            "",
+            "api",
+            "/a b",
+            "/a\u{7}",
+            "/a*",
+            "/*/b",
+            "**",
+            long.as_str(),
+        ] {
+            assert_eq!(
+                validate_endpoint(bad).unwrap_err().field,
+                "endpoint",
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn new_endpoints_have_no_empty_or_dot_segments() {
+        for ok in ["*", "/", "/api/", "/api/*", "/a.b/..c"] {
+            assert!(validate_new_endpoint(ok).is_ok(), "{ok}");
+        }
+        for bad in ["//a", "/a//b", "/a/../b", "/./a", "/a/..", "/../*", "//*"] {
+            assert_eq!(
+                validate_new_endpoint(bad).unwrap_err().field,
+                "endpoint",
+                "{bad}"
+            );
+            // Still a valid name to read, update or delete an older config by.
+            assert!(validate_endpoint(bad).is_ok(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn rejects_bad_fields_by_name() {
+        let base = ConfigSpec::default_policy();
+        let cases = [
+            (json!({"requests_per_window": -1}), "requests_per_window"),
+            (json!({"requests_per_window": 1.5}), "requests_per_window"),
+            (json!({"requests_per_window": "10"}), "requests_per_window"),
+            (json!({"requests_per_window": null}), "requests_per_window"),
+            (json!({"window_seconds": 1e30}), "window_seconds"),
+            (json!({"burst_limit": true}), "burst_limit"),
+            (json!({"refill_rate": "fast"}), "refill_rate"),
+            (json!({"algorithm": "leaky"}), "algorithm"),
+            (json!({"algorithm": null}), "algorithm"),
+            (json!({"is_active": 1}), "is_active"),
+            (json!({"id": 3}), "id"),
+            (json!({"colour": "red"}), "colour"),
+        ];
+        for (body, field) in cases {
+            let e = base.merged(object(body.clone())).unwrap_err();
+            assert_eq!(e.field, field, "{body}: {}", e.message);
+        }
+        let e = base
+            .merged(object(json!({"algorithm": "leaky"})))
+            .unwrap_err();
+        assert!(e.message.contains("token_bucket"), "{}", e.message);
+        let create = |body: Value| ConfigSpec::from_create(object(body));
+        let valid = json!({"endpoint": "/x", "requests_per_window": 5, "window_seconds": 10});
+        let with = |k: &str, v: Value| {
+            let mut b = valid.clone();
+            b[k] = v;
+            b
+        };
+        let spec = create(valid.clone()).unwrap();
+        assert_eq!(
+            (spec.algorithm, spec.is_active, spec.burst_limit),
+            (Algorithm::SlidingWindow, true, None)
+        );
+        for (k, v) in [
+            ("requests_per_window", json!(0)),
+            ("requests_per_window", json!(1_000_000_001u64)),
+            ("window_seconds", json!(31_536_001)),
+            ("burst_limit", json!(0)),
+            ("refill_rate", json!(0.0)),
+            ("refill_rate", json!(-2.0)),
+            ("refill_rate", json!(1e10)),
+            ("endpoint", json!("x")),
+            ("endpoint", json!("/a/../b")),
+        ] {
+            assert_eq!(create(with(k, v.clone())).unwrap_err().field, k, "{k}={v}");
+        }
+        for required in REQUIRED {
+            let mut body = valid.clone();
+            body.as_object_mut().unwrap().remove(required);
+            assert_eq!(create(body).unwrap_err().field, required);
+        }
+    }
+
+    #[test]
+    fn a_partial_update_keeps_the_other_fields_and_null_resets() {
+        let mut spec = ConfigSpec::default_policy();
+        spec.algorithm = Algorithm::TokenBucket;
+        spec.requests_per_window = 10;
+        spec.window_seconds = 5;
+        let limits = spec.limits();
+        assert_eq!(limits.burst, 10);
+        assert_eq!(limits.refill_interval, 500_000_000);
+        let spec = spec
+            .merged(object(json!({"burst_limit": 3, "refill_rate": 4})))
+            .unwrap();
+        let limits = spec.limits();
+        assert_eq!((limits.burst, limits.refill_interval), (3, 250_000_000));
+        assert_eq!(spec.requests_per_window, 10);
+        let spec = spec.merged(object(json!({"burst_limit": null}))).unwrap();
+        assert_eq!(spec.limits().burst, 10);
+        assert_eq!(spec.refill_rate, Some(4.0));
+    }
+
+    #[test]
+    fn the_stored_form_round_trips_and_reads_older_json() {
+        let mut c = config("/a", 7);
+        c.spec.refill_rate = Some(0.5);
+        c.created_at = 12;
+        c.updated_at = 34;
+        assert_eq!(Config::parse(&c.to_json()).unwrap(), c);
+        // Written by an instance that knew fewer fields: the rest take their defaults.
+        let old = r#"{"id": 4, "endpoint": "/b", "requests_per_window": 3, "window_seconds": 9,
+            "algorithm": "fixed_window", "created_at": 1, "updated_at": 2}"#;
+        let parsed = Config::parse(old).unwrap();
+        assert_eq!(parsed.spec.algorithm, Algorithm::FixedWindow);
+        assert!(parsed.spec.is_active);
+        assert!(
+            Config::parse(&old.replace("\"requests_per_window\": 3", "\"requests_per_window\": 0"))
+                .is_err()
+        );
+        assert!(Config::parse("{}").is_err());
+        let view = to_value(&c.view());
+        assert_eq!(view["endpoint"], "/a");
+        assert_eq!(view["created_at"], rfc3339(12));
+        assert!(view.get("spec").is_none());
+    }
+
+    #[test]
+    fn diffs_by_endpoint() {
+        let old = vec![config("*", 1), config("/a", 1), config("/b", 1)];
+        let new = vec![config("*", 1), config("/a", 2), config("/c", 1)];
+        let changes: Vec<(ConfigAction, String)> = diff(&old, &new)
+            .iter()
+            .map(|c| (c.action(), c.endpoint().to_owned()))
+            .collect();
+        assert_eq!(
+            changes,
+            vec![
+                (ConfigAction::Updated, "/a".to_owned()),
+                (ConfigAction::Created, "/c".to_owned()),
+                (ConfigAction::Deleted, "/b".to_owned()),
+            ]
+        );
+        assert_eq!(ConfigAction::Deleted.verb(), "delete");
+    }
+}

@@ -1,0 +1,275 @@
+//! The one path by which a config change takes effect, whoever asks (the admin API, the
+//! shared configs of a cluster, a start): **validate → persist → swap the table →
+//! announce**.
+//!
+//! - [`Edit::apply`] holds the rules of a write (conflict, not found, the merge of a
+//!   partial update, the default policy kept) for every backend.
+//! - [`Committer`] persists changes, swaps them into the live table and tells the feeds.
+//! - [`ConfigWriter`] runs one write to its end: against SQLite alone, or, in distributed
+//!   mode, as a compare-and-set on the shared configs in Redis whose sync then commits it
+//!   (see [`crate::cluster`]). Which one is chosen once, in the composition root.
+
+use super::{Change, Config, ConfigSpec, DEFAULT_ENDPOINT, Source, ValidationError};
+use crate::actors::broadcaster::{Broadcaster, ConfigChanged};
+use crate::actors::db::{Db, ReplaceConfigs, WriteConfigs, WriteTicket};
+use crate::clock::{Nanos, SharedClock};
+use crate::cluster::Cluster;
+use crate::metrics::Metrics;
+use crate::policy::Policies;
+use crate::store::StoreError;
+use actix::Addr;
+use serde_json::{Map, Value};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long a write may wait (for other writes, then for the database) before it gives
+/// up, changing nothing; see [`Committer::persist`].
+const WRITE_DEADLINE: Duration = Duration::from_secs(2);
+
+/// One config write, as asked.
+#[derive(Debug, Clone)]
+pub enum Edit {
+    /// A new config; refused if its endpoint has one.
+    Create(ConfigSpec),
+    /// A partial update of an existing config (see [`ConfigSpec::merged`]).
+    Update {
+        endpoint: String,
+        patch: Map<String, Value>,
+    },
+    Delete(String),
+}
+
+impl Edit {
+    pub fn endpoint(&self) -> &str {
+        match self {
+            Edit::Create(spec) => &spec.endpoint,
+            Edit::Update { endpoint, .. } | Edit::Delete(endpoint) => endpoint,
+        }
+    }
+
+    /// The config after this edit, given the one there now (`None`: absent, and as an
+    /// answer: delete). A created config gets `id` (0: the database assigns one).
+    pub fn apply(
+        &self,
+        current: Option<&Config>,
+        id: i64,
+        now: Nanos,
+    ) -> Result<Option<Config>, WriteError> {
+        let endpoint = self.endpoint();
+        let not_found = || WriteError::NotFound(format!("There is no config for {endpoint:?}."));
+        match self {
+            Edit::Create(spec) => match current {
+                Some(_) => Err(WriteError::Conflict(
+                    "A config for that endpoint exists already.".to_owned(),
+                )),
+                None => Ok(Some(Config {
+                    id,
+                    spec: spec.clone(),
+                    created_at: now,
+                    updated_at: now,
+                })),
+            },
+            Edit::Update { patch, .. } => {
+                let current = current.ok_or_else(not_found)?;
+                let spec = current.spec.merged(patch.clone())?;
+                if spec.endpoint != endpoint {
+                    return Err(ValidationError::new(
+                        "endpoint",
+                        "cannot be changed; create a config for the new endpoint and delete this one"
+                            .to_owned(),
+                    )
+                    .into());
+                }
+                Ok(Some(Config {
+                    id: current.id,
+                    spec,
+                    created_at: current.created_at,
+                    updated_at: now,
+                }))
+            }
+            Edit::Delete(_) if endpoint == DEFAULT_ENDPOINT => Err(WriteError::Conflict(
+                "The default policy \"*\" cannot be deleted; update or deactivate it instead."
+                    .to_owned(),
+            )),
+            Edit::Delete(_) => current.map(|_| None).ok_or_else(not_found),
+        }
+    }
+}
+
+/// Why a write changed nothing; each message is a sentence for the caller.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WriteError {
+    /// The result would break a rule (422).
+    Invalid(ValidationError),
+    /// An update or delete of a config that does not exist.
+    NotFound(String),
+    /// A create of an existing config, a delete of the default, or other instances kept
+    /// writing the same config.
+    Conflict(String),
+    /// The database or Redis could not be reached in time, or holds something unreadable.
+    Unavailable(String),
+}
+
+impl From<ValidationError> for WriteError {
+    fn from(e: ValidationError) -> Self {
+        WriteError::Invalid(e)
+    }
+}
+
+impl From<StoreError> for WriteError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Conflict => {
+                WriteError::Conflict("A config for that endpoint exists already.".to_owned())
+            }
+            e => WriteError::Unavailable(format!(
+                "The database could not store the change ({e}); nothing changed."
+            )),
+        }
+    }
+}
+
+/// Persists changes, swaps them into the live table, and tells the feeds.
+pub struct Committer {
+    pub policies: Arc<Policies>,
+    pub db: Addr<Db>,
+    pub broadcaster: Addr<Broadcaster>,
+    pub clock: SharedClock,
+}
+
+impl Committer {
+    /// Writes `changes` to SQLite in one transaction, with their history; answers them as
+    /// stored. Gives up at the ticket's deadline unless the DB actor has started the
+    /// write by then: its outcome is awaited, so a change the database made is never
+    /// reported as failed, and a failure always means nothing changed.
+    pub async fn persist(
+        &self,
+        changes: Vec<Change>,
+        source: Source,
+        ticket: &WriteTicket,
+    ) -> Result<Vec<Change>, WriteError> {
+        let msg = WriteConfigs {
+            changes,
+            source,
+            now: self.clock.now(),
+            ticket: ticket.clone(),
+        };
+        let mut reply = std::pin::pin!(self.db.send(msg));
+        let left = ticket.deadline.saturating_duration_since(Instant::now());
+        let answer = match actix_web::rt::time::timeout(left, reply.as_mut()).await {
+            Ok(answer) => answer,
+            Err(_) if ticket.abandon() => {
+                return Err(StoreError::Unavailable(
+                    "the database did not get to the change in time",
+                )
+                .into());
+            }
+            Err(_) => reply.await,
+        };
+        let stored = answer.map_err(|e| {
+            WriteError::Unavailable(format!(
+                "The database did not answer ({e}); nothing changed."
+            ))
+        })?;
+        Ok(stored?)
+    }
+
+    /// Distributed mode: makes this instance's SQLite copy equal to the shared configs.
+    pub async fn copy(&self, configs: Vec<Config>) -> Result<(), String> {
+        let now = self.clock.now();
+        match self.db.send(ReplaceConfigs { configs, now }).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Serves `changes` from the next request on and announces them; `false`, changing
+    /// nothing, if they would remove the default policy. The caller holds the write lock.
+    pub fn publish(&self, changes: &[Change], source: Source) -> bool {
+        if !self.policies.apply(changes) {
+            return false;
+        }
+        for change in changes {
+            let action = change.action();
+            log::info!(
+                "config {} for {} ({})",
+                action.as_str(),
+                change.endpoint(),
+                source.as_str()
+            );
+            if let Some(config) = change.shown() {
+                self.broadcaster.do_send(ConfigChanged {
+                    action,
+                    config: config.clone(),
+                });
+            }
+        }
+        true
+    }
+}
+
+/// Runs config writes, one at a time, each to its end.
+pub struct ConfigWriter {
+    committer: Arc<Committer>,
+    /// Distributed mode: the shared configs in Redis are the truth.
+    cluster: Option<Arc<Cluster>>,
+    metrics: Arc<Metrics>,
+}
+
+impl ConfigWriter {
+    pub fn new(
+        committer: Arc<Committer>,
+        cluster: Option<Arc<Cluster>>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            committer,
+            cluster,
+            metrics,
+        }
+    }
+
+    /// Makes `edit` and answers what changed (the config before and after). Runs on a
+    /// task of its own: if the caller goes away while the database works, a change that
+    /// was stored still takes effect, so the table served never differs from the file.
+    pub async fn write(self: &Arc<Self>, edit: Edit) -> Result<Change, WriteError> {
+        let this = self.clone();
+        actix_web::rt::spawn(async move { this.write_now(edit).await })
+            .await
+            .map_err(|e| {
+                WriteError::Unavailable(format!("The config write did not finish ({e})."))
+            })?
+    }
+
+    async fn write_now(&self, edit: Edit) -> Result<Change, WriteError> {
+        let ticket = WriteTicket::new(Instant::now() + WRITE_DEADLINE);
+        let c = &self.committer;
+        let _writing = c.policies.lock_writes().await;
+        let change = match &self.cluster {
+            Some(cluster) => {
+                let id = match edit {
+                    Edit::Create(_) => cluster.next_config_id().await?,
+                    _ => 0,
+                };
+                let now = c.clock.now();
+                cluster
+                    .write(edit.endpoint(), |current| edit.apply(current, id, now))
+                    .await?
+            }
+            None => {
+                let before = c.policies.current().get(edit.endpoint()).cloned();
+                let after = edit.apply(before.as_ref(), 0, c.clock.now())?;
+                let stored = c
+                    .persist(vec![Change { before, after }], Source::Api, &ticket)
+                    .await?;
+                c.publish(&stored, Source::Api);
+                stored.into_iter().next().ok_or_else(|| {
+                    WriteError::Unavailable("The database answered no change.".to_owned())
+                })?
+            }
+        };
+        self.metrics.config_changed(change.action());
+        Ok(change)
+    }
+}
