@@ -4,7 +4,8 @@
 use criterion::{Criterion, criterion_group, criterion_main};
 use ratewarden::clock::NANOS_PER_SEC;
 use ratewarden::limiter::{Algorithm, Limits, State};
-use ratewarden::store::{self, ClientSnapshot, DatabaseUrl, EndpointSnapshot, StatDelta, Totals};
+use ratewarden::snapshot::{ClientSnapshot, EndpointSnapshot, StatDelta, Totals};
+use ratewarden::store::sqlite::{self, DatabaseUrl};
 use std::sync::Arc;
 
 const CLIENTS: u64 = 100_000;
@@ -45,7 +46,7 @@ fn batch(version: u64) -> Vec<ClientSnapshot> {
 fn flush(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let url = DatabaseUrl::File(dir.path().join("bench.db").to_string_lossy().into_owned());
-    let conn = store::open(&url).unwrap();
+    let conn = sqlite::open(&url).unwrap();
     let mut group = c.benchmark_group("persist");
     group.sample_size(10);
     let mut version = 0;
@@ -55,7 +56,7 @@ fn flush(c: &mut Criterion) {
                 version += 1;
                 batch(version)
             },
-            |batch| store::persist(&conn, &batch).unwrap(),
+            |batch| sqlite::persist(&conn, &batch).unwrap(),
             criterion::BatchSize::PerIteration,
         );
     });

@@ -20,9 +20,9 @@ use crate::policy::{Policies, PolicyTable};
 use crate::report::Reporter;
 use crate::settings::Settings;
 use crate::stats::{GlobalStats, Peers};
-use crate::store;
 use crate::store::quota::{Memory, QuotaBackend};
 use crate::store::redis::{Redis, RedisConfig};
+use crate::store::sqlite;
 use actix::{AsyncContext, Context};
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::http::StatusCode;
@@ -186,20 +186,20 @@ pub fn build_state_on(
     port: u16,
 ) -> Result<web::Data<AppState>, String> {
     let now = clock.now();
-    let conn = store::open(&settings.database)
+    let conn = sqlite::open(&settings.database)
         .map_err(|e| format!("opening the database {}: {e}", settings.database))?;
-    let configs = store::load_configs(&conn, now).map_err(|e| format!("loading configs: {e}"))?;
+    let configs = sqlite::load_configs(&conn, now).map_err(|e| format!("loading configs: {e}"))?;
     let table = PolicyTable::new(configs).ok_or("the default config is missing")?;
 
     let global = Arc::new(GlobalStats::default());
     let day_ago = (now / NANOS_PER_SEC / 60).saturating_sub(24 * 60);
     for (minute, allowed, blocked) in
-        store::minute_totals(&conn, day_ago).map_err(|e| format!("loading statistics: {e}"))?
+        sqlite::minute_totals(&conn, day_ago).map_err(|e| format!("loading statistics: {e}"))?
     {
         global.seed_minute(minute, allowed, blocked);
     }
     let mut known = Vec::new();
-    store::for_each_client(&conn, |c| known.push(client_hash(c)))
+    sqlite::for_each_client(&conn, |c| known.push(client_hash(c)))
         .map_err(|e| format!("loading clients: {e}"))?;
 
     let metrics = Arc::new(Metrics::default());

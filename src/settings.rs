@@ -2,7 +2,7 @@
 //! line that names it (see `main`).
 
 use crate::http::client_id::Cidr;
-use crate::store::DatabaseUrl;
+use crate::store::sqlite::DatabaseUrl;
 use clap::Parser;
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;

@@ -16,9 +16,9 @@ use super::{DecisionEvent, EventSink};
 use crate::clock::{NANOS_PER_SEC, Nanos, rfc3339};
 use crate::limiter::{Algorithm, Decision, Mode, State};
 use crate::policy::{Policy, PolicyTable};
+use crate::snapshot::{ClientSnapshot, EndpointSnapshot, StatDelta, StoredClient, Totals};
 use crate::stats::GlobalStats;
 use crate::store::quota::{Quota, QuotaBackend, Verdict};
-use crate::store::{ClientSnapshot, EndpointSnapshot, StatDelta, StoredClient, Totals};
 use serde::Serialize;
 use std::sync::Arc;
 

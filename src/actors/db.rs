@@ -16,10 +16,8 @@
 use crate::clock::Nanos;
 use crate::config::{Change, Config, Source};
 use crate::metrics::{DbOperation, Metrics, RestoreSource};
-use crate::store::{
-    self, Cleaned, ClientSnapshot, DatabaseUrl, EventRow, PendingSnapshots, StoreError,
-    StoredClient, merge_snapshot,
-};
+use crate::snapshot::{ClientSnapshot, PendingSnapshots, StoredClient, merge_snapshot};
+use crate::store::sqlite::{self, Cleaned, DatabaseUrl, EventRow, StoreError};
 use actix::prelude::*;
 use rusqlite::Connection;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -89,7 +87,7 @@ impl Db {
                 .ok()
                 .and_then(|mut c| c.take())
                 .map(Ok)
-                .unwrap_or_else(|| store::open(&url));
+                .unwrap_or_else(|| sqlite::open(&url));
             // Only reached again if the actor's thread died; the file opened a moment
             // ago, so failing now means the machine lost it: nothing sensible is left.
             let conn = conn.unwrap_or_else(|e| panic!("reopening the database {url}: {e}"));
@@ -161,13 +159,13 @@ impl Db {
         let result = if n == 0 {
             // Nothing to write: while failing, probe whether writing works again.
             match self.status.failure() {
-                Some(_) => store::probe_write(&self.conn).map(|()| 0),
+                Some(_) => sqlite::probe_write(&self.conn).map(|()| 0),
                 None => Ok(0),
             }
         } else {
             let started = Instant::now();
             log::debug!("writing {n} client snapshots");
-            store::persist(&self.conn, self.pending.values()).map(|()| {
+            sqlite::persist(&self.conn, self.pending.values()).map(|()| {
                 Metrics::observe(&self.metrics.flush_seconds, started.elapsed());
                 self.metrics.flush_batch_size.observe(n as f64);
                 self.pending.clear();
@@ -298,7 +296,7 @@ impl Handler<LoadClient> for Db {
             self.metrics.restored(RestoreSource::memory);
             return Ok(Some(pending.stored()));
         }
-        let loaded = store::load_client(&self.conn, &msg.client, msg.now);
+        let loaded = sqlite::load_client(&self.conn, &msg.client, msg.now);
         match &loaded {
             Ok(Some(_)) => self.metrics.restored(RestoreSource::database),
             Ok(None) => {}
@@ -324,7 +322,7 @@ impl Handler<WriteConfigs> for Db {
     type Result = Result<Vec<Change>, StoreError>;
     fn handle(&mut self, msg: WriteConfigs, _: &mut SyncContext<Self>) -> Self::Result {
         self.in_time(&msg.ticket)?;
-        self.config_write(store::write_configs(
+        self.config_write(sqlite::write_configs(
             &self.conn,
             msg.changes,
             msg.source,
@@ -344,7 +342,7 @@ pub struct ReplaceConfigs {
 impl Handler<ReplaceConfigs> for Db {
     type Result = Result<(), StoreError>;
     fn handle(&mut self, msg: ReplaceConfigs, _: &mut SyncContext<Self>) -> Self::Result {
-        self.config_write(store::replace_configs(&self.conn, &msg.configs, msg.now))
+        self.config_write(sqlite::replace_configs(&self.conn, &msg.configs, msg.now))
     }
 }
 
@@ -358,7 +356,7 @@ pub struct ClientEvents {
 impl Handler<ClientEvents> for Db {
     type Result = Result<Vec<EventRow>, StoreError>;
     fn handle(&mut self, msg: ClientEvents, _: &mut SyncContext<Self>) -> Self::Result {
-        store::client_events(&self.conn, &msg.client, msg.limit)
+        sqlite::client_events(&self.conn, &msg.client, msg.limit)
     }
 }
 
@@ -372,7 +370,7 @@ pub struct Cleanup {
 impl Handler<Cleanup> for Db {
     type Result = Result<Cleaned, StoreError>;
     fn handle(&mut self, msg: Cleanup, _: &mut SyncContext<Self>) -> Self::Result {
-        store::cleanup(&self.conn, msg.now, msg.retention)
+        sqlite::cleanup(&self.conn, msg.now, msg.retention)
     }
 }
 

@@ -12,8 +12,8 @@
 //! ```
 
 pub mod broadcaster;
-pub mod client_limiter;
-pub mod db;
+pub(crate) mod client_limiter;
+pub(crate) mod db;
 pub mod registry;
 pub mod ws_session;
 

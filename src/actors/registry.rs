@@ -27,9 +27,10 @@ use crate::clock::{Nanos, SharedClock};
 use crate::limiter::{Decision, Mode};
 use crate::metrics::{Metrics, RestoreSource};
 use crate::policy::{Policy, PolicyTable};
+use crate::snapshot::{ClientSnapshot, PendingSnapshots, StoredClient, merge_snapshot};
 use crate::stats::GlobalStats;
 use crate::store::quota::{QuotaBackend, Verdict};
-use crate::store::{ClientSnapshot, PendingSnapshots, StoreError, StoredClient, merge_snapshot};
+use crate::store::sqlite::StoreError;
 use actix::clock::Instant;
 use actix::prelude::*;
 use futures_util::future::{BoxFuture, join_all};
@@ -806,7 +807,7 @@ mod tests {
     use crate::clock::ManualClock;
     use crate::config::ConfigSpec;
     use crate::store::quota::Memory;
-    use crate::store::{DatabaseUrl, open};
+    use crate::store::sqlite::{DatabaseUrl, open};
 
     fn shard() -> SharedShard {
         let url = DatabaseUrl::Memory;

@@ -16,7 +16,7 @@ use crate::clock::{Nanos, SharedClock};
 use crate::cluster::Cluster;
 use crate::metrics::Metrics;
 use crate::policy::Policies;
-use crate::store::StoreError;
+use crate::store::sqlite::StoreError;
 use actix::Addr;
 use serde_json::{Map, Value};
 use std::sync::Arc;

@@ -3,15 +3,15 @@
 
 pub mod admin;
 pub mod client_id;
-pub mod connection;
-pub mod dashboard;
-pub mod deadline;
-pub mod decision;
+pub(crate) mod connection;
+pub(crate) mod dashboard;
+pub(crate) mod deadline;
+pub(crate) mod decision;
 pub mod demo;
-pub mod middleware;
-pub mod ops;
-pub mod proxy;
-pub mod realtime;
+pub(crate) mod middleware;
+pub(crate) mod ops;
+pub(crate) mod proxy;
+pub(crate) mod realtime;
 mod upstream;
 
 use crate::actors::broadcaster::{Broadcaster, FeedInterest};

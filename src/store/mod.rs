@@ -2,8 +2,6 @@
 //! (`actors::db`) owns the connection at run time; start-up and tests call these
 //! functions directly.
 
-pub mod quota;
+pub(crate) mod quota;
 pub mod redis;
 pub mod sqlite;
-
-pub use sqlite::*;
