@@ -67,6 +67,9 @@ struct SharedEvent {
     remaining: u64,
     retry_after: u64,
     reset_after: u64,
+    /// Absent from instances that predate shadow mode.
+    #[serde(default)]
+    shadow: bool,
     at: u64,
 }
 
@@ -414,6 +417,7 @@ impl From<DecisionEvent> for SharedEvent {
             remaining: e.decision.remaining,
             retry_after: e.decision.retry_after,
             reset_after: e.decision.reset_after,
+            shadow: e.shadow,
             at: e.at,
         }
     }
@@ -432,6 +436,7 @@ impl SharedEvent {
                 retry_after: self.retry_after,
                 reset_after: self.reset_after,
             },
+            shadow: self.shadow,
             at: self.at,
             origin: Some(origin),
         }
@@ -460,6 +465,7 @@ mod tests {
                 retry_after: 1_500_000_000,
                 reset_after: 9_000_000_000,
             },
+            shadow: true,
             at: 1_800_000_000_000_000_123,
             origin: None,
         };

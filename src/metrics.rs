@@ -21,6 +21,8 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 pub enum Outcome {
     allowed,
     limited,
+    /// Over the limit of a config in shadow mode: let through.
+    shadow_limited,
     /// Decided by `--on-error` because the limiter could not answer in time.
     on_error_allowed,
     on_error_denied,

@@ -2,7 +2,7 @@
 //! request path to its policy without allocating; it is swapped whole by the config
 //! writer ([`crate::config::writer`]).
 
-use crate::config::{Change, Config, ConfigSpec, DEFAULT_ENDPOINT};
+use crate::config::{Change, Config, ConfigSpec, DEFAULT_ENDPOINT, Enforcement};
 use crate::limiter::Limits;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -16,6 +16,10 @@ pub struct Policy {
     pub limits: Limits,
     pub window_seconds: u64,
     pub active: bool,
+    /// Shadow mode: decided and reported like any other, never refused.
+    pub shadow: bool,
+    /// The client pattern of the override this policy comes from, if one.
+    pub tier: Option<Arc<str>>,
 }
 
 impl Policy {
@@ -25,7 +29,63 @@ impl Policy {
             limits: spec.limits(),
             window_seconds: spec.window_seconds,
             active: spec.is_active,
+            shadow: spec.mode == Enforcement::Shadow,
+            tier: None,
         }
+    }
+
+    /// Whether a request so decided is refused: over the limit, and not in shadow mode.
+    pub fn refuses(&self, d: &crate::limiter::Decision) -> bool {
+        !d.allowed && !self.shadow
+    }
+}
+
+/// One config's policies: its own, and its overrides' by client.
+#[derive(Debug)]
+pub struct Rule {
+    base: Arc<Policy>,
+    exact: HashMap<String, Arc<Policy>>,
+    /// Longest prefix first, so the first match is the most specific.
+    prefixes: Vec<(String, Arc<Policy>)>,
+}
+
+impl Rule {
+    fn new(spec: &ConfigSpec) -> Self {
+        let base = Arc::new(Policy::from_spec(spec));
+        let mut exact = HashMap::new();
+        let mut prefixes = Vec::new();
+        for o in &spec.overrides {
+            let mut policy = Policy::from_spec(&o.apply_to(spec));
+            // The same key as the config's: an override changes the numbers, not whose
+            // budget it is (and reuses the name's allocation).
+            policy.endpoint = base.endpoint.clone();
+            policy.tier = Some(Arc::from(o.client.as_str()));
+            let policy = Arc::new(policy);
+            match o.prefix() {
+                Some(prefix) => prefixes.push((prefix.to_owned(), policy)),
+                None => {
+                    exact.insert(o.client.clone(), policy);
+                }
+            }
+        }
+        prefixes.sort_by_key(|p| std::cmp::Reverse(p.0.len()));
+        Self {
+            base,
+            exact,
+            prefixes,
+        }
+    }
+
+    /// The policy for `client`: its own override, else the longest matching prefix
+    /// override, else the config's.
+    pub fn for_client(&self, client: &str) -> &Arc<Policy> {
+        if let Some(p) = self.exact.get(client) {
+            return p;
+        }
+        self.prefixes
+            .iter()
+            .find(|(prefix, _)| client.starts_with(prefix.as_str()))
+            .map_or(&self.base, |(_, p)| p)
     }
 }
 
@@ -34,10 +94,10 @@ impl Policy {
 #[derive(Debug)]
 pub struct PolicyTable {
     configs: Vec<Config>,
-    exact: HashMap<String, Arc<Policy>>,
+    exact: HashMap<String, Rule>,
     /// `"/api/*"` is stored under `"/api"`, and `"/*"` under `""`.
-    prefixes: HashMap<String, Arc<Policy>>,
-    default: Arc<Policy>,
+    prefixes: HashMap<String, Rule>,
+    default: Rule,
 }
 
 impl PolicyTable {
@@ -48,7 +108,7 @@ impl PolicyTable {
         let mut prefixes = HashMap::new();
         let mut default = None;
         for config in &configs {
-            let policy = Arc::new(Policy::from_spec(&config.spec));
+            let policy = Rule::new(&config.spec);
             let endpoint = config.endpoint();
             if endpoint == DEFAULT_ENDPOINT {
                 default = Some(policy);
@@ -81,20 +141,28 @@ impl PolicyTable {
         self.configs.iter().filter(|c| c.spec.is_active).count()
     }
 
-    pub fn policy(&self, endpoint: &str) -> Option<&Arc<Policy>> {
-        if endpoint == DEFAULT_ENDPOINT {
-            return Some(&self.default);
-        }
-        match endpoint.strip_suffix("/*") {
-            Some(prefix) => self.prefixes.get(prefix),
-            None => self.exact.get(endpoint),
-        }
+    /// The policy `client` gets under the config for `endpoint`, if there is one.
+    pub fn policy(&self, endpoint: &str, client: &str) -> Option<&Arc<Policy>> {
+        let rule = if endpoint == DEFAULT_ENDPOINT {
+            Some(&self.default)
+        } else {
+            match endpoint.strip_suffix("/*") {
+                Some(prefix) => self.prefixes.get(prefix),
+                None => self.exact.get(endpoint),
+            }
+        };
+        rule.map(|r| r.for_client(client))
     }
 
     /// The policy for a request path: exact match, else the longest matching prefix
     /// (`"/api/*"` matches `/api` and everything below `/api/`), else the default.
     /// An inactive winner is returned as such: it limits nothing, it does not fall back.
-    pub fn resolve(&self, path: &str) -> &Arc<Policy> {
+    /// Within the config, `client` gets its override if it has one.
+    pub fn resolve(&self, path: &str, client: &str) -> &Arc<Policy> {
+        self.rule(path).for_client(client)
+    }
+
+    fn rule(&self, path: &str) -> &Rule {
         if let Some(p) = self.exact.get(path) {
             return p;
         }
@@ -195,7 +263,7 @@ mod tests {
             config("/*", 5),
         ])
         .unwrap();
-        let limit = |path| table.resolve(path).limits.limit;
+        let limit = |path| table.resolve(path, "c").limits.limit;
         assert_eq!(limit("/api/v1/data"), 4);
         assert_eq!(limit("/api/v1/other"), 3);
         assert_eq!(limit("/api/v1"), 3);
@@ -204,8 +272,8 @@ mod tests {
         assert_eq!(limit("/apix"), 5);
         assert_eq!(limit("/"), 5);
         let table = PolicyTable::new(vec![config("*", 1), config("/api/*", 2)]).unwrap();
-        assert_eq!(table.resolve("/other").limits.limit, 1);
-        assert_eq!(table.resolve("/apix").limits.limit, 1);
+        assert_eq!(table.resolve("/other", "c").limits.limit, 1);
+        assert_eq!(table.resolve("/apix", "c").limits.limit, 1);
     }
 
     #[test]
@@ -222,6 +290,51 @@ mod tests {
             after: Some(config("/a", 2)),
         };
         assert!(policies.apply(&[add]));
-        assert_eq!(policies.current().resolve("/a").limits.limit, 2);
+        assert_eq!(policies.current().resolve("/a", "c").limits.limit, 2);
+    }
+}
+
+#[cfg(test)]
+mod override_tests {
+    use super::*;
+    use crate::config::Override;
+
+    fn over(client: &str, limit: u64) -> Override {
+        Override {
+            client: client.to_owned(),
+            requests_per_window: limit,
+            window_seconds: None,
+            burst_limit: None,
+            refill_rate: None,
+        }
+    }
+
+    #[test]
+    fn the_most_specific_override_wins() {
+        let mut spec = ConfigSpec::default_policy();
+        spec.overrides = vec![
+            over("p*", 2),
+            over("partner-*", 3),
+            over("partner-gold", 4),
+            over("partner-gold-*", 5),
+        ];
+        spec.validate().unwrap();
+        let table = PolicyTable::new(vec![Config {
+            id: 1,
+            spec,
+            created_at: 0,
+            updated_at: 0,
+        }])
+        .unwrap();
+        let limit = |client| table.resolve("/x", client).limits.limit;
+        assert_eq!(limit("other"), 100);
+        assert_eq!(limit("pete"), 2);
+        assert_eq!(limit("partner-x"), 3);
+        assert_eq!(limit("partner-gold"), 4);
+        assert_eq!(limit("partner-gold-2"), 5);
+        let p = table.resolve("/x", "partner-x");
+        assert_eq!((&*p.endpoint, p.tier.as_deref()), ("*", Some("partner-*")));
+        assert_eq!(table.policy("*", "pete").unwrap().limits.limit, 2);
+        assert!(table.resolve("/x", "other").tier.is_none());
     }
 }

@@ -47,6 +47,19 @@ async fn malformed_configs_are_refused_and_change_nothing() {
         ("PUT", r#"{"is_active": "yes"}"#.into(), 422, "is_active"),
         ("PUT", r#"{"algorithm": null}"#.into(), 422, "algorithm"),
         ("PUT", "{".into(), 400, ""),
+        ("PUT", r#"{"mode": "loud"}"#.into(), 422, "mode"),
+        ("PUT", r#"{"mode": null}"#.into(), 422, "mode"),
+        ("PUT", r#"{"overrides": {"client": "a"}}"#.into(), 422, "overrides"),
+        ("PUT", r#"{"overrides": [{"client": "a", "requests_per_window": 5, "colour": 1}]}"#.into(), 422, "overrides"),
+        ("PUT", r#"{"overrides": [{"requests_per_window": 5}]}"#.into(), 422, "overrides"),
+        ("PUT", r#"{"overrides": [{"client": "a b", "requests_per_window": 5}]}"#.into(), 422, "overrides[0].client"),
+        ("PUT", r#"{"overrides": [{"client": "*", "requests_per_window": 5}]}"#.into(), 422, "overrides[0].client"),
+        ("PUT", r#"{"overrides": [{"client": "a**", "requests_per_window": 5}]}"#.into(), 422, "overrides[0].client"),
+        ("PUT", r#"{"overrides": [{"client": "a", "requests_per_window": 5}, {"client": "a", "requests_per_window": 6}]}"#.into(), 422, "overrides[1].client"),
+        ("PUT", r#"{"overrides": [{"client": "a*", "requests_per_window": 0}]}"#.into(), 422, "overrides[0].requests_per_window"),
+        ("PUT", r#"{"overrides": [{"client": "a*", "requests_per_window": 5, "window_seconds": 31536001}]}"#.into(), 422, "overrides[0].window_seconds"),
+        ("PUT", r#"{"overrides": [{"client": "a*", "requests_per_window": 5, "refill_rate": -1}]}"#.into(), 422, "overrides[0].refill_rate"),
+        ("PUT", format!(r#"{{"overrides": [{}]}}"#, vec![r#"{"client": "x", "requests_per_window": 1}"#; 1001].join(",")), 422, "overrides"),
     ];
     for (method, body, status, field) in &cases {
         let path = if *method == "POST" {

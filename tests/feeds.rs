@@ -3,55 +3,13 @@
 
 mod common;
 
-use actix_codec::Framed;
-use awc::BoxedSocket;
-use awc::ws::{Codec, Frame};
 use common::TestServer;
-use futures_util::StreamExt;
+use common::ws::{WAIT, connect, next, next_of};
 use futures_util::future::join_all;
 use serde_json::Value;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
-
-type Socket = Framed<BoxedSocket, Codec>;
-
-const WAIT: Duration = Duration::from_secs(10);
-
-async fn connect(s: &TestServer, path: &str) -> Socket {
-    let url = format!("{}{path}", s.url.replacen("http", "ws", 1));
-    let (res, socket) = awc::Client::new()
-        .ws(url)
-        .connect()
-        .await
-        .expect("websocket connects");
-    assert_eq!(res.status(), 101);
-    socket
-}
-
-/// The next JSON message (pings and pongs skipped).
-async fn next(socket: &mut Socket) -> Value {
-    loop {
-        let frame = actix_rt::time::timeout(WAIT, socket.next())
-            .await
-            .expect("a message within the wait")
-            .expect("the socket is open")
-            .expect("a valid frame");
-        if let Frame::Text(bytes) = frame {
-            return serde_json::from_slice(&bytes).unwrap();
-        }
-    }
-}
-
-/// The next message of the given type.
-async fn next_of(socket: &mut Socket, kind: &str) -> Value {
-    loop {
-        let m = next(socket).await;
-        if m["type"] == kind {
-            return m;
-        }
-    }
-}
 
 #[actix_rt::test]
 async fn a_client_socket_starts_with_its_stats_and_sees_only_its_own_events() {

@@ -466,8 +466,16 @@ impl Handler<DecisionEvent> for Broadcaster {
         if let Some(outbox) = &self.cluster {
             body["instance"] = json!(&**event.origin.as_ref().unwrap_or(&outbox.instance));
         }
-        let kind = if d.allowed {
+        if event.shadow {
+            // Over the limit of a config in shadow mode: let through, and said so.
+            body["shadow"] = json!(true);
+            body["would_limit"] = json!(!d.allowed);
+        }
+        let kind = if d.allowed || event.shadow {
             body["remaining"] = json!(d.remaining);
+            if !d.allowed {
+                body["retry_after"] = json!(ceil_secs(d.retry_after).max(1));
+            }
             "request_processed"
         } else {
             body["retry_after"] = json!(ceil_secs(d.retry_after).max(1));

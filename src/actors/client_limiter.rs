@@ -186,21 +186,24 @@ impl ClientLimiter {
         {
             endpoint.policy = Some(policy.clone());
         }
-        endpoint.count(minute, decision.allowed, &mut stats);
+        // Counted as what happened to the request: in shadow mode it went through.
+        let passed = !policy.refuses(&decision);
+        endpoint.count(minute, passed, &mut stats);
         self.stats = stats;
-        if !decision.allowed {
+        if !passed {
             self.totals.blocked_requests += 1;
         }
         self.totals.total_requests += 1;
         self.totals.last_request = now;
         self.version += 1;
-        shared.global.record(now, decision.allowed);
+        shared.global.record(now, passed);
         if let Some(sink) = shared.events {
             sink.offer(&self.client, || DecisionEvent {
                 client: self.client.clone(),
                 endpoint: policy.endpoint.clone(),
                 path,
                 decision,
+                shadow: policy.shadow,
                 at: now,
                 origin: None,
             });
@@ -311,6 +314,11 @@ pub struct EndpointStatus {
     /// Seconds until a request would be allowed again (0 while `remaining > 0`).
     pub retry_after: u64,
     pub is_active: bool,
+    /// Shadow mode: over the limit is reported, not refused.
+    pub shadow: bool,
+    /// The client pattern of the override that gives this client its limit, if one.
+    #[serde(rename = "override", skip_serializing_if = "Option::is_none")]
+    pub tier: Option<String>,
 }
 
 /// A client's counters and quotas.
@@ -338,7 +346,7 @@ impl ClientStatus {
         let peeks: Vec<_> = states
             .iter_mut()
             .filter_map(|(name, state)| {
-                let policy = table.policy(name)?.clone();
+                let policy = table.policy(name, client)?.clone();
                 let quota = Quota {
                     client,
                     endpoint: &policy.endpoint,
@@ -369,6 +377,8 @@ impl ClientStatus {
                 reset_time: rfc3339(now.saturating_add(d.reset_after)),
                 retry_after: crate::clock::ceil_secs(d.retry_after),
                 is_active: policy.active,
+                shadow: policy.shadow,
+                tier: policy.tier.as_deref().map(str::to_owned),
             })
             .collect();
         endpoints.sort_by(|a, b| a.endpoint.cmp(&b.endpoint));

@@ -32,6 +32,8 @@ pub struct DecisionEvent {
     /// The request's path, when someone was watching as the request arrived.
     pub path: Option<Arc<str>>,
     pub decision: Decision,
+    /// Decided under a config in shadow mode: a refusal was let through.
+    pub shadow: bool,
     pub at: Nanos,
     /// The instance that decided, for events heard from other instances over Redis;
     /// `None` for this instance's own.

@@ -50,7 +50,75 @@ pub struct ConfigSpec {
     /// An inactive config limits nothing (it does not fall back to another).
     #[serde(default = "yes")]
     pub is_active: bool,
+    /// `enforce` refuses what is over the limit; `shadow` decides, counts and reports
+    /// the same way but lets every request through.
+    #[serde(default)]
+    pub mode: Enforcement,
+    /// Per-client limits under this config; the most specific match wins (see
+    /// [`Override`]).
+    #[serde(default)]
+    pub overrides: Vec<Override>,
 }
+
+/// What a config does with a request over its limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Enforcement {
+    #[default]
+    Enforce,
+    Shadow,
+}
+
+/// Most overrides one config may carry.
+pub const MAX_OVERRIDES: usize = 1000;
+
+/// A per-client limit within a config: for the client named (`"key-42"`) or for every
+/// client whose id starts with a prefix (`"partner-*"`), the fields given replace the
+/// config's. An exact name beats any prefix, and a longer prefix a shorter one. The
+/// algorithm, the mode and the rate-limit key (client, config endpoint) stay the
+/// config's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Override {
+    pub client: String,
+    pub requests_per_window: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_seconds: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst_limit: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refill_rate: Option<f64>,
+}
+
+impl Override {
+    /// The prefix of a `"prefix*"` pattern, `None` for an exact client id.
+    pub fn prefix(&self) -> Option<&str> {
+        self.client.strip_suffix('*')
+    }
+
+    /// The spec this override gives its clients: `base` with its own fields.
+    pub fn apply_to(&self, base: &ConfigSpec) -> ConfigSpec {
+        ConfigSpec {
+            requests_per_window: self.requests_per_window,
+            window_seconds: self.window_seconds.unwrap_or(base.window_seconds),
+            burst_limit: self.burst_limit.or(base.burst_limit),
+            refill_rate: self.refill_rate.or(base.refill_rate),
+            overrides: Vec::new(),
+            ..base.clone()
+        }
+    }
+}
+
+/// A client id: 1 to 128 bytes of `A-Z a-z 0-9 . _ : @ -`.
+pub fn is_client_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_CLIENT_ID_BYTES
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'@' | b'-'))
+}
+
+pub const MAX_CLIENT_ID_BYTES: usize = 128;
 
 fn default_algorithm() -> Algorithm {
     Algorithm::SlidingWindow
@@ -71,6 +139,8 @@ impl ConfigSpec {
             burst_limit: None,
             refill_rate: None,
             is_active: true,
+            mode: Enforcement::Enforce,
+            overrides: Vec::new(),
         }
     }
 
@@ -111,6 +181,38 @@ impl ConfigSpec {
                     "must be a number of tokens per second from {MIN_REFILL_RATE:e} to {MAX_REFILL_RATE:e}"
                 ),
             ));
+        }
+        self.validate_overrides()
+    }
+
+    fn validate_overrides(&self) -> Result<(), ValidationError> {
+        if self.overrides.len() > MAX_OVERRIDES {
+            return Err(ValidationError::new(
+                "overrides",
+                format!("must hold at most {MAX_OVERRIDES} entries"),
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, o) in self.overrides.iter().enumerate() {
+            let at = |field: &str| format!("overrides[{i}].{field}");
+            let name = o.prefix().unwrap_or(&o.client);
+            if !is_client_id(name) {
+                return Err(ValidationError::new(
+                    at("client"),
+                    "must be a client id (1 to 128 characters of A-Z a-z 0-9 . _ : @ -), \
+                     or a prefix of one followed by \"*\""
+                        .to_owned(),
+                ));
+            }
+            if !seen.insert(o.client.as_str()) {
+                return Err(ValidationError::new(
+                    at("client"),
+                    format!("names {:?} a second time", o.client),
+                ));
+            }
+            o.apply_to(self)
+                .validate()
+                .map_err(|e| ValidationError::new(at(&e.field), e.message))?;
         }
         Ok(())
     }

@@ -2,12 +2,12 @@
 //! otherwise the peer IP, or the first untrusted hop of `X-Forwarded-For` when the peer is
 //! a trusted proxy.
 
+pub use crate::config::MAX_CLIENT_ID_BYTES;
+use crate::config::is_client_id;
 use crate::error::ApiError;
 use actix_web::http::header::{HeaderMap, HeaderName};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-
-pub const MAX_CLIENT_ID_BYTES: usize = 128;
 
 /// An IP network such as `10.0.0.0/8` or `::1/128`; a bare address is a /32 or /128.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,14 +67,9 @@ pub struct Identity {
     pub trusted_proxies: Vec<Cidr>,
 }
 
-/// 1 to 128 bytes of `A-Z a-z 0-9 . _ : @ -`.
+/// 1 to 128 bytes of `A-Z a-z 0-9 . _ : @ -` (see [`crate::config::is_client_id`]).
 pub fn validate_client_id(id: &str) -> Result<(), ApiError> {
-    let ok = !id.is_empty()
-        && id.len() <= MAX_CLIENT_ID_BYTES
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'@' | b'-'));
-    if ok {
+    if is_client_id(id) {
         Ok(())
     } else {
         Err(ApiError::bad_request(

@@ -41,7 +41,10 @@ struct Ask {
 /// One check's answer.
 #[derive(Debug, Serialize)]
 struct Answer {
+    /// Whether the request may go on: within the limit, or over it in shadow mode.
     allowed: bool,
+    /// Over the limit (in shadow mode `allowed` is still true).
+    would_limit: bool,
     /// The config that applied.
     endpoint: String,
     algorithm: Algorithm,
@@ -162,7 +165,7 @@ fn parse(state: &AppState, check: Value, prefix: &str) -> Result<Ask, ApiError> 
             "must be an HTTP method such as GET",
         ));
     }
-    let policy = state.policies.current().resolve(&path).clone();
+    let policy = state.policies.current().resolve(&path, &client).clone();
     let cost = match c.remove("cost") {
         None => 1,
         Some(v) => v
@@ -200,6 +203,7 @@ async fn answer(state: &AppState, ask: &Ask, now: Nanos) -> (Answer, Option<Deci
     let quota = p.limits.quota();
     let base = Answer {
         allowed: true,
+        would_limit: false,
         endpoint: p.endpoint.to_string(),
         algorithm: p.limits.algorithm,
         active: p.active,
@@ -223,7 +227,8 @@ async fn answer(state: &AppState, ask: &Ask, now: Nanos) -> (Answer, Option<Deci
         ),
         Ruling::Decided(d) => (
             Answer {
-                allowed: d.allowed,
+                allowed: !p.refuses(&d),
+                would_limit: !d.allowed,
                 limit: d.limit,
                 remaining: d.remaining,
                 retry_after: secs(d.retry_after),
@@ -279,7 +284,7 @@ pub async fn forward_auth(
         )
     })?;
     let client = state.identity.client_id(req.headers(), req.peer_addr())?;
-    let policy = state.policies.current().resolve(&path).clone();
+    let policy = state.policies.current().resolve(&path, &client).clone();
     let now = state.clock.now();
     match decide(&state, &client, &policy, &path, 1, Mode::Consume).await {
         Ruling::Inactive => Ok(HttpResponse::Ok().finish()),
@@ -287,7 +292,7 @@ pub async fn forward_auth(
             OnError::Allow => Ok(HttpResponse::Ok().finish()),
             OnError::Deny => Err(ApiError::LimiterUnavailable),
         },
-        Ruling::Decided(d) if d.allowed => {
+        Ruling::Decided(d) if !policy.refuses(&d) => {
             let mut res = HttpResponse::Ok().finish();
             add_headers(res.headers_mut(), &policy, &d, now);
             Ok(res)

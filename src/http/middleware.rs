@@ -86,7 +86,7 @@ pub async fn rate_limit(
         Err(e) => return Ok(req.error_response(e)),
     };
     let path = req.match_info().as_str();
-    let policy = state.policies.current().resolve(path).clone();
+    let policy = state.policies.current().resolve(path, &client).clone();
     let decision = match decide(&state, &client, &policy, path, 1, Mode::Consume).await {
         Ruling::Inactive => return Ok(next.call(req).await?.map_into_boxed_body()),
         Ruling::Failed => {
@@ -98,7 +98,7 @@ pub async fn rate_limit(
         Ruling::Decided(d) => d,
     };
     let now = state.clock.now();
-    if decision.allowed {
+    if !policy.refuses(&decision) {
         let mut res = next.call(req).await?.map_into_boxed_body();
         add_headers(res.headers_mut(), &policy, &decision, now);
         return Ok(res);
@@ -150,9 +150,10 @@ pub async fn decide(
         Ok(Ok(d)) => {
             if counted {
                 Metrics::observe(&state.metrics.decision_seconds, started.elapsed());
-                let outcome = match d.allowed {
-                    true => Outcome::allowed,
-                    false => Outcome::limited,
+                let outcome = match (d.allowed, policy.shadow) {
+                    (true, _) => Outcome::allowed,
+                    (false, false) => Outcome::limited,
+                    (false, true) => Outcome::shadow_limited,
                 };
                 state.metrics.decision(&policy.endpoint, outcome);
             }
@@ -284,7 +285,8 @@ pub fn add_headers(headers: &mut HeaderMap, policy: &Policy, d: &Decision, now: 
             headers.insert(header, v);
         }
     }
-    if !d.allowed {
+    // Only a refusal says when to retry; a request let through in shadow mode does not.
+    if policy.refuses(d) {
         headers.insert(RETRY_AFTER, HeaderValue::from(retry_after_secs(d)));
     }
 }

@@ -703,6 +703,7 @@ mod tests {
             burst_limit: burst,
             refill_rate: rate,
             is_active: active,
+            ..ConfigSpec::default_policy()
         };
         assert_eq!(
             configs,

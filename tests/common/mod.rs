@@ -4,6 +4,7 @@
 
 pub mod binary;
 pub mod redis;
+pub mod ws;
 
 use actix_web::dev::ServerHandle;
 use actix_web::http::StatusCode;
