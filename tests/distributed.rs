@@ -3,17 +3,12 @@
 
 mod common;
 
-use actix_codec::Framed;
-use awc::BoxedSocket;
-use awc::ws::{Codec, Frame};
 use common::binary::Binary;
 use common::redis::{RedisCluster, RedisServer};
-use futures_util::StreamExt;
+use common::ws::{WAIT, connect, next};
 use futures_util::future::join_all;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
-
-const WAIT: Duration = Duration::from_secs(10);
 
 /// `n` instances on the Redis at `url` (`cluster`: seed nodes of a Redis Cluster).
 fn instances(
@@ -180,21 +175,6 @@ async fn a_config_change_on_one_instance_limits_the_other_within_a_second() {
     );
 }
 
-type Socket = Framed<BoxedSocket, Codec>;
-
-async fn next_json(socket: &mut Socket) -> Value {
-    loop {
-        let frame = actix_rt::time::timeout(WAIT, socket.next())
-            .await
-            .expect("a message within the wait")
-            .expect("the socket is open")
-            .expect("a valid frame");
-        if let Frame::Text(bytes) = frame {
-            return serde_json::from_slice(&bytes).unwrap();
-        }
-    }
-}
-
 #[actix_rt::test]
 async fn a_subscriber_on_one_instance_sees_the_decisions_of_the_others() {
     let redis = RedisServer::start();
@@ -203,11 +183,7 @@ async fn a_subscriber_on_one_instance_sees_the_decisions_of_the_others() {
     until_connected(&nodes).await;
     a.config("/api/data", 3, 60, "sliding_window").await;
     until_served(b, "/api/data", "requests_per_window", &json!(3)).await;
-    let (_, mut socket) = awc::Client::new()
-        .ws(format!("{}/ws/global", b.url.replacen("http", "ws", 1)))
-        .connect()
-        .await
-        .expect("websocket connects");
+    let mut socket = connect(&b.url, "/ws/global").await;
     // Keep asking on A until B's subscriber hears about it (A only forwards events once
     // it has heard that B has a subscriber, within a second).
     let mut seen = (false, false, false);
@@ -219,7 +195,7 @@ async fn a_subscriber_on_one_instance_sees_the_decisions_of_the_others() {
             a.get_as("alice", "/api/data").await;
             sent += 1;
         }
-        let m = next_json(&mut socket).await;
+        let m = next(&mut socket).await;
         match m["type"].as_str() {
             Some("request_processed") if m["client_id"] == "alice" && m["instance"] == "node-0" => {
                 seen.0 = true

@@ -15,7 +15,7 @@ use tokio::net::TcpStream;
 async fn a_client_socket_starts_with_its_stats_and_sees_only_its_own_events() {
     let s = TestServer::start().await;
     s.statuses("alice", "/api/data", 2).await;
-    let mut alice = connect(&s, "/ws/alice").await;
+    let mut alice = connect(&s.url, "/ws/alice").await;
     let first = next(&mut alice).await;
     assert_eq!(first["type"], "client_stats");
     assert_eq!(first["client_id"], "alice");
@@ -43,7 +43,7 @@ async fn a_client_socket_starts_with_its_stats_and_sees_only_its_own_events() {
 async fn the_global_socket_is_not_taken_for_a_client_and_sees_everything() {
     let s = TestServer::start().await;
     s.config("/tight", 1, 60, "fixed_window").await;
-    let mut global = connect(&s, "/ws/global").await;
+    let mut global = connect(&s.url, "/ws/global").await;
     s.statuses("carol", "/tight", 2).await;
     s.statuses("dave", "/api/data", 1).await;
     let mut seen = Vec::new();
@@ -184,7 +184,7 @@ async fn feeds_follow_the_admin_rule_and_the_dashboard_page_needs_no_token() {
         assert_eq!(r.status, 401, "{path}");
         assert_eq!(r.body["error"], "unauthorized");
     }
-    let mut socket = connect(&s, "/ws/global?token=feed-token").await;
+    let mut socket = connect(&s.url, "/ws/global?token=feed-token").await;
     s.statuses("tok", "/api/data", 1).await;
     assert_eq!(
         next_of(&mut socket, "request_processed").await["client_id"],

@@ -24,7 +24,7 @@ async fn shadow_mode_decides_and_reports_but_never_refuses() {
     )
     .await;
     assert_eq!(made["mode"], "shadow");
-    let mut global = connect(&s, "/ws/global").await;
+    let mut global = connect(&s.url, "/ws/global").await;
 
     let mut seen = Vec::new();
     for _ in 0..5 {

@@ -1,6 +1,5 @@
 //! A WebSocket client for the live feeds: connect, then read JSON messages.
 
-use super::TestServer;
 use actix_codec::Framed;
 use awc::BoxedSocket;
 use awc::ws::{Codec, Frame};
@@ -13,8 +12,9 @@ pub type Socket = Framed<BoxedSocket, Codec>;
 /// How long a test waits for a message it expects.
 pub const WAIT: Duration = Duration::from_secs(10);
 
-pub async fn connect(s: &TestServer, path: &str) -> Socket {
-    let url = format!("{}{path}", s.url.replacen("http", "ws", 1));
+/// A WebSocket to `path` on the server at `base` (`http://127.0.0.1:port`).
+pub async fn connect(base: &str, path: &str) -> Socket {
+    let url = format!("{}{path}", base.replacen("http", "ws", 1));
     let (res, socket) = awc::Client::new()
         .ws(url)
         .connect()
