@@ -144,11 +144,7 @@ async fn in_redis_mode_an_idle_client_still_shows_the_quota_redis_holds() {
         c.redis_url = vec![redis.url()];
     })
     .await;
-    let started = std::time::Instant::now();
-    while s.get("/health").await.body["redis"] != "connected" {
-        assert!(started.elapsed().as_secs() < 10, "never connected to Redis");
-        actix_rt::task::yield_now().await;
-    }
+    s.until_redis_connected().await;
     s.config("/r", 10, 3600, "fixed_window").await;
     assert_eq!(s.statuses("gone", "/r", 3).await, vec![404, 404, 404]);
     s.clock.advance(2 * NANOS_PER_SEC);

@@ -7,6 +7,7 @@
 //! - [`DecisionEvent`]: from the client limiters, only while someone watches
 //!   ([`FeedInterest`]).
 //! - [`ConfigChanged`]: from the config writer.
+//! - [`ClientReset`]: from the admin API; goes to the client's feed and the global one.
 //! - [`EndFeeds`] → how many were open: the server is stopping; every subscription ends
 //!   now (WebSocket sessions close with 1001, SSE streams end) and none starts again.
 //!
@@ -87,6 +88,15 @@ pub struct Unsubscribe {
 pub struct ConfigChanged {
     pub action: ConfigAction,
     pub config: Config,
+}
+
+/// An operator gave a client its whole quota back.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ClientReset {
+    pub client: Arc<str>,
+    /// The config endpoints reset.
+    pub endpoints: Vec<String>,
 }
 
 /// End every subscription and refuse new ones: the server is stopping.
@@ -501,6 +511,21 @@ impl Handler<TakeOutbox> for Broadcaster {
                 .map(|o| std::mem::take(&mut o.events))
                 .unwrap_or_default(),
         )
+    }
+}
+
+impl Handler<ClientReset> for Broadcaster {
+    type Result = ();
+
+    fn handle(&mut self, msg: ClientReset, _: &mut Context<Self>) {
+        let body = json!({"client_id": &*msg.client, "endpoints": msg.endpoints});
+        let feed = FeedMessage::new("client_reset", &self.clock, body);
+        let topic = Topic::Client(msg.client.clone());
+        if self.by_topic.contains_key(&topic) {
+            self.stale.insert(msg.client);
+        }
+        self.publish(&topic, &feed);
+        self.publish(&Topic::Global, &feed);
     }
 }
 

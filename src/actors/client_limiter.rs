@@ -151,8 +151,9 @@ impl ClientLimiter {
     ) -> Verdict {
         let found = self.find(policy);
         let mut fresh;
-        let state = if mode == Mode::Peek && found.is_none() {
-            // A peek changes nothing, not even the list of endpoints this client used.
+        let state = if mode != Mode::Consume && found.is_none() {
+            // A peek changes nothing, not even the list of endpoints this client used;
+            // nor does resetting a quota the client never used.
             fresh = State::new(policy.limits.algorithm);
             &mut fresh
         } else {
@@ -165,6 +166,11 @@ impl ClientLimiter {
             limits: &policy.limits,
         };
         backend.check(state, quota, cost, mode, now)
+    }
+
+    /// Marks the state changed without a decision (a reset), so the next flush writes it.
+    pub fn touch(&mut self) {
+        self.version += 1;
     }
 
     /// Counts one decision: per-minute statistics, totals, global counters, the feeds.

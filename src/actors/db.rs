@@ -10,6 +10,7 @@
 //!   they take effect, and never attempted once their [`WriteTicket`] expired or the
 //!   writer gave up; [`ReplaceConfigs`]: the copy of the shared configs.
 //! - [`ClientEvents`]: recent events of one client.
+//! - [`ConfigHistory`]: recorded config changes.
 //! - [`Cleanup`]: delete what is older than the retention.
 //! - [`Ping`]: the health check.
 
@@ -17,7 +18,7 @@ use crate::clock::Nanos;
 use crate::config::{Change, Config, Source};
 use crate::metrics::{DbOperation, Metrics, RestoreSource};
 use crate::snapshot::{ClientSnapshot, PendingSnapshots, StoredClient, merge_snapshot};
-use crate::store::sqlite::{self, Cleaned, DatabaseUrl, EventRow, StoreError};
+use crate::store::sqlite::{self, Cleaned, DatabaseUrl, EventRow, HistoryEntry, StoreError};
 use actix::prelude::*;
 use rusqlite::Connection;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -343,6 +344,22 @@ impl Handler<ReplaceConfigs> for Db {
     type Result = Result<(), StoreError>;
     fn handle(&mut self, msg: ReplaceConfigs, _: &mut SyncContext<Self>) -> Self::Result {
         self.config_write(sqlite::replace_configs(&self.conn, &msg.configs, msg.now))
+    }
+}
+
+/// Recorded config changes, newest first (see [`sqlite::config_history`]).
+#[derive(Message)]
+#[rtype(result = "Result<Vec<HistoryEntry>, StoreError>")]
+pub struct ConfigHistory {
+    pub endpoint: Option<String>,
+    pub version: Option<i64>,
+    pub limit: usize,
+}
+
+impl Handler<ConfigHistory> for Db {
+    type Result = Result<Vec<HistoryEntry>, StoreError>;
+    fn handle(&mut self, msg: ConfigHistory, _: &mut SyncContext<Self>) -> Self::Result {
+        sqlite::config_history(&self.conn, msg.endpoint.as_deref(), msg.version, msg.limit)
     }
 }
 

@@ -227,9 +227,13 @@ fn decide_now(
     match e.limiter.decide(backend, p, check.cost, check.mode, now) {
         // A peek changes nothing, so it is answered but neither counted nor streamed.
         Verdict::Now(d) => {
-            if check.mode == Mode::Consume {
-                let shared = Shared::of(config);
-                e.limiter.record(p, d, check.path.clone(), now, &shared);
+            match check.mode {
+                Mode::Consume => {
+                    let shared = Shared::of(config);
+                    e.limiter.record(p, d, check.path.clone(), now, &shared);
+                }
+                Mode::Reset => e.limiter.touch(),
+                Mode::Peek => {}
             }
             Reply::Now(Ok(d))
         }

@@ -96,13 +96,15 @@ impl Override {
         self.client.strip_suffix('*')
     }
 
-    /// The spec this override gives its clients: `base` with its own fields.
+    /// The spec this override gives its clients: `base` with its own numbers. The window
+    /// is the config's unless given; a token bucket's capacity and rate follow the
+    /// override's own numbers unless given (the config's were set for its own limit).
     pub fn apply_to(&self, base: &ConfigSpec) -> ConfigSpec {
         ConfigSpec {
             requests_per_window: self.requests_per_window,
             window_seconds: self.window_seconds.unwrap_or(base.window_seconds),
-            burst_limit: self.burst_limit.or(base.burst_limit),
-            refill_rate: self.refill_rate.or(base.refill_rate),
+            burst_limit: self.burst_limit,
+            refill_rate: self.refill_rate,
             overrides: Vec::new(),
             ..base.clone()
         }
@@ -443,6 +445,8 @@ pub enum Source {
     Api,
     /// Another instance, through the shared configs (distributed mode).
     Cluster,
+    /// A rollback to an earlier version, through the admin API.
+    Rollback,
     /// The first start: the default policy.
     Start,
 }
@@ -452,6 +456,7 @@ impl Source {
         match self {
             Source::Api => "api",
             Source::Cluster => "cluster",
+            Source::Rollback => "rollback",
             Source::Start => "start",
         }
     }

@@ -37,12 +37,15 @@ pub enum Edit {
         patch: Map<String, Value>,
     },
     Delete(String),
+    /// Make the config exactly `spec` (created if absent, replaced if present): a
+    /// rollback.
+    Put(ConfigSpec),
 }
 
 impl Edit {
     pub fn endpoint(&self) -> &str {
         match self {
-            Edit::Create(spec) => &spec.endpoint,
+            Edit::Create(spec) | Edit::Put(spec) => &spec.endpoint,
             Edit::Update { endpoint, .. } | Edit::Delete(endpoint) => endpoint,
         }
     }
@@ -87,6 +90,19 @@ impl Edit {
                     updated_at: now,
                 }))
             }
+            Edit::Put(spec) => Ok(Some(match current {
+                Some(c) => Config {
+                    spec: spec.clone(),
+                    updated_at: now,
+                    ..c.clone()
+                },
+                None => Config {
+                    id,
+                    spec: spec.clone(),
+                    created_at: now,
+                    updated_at: now,
+                },
+            })),
             Edit::Delete(_) if endpoint == DEFAULT_ENDPOINT => Err(WriteError::Conflict(
                 "The default policy \"*\" cannot be deleted; update or deactivate it instead."
                     .to_owned(),
@@ -233,23 +249,23 @@ impl ConfigWriter {
     /// Makes `edit` and answers what changed (the config before and after). Runs on a
     /// task of its own: if the caller goes away while the database works, a change that
     /// was stored still takes effect, so the table served never differs from the file.
-    pub async fn write(self: &Arc<Self>, edit: Edit) -> Result<Change, WriteError> {
+    pub async fn write(self: &Arc<Self>, edit: Edit, source: Source) -> Result<Change, WriteError> {
         let this = self.clone();
-        actix_web::rt::spawn(async move { this.write_now(edit).await })
+        actix_web::rt::spawn(async move { this.write_now(edit, source).await })
             .await
             .map_err(|e| {
                 WriteError::Unavailable(format!("The config write did not finish ({e})."))
             })?
     }
 
-    async fn write_now(&self, edit: Edit) -> Result<Change, WriteError> {
+    async fn write_now(&self, edit: Edit, source: Source) -> Result<Change, WriteError> {
         let ticket = WriteTicket::new(Instant::now() + WRITE_DEADLINE);
         let c = &self.committer;
         let _writing = c.policies.lock_writes().await;
         let change = match &self.cluster {
             Some(cluster) => {
                 let id = match edit {
-                    Edit::Create(_) => cluster.next_config_id().await?,
+                    Edit::Create(_) | Edit::Put(_) => cluster.next_config_id().await?,
                     _ => 0,
                 };
                 let now = c.clock.now();
@@ -261,9 +277,9 @@ impl ConfigWriter {
                 let before = c.policies.current().get(edit.endpoint()).cloned();
                 let after = edit.apply(before.as_ref(), 0, c.clock.now())?;
                 let stored = c
-                    .persist(vec![Change { before, after }], Source::Api, &ticket)
+                    .persist(vec![Change { before, after }], source, &ticket)
                     .await?;
-                c.publish(&stored, Source::Api);
+                c.publish(&stored, source);
                 stored.into_iter().next().ok_or_else(|| {
                     WriteError::Unavailable("The database answered no change.".to_owned())
                 })?

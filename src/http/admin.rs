@@ -4,15 +4,28 @@
 
 use super::client_id::validate_client_id;
 use super::{AppState, read_json};
+use crate::actors::broadcaster::ClientReset;
+use crate::actors::db::ConfigHistory;
+use crate::actors::registry::Check;
+use crate::clock::rfc3339;
 use crate::config::writer::Edit;
-use crate::config::{Change, Config, ConfigSpec, DEFAULT_ENDPOINT, validate_endpoint, views};
+use crate::config::{
+    Change, Config, ConfigSpec, ConfigView, DEFAULT_ENDPOINT, Source, validate_endpoint, views,
+};
 use crate::error::ApiError;
+use crate::limiter::Mode;
+use crate::policy::Policy;
+use crate::store::sqlite::HistoryEntry;
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::{Map, Value};
 use std::sync::Arc;
 
 const CONFIGS_PREFIX: &str = "/admin/configs/";
+const HISTORY_PATH: &str = "/admin/configs/history";
+const ROLLBACK_SUFFIX: &str = "/rollback";
+/// History entries one request may ask for.
+const MAX_HISTORY: usize = 1000;
 
 /// The config endpoint named by the rest of the path, decoded once:
 /// `/admin/configs/api/data` → `/api/data`, `/admin/configs/*` → `*`.
@@ -102,6 +115,10 @@ pub async fn get_config(
     state: web::Data<AppState>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
+    // Compared undecoded: the config of the path `/history` is `%68istory`.
+    if req.uri().path() == HISTORY_PATH {
+        return history(state, req).await;
+    }
     let endpoint = endpoint_from_path(&req)?;
     let table = state.policies.current();
     let config = table
@@ -116,7 +133,7 @@ pub async fn create_config(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let spec = ConfigSpec::from_create(object_from(read_json(&req, payload).await?)?)?;
-    let change = state.configs.write(Edit::Create(spec)).await?;
+    let change = state.configs.write(Edit::Create(spec), Source::Api).await?;
     let config = written(&change)?;
     Ok(HttpResponse::Created()
         .insert_header((header::LOCATION, location(config.endpoint())))
@@ -132,7 +149,7 @@ pub async fn update_config(
     let patch = object_from(read_json(&req, payload).await?)?;
     let change = state
         .configs
-        .write(Edit::Update { endpoint, patch })
+        .write(Edit::Update { endpoint, patch }, Source::Api)
         .await?;
     Ok(HttpResponse::Ok().json(written(&change)?.view()))
 }
@@ -142,9 +159,197 @@ pub async fn delete_config(
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let endpoint = endpoint_from_path(&req)?;
-    state.configs.write(Edit::Delete(endpoint)).await?;
+    state
+        .configs
+        .write(Edit::Delete(endpoint), Source::Api)
+        .await?;
     Ok(HttpResponse::NoContent().finish())
 }
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HistoryQuery {
+    endpoint: Option<String>,
+    limit: Option<usize>,
+}
+
+/// One change as `GET /admin/configs/history` shows it.
+#[derive(serde::Serialize)]
+struct HistoryView<'a> {
+    version: i64,
+    at: String,
+    endpoint: &'a str,
+    action: &'a str,
+    source: &'a str,
+    before: Option<ConfigView<'a>>,
+    after: Option<ConfigView<'a>>,
+}
+
+fn bad_query(e: impl std::fmt::Display) -> ApiError {
+    ApiError::bad_request(
+        "invalid_query",
+        format!("The query string is not valid: {e}."),
+    )
+}
+
+/// `GET /admin/configs/history[?endpoint=/api/*][&limit=N]`: recorded changes, newest
+/// first (100 unless `limit` says, at most 1000).
+async fn history(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    let q = web::Query::<HistoryQuery>::from_query(req.query_string()).map_err(bad_query)?;
+    if let Some(e) = &q.endpoint {
+        validate_endpoint(e).map_err(|e| bad_query(format!("endpoint {}", e.message)))?;
+    }
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=MAX_HISTORY).contains(&limit) {
+        return Err(bad_query(format!("limit must be from 1 to {MAX_HISTORY}")));
+    }
+    let entries = read_history(&state, q.endpoint.clone(), None, limit).await?;
+    let views: Vec<HistoryView> = entries
+        .iter()
+        .map(|h| HistoryView {
+            version: h.version,
+            at: rfc3339(h.at),
+            endpoint: &h.endpoint,
+            action: &h.action,
+            source: &h.source,
+            before: h.before.as_ref().map(Config::view),
+            after: h.after.as_ref().map(Config::view),
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(views))
+}
+
+async fn read_history(
+    state: &AppState,
+    endpoint: Option<String>,
+    version: Option<i64>,
+    limit: usize,
+) -> Result<Vec<HistoryEntry>, ApiError> {
+    let msg = ConfigHistory {
+        endpoint,
+        version,
+        limit,
+    };
+    state
+        .db
+        .send(msg)
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("The database is not answering ({e}).")))?
+        .map_err(|e| ApiError::Unavailable(format!("The database is failing ({e}).")))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RollbackQuery {
+    to: i64,
+}
+
+/// `POST /admin/configs/{endpoint}/rollback?to=<version>`: makes the config exactly what
+/// that change left (recreating it if it was deleted since; deleting it if that change
+/// was its deletion). Recorded in the history like any other change.
+pub async fn rollback(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let raw = req.uri().path().strip_prefix(CONFIGS_PREFIX).unwrap_or("");
+    let Some(raw) = raw.strip_suffix(ROLLBACK_SUFFIX) else {
+        return Err(ApiError::MethodNotAllowed);
+    };
+    let endpoint = decode_endpoint(raw)?;
+    let q = web::Query::<RollbackQuery>::from_query(req.query_string()).map_err(bad_query)?;
+    let entry = read_history(&state, Some(endpoint.clone()), Some(q.to), 1)
+        .await?
+        .pop()
+        .ok_or_else(|| {
+            ApiError::NotFound(format!(
+                "The history of {endpoint:?} has no version {}.",
+                q.to
+            ))
+        })?;
+    let edit = match entry.after {
+        Some(config) => Edit::Put(config.spec),
+        None => Edit::Delete(endpoint),
+    };
+    let change = state.configs.write(edit, Source::Rollback).await?;
+    match &change.after {
+        Some(config) => Ok(HttpResponse::Ok().json(config.view())),
+        None => Ok(HttpResponse::NoContent().finish()),
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResetQuery {
+    endpoint: Option<String>,
+}
+
+/// One quota a reset gave back.
+#[derive(serde::Serialize)]
+struct ResetView {
+    endpoint: String,
+    limit: u64,
+    remaining: u64,
+}
+
+/// `DELETE /admin/clients/{client_id}/state[?endpoint=/api/*]`: gives the client its
+/// whole quota back now, under one config or under every config, in whichever backend
+/// decides (memory or Redis); written at the next flush, and announced on the feeds.
+pub async fn reset_client(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let client = req.match_info().query("client_id").to_owned();
+    validate_client_id(&client)?;
+    let q = web::Query::<ResetQuery>::from_query(req.query_string()).map_err(bad_query)?;
+    let client: Arc<str> = Arc::from(client);
+    let table = state.policies.current();
+    let policies: Vec<Arc<Policy>> = match &q.endpoint {
+        Some(endpoint) => {
+            validate_endpoint(endpoint)
+                .map_err(|e| bad_query(format!("endpoint {}", e.message)))?;
+            let policy = table.policy(endpoint, &client).ok_or_else(|| {
+                ApiError::NotFound(format!("There is no config for {endpoint:?}."))
+            })?;
+            vec![policy.clone()]
+        }
+        None => table
+            .configs()
+            .iter()
+            .filter_map(|c| table.policy(c.endpoint(), &client).cloned())
+            .collect(),
+    };
+    let mut reset = Vec::with_capacity(policies.len());
+    for policy in policies {
+        let check = Check {
+            client: client.clone(),
+            policy: policy.clone(),
+            cost: 1,
+            mode: Mode::Reset,
+            path: None,
+            answer_by: actix_web::rt::time::Instant::now() + RESET_DEADLINE,
+        };
+        let d = state.registries.decide(check).await.map_err(|_| {
+            ApiError::Unavailable(format!(
+                "The limiter could not reset {:?}; quotas listed before it were reset.",
+                policy.endpoint
+            ))
+        })?;
+        reset.push(ResetView {
+            endpoint: policy.endpoint.to_string(),
+            limit: d.limit,
+            remaining: d.remaining,
+        });
+    }
+    state.broadcaster.do_send(ClientReset {
+        client: client.clone(),
+        endpoints: reset.iter().map(|r| r.endpoint.clone()).collect(),
+    });
+    log::info!("client {client:?}: quota reset for {} configs", reset.len());
+    Ok(HttpResponse::Ok().json(serde_json::json!({"client_id": &*client, "reset": reset})))
+}
+
+/// How long one reset may wait for the client's limiter (a restore, Redis).
+const RESET_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
 
 pub async fn global_stats(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok().json(state.reporter.global_stats())

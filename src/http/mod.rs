@@ -84,8 +84,10 @@ pub fn routes(upstream: Option<proxy::Upstream>) -> impl Fn(&mut web::ServiceCon
                         resource("/configs/{endpoint:.*}")
                             .get(admin::get_config)
                             .put(admin::update_config)
-                            .delete(admin::delete_config),
+                            .delete(admin::delete_config)
+                            .post(admin::rollback),
                     )
+                    .service(resource("/clients/{client_id}/state").delete(admin::reset_client))
                     .service(resource("/stats").get(admin::global_stats))
                     .service(resource("/traffic").get(admin::traffic))
                     .service(resource("/stats/{client_id}").get(admin::client_stats))

@@ -109,6 +109,8 @@ pub enum Mode {
     Consume,
     /// Report what a request of that cost would get, consuming nothing.
     Peek,
+    /// Give the whole quota back (an operator's reset), then report as a peek.
+    Reset,
 }
 
 /// Whether `cost` more units fit next to `used` under `limit`.
@@ -172,7 +174,7 @@ impl State {
 
     /// [`State::check`] or [`State::peek`], by `mode`.
     pub fn evaluate(&mut self, limits: &Limits, now: Nanos, cost: u64, mode: Mode) -> Decision {
-        if self.algorithm() != limits.algorithm {
+        if self.algorithm() != limits.algorithm || mode == Mode::Reset {
             *self = State::new(limits.algorithm);
         }
         let consume = mode == Mode::Consume;

@@ -304,6 +304,16 @@ impl Redis {
         let now = self.inner.config.clock.as_ref().map(|c| c.now());
         async move {
             let mut conn = conn?;
+            if mode == Mode::Reset {
+                // Every key of the quota, whatever the algorithm: one hash slot (the
+                // client's tag), so one command even in a Redis Cluster.
+                let mut del = redis::cmd("DEL");
+                for k in &keys {
+                    del.arg(k);
+                }
+                let deleted: Result<u64, RedisError> = del.query_async(&mut conn).await;
+                this.observe(deleted)?;
+            }
             let s = &this.inner.config.scripts;
             let script = match limits.algorithm {
                 Algorithm::FixedWindow => &s.fixed,

@@ -274,6 +274,47 @@ pub fn write_configs(
     Ok(changes)
 }
 
+/// One recorded config change.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistoryEntry {
+    /// Orders every change of every config; what a rollback names.
+    pub version: i64,
+    pub at: Nanos,
+    pub endpoint: String,
+    pub action: String,
+    pub source: String,
+    pub before: Option<Config>,
+    pub after: Option<Config>,
+}
+
+/// The latest `limit` changes, newest first: of one config's endpoint, or of all; or the
+/// one change numbered `version`.
+pub fn config_history(
+    conn: &Connection,
+    endpoint: Option<&str>,
+    version: Option<i64>,
+    limit: usize,
+) -> Result<Vec<HistoryEntry>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT version, at, endpoint, action, source, before, after FROM config_history \
+         WHERE (?1 IS NULL OR endpoint = ?1) AND (?2 IS NULL OR version = ?2) \
+         ORDER BY version DESC LIMIT ?3",
+    )?;
+    let parse = |json: Option<String>| json.and_then(|j| Config::parse(&j).ok());
+    let rows = stmt.query_map(params![endpoint, version, limit as i64], |r| {
+        Ok(HistoryEntry {
+            version: r.get(0)?,
+            at: r.get::<_, i64>(1)? as Nanos,
+            endpoint: r.get(2)?,
+            action: r.get(3)?,
+            source: r.get(4)?,
+            before: parse(r.get(5)?),
+            after: parse(r.get(6)?),
+        })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
 /// Makes the stored configs equal to `configs` (distributed mode: the shared ones), ids
 /// and times included, recording each change in the history.
 pub fn replace_configs(conn: &Connection, configs: &[Config], now: Nanos) -> Result<()> {

@@ -214,6 +214,15 @@ impl Http {
         assert_eq!(r.status, 201, "{:?}", r.body);
     }
 
+    /// Returns once the server reports its Redis connection up (distributed mode).
+    pub async fn until_redis_connected(&self) {
+        let started = std::time::Instant::now();
+        while self.get("/health").await.body["redis"] != "connected" {
+            assert!(started.elapsed().as_secs() < 10, "never connected to Redis");
+            actix_rt::task::yield_now().await;
+        }
+    }
+
     /// Status codes of `n` sequential requests by `client` to `path`.
     pub async fn statuses(&self, client: &str, path: &str, n: usize) -> Vec<u16> {
         let mut out = Vec::with_capacity(n);
