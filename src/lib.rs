@@ -30,3 +30,4 @@ pub mod settings;
 pub mod snapshot;
 pub(crate) mod stats;
 pub mod store;
+pub(crate) mod top;

@@ -374,3 +374,55 @@ async fn history_records_every_change_and_rollback_restores_the_exact_earlier_co
         "/history"
     );
 }
+
+#[actix_rt::test]
+async fn top_offenders_rank_clients_by_blocked_and_by_allowed_within_the_window() {
+    let s = TestServer::start().await;
+    s.config("/api/*", 1, 3600, "fixed_window").await;
+    s.statuses("aggressive", "/api/data", 6).await;
+    s.statuses("busy", "/api/data", 3).await;
+    s.statuses("calm", "/api/data", 1).await;
+    let s = &s;
+    let top = |q: &'static str| async move { s.get(&format!("/admin/top{q}")).await };
+    let r = top("").await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(
+        (&r.body["by"], &r.body["window_minutes"]),
+        (&json!("blocked"), &json!(5))
+    );
+    assert_eq!(
+        r.body["clients"],
+        json!([{"client_id": "aggressive", "count": 5}, {"client_id": "busy", "count": 2}])
+    );
+    assert_eq!(r.body["error_bound"], 0, "few clients: exact");
+    let r = top("?by=allowed&limit=2").await;
+    assert_eq!(
+        r.body["clients"],
+        json!([{"client_id": "aggressive", "count": 1}, {"client_id": "busy", "count": 1}])
+    );
+    // Ten minutes on, the last five hold nothing; the last hour still does.
+    s.clock.advance(10 * 60 * ratewarden::clock::NANOS_PER_SEC);
+    s.statuses("late", "/api/data", 2).await;
+    assert_eq!(
+        top("?window=5m").await.body["clients"],
+        json!([{"client_id": "late", "count": 1}])
+    );
+    assert_eq!(
+        top("?window=1h").await.body["clients"][0]["client_id"],
+        "aggressive"
+    );
+    for bad in [
+        "?by=loud",
+        "?window=0m",
+        "?window=61m",
+        "?window=5",
+        "?window=2h",
+        "?limit=0",
+        "?limit=101",
+        "?colour=red",
+    ] {
+        let r = top(bad).await;
+        assert_eq!(r.status, 400, "{bad}: {:?}", r.body);
+        assert_eq!(r.body["error"], "invalid_query", "{bad}");
+    }
+}

@@ -31,6 +31,7 @@ use crate::snapshot::{ClientSnapshot, PendingSnapshots, StoredClient, merge_snap
 use crate::stats::GlobalStats;
 use crate::store::quota::{QuotaBackend, Verdict};
 use crate::store::sqlite::StoreError;
+use crate::top::{By, Ranked, TopClients, rank};
 use actix::clock::Instant;
 use actix::prelude::*;
 use futures_util::future::{BoxFuture, join_all};
@@ -173,6 +174,8 @@ pub struct Shard {
     /// next to its connection, whether or not the request still waits for them.
     arbiter: ArbiterHandle,
     incarnations: u64,
+    /// The heaviest clients of the last hour, for `/admin/top`.
+    top: TopClients,
 }
 
 /// A shard as its actor, the HTTP workers and its spawned tasks share it.
@@ -221,6 +224,7 @@ fn decide_now(
         backend,
         config,
         arbiter,
+        top,
     } = parts;
     let now = e.limiter.now(now);
     let p = &check.policy;
@@ -231,6 +235,7 @@ fn decide_now(
                 Mode::Consume => {
                     let shared = Shared::of(config);
                     e.limiter.record(p, d, check.path.clone(), now, &shared);
+                    top.record(&check.client, !p.refuses(&d), now);
                 }
                 Mode::Reset => e.limiter.touch(),
                 Mode::Peek => {}
@@ -263,6 +268,7 @@ struct Parts<'a> {
     backend: &'a dyn QuotaBackend,
     config: &'a RegistryConfig,
     arbiter: &'a ArbiterHandle,
+    top: &'a mut TopClients,
 }
 
 impl<'a> Parts<'a> {
@@ -271,11 +277,13 @@ impl<'a> Parts<'a> {
         backend: &'a Arc<dyn QuotaBackend>,
         config: &'a RegistryConfig,
         arbiter: &'a ArbiterHandle,
+        top: &'a mut TopClients,
     ) -> Self {
         Parts {
             backend: &**backend,
             config,
             arbiter,
+            top,
         }
     }
 }
@@ -302,6 +310,7 @@ impl Shard {
             backend,
             arbiter,
             incarnations: 0,
+            top: TopClients::default(),
         }
     }
 
@@ -413,7 +422,7 @@ impl Shard {
         match self.live.get_mut(&check.client) {
             Some(e) => decide_now(
                 e,
-                Parts::of(&self.backend, &self.config, &self.arbiter),
+                Parts::of(&self.backend, &self.config, &self.arbiter, &mut self.top),
                 me,
                 check,
                 now,
@@ -438,6 +447,8 @@ impl Shard {
                 let now = e.limiter.now(c.clock.now());
                 e.limiter
                     .record(&check.policy, d, check.path.clone(), now, &shared);
+                self.top
+                    .record(&check.client, !check.policy.refuses(&d), now);
                 mark_dirty(e, &mut self.dirty, &check.client);
             }
             None => shared.global.record(c.clock.now(), d.allowed),
@@ -464,7 +475,7 @@ impl Shard {
         }
         Ok(decide_now(
             e,
-            Parts::of(&self.backend, &self.config, &self.arbiter),
+            Parts::of(&self.backend, &self.config, &self.arbiter, &mut self.top),
             me,
             check,
             now,
@@ -802,6 +813,26 @@ impl Registries {
             total += r.map_err(|e| e.to_string())??;
         }
         Ok(total)
+    }
+
+    /// The `limit` clients with the most requests `by` outcome in the last `minutes`
+    /// minutes, over every shard, and how far short of the truth a count may be.
+    pub fn top(&self, by: By, minutes: u64, limit: usize) -> (Vec<Ranked>, u64) {
+        let mut all = Vec::new();
+        let mut error = 0;
+        for state in self.states.iter() {
+            let shard = lock(state);
+            let now = shard.config.clock.now();
+            let (counts, shed) = shard.top.counts(by, minutes, now);
+            // A client lives in one shard: each shard's own best are enough.
+            all.extend(
+                rank(counts, limit)
+                    .into_iter()
+                    .map(|r| (r.client_id, r.count)),
+            );
+            error = error.max(shed);
+        }
+        (rank(all, limit), error)
     }
 }
 

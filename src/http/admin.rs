@@ -16,6 +16,7 @@ use crate::error::ApiError;
 use crate::limiter::Mode;
 use crate::policy::Policy;
 use crate::store::sqlite::HistoryEntry;
+use crate::top::{By, MINUTES};
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::{Map, Value};
@@ -346,6 +347,48 @@ pub async fn reset_client(
     });
     log::info!("client {client:?}: quota reset for {} configs", reset.len());
     Ok(HttpResponse::Ok().json(serde_json::json!({"client_id": &*client, "reset": reset})))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TopQuery {
+    by: Option<By>,
+    window: Option<String>,
+    limit: Option<usize>,
+}
+
+/// Most clients one ranking may list.
+const MAX_TOP: usize = 100;
+
+/// `GET /admin/top?by=blocked|allowed&window=5m&limit=20`: the clients with the most
+/// requests refused (or let through) in the last `window` (`1m` to `60m`, or `1h`), on
+/// this instance, from bounded sketches (see [`crate::top`]).
+pub async fn top(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    let q = web::Query::<TopQuery>::from_query(req.query_string()).map_err(bad_query)?;
+    let by = q.by.unwrap_or(By::Blocked);
+    let window = q.window.as_deref().unwrap_or("5m");
+    let minutes = match window {
+        "1h" => Some(60),
+        w => w.strip_suffix('m').and_then(|n| n.parse::<u64>().ok()),
+    }
+    .filter(|m| (1..=MINUTES).contains(m))
+    .ok_or_else(|| {
+        bad_query(format!(
+            "window must be 1m to {MINUTES}m, or 1h, not {window:?}"
+        ))
+    })?;
+    let limit = q.limit.unwrap_or(20);
+    if !(1..=MAX_TOP).contains(&limit) {
+        return Err(bad_query(format!("limit must be from 1 to {MAX_TOP}")));
+    }
+    let (clients, error_bound) = state.registries.top(by, minutes, limit);
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "by": by,
+        "window_minutes": minutes,
+        "clients": clients,
+        "error_bound": error_bound,
+        "timestamp": rfc3339(state.clock.now()),
+    })))
 }
 
 /// How long one reset may wait for the client's limiter (a restore, Redis).
