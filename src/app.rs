@@ -8,14 +8,16 @@ use crate::actors::db::{Cleanup, Db, DbStatus};
 use crate::actors::registry::{Registries, RegistryConfig, client_hash};
 use crate::clock::{NANOS_PER_SEC, SharedClock, SystemClock};
 use crate::cluster::{self, Cluster, ClusterParts};
+use crate::config::file;
 use crate::config::writer::{Committer, ConfigWriter};
+use crate::config::{Config, Source};
 use crate::http::client_id::Identity;
 use crate::http::connection::OpenConnections;
 use crate::http::decision::ForwardAuth;
 use crate::http::proxy::Upstream;
 use crate::http::realtime::FeedLimits;
 use crate::http::{AppState, dashboard, routes};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, ReloadResult};
 use crate::policy::{Policies, PolicyTable};
 use crate::report::Reporter;
 use crate::settings::Settings;
@@ -127,6 +129,9 @@ pub fn start_with_clock(
 ) -> Result<Running, String> {
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let state = build_state_on(settings, clock, addr.port())?;
+    if settings.config_file.is_some() {
+        reload_on_sighup(state.configs.clone());
+    }
     let registries = state.registries.clone();
     let broadcaster = state.broadcaster.clone();
     let connections = Arc::new(OpenConnections::default());
@@ -188,7 +193,12 @@ pub fn build_state_on(
     let now = clock.now();
     let conn = sqlite::open(&settings.database)
         .map_err(|e| format!("opening the database {}: {e}", settings.database))?;
-    let configs = sqlite::load_configs(&conn, now).map_err(|e| format!("loading configs: {e}"))?;
+    let metrics = Arc::new(Metrics::default());
+    let mut configs =
+        sqlite::load_configs(&conn, now).map_err(|e| format!("loading configs: {e}"))?;
+    if let Some(path) = &settings.config_file {
+        configs = apply_file_at_start(&conn, path, configs, now, &metrics)?;
+    }
     let table = PolicyTable::new(configs).ok_or("the default config is missing")?;
 
     let global = Arc::new(GlobalStats::default());
@@ -202,7 +212,6 @@ pub fn build_state_on(
     sqlite::for_each_client(&conn, |c| known.push(client_hash(c)))
         .map_err(|e| format!("loading clients: {e}"))?;
 
-    let metrics = Arc::new(Metrics::default());
     let redis = match settings.redis_url.as_slice() {
         [] => None,
         urls => Some(RedisConfig::new(
@@ -344,9 +353,64 @@ pub fn build_state_on(
             committer,
             cluster.clone(),
             metrics.clone(),
+            settings.config_file.clone(),
         )),
         cluster,
     }))
+}
+
+/// The config file at start, before anything serves: planned and stored as a reload
+/// plans and stores it (the same plan, the same storage function), with no one to tell
+/// yet. An invalid file is logged and counted, and the stored configs serve, as they
+/// would after a reload refused it.
+fn apply_file_at_start(
+    conn: &rusqlite::Connection,
+    path: &std::path::Path,
+    stored: Vec<Config>,
+    now: u64,
+    metrics: &Metrics,
+) -> Result<Vec<Config>, String> {
+    let desired = match file::load(path) {
+        Ok(desired) => desired,
+        Err(e) => {
+            log::error!("config file refused at start, serving the stored configs: {e}");
+            metrics.config_reloaded(ReloadResult::invalid);
+            return Ok(stored);
+        }
+    };
+    let planned = file::plan(&stored, &desired, now);
+    for change in &planned {
+        metrics.config_changed(change.action());
+    }
+    let changed = planned.len();
+    sqlite::write_configs(conn, planned, Source::File, now)
+        .map_err(|e| format!("storing the configs of {}: {e}", path.display()))?;
+    metrics.config_reloaded(ReloadResult::applied);
+    log::info!(
+        "config file {} applied at start: {} configs, {changed} changed",
+        path.display(),
+        desired.len()
+    );
+    sqlite::load_configs(conn, now).map_err(|e| format!("loading configs: {e}"))
+}
+
+/// Reloads the config file on every SIGHUP (a refused file is logged and counted by
+/// the writer).
+fn reload_on_sighup(writer: Arc<ConfigWriter>) {
+    use actix_web::rt::signal::unix::{SignalKind, signal};
+    actix_web::rt::spawn(async move {
+        let mut hangups = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                log::warn!("cannot listen for SIGHUP ({e}); reload with POST /admin/reload");
+                return;
+            }
+        };
+        while hangups.recv().await.is_some() {
+            log::info!("SIGHUP: reloading the config file");
+            let _ = writer.reload().await;
+        }
+    });
 }
 
 /// How long a request waits for its decision: `--decision-timeout-ms`, and in distributed

@@ -2,6 +2,7 @@
 //! status per variant, answered as `{"error": "<code>", "message": "<sentence>", ...}`.
 
 use crate::config::ValidationError;
+use crate::config::file::FileError;
 use crate::config::writer::WriteError;
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
@@ -18,6 +19,8 @@ pub enum ApiError {
     },
     /// 422: a config broke a rule.
     Validation(ValidationError),
+    /// 422: the config file was refused (with its line and field).
+    InvalidFile(FileError),
     NotFound(String),
     /// 405.
     MethodNotAllowed,
@@ -62,6 +65,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest { code, .. } => code,
             ApiError::Validation(_) => "validation_failed",
+            ApiError::InvalidFile(_) => "invalid_config_file",
             ApiError::NotFound(_) => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::Conflict(_) => "conflict",
@@ -91,6 +95,10 @@ impl fmt::Display for ApiError {
             | ApiError::BadGateway(message)
             | ApiError::GatewayTimeout(message) => f.write_str(message),
             ApiError::Validation(v) => write!(f, "{} {}", v.field, v.message),
+            ApiError::InvalidFile(e) => write!(
+                f,
+                "The config file was refused, and the running configs keep serving: {e}."
+            ),
             ApiError::MethodNotAllowed => f.write_str("This method is not allowed here."),
             ApiError::Unauthorized => {
                 f.write_str("A valid bearer token is required (the admin token; on /v1 also the decision token): Authorization: Bearer <token>.")
@@ -123,7 +131,7 @@ impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
-            ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Validation(_) | ApiError::InvalidFile(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
@@ -150,6 +158,10 @@ impl ResponseError for ApiError {
             body["field"] = json!(v.field);
             body["message"] = json!(format!("{} {}.", v.field, v.message));
         }
+        if let ApiError::InvalidFile(e) = self {
+            body["line"] = json!(e.line);
+            body["field"] = json!(e.field);
+        }
         let mut res = HttpResponse::build(self.status_code());
         match self {
             ApiError::Unauthorized => {
@@ -174,6 +186,7 @@ impl From<WriteError> for ApiError {
     fn from(e: WriteError) -> Self {
         match e {
             WriteError::Invalid(v) => ApiError::Validation(v),
+            WriteError::InvalidFile(f) => ApiError::InvalidFile(f),
             WriteError::Unavailable(m) => ApiError::Unavailable(m),
             WriteError::NotFound(m) => ApiError::NotFound(m),
             WriteError::Conflict(m) => ApiError::Conflict(m),

@@ -128,6 +128,22 @@ pub enum UpstreamFailure {
     invalid_response,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum ReloadResult {
+    /// The file was valid and the configs now equal it.
+    applied,
+    /// The file was refused (unreadable or invalid); nothing changed.
+    invalid,
+    /// The file was valid but storing it failed; nothing changed.
+    failed,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabels {
+    pub result: ReloadResult,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct UpstreamFailureLabels {
     pub reason: UpstreamFailure,
@@ -160,6 +176,7 @@ pub struct Metrics {
     pub subscribers: Family<TransportLabels, Gauge>,
     pub subscribers_refused: Counter,
     pub config_changes: Family<ActionLabels, Counter>,
+    pub config_reloads: Family<ReloadLabels, Counter>,
     pub redis_errors: Family<RedisFailureLabels, Counter>,
     pub redis_breaker_open: Gauge,
     pub redis_reconnects: Counter,
@@ -187,6 +204,7 @@ impl Default for Metrics {
             subscribers: Family::default(),
             subscribers_refused: Counter::default(),
             config_changes: Family::default(),
+            config_reloads: Family::default(),
             redis_errors: Family::default(),
             redis_breaker_open: Gauge::default(),
             redis_reconnects: Counter::default(),
@@ -267,8 +285,13 @@ impl Default for Metrics {
         );
         r.register(
             "config_changes",
-            "Config changes stored through the admin API, by action",
+            "Config changes this instance made (admin API, config file, rollback), by action",
             m.config_changes.clone(),
+        );
+        r.register(
+            "config_reloads",
+            "Config file loads (at start, SIGHUP, POST /admin/reload), by result",
+            m.config_reloads.clone(),
         );
         r.register(
             "redis_errors",
@@ -336,6 +359,12 @@ impl Metrics {
 
     pub fn restored(&self, source: RestoreSource) {
         self.restores.get_or_create(&RestoreLabels { source }).inc();
+    }
+
+    pub fn config_reloaded(&self, result: ReloadResult) {
+        self.config_reloads
+            .get_or_create(&ReloadLabels { result })
+            .inc();
     }
 
     pub fn config_changed(&self, action: ConfigAction) {

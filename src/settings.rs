@@ -23,6 +23,14 @@ pub struct Settings {
     #[arg(long, env = "DATABASE_URL", default_value = "ratewarden.db", value_parser = DatabaseUrl::parse)]
     pub database: DatabaseUrl,
 
+    /// Configs as code: a TOML file that declares every config. Applied at start, on
+    /// SIGHUP and on POST /admin/reload (as one change; an invalid file changes
+    /// nothing); while it is set, the admin API's config writes answer 409.
+    /// Not with --redis-url (yet): in distributed mode configs are managed through the
+    /// admin API of any instance.
+    #[arg(long, env = "RATEWARDEN_CONFIG_FILE", conflicts_with = "redis_url")]
+    pub config_file: Option<std::path::PathBuf>,
+
     /// Bearer token required by the admin API. Without one, only loopback peers may use it.
     #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true, value_parser = clap::builder::NonEmptyStringValueParser::new())]
     pub admin_token: Option<String>,
@@ -341,6 +349,12 @@ mod tests {
             &["--upstream", "http://example.com/?a=1"],
             &["--upstream-timeout-ms", "0"],
             &["--max-proxy-body", "0"],
+            &[
+                "--config-file",
+                "r.toml",
+                "--redis-url",
+                "redis://127.0.0.1",
+            ],
         ] {
             assert!(parse(args).is_err(), "{args:?}");
         }

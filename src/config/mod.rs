@@ -9,6 +9,7 @@
 //!
 //! [`writer`] is the one path by which a change takes effect.
 
+pub mod file;
 pub mod writer;
 
 use crate::clock::{NANOS_PER_SEC, Nanos, rfc3339};
@@ -447,6 +448,8 @@ pub enum Source {
     Cluster,
     /// A rollback to an earlier version, through the admin API.
     Rollback,
+    /// The config file (`--config-file`).
+    File,
     /// The first start: the default policy.
     Start,
 }
@@ -457,6 +460,7 @@ impl Source {
             Source::Api => "api",
             Source::Cluster => "cluster",
             Source::Rollback => "rollback",
+            Source::File => "file",
             Source::Start => "start",
         }
     }

@@ -9,16 +9,18 @@
 //!   mode, as a compare-and-set on the shared configs in Redis whose sync then commits it
 //!   (see [`crate::cluster`]). Which one is chosen once, in the composition root.
 
+use super::file::{self, FileError};
 use super::{Change, Config, ConfigSpec, DEFAULT_ENDPOINT, Source, ValidationError};
 use crate::actors::broadcaster::{Broadcaster, ConfigChanged};
 use crate::actors::db::{Db, ReplaceConfigs, WriteConfigs, WriteTicket};
 use crate::clock::{Nanos, SharedClock};
 use crate::cluster::Cluster;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, ReloadResult};
 use crate::policy::Policies;
 use crate::store::sqlite::StoreError;
 use actix::Addr;
 use serde_json::{Map, Value};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -124,6 +126,8 @@ pub enum WriteError {
     Conflict(String),
     /// The database or Redis could not be reached in time, or holds something unreadable.
     Unavailable(String),
+    /// The config file was refused.
+    InvalidFile(FileError),
 }
 
 impl From<ValidationError> for WriteError {
@@ -231,6 +235,8 @@ pub struct ConfigWriter {
     /// Distributed mode: the shared configs in Redis are the truth.
     cluster: Option<Arc<Cluster>>,
     metrics: Arc<Metrics>,
+    /// The config file in charge (`--config-file`): then it alone changes configs.
+    file: Option<PathBuf>,
 }
 
 impl ConfigWriter {
@@ -238,18 +244,28 @@ impl ConfigWriter {
         committer: Arc<Committer>,
         cluster: Option<Arc<Cluster>>,
         metrics: Arc<Metrics>,
+        file: Option<PathBuf>,
     ) -> Self {
         Self {
             committer,
             cluster,
             metrics,
+            file,
         }
     }
 
     /// Makes `edit` and answers what changed (the config before and after). Runs on a
     /// task of its own: if the caller goes away while the database works, a change that
     /// was stored still takes effect, so the table served never differs from the file.
+    /// Refused while a config file is in charge.
     pub async fn write(self: &Arc<Self>, edit: Edit, source: Source) -> Result<Change, WriteError> {
+        if let Some(path) = &self.file {
+            return Err(WriteError::Conflict(format!(
+                "Configs are managed by the file {} (--config-file): edit it, then reload it \
+                 (SIGHUP or POST /admin/reload).",
+                path.display()
+            )));
+        }
         let this = self.clone();
         actix_web::rt::spawn(async move { this.write_now(edit, source).await })
             .await
@@ -259,27 +275,16 @@ impl ConfigWriter {
     }
 
     async fn write_now(&self, edit: Edit, source: Source) -> Result<Change, WriteError> {
-        let ticket = WriteTicket::new(Instant::now() + WRITE_DEADLINE);
-        let c = &self.committer;
-        let _writing = c.policies.lock_writes().await;
+        let _writing = self.committer.policies.lock_writes().await;
         let change = match &self.cluster {
-            Some(cluster) => {
-                let id = match edit {
-                    Edit::Create(_) | Edit::Put(_) => cluster.next_config_id().await?,
-                    _ => 0,
-                };
-                let now = c.clock.now();
-                cluster
-                    .write(edit.endpoint(), |current| edit.apply(current, id, now))
-                    .await?
-            }
+            Some(cluster) => self.write_shared(cluster, &edit).await?,
             None => {
+                let c = &self.committer;
                 let before = c.policies.current().get(edit.endpoint()).cloned();
                 let after = edit.apply(before.as_ref(), 0, c.clock.now())?;
-                let stored = c
-                    .persist(vec![Change { before, after }], source, &ticket)
+                let stored = self
+                    .write_local(vec![Change { before, after }], source)
                     .await?;
-                c.publish(&stored, source);
                 stored.into_iter().next().ok_or_else(|| {
                     WriteError::Unavailable("The database answered no change.".to_owned())
                 })?
@@ -287,5 +292,82 @@ impl ConfigWriter {
         };
         self.metrics.config_changed(change.action());
         Ok(change)
+    }
+
+    /// SQLite alone: persists `changes` in one transaction, then serves and announces
+    /// them. The caller holds the write lock.
+    async fn write_local(
+        &self,
+        changes: Vec<Change>,
+        source: Source,
+    ) -> Result<Vec<Change>, WriteError> {
+        let ticket = WriteTicket::new(Instant::now() + WRITE_DEADLINE);
+        let c = &self.committer;
+        let stored = c.persist(changes, source, &ticket).await?;
+        c.publish(&stored, source);
+        Ok(stored)
+    }
+
+    /// Distributed mode: one compare-and-set on the shared configs; the cluster's sync
+    /// then stores, serves and announces it. The caller holds the write lock.
+    async fn write_shared(&self, cluster: &Cluster, edit: &Edit) -> Result<Change, WriteError> {
+        let id = match edit {
+            Edit::Create(_) | Edit::Put(_) => cluster.next_config_id().await?,
+            _ => 0,
+        };
+        let now = self.committer.clock.now();
+        cluster
+            .write(edit.endpoint(), |current| edit.apply(current, id, now))
+            .await
+    }
+
+    /// Reads the config file and makes the configs equal to it, as one change. An
+    /// invalid file
+    /// changes nothing: logged with its line and field, counted, and the running configs
+    /// keep serving.
+    pub async fn reload(self: &Arc<Self>) -> Result<Vec<Change>, WriteError> {
+        let this = self.clone();
+        actix_web::rt::spawn(async move { this.reload_now().await })
+            .await
+            .map_err(|e| WriteError::Unavailable(format!("The reload did not finish ({e}).")))?
+    }
+
+    async fn reload_now(&self) -> Result<Vec<Change>, WriteError> {
+        let Some(path) = &self.file else {
+            return Err(WriteError::Conflict(
+                "No config file is in charge (--config-file): there is nothing to reload."
+                    .to_owned(),
+            ));
+        };
+        let desired = match file::load(path) {
+            Ok(specs) => specs,
+            Err(e) => {
+                log::error!("config file refused, the running configs keep serving: {e}");
+                self.metrics.config_reloaded(ReloadResult::invalid);
+                return Err(WriteError::InvalidFile(e));
+            }
+        };
+        let _writing = self.committer.policies.lock_writes().await;
+        let current = self.committer.policies.current();
+        let planned = file::plan(current.configs(), &desired, self.committer.clock.now());
+        // `--config-file` and `--redis-url` exclude each other (see `settings`), so the
+        // file's changes are this instance's own.
+        let applied = match planned.is_empty() {
+            true => Ok(Vec::new()),
+            false => self.write_local(planned, Source::File).await,
+        };
+        let changes =
+            applied.inspect_err(|_| self.metrics.config_reloaded(ReloadResult::failed))?;
+        for change in &changes {
+            self.metrics.config_changed(change.action());
+        }
+        self.metrics.config_reloaded(ReloadResult::applied);
+        log::info!(
+            "config file {} applied: {} configs, {} changed",
+            path.display(),
+            desired.len(),
+            changes.len()
+        );
+        Ok(changes)
     }
 }

@@ -349,6 +349,21 @@ pub async fn reset_client(
     Ok(HttpResponse::Ok().json(serde_json::json!({"client_id": &*client, "reset": reset})))
 }
 
+/// `POST /admin/reload`: reads the config file (`--config-file`) and makes the configs
+/// equal to it, as one change; answers what changed. 422 with the line and field when
+/// the file is refused (nothing changed), 409 when no file is in charge.
+pub async fn reload(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let changes = state.configs.reload().await?;
+    let changes: Vec<_> = changes
+        .iter()
+        .map(|c| serde_json::json!({"action": c.action(), "endpoint": c.endpoint()}))
+        .collect();
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "changes": changes,
+        "configs": views(state.policies.current().configs()),
+    })))
+}
+
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TopQuery {

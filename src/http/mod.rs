@@ -90,6 +90,7 @@ pub fn routes(upstream: Option<proxy::Upstream>) -> impl Fn(&mut web::ServiceCon
                     .service(resource("/clients/{client_id}/state").delete(admin::reset_client))
                     .service(resource("/stats").get(admin::global_stats))
                     .service(resource("/top").get(admin::top))
+                    .service(resource("/reload").post(admin::reload))
                     .service(resource("/traffic").get(admin::traffic))
                     .service(resource("/stats/{client_id}").get(admin::client_stats))
                     .default_service(web::to(not_found)),

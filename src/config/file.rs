@@ -1,0 +1,267 @@
+//! Configs as code: `--config-file ratewarden.toml` declares every config. The file is
+//! read and validated as a whole; [`plan`] turns it into the changes that make the live
+//! configs equal to it, which the writer applies as one change. An invalid file changes
+//! nothing and is reported with its line and field.
+//!
+//! TOML rather than YAML: it is what Rust projects already write (Cargo.toml), it has
+//! comments, integers and floats that cannot be mistaken for each other, no indentation
+//! rules, and no implicit typing (YAML's `no` is a boolean, `1e3` a string or a float
+//! depending on the parser).
+//!
+//! ```toml
+//! [[config]]
+//! endpoint = "/api/*"
+//! requests_per_window = 100
+//! window_seconds = 60
+//! algorithm = "sliding_window"
+//! overrides = [{ client = "partner-*", requests_per_window = 1000 }]
+//! ```
+//!
+//! Each `[[config]]` takes exactly the fields of `POST /admin/configs`. The default
+//! `"*"` cannot be deleted: a file that does not declare it leaves it as it is.
+
+use super::writer::Edit;
+use super::{Change, Config, ConfigSpec, DEFAULT_ENDPOINT, diff};
+use crate::clock::Nanos;
+use serde::Deserialize;
+use serde_json::Value;
+use std::collections::HashSet;
+use std::fmt;
+use std::path::Path;
+
+/// The file's shape: a list of `[[config]]` tables and nothing else.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default)]
+    config: Vec<toml::Spanned<toml::Table>>,
+}
+
+/// Why a config file was refused, and where.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileError {
+    pub path: String,
+    /// 1-based; the line of the entry for a rule a field broke.
+    pub line: Option<usize>,
+    pub field: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for FileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.path)?;
+        if let Some(line) = self.line {
+            write!(f, ", line {line}")?;
+        }
+        if let Some(field) = &self.field {
+            write!(f, ", field {field}")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// Reads and validates the whole file.
+pub fn load(path: &Path) -> Result<Vec<ConfigSpec>, FileError> {
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| FileError {
+        path: shown.clone(),
+        line: None,
+        field: None,
+        message: format!("cannot be read ({e})"),
+    })?;
+    parse(&text).map_err(|mut e| {
+        e.path = shown;
+        e
+    })
+}
+
+/// The configs a file's text declares, each validated as `POST /admin/configs` would,
+/// with no endpoint twice.
+pub fn parse(text: &str) -> Result<Vec<ConfigSpec>, FileError> {
+    let error = |line, field, message| FileError {
+        path: String::new(),
+        line,
+        field,
+        message,
+    };
+    let file: File = toml::from_str(text).map_err(|e| {
+        let line = e.span().map(|s| line_of(text, s.start));
+        error(line, None, e.message().trim().to_owned())
+    })?;
+    let mut seen = HashSet::new();
+    let mut specs = Vec::with_capacity(file.config.len());
+    for entry in file.config {
+        let line = Some(line_of(text, entry.span().start));
+        let object = match serde_json::to_value(entry.get_ref()) {
+            Ok(Value::Object(map)) => map,
+            _ => return Err(error(line, None, "is not a table of fields".to_owned())),
+        };
+        let spec =
+            ConfigSpec::from_create(object).map_err(|e| error(line, Some(e.field), e.message))?;
+        if !seen.insert(spec.endpoint.clone()) {
+            return Err(error(
+                line,
+                Some("endpoint".to_owned()),
+                format!("{:?} is declared twice", spec.endpoint),
+            ));
+        }
+        specs.push(spec);
+    }
+    Ok(specs)
+}
+
+/// 1-based line of a byte offset.
+fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|b| **b == b'\n')
+        .count()
+        + 1
+}
+
+/// The changes that make `current` equal to `desired` (by the rules of [`Edit::Put`] and
+/// [`Edit::Delete`]); configs already equal are left out, and `"*"` is never deleted.
+pub fn plan(current: &[Config], desired: &[ConfigSpec], now: Nanos) -> Vec<Change> {
+    let mut wanted: Vec<Config> = Vec::with_capacity(desired.len() + 1);
+    for spec in desired {
+        let before = current.iter().find(|c| c.endpoint() == spec.endpoint);
+        match before {
+            Some(b) if b.spec == *spec => wanted.push(b.clone()),
+            _ => wanted.extend(Edit::Put(spec.clone()).apply(before, 0, now).ok().flatten()),
+        }
+    }
+    if !desired.iter().any(|s| s.endpoint == DEFAULT_ENDPOINT) {
+        wanted.extend(
+            current
+                .iter()
+                .find(|c| c.endpoint() == DEFAULT_ENDPOINT)
+                .cloned(),
+        );
+    }
+    diff(current, &wanted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ConfigAction;
+
+    #[test]
+    fn reads_every_field_of_a_complete_file() {
+        let specs = parse(
+            r#"
+# The default, tightened.
+[[config]]
+endpoint = "*"
+requests_per_window = 50
+window_seconds = 60
+
+[[config]]
+endpoint = "/api/*"
+requests_per_window = 10
+window_seconds = 1
+algorithm = "token_bucket"
+burst_limit = 20
+refill_rate = 12.5
+mode = "shadow"
+is_active = false
+overrides = [{ client = "partner-*", requests_per_window = 100, window_seconds = 2 }]
+"#,
+        )
+        .unwrap();
+        assert_eq!(specs.len(), 2);
+        let api = &specs[1];
+        assert_eq!(
+            (api.burst_limit, api.refill_rate, api.is_active),
+            (Some(20), Some(12.5), false)
+        );
+        assert_eq!(api.mode, crate::config::Enforcement::Shadow);
+        assert_eq!(api.overrides[0].window_seconds, Some(2));
+        assert!(parse("").unwrap().is_empty());
+    }
+
+    #[test]
+    fn names_the_line_and_field_of_what_is_wrong() {
+        let cases = [
+            (
+                "[[config]]\nendpoint = \"/a\"\nrequests_per_window = 1\nwindow_seconds = 1\n\n[[config]]\nendpoint = \"/b\"\nrequests_per_window = 0\nwindow_seconds = 1\n",
+                Some(6),
+                Some("requests_per_window"),
+            ),
+            (
+                "[[config]]\nendpoint = \"/a\"\nwindow_seconds = 1\n",
+                Some(1),
+                Some("requests_per_window"),
+            ),
+            (
+                "[[config]]\nendpoint = \"/a\"\nrequests_per_window = 1\nwindow_seconds = 1\ncolour = 2\n",
+                Some(1),
+                Some("colour"),
+            ),
+            (
+                "[[config]]\nendpoint = \"/a\"\nrequests_per_window = 1\nwindow_seconds = 1\nalgorithm = \"leaky\"\n",
+                Some(1),
+                Some("algorithm"),
+            ),
+            (
+                "[[config]]\nendpoint = \"/a\"\nrequests_per_window = 1\nwindow_seconds = 1\n[[config]]\nendpoint = \"/a\"\nrequests_per_window = 2\nwindow_seconds = 1\n",
+                Some(5),
+                Some("endpoint"),
+            ),
+            (
+                "[[config]]\nendpoint = \"/a\"\nrequests_per_window = \n",
+                Some(3),
+                None,
+            ),
+            ("[[configs]]\nendpoint = \"/a\"\n", Some(1), None),
+            (
+                "[[config]]\nendpoint = \"/a\"\nrequests_per_window = 1\nwindow_seconds = 1\nupdated_at = 1979-05-27T07:32:00Z\n",
+                Some(1),
+                Some("updated_at"),
+            ),
+        ];
+        for (text, line, field) in cases {
+            let e = parse(text).unwrap_err();
+            assert_eq!((e.line, e.field.as_deref()), (line, field), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn plans_creates_updates_and_deletes_but_never_the_default() {
+        let config = |endpoint: &str, limit| Config {
+            id: 3,
+            spec: ConfigSpec {
+                endpoint: endpoint.to_owned(),
+                requests_per_window: limit,
+                ..ConfigSpec::default_policy()
+            },
+            created_at: 1,
+            updated_at: 1,
+        };
+        let current = vec![
+            config("*", 100),
+            config("/same", 1),
+            config("/up", 1),
+            config("/gone", 1),
+        ];
+        let desired = vec![
+            config("/same", 1).spec,
+            config("/up", 2).spec,
+            config("/new", 3).spec,
+        ];
+        let changes = plan(&current, &desired, 9);
+        let seen: Vec<(ConfigAction, &str)> =
+            changes.iter().map(|c| (c.action(), c.endpoint())).collect();
+        assert_eq!(
+            seen,
+            [
+                (ConfigAction::Updated, "/up"),
+                (ConfigAction::Created, "/new"),
+                (ConfigAction::Deleted, "/gone"),
+            ]
+        );
+        let up = changes[0].after.as_ref().unwrap();
+        assert_eq!((up.id, up.created_at, up.updated_at), (3, 1, 9));
+        assert!(plan(&current, &[], 9).iter().all(|c| c.endpoint() != "*"));
+    }
+}
