@@ -1,4 +1,5 @@
-// ratewarden dashboard: live totals, chart, events, configs, client inspector and tester.
+// ratewarden dashboard: live totals, chart, events, configs (with shadow mode, overrides,
+// history and rollback), top clients, client inspector (with reset) and tester.
 // Everything that came from a request (paths, client ids, error text) is inserted with
 // textContent, never as HTML.
 "use strict";
@@ -137,9 +138,13 @@ const where = (m) => (m.path && m.path !== m.endpoint ? `${m.path} (${m.endpoint
 
 function describe(m) {
   switch (m.type) {
-    case "request_processed": return ["200", "tag-ok", `${m.client_id} ${where(m)} · ${m.remaining}/${m.limit} left`];
+    case "request_processed":
+      // Shadow mode: over the limit, let through; said apart from a real 429.
+      if (m.would_limit) return ["would 429", "tag-shadow", `${m.client_id} ${where(m)} · shadow, over the limit, let through`];
+      return ["200", "tag-ok", `${m.client_id} ${where(m)} · ${m.remaining}/${m.limit} left`];
     case "rate_limit_exceeded": return ["429", "tag-block", `${m.client_id} ${where(m)} · retry in ${m.retry_after}s`];
     case "config_updated": return ["cfg", "tag-cfg", `${m.action} ${m.config.endpoint}`];
+    case "client_reset": return ["reset", "tag-cfg", `${m.client_id} quota reset (${m.endpoints.join(", ")})`];
     case "events_dropped": return ["drop", "tag-block", `${m.count} events skipped (feed too slow)`];
     default: return null;
   }
@@ -173,10 +178,13 @@ function connectGlobal() {
   };
   ws.onmessage = (e) => {
     const m = JSON.parse(e.data);
-    if (m.type === "global_stats") showTotals(m.data);
+    if (m.type === "global_stats") { showTotals(m.data); maybeLoadTop(); }
     else {
       showEvent(m);
-      if (m.type === "config_updated") loadConfigs();
+      if (m.type === "config_updated") {
+        loadConfigs();
+        if (historyOf === m.config.endpoint) loadHistory(historyOf);
+      }
     }
   };
 }
@@ -199,13 +207,20 @@ async function loadConfigs() {
     const extra = c.algorithm === "token_bucket"
       ? `${c.burst_limit ?? c.requests_per_window} / ${c.refill_rate ?? +(c.requests_per_window / c.window_seconds).toFixed(3)}`
       : "–";
+    const mode = el("td", "mode");
+    mode.append(el("span", "badge " + c.mode, c.mode));
+    const overrides = el("td", "overrides", c.overrides.length ? c.overrides.map((o) => `${o.client}: ${o.requests_per_window}`).join(", ") : "–");
     tr.append(el("td", "endpoint", c.endpoint), el("td", "", c.algorithm), el("td", "", fmt(c.requests_per_window)),
-              el("td", "", c.window_seconds + " s"), el("td", "", extra), el("td", "", c.is_active ? "yes" : "no"));
+              el("td", "", c.window_seconds + " s"), el("td", "", extra), el("td", "", c.is_active ? "yes" : "no"),
+              mode, overrides);
     const actions = el("td");
     const edit = el("button", "ghost small", "Edit");
     edit.type = "button";
     edit.onclick = () => openForm(c);
-    actions.append(edit);
+    const history = el("button", "ghost small history", "History");
+    history.type = "button";
+    history.onclick = () => loadHistory(c.endpoint);
+    actions.append(edit, " ", history);
     if (c.endpoint !== "*") {
       const del = el("button", "danger", "Delete");
       del.type = "button";
@@ -235,7 +250,7 @@ function openForm(config) {
   f.hidden = false;
   $("#config-error").textContent = "";
   const c = config || { endpoint: "", algorithm: "sliding_window", requests_per_window: 100, window_seconds: 60,
-                        burst_limit: null, refill_rate: null, is_active: true };
+                        burst_limit: null, refill_rate: null, is_active: true, mode: "enforce", overrides: [] };
   f.endpoint.value = c.endpoint;
   f.endpoint.disabled = !!config;
   f.algorithm.value = c.algorithm;
@@ -244,6 +259,8 @@ function openForm(config) {
   f.burst_limit.value = c.burst_limit ?? "";
   f.refill_rate.value = c.refill_rate ?? "";
   f.is_active.checked = c.is_active;
+  f.mode.value = c.mode;
+  f.overrides.value = c.overrides.length ? JSON.stringify(c.overrides) : "";
   $("#config-save").textContent = config ? "Save" : "Create";
   f.endpoint.focus();
 }
@@ -260,7 +277,14 @@ async function saveConfig(ev) {
     burst_limit: numberOrNull(f.burst_limit.value),
     refill_rate: numberOrNull(f.refill_rate.value),
     is_active: f.is_active.checked,
+    mode: f.mode.value,
   };
+  try {
+    body.overrides = f.overrides.value.trim() ? JSON.parse(f.overrides.value) : [];
+  } catch (e) {
+    $("#config-error").textContent = "Overrides must be a JSON array: " + e.message;
+    return;
+  }
   let res;
   if (editing) {
     res = await api(configPath(editing.endpoint), { method: "PUT", body: JSON.stringify(body) });
@@ -278,9 +302,81 @@ async function saveConfig(ev) {
   }
 }
 
+// ---- history and rollback -------------------------------------------------------------
+let historyOf = null;
+
+// A config's numbers in one line, for a history row.
+const summary = (c) => c
+  ? `${c.requests_per_window}/${c.window_seconds}s ${c.algorithm} ${c.mode}${c.is_active ? "" : " inactive"}` +
+    (c.overrides.length ? ` +${c.overrides.length} overrides` : "")
+  : "(deleted)";
+
+async function loadHistory(endpoint) {
+  historyOf = endpoint;
+  const card = $("#history-card");
+  card.hidden = false;
+  $("#history-endpoint").textContent = endpoint;
+  $("#history-error").textContent = "";
+  const res = await api("/admin/configs/history?limit=50&endpoint=" + encodeURIComponent(endpoint));
+  if (!res.ok || historyOf !== endpoint) return;
+  const entries = await res.json();
+  const rows = entries.map((h, i) => {
+    const tr = el("tr");
+    tr.dataset.version = String(h.version);
+    tr.append(el("td", "", h.version), el("td", "", clock(h.at)), el("td", "", h.action), el("td", "", h.source),
+              el("td", "after", summary(h.after)));
+    const cell = el("td");
+    if (i > 0) { // the newest is what runs now
+      const back = el("button", "ghost small rollback", "Roll back here");
+      back.type = "button";
+      back.onclick = () => rollback(endpoint, h.version);
+      cell.append(back);
+    }
+    tr.append(cell);
+    return tr;
+  });
+  $("#history-rows").replaceChildren(...rows);
+}
+
+async function rollback(endpoint, version) {
+  const res = await api(configPath(endpoint) + "/rollback?to=" + version, { method: "POST" });
+  if (!res.ok) {
+    const err = await res.json().catch(() => ({ message: "The server answered " + res.status }));
+    $("#history-error").textContent = err.message;
+    return;
+  }
+  loadConfigs();
+  loadHistory(endpoint);
+}
+
+// ---- top clients ----------------------------------------------------------------------
+let topLoadedAt = 0;
+
+function maybeLoadTop() {
+  if (Date.now() - topLoadedAt >= 5000) loadTop();
+}
+
+async function loadTop() {
+  topLoadedAt = Date.now();
+  const f = $("#top-form");
+  const res = await api(`/admin/top?by=${f.by.value}&window=${f.window.value}&limit=10`);
+  if (!res.ok) return;
+  const body = await res.json();
+  const items = body.clients.map((c) => {
+    const li = el("li");
+    li.append(el("span", "client", c.client_id), el("span", "count", fmt(c.count)));
+    return li;
+  });
+  $("#top-rows").replaceChildren(...items);
+  $("#top-note").textContent = body.clients.length
+    ? (body.error_bound ? `counts may be short by up to ${fmt(body.error_bound)}` : "exact counts")
+    : `no ${body.by} requests in the last ${body.window_minutes} min`;
+}
+
 // ---- client inspector -----------------------------------------------------------------
 function watch(client) {
   watching = client;
+  $("#reset-client").disabled = false;
   if (inspectorSocket) inspectorSocket.close();
   $("#inspector-summary").textContent = "Connecting to " + client + "…";
   const ws = feedSocket("/ws/" + encodeURIComponent(client));
@@ -290,6 +386,7 @@ function watch(client) {
     if (m.type === "client_stats") showClient(m.data);
     else if (m.type === "request_processed") updateRemaining(m.endpoint, m.remaining, m.limit);
     else if (m.type === "rate_limit_exceeded") updateRemaining(m.endpoint, 0, m.limit);
+    else if (m.type === "client_reset") $("#inspector-summary").append(" · quota reset");
   };
   ws.onclose = () => { if (inspectorSocket === ws) $("#inspector-summary").textContent = "Feed closed for " + client + "."; };
 }
@@ -308,8 +405,9 @@ function showClient(d) {
     bar.append(el("div"));
     const barCell = el("td");
     barCell.append(bar);
+    const from = e.override ? `override ${e.override}` : "config";
     tr.append(el("td", "endpoint", e.endpoint), el("td", "", e.algorithm), el("td", "remaining", ""), barCell,
-              el("td", "", clock(e.reset_time)));
+              el("td", "", clock(e.reset_time)), el("td", "limit-from", from + (e.shadow ? " · shadow" : "")));
     rows.append(tr);
     setRemaining(tr, e.remaining, e.limit);
   }
@@ -369,11 +467,19 @@ $("#new-config").onclick = () => openForm(null);
 $("#config-cancel").onclick = () => { $("#config-form").hidden = true; editing = null; };
 $("#config-form").addEventListener("submit", saveConfig);
 $("#tester").addEventListener("submit", fire);
+$("#history-close").onclick = () => { $("#history-card").hidden = true; historyOf = null; };
+$("#top-form").addEventListener("change", loadTop);
+$("#reset-client").onclick = async () => {
+  if (!watching) return;
+  const res = await api("/admin/clients/" + encodeURIComponent(watching) + "/state", { method: "DELETE" });
+  if (!res.ok) alert(((await res.json()).message) || "Reset failed");
+};
 $("#inspector").addEventListener("submit", (ev) => { ev.preventDefault(); watch(ev.target.client.value.trim()); });
 
 (async function start() {
   if (document.body.dataset.tokenRequired === "true" && !token) await askToken();
   await loadConfigs();
   await loadTraffic();
+  loadTop();
   connectGlobal();
 })();

@@ -282,3 +282,100 @@ test("in reverse-proxy mode the tester fires at the upstream's paths", { timeout
     }
   }
 });
+
+test("shadow mode, overrides, history with rollback, top clients and a reset, from the dashboard", { timeout: 120_000 }, async () => {
+  const dir = mkdtempSync(join(tmpdir(), "ratewarden-browser-"));
+  let server = null;
+  let browser = null;
+  try {
+    server = startServer(dir);
+    const url = await server.ready;
+    browser = await launch();
+    const page = await browser.newPage({ viewport: { width: 1400, height: 900 } });
+    const pageErrors = [];
+    page.on("pageerror", (e) => pageErrors.push(String(e)));
+    page.on("dialog", (d) => d.accept().catch(() => {}));
+    await page.goto(url + "/dashboard");
+    await until(page, () => document.querySelector("#conn").textContent.trim() === "live");
+
+    // ---- a shadow config with an override, made in the form ----
+    // A token bucket: no window boundary for the counts below to straddle.
+    await page.click("#new-config");
+    await page.fill("#config-form [name=endpoint]", "/shadow/*");
+    await page.selectOption("#config-form [name=algorithm]", "token_bucket");
+    await page.fill("#config-form [name=requests_per_window]", "2");
+    await page.fill("#config-form [name=window_seconds]", "3600");
+    await page.selectOption("#config-form [name=mode]", "shadow");
+    await page.fill("#config-form [name=overrides]", '[{"client": "vip-*", "requests_per_window": 5}]');
+    await page.click("#config-save");
+    const row = (ep) => `#config-rows tr:has(td.endpoint:text-is("${ep}"))`;
+    await page.locator(row("/shadow/*")).waitFor({ timeout: WAIT });
+    assert.equal(await page.textContent(`${row("/shadow/*")} td.mode`), "shadow");
+    assert.equal(await page.textContent(`${row("/shadow/*")} td.overrides`), "vip-*: 5");
+
+    // Shadow mode never refuses; the events say what would have been refused.
+    const fire = async (client, count) => {
+      await page.fill("#tester [name=path]", "/shadow/x");
+      await page.fill("#tester [name=client]", client);
+      await page.fill("#tester [name=count]", String(count));
+      await page.evaluate(() => document.querySelector("#tester-result").replaceChildren());
+      await page.click("#tester button[type=submit]");
+      await page.locator("#tester-passed").waitFor({ timeout: WAIT });
+      return [Number(await page.textContent("#tester-passed")), Number(await page.textContent("#tester-limited"))];
+    };
+    assert.deepEqual(await fire("plain", 4), [4, 0]);
+    await until(page, () => [...document.querySelectorAll("#events .tag-shadow")].some((t) => t.textContent === "would 429"));
+
+    // The override gives vip-1 its own limit, shown in the inspector.
+    assert.deepEqual(await fire("vip-1", 3), [3, 0]);
+    await page.fill("#inspector [name=client]", "vip-1");
+    await page.click("#inspector button[type=submit]");
+    await until(page, () => [...document.querySelectorAll("#quota-rows tr")].some((tr) =>
+      tr.dataset.endpoint === "/shadow/*" && tr.querySelector(".limit-from").textContent === "override vip-* · shadow"
+      && tr.querySelector(".remaining").textContent.trim() === "2 / 5"));
+
+    // ---- enforced from the form, then rolled back to shadow from the history ----
+    await page.click(`${row("/shadow/*")} button:text-is("Edit")`);
+    await page.selectOption("#config-form [name=mode]", "enforce");
+    await page.click("#config-save");
+    await until(page, () => document.querySelector('#config-rows td.mode')?.closest("tbody")
+      && [...document.querySelectorAll("#config-rows tr")].some((tr) =>
+        tr.querySelector("td.endpoint")?.textContent === "/shadow/*" && tr.querySelector("td.mode").textContent === "enforce"));
+    assert.deepEqual(await fire("plain", 2), [0, 2], "enforced: plain has used its 2");
+
+    await page.click(`${row("/shadow/*")} button.history`);
+    await until(page, () => document.querySelectorAll("#history-rows tr").length === 2);
+    assert.equal(await page.textContent("#history-endpoint"), "/shadow/*");
+    await page.click("#history-rows tr:nth-child(2) button.rollback");
+    await until(page, () => [...document.querySelectorAll("#config-rows tr")].some((tr) =>
+      tr.querySelector("td.endpoint")?.textContent === "/shadow/*" && tr.querySelector("td.mode").textContent === "shadow"));
+    await until(page, () => document.querySelectorAll("#history-rows tr").length === 3
+      && document.querySelector("#history-rows tr td:nth-child(4)").textContent === "rollback");
+
+    // ---- top clients: plain leads by blocked (its two real 429s) ----
+    await page.selectOption("#top-form [name=by]", "blocked");
+    await page.selectOption("#top-form [name=window]", "15m");
+    await until(page, () => document.querySelector("#top-rows li .client")?.textContent === "plain"
+      && document.querySelector("#top-rows li .count").textContent === "2");
+
+    // ---- reset: plain gets its quota back ----
+    await page.fill("#inspector [name=client]", "plain");
+    await page.click("#inspector button[type=submit]");
+    await until(page, () => [...document.querySelectorAll("#quota-rows tr")].some((tr) =>
+      tr.dataset.endpoint === "/shadow/*" && tr.querySelector(".remaining").textContent.trim().startsWith("0 /")));
+    await page.click("#reset-client");
+    await until(page, () => [...document.querySelectorAll("#events .ev-detail")].some((e) => e.textContent.startsWith("plain quota reset")));
+    await until(page, () => [...document.querySelectorAll("#quota-rows tr")].some((tr) =>
+      tr.dataset.endpoint === "/shadow/*" && tr.querySelector(".remaining").textContent.trim() === "2 / 2"));
+
+    mkdirSync(ARTIFACTS, { recursive: true });
+    await page.screenshot({ path: join(ARTIFACTS, "dashboard-operators.png"), fullPage: true });
+    assert.deepEqual(pageErrors, [], "no uncaught error on the page");
+  } finally {
+    try { if (browser) await browser.close(); } finally {
+      try { if (server) await stopServer(server.child); } finally {
+        rmSync(dir, { recursive: true, force: true });
+      }
+    }
+  }
+});
