@@ -244,52 +244,94 @@ function configPath(endpoint) {
   return "/admin/configs/" + rest.split("/").map(encodeURIComponent).join("/").replace(/%2A/g, "*");
 }
 
+// The config form is drawn from the server's model of a config (its fields, their
+// defaults, the choices of choice fields), so a new config field needs no change here.
+const MODEL = JSON.parse(document.body.dataset.configModel);
+const KINDS = {}; // field -> "choice" | "boolean" | "number" | "text" | "json" | "nullable"
+
+function kindOf(name, value) {
+  if (MODEL.choices[name]) return "choice";
+  if (typeof value === "boolean") return "boolean";
+  if (typeof value === "number") return "number";
+  if (typeof value === "string") return "text";
+  if (value === null) return "nullable";
+  return "json";
+}
+
+function drawFields() {
+  const box = $("#config-fields");
+  for (const [name, value] of Object.entries(MODEL.defaults)) {
+    const kind = kindOf(name, value);
+    KINDS[name] = kind;
+    const label = el("label", kind === "boolean" ? "check" : kind === "json" ? "wide-field" : "", name.replaceAll("_", " ") + " ");
+    let input;
+    if (kind === "choice") {
+      input = el("select");
+      for (const c of MODEL.choices[name]) { const o = el("option", "", c); o.value = c; input.append(o); }
+    } else if (kind === "json") {
+      input = el("textarea");
+      input.rows = 3;
+      input.spellcheck = false;
+    } else {
+      input = el("input");
+      input.type = kind === "boolean" ? "checkbox" : kind === "number" ? "number" : "text";
+      if (kind === "nullable") input.placeholder = "default";
+    }
+    input.name = name;
+    input.required = MODEL.required.includes(name);
+    if (kind === "boolean") label.prepend(input); else label.append(input);
+    box.append(label);
+  }
+}
+
 function openForm(config) {
   const f = $("#config-form");
   editing = config;
   f.hidden = false;
   $("#config-error").textContent = "";
-  const c = config || { endpoint: "", algorithm: "sliding_window", requests_per_window: 100, window_seconds: 60,
-                        burst_limit: null, refill_rate: null, is_active: true, mode: "enforce", overrides: [] };
-  f.endpoint.value = c.endpoint;
+  const c = Object.assign({}, MODEL.defaults, { endpoint: "", requests_per_window: 100, window_seconds: 60 }, config || {});
+  for (const [name, kind] of Object.entries(KINDS)) {
+    const input = f.elements[name];
+    const v = c[name];
+    if (kind === "boolean") input.checked = !!v;
+    else if (kind === "json") input.value = JSON.stringify(v);
+    else input.value = v ?? "";
+  }
   f.endpoint.disabled = !!config;
-  f.algorithm.value = c.algorithm;
-  f.requests_per_window.value = c.requests_per_window;
-  f.window_seconds.value = c.window_seconds;
-  f.burst_limit.value = c.burst_limit ?? "";
-  f.refill_rate.value = c.refill_rate ?? "";
-  f.is_active.checked = c.is_active;
-  f.mode.value = c.mode;
-  f.overrides.value = c.overrides.length ? JSON.stringify(c.overrides) : "";
   $("#config-save").textContent = config ? "Save" : "Create";
   f.endpoint.focus();
 }
 
-function numberOrNull(v) { return v === "" ? null : Number(v); }
+// The body of a create or update: every field of the form, read by its kind. Throws a
+// sentence naming the field when one cannot be read.
+function readForm(f) {
+  const body = {};
+  for (const [name, kind] of Object.entries(KINDS)) {
+    const input = f.elements[name];
+    const raw = input.value.trim();
+    if (kind === "boolean") body[name] = input.checked;
+    else if (kind === "number") body[name] = raw === "" ? null : Number(raw);
+    else if (kind === "nullable") body[name] = raw === "" ? null : parseJson(name, raw);
+    else if (kind === "json") body[name] = raw === "" ? MODEL.defaults[name] : parseJson(name, raw);
+    else body[name] = raw;
+  }
+  return body;
+}
+
+function parseJson(name, raw) {
+  try { return JSON.parse(raw); } catch (e) { throw `${name.replaceAll("_", " ")}: not valid JSON (${e.message})`; }
+}
 
 async function saveConfig(ev) {
   ev.preventDefault();
   const f = ev.target;
-  const body = {
-    algorithm: f.algorithm.value,
-    requests_per_window: numberOrNull(f.requests_per_window.value),
-    window_seconds: numberOrNull(f.window_seconds.value),
-    burst_limit: numberOrNull(f.burst_limit.value),
-    refill_rate: numberOrNull(f.refill_rate.value),
-    is_active: f.is_active.checked,
-    mode: f.mode.value,
-  };
-  try {
-    body.overrides = f.overrides.value.trim() ? JSON.parse(f.overrides.value) : [];
-  } catch (e) {
-    $("#config-error").textContent = "Overrides must be a JSON array: " + e.message;
-    return;
-  }
+  let body;
+  try { body = readForm(f); } catch (message) { $("#config-error").textContent = message; return; }
   let res;
   if (editing) {
+    body.endpoint = editing.endpoint;
     res = await api(configPath(editing.endpoint), { method: "PUT", body: JSON.stringify(body) });
   } else {
-    body.endpoint = f.endpoint.value.trim();
     res = await api("/admin/configs", { method: "POST", body: JSON.stringify(body) });
   }
   if (res.ok) {
@@ -463,6 +505,7 @@ async function fire(ev) {
 
 // ---- start ----------------------------------------------------------------------------
 $("#token-button").onclick = async () => { await askToken(); reconnectAll(); loadConfigs(); loadTraffic(); };
+drawFields();
 $("#new-config").onclick = () => openForm(null);
 $("#config-cancel").onclick = () => { $("#config-form").hidden = true; editing = null; };
 $("#config-form").addEventListener("submit", saveConfig);

@@ -276,6 +276,23 @@ fn type_message(e: &serde_json::Error, example: &Value) -> String {
     }
 }
 
+/// What the dashboard draws its config form from, so that the form has exactly the
+/// fields a config has: the spec's serde form with its defaults, the fields a create
+/// needs, and the values each choice field takes. JSON text, so that the fields keep
+/// the struct's order (a `serde_json::Value` would sort them).
+pub fn form_model() -> String {
+    let modes = [Enforcement::Enforce, Enforcement::Shadow].map(|m| to_value(&m));
+    let choices = serde_json::json!({
+        "algorithm": Algorithm::names().collect::<Vec<_>>(),
+        "mode": modes,
+    });
+    format!(
+        r#"{{"defaults": {}, "required": {}, "choices": {choices}}}"#,
+        serde_json::to_string(&ConfigSpec::default_policy()).unwrap_or_default(),
+        to_value(&REQUIRED),
+    )
+}
+
 /// A serialisable value as JSON; a struct of plain fields never fails.
 fn to_value<T: Serialize>(value: &T) -> Value {
     serde_json::to_value(value).unwrap_or(Value::Null)
@@ -691,6 +708,24 @@ mod tests {
         assert_eq!(view["endpoint"], "/a");
         assert_eq!(view["created_at"], rfc3339(12));
         assert!(view.get("spec").is_none());
+    }
+
+    #[test]
+    fn the_form_model_has_every_field_in_order_and_every_choice() {
+        let model: Value = serde_json::from_str(&form_model()).unwrap();
+        let spec = ConfigSpec::deserialize(&model["defaults"]).unwrap();
+        assert_eq!(spec, ConfigSpec::default_policy());
+        let text = form_model();
+        let at = |k: &str| text.find(&format!("\"{k}\"")).unwrap();
+        assert!(at("endpoint") < at("requests_per_window") && at("is_active") < at("overrides"));
+        assert_eq!(
+            model["choices"]["algorithm"].as_array().unwrap().len(),
+            Algorithm::ALL.len()
+        );
+        assert_eq!(
+            model["choices"]["mode"],
+            serde_json::json!(["enforce", "shadow"])
+        );
     }
 
     #[test]

@@ -4,7 +4,6 @@
 
 use super::AppState;
 use crate::error::ApiError;
-use crate::limiter::Algorithm;
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 use tera::{Context, Tera};
@@ -23,7 +22,7 @@ pub async fn page(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> 
     let mut ctx = Context::new();
     ctx.insert("version", env!("CARGO_PKG_VERSION"));
     ctx.insert("token_required", &state.admin_token.is_some());
-    ctx.insert("algorithms", &Algorithm::names().collect::<Vec<_>>());
+    ctx.insert("config_model", &crate::config::form_model());
     let html = state
         .templates
         .render(TEMPLATE, &ctx)
