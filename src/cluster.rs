@@ -262,19 +262,30 @@ impl Cluster {
             return;
         }
         actix_web::rt::spawn(async move {
-            while self.again.swap(false, Ordering::Relaxed) {
-                let _writing = self.policies.lock_writes().await;
-                if let Err(e) = self.sync().await {
-                    log::debug!("config sync failed: {e}");
+            loop {
+                while self.again.swap(false, Ordering::Relaxed) {
+                    let _writing = self.policies.lock_writes().await;
+                    if let Err(e) = self.sync(None).await {
+                        log::debug!("config sync failed: {e}");
+                    }
+                }
+                self.syncing.store(false, Ordering::Relaxed);
+                // A request that came after the last round but before `syncing` was
+                // cleared found it set and only marked `again`: run for it, unless
+                // another task took over.
+                if !self.again.load(Ordering::Relaxed) || self.syncing.swap(true, Ordering::Relaxed)
+                {
+                    break;
                 }
             }
-            self.syncing.store(false, Ordering::Relaxed);
         });
     }
 
     /// Reads the shared configs and serves them (the caller holds the write lock). The
-    /// first instance on an empty Redis seeds it with its own.
-    async fn sync(&self) -> Result<(), RedisUnavailable> {
+    /// first instance on an empty Redis seeds it with its own. `mine`: the endpoint this
+    /// instance just wrote and who asked, for its history; other changes are recorded as
+    /// the cluster's.
+    async fn sync(&self, mine: Option<(&str, Source)>) -> Result<(), RedisUnavailable> {
         let mut shared = self.redis.shared_configs().await?;
         if shared.version.is_none() {
             self.seed().await?;
@@ -307,11 +318,11 @@ impl Cluster {
         if changes.is_empty() {
             self.applied.store(version, Ordering::Relaxed);
             if self.copy_stale.load(Ordering::Relaxed) {
-                self.store_copy(configs).await;
+                self.store_copy(configs, mine).await;
             }
             return Ok(());
         }
-        self.store_copy(configs).await;
+        self.store_copy(configs, mine).await;
         if self.committer.publish(&changes, Source::Cluster) {
             self.applied.store(version, Ordering::Relaxed);
         }
@@ -320,8 +331,8 @@ impl Cluster {
 
     /// Writes the shared configs to this instance's SQLite copy; on failure they are still
     /// served from memory, and every later sync tries again.
-    async fn store_copy(&self, configs: Vec<Config>) {
-        let failed = self.committer.copy(configs).await.err();
+    async fn store_copy(&self, configs: Vec<Config>, mine: Option<(&str, Source)>) {
+        let failed = self.committer.copy(configs, mine).await.err();
         if let Some(e) = &failed {
             log::error!(
                 "storing the shared configs in SQLite failed ({e}); retrying at the next sync"
@@ -346,6 +357,7 @@ impl Cluster {
     pub async fn write(
         &self,
         endpoint: &str,
+        source: Source,
         change: impl Fn(Option<&Config>) -> Result<Option<Config>, WriteError>,
     ) -> Result<Change, WriteError> {
         let unavailable = |e: RedisUnavailable| {
@@ -379,12 +391,13 @@ impl Cluster {
             {
                 Ok(_) => {
                     let made = Change { before, after };
-                    // The sync serves it here, stores it in SQLite and tells the feeds;
-                    // should Redis fail in between, it is served from memory at once.
-                    if let Err(e) = self.sync().await {
+                    // The sync serves it here, stores it in SQLite (recorded with its
+                    // source) and tells the feeds; should Redis fail in between, it is
+                    // served from memory at once and stored by the next sync.
+                    if let Err(e) = self.sync(Some((endpoint, source))).await {
                         log::warn!("config stored in Redis, local sync deferred: {e}");
-                        self.committer
-                            .publish(std::slice::from_ref(&made), Source::Api);
+                        self.committer.publish(std::slice::from_ref(&made), source);
+                        self.copy_stale.store(true, Ordering::Relaxed);
                     }
                     return Ok(made);
                 }

@@ -107,7 +107,7 @@ impl fmt::Display for ApiError {
                 "No admin token is configured, so the admin API only answers loopback clients.",
             ),
             ApiError::ForbiddenOrigin => f.write_str(
-                "WebSocket feeds only accept pages of this server's origin (see --allowed-origins).",
+                "Only pages of this server's origin (see --allowed-origins) may open its feeds or change anything through it.",
             ),
             ApiError::TooManySubscribers(n) => write!(
                 f,

@@ -45,15 +45,17 @@ impl Policy {
 pub struct Rule {
     base: Arc<Policy>,
     exact: HashMap<String, Arc<Policy>>,
-    /// Longest prefix first, so the first match is the most specific.
-    prefixes: Vec<(String, Arc<Policy>)>,
+    /// Prefix overrides by prefix length, longest first: a client is looked up once per
+    /// distinct length (at most 128), whatever the number of overrides.
+    prefixes: Vec<(usize, HashMap<String, Arc<Policy>>)>,
 }
 
 impl Rule {
     fn new(spec: &ConfigSpec) -> Self {
         let base = Arc::new(Policy::from_spec(spec));
         let mut exact = HashMap::new();
-        let mut prefixes = Vec::new();
+        let mut by_length: std::collections::BTreeMap<usize, HashMap<String, Arc<Policy>>> =
+            Default::default();
         for o in &spec.overrides {
             let mut policy = Policy::from_spec(&o.apply_to(spec));
             // The same key as the config's: an override changes the numbers, not whose
@@ -62,13 +64,18 @@ impl Rule {
             policy.tier = Some(Arc::from(o.client.as_str()));
             let policy = Arc::new(policy);
             match o.prefix() {
-                Some(prefix) => prefixes.push((prefix.to_owned(), policy)),
+                Some(prefix) => {
+                    by_length
+                        .entry(prefix.len())
+                        .or_default()
+                        .insert(prefix.to_owned(), policy);
+                }
                 None => {
                     exact.insert(o.client.clone(), policy);
                 }
             }
         }
-        prefixes.sort_by_key(|p| std::cmp::Reverse(p.0.len()));
+        let prefixes = by_length.into_iter().rev().collect();
         Self {
             base,
             exact,
@@ -84,8 +91,8 @@ impl Rule {
         }
         self.prefixes
             .iter()
-            .find(|(prefix, _)| client.starts_with(prefix.as_str()))
-            .map_or(&self.base, |(_, p)| p)
+            .find_map(|(len, by_prefix)| by_prefix.get(client.get(..*len)?))
+            .unwrap_or(&self.base)
     }
 }
 

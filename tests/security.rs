@@ -78,6 +78,60 @@ async fn the_admin_api_grants_no_cross_origin_access() {
     }
 }
 
+#[actix_rt::test]
+async fn a_page_of_another_site_cannot_change_anything_through_the_admin_api() {
+    // Without a token the admin API trusts loopback: a page the operator opens elsewhere
+    // could send a simple POST (no preflight) from the operator's own browser.
+    let s = TestServer::start().await;
+    s.config("/keep", 3, 30, "fixed_window").await;
+    let before = s.get("/admin/configs").await.body;
+    let version = s.get("/admin/configs/history?endpoint=/keep").await.body[0]["version"].clone();
+    let rollback = format!("/admin/configs/keep/rollback?to={version}");
+    for headers in [
+        &[("Origin", "https://evil.example")][..],
+        &[("Sec-Fetch-Site", "cross-site")],
+        &[("Origin", "null")],
+    ] {
+        for (method, path) in [
+            ("POST", rollback.as_str()),
+            ("POST", "/admin/reload"),
+            ("DELETE", "/admin/configs/keep"),
+            ("DELETE", "/admin/clients/someone/state"),
+        ] {
+            let r = s.send(method, path, headers, None).await;
+            assert_eq!(r.status, 403, "{method} {path} {headers:?}: {:?}", r.body);
+            assert_eq!(r.body["error"], "forbidden");
+        }
+    }
+    assert_eq!(
+        s.get("/admin/configs").await.body,
+        before,
+        "nothing changed"
+    );
+    // Reads stay open to any caller the admin rule admits; the page's own origin and
+    // clients that send no Origin (curl, programs) may write.
+    let own = s.url.clone();
+    let r = s
+        .send(
+            "GET",
+            "/admin/configs",
+            &[("Origin", "https://evil.example")],
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let r = s
+        .send(
+            "DELETE",
+            "/admin/clients/someone/state",
+            &[("Origin", own.as_str()), ("Sec-Fetch-Site", "same-origin")],
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(s.delete("/admin/configs/keep").await.status, 204);
+}
+
 async fn upgrade(s: &TestServer, path: &str, origin: Option<&str>) -> u16 {
     let mut req = awc::Client::new().ws(format!("{}{path}", s.url.replacen("http", "ws", 1)));
     if let Some(o) = origin {

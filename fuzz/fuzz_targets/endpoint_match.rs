@@ -44,19 +44,19 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     let table = PolicyTable::new(configs.clone()).expect("the default is present");
-    let winner = table.resolve(path).endpoint.to_string();
+    let winner = table.resolve(path, "fuzz").endpoint.to_string();
     assert!(covers(&winner, path), "{winner:?} does not cover {path:?}");
     // No covering pattern is more specific than the winner.
     for c in &configs {
         if covers(c.endpoint(), path) && c.endpoint() != winner {
-            let more_specific = c.endpoint == path
+            let more_specific = c.endpoint() == path
                 || (winner != path
-                    && c.endpoint != "*"
-                    && (winner == "*" || c.endpoint.len() > winner.len()));
+                    && c.endpoint() != "*"
+                    && (winner == "*" || c.endpoint().len() > winner.len()));
             assert!(
                 !more_specific,
                 "{:?} beats {winner:?} for {path:?}",
-                c.endpoint
+                c.endpoint()
             );
         }
     }

@@ -150,6 +150,10 @@ impl ClientLimiter {
         now: Nanos,
     ) -> Verdict {
         let found = self.find(policy);
+        if mode == Mode::Reset && found.is_some() {
+            // A state to give back: the next flush must write it.
+            self.version += 1;
+        }
         let mut fresh;
         let state = if mode != Mode::Consume && found.is_none() {
             // A peek changes nothing, not even the list of endpoints this client used;
@@ -166,11 +170,6 @@ impl ClientLimiter {
             limits: &policy.limits,
         };
         backend.check(state, quota, cost, mode, now)
-    }
-
-    /// Marks the state changed without a decision (a reset), so the next flush writes it.
-    pub fn touch(&mut self) {
-        self.version += 1;
     }
 
     /// Counts one decision: per-minute statistics, totals, global counters, the feeds.

@@ -338,12 +338,20 @@ impl Handler<WriteConfigs> for Db {
 pub struct ReplaceConfigs {
     pub configs: Vec<Config>,
     pub now: Nanos,
+    /// The endpoint this instance wrote, and who asked: recorded as such in the history.
+    pub mine: Option<(String, Source)>,
 }
 
 impl Handler<ReplaceConfigs> for Db {
     type Result = Result<(), StoreError>;
     fn handle(&mut self, msg: ReplaceConfigs, _: &mut SyncContext<Self>) -> Self::Result {
-        self.config_write(sqlite::replace_configs(&self.conn, &msg.configs, msg.now))
+        let mine = msg.mine.as_ref().map(|(e, s)| (e.as_str(), *s));
+        self.config_write(sqlite::replace_configs(
+            &self.conn,
+            &msg.configs,
+            msg.now,
+            mine,
+        ))
     }
 }
 

@@ -237,8 +237,8 @@ fn decide_now(
                     e.limiter.record(p, d, check.path.clone(), now, &shared);
                     top.record(&check.client, !p.refuses(&d), now);
                 }
-                Mode::Reset => e.limiter.touch(),
-                Mode::Peek => {}
+                // A reset marks the state changed itself, when there was one.
+                Mode::Reset | Mode::Peek => {}
             }
             Reply::Now(Ok(d))
         }
@@ -451,7 +451,9 @@ impl Shard {
                     .record(&check.client, !check.policy.refuses(&d), now);
                 mark_dirty(e, &mut self.dirty, &check.client);
             }
-            None => shared.global.record(c.clock.now(), d.allowed),
+            None => shared
+                .global
+                .record(c.clock.now(), !check.policy.refuses(&d)),
         }
     }
 

@@ -88,10 +88,28 @@ pub fn parse(text: &str) -> Result<Vec<ConfigSpec>, FileError> {
         let line = e.span().map(|s| line_of(text, s.start));
         error(line, None, e.message().trim().to_owned())
     })?;
+    // An empty file is more likely a save caught half-way than a wish to delete every
+    // config: refused. (Declaring only "*" deletes the others.)
+    if file.config.is_empty() {
+        return Err(error(
+            None,
+            None,
+            "declares no [[config]]; declare at least \"*\" to remove every other config"
+                .to_owned(),
+        ));
+    }
     let mut seen = HashSet::new();
     let mut specs = Vec::with_capacity(file.config.len());
     for entry in file.config {
         let line = Some(line_of(text, entry.span().start));
+        // JSON has no infinity or NaN: they would become null, a default, unnoticed.
+        if let Some(field) = non_finite(entry.get_ref()) {
+            return Err(error(
+                line,
+                Some(field),
+                "must be a finite number".to_owned(),
+            ));
+        }
         let object = match serde_json::to_value(entry.get_ref()) {
             Ok(Value::Object(map)) => map,
             _ => return Err(error(line, None, "is not a table of fields".to_owned())),
@@ -108,6 +126,23 @@ pub fn parse(text: &str) -> Result<Vec<ConfigSpec>, FileError> {
         specs.push(spec);
     }
     Ok(specs)
+}
+
+/// The first field (`overrides[0].refill_rate` for a nested one) holding an infinite or
+/// NaN float.
+fn non_finite(table: &toml::Table) -> Option<String> {
+    fn walk(value: &toml::Value, path: String) -> Option<String> {
+        match value {
+            toml::Value::Float(f) if !f.is_finite() => Some(path),
+            toml::Value::Array(items) => items
+                .iter()
+                .enumerate()
+                .find_map(|(i, v)| walk(v, format!("{path}[{i}]"))),
+            toml::Value::Table(t) => t.iter().find_map(|(k, v)| walk(v, format!("{path}.{k}"))),
+            _ => None,
+        }
+    }
+    table.iter().find_map(|(k, v)| walk(v, k.clone()))
 }
 
 /// 1-based line of a byte offset.
@@ -177,7 +212,7 @@ overrides = [{ client = "partner-*", requests_per_window = 100, window_seconds =
         );
         assert_eq!(api.mode, crate::config::Enforcement::Shadow);
         assert_eq!(api.overrides[0].window_seconds, Some(2));
-        assert!(parse("").unwrap().is_empty());
+        assert!(parse("").is_err(), "an empty file deletes nothing");
     }
 
     #[test]
@@ -214,6 +249,17 @@ overrides = [{ client = "partner-*", requests_per_window = 100, window_seconds =
                 None,
             ),
             ("[[configs]]\nendpoint = \"/a\"\n", Some(1), None),
+            (
+                "[[config]]\nendpoint = \"/a\"\nrequests_per_window = 1\nwindow_seconds = 1\nrefill_rate = inf\n",
+                Some(1),
+                Some("refill_rate"),
+            ),
+            (
+                "[[config]]\nendpoint = \"/a\"\nrequests_per_window = 1\nwindow_seconds = 1\noverrides = [{ client = \"a\", requests_per_window = 1, refill_rate = nan }]\n",
+                Some(1),
+                Some("overrides[0].refill_rate"),
+            ),
+            ("# nothing\n", None, None),
             (
                 "[[config]]\nendpoint = \"/a\"\nrequests_per_window = 1\nwindow_seconds = 1\nupdated_at = 1979-05-27T07:32:00Z\n",
                 Some(1),

@@ -220,6 +220,15 @@ impl ConfigSpec {
         Ok(())
     }
 
+    /// A spec as SQLite stores it, if it is one this server accepts (no unknown field,
+    /// valid).
+    pub fn from_stored(json: &str) -> Result<Self, String> {
+        let spec: ConfigSpec = from_stored(json)?;
+        spec.validate()
+            .map_err(|e| format!("{}: {}", e.field, e.message))?;
+        Ok(spec)
+    }
+
     /// A new config from a create request's JSON object: the required fields must be
     /// there, the others take their defaults; validated as a whole, endpoint included.
     pub fn from_create(object: Map<String, Value>) -> Result<Self, ValidationError> {
@@ -291,6 +300,20 @@ pub fn form_model() -> String {
         serde_json::to_string(&ConfigSpec::default_policy()).unwrap_or_default(),
         to_value(&REQUIRED),
     )
+}
+
+/// A value from JSON this server or another instance stored (SQLite, Redis, the
+/// history). A field this server does not know (written by a newer version) is refused
+/// rather than dropped: it might change what the config does.
+fn from_stored<T: Serialize + serde::de::DeserializeOwned>(json: &str) -> Result<T, String> {
+    let value: Value = serde_json::from_str(json).map_err(|e| e.to_string())?;
+    let parsed = T::deserialize(&value).map_err(|e| e.to_string())?;
+    if let (Value::Object(given), Value::Object(known)) = (&value, to_value(&parsed))
+        && let Some(unknown) = given.keys().find(|k| !known.contains_key(*k))
+    {
+        return Err(format!("{unknown}: is not a known field"));
+    }
+    Ok(parsed)
 }
 
 /// A serialisable value as JSON; a struct of plain fields never fails.
@@ -401,18 +424,10 @@ impl Config {
         }
     }
 
-    /// The stored or shared JSON of a config, if it is one this server accepts
-    /// (validated like input).
+    /// The stored or shared JSON of a config, if it is one this server accepts (see
+    /// [`from_stored`]).
     pub fn parse(json: &str) -> Result<Self, String> {
-        let value: Value = serde_json::from_str(json).map_err(|e| e.to_string())?;
-        let config = Config::deserialize(&value).map_err(|e| e.to_string())?;
-        // A field this server does not know (written by a newer one) is refused rather
-        // than dropped: it might have changed what the config does.
-        if let (Value::Object(given), Value::Object(known)) = (&value, to_value(&config))
-            && let Some(unknown) = given.keys().find(|k| !known.contains_key(*k))
-        {
-            return Err(format!("{unknown}: is not a known field"));
-        }
+        let config: Config = from_stored(json)?;
         config
             .spec
             .validate()

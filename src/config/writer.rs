@@ -194,13 +194,24 @@ impl Committer {
         Ok(stored?)
     }
 
-    /// Distributed mode: makes this instance's SQLite copy equal to the shared configs.
-    pub async fn copy(&self, configs: Vec<Config>) -> Result<(), String> {
-        let now = self.clock.now();
-        match self.db.send(ReplaceConfigs { configs, now }).await {
-            Ok(Ok(())) => Ok(()),
+    /// Distributed mode: makes this instance's SQLite copy equal to the shared configs
+    /// (`mine`: the endpoint this instance wrote and its source, for the history), or
+    /// fails within the write deadline.
+    pub async fn copy(
+        &self,
+        configs: Vec<Config>,
+        mine: Option<(&str, Source)>,
+    ) -> Result<(), String> {
+        let msg = ReplaceConfigs {
+            configs,
+            now: self.clock.now(),
+            mine: mine.map(|(e, s)| (e.to_owned(), s)),
+        };
+        match actix_web::rt::time::timeout(WRITE_DEADLINE, self.db.send(msg)).await {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(e))) => Err(e.to_string()),
             Ok(Err(e)) => Err(e.to_string()),
-            Err(e) => Err(e.to_string()),
+            Err(_) => Err("the database did not answer in time".to_owned()),
         }
     }
 
@@ -275,9 +286,9 @@ impl ConfigWriter {
     }
 
     async fn write_now(&self, edit: Edit, source: Source) -> Result<Change, WriteError> {
-        let _writing = self.committer.policies.lock_writes().await;
+        let _writing = self.lock_in_time().await?;
         let change = match &self.cluster {
-            Some(cluster) => self.write_shared(cluster, &edit).await?,
+            Some(cluster) => self.write_shared(cluster, &edit, source).await?,
             None => {
                 let c = &self.committer;
                 let before = c.policies.current().get(edit.endpoint()).cloned();
@@ -292,6 +303,18 @@ impl ConfigWriter {
         };
         self.metrics.config_changed(change.action());
         Ok(change)
+    }
+
+    /// The write lock, or a 503 when other writes hold it past the write deadline.
+    async fn lock_in_time(&self) -> Result<tokio::sync::MutexGuard<'_, ()>, WriteError> {
+        let lock = self.committer.policies.lock_writes();
+        actix_web::rt::time::timeout(WRITE_DEADLINE, lock)
+            .await
+            .map_err(|_| {
+                WriteError::Unavailable(
+                    "Other config writes took too long; nothing changed, try again.".to_owned(),
+                )
+            })
     }
 
     /// SQLite alone: persists `changes` in one transaction, then serves and announces
@@ -310,14 +333,21 @@ impl ConfigWriter {
 
     /// Distributed mode: one compare-and-set on the shared configs; the cluster's sync
     /// then stores, serves and announces it. The caller holds the write lock.
-    async fn write_shared(&self, cluster: &Cluster, edit: &Edit) -> Result<Change, WriteError> {
+    async fn write_shared(
+        &self,
+        cluster: &Cluster,
+        edit: &Edit,
+        source: Source,
+    ) -> Result<Change, WriteError> {
         let id = match edit {
             Edit::Create(_) | Edit::Put(_) => cluster.next_config_id().await?,
             _ => 0,
         };
         let now = self.committer.clock.now();
         cluster
-            .write(edit.endpoint(), |current| edit.apply(current, id, now))
+            .write(edit.endpoint(), source, |current| {
+                edit.apply(current, id, now)
+            })
             .await
     }
 
@@ -347,7 +377,7 @@ impl ConfigWriter {
                 return Err(WriteError::InvalidFile(e));
             }
         };
-        let _writing = self.committer.policies.lock_writes().await;
+        let _writing = self.lock_in_time().await?;
         let current = self.committer.policies.current();
         let planned = file::plan(current.configs(), &desired, self.committer.clock.now());
         // `--config-file` and `--redis-url` exclude each other (see `settings`), so the

@@ -267,9 +267,18 @@ pub async fn rollback(
                 q.to
             ))
         })?;
-    let edit = match entry.after {
-        Some(config) => Edit::Put(config.spec),
-        None => Edit::Delete(endpoint),
+    // What the change did decides, not whether its config could be read: an entry
+    // this server cannot read (written by a newer version) is refused, never taken for
+    // a deletion.
+    let edit = match (entry.action.as_str(), entry.after) {
+        ("deleted", _) => Edit::Delete(endpoint),
+        (_, Some(config)) => Edit::Put(config.spec),
+        (_, None) => {
+            return Err(ApiError::Conflict(format!(
+                "Version {} of {endpoint:?} holds a config this server cannot read; nothing changed.",
+                q.to
+            )));
+        }
     };
     let change = state.configs.write(edit, Source::Rollback).await?;
     match &change.after {
@@ -320,6 +329,7 @@ pub async fn reset_client(
             .collect(),
     };
     let mut reset = Vec::with_capacity(policies.len());
+    let mut failed = None;
     for policy in policies {
         let check = Check {
             client: client.clone(),
@@ -329,22 +339,29 @@ pub async fn reset_client(
             path: None,
             answer_by: actix_web::rt::time::Instant::now() + RESET_DEADLINE,
         };
-        let d = state.registries.decide(check).await.map_err(|_| {
-            ApiError::Unavailable(format!(
-                "The limiter could not reset {:?}; quotas listed before it were reset.",
-                policy.endpoint
-            ))
-        })?;
+        let Ok(d) = state.registries.decide(check).await else {
+            failed = Some(policy.endpoint.clone());
+            break;
+        };
         reset.push(ResetView {
             endpoint: policy.endpoint.to_string(),
             limit: d.limit,
             remaining: d.remaining,
         });
     }
-    state.broadcaster.do_send(ClientReset {
-        client: client.clone(),
-        endpoints: reset.iter().map(|r| r.endpoint.clone()).collect(),
-    });
+    // What was reset is announced even when a later config could not be.
+    let endpoints: Vec<String> = reset.iter().map(|r| r.endpoint.clone()).collect();
+    if !endpoints.is_empty() {
+        state.broadcaster.do_send(ClientReset {
+            client: client.clone(),
+            endpoints: endpoints.clone(),
+        });
+    }
+    if let Some(endpoint) = failed {
+        return Err(ApiError::Unavailable(format!(
+            "The limiter could not reset {endpoint:?}; only {endpoints:?} were reset. Retry."
+        )));
+    }
     log::info!("client {client:?}: quota reset for {} configs", reset.len());
     Ok(HttpResponse::Ok().json(serde_json::json!({"client_id": &*client, "reset": reset})))
 }

@@ -311,7 +311,9 @@ fn sf_string(s: &str) -> String {
 }
 
 /// Admin access (the admin API, `/metrics` and the live feeds): the admin token when
-/// one is configured (see [`authorize`]), else loopback peers only.
+/// one is configured (see [`authorize`]), else loopback peers only; and a change only
+/// from this server's own pages (or `--allowed-origins`), or from clients that are not
+/// browsers.
 pub async fn admin_access(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
@@ -320,7 +322,15 @@ pub async fn admin_access(
     // Behind a trusted proxy on this host, the peer is always loopback: judge the
     // client the proxy names.
     let caller = state.identity.client_ip(req.headers(), req.peer_addr());
-    let verdict = authorize(&req, caller, [&state.admin_token]);
+    let mut verdict = authorize(&req, caller, [&state.admin_token]);
+    // A change asked by a page of another site (a simple POST or DELETE needs no
+    // preflight) is refused: without a token, loopback access is all it would need.
+    let safe = matches!(req.method().as_str(), "GET" | "HEAD" | "OPTIONS");
+    if verdict.is_ok() && !safe {
+        verdict = state
+            .feeds
+            .check_origin(req.headers(), &req.connection_info());
+    }
     guarded(req, next, verdict).await
 }
 

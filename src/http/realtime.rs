@@ -84,15 +84,25 @@ impl FeedLimits {
         open.get(&ip).copied().unwrap_or(0)
     }
 
-    /// A browser sends `Origin` with every WebSocket upgrade; a page on another site
-    /// must not ride on the admin's cookies or loopback access. Clients that are not
-    /// browsers send none and are judged by the admin rule alone.
-    fn check_origin(&self, req: &HttpRequest) -> Result<(), ApiError> {
-        let Some(origin) = req.headers().get(header::ORIGIN) else {
-            return Ok(());
+    /// A browser sends `Origin` with every WebSocket upgrade and every request that
+    /// changes something; a page on another site must not ride on the admin's cookies or
+    /// loopback access. Clients that are not browsers send none and are judged by the
+    /// admin rule alone.
+    pub fn check_origin(
+        &self,
+        headers: &actix_web::http::header::HeaderMap,
+        conn: &actix_web::dev::ConnectionInfo,
+    ) -> Result<(), ApiError> {
+        let cross_site = headers
+            .get("sec-fetch-site")
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"cross-site"));
+        let Some(origin) = headers.get(header::ORIGIN) else {
+            return match cross_site {
+                true => Err(ApiError::ForbiddenOrigin),
+                false => Ok(()),
+            };
         };
         let origin = origin.to_str().unwrap_or("");
-        let conn = req.connection_info();
         let own = format!("{}://{}", conn.scheme(), conn.host());
         let allowed = origin.eq_ignore_ascii_case(&own)
             || self
@@ -102,7 +112,7 @@ impl FeedLimits {
         if allowed {
             return Ok(());
         }
-        log::warn!("websocket upgrade from origin {origin:?} refused (own origin {own})");
+        log::warn!("request from origin {origin:?} refused (own origin {own})");
         Err(ApiError::ForbiddenOrigin)
     }
 }
@@ -149,7 +159,9 @@ pub async fn websocket(
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, actix_web::Error> {
-    state.feeds.check_origin(&req)?;
+    state
+        .feeds
+        .check_origin(req.headers(), &req.connection_info())?;
     let topic = topic(&req)?;
     // A request that is not a valid upgrade must not leave a subscriber behind.
     WsSession::check_handshake(&req).map_err(|e| {

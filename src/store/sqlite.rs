@@ -155,13 +155,7 @@ fn migrate(conn: &Connection) -> Result<()> {
 
 fn config_from_row(row: &Row) -> rusqlite::Result<Option<Config>> {
     let spec: String = row.get(1)?;
-    let spec = match serde_json::from_str::<ConfigSpec>(&spec)
-        .map_err(|e| e.to_string())
-        .and_then(|s| {
-            s.validate()
-                .map(|()| s)
-                .map_err(|e| format!("{}: {}", e.field, e.message))
-        }) {
+    let spec = match ConfigSpec::from_stored(&spec) {
         Ok(spec) => spec,
         Err(why) => {
             log::warn!("stored config {spec} is not one this server accepts ({why}); skipped");
@@ -223,55 +217,61 @@ pub fn write_configs(
 ) -> Result<Vec<Change>> {
     let tx = conn.unchecked_transaction()?;
     for change in &mut changes {
-        let endpoint = change.endpoint().to_owned();
-        match &mut change.after {
-            Some(c) if c.id == 0 => {
-                tx.execute(
-                    "INSERT INTO configs (endpoint, spec, created_at, updated_at) \
-                     VALUES (?1, ?2, ?3, ?4)",
-                    params![
-                        endpoint,
-                        serde_json::to_string(&c.spec).unwrap_or_default(),
-                        c.created_at as i64,
-                        c.updated_at as i64
-                    ],
-                )?;
-                c.id = tx.last_insert_rowid();
-            }
-            Some(c) => {
-                // Replaces the row with the same id or the same endpoint (in distributed
-                // mode ids come from Redis, and may have moved between endpoints).
-                tx.execute(
-                    "INSERT OR REPLACE INTO configs (id, endpoint, spec, created_at, updated_at) \
-                     VALUES (?1, ?2, ?3, ?4, ?5)",
-                    params![
-                        c.id,
-                        endpoint,
-                        serde_json::to_string(&c.spec).unwrap_or_default(),
-                        c.created_at as i64,
-                        c.updated_at as i64
-                    ],
-                )?;
-            }
-            None => {
-                tx.execute("DELETE FROM configs WHERE endpoint = ?1", [&endpoint])?;
-            }
-        }
-        tx.execute(
-            "INSERT INTO config_history (at, endpoint, action, source, before, after) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![
-                now as i64,
-                endpoint,
-                change.action().as_str(),
-                source.as_str(),
-                change.before.as_ref().map(Config::to_json),
-                change.after.as_ref().map(Config::to_json)
-            ],
-        )?;
+        write_change(&tx, change, source, now)?;
     }
     tx.commit()?;
     Ok(changes)
+}
+
+/// One change and its history row, inside the caller's transaction.
+fn write_change(tx: &Connection, change: &mut Change, source: Source, now: Nanos) -> Result<()> {
+    let endpoint = change.endpoint().to_owned();
+    match &mut change.after {
+        Some(c) if c.id == 0 => {
+            tx.execute(
+                "INSERT INTO configs (endpoint, spec, created_at, updated_at) \
+                 VALUES (?1, ?2, ?3, ?4)",
+                params![
+                    endpoint,
+                    serde_json::to_string(&c.spec).unwrap_or_default(),
+                    c.created_at as i64,
+                    c.updated_at as i64
+                ],
+            )?;
+            c.id = tx.last_insert_rowid();
+        }
+        Some(c) => {
+            // Replaces the row with the same id or the same endpoint (in distributed
+            // mode ids come from Redis, and may have moved between endpoints).
+            tx.execute(
+                "INSERT OR REPLACE INTO configs (id, endpoint, spec, created_at, updated_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    c.id,
+                    endpoint,
+                    serde_json::to_string(&c.spec).unwrap_or_default(),
+                    c.created_at as i64,
+                    c.updated_at as i64
+                ],
+            )?;
+        }
+        None => {
+            tx.execute("DELETE FROM configs WHERE endpoint = ?1", [&endpoint])?;
+        }
+    }
+    tx.execute(
+        "INSERT INTO config_history (at, endpoint, action, source, before, after) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![
+            now as i64,
+            endpoint,
+            change.action().as_str(),
+            source.as_str(),
+            change.before.as_ref().map(Config::to_json),
+            change.after.as_ref().map(Config::to_json)
+        ],
+    )?;
+    Ok(())
 }
 
 /// One recorded config change.
@@ -316,10 +316,24 @@ pub fn config_history(
 }
 
 /// Makes the stored configs equal to `configs` (distributed mode: the shared ones), ids
-/// and times included, recording each change in the history.
-pub fn replace_configs(conn: &Connection, configs: &[Config], now: Nanos) -> Result<()> {
+/// and times included, in one transaction, recording each change in the history: as
+/// `mine`'s source for the endpoint this instance wrote, as the cluster's for the others.
+pub fn replace_configs(
+    conn: &Connection,
+    configs: &[Config],
+    now: Nanos,
+    mine: Option<(&str, Source)>,
+) -> Result<()> {
     let stored = load_configs(conn, now)?;
-    write_configs(conn, diff(&stored, configs), Source::Cluster, now)?;
+    let tx = conn.unchecked_transaction()?;
+    for mut change in diff(&stored, configs) {
+        let source = match mine {
+            Some((endpoint, source)) if endpoint == change.endpoint() => source,
+            _ => Source::Cluster,
+        };
+        write_change(&tx, &mut change, source, now)?;
+    }
+    tx.commit()?;
     Ok(())
 }
 
@@ -692,13 +706,21 @@ mod tests {
             created_at: 2,
             updated_at: 2,
         });
-        replace_configs(&conn, &shared, 3).unwrap();
-        replace_configs(&conn, &shared, 4).unwrap();
+        replace_configs(&conn, &shared, 3, Some(("/s", Source::Rollback))).unwrap();
+        replace_configs(&conn, &shared, 4, None).unwrap();
         let mut stored = load_configs(&conn, 5).unwrap();
         stored.sort_by_key(|c| c.id);
         assert_eq!(stored, shared);
         assert_eq!(history(&conn).len(), 2, "the default, then /s once");
-        assert_eq!(history(&conn)[1].2, "cluster");
+        assert_eq!(
+            history(&conn)[1].2,
+            "rollback",
+            "this instance's own change"
+        );
+        shared[1].spec.requests_per_window = 9;
+        shared[1].updated_at = 5;
+        replace_configs(&conn, &shared, 6, Some(("/elsewhere", Source::Api))).unwrap();
+        assert_eq!(history(&conn)[2].2, "cluster", "another instance's");
     }
 
     /// A database made by version 1's schema (kept in `testdata/`), with configs of every
