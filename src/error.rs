@@ -7,8 +7,41 @@ use crate::config::writer::WriteError;
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpResponse, ResponseError};
-use serde_json::json;
 use std::fmt;
+
+/// Every error's body: `{"error": "<snake_case_code>", "message": "<sentence>"}`, with the
+/// field a validation failed on, and the line of a refused config file.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// A stable code: `validation_failed`, `not_found`, `conflict`, `invalid_json`, ...
+    pub error: &'static str,
+    /// A sentence for a person.
+    pub message: String,
+    /// The field a validation failed on (`requests_per_window`, `checks[2].cost`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// The line of the config file entry that was refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub line: Option<usize>,
+}
+
+/// The body of a 429: who was refused, under which config, and until when.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Refusal {
+    /// Always `rate_limit_exceeded`.
+    pub error: &'static str,
+    pub message: String,
+    pub client_id: String,
+    /// The config whose limit was reached.
+    pub endpoint: String,
+    pub limit: u64,
+    /// Always 0.
+    pub remaining: u64,
+    /// Seconds until a request would be allowed again (at least 1).
+    pub retry_after: u64,
+    /// When the quota is fully restored (RFC 3339).
+    pub reset_time: String,
+}
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum ApiError {
@@ -153,14 +186,19 @@ impl ResponseError for ApiError {
         if let ApiError::Internal(detail) = self {
             log::error!("internal error: {detail}");
         }
-        let mut body = json!({"error": self.code(), "message": self.to_string()});
+        let mut body = ErrorBody {
+            error: self.code(),
+            message: self.to_string(),
+            field: None,
+            line: None,
+        };
         if let ApiError::Validation(v) = self {
-            body["field"] = json!(v.field);
-            body["message"] = json!(format!("{} {}.", v.field, v.message));
+            body.field = Some(v.field.clone());
+            body.message = format!("{} {}.", v.field, v.message);
         }
         if let ApiError::InvalidFile(e) = self {
-            body["line"] = json!(e.line);
-            body["field"] = json!(e.field);
+            body.line = e.line;
+            body.field = e.field.clone();
         }
         let mut res = HttpResponse::build(self.status_code());
         match self {

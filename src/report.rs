@@ -1,14 +1,58 @@
 //! The statistics bodies, built in one place for `/admin/stats`, `/admin/stats/{client_id}`
 //! and the live feeds' `global_stats` and `client_stats` messages.
 
+use crate::actors::client_limiter::ClientStatus;
 use crate::actors::db::{ClientEvents, Db};
 use crate::actors::registry::{GetClientStatus, Registries};
 use crate::clock::{NANOS_PER_SEC, Nanos, SharedClock, rfc3339};
 use crate::policy::Policies;
 use crate::stats::{DayTotals, GlobalStats, InstanceRow, Peers, SecondCounts};
+use crate::store::sqlite::EventRow;
 use actix::Addr;
-use serde_json::{Value, json};
+use serde::Serialize;
 use std::sync::Arc;
+use utoipa::ToSchema;
+
+/// `GET /admin/stats` and the feeds' `global_stats`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct GlobalStatsBody {
+    pub total_requests_24h: u64,
+    pub blocked_requests_24h: u64,
+    /// Percent of the last 24 hours' requests let through (100 with none).
+    pub success_rate: f64,
+    pub active_configs: usize,
+    /// Live limiters.
+    pub active_clients: usize,
+    /// Averaged over the last ten complete seconds.
+    pub requests_per_second: f64,
+    /// The last complete second, for charts.
+    pub last_second: Option<SecondCounts>,
+    pub uptime_seconds: u64,
+    /// Distributed mode: one row per instance.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instances: Option<Vec<InstanceRow>>,
+    /// RFC 3339.
+    pub timestamp: String,
+}
+
+/// `GET /admin/traffic`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Traffic {
+    /// Per second, oldest first.
+    pub seconds: Vec<SecondCounts>,
+    /// RFC 3339.
+    pub timestamp: String,
+}
+
+/// `GET /admin/stats/{client_id}` and the feeds' `client_stats`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ClientStatsBody {
+    pub client_id: String,
+    pub status: ClientStatus,
+    pub recent_events: Vec<EventRow>,
+    /// RFC 3339.
+    pub timestamp: String,
+}
 
 /// Events listed by a client's statistics.
 const RECENT_EVENTS: usize = 20;
@@ -29,7 +73,7 @@ impl Reporter {
     /// The body of `GET /admin/stats`, from memory only. In distributed mode the totals
     /// are the cluster's (this instance's plus what the others reported) and
     /// `instances` has a row per instance.
-    pub fn global_stats(&self) -> Value {
+    pub fn global_stats(&self) -> GlobalStatsBody {
         let now = self.clock.now();
         let mut day = self.global.last_24h(now);
         let mut rps = self.global.requests_per_second(now);
@@ -58,35 +102,35 @@ impl Reporter {
         } else {
             (day.total - day.blocked) as f64 * 100.0 / day.total as f64
         };
-        let mut body = json!({
-            "total_requests_24h": day.total,
-            "blocked_requests_24h": day.blocked,
-            "success_rate": (success_rate * 100.0).round() / 100.0,
-            "active_configs": self.policies.current().active_count(),
-            "active_clients": self.registries.live_clients(),
-            "requests_per_second": rps,
-            "last_second": last.first(),
-            "uptime_seconds": now.saturating_sub(self.started_at) / NANOS_PER_SEC,
-            "timestamp": rfc3339(now),
-        });
-        if let Some(rows) = instances {
-            body["instances"] = json!(rows);
+        GlobalStatsBody {
+            total_requests_24h: day.total,
+            blocked_requests_24h: day.blocked,
+            success_rate: (success_rate * 100.0).round() / 100.0,
+            active_configs: self.policies.current().active_count(),
+            active_clients: self.registries.live_clients(),
+            requests_per_second: rps,
+            last_second: last.first().copied(),
+            uptime_seconds: now.saturating_sub(self.started_at) / NANOS_PER_SEC,
+            instances,
+            timestamp: rfc3339(now),
         }
-        body
     }
 
     /// Allowed and blocked requests per second over the last five minutes, oldest first.
-    pub fn traffic(&self) -> Value {
+    pub fn traffic(&self) -> Traffic {
         let now = self.clock.now();
         let mut seconds = self.global.recent_seconds(now, 300);
         if let Some((_, peers)) = &self.cluster {
             seconds = add_seconds(seconds, peers.remote.recent_seconds(now, 300));
         }
-        json!({"seconds": seconds, "timestamp": rfc3339(now)})
+        Traffic {
+            seconds,
+            timestamp: rfc3339(now),
+        }
     }
 
     /// The body of `GET /admin/stats/{client_id}` (the id must be valid already).
-    pub async fn client_stats(&self, client: Arc<str>) -> Result<Value, Unavailable> {
+    pub async fn client_stats(&self, client: Arc<str>) -> Result<ClientStatsBody, Unavailable> {
         let status = self
             .registries
             .shard(&client)
@@ -105,12 +149,12 @@ impl Reporter {
             .await
             .map_err(|e| Unavailable(format!("The database is not answering ({e}).")))?
             .map_err(|e| Unavailable(format!("The database is failing ({e}).")))?;
-        Ok(json!({
-            "client_id": &*client,
-            "status": status,
-            "recent_events": events,
-            "timestamp": rfc3339(self.clock.now()),
-        }))
+        Ok(ClientStatsBody {
+            client_id: client.to_string(),
+            status,
+            recent_events: events,
+            timestamp: rfc3339(self.clock.now()),
+        })
     }
 }
 

@@ -46,7 +46,7 @@ pub struct DayTotals {
 }
 
 /// One second of traffic, for charts.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct SecondCounts {
     pub second: u64,
     pub allowed: u64,
@@ -161,7 +161,7 @@ struct Peer {
 }
 
 /// One instance's row in `global_stats`.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
 pub struct InstanceRow {
     pub instance: String,
     /// This instance (the one answering).

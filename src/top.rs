@@ -22,7 +22,9 @@ pub const WORKING: usize = 4 * KEPT;
 pub const MINUTES: u64 = 60;
 
 /// Which requests a ranking counts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum By {
     Allowed,
@@ -94,9 +96,10 @@ pub struct TopClients {
 }
 
 /// One client of a ranking.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct Ranked {
     #[serde(serialize_with = "as_str")]
+    #[schema(value_type = String)]
     pub client_id: Arc<str>,
     /// Requests counted; short of the truth by at most the ranking's `error_bound`.
     pub count: u64,

@@ -308,7 +308,7 @@ impl Endpoint {
 }
 
 /// One endpoint of a client, as `/admin/stats/{client_id}` shows it.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct EndpointStatus {
     pub endpoint: String,
     pub algorithm: Algorithm,
@@ -327,7 +327,7 @@ pub struct EndpointStatus {
 }
 
 /// A client's counters and quotas.
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct ClientStatus {
     pub total_requests: u64,
     pub blocked_requests: u64,

@@ -34,7 +34,7 @@ const READ_ONLY: [&str; 3] = ["id", "created_at", "updated_at"];
 /// The writable part of a config, validated as a whole. Its serde form is the admin
 /// API's input and the stored form; a field missing from stored JSON takes its default,
 /// so a field added later reads older rows and older instances' shared configs.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ConfigSpec {
     /// `"*"`, an exact path or a `/prefix/*`: which requests the config limits.
     pub endpoint: String,
@@ -62,7 +62,7 @@ pub struct ConfigSpec {
 }
 
 /// What a config does with a request over its limit.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Enforcement {
     #[default]
@@ -78,7 +78,7 @@ pub const MAX_OVERRIDES: usize = 1000;
 /// config's. An exact name beats any prefix, and a longer prefix a shorter one. The
 /// algorithm, the mode and the rate-limit key (client, config endpoint) stay the
 /// config's.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Override {
     pub client: String,
@@ -401,12 +401,16 @@ pub struct Config {
 }
 
 /// A config as the admin API and the feeds show it: times in RFC 3339.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = Config)]
 pub struct ConfigView<'a> {
     pub id: i64,
     #[serde(flatten)]
+    #[schema(inline = false)]
     pub spec: &'a ConfigSpec,
+    /// RFC 3339.
     pub created_at: String,
+    /// RFC 3339.
     pub updated_at: String,
 }
 
@@ -446,7 +450,7 @@ pub fn views(configs: &[Config]) -> Vec<ConfigView<'_>> {
 }
 
 /// What a change did, for the feeds, the metrics and the history.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ConfigAction {
     Created,

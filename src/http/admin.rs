@@ -10,17 +10,22 @@ use crate::actors::registry::Check;
 use crate::clock::rfc3339;
 use crate::config::writer::Edit;
 use crate::config::{
-    Change, Config, ConfigSpec, ConfigView, DEFAULT_ENDPOINT, Source, validate_endpoint, views,
+    Change, Config, ConfigAction, ConfigSpec, ConfigView, DEFAULT_ENDPOINT, Source,
+    validate_endpoint, views,
 };
 use crate::error::ApiError;
+use crate::error::ErrorBody;
+use crate::http::openapi::{ConfigCreate, ConfigPatch, Endpoint};
 use crate::limiter::Mode;
 use crate::policy::Policy;
+use crate::report::{ClientStatsBody, GlobalStatsBody, Traffic};
 use crate::store::sqlite::HistoryEntry;
-use crate::top::{By, MINUTES};
+use crate::top::{By, MINUTES, Ranked};
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::{Map, Value};
 use std::sync::Arc;
+use utoipa::{IntoParams, ToSchema};
 
 const CONFIGS_PREFIX: &str = "/admin/configs/";
 const HISTORY_PATH: &str = "/admin/configs/history";
@@ -108,17 +113,34 @@ fn written(change: &Change) -> Result<&Config, ApiError> {
         .ok_or_else(|| ApiError::Unavailable("The write answered no config.".to_owned()))
 }
 
+#[utoipa::path(
+    get,
+    path = "/admin/configs",
+    tag = "configs",
+    responses((status = 200, description = "Every config", body = [ConfigView]))
+)]
 pub async fn list_configs(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok().json(views(state.policies.current().configs()))
 }
 
+#[utoipa::path(
+    get,
+    path = "/admin/configs/{endpoint}",
+    tag = "configs",
+    params(Endpoint),
+    responses(
+        (status = 200, description = "The config", body = ConfigView),
+        (status = 400, description = "The path names no valid endpoint", body = ErrorBody),
+        (status = 404, description = "No config for that endpoint", body = ErrorBody),
+    )
+)]
 pub async fn get_config(
     state: web::Data<AppState>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     // Compared undecoded: the config of the path `/history` is `%68istory`.
     if req.uri().path() == HISTORY_PATH {
-        return history(state, req).await;
+        return config_history(state, req).await;
     }
     let endpoint = endpoint_from_path(&req)?;
     let table = state.policies.current();
@@ -128,6 +150,18 @@ pub async fn get_config(
     Ok(HttpResponse::Ok().json(config.view()))
 }
 
+#[utoipa::path(
+    post,
+    path = "/admin/configs",
+    tag = "configs",
+    request_body(content = ConfigCreate, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Created", body = ConfigView,
+         headers(("Location" = String, description = "The config's admin path"))),
+        (status = 409, description = "A config for that endpoint exists, or a config file is in charge", body = ErrorBody),
+        (status = 422, description = "A rule broken; `field` names it", body = ErrorBody),
+    )
+)]
 pub async fn create_config(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -141,6 +175,19 @@ pub async fn create_config(
         .json(config.view()))
 }
 
+#[utoipa::path(
+    put,
+    path = "/admin/configs/{endpoint}",
+    tag = "configs",
+    params(Endpoint),
+    request_body(content = ConfigPatch, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The merged config", body = ConfigView),
+        (status = 404, description = "No config for that endpoint", body = ErrorBody),
+        (status = 409, description = "A config file is in charge", body = ErrorBody),
+        (status = 422, description = "A rule broken; `field` names it", body = ErrorBody),
+    )
+)]
 pub async fn update_config(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -155,6 +202,18 @@ pub async fn update_config(
     Ok(HttpResponse::Ok().json(written(&change)?.view()))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/admin/configs/{endpoint}",
+    tag = "configs",
+    params(Endpoint),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, description = "The path names no valid endpoint", body = ErrorBody),
+        (status = 404, description = "No config for that endpoint", body = ErrorBody),
+        (status = 409, description = "The default \"*\", or a config file is in charge", body = ErrorBody),
+    )
+)]
 pub async fn delete_config(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -167,7 +226,8 @@ pub async fn delete_config(
     Ok(HttpResponse::NoContent().finish())
 }
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct HistoryQuery {
     endpoint: Option<String>,
@@ -175,7 +235,8 @@ struct HistoryQuery {
 }
 
 /// One change as `GET /admin/configs/history` shows it.
-#[derive(serde::Serialize)]
+#[derive(serde::Serialize, ToSchema)]
+#[schema(as = HistoryEntry)]
 struct HistoryView<'a> {
     version: i64,
     at: String,
@@ -195,7 +256,20 @@ fn bad_query(e: impl std::fmt::Display) -> ApiError {
 
 /// `GET /admin/configs/history[?endpoint=/api/*][&limit=N]`: recorded changes, newest
 /// first (100 unless `limit` says, at most 1000).
-async fn history(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+#[utoipa::path(
+    get,
+    path = "/admin/configs/history",
+    tag = "configs",
+    params(HistoryQuery),
+    responses(
+        (status = 200, description = "Recorded changes, newest first", body = [HistoryView]),
+        (status = 400, description = "A bad query", body = ErrorBody),
+    )
+)]
+pub async fn config_history(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
     let q = web::Query::<HistoryQuery>::from_query(req.query_string()).map_err(bad_query)?;
     if let Some(e) = &q.endpoint {
         validate_endpoint(e).map_err(|e| bad_query(format!("endpoint {}", e.message)))?;
@@ -239,15 +313,31 @@ async fn read_history(
         .map_err(|e| ApiError::Unavailable(format!("The database is failing ({e}).")))
 }
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct RollbackQuery {
+    /// The history version to go back to.
     to: i64,
 }
 
 /// `POST /admin/configs/{endpoint}/rollback?to=<version>`: makes the config exactly what
 /// that change left (recreating it if it was deleted since; deleting it if that change
 /// was its deletion). Recorded in the history like any other change.
+#[utoipa::path(
+    post,
+    path = "/admin/configs/{endpoint}/rollback",
+    tag = "configs",
+    params(Endpoint, RollbackQuery),
+    responses(
+        (status = 200, description = "The config as that version left it", body = ConfigView),
+        (status = 204, description = "That version was the config's deletion: deleted"),
+        (status = 400, description = "A bad endpoint or query", body = ErrorBody),
+        (status = 404, description = "No such version of that config", body = ErrorBody),
+        (status = 405, description = "Not a rollback path", body = ErrorBody),
+        (status = 409, description = "A config file is in charge, the default cannot be deleted, or the version is unreadable", body = ErrorBody),
+    )
+)]
 pub async fn rollback(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -287,14 +377,16 @@ pub async fn rollback(
     }
 }
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct ResetQuery {
+    /// Only this config's quota (default: every config's).
     endpoint: Option<String>,
 }
 
 /// One quota a reset gave back.
-#[derive(serde::Serialize)]
+#[derive(serde::Serialize, ToSchema)]
 struct ResetView {
     endpoint: String,
     limit: u64,
@@ -304,6 +396,24 @@ struct ResetView {
 /// `DELETE /admin/clients/{client_id}/state[?endpoint=/api/*]`: gives the client its
 /// whole quota back now, under one config or under every config, in whichever backend
 /// decides (memory or Redis); written at the next flush, and announced on the feeds.
+/// `DELETE /admin/clients/{client_id}/state`.
+#[derive(serde::Serialize, ToSchema)]
+struct Reset {
+    client_id: String,
+    reset: Vec<ResetView>,
+}
+
+#[utoipa::path(
+    delete,
+    path = "/admin/clients/{client_id}/state",
+    tag = "stats",
+    params(("client_id" = String, Path, description = "1 to 128 of A-Z a-z 0-9 . _ : @ -", pattern = "^[A-Za-z0-9._:@-]{1,128}$"), ResetQuery),
+    responses(
+        (status = 200, description = "The quotas given back", body = Reset),
+        (status = 400, description = "A bad client id or query", body = ErrorBody),
+        (status = 404, description = "No config for that endpoint", body = ErrorBody),
+    )
+)]
 pub async fn reset_client(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -363,27 +473,58 @@ pub async fn reset_client(
         )));
     }
     log::info!("client {client:?}: quota reset for {} configs", reset.len());
-    Ok(HttpResponse::Ok().json(serde_json::json!({"client_id": &*client, "reset": reset})))
+    Ok(HttpResponse::Ok().json(Reset {
+        client_id: client.to_string(),
+        reset,
+    }))
 }
 
 /// `POST /admin/reload`: reads the config file (`--config-file`) and makes the configs
 /// equal to it, as one change; answers what changed. 422 with the line and field when
 /// the file is refused (nothing changed), 409 when no file is in charge.
+#[utoipa::path(
+    post,
+    path = "/admin/reload",
+    tag = "configs",
+    responses(
+        (status = 200, description = "The file applied", body = Reloaded),
+        (status = 409, description = "No config file is in charge", body = ErrorBody),
+        (status = 422, description = "The file was refused; `line` and `field` say where", body = ErrorBody),
+    )
+)]
 pub async fn reload(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let changes = state.configs.reload().await?;
-    let changes: Vec<_> = changes
-        .iter()
-        .map(|c| serde_json::json!({"action": c.action(), "endpoint": c.endpoint()}))
-        .collect();
-    Ok(HttpResponse::Ok().json(serde_json::json!({
-        "changes": changes,
-        "configs": views(state.policies.current().configs()),
-    })))
+    let table = state.policies.current();
+    Ok(HttpResponse::Ok().json(Reloaded {
+        changes: changes
+            .iter()
+            .map(|c| Changed {
+                action: c.action(),
+                endpoint: c.endpoint(),
+            })
+            .collect(),
+        configs: views(table.configs()),
+    }))
 }
 
-#[derive(serde::Deserialize)]
+/// `POST /admin/reload`.
+#[derive(serde::Serialize, ToSchema)]
+struct Reloaded<'a> {
+    changes: Vec<Changed<'a>>,
+    configs: Vec<ConfigView<'a>>,
+}
+
+#[derive(serde::Serialize, ToSchema)]
+struct Changed<'a> {
+    action: ConfigAction,
+    endpoint: &'a str,
+}
+
+#[derive(serde::Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct TopQuery {
+    /// `blocked` (default) or `allowed`.
     by: Option<By>,
     window: Option<String>,
     limit: Option<usize>,
@@ -395,6 +536,28 @@ const MAX_TOP: usize = 100;
 /// `GET /admin/top?by=blocked|allowed&window=5m&limit=20`: the clients with the most
 /// requests refused (or let through) in the last `window` (`1m` to `60m`, or `1h`), on
 /// this instance, from bounded sketches (see [`crate::top`]).
+/// `GET /admin/top`.
+#[derive(serde::Serialize, ToSchema)]
+struct Top {
+    by: By,
+    window_minutes: u64,
+    clients: Vec<Ranked>,
+    /// How far short of the truth a count may be (0: exact).
+    error_bound: u64,
+    /// RFC 3339.
+    timestamp: String,
+}
+
+#[utoipa::path(
+    get,
+    path = "/admin/top",
+    tag = "stats",
+    params(TopQuery),
+    responses(
+        (status = 200, description = "The heaviest clients", body = Top),
+        (status = 400, description = "A bad query", body = ErrorBody),
+    )
+)]
 pub async fn top(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     let q = web::Query::<TopQuery>::from_query(req.query_string()).map_err(bad_query)?;
     let by = q.by.unwrap_or(By::Blocked);
@@ -414,27 +577,49 @@ pub async fn top(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpRes
         return Err(bad_query(format!("limit must be from 1 to {MAX_TOP}")));
     }
     let (clients, error_bound) = state.registries.top(by, minutes, limit);
-    Ok(HttpResponse::Ok().json(serde_json::json!({
-        "by": by,
-        "window_minutes": minutes,
-        "clients": clients,
-        "error_bound": error_bound,
-        "timestamp": rfc3339(state.clock.now()),
-    })))
+    Ok(HttpResponse::Ok().json(Top {
+        by,
+        window_minutes: minutes,
+        clients,
+        error_bound,
+        timestamp: rfc3339(state.clock.now()),
+    }))
 }
 
 /// How long one reset may wait for the client's limiter (a restore, Redis).
 const RESET_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
 
+#[utoipa::path(
+    get,
+    path = "/admin/stats",
+    tag = "stats",
+    responses((status = 200, description = "Totals", body = GlobalStatsBody))
+)]
 pub async fn global_stats(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok().json(state.reporter.global_stats())
 }
 
 /// Per-second traffic of the last five minutes, for the dashboard's chart.
+#[utoipa::path(
+    get,
+    path = "/admin/traffic",
+    tag = "stats",
+    responses((status = 200, description = "Per second, the last five minutes", body = Traffic))
+)]
 pub async fn traffic(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok().json(state.reporter.traffic())
 }
 
+#[utoipa::path(
+    get,
+    path = "/admin/stats/{client_id}",
+    tag = "stats",
+    params(("client_id" = String, Path, description = "1 to 128 of A-Z a-z 0-9 . _ : @ -", pattern = "^[A-Za-z0-9._:@-]{1,128}$")),
+    responses(
+        (status = 200, description = "The client's counters and quotas (zeros for an unknown client)", body = ClientStatsBody),
+        (status = 400, description = "A bad client id", body = ErrorBody),
+    )
+)]
 pub async fn client_stats(
     state: web::Data<AppState>,
     req: HttpRequest,

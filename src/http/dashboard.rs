@@ -18,6 +18,12 @@ pub fn templates() -> Result<Tera, String> {
     Ok(tera)
 }
 
+#[utoipa::path(
+    get,
+    path = "/dashboard",
+    tag = "operations",
+    responses((status = 200, description = "The dashboard page", body = String, content_type = "text/html"))
+)]
 pub async fn page(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let mut ctx = Context::new();
     ctx.insert("version", env!("CARGO_PKG_VERSION"));
@@ -66,6 +72,25 @@ const ASSETS: &[(&str, &str, &[u8])] = &[
     ),
 ];
 
+/// The names `/static/{file}` serves.
+pub(crate) fn asset_names() -> impl Iterator<Item = &'static str> {
+    ASSETS.iter().map(|(name, _, _)| *name)
+}
+
+#[utoipa::path(
+    get,
+    path = "/static/{file}",
+    tag = "operations",
+    params(("file" = String, Path, description = "dashboard.js, dashboard.css, or a vendored file")),
+    responses(
+        (status = 200, description = "The file", content(
+            (String = "text/javascript"),
+            (String = "text/css"),
+            (String = "text/plain"),
+        )),
+        (status = 404, description = "No such file", body = crate::error::ErrorBody),
+    )
+)]
 pub async fn asset(req: HttpRequest) -> Result<HttpResponse, ApiError> {
     let name = req.match_info().query("file");
     let (_, content_type, body) = ASSETS

@@ -17,6 +17,7 @@ use super::middleware::{Ruling, add_headers, decide, has_dot_segments, refusal};
 use crate::clock::{NANOS_PER_SEC, Nanos, rfc3339};
 use crate::config::ValidationError;
 use crate::error::ApiError;
+use crate::error::ErrorBody;
 use crate::limiter::{Algorithm, Decision, Mode};
 use crate::policy::Policy;
 use crate::settings::{ForwardAuthHeaders, OnError};
@@ -25,6 +26,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Serialize;
 use serde_json::{Map, Value};
 use std::sync::Arc;
+use utoipa::ToSchema;
 
 /// Checks one call may carry.
 pub const MAX_CHECKS: usize = 100;
@@ -38,8 +40,46 @@ struct Ask {
     mode: Mode,
 }
 
+/// One check, as `POST /v1/check` reads it (the parser below reads these fields by name;
+/// `tests/openapi.rs` sends one built from this schema).
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)] // a description of the input, which `parse` reads field by field
+struct CheckRequest {
+    /// The client, by the rule of `X-Client-ID`: 1 to 128 of `A-Z a-z 0-9 . _ : @ -`.
+    #[schema(pattern = "^[A-Za-z0-9._:@-]{1,128}$")]
+    client_id: String,
+    /// The path of the request being decided (its query string is ignored).
+    #[schema(pattern = "^/", max_length = 2048)]
+    path: String,
+    /// The request's method, for the record.
+    #[schema(pattern = "^[A-Za-z]+$")]
+    method: Option<String>,
+    /// Units to take (0 to the config's limit; default 1).
+    #[schema(minimum = 0)]
+    cost: Option<u64>,
+    /// Only look: decide nothing, count nothing.
+    peek: Option<bool>,
+}
+
+/// Several checks, decided in order.
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)]
+struct BatchRequest {
+    #[schema(min_items = 1, max_items = 100)]
+    checks: Vec<CheckRequest>,
+}
+
+/// The body of `POST /v1/check`: one check, or a batch.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+enum CheckBody {
+    One(CheckRequest),
+    Batch(BatchRequest),
+}
+
 /// One check's answer.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct Answer {
     /// Whether the request may go on: within the limit, or over it in shadow mode.
     allowed: bool,
@@ -63,8 +103,16 @@ struct Answer {
     error: Option<&'static str>,
 }
 
+/// The answer of `POST /v1/check`: one check's, or a batch's.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+enum CheckAnswer {
+    One(Answer),
+    Batch(Batch),
+}
+
 /// The batch form's answer.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct Batch {
     results: Vec<Answer>,
 }
@@ -74,6 +122,16 @@ fn invalid(field: impl Into<String>, message: impl Into<String>) -> ApiError {
 }
 
 /// `POST /v1/check`.
+#[utoipa::path(
+    post,
+    path = "/v1/check",
+    tag = "decisions",
+    request_body(content = CheckBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Decided: `allowed` says whether (a refusal is a 200 too); a batch answers `results`", body = CheckAnswer),
+        (status = 422, description = "A bad check; `field` names it (checks[2].cost); nothing was decided", body = ErrorBody),
+    )
+)]
 pub async fn check(
     req: HttpRequest,
     payload: web::Payload,
@@ -115,12 +173,12 @@ pub async fn check(
             for ask in &asks {
                 results.push(answer(&state, ask, now()).await.0);
             }
-            Ok(HttpResponse::Ok().json(Batch { results }))
+            Ok(HttpResponse::Ok().json(CheckAnswer::Batch(Batch { results })))
         }
         None => {
             let ask = parse(&state, Value::Object(body), "")?;
             let (answer, decision) = answer(&state, &ask, now()).await;
-            let mut res = HttpResponse::Ok().json(&answer);
+            let mut res = HttpResponse::Ok().json(CheckAnswer::One(answer));
             if let Some(d) = decision {
                 add_headers(res.headers_mut(), &ask.policy, &d, now());
             }
@@ -246,6 +304,21 @@ async fn answer(state: &AppState, ask: &Ask, now: Nanos) -> (Answer, Option<Deci
 /// address, believed from `X-Forwarded-For` / `X-Real-IP` only when the caller is one of
 /// `--trusted-proxies`). 200 with the rate-limit headers and an empty body when allowed;
 /// the usual 429 (or `--forward-auth-deny-status`) when refused.
+#[utoipa::path(
+    method(get, post, put, patch, delete, head),
+    path = "/v1/forward-auth",
+    tag = "decisions",
+    params(
+        ("X-Original-URI" = String, Header, pattern = "^/", description = "The original request's path and query (with --forward-auth-headers forwarded: X-Forwarded-Uri)"),
+        ("X-Original-Method" = Option<String>, Header, description = "The original request's method (with --forward-auth-headers forwarded: X-Forwarded-Method)"),
+        ("X-Client-ID" = Option<String>, Header, description = "The client; else its address"),
+    ),
+    responses(
+        (status = 200, description = "Allowed: let the request through"),
+        (status = 429, description = "Over the limit (or --forward-auth-deny-status)", body = crate::error::Refusal),
+        (status = 400, description = "The headers name no valid request or client", body = ErrorBody),
+    )
+)]
 pub async fn forward_auth(
     req: HttpRequest,
     state: web::Data<AppState>,

@@ -6,7 +6,7 @@
 use super::{AppState, deadline};
 use crate::actors::registry::Check;
 use crate::clock::{NANOS_PER_SEC, Nanos, ceil_secs, rfc3339};
-use crate::error::ApiError;
+use crate::error::{ApiError, Refusal};
 use crate::limiter::{Decision, Mode};
 use crate::metrics::{ErrorReason, Metrics, Outcome};
 use crate::policy::Policy;
@@ -17,14 +17,14 @@ use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 use actix_web::middleware::Next;
 use actix_web::rt::time::Instant;
 use actix_web::{Error, HttpResponse, ResponseError, web};
-use serde_json::json;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Never limited: the admin API, the decision API, the feeds, the dashboard and its assets, metrics, and
 /// the health check (a load balancer's probe must never be throttled).
-const EXEMPT: [&str; 8] = [
+const EXEMPT: [&str; 9] = [
     "/admin",
+    "/openapi.json",
     "/v1",
     "/ws",
     "/events",
@@ -176,19 +176,19 @@ pub async fn decide(
 /// a JSON body saying why and until when.
 pub fn refusal(client: &str, policy: &Policy, decision: &Decision, now: Nanos) -> HttpResponse {
     let retry_after = retry_after_secs(decision);
-    let mut res = HttpResponse::TooManyRequests().json(json!({
-        "error": "rate_limit_exceeded",
-        "message": format!(
+    let mut res = HttpResponse::TooManyRequests().json(Refusal {
+        error: "rate_limit_exceeded",
+        message: format!(
             "Rate limit exceeded: {} requests per {} s for {}. Retry in {retry_after} s.",
             decision.limit, policy.window_seconds, policy.endpoint
         ),
-        "client_id": client,
-        "endpoint": &*policy.endpoint,
-        "limit": decision.limit,
-        "remaining": 0,
-        "retry_after": retry_after,
-        "reset_time": rfc3339(now.saturating_add(decision.reset_after)),
-    }));
+        client_id: client.to_owned(),
+        endpoint: policy.endpoint.to_string(),
+        limit: decision.limit,
+        remaining: 0,
+        retry_after,
+        reset_time: rfc3339(now.saturating_add(decision.reset_after)),
+    });
     add_headers(res.headers_mut(), policy, decision, now);
     res
 }

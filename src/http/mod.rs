@@ -9,6 +9,7 @@ pub(crate) mod deadline;
 pub(crate) mod decision;
 pub mod demo;
 pub(crate) mod middleware;
+pub(crate) mod openapi;
 pub(crate) mod ops;
 pub(crate) mod proxy;
 pub(crate) mod realtime;
@@ -116,6 +117,7 @@ pub fn routes(upstream: Option<proxy::Upstream>) -> impl Fn(&mut web::ServiceCon
                     .service(resource("/{client_id}").get(realtime::events)),
             )
             .service(resource("/dashboard").get(dashboard::page))
+            .service(resource("/openapi.json").get(openapi::openapi_json))
             .service(resource("/static/{file:.*}").get(dashboard::asset))
             .service(resource("/health").get(ops::health))
             .service(

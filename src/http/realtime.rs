@@ -154,6 +154,20 @@ async fn subscribe(state: &AppState, topic: Topic) -> Result<Subscription, ApiEr
         .map_err(|e| ApiError::Unavailable(format!("The live feed is not available ({e}).")))
 }
 
+/// `GET /ws/global` and `/ws/{client_id}`: a WebSocket feed (JSON messages with `type`
+/// and `timestamp`).
+#[utoipa::path(
+    get,
+    path = "/ws/{topic}",
+    tag = "feeds",
+    params(("topic" = String, Path, description = "`global`, or a client id")),
+    responses(
+        (status = 101, description = "Switching to the WebSocket feed"),
+        (status = 400, description = "Not a WebSocket upgrade, or a bad client id", body = crate::error::ErrorBody),
+        (status = 403, description = "A page of another origin", body = crate::error::ErrorBody),
+        (status = 429, description = "This address holds the most feeds allowed", body = crate::error::ErrorBody),
+    )
+)]
 pub async fn websocket(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -185,6 +199,18 @@ fn frame(msg: FeedMessage) -> Bytes {
     Bytes::from(format!("event: {}\ndata: {}\n\n", msg.kind, msg.json))
 }
 
+/// `GET /events/global` and `/events/{client_id}`: the same feed as Server-Sent Events.
+#[utoipa::path(
+    get,
+    path = "/events/{topic}",
+    tag = "feeds",
+    params(("topic" = String, Path, description = "`global`, or a client id")),
+    responses(
+        (status = 200, description = "`event: <type>` and `data: <json>` frames, a keep-alive comment every 15 s", body = String, content_type = "text/event-stream"),
+        (status = 400, description = "A bad client id", body = crate::error::ErrorBody),
+        (status = 429, description = "This address holds the most feeds allowed", body = crate::error::ErrorBody),
+    )
+)]
 pub async fn events(
     state: web::Data<AppState>,
     req: HttpRequest,

@@ -17,7 +17,7 @@ use crate::clock::{NANOS_PER_SEC, Nanos};
 use serde::{Deserialize, Serialize};
 
 /// The algorithms a config may name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Algorithm {
     SlidingWindow,

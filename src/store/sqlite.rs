@@ -477,7 +477,7 @@ pub fn minute_totals(conn: &Connection, since_minute: u64) -> Result<Vec<(u64, u
 }
 
 /// One row of the events table, as `/admin/stats/{client_id}` shows it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct EventRow {
     #[serde(rename = "type")]
     pub kind: String,
