@@ -280,7 +280,12 @@ fn type_message(e: &serde_json::Error, example: &Value) -> String {
     let e = e.to_string();
     // serde's own words name the accepted values of an enum (`algorithm`).
     match e.find("expected one of") {
-        Some(at) => format!("must be one of {}", &e[at + "expected one of ".len()..]),
+        Some(at) => {
+            let names = &e[at + "expected one of ".len()..];
+            // serde quotes each name in backticks; the message lists them bare.
+            let names = names.split(" at line").next().unwrap_or(names);
+            format!("must be one of {}", names.replace('`', ""))
+        }
         None => format!("{expected} ({e})"),
     }
 }
