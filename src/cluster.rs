@@ -95,6 +95,9 @@ pub struct Cluster {
     published: AtomicU64,
     /// Writing the shared configs to SQLite failed; retried at every sync until it works.
     copy_stale: AtomicBool,
+    /// This instance's own change served before it was stored (its sync failed): the
+    /// endpoint and source the history records once a copy succeeds.
+    unstored: std::sync::Mutex<Option<(String, Source)>>,
 }
 
 /// What [`Cluster::start`] needs.
@@ -130,6 +133,7 @@ impl Cluster {
             syncing: AtomicBool::new(false),
             again: AtomicBool::new(false),
             copy_stale: AtomicBool::new(false),
+            unstored: std::sync::Mutex::new(None),
             published: AtomicU64::new(0),
         });
         actix_web::rt::spawn(cluster.clone().tick_loop());
@@ -257,24 +261,23 @@ impl Cluster {
 
     /// Runs a config sync now, or right after the one running.
     fn request_sync(self: Arc<Self>) {
-        self.again.store(true, Ordering::Relaxed);
-        if self.syncing.swap(true, Ordering::Relaxed) {
+        self.again.store(true, Ordering::SeqCst);
+        if self.syncing.swap(true, Ordering::SeqCst) {
             return;
         }
         actix_web::rt::spawn(async move {
             loop {
-                while self.again.swap(false, Ordering::Relaxed) {
+                while self.again.swap(false, Ordering::SeqCst) {
                     let _writing = self.policies.lock_writes().await;
                     if let Err(e) = self.sync(None).await {
                         log::debug!("config sync failed: {e}");
                     }
                 }
-                self.syncing.store(false, Ordering::Relaxed);
+                self.syncing.store(false, Ordering::SeqCst);
                 // A request that came after the last round but before `syncing` was
                 // cleared found it set and only marked `again`: run for it, unless
                 // another task took over.
-                if !self.again.load(Ordering::Relaxed) || self.syncing.swap(true, Ordering::Relaxed)
-                {
+                if !self.again.load(Ordering::SeqCst) || self.syncing.swap(true, Ordering::SeqCst) {
                     break;
                 }
             }
@@ -332,7 +335,16 @@ impl Cluster {
     /// Writes the shared configs to this instance's SQLite copy; on failure they are still
     /// served from memory, and every later sync tries again.
     async fn store_copy(&self, configs: Vec<Config>, mine: Option<(&str, Source)>) {
+        let unstored = self
+            .unstored
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let mine = mine.or(unstored.as_ref().map(|(e, s)| (e.as_str(), *s)));
         let failed = self.committer.copy(configs, mine).await.err();
+        if failed.is_none() {
+            *self.unstored.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        }
         if let Some(e) = &failed {
             log::error!(
                 "storing the shared configs in SQLite failed ({e}); retrying at the next sync"
@@ -398,6 +410,9 @@ impl Cluster {
                         log::warn!("config stored in Redis, local sync deferred: {e}");
                         self.committer.publish(std::slice::from_ref(&made), source);
                         self.copy_stale.store(true, Ordering::Relaxed);
+                        // Stored by a later sync: with this change's own source.
+                        *self.unstored.lock().unwrap_or_else(|e| e.into_inner()) =
+                            Some((endpoint.to_owned(), source));
                     }
                     return Ok(made);
                 }

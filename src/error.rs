@@ -17,12 +17,13 @@ pub struct ErrorBody {
     pub error: &'static str,
     /// A sentence for a person.
     pub message: String,
-    /// The field a validation failed on (`requests_per_window`, `checks[2].cost`).
+    /// The field a validation failed on (`requests_per_window`, `checks[2].cost`); for
+    /// a refused config file, null when no field is to blame.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub field: Option<String>,
-    /// The line of the config file entry that was refused.
+    pub field: Option<Option<String>>,
+    /// A refused config file: the line of the entry, null when the file as a whole was.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub line: Option<usize>,
+    pub line: Option<Option<usize>>,
 }
 
 /// The body of a 429: who was refused, under which config, and until when.
@@ -193,12 +194,12 @@ impl ResponseError for ApiError {
             line: None,
         };
         if let ApiError::Validation(v) = self {
-            body.field = Some(v.field.clone());
+            body.field = Some(Some(v.field.clone()));
             body.message = format!("{} {}.", v.field, v.message);
         }
         if let ApiError::InvalidFile(e) = self {
-            body.line = e.line;
-            body.field = e.field.clone();
+            body.line = Some(e.line);
+            body.field = Some(e.field.clone());
         }
         let mut res = HttpResponse::build(self.status_code());
         match self {

@@ -130,6 +130,69 @@ async fn a_page_of_another_site_cannot_change_anything_through_the_admin_api() {
         .await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(s.delete("/admin/configs/keep").await.status, 204);
+
+    // The page is this server's by the browser's own word, behind a proxy that shows
+    // another host: allowed.
+    let r = s
+        .send(
+            "DELETE",
+            "/admin/clients/someone/state",
+            &[
+                ("Origin", "https://rw.example"),
+                ("Sec-Fetch-Site", "same-origin"),
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    // DNS rebinding: a page whose own name now points at 127.0.0.1 is same-origin to the
+    // browser; without a token, a change through a name that is not loopback is refused.
+    for headers in [
+        &[
+            ("Host", "evil.example:8000"),
+            ("Origin", "http://evil.example:8000"),
+        ][..],
+        &[
+            ("Host", "evil.example:8000"),
+            ("Sec-Fetch-Site", "same-origin"),
+        ],
+    ] {
+        let r = s.send("POST", "/admin/reload", headers, None).await;
+        assert_eq!(r.status, 403, "{headers:?}: {:?}", r.body);
+    }
+    // Through localhost it is the operator's own browser.
+    let r = s
+        .send(
+            "POST",
+            "/admin/reload",
+            &[
+                ("Host", "localhost:8000"),
+                ("Sec-Fetch-Site", "same-origin"),
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(
+        r.status, 409,
+        "no file: past the origin check, {:?}",
+        r.body
+    );
+}
+
+#[actix_rt::test]
+async fn allowed_origins_open_feeds_and_only_named_ones_open_changes() {
+    let s =
+        TestServer::with(|c| c.allowed_origins = vec!["*".into(), "https://dash.example".into()])
+            .await;
+    let reset = "/admin/clients/someone/state";
+    let r = s
+        .send("DELETE", reset, &[("Origin", "https://any.example")], None)
+        .await;
+    assert_eq!(r.status, 403, "* opens feeds, never changes");
+    let r = s
+        .send("DELETE", reset, &[("Origin", "https://dash.example")], None)
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
 }
 
 async fn upgrade(s: &TestServer, path: &str, origin: Option<&str>) -> u16 {

@@ -52,12 +52,13 @@ struct CheckRequest {
     #[schema(pattern = "^/", max_length = 2048)]
     path: String,
     /// The request's method, for the record.
-    #[schema(pattern = "^[A-Za-z]+$")]
+    #[schema(pattern = "^[A-Za-z]+$", nullable = false)]
     method: Option<String>,
     /// Units to take (0 to the config's limit; default 1).
-    #[schema(minimum = 0)]
+    #[schema(minimum = 0, nullable = false)]
     cost: Option<u64>,
     /// Only look: decide nothing, count nothing.
+    #[schema(nullable = false)]
     peek: Option<bool>,
 }
 

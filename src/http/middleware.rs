@@ -3,6 +3,7 @@
 //! `admin_access` guards `/admin`, `/metrics` and the feeds, and `log_request` logs every
 //! request at debug level.
 
+use super::realtime::Tokened;
 use super::{AppState, deadline};
 use crate::actors::registry::Check;
 use crate::clock::{NANOS_PER_SEC, Nanos, ceil_secs, rfc3339};
@@ -327,9 +328,13 @@ pub async fn admin_access(
     // preflight) is refused: without a token, loopback access is all it would need.
     let safe = matches!(req.method().as_str(), "GET" | "HEAD" | "OPTIONS");
     if verdict.is_ok() && !safe {
+        let tokened = match state.admin_token {
+            Some(_) => Tokened::Yes,
+            None => Tokened::No,
+        };
         verdict = state
             .feeds
-            .check_origin(req.headers(), &req.connection_info());
+            .check_origin(req.headers(), &req.connection_info(), Some(tokened));
     }
     guarded(req, next, verdict).await
 }

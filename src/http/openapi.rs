@@ -147,6 +147,13 @@ impl Modify for Rules {
                 if limited {
                     limited_route(op);
                 }
+                if limited || path.starts_with("/admin") || path.starts_with("/v1") {
+                    respond(
+                        op,
+                        "503",
+                        "The database, the limiter or Redis did not answer in time (limited routes: with --on-error deny); nothing changed",
+                    );
+                }
                 if guarded {
                     respond(op, "401", "The admin (or decision) token is required");
                     respond(
@@ -177,7 +184,9 @@ impl Modify for Rules {
             file.schema = Some(RefOr::T(Schema::Object(
                 ObjectBuilder::new()
                     .schema_type(Type::String)
-                    .enum_values(Some(dashboard::asset_names()))
+                    // The vendored files sit under a folder: a fuzzer would send their
+                    // `/` encoded, which names no file. The top-level ones are listed.
+                    .enum_values(Some(dashboard::asset_names().filter(|n| !n.contains('/'))))
                     .build(),
             )));
         }

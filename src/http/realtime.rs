@@ -85,36 +85,81 @@ impl FeedLimits {
     }
 
     /// A browser sends `Origin` with every WebSocket upgrade and every request that
-    /// changes something; a page on another site must not ride on the admin's cookies or
-    /// loopback access. Clients that are not browsers send none and are judged by the
-    /// admin rule alone.
+    /// changes something, and `Sec-Fetch-Site` with every request; a page on another
+    /// site must not ride on the admin's cookies or loopback access. Clients that are not
+    /// browsers send neither and are judged by the admin rule alone.
+    ///
+    /// For a change (`write`), more holds: a browser's own word that the page is this
+    /// server's (`Sec-Fetch-Site: same-origin`, which no page can forge) is enough, even
+    /// behind a proxy that hides the public host; `*` in `--allowed-origins` opens feeds,
+    /// never changes; and without an admin token a browser may only change anything
+    /// through a loopback host name, so a page whose own host name was rebound to
+    /// 127.0.0.1 (DNS rebinding, same-origin to the browser) cannot ride on loopback
+    /// access.
     pub fn check_origin(
         &self,
         headers: &actix_web::http::header::HeaderMap,
         conn: &actix_web::dev::ConnectionInfo,
+        write: Option<Tokened>,
     ) -> Result<(), ApiError> {
-        let cross_site = headers
+        let fetch_site = headers
             .get("sec-fetch-site")
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"cross-site"));
-        let Some(origin) = headers.get(header::ORIGIN) else {
-            return match cross_site {
-                true => Err(ApiError::ForbiddenOrigin),
-                false => Ok(()),
+            .map(|v| v.as_bytes().to_ascii_lowercase());
+        let origin = headers.get(header::ORIGIN);
+        if origin.is_none() && fetch_site.is_none() {
+            return Ok(());
+        }
+        if write == Some(Tokened::No) && !loopback_host(headers) {
+            log::warn!(
+                "a browser's change through a non-loopback host name refused (no admin token)"
+            );
+            return Err(ApiError::ForbiddenOrigin);
+        }
+        if write.is_some() && fetch_site.as_deref() == Some(b"same-origin") {
+            return Ok(());
+        }
+        let Some(origin) = origin else {
+            return match fetch_site.as_deref() {
+                Some(b"cross-site" | b"same-site") => Err(ApiError::ForbiddenOrigin),
+                _ => Ok(()),
             };
         };
         let origin = origin.to_str().unwrap_or("");
         let own = format!("{}://{}", conn.scheme(), conn.host());
         let allowed = origin.eq_ignore_ascii_case(&own)
-            || self
-                .allowed_origins
-                .iter()
-                .any(|o| o == "*" || o.trim_end_matches('/').eq_ignore_ascii_case(origin));
+            || self.allowed_origins.iter().any(|o| {
+                (o == "*" && write.is_none())
+                    || o.trim_end_matches('/').eq_ignore_ascii_case(origin)
+            });
         if allowed {
             return Ok(());
         }
         log::warn!("request from origin {origin:?} refused (own origin {own})");
         Err(ApiError::ForbiddenOrigin)
     }
+}
+
+/// Whether an admin token is configured, for [`FeedLimits::check_origin`] on a change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tokened {
+    Yes,
+    No,
+}
+
+/// Whether the request's `Host` names this machine's loopback (`localhost`, 127.x.x.x,
+/// `[::1]`), as a browser on this machine addresses a server that trusts loopback.
+fn loopback_host(headers: &actix_web::http::header::HeaderMap) -> bool {
+    let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
+        return false;
+    };
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<IpAddr>()
+            .is_ok_and(|ip| ip.to_canonical().is_loopback())
 }
 
 /// One open subscription of one IP address; dropping it frees the slot.
@@ -175,7 +220,7 @@ pub async fn websocket(
 ) -> Result<HttpResponse, actix_web::Error> {
     state
         .feeds
-        .check_origin(req.headers(), &req.connection_info())?;
+        .check_origin(req.headers(), &req.connection_info(), None)?;
     let topic = topic(&req)?;
     // A request that is not a valid upgrade must not leave a subscriber behind.
     WsSession::check_handshake(&req).map_err(|e| {
