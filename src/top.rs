@@ -140,11 +140,12 @@ impl TopClients {
         }
     }
 
-    /// The counts of the last `minutes` minutes up to `now`, summed per client, and the
-    /// error bound of the sum.
-    pub fn counts(&self, by: By, minutes: u64, now: Nanos) -> (HashMap<Arc<str>, u64>, u64) {
+    /// The counts of the last `minutes` minutes up to `now`, one entry per client and
+    /// minute (a client may appear several times: see [`sum`]), and the error bound of
+    /// their sum. Only copies, so that a shard's lock is held for no more than that.
+    pub fn entries(&self, by: By, minutes: u64, now: Nanos) -> (Vec<(Arc<str>, u64)>, u64) {
         let current = now / NANOS_PER_SEC / 60;
-        let mut sum: HashMap<Arc<str>, u64> = HashMap::new();
+        let mut entries = Vec::new();
         let mut error = 0;
         for m in self.minutes.iter().filter(|m| m.minute + minutes > current) {
             let sketch = match by {
@@ -152,11 +153,16 @@ impl TopClients {
                 By::Blocked => &m.blocked,
             };
             error += sketch.shed;
-            for (client, n) in &sketch.counts {
-                *sum.entry(client.clone()).or_default() += n;
-            }
+            entries.extend(sketch.counts.iter().map(|(c, n)| (c.clone(), *n)));
         }
-        (sum, error)
+        (entries, error)
+    }
+
+    /// [`TopClients::entries`], summed per client.
+    #[cfg(test)]
+    fn counts(&self, by: By, minutes: u64, now: Nanos) -> (HashMap<Arc<str>, u64>, u64) {
+        let (entries, error) = self.entries(by, minutes, now);
+        (sum(entries), error)
     }
 
     /// Clients held in all sketches: what the memory bound is about.
@@ -167,6 +173,15 @@ impl TopClients {
             .map(|m| m.allowed.counts.len() + m.blocked.counts.len())
             .sum()
     }
+}
+
+/// Entries of the same client added up.
+pub fn sum(entries: impl IntoIterator<Item = (Arc<str>, u64)>) -> HashMap<Arc<str>, u64> {
+    let mut sum: HashMap<Arc<str>, u64> = HashMap::new();
+    for (client, n) in entries {
+        *sum.entry(client).or_default() += n;
+    }
+    sum
 }
 
 /// The `limit` largest of per-client counts (gathered from every shard: a client is in

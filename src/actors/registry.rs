@@ -31,7 +31,7 @@ use crate::snapshot::{ClientSnapshot, PendingSnapshots, StoredClient, merge_snap
 use crate::stats::GlobalStats;
 use crate::store::quota::{QuotaBackend, Verdict};
 use crate::store::sqlite::StoreError;
-use crate::top::{By, Ranked, TopClients, rank};
+use crate::top::{By, Ranked, TopClients, rank, sum};
 use actix::clock::Instant;
 use actix::prelude::*;
 use futures_util::future::{BoxFuture, join_all};
@@ -823,12 +823,15 @@ impl Registries {
         let mut all = Vec::new();
         let mut error = 0;
         for state in self.states.iter() {
-            let shard = lock(state);
-            let now = shard.config.clock.now();
-            let (counts, shed) = shard.top.counts(by, minutes, now);
+            // Copied under the lock the shard's decisions need; summed and ranked after.
+            let (entries, shed) = {
+                let shard = lock(state);
+                let now = shard.config.clock.now();
+                shard.top.entries(by, minutes, now)
+            };
             // A client lives in one shard: each shard's own best are enough.
             all.extend(
-                rank(counts, limit)
+                rank(sum(entries), limit)
                     .into_iter()
                     .map(|r| (r.client_id, r.count)),
             );

@@ -360,10 +360,11 @@ pub async fn rollback(
     // What the change did decides, not whether its config could be read: an entry
     // this server cannot read (written by a newer version) is refused, never taken for
     // a deletion.
-    let edit = match (entry.action.as_str(), entry.after) {
-        ("deleted", _) => Edit::Delete(endpoint),
-        (_, Some(config)) => Edit::Put(config.spec),
-        (_, None) => {
+    let deleted = entry.action == ConfigAction::Deleted.as_str();
+    let edit = match (deleted, entry.after) {
+        (true, _) => Edit::Delete(endpoint),
+        (false, Some(config)) => Edit::Put(config.spec),
+        (false, None) => {
             return Err(ApiError::Conflict(format!(
                 "Version {} of {endpoint:?} holds a config this server cannot read; nothing changed.",
                 q.to

@@ -72,11 +72,13 @@ pub struct ApiDoc;
     responses((status = 200, description = "This document", body = Object, content_type = "application/json"))
 )]
 pub async fn openapi_json() -> HttpResponse {
-    // The document is built from static attributes: it always serialises.
-    let json = ApiDoc::openapi().to_json().unwrap_or_default();
+    // Built from static attributes, so the same every time: built once. (It always
+    // serialises: it holds nothing but strings, numbers and maps.)
+    static JSON: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let json = JSON.get_or_init(|| ApiDoc::openapi().to_json().unwrap_or_default());
     HttpResponse::Ok()
         .content_type("application/json")
-        .body(json)
+        .body(json.as_str())
 }
 
 /// The `{endpoint}` of `/admin/configs/{endpoint}`.

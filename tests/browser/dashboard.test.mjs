@@ -78,17 +78,31 @@ const launch = () => chromium.launch({
          "--disable-component-update", "--disable-sync", "--disable-quic"],
 });
 
-test("the dashboard shows live traffic and steers the limiter", { timeout: 180_000 }, async () => {
-  assert.ok(existsSync(CHROMIUM), `Chromium is required at ${CHROMIUM} (apt-get install chromium, or set CHROMIUM)`);
-  assert.ok(existsSync(BIN), `the server binary is required at ${BIN} (cargo build, or set RATEWARDEN_BIN)`);
-
+// Runs `body` with a fresh server (started with `args`) and a browser, and always stops
+// both and removes the server's directory afterwards.
+async function withServer(args, logLevel, body) {
   const dir = mkdtempSync(join(tmpdir(), "ratewarden-browser-"));
   let server = null;
   let browser = null;
   try {
-    server = startServer(dir);
+    server = startServer(dir, args, logLevel);
     const url = await server.ready;
     browser = await launch();
+    await body({ url, browser, server });
+  } finally {
+    try { if (browser) await browser.close(); } finally {
+      try { if (server) await stopServer(server.child); } finally {
+        rmSync(dir, { recursive: true, force: true });
+      }
+    }
+  }
+}
+
+test("the dashboard shows live traffic and steers the limiter", { timeout: 180_000 }, async () => {
+  assert.ok(existsSync(CHROMIUM), `Chromium is required at ${CHROMIUM} (apt-get install chromium, or set CHROMIUM)`);
+  assert.ok(existsSync(BIN), `the server binary is required at ${BIN} (cargo build, or set RATEWARDEN_BIN)`);
+
+  await withServer([], "info", async ({ url, browser }) => {
     const page = await browser.newPage({ viewport: { width: 1280, height: 800 } });
     const dialogs = [];
     page.on("dialog", (d) => { dialogs.push(`${d.type()}: ${d.message()}`); d.dismiss().catch(() => {}); });
@@ -187,24 +201,12 @@ test("the dashboard shows live traffic and steers the limiter", { timeout: 180_0
     assert.equal(await page.evaluate(() => document.querySelectorAll("img").length), 0);
     assert.deepEqual(dialogs, [], "no dialog opened (no injected script ran)");
     assert.deepEqual(pageErrors, [], "no uncaught error on the page");
-  } finally {
-    try { if (browser) await browser.close(); } finally {
-      try { if (server) await stopServer(server.child); } finally {
-        rmSync(dir, { recursive: true, force: true });
-      }
-    }
-  }
+  });
 });
 
 test("with an admin token the dashboard asks for it and never puts it in a URL", { timeout: 120_000 }, async () => {
   const TOKEN = "tok/en=1+secret";
-  const dir = mkdtempSync(join(tmpdir(), "ratewarden-browser-"));
-  let server = null;
-  let browser = null;
-  try {
-    server = startServer(dir, ["--admin-token", TOKEN], "ratewarden=debug");
-    const url = await server.ready;
-    browser = await launch();
+  await withServer(["--admin-token", TOKEN], "ratewarden=debug", async ({ url, browser, server }) => {
     const page = await browser.newPage({ viewport: { width: 1280, height: 800 } });
     const urls = [];
     page.on("request", (r) => urls.push(r.url()));
@@ -226,13 +228,7 @@ test("with an admin token the dashboard asks for it and never puts it in a URL",
     await stopServer(server.child);
     assert.ok(server.all.some((l) => l.includes('request method=GET path="/ws/global" status=101')), "requests were logged");
     assert.ok(!server.all.some((l) => l.includes(TOKEN) || l.includes(encodeURIComponent(TOKEN))), "the token never reached the log");
-  } finally {
-    try { if (browser) await browser.close(); } finally {
-      try { if (server) await stopServer(server.child); } finally {
-        rmSync(dir, { recursive: true, force: true });
-      }
-    }
-  }
+  });
 });
 
 test("in reverse-proxy mode the tester fires at the upstream's paths", { timeout: 120_000 }, async () => {
@@ -244,53 +240,38 @@ test("in reverse-proxy mode the tester fires at the upstream's paths", { timeout
     res.end(JSON.stringify({ upstream: true }));
   });
   await new Promise((r) => upstream.listen(0, "127.0.0.1", r));
-  const dir = mkdtempSync(join(tmpdir(), "ratewarden-browser-"));
-  let server = null;
-  let browser = null;
   try {
-    server = startServer(dir, ["--upstream", `http://127.0.0.1:${upstream.address().port}`]);
-    const url = await server.ready;
-    // A token bucket of 3 for the upstream's /shop/*: no window boundary to wait for.
-    const created = await fetch(url + "/admin/configs", {
-      method: "POST",
-      headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ endpoint: "/shop/*", requests_per_window: 3, window_seconds: 3600, algorithm: "token_bucket" }),
+    await withServer(["--upstream", `http://127.0.0.1:${upstream.address().port}`], "info", async ({ url, browser }) => {
+      // A token bucket of 3 for the upstream's /shop/*: no window boundary to wait for.
+      const created = await fetch(url + "/admin/configs", {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ endpoint: "/shop/*", requests_per_window: 3, window_seconds: 3600, algorithm: "token_bucket" }),
+      });
+      assert.equal(created.status, 201);
+      const page = await browser.newPage({ viewport: { width: 1280, height: 800 } });
+      await page.goto(url + "/dashboard");
+      await until(page, () => document.querySelector("#conn").textContent.trim() === "live");
+      await page.selectOption("#tester [name=method]", "POST");
+      await page.fill("#tester [name=path]", "/shop/cart");
+      await page.fill("#tester [name=client]", "shopper");
+      await page.fill("#tester [name=count]", "5");
+      await page.click("#tester button[type=submit]");
+      await page.locator("#tester-passed").waitFor({ timeout: WAIT });
+      assert.equal(await page.textContent("#tester-passed"), "3");
+      assert.equal(await page.textContent("#tester-limited"), "2");
+      // (The browser's own /favicon.ico is the upstream's too, and reaches it.)
+      assert.deepEqual(reached.filter((r) => r.includes("/shop")), ["POST /shop/cart", "POST /shop/cart", "POST /shop/cart"],
+                       "the allowed requests, and only they, reached the upstream");
+      await until(page, () => [...document.querySelectorAll("#events .tag-block")].some((t) => t.textContent === "429"));
     });
-    assert.equal(created.status, 201);
-    browser = await launch();
-    const page = await browser.newPage({ viewport: { width: 1280, height: 800 } });
-    await page.goto(url + "/dashboard");
-    await until(page, () => document.querySelector("#conn").textContent.trim() === "live");
-    await page.selectOption("#tester [name=method]", "POST");
-    await page.fill("#tester [name=path]", "/shop/cart");
-    await page.fill("#tester [name=client]", "shopper");
-    await page.fill("#tester [name=count]", "5");
-    await page.click("#tester button[type=submit]");
-    await page.locator("#tester-passed").waitFor({ timeout: WAIT });
-    assert.equal(await page.textContent("#tester-passed"), "3");
-    assert.equal(await page.textContent("#tester-limited"), "2");
-    // (The browser's own /favicon.ico is the upstream's too, and reaches it.)
-    assert.deepEqual(reached.filter((r) => r.includes("/shop")), ["POST /shop/cart", "POST /shop/cart", "POST /shop/cart"],
-                     "the allowed requests, and only they, reached the upstream");
-    await until(page, () => [...document.querySelectorAll("#events .tag-block")].some((t) => t.textContent === "429"));
   } finally {
-    try { if (browser) await browser.close(); } finally {
-      try { if (server) await stopServer(server.child); } finally {
-        rmSync(dir, { recursive: true, force: true });
-        upstream.close();
-      }
-    }
+    upstream.close();
   }
 });
 
 test("shadow mode, overrides, history with rollback, top clients and a reset, from the dashboard", { timeout: 120_000 }, async () => {
-  const dir = mkdtempSync(join(tmpdir(), "ratewarden-browser-"));
-  let server = null;
-  let browser = null;
-  try {
-    server = startServer(dir);
-    const url = await server.ready;
-    browser = await launch();
+  await withServer([], "info", async ({ url, browser }) => {
     const page = await browser.newPage({ viewport: { width: 1400, height: 900 } });
     const pageErrors = [];
     page.on("pageerror", (e) => pageErrors.push(String(e)));
@@ -371,11 +352,5 @@ test("shadow mode, overrides, history with rollback, top clients and a reset, fr
     mkdirSync(ARTIFACTS, { recursive: true });
     await page.screenshot({ path: join(ARTIFACTS, "dashboard-operators.png"), fullPage: true });
     assert.deepEqual(pageErrors, [], "no uncaught error on the page");
-  } finally {
-    try { if (browser) await browser.close(); } finally {
-      try { if (server) await stopServer(server.child); } finally {
-        rmSync(dir, { recursive: true, force: true });
-      }
-    }
-  }
+  });
 });
