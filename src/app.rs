@@ -11,6 +11,7 @@ use crate::cluster::{self, Cluster, ClusterParts};
 use crate::config::file;
 use crate::config::writer::{Committer, ConfigWriter};
 use crate::config::{Config, Source};
+use crate::envoy::grpc::GrpcServer;
 use crate::http::client_id::Identity;
 use crate::http::connection::OpenConnections;
 use crate::http::decision::ForwardAuth;
@@ -36,6 +37,9 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
+/// How long a stop waits for gRPC calls in flight.
+const GRPC_GRACE: Duration = Duration::from_secs(5);
+
 /// How often the retention cleanup runs.
 const CLEANUP_EVERY: Duration = Duration::from_secs(600);
 
@@ -48,11 +52,18 @@ pub struct Running {
     broadcaster: actix::Addr<Broadcaster>,
     /// Tells a graceful stop when the last connection has closed.
     connections: Arc<OpenConnections>,
+    /// Envoy's rate-limit service, with `--grpc-bind`.
+    pub grpc: Option<GrpcServer>,
 }
 
 impl Running {
     pub fn handle(&self) -> ServerHandle {
         self.server.handle()
+    }
+
+    /// The gRPC server's address, with `--grpc-bind`.
+    pub fn grpc_addr(&self) -> Option<SocketAddr> {
+        self.grpc.as_ref().map(|g| g.addr)
     }
 
     /// Serves until `shutdown` resolves (or a handle's `stop`), ends every live feed,
@@ -62,6 +73,7 @@ impl Running {
     pub async fn serve_until(self, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
         let handle = self.server.handle();
         let mut server = self.server;
+        let grpc = self.grpc;
         let served = match select(&mut server, pin!(shutdown)).await {
             Either::Left((served, _)) => served,
             Either::Right(((), _)) => {
@@ -83,9 +95,12 @@ impl Running {
                 }
             }
         };
-        // Stops the workers (idle by now) before the final flush, so that nothing can
-        // decide after it.
+        // Stops the workers (idle by now) and the gRPC server before the final flush, so
+        // that nothing can decide after it.
         drop(server);
+        if let Some(grpc) = grpc {
+            grpc.stop(GRPC_GRACE).await;
+        }
         flush_on_stop(&self.registries).await;
         served
     }
@@ -132,6 +147,14 @@ pub fn start_with_clock(
     if settings.config_file.is_some() {
         reload_on_sighup(state.configs.clone());
     }
+    let grpc = match settings.grpc_bind {
+        Some(at) => {
+            let listener = TcpListener::bind(at)
+                .map_err(|e| format!("binding the gRPC server to {at}: {e}"))?;
+            Some(GrpcServer::start(state.clone(), listener)?)
+        }
+        None => None,
+    };
     let registries = state.registries.clone();
     let broadcaster = state.broadcaster.clone();
     let connections = Arc::new(OpenConnections::default());
@@ -175,6 +198,7 @@ pub fn start_with_clock(
         registries,
         broadcaster,
         connections,
+        grpc,
     })
 }
 

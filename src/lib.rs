@@ -12,6 +12,10 @@
 //! ([`store::redis`]: one Lua script per algorithm), and [`cluster`] shares configs and
 //! live feeds between the instances.
 //!
+//! Envoy's rate-limit service ([`envoy`]: gRPC with `--grpc-bind`, and protojson on
+//! `/v1/envoy/json`) matches request descriptors against descriptor rules and decides
+//! through the same path.
+//!
 //! [`app`] is the composition root, [`settings`] holds every flag, [`metrics`] counts
 //! what happens for `/metrics`, and [`clock`] is the only reader of the system time.
 
@@ -20,6 +24,7 @@ pub mod app;
 pub mod clock;
 pub(crate) mod cluster;
 pub mod config;
+pub mod envoy;
 pub(crate) mod error;
 pub mod http;
 pub mod limiter;

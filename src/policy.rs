@@ -2,6 +2,7 @@
 //! request path to its policy without allocating; it is swapped whole by the config
 //! writer ([`crate::config::writer`]).
 
+use crate::config::descriptor::Pattern;
 use crate::config::{Change, Config, ConfigSpec, DEFAULT_ENDPOINT, Enforcement};
 use crate::limiter::Limits;
 use std::collections::HashMap;
@@ -105,6 +106,14 @@ pub struct PolicyTable {
     /// `"/api/*"` is stored under `"/api"`, and `"/*"` under `""`.
     prefixes: HashMap<String, Rule>,
     default: Rule,
+    /// Descriptor rules by domain, most specific first.
+    descriptors: HashMap<String, Vec<(Pattern, Rule)>>,
+}
+
+/// The rule a request descriptor matched, and the client it names.
+pub struct Matched<'a> {
+    pub policy: &'a Arc<Policy>,
+    pub client: String,
 }
 
 impl PolicyTable {
@@ -114,10 +123,16 @@ impl PolicyTable {
         let mut exact = HashMap::new();
         let mut prefixes = HashMap::new();
         let mut default = None;
+        let mut descriptors: HashMap<String, Vec<(Pattern, Rule)>> = HashMap::new();
         for config in &configs {
             let policy = Rule::new(&config.spec);
             let endpoint = config.endpoint();
-            if endpoint == DEFAULT_ENDPOINT {
+            if let Some((domain, pattern)) = config.spec.rule() {
+                descriptors
+                    .entry(domain.to_owned())
+                    .or_default()
+                    .push((Pattern::new(pattern), policy));
+            } else if endpoint == DEFAULT_ENDPOINT {
                 default = Some(policy);
             } else if let Some(prefix) = endpoint.strip_suffix("/*") {
                 prefixes.insert(prefix.to_owned(), policy);
@@ -125,11 +140,15 @@ impl PolicyTable {
                 exact.insert(endpoint.to_owned(), policy);
             }
         }
+        for rules in descriptors.values_mut() {
+            rules.sort_by(|(a, _), (b, _)| a.specificity().cmp(&b.specificity()));
+        }
         Some(Self {
             configs,
             exact,
             prefixes,
             default: default?,
+            descriptors,
         })
     }
 
@@ -150,7 +169,13 @@ impl PolicyTable {
 
     /// The policy `client` gets under the config for `endpoint`, if there is one.
     pub fn policy(&self, endpoint: &str, client: &str) -> Option<&Arc<Policy>> {
-        let rule = if endpoint == DEFAULT_ENDPOINT {
+        let rule = if crate::config::descriptor::is_identity(endpoint) {
+            self.descriptors
+                .values()
+                .flatten()
+                .find(|(_, r)| &*r.base.endpoint == endpoint)
+                .map(|(_, r)| r)
+        } else if endpoint == DEFAULT_ENDPOINT {
             Some(&self.default)
         } else {
             match endpoint.strip_suffix("/*") {
@@ -167,6 +192,26 @@ impl PolicyTable {
     /// Within the config, `client` gets its override if it has one.
     pub fn resolve(&self, path: &str, client: &str) -> &Arc<Policy> {
         self.rule(path).for_client(client)
+    }
+
+    /// The descriptor rule of `domain` that a request descriptor (its entries, key and
+    /// value, in order) matches, the most specific one if several do, and the client it
+    /// names (see [`Pattern::client`]), with that client's override if it has one.
+    pub fn match_descriptor<'a>(
+        &self,
+        domain: &str,
+        entries: impl ExactSizeIterator<Item = (&'a str, &'a str)> + Clone,
+    ) -> Option<Matched<'_>> {
+        let (pattern, rule) = self
+            .descriptors
+            .get(domain)?
+            .iter()
+            .find(|(p, _)| p.matches(entries.clone()))?;
+        let client = pattern.client(domain, entries);
+        Some(Matched {
+            policy: rule.for_client(&client),
+            client,
+        })
     }
 
     fn rule(&self, path: &str) -> &Rule {

@@ -58,6 +58,11 @@ pub struct Settings {
     #[arg(long, env = "RATEWARDEN_UPSTREAM", value_parser = parse_upstream)]
     pub upstream: Option<String>,
 
+    /// Serve Envoy's rate-limit service (`envoy.service.ratelimit.v3`, gRPC over
+    /// HTTP/2 without TLS) on this address, e.g. `127.0.0.1:8081` [default: off].
+    #[arg(long, env = "RATEWARDEN_GRPC_BIND")]
+    pub grpc_bind: Option<SocketAddr>,
+
     /// Longest the upstream may take to answer a forwarded request (connecting, sending
     /// the body and its response head) before the client gets a 504; a response's body
     /// then streams for as long as it lasts.

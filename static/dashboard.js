@@ -240,6 +240,8 @@ async function loadConfigs() {
 }
 
 function configPath(endpoint) {
+  // A descriptor rule's endpoint is not a path: it is sent whole, percent-encoded.
+  if (!endpoint.startsWith("/") && endpoint !== "*") return "/admin/configs/" + encodeURIComponent(endpoint);
   const rest = endpoint === "*" ? "*" : endpoint.slice(1);
   return "/admin/configs/" + rest.split("/").map(encodeURIComponent).join("/").replace(/%2A/g, "*");
 }
@@ -279,6 +281,11 @@ function drawFields() {
     }
     input.name = name;
     input.required = MODEL.required.includes(name);
+    // A descriptor rule (domain and descriptor) has no endpoint: the server writes it.
+    if (name === "endpoint") {
+      input.required = false;
+      input.placeholder = "/path, /prefix/* (empty for a descriptor rule)";
+    }
     if (kind === "boolean") label.prepend(input); else label.append(input);
     box.append(label);
   }
@@ -295,6 +302,7 @@ function openForm(config) {
     const v = c[name];
     if (kind === "boolean") input.checked = !!v;
     else if (kind === "json") input.value = JSON.stringify(v);
+    else if (kind === "nullable" && typeof v === "object" && v !== null) input.value = JSON.stringify(v);
     else input.value = v ?? "";
   }
   f.endpoint.disabled = !!config;
@@ -311,11 +319,17 @@ function readForm(f) {
     const raw = input.value.trim();
     if (kind === "boolean") body[name] = input.checked;
     else if (kind === "number") body[name] = raw === "" ? null : Number(raw);
-    else if (kind === "nullable") body[name] = raw === "" ? null : parseJson(name, raw);
+    else if (kind === "nullable") body[name] = raw === "" ? null : parseLoose(raw);
     else if (kind === "json") body[name] = raw === "" ? MODEL.defaults[name] : parseJson(name, raw);
     else body[name] = raw;
   }
   return body;
+}
+
+// A field with no default reads as JSON when it is JSON (a number, a list), else as
+// the text typed (a domain).
+function parseLoose(raw) {
+  try { return JSON.parse(raw); } catch { return raw; }
 }
 
 function parseJson(name, raw) {
@@ -332,6 +346,7 @@ async function saveConfig(ev) {
     body.endpoint = editing.endpoint;
     res = await api(configPath(editing.endpoint), { method: "PUT", body: JSON.stringify(body) });
   } else {
+    if (body.endpoint === "" && body.domain != null) delete body.endpoint;
     res = await api("/admin/configs", { method: "POST", body: JSON.stringify(body) });
   }
   if (res.ok) {

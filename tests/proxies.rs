@@ -6,103 +6,10 @@
 mod common;
 
 use common::TestServer;
+use common::proxy::{Proxy, free_port, get_from, port_of};
 use ratewarden::http::client_id::Cidr;
 use ratewarden::settings::ForwardAuthHeaders;
-use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A proxy process, killed when dropped.
-struct Proxy {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Proxy {
-    /// Waits until the proxy accepts connections (it has just been started), failing at
-    /// once with its log if it exits.
-    async fn ready(mut self, log: &Path) -> Self {
-        for _ in 0..500 {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return self;
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                let log = std::fs::read_to_string(log).unwrap_or_default();
-                panic!("the proxy exited ({status}): {log}");
-            }
-            tokio::task::yield_now().await;
-            std::thread::park_timeout(std::time::Duration::from_millis(10));
-        }
-        panic!(
-            "the proxy did not listen: {}",
-            std::fs::read_to_string(log).unwrap_or_default()
-        );
-    }
-}
-
-/// One answer, as a client sees it.
-struct Answer {
-    status: u16,
-    headers: Vec<(String, String)>,
-}
-
-impl Answer {
-    fn header(&self, name: &str) -> Option<&str> {
-        let found = self
-            .headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name));
-        found.map(|(_, v)| v.as_str())
-    }
-}
-
-/// `GET path` sent to `port` from the loopback address `source`, with `extra` headers.
-async fn get_from(source: &str, port: u16, path: &str, extra: &[(&str, &str)]) -> Answer {
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let mut stream = socket.connect(addr).await.unwrap();
-    let mut req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
-    for (k, v) in extra {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    stream.write_all(req.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await.unwrap();
-    let text = String::from_utf8_lossy(&raw);
-    let head = text.split("\r\n\r\n").next().unwrap();
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .unwrap()
-        .split(' ')
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
-        .collect();
-    Answer { status, headers }
-}
+use std::process::{Command, Stdio};
 
 async fn ratewarden(headers: ForwardAuthHeaders, deny_status: u16) -> TestServer {
     let s = TestServer::with(|c| {
@@ -113,10 +20,6 @@ async fn ratewarden(headers: ForwardAuthHeaders, deny_status: u16) -> TestServer
     .await;
     s.config("/app/*", 2, 60, "fixed_window").await;
     s
-}
-
-fn port_of(url: &str) -> u16 {
-    url.rsplit(':').next().unwrap().parse().unwrap()
 }
 
 #[actix_rt::test]

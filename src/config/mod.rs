@@ -9,11 +9,13 @@
 //!
 //! [`writer`] is the one path by which a change takes effect.
 
+pub mod descriptor;
 pub mod file;
 pub mod writer;
 
 use crate::clock::{NANOS_PER_SEC, Nanos, rfc3339};
 use crate::limiter::{Algorithm, Limits};
+use descriptor::DescriptorEntry;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -26,7 +28,8 @@ pub const MAX_ENDPOINT_BYTES: usize = 256;
 pub const MIN_REFILL_RATE: f64 = 1.0 / MAX_WINDOW_SECONDS as f64;
 pub const MAX_REFILL_RATE: f64 = 1e9;
 
-/// The fields a create request must name; every other field has a default.
+/// The fields a create request must name; every other field has a default. (A
+/// descriptor rule names `domain` and `descriptor` instead of `endpoint`.)
 const REQUIRED: [&str; 3] = ["endpoint", "requests_per_window", "window_seconds"];
 /// Fields of a [`Config`] the server owns.
 const READ_ONLY: [&str; 3] = ["id", "created_at", "updated_at"];
@@ -36,7 +39,8 @@ const READ_ONLY: [&str; 3] = ["id", "created_at", "updated_at"];
 /// so a field added later reads older rows and older instances' shared configs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ConfigSpec {
-    /// `"*"`, an exact path or a `/prefix/*`: which requests the config limits.
+    /// `"*"`, an exact path or a `/prefix/*`: which requests the config limits. For a
+    /// descriptor rule, its identity, written from `domain` and `descriptor`.
     pub endpoint: String,
     pub requests_per_window: u64,
     pub window_seconds: u64,
@@ -59,6 +63,14 @@ pub struct ConfigSpec {
     /// [`Override`]).
     #[serde(default)]
     pub overrides: Vec<Override>,
+    /// A descriptor rule's Envoy rate-limit domain (with `descriptor`; see
+    /// [`descriptor`]).
+    #[serde(default)]
+    pub domain: Option<String>,
+    /// A descriptor rule's pattern: the keys of the request descriptors it limits, in
+    /// order, each with a fixed value or any value.
+    #[serde(default)]
+    pub descriptor: Option<Vec<DescriptorEntry>>,
 }
 
 /// What a config does with a request over its limit.
@@ -144,7 +156,14 @@ impl ConfigSpec {
             is_active: true,
             mode: Enforcement::Enforce,
             overrides: Vec::new(),
+            domain: None,
+            descriptor: None,
         }
+    }
+
+    /// The domain and pattern of a descriptor rule; `None` for a path config.
+    pub fn rule(&self) -> Option<(&str, &[DescriptorEntry])> {
+        Some((self.domain.as_deref()?, self.descriptor.as_deref()?))
     }
 
     pub fn limits(&self) -> Limits {
@@ -165,7 +184,35 @@ impl ConfigSpec {
     }
 
     pub fn validate(&self) -> Result<(), ValidationError> {
-        validate_endpoint(&self.endpoint)?;
+        match (&self.domain, &self.descriptor) {
+            (None, None) => validate_endpoint(&self.endpoint)?,
+            (Some(domain), Some(pattern)) => {
+                descriptor::validate(domain, pattern)?;
+                let identity = descriptor::identity(domain, pattern);
+                if self.endpoint != identity {
+                    return Err(ValidationError::new(
+                        "endpoint",
+                        format!(
+                            "must be {identity:?}: a descriptor rule's endpoint is written \
+                             from its domain and descriptor, which cannot change (create a \
+                             new rule instead)"
+                        ),
+                    ));
+                }
+            }
+            (None, Some(_)) => {
+                return Err(ValidationError::new(
+                    "domain",
+                    "is required with descriptor".to_owned(),
+                ));
+            }
+            (Some(_), None) => {
+                return Err(ValidationError::new(
+                    "descriptor",
+                    "is required with domain".to_owned(),
+                ));
+            }
+        }
         in_range(
             "requests_per_window",
             self.requests_per_window,
@@ -231,12 +278,43 @@ impl ConfigSpec {
 
     /// A new config from a create request's JSON object: the required fields must be
     /// there, the others take their defaults; validated as a whole, endpoint included.
-    pub fn from_create(object: Map<String, Value>) -> Result<Self, ValidationError> {
+    ///
+    /// A descriptor rule names `domain` and `descriptor` and no `endpoint`: its endpoint
+    /// is written from them.
+    pub fn from_create(mut object: Map<String, Value>) -> Result<Self, ValidationError> {
+        let given = |k: &str| object.get(k).is_some_and(|v| !v.is_null());
+        let rule = given("domain") || given("descriptor");
+        if rule {
+            if object.contains_key("endpoint") {
+                return Err(ValidationError::new(
+                    "endpoint",
+                    "is written by the server for a descriptor rule (from domain and \
+                     descriptor); leave it out"
+                        .to_owned(),
+                ));
+            }
+            let domain = object
+                .get("domain")
+                .and_then(|v| String::deserialize(v).ok());
+            let pattern = object
+                .get("descriptor")
+                .and_then(|v| Vec::<DescriptorEntry>::deserialize(v).ok());
+            let identity = domain
+                .zip(pattern)
+                .map(|(d, p)| descriptor::identity(&d, &p));
+            // Without an identity, the checks below name the field at fault.
+            object.insert(
+                "endpoint".to_owned(),
+                Value::String(identity.unwrap_or_default()),
+            );
+        }
         if let Some(missing) = REQUIRED.iter().find(|f| !object.contains_key(**f)) {
             return Err(ValidationError::new(*missing, "is required".to_owned()));
         }
         let spec = Self::default_policy().merged(object)?;
-        validate_new_endpoint(&spec.endpoint)?;
+        if !rule {
+            validate_new_endpoint(&spec.endpoint)?;
+        }
         Ok(spec)
     }
 
@@ -360,6 +438,15 @@ pub fn validate_endpoint(endpoint: &str) -> Result<(), ValidationError> {
         return err("\"*\" is only allowed as a final \"/*\" segment");
     }
     Ok(())
+}
+
+/// Whether `name` can name a config in a query or a path: a path config's endpoint, or
+/// a descriptor rule's identity (which the rule's own checks vouch for).
+pub fn validate_name(name: &str) -> Result<(), ValidationError> {
+    if descriptor::is_identity(name) {
+        return Ok(());
+    }
+    validate_endpoint(name)
 }
 
 /// What a new config's endpoint must also satisfy: no empty, `.` or `..` segments.
@@ -688,6 +775,38 @@ mod tests {
             body.as_object_mut().unwrap().remove(required);
             assert_eq!(create(body).unwrap_err().field, required);
         }
+    }
+
+    #[test]
+    fn a_descriptor_rule_is_created_without_an_endpoint() {
+        let rule = |extra: Value| {
+            let mut body = json!({"domain": "rw", "descriptor": [{"key": "k", "value": "v"},
+                {"key": "ip"}], "requests_per_window": 2, "window_seconds": 60});
+            body.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            ConfigSpec::from_create(object(body))
+        };
+        let spec = rule(json!({})).unwrap();
+        assert_eq!(spec.endpoint, "rw: k=v, ip");
+        assert_eq!(spec.rule().map(|(d, p)| (d, p.len())), Some(("rw", 2)));
+        assert_eq!(
+            rule(json!({"endpoint": "/x"})).unwrap_err().field,
+            "endpoint"
+        );
+        assert_eq!(rule(json!({"domain": null})).unwrap_err().field, "domain");
+        // A path config may name both as null (the dashboard's form sends every field).
+        let path = ConfigSpec::from_create(object(json!({"endpoint": "/p", "domain": null,
+            "descriptor": null, "requests_per_window": 1, "window_seconds": 1})))
+        .unwrap();
+        assert!(path.rule().is_none());
+        // The identity follows the rule: changing either is refused.
+        let e = spec.merged(object(json!({"domain": "other"}))).unwrap_err();
+        assert_eq!(e.field, "endpoint");
+        assert!(
+            spec.merged(object(json!({"requests_per_window": 9})))
+                .is_ok()
+        );
     }
 
     #[test]

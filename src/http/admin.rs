@@ -10,8 +10,8 @@ use crate::actors::registry::Check;
 use crate::clock::rfc3339;
 use crate::config::writer::Edit;
 use crate::config::{
-    Change, Config, ConfigAction, ConfigSpec, ConfigView, DEFAULT_ENDPOINT, Source,
-    validate_endpoint, views,
+    Change, Config, ConfigAction, ConfigSpec, ConfigView, DEFAULT_ENDPOINT, Source, descriptor,
+    validate_endpoint, validate_name, views,
 };
 use crate::error::ApiError;
 use crate::error::ErrorBody;
@@ -41,9 +41,14 @@ fn endpoint_from_path(req: &HttpRequest) -> Result<String, ApiError> {
 }
 
 /// The config endpoint named by the raw (still percent-encoded) rest of an admin path:
-/// decoded exactly once, then validated like a config's endpoint.
+/// decoded exactly once, then validated like a config's endpoint. A descriptor rule's
+/// identity (`rw: generic_key=api`, sent percent-encoded) names itself; anything else
+/// names the path `/` + rest.
 pub fn decode_endpoint(raw: &str) -> Result<String, ApiError> {
     let decoded = percent_decode(raw)?;
+    if descriptor::is_identity(&decoded) {
+        return Ok(decoded);
+    }
     let endpoint = if decoded == DEFAULT_ENDPOINT {
         decoded
     } else {
@@ -272,7 +277,7 @@ pub async fn config_history(
 ) -> Result<HttpResponse, ApiError> {
     let q = web::Query::<HistoryQuery>::from_query(req.query_string()).map_err(bad_query)?;
     if let Some(e) = &q.endpoint {
-        validate_endpoint(e).map_err(|e| bad_query(format!("endpoint {}", e.message)))?;
+        validate_name(e).map_err(|e| bad_query(format!("endpoint {}", e.message)))?;
     }
     let limit = q.limit.unwrap_or(100);
     if !(1..=MAX_HISTORY).contains(&limit) {
@@ -426,8 +431,7 @@ pub async fn reset_client(
     let table = state.policies.current();
     let policies: Vec<Arc<Policy>> = match &q.endpoint {
         Some(endpoint) => {
-            validate_endpoint(endpoint)
-                .map_err(|e| bad_query(format!("endpoint {}", e.message)))?;
+            validate_name(endpoint).map_err(|e| bad_query(format!("endpoint {}", e.message)))?;
             let policy = table.policy(endpoint, &client).ok_or_else(|| {
                 ApiError::NotFound(format!("There is no config for {endpoint:?}."))
             })?;

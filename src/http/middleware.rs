@@ -253,7 +253,7 @@ fn retry_after_secs(d: &Decision) -> u64 {
 /// request and on every 429): seconds until the next request is allowed, which on a 429
 /// is exactly `Retry-After`, so both name the same point in time as the draft asks. A
 /// client that waits `t` seconds always has quota again.
-fn reset_secs(d: &Decision) -> u64 {
+pub fn reset_secs(d: &Decision) -> u64 {
     match d.remaining {
         0 => retry_after_secs(d),
         _ => ceil_secs(d.reset_after),

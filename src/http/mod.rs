@@ -101,6 +101,7 @@ pub fn routes(upstream: Option<proxy::Upstream>) -> impl Fn(&mut web::ServiceCon
                     .wrap(actix_web::middleware::from_fn(middleware::decision_access))
                     .service(resource("/check").post(decision::check))
                     .service(web::resource("/forward-auth").to(decision::forward_auth))
+                    .service(resource("/envoy/json").post(crate::envoy::json))
                     .default_service(web::to(not_found)),
             )
             .service(

@@ -45,6 +45,7 @@ use utoipa::{IntoParams, Modify, OpenApi, PartialSchema, ToSchema};
         admin::reset_client,
         decision::check,
         decision::forward_auth,
+        crate::envoy::json,
         realtime::websocket,
         realtime::events,
         dashboard::page,

@@ -349,6 +349,28 @@ test("shadow mode, overrides, history with rollback, top clients and a reset, fr
     await until(page, () => [...document.querySelectorAll("#quota-rows tr")].some((tr) =>
       tr.dataset.endpoint === "/shadow/*" && tr.querySelector(".remaining").textContent.trim() === "2 / 2"));
 
+    // ---- an Envoy descriptor rule: made in the form with no endpoint, edited, deleted ----
+    const rule = "rw: generic_key=api, remote_address";
+    await page.click("#new-config");
+    await page.fill("#config-form [name=endpoint]", "");
+    await page.fill("#config-form [name=requests_per_window]", "3");
+    await page.fill("#config-form [name=window_seconds]", "60");
+    await page.fill("#config-form [name=domain]", "rw");
+    await page.fill("#config-form [name=descriptor]", '[{"key": "generic_key", "value": "api"}, {"key": "remote_address"}]');
+    await page.click("#config-save");
+    await page.locator(row(rule)).waitFor({ timeout: WAIT });
+    await page.click(`${row(rule)} button:text-is("Edit")`);
+    assert.equal(await page.inputValue("#config-form [name=domain]"), "rw");
+    assert.deepEqual(JSON.parse(await page.inputValue("#config-form [name=descriptor]")),
+      [{ key: "generic_key", value: "api" }, { key: "remote_address" }]);
+    await page.fill("#config-form [name=requests_per_window]", "7");
+    await page.click("#config-save");
+    await until(page, () => [...document.querySelectorAll("#config-rows tr")].some((tr) =>
+      tr.querySelector("td.endpoint")?.textContent === "rw: generic_key=api, remote_address"
+      && tr.textContent.includes("7")));
+    await page.click(`${row(rule)} button:text-is("Delete")`);
+    await page.locator(row(rule)).waitFor({ state: "detached", timeout: WAIT });
+
     mkdirSync(ARTIFACTS, { recursive: true });
     await page.screenshot({ path: join(ARTIFACTS, "dashboard-operators.png"), fullPage: true });
     assert.deepEqual(pageErrors, [], "no uncaught error on the page");

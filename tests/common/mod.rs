@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test binary uses its own part of this module
 
 pub mod binary;
+pub mod proxy;
 pub mod redis;
 pub mod ws;
 
@@ -31,6 +32,8 @@ pub struct TestServer {
     pub url: String,
     pub clock: Arc<ManualClock>,
     pub registries: Registries,
+    /// The gRPC server's address, when the settings asked for one.
+    pub grpc_addr: Option<std::net::SocketAddr>,
     handle: ServerHandle,
     http: Http,
 }
@@ -81,12 +84,14 @@ impl TestServer {
         let url = format!("http://{}", running.addr);
         let handle = running.handle();
         let registries = running.registries.clone();
+        let grpc_addr = running.grpc_addr();
         actix_rt::spawn(running.serve_until(std::future::pending()));
         Self {
             http: Http::new(&url),
             url,
             clock,
             registries,
+            grpc_addr,
             handle,
         }
     }

@@ -1,0 +1,165 @@
+//! The gRPC server of Envoy's rate-limit service (`--grpc-bind`): tonic over HTTP/2,
+//! with the one method `ShouldRateLimit` written out by hand (what `tonic-build` would
+//! generate, without `.proto` files or `protoc`).
+//!
+//! tonic runs its connections on a tokio runtime of its own thread (an actix arbiter),
+//! and its handlers must be `Send`. The decision path is not (it runs where actix runs:
+//! a thread-local deadline ticker, a local task per check), so each call is handed, as a
+//! `Send` closure, to that same arbiter's local task set, and its answer comes back on a
+//! oneshot channel: a queue between two tasks of one thread, not a thread hop.
+
+use super::proto::{RateLimitRequest, RateLimitResponse};
+use super::{Failure, should_rate_limit};
+use crate::http::AppState;
+use actix::{Arbiter, ArbiterHandle};
+use actix_web::web;
+use std::convert::Infallible;
+use std::net::{SocketAddr, TcpListener};
+use tonic::codegen::{BoxFuture, Context, Poll, Service, StdError, http};
+use tonic::server::{Grpc, NamedService, UnaryService};
+use tonic::{Status, body::Body};
+
+const SERVICE: &str = "envoy.service.ratelimit.v3.RateLimitService";
+const SHOULD_RATE_LIMIT: &str = "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit";
+
+/// The service: the app's state, and the arbiter whose local tasks decide.
+#[derive(Clone)]
+pub struct RateLimitService {
+    state: web::Data<AppState>,
+    arbiter: ArbiterHandle,
+}
+
+impl NamedService for RateLimitService {
+    const NAME: &'static str = SERVICE;
+}
+
+impl RateLimitService {
+    /// Decides one request on the arbiter's local task set.
+    async fn answer(&self, req: RateLimitRequest) -> Result<RateLimitResponse, Status> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let state = self.state.clone();
+        let sent = self.arbiter.spawn_fn(move || {
+            actix::spawn(async move {
+                let _ = tx.send(should_rate_limit(&state, &req).await);
+            });
+        });
+        if !sent {
+            return Err(Status::unavailable("the rate limiter is stopping"));
+        }
+        match rx.await {
+            Ok(Ok(res)) => Ok(res),
+            Ok(Err(Failure::Invalid(m))) => Err(Status::invalid_argument(m)),
+            Ok(Err(Failure::Unavailable)) | Err(_) => Err(Status::unavailable(
+                "the rate limiter could not decide in time",
+            )),
+        }
+    }
+}
+
+/// `ShouldRateLimit` as tonic's unary call.
+struct ShouldRateLimit(RateLimitService);
+
+impl UnaryService<RateLimitRequest> for ShouldRateLimit {
+    type Response = RateLimitResponse;
+    type Future = BoxFuture<tonic::Response<RateLimitResponse>, Status>;
+
+    fn call(&mut self, request: tonic::Request<RateLimitRequest>) -> Self::Future {
+        let svc = self.0.clone();
+        Box::pin(async move {
+            svc.answer(request.into_inner())
+                .await
+                .map(tonic::Response::new)
+        })
+    }
+}
+
+impl<B> Service<http::Request<B>> for RateLimitService
+where
+    B: tonic::codegen::Body + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Infallible>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        if req.uri().path() != SHOULD_RATE_LIMIT {
+            return Box::pin(async {
+                Ok(Status::unimplemented("this server only answers ShouldRateLimit").into_http())
+            });
+        }
+        let svc = ShouldRateLimit(self.clone());
+        Box::pin(async move {
+            let mut grpc = Grpc::new(tonic_prost::ProstCodec::default());
+            Ok(grpc.unary(svc, req).await)
+        })
+    }
+}
+
+/// A running gRPC server.
+pub struct GrpcServer {
+    pub addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    done: Option<tokio::sync::oneshot::Receiver<()>>,
+    arbiter: Arbiter,
+}
+
+impl GrpcServer {
+    /// Serves on `listener`, on an arbiter of its own.
+    pub fn start(state: web::Data<AppState>, listener: TcpListener) -> Result<Self, String> {
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| format!("gRPC listener on {addr}: {e}"))?;
+        let arbiter = Arbiter::new();
+        let service = RateLimitService {
+            state,
+            arbiter: arbiter.handle(),
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (finished, done) = tokio::sync::oneshot::channel();
+        arbiter.spawn(async move {
+            match tokio::net::TcpListener::from_std(listener) {
+                Ok(listener) => {
+                    let incoming = tonic::transport::server::TcpIncoming::from(listener)
+                        .with_nodelay(Some(true));
+                    let served = tonic::transport::Server::builder()
+                        .serve_with_incoming_shutdown(service, incoming, async {
+                            let _ = stopped.await;
+                        })
+                        .await;
+                    if let Err(e) = served {
+                        log::error!("the gRPC server on {addr} stopped: {e}");
+                    }
+                }
+                Err(e) => log::error!("the gRPC server cannot listen on {addr}: {e}"),
+            }
+            let _ = finished.send(());
+        });
+        log::info!("Envoy rate-limit service (gRPC) listening on {addr}");
+        Ok(Self {
+            addr,
+            stop: Some(stop),
+            done: Some(done),
+            arbiter,
+        })
+    }
+
+    /// Stops accepting calls, lets those in flight finish (for up to `grace`), then
+    /// stops the arbiter.
+    pub async fn stop(mut self, grace: std::time::Duration) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(done) = self.done.take()
+            && actix_web::rt::time::timeout(grace, done).await.is_err()
+        {
+            log::warn!("gRPC calls still open after {grace:?}; closing them");
+        }
+        self.arbiter.stop();
+    }
+}

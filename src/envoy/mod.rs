@@ -1,0 +1,328 @@
+//! Envoy's rate-limit service (`envoy.service.ratelimit.v3.RateLimitService`), the
+//! protocol Envoy, Istio, Envoy Gateway, Contour and Emissary call an external rate
+//! limiter with. One function, [`should_rate_limit`], answers a `RateLimitRequest`; the
+//! gRPC server ([`grpc`], `--grpc-bind`) and `POST /v1/envoy/json` (protojson, as
+//! envoyproxy/ratelimit's `/json`) both call it.
+//!
+//! Each request descriptor is matched against the descriptor rules of its domain (see
+//! [`crate::config::descriptor`]) and decided through the same path as a protected
+//! route (`middleware::decide`): counted, persisted, streamed and shown alike.
+
+pub mod grpc;
+pub mod proto;
+
+use crate::config::descriptor::{self, DescriptorEntry, MAX_ENTRIES};
+use crate::error::ApiError;
+use crate::http::AppState;
+use crate::http::middleware::{Ruling, add_headers, decide, reset_secs};
+use crate::limiter::{Algorithm, Decision, Limits, Mode};
+use crate::policy::Policy;
+use proto::{
+    Code, DescriptorStatus, HeaderValue, RateLimit, RateLimitDescriptor, RateLimitRequest,
+    RateLimitResponse, UNITS, WEEK,
+};
+use serde::Deserialize;
+use std::sync::Arc;
+
+/// Most descriptors one request may carry.
+pub const MAX_DESCRIPTORS: usize = 64;
+
+/// Why a request got no answer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Failure {
+    /// The request breaks the protocol's rules or ours (gRPC `INVALID_ARGUMENT`).
+    Invalid(String),
+    /// A limiter could not decide in time (gRPC `UNAVAILABLE`, so that Envoy's
+    /// `failure_mode_deny` applies).
+    Unavailable,
+}
+
+/// The request's rules, checked before anything is decided.
+fn validate(req: &RateLimitRequest) -> Result<(), Failure> {
+    let invalid = |m: String| Err(Failure::Invalid(m));
+    if req.domain.is_empty() || req.domain.len() > descriptor::MAX_DOMAIN_BYTES {
+        return invalid(format!(
+            "domain must be 1 to {} bytes",
+            descriptor::MAX_DOMAIN_BYTES
+        ));
+    }
+    if req.descriptors.is_empty() || req.descriptors.len() > MAX_DESCRIPTORS {
+        return invalid(format!("send 1 to {MAX_DESCRIPTORS} descriptors"));
+    }
+    for (i, d) in req.descriptors.iter().enumerate() {
+        if d.entries.is_empty() || d.entries.len() > MAX_ENTRIES {
+            return invalid(format!(
+                "descriptors[{i}] must hold 1 to {MAX_ENTRIES} entries"
+            ));
+        }
+        for (j, e) in d.entries.iter().enumerate() {
+            if let Some(why) = descriptor::bad_key(&e.key) {
+                return invalid(format!("descriptors[{i}].entries[{j}].key {why}"));
+            }
+            if let Some(why) = descriptor::bad_value(&e.value) {
+                return invalid(format!("descriptors[{i}].entries[{j}].value {why}"));
+            }
+        }
+        if let Some(limit) = &d.limit {
+            if limit.requests_per_unit == 0 {
+                return invalid(format!(
+                    "descriptors[{i}].limit.requests_per_unit must be at least 1"
+                ));
+            }
+            if unit_seconds(limit.unit).is_none() {
+                return invalid(format!(
+                    "descriptors[{i}].limit.unit must be SECOND, MINUTE, HOUR, DAY, MONTH or YEAR"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// An override's unit in seconds; `None` for `UNKNOWN` and any other number.
+fn unit_seconds(unit: i32) -> Option<u64> {
+    UNITS
+        .iter()
+        .find(|u| u.0 == unit && u.0 != WEEK)
+        .map(|u| u.2)
+}
+
+/// The unit a window is reported in: the shortest of Envoy's units at least as long as
+/// the window, so that "this many per unit" never promises more than the window allows
+/// (a 90-second window of 10 is reported as 10 per hour).
+pub fn unit_of(window_seconds: u64) -> i32 {
+    UNITS
+        .iter()
+        .filter(|u| u.2 >= window_seconds)
+        .min_by_key(|u| u.2)
+        .map_or(6, |u| u.0)
+}
+
+/// The policy and client of one request descriptor: the rule it matches, with the
+/// caller's `limit` instead of the rule's numbers when it sends one; `None` when nothing
+/// limits it.
+fn policy_for(
+    state: &AppState,
+    domain: &str,
+    d: &RateLimitDescriptor,
+) -> Option<(Arc<Policy>, Arc<str>)> {
+    let table = state.policies.current();
+    let entries = d.entries.iter().map(|e| (e.key.as_str(), e.value.as_str()));
+    let matched = table.match_descriptor(domain, entries.clone());
+    let Some(limit) = &d.limit else {
+        let m = matched?;
+        return Some((m.policy.clone(), Arc::from(m.client)));
+    };
+    // A caller's limit (envoyproxy/ratelimit honours it with or without a rule): under
+    // the matching rule's key and algorithm, else under the descriptor's keys, each
+    // value its own budget, counted in fixed windows.
+    let window = unit_seconds(limit.unit)?;
+    let requests = u64::from(limit.requests_per_unit);
+    let (endpoint, client, algorithm, shadow) = match matched {
+        Some(m) => (
+            m.policy.endpoint.clone(),
+            m.client,
+            m.policy.limits.algorithm,
+            m.policy.shadow,
+        ),
+        None => {
+            let open: Vec<DescriptorEntry> = d
+                .entries
+                .iter()
+                .map(|e| DescriptorEntry {
+                    key: e.key.clone(),
+                    value: None,
+                })
+                .collect();
+            let pattern = descriptor::Pattern::new(&open);
+            (
+                Arc::from(descriptor::identity(domain, &open)),
+                pattern.client(domain, entries),
+                Algorithm::FixedWindow,
+                false,
+            )
+        }
+    };
+    let policy = Policy {
+        endpoint,
+        limits: Limits::new(algorithm, requests, window),
+        window_seconds: window,
+        active: true,
+        shadow,
+        tier: None,
+    };
+    Some((Arc::new(policy), Arc::from(client)))
+}
+
+/// A descriptor as the feeds show it: `rw: generic_key=api, remote_address=10.0.0.1`.
+fn shown(domain: &str, d: &RateLimitDescriptor) -> String {
+    let entries: Vec<DescriptorEntry> = d
+        .entries
+        .iter()
+        .map(|e| DescriptorEntry {
+            key: e.key.clone(),
+            value: Some(e.value.clone()),
+        })
+        .collect();
+    descriptor::identity(domain, &entries)
+}
+
+/// The status of a descriptor decided under `policy`.
+fn status(policy: &Policy, d: &Decision) -> DescriptorStatus {
+    let code = if policy.refuses(d) {
+        Code::OverLimit
+    } else {
+        Code::Ok
+    };
+    DescriptorStatus {
+        code: code as i32,
+        current_limit: Some(RateLimit {
+            name: policy.endpoint.to_string(),
+            requests_per_unit: u32::try_from(d.limit).unwrap_or(u32::MAX),
+            unit: unit_of(policy.window_seconds),
+        }),
+        limit_remaining: u32::try_from(d.remaining).unwrap_or(u32::MAX),
+        // When the quota is back: the `t` of the `RateLimit` header.
+        duration_until_reset: Some(proto::Duration {
+            seconds: i64::try_from(reset_secs(d)).unwrap_or(i64::MAX),
+            nanos: 0,
+        }),
+    }
+}
+
+fn unlimited() -> DescriptorStatus {
+    DescriptorStatus {
+        code: Code::Ok as i32,
+        ..Default::default()
+    }
+}
+
+/// Answers one `ShouldRateLimit` call. Descriptors are decided in order, each taking its
+/// units when they fit (a descriptor over its limit does not stop the others from being
+/// counted, as in envoyproxy/ratelimit). The answer is `OVER_LIMIT` when any descriptor
+/// is; its headers are those of the descriptor that decided it: the first one over its
+/// limit, else the one with the least quota left.
+pub async fn should_rate_limit(
+    state: &AppState,
+    req: &RateLimitRequest,
+) -> Result<RateLimitResponse, Failure> {
+    validate(req)?;
+    let default_hits = u64::from(req.hits_addend.max(1));
+    let mut statuses = Vec::with_capacity(req.descriptors.len());
+    let mut headline: Option<(Arc<Policy>, Decision)> = None;
+    for d in &req.descriptors {
+        let Some((policy, client)) = policy_for(state, &req.domain, d) else {
+            statuses.push(unlimited());
+            continue;
+        };
+        let (cost, mode) = match d.hits_addend {
+            // Only looking: would one more request fit?
+            Some(0) => (1, Mode::Peek),
+            Some(n) => (n, Mode::Consume),
+            None => (default_hits, Mode::Consume),
+        };
+        let path = if state.interest.wants(&client) {
+            shown(&req.domain, d)
+        } else {
+            String::new()
+        };
+        match decide(state, &client, &policy, &path, cost, mode).await {
+            Ruling::Inactive => statuses.push(unlimited()),
+            Ruling::Failed => return Err(Failure::Unavailable),
+            Ruling::Decided(decision) => {
+                statuses.push(status(&policy, &decision));
+                let over = policy.refuses(&decision);
+                let better = match &headline {
+                    None => true,
+                    Some((p, h)) => {
+                        let was_over = p.refuses(h);
+                        !was_over && (over || decision.remaining < h.remaining)
+                    }
+                };
+                if better {
+                    headline = Some((policy, decision));
+                }
+            }
+        }
+    }
+    let over = statuses.iter().any(|s| s.code == Code::OverLimit as i32);
+    let mut response_headers_to_add = Vec::new();
+    if let Some((policy, decision)) = headline {
+        let mut headers = actix_web::http::header::HeaderMap::new();
+        add_headers(&mut headers, &policy, &decision, state.clock.now());
+        for (name, value) in headers.iter() {
+            if let Ok(value) = value.to_str() {
+                response_headers_to_add.push(HeaderValue {
+                    key: name.as_str().to_owned(),
+                    value: value.to_owned(),
+                });
+            }
+        }
+        response_headers_to_add.sort_by(|a, b| a.key.cmp(&b.key));
+    }
+    Ok(RateLimitResponse {
+        overall_code: if over { Code::OverLimit } else { Code::Ok } as i32,
+        statuses,
+        response_headers_to_add,
+    })
+}
+
+/// `POST /v1/envoy/json`: [`should_rate_limit`] in protojson, as envoyproxy/ratelimit's
+/// `/json`: 200 with the answer when it is `OK`, 429 when `OVER_LIMIT`, with the
+/// answer's headers set on the response too.
+#[utoipa::path(
+    post,
+    path = "/v1/envoy/json",
+    tag = "decisions",
+    request_body(content = Object, content_type = "application/json",
+        description = "A RateLimitRequest in protojson: {\"domain\": \"rw\", \"descriptors\": [{\"entries\": [{\"key\": \"generic_key\", \"value\": \"api\"}]}]}"),
+    responses(
+        (status = 200, description = "A RateLimitResponse in protojson, overallCode OK", body = Object),
+        (status = 429, description = "A RateLimitResponse in protojson, overallCode OVER_LIMIT", body = Object),
+        (status = 400, description = "Not a valid RateLimitRequest; nothing was decided", body = crate::error::ErrorBody),
+    )
+)]
+pub async fn json(
+    req: actix_web::HttpRequest,
+    payload: actix_web::web::Payload,
+    state: actix_web::web::Data<AppState>,
+) -> Result<actix_web::HttpResponse, ApiError> {
+    let body = crate::http::read_json(&req, payload).await?;
+    let request = RateLimitRequest::deserialize(&body).map_err(|e| {
+        ApiError::bad_request("invalid_request", format!("Not a RateLimitRequest: {e}."))
+    })?;
+    let answer = match should_rate_limit(&state, &request).await {
+        Ok(a) => a,
+        Err(Failure::Invalid(m)) => return Err(ApiError::bad_request("invalid_request", m)),
+        Err(Failure::Unavailable) => return Err(ApiError::LimiterUnavailable),
+    };
+    let mut res = if answer.overall_code == Code::OverLimit as i32 {
+        actix_web::HttpResponse::TooManyRequests()
+    } else {
+        actix_web::HttpResponse::Ok()
+    };
+    for h in &answer.response_headers_to_add {
+        res.insert_header((h.key.as_str(), h.value.as_str()));
+    }
+    Ok(res.json(answer))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_are_reported_in_a_unit_that_never_overstates() {
+        assert_eq!(unit_of(1), 1);
+        assert_eq!(unit_of(60), 2);
+        assert_eq!(unit_of(90), 3);
+        assert_eq!(unit_of(3600), 3);
+        assert_eq!(unit_of(86_400), 4);
+        assert_eq!(unit_of(86_401), 7);
+        assert_eq!(unit_of(604_801), 5);
+        assert_eq!(unit_of(31_536_000), 6);
+        assert_eq!(unit_seconds(7), None);
+        assert_eq!(unit_seconds(0), None);
+        assert_eq!(unit_seconds(5), Some(2_592_000));
+    }
+}
