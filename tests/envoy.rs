@@ -73,20 +73,7 @@ fn request(descriptors: Vec<RateLimitDescriptor>) -> RateLimitRequest {
 }
 
 async fn call(ch: &Channel, req: RateLimitRequest) -> Result<RateLimitResponse, tonic::Status> {
-    let mut grpc = tonic::client::Grpc::new(ch.clone());
-    grpc.ready()
-        .await
-        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-    let path = tonic::codegen::http::uri::PathAndQuery::from_static(
-        "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit",
-    );
-    grpc.unary(
-        tonic::Request::new(req),
-        path,
-        tonic_prost::ProstCodec::default(),
-    )
-    .await
-    .map(tonic::Response::into_inner)
+    ratewarden::envoy::grpc::call(ch.clone(), req).await
 }
 
 async fn ok(ch: &Channel, req: RateLimitRequest) -> RateLimitResponse {

@@ -213,6 +213,33 @@ overrides = [{ client = "partner-*", requests_per_window = 100, window_seconds =
         assert_eq!(api.mode, crate::config::Enforcement::Shadow);
         assert_eq!(api.overrides[0].window_seconds, Some(2));
         assert!(parse("").is_err(), "an empty file deletes nothing");
+        // A descriptor rule: no endpoint, the server writes it.
+        let rules = parse(
+            r#"
+[[config]]
+domain = "messaging"
+descriptor = [{ key = "message_type", value = "marketing" }, { key = "to_number" }]
+requests_per_window = 5
+window_seconds = 86400
+
+[[config]]
+domain = "messaging"
+descriptor = [{ key = "message_type", value = "marketing" }, { key = "to_number" }]
+requests_per_window = 6
+window_seconds = 86400
+"#,
+        );
+        let e = rules.unwrap_err();
+        assert_eq!(
+            (e.line, e.field.as_deref()),
+            (Some(8), Some("endpoint")),
+            "{e:?}"
+        );
+        let rules = parse(
+            "[[config]]\ndomain = \"m\"\ndescriptor = [{ key = \"k\" }]\nrequests_per_window = 1\nwindow_seconds = 1\n",
+        )
+        .unwrap();
+        assert_eq!(rules[0].endpoint, "m: k");
     }
 
     #[test]

@@ -64,12 +64,13 @@ pub struct ConfigSpec {
     #[serde(default)]
     pub overrides: Vec<Override>,
     /// A descriptor rule's Envoy rate-limit domain (with `descriptor`; see
-    /// [`descriptor`]).
-    #[serde(default)]
+    /// [`descriptor`]). Left out of a path config's JSON, so that instances and files
+    /// of versions before descriptor rules still read every path config.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub domain: Option<String>,
     /// A descriptor rule's pattern: the keys of the request descriptors it limits, in
     /// order, each with a fixed value or any value.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub descriptor: Option<Vec<DescriptorEntry>>,
 }
 
@@ -325,6 +326,10 @@ impl ConfigSpec {
         let Value::Object(mut merged) = to_value(self) else {
             unreachable!("a struct serialises to an object")
         };
+        // An absent optional field is a known field, at its default.
+        for name in field_names() {
+            merged.entry(name).or_insert(Value::Null);
+        }
         for (key, value) in patch {
             if READ_ONLY.contains(&key.as_str()) {
                 return Err(ValidationError::new(key, "is read-only".to_owned()));
@@ -378,11 +383,29 @@ pub fn form_model() -> String {
         "algorithm": Algorithm::names().collect::<Vec<_>>(),
         "mode": modes,
     });
+    let mut defaults = serde_json::to_string(&ConfigSpec::default_policy()).unwrap_or_default();
+    // The fields a default leaves out of its JSON (absent optional ones), after the
+    // others, as null.
+    let shown = to_value(&ConfigSpec::default_policy());
+    defaults.pop();
+    for name in field_names().iter().filter(|k| shown.get(k).is_none()) {
+        defaults.push_str(&format!(",{}:null", to_value(name)));
+    }
+    defaults.push('}');
     format!(
-        r#"{{"defaults": {}, "required": {}, "choices": {choices}}}"#,
-        serde_json::to_string(&ConfigSpec::default_policy()).unwrap_or_default(),
+        r#"{{"defaults": {defaults}, "required": {}, "choices": {choices}}}"#,
         to_value(&REQUIRED),
     )
+}
+
+/// Every field of a spec, from its schema (its JSON leaves absent optional fields out).
+fn field_names() -> Vec<String> {
+    match <ConfigSpec as utoipa::PartialSchema>::schema() {
+        utoipa::openapi::RefOr::T(utoipa::openapi::schema::Schema::Object(schema)) => {
+            schema.properties.keys().cloned().collect()
+        }
+        _ => Vec::new(),
+    }
 }
 
 /// A value from JSON this server or another instance stored (SQLite, Redis, the
@@ -392,7 +415,11 @@ fn from_stored<T: Serialize + serde::de::DeserializeOwned>(json: &str) -> Result
     let value: Value = serde_json::from_str(json).map_err(|e| e.to_string())?;
     let parsed = T::deserialize(&value).map_err(|e| e.to_string())?;
     if let (Value::Object(given), Value::Object(known)) = (&value, to_value(&parsed))
-        && let Some(unknown) = given.keys().find(|k| !known.contains_key(*k))
+        && let Some(unknown) = given.keys().find(|k| {
+            // A spec field left out when absent may also be written as null.
+            let absent = given[*k].is_null() && field_names().contains(k);
+            !known.contains_key(*k) && !absent
+        })
     {
         return Err(format!("{unknown}: is not a known field"));
     }
@@ -858,6 +885,19 @@ mod tests {
         let model: Value = serde_json::from_str(&form_model()).unwrap();
         let spec = ConfigSpec::deserialize(&model["defaults"]).unwrap();
         assert_eq!(spec, ConfigSpec::default_policy());
+        // Every field, those a default leaves out included.
+        let mut rule = ConfigSpec::default_policy();
+        rule.domain = Some("d".into());
+        rule.descriptor = Some(vec![]);
+        let all = to_value(&rule);
+        let fields = model["defaults"].as_object().unwrap();
+        assert!(
+            all.as_object()
+                .unwrap()
+                .keys()
+                .all(|k| fields.contains_key(k))
+        );
+        assert_eq!(fields["domain"], Value::Null);
         let text = form_model();
         let at = |k: &str| text.find(&format!("\"{k}\"")).unwrap();
         assert!(at("endpoint") < at("requests_per_window") && at("is_active") < at("overrides"));

@@ -100,6 +100,26 @@ where
     }
 }
 
+/// Calls `ShouldRateLimit` over `channel` (a tonic client channel): the client of the
+/// tests and of the benchmark, as `tonic-build` would write it.
+pub async fn call<T>(channel: T, req: RateLimitRequest) -> Result<RateLimitResponse, Status>
+where
+    T: tonic::client::GrpcService<Body>,
+    T::Error: Into<StdError>,
+    T::ResponseBody: tonic::codegen::Body<Data = tonic::codegen::Bytes> + Send + 'static,
+    <T::ResponseBody as tonic::codegen::Body>::Error: Into<StdError> + Send,
+{
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready()
+        .await
+        .map_err(|e| Status::unavailable(e.into().to_string()))?;
+    let path = http::uri::PathAndQuery::from_static(SHOULD_RATE_LIMIT);
+    let codec = tonic_prost::ProstCodec::default();
+    grpc.unary(tonic::Request::new(req), path, codec)
+        .await
+        .map(tonic::Response::into_inner)
+}
+
 /// A running gRPC server.
 pub struct GrpcServer {
     pub addr: SocketAddr,
