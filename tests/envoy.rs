@@ -533,3 +533,26 @@ async fn descriptor_rules_are_configs_like_any_other() {
     assert_eq!(s.get("/admin/configs/a%20b").await.status, 400);
     s.stop().await;
 }
+
+#[actix_rt::test]
+async fn descriptor_decisions_are_streamed_with_the_descriptor() {
+    let (s, ch) = server().await;
+    api_rule(&s).await;
+    let mut feed = common::ws::connect(&s.url, "/ws/10.0.0.7").await;
+    common::ws::next_of(&mut feed, "client_stats").await;
+    for _ in 0..3 {
+        ok(&ch, request(vec![api("10.0.0.7")])).await;
+    }
+    let first = common::ws::next_of(&mut feed, "request_processed").await;
+    assert_eq!(first["client_id"], "10.0.0.7");
+    assert_eq!(first["endpoint"], API_RULE);
+    assert_eq!(
+        first["path"],
+        "rw: generic_key=api, remote_address=10.0.0.7"
+    );
+    assert_eq!((first["limit"].as_u64(), first["remaining"].as_u64()), (Some(2), Some(1)));
+    let refused = common::ws::next_of(&mut feed, "rate_limit_exceeded").await;
+    assert_eq!(refused["endpoint"], API_RULE);
+    drop(feed);
+    s.stop().await;
+}
