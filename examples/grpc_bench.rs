@@ -51,7 +51,7 @@ async fn main() {
                     hits_addend: 0,
                 };
                 let sent = Instant::now();
-                let answer = ratewarden::envoy::grpc::call(channel.clone(), req).await;
+                let answer = ratewarden::envoy::grpc::call(channel.clone(), req, None).await;
                 latencies.push(sent.elapsed());
                 if !matches!(answer, Ok(r) if r.overall_code == Code::Ok as i32) {
                     not_ok += 1;

@@ -147,14 +147,7 @@ pub fn start_with_clock(
     if settings.config_file.is_some() {
         reload_on_sighup(state.configs.clone());
     }
-    let grpc = match settings.grpc_bind {
-        Some(at) => {
-            let listener = TcpListener::bind(at)
-                .map_err(|e| format!("binding the gRPC server to {at}: {e}"))?;
-            Some(GrpcServer::start(state.clone(), listener)?)
-        }
-        None => None,
-    };
+    let grpc_state = state.clone();
     let registries = state.registries.clone();
     let broadcaster = state.broadcaster.clone();
     let connections = Arc::new(OpenConnections::default());
@@ -188,6 +181,15 @@ pub fn start_with_clock(
     .listen(listener)
     .map_err(|e| format!("listening on {addr}: {e}"))?
     .run();
+    // Started last: a start that fails leaves nothing serving.
+    let grpc = match settings.grpc_bind {
+        Some(at) => {
+            let listener = TcpListener::bind(at)
+                .map_err(|e| format!("binding the gRPC server to {at}: {e}"))?;
+            Some(GrpcServer::start(grpc_state, listener)?)
+        }
+        None => None,
+    };
     log::info!(
         "ratewarden listening on http://{addr} (database {})",
         settings.database

@@ -240,8 +240,9 @@ async function loadConfigs() {
 }
 
 function configPath(endpoint) {
-  // A descriptor rule's endpoint is not a path: it is sent whole, percent-encoded.
-  if (!endpoint.startsWith("/") && endpoint !== "*") return "/admin/configs/" + encodeURIComponent(endpoint);
+  // A descriptor rule's endpoint ("rw: key=value, key", always with ": ") is not a
+  // path: it is sent whole, percent-encoded.
+  if (endpoint.includes(": ")) return "/admin/configs/" + encodeURIComponent(endpoint);
   const rest = endpoint === "*" ? "*" : endpoint.slice(1);
   return "/admin/configs/" + rest.split("/").map(encodeURIComponent).join("/").replace(/%2A/g, "*");
 }
@@ -305,7 +306,8 @@ function openForm(config) {
     else if (kind === "nullable" && typeof v === "object" && v !== null) input.value = JSON.stringify(v);
     else input.value = v ?? "";
   }
-  f.endpoint.disabled = !!config;
+  // A config's identity (its endpoint, or a rule's domain and descriptor) is fixed.
+  for (const name of ["endpoint", "domain", "descriptor"]) if (f.elements[name]) f.elements[name].disabled = !!config;
   $("#config-save").textContent = config ? "Save" : "Create";
   f.endpoint.focus();
 }
@@ -346,7 +348,7 @@ async function saveConfig(ev) {
     body.endpoint = editing.endpoint;
     res = await api(configPath(editing.endpoint), { method: "PUT", body: JSON.stringify(body) });
   } else {
-    if (body.endpoint === "" && body.domain != null) delete body.endpoint;
+    if (body.endpoint === "" && (body.domain != null || body.descriptor != null)) delete body.endpoint;
     res = await api("/admin/configs", { method: "POST", body: JSON.stringify(body) });
   }
   if (res.ok) {

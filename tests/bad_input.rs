@@ -299,7 +299,7 @@ fn hostile_requests() -> Vec<Hostile> {
         hostile("POST", "/v1/envoy/json", 400).body(r#"{"domain": "rw", "descriptors": []}"#),
         hostile("POST", "/v1/envoy/json", 400).body(r#"{"domain": "rw", "descriptors": [{"entries": []}]}"#),
         hostile("POST", "/v1/envoy/json", 400).body(r#"{"domain": "rw", "descriptors": [{"entries": [{"key": "", "value": "v"}]}]}"#),
-        hostile("POST", "/v1/envoy/json", 400).body(format!(r#"{{"domain": "rw", "descriptors": [{{"entries": [{{"key": "k", "value": "{}"}}]}}]}}"#, "v".repeat(1025))),
+        hostile("POST", "/v1/envoy/json", 413).body(format!(r#"{{"domain": "rw", "descriptors": [{{"entries": [{{"key": "k", "value": "{}"}}]}}]}}"#, "v".repeat(64 * 1024 + 1))),
         hostile("POST", "/v1/envoy/json", 400).body(r#"{"domain": "rw", "hitsAddend": 4294967296, "descriptors": [{"entries": [{"key": "k", "value": "v"}]}]}"#),
         hostile("POST", "/v1/envoy/json", 400).body(r#"{"domain": "rw", "hitsAddend": -1, "descriptors": [{"entries": [{"key": "k", "value": "v"}]}]}"#),
         hostile("POST", "/v1/envoy/json", 400).body(r#"{"domain": "rw", "descriptors": [{"entries": [{"key": "k", "value": "v"}], "limit": {"requestsPerUnit": 1, "unit": "FORTNIGHT"}}]}"#),

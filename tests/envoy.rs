@@ -73,7 +73,7 @@ fn request(descriptors: Vec<RateLimitDescriptor>) -> RateLimitRequest {
 }
 
 async fn call(ch: &Channel, req: RateLimitRequest) -> Result<RateLimitResponse, tonic::Status> {
-    ratewarden::envoy::grpc::call(ch.clone(), req).await
+    ratewarden::envoy::grpc::call(ch.clone(), req, None).await
 }
 
 async fn ok(ch: &Channel, req: RateLimitRequest) -> RateLimitResponse {
@@ -287,7 +287,7 @@ async fn the_most_specific_rule_wins_and_overrides_apply_to_descriptor_clients()
 }
 
 #[actix_rt::test]
-async fn a_limit_sent_by_the_caller_replaces_the_rules_numbers() {
+async fn a_limit_sent_by_the_caller_is_a_budget_of_its_own() {
     let (s, ch) = server().await;
     api_rule(&s).await;
     let mut d = api("10.0.0.3");
@@ -302,15 +302,64 @@ async fn a_limit_sent_by_the_caller_replaces_the_rules_numbers() {
     .await;
     assert_eq!(codes(&res), [OK, OK, OK, OVER]);
     let limit = res.statuses[0].current_limit.clone().unwrap();
-    assert_eq!((limit.requests_per_unit, limit.unit), (3, 1));
-    // With no rule, the caller's limit still holds, per value.
+    assert_eq!(
+        (limit.requests_per_unit, limit.unit, limit.name.as_str()),
+        (3, 1, "rw: generic_key=api, remote_address (3/SECOND)")
+    );
+    // The rule's own budget is untouched, and its window is not reset by the other.
+    let plain = ok(&ch, request(vec![api("10.0.0.3")])).await;
+    assert_eq!(
+        (plain.overall_code, plain.statuses[0].limit_remaining),
+        (OK, 1)
+    );
+    ok(&ch, request(vec![d.clone()])).await;
+    let plain = ok(&ch, request(vec![api("10.0.0.3")])).await;
+    assert_eq!(
+        (plain.overall_code, plain.statuses[0].limit_remaining),
+        (OK, 0)
+    );
+    assert_eq!(
+        ok(&ch, request(vec![api("10.0.0.3")])).await.overall_code,
+        OVER
+    );
+    // With no rule, a caller's limit limits nothing: only an operator's rule makes a
+    // budget.
     let mut free = descriptor(&[("tenant", "t1")]);
     free.limit = Some(RateLimitOverride {
         requests_per_unit: 1,
         unit: 2,
     });
     let res = ok(&ch, request(vec![free.clone(), free])).await;
-    assert_eq!(codes(&res), [OK, OVER]);
+    assert_eq!(codes(&res), [OK, OK]);
+    assert!(res.statuses.iter().all(|st| st.current_limit.is_none()));
+    s.stop().await;
+}
+
+#[actix_rt::test]
+async fn with_a_decision_token_calls_must_carry_it() {
+    let s = TestServer::with(|s| {
+        s.grpc_bind = Some("127.0.0.1:0".parse().unwrap());
+        s.decision_token = Some("d-secret".to_owned());
+    })
+    .await;
+    api_rule(&s).await;
+    let ch = Channel::from_shared(format!("http://{}", s.grpc_addr.unwrap()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    use ratewarden::envoy::grpc::call as call_with;
+    let refused = call_with(ch.clone(), request(vec![api("10.0.0.8")]), None).await;
+    assert_eq!(refused.unwrap_err().code(), tonic::Code::Unauthenticated);
+    let wrong = call_with(ch.clone(), request(vec![api("10.0.0.8")]), Some("guess")).await;
+    assert_eq!(wrong.unwrap_err().code(), tonic::Code::Unauthenticated);
+    let res = call_with(ch.clone(), request(vec![api("10.0.0.8")]), Some("d-secret"))
+        .await
+        .unwrap();
+    assert_eq!(
+        res.statuses[0].limit_remaining, 1,
+        "the refused calls took nothing"
+    );
     s.stop().await;
 }
 
@@ -342,7 +391,7 @@ async fn concurrent_calls_never_admit_more_than_the_limit() {
 async fn bad_requests_are_invalid_arguments_and_take_nothing() {
     let (s, ch) = server().await;
     api_rule(&s).await;
-    let huge = "x".repeat(1025);
+    let huge = "x".repeat(64 * 1024 + 1);
     let mut empty_domain = request(vec![api("10.0.0.4")]);
     empty_domain.domain.clear();
     let mut zero_limit = api("10.0.0.4");
@@ -373,6 +422,13 @@ async fn bad_requests_are_invalid_arguments_and_take_nothing() {
     // Nothing was taken by the refused calls.
     let res = ok(&ch, request(vec![api("10.0.0.4")])).await;
     assert_eq!(res.statuses[0].limit_remaining, 1);
+    // A long or empty value (a client's header) is a client like any other, never a
+    // refused call that Envoy would let through.
+    let long = "u".repeat(8 * 1024);
+    for value in [long.as_str(), ""] {
+        let res = ok(&ch, request(vec![api(value), api(value), api(value)])).await;
+        assert_eq!(codes(&res), [OK, OK, OVER], "{:.10}", value);
+    }
     s.stop().await;
 }
 
@@ -550,7 +606,10 @@ async fn descriptor_decisions_are_streamed_with_the_descriptor() {
         first["path"],
         "rw: generic_key=api, remote_address=10.0.0.7"
     );
-    assert_eq!((first["limit"].as_u64(), first["remaining"].as_u64()), (Some(2), Some(1)));
+    assert_eq!(
+        (first["limit"].as_u64(), first["remaining"].as_u64()),
+        (Some(2), Some(1))
+    );
     let refused = common::ws::next_of(&mut feed, "rate_limit_exceeded").await;
     assert_eq!(refused["endpoint"], API_RULE);
     drop(feed);

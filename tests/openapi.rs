@@ -112,13 +112,20 @@ async fn a_check_built_from_its_schema_is_accepted() {
         .iter()
         .map(|v| v.as_str().unwrap())
         .collect();
-    assert_eq!(
-        required,
-        ["endpoint", "requests_per_window", "window_seconds"]
+    // `endpoint` names a path config, `domain` and `descriptor` a descriptor rule: the
+    // schema requires neither, and each kind is created from it.
+    assert_eq!(required, ["requests_per_window", "window_seconds"]);
+    let properties = create["properties"].as_object().unwrap();
+    assert!(
+        ["endpoint", "domain", "descriptor"]
+            .iter()
+            .all(|p| properties.contains_key(*p))
     );
-    let config = json!({"endpoint": "/from-schema", "requests_per_window": 1, "window_seconds": 1});
-    assert_eq!(
-        s.post("/admin/configs", &config.to_string()).await.status,
-        201
-    );
+    for config in [
+        json!({"endpoint": "/from-schema", "requests_per_window": 1, "window_seconds": 1}),
+        json!({"domain": "d", "descriptor": [{"key": "k"}], "requests_per_window": 1, "window_seconds": 1}),
+    ] {
+        let r = s.post("/admin/configs", &config.to_string()).await;
+        assert_eq!(r.status, 201, "{config}: {:?}", r.body);
+    }
 }

@@ -1,5 +1,5 @@
 //! Descriptor rules: configs that select Envoy rate-limit requests by `domain` and a
-//! descriptor pattern instead of by path (see `src/http/envoy.rs` for the protocol).
+//! descriptor pattern instead of by path (see [`crate::envoy`] for the protocol).
 //!
 //! A pattern is a list of entries, in order, each a key with a fixed value or with any
 //! value (`value` absent). A request descriptor matches a pattern of its own length whose
@@ -16,7 +16,7 @@
 //! The client of a request is the values its pattern left open (a remote address, a user
 //! id): those of one client share a budget, whatever the fixed values.
 
-use super::{ValidationError, is_client_id};
+use super::ValidationError;
 use serde::{Deserialize, Serialize};
 use std::fmt::Write;
 
@@ -24,8 +24,15 @@ use std::fmt::Write;
 pub const MAX_DOMAIN_BYTES: usize = 128;
 /// Longest descriptor key, in bytes.
 pub const MAX_KEY_BYTES: usize = 128;
-/// Longest descriptor value, in bytes.
+/// Longest fixed value of a rule, in bytes.
 pub const MAX_VALUE_BYTES: usize = 1024;
+/// Longest value of a request's descriptor, in bytes: above any header Envoy accepts by
+/// default (60 KiB of headers), so that a client's long header cannot make the whole
+/// call fail (and Envoy then let it through).
+pub const MAX_REQUEST_VALUE_BYTES: usize = 64 * 1024;
+/// Longest open value written into a client key as it is; a longer one is written as
+/// its SHA-1, so that a client's key stays small whatever it sends.
+const MAX_CLIENT_PART: usize = 128;
 /// Most entries of a descriptor (in a rule, and in a request).
 pub const MAX_ENTRIES: usize = 16;
 
@@ -80,12 +87,8 @@ pub fn is_identity(endpoint: &str) -> bool {
 
 /// Checks a rule's domain and pattern; errors name `domain` or `descriptor[i].key`.
 pub fn validate(domain: &str, pattern: &[DescriptorEntry]) -> Result<(), ValidationError> {
-    if domain.is_empty() || domain.len() > MAX_DOMAIN_BYTES || domain.chars().any(char::is_control)
-    {
-        return Err(ValidationError::new(
-            "domain",
-            format!("must be 1 to {MAX_DOMAIN_BYTES} bytes with no control characters"),
-        ));
+    if let Some(why) = bad_domain(domain) {
+        return Err(ValidationError::new("domain", why));
     }
     if pattern.is_empty() || pattern.len() > MAX_ENTRIES {
         return Err(ValidationError::new(
@@ -104,15 +107,30 @@ pub fn validate(domain: &str, pattern: &[DescriptorEntry]) -> Result<(), Validat
     Ok(())
 }
 
-/// Why a descriptor key is refused (in a rule or a request), if it is.
-pub fn bad_key(key: &str) -> Option<String> {
-    (key.is_empty() || key.len() > MAX_KEY_BYTES || key.chars().any(char::is_control))
-        .then(|| format!("must be 1 to {MAX_KEY_BYTES} bytes with no control characters"))
+/// Why a domain is refused (in a rule or a request), if it is.
+pub fn bad_domain(domain: &str) -> Option<String> {
+    bad_name(domain, MAX_DOMAIN_BYTES)
 }
 
-/// Why a descriptor value is refused (in a rule or a request), if it is.
+/// Why a descriptor key is refused (in a rule or a request), if it is.
+pub fn bad_key(key: &str) -> Option<String> {
+    bad_name(key, MAX_KEY_BYTES)
+}
+
+fn bad_name(name: &str, max: usize) -> Option<String> {
+    (name.is_empty() || name.len() > max || name.chars().any(char::is_control))
+        .then(|| format!("must be 1 to {max} bytes with no control characters"))
+}
+
+/// Why a rule's fixed value is refused, if it is.
 pub fn bad_value(value: &str) -> Option<String> {
     (value.len() > MAX_VALUE_BYTES).then(|| format!("must be at most {MAX_VALUE_BYTES} bytes"))
+}
+
+/// Why a request's value is refused, if it is.
+pub fn bad_request_value(value: &str) -> Option<String> {
+    (value.len() > MAX_REQUEST_VALUE_BYTES)
+        .then(|| format!("must be at most {MAX_REQUEST_VALUE_BYTES} bytes"))
 }
 
 /// A rule's pattern, ready to match request descriptors.
@@ -157,11 +175,13 @@ impl Pattern {
         )
     }
 
-    /// The client of a matching request: the values this pattern leaves open, each kept
-    /// as is when it is a valid client id made of `A-Z a-z 0-9 . : @ -` (an address, a
-    /// user id), else with `_` and every other byte written `_xx`; several are joined by
-    /// `__`, which no written value contains. A pattern with every value fixed is one
-    /// budget for everyone: its client is the domain, written the same way.
+    /// The client of a matching request: the values this pattern leaves open, each
+    /// written as it is when made of `A-Z a-z 0-9 . : @ -` (an address, most ids), else
+    /// with `_` and every other byte written `_xx`; an empty value is `_z`, and one
+    /// longer than 128 bytes `_h` and its SHA-1. Several are joined by `__`, which no
+    /// written value contains, so two descriptors are one client only if their open
+    /// values are the same. A pattern with every value fixed is one budget for
+    /// everyone: its client is the domain, written the same way.
     pub fn client<'a>(
         &self,
         domain: &str,
@@ -189,8 +209,12 @@ impl Pattern {
 }
 
 fn client_part(out: &mut String, value: &str) {
-    if is_client_id(value) && !value.contains('_') {
-        out.push_str(value);
+    if value.is_empty() {
+        out.push_str("_z");
+        return;
+    }
+    if value.len() > MAX_CLIENT_PART {
+        let _ = write!(out, "_h{}", sha1_smol::Sha1::from(value).digest());
         return;
     }
     for b in value.bytes() {
@@ -205,6 +229,7 @@ fn client_part(out: &mut String, value: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::is_client_id;
 
     fn entry(key: &str, value: Option<&str>) -> DescriptorEntry {
         DescriptorEntry {
@@ -265,7 +290,18 @@ mod tests {
         assert_eq!(c2("x", "y"), "x__y");
         assert_ne!(c2("x_", "y"), c2("x", "_y"));
         assert_ne!(c2("", "a"), c2("a", ""));
+        assert_eq!(c2("", "a"), "_z__a");
+        assert_ne!(c2("_z", ""), c2("", "_z"));
         assert!(is_client_id(&c2("user_1", "10.0.0.1")));
+        // A long value is its digest: a small key, still one per value.
+        let long = "v".repeat(200);
+        let longer = "v".repeat(201);
+        assert_eq!(c(&[("k", "v"), ("ip", &long)]).len(), 42);
+        assert_ne!(
+            c(&[("k", "v"), ("ip", &long)]),
+            c(&[("k", "v"), ("ip", &longer)])
+        );
+        assert!(is_client_id(&c(&[("k", "v"), ("ip", &long)])));
         let fixed = Pattern::new(&[entry("a", Some("1"))]);
         assert_eq!(fixed.client("rw", [("a", "1")].into_iter()), "rw");
     }

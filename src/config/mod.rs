@@ -328,7 +328,7 @@ impl ConfigSpec {
         };
         // An absent optional field is a known field, at its default.
         for name in field_names() {
-            merged.entry(name).or_insert(Value::Null);
+            merged.entry(name.clone()).or_insert(Value::Null);
         }
         for (key, value) in patch {
             if READ_ONLY.contains(&key.as_str()) {
@@ -354,8 +354,14 @@ impl ConfigSpec {
 
 /// A field's serde error as a sentence: what the field takes, shown by the value it had.
 fn type_message(e: &serde_json::Error, example: &Value) -> String {
+    let e_text = e.to_string();
     let expected = match example {
         Value::Bool(_) => "must be true or false".to_owned(),
+        // An absent optional field: what serde expected says what it takes.
+        Value::Null if e_text.contains("expected a string") => "must be a string".to_owned(),
+        Value::Null if e_text.contains("expected a sequence") => {
+            "must be a list of {\"key\", \"value\"} entries".to_owned()
+        }
         Value::Number(_) | Value::Null => "must be a number within range".to_owned(),
         Value::String(_) => "must be a string".to_owned(),
         _ => "has the wrong type".to_owned(),
@@ -399,13 +405,14 @@ pub fn form_model() -> String {
 }
 
 /// Every field of a spec, from its schema (its JSON leaves absent optional fields out).
-fn field_names() -> Vec<String> {
-    match <ConfigSpec as utoipa::PartialSchema>::schema() {
+fn field_names() -> &'static [String] {
+    static NAMES: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    NAMES.get_or_init(|| match <ConfigSpec as utoipa::PartialSchema>::schema() {
         utoipa::openapi::RefOr::T(utoipa::openapi::schema::Schema::Object(schema)) => {
             schema.properties.keys().cloned().collect()
         }
         _ => Vec::new(),
-    }
+    })
 }
 
 /// A value from JSON this server or another instance stored (SQLite, Redis, the
@@ -822,6 +829,14 @@ mod tests {
             "endpoint"
         );
         assert_eq!(rule(json!({"domain": null})).unwrap_err().field, "domain");
+        let e = rule(json!({"domain": 5})).unwrap_err();
+        assert_eq!(
+            (e.field.as_str(), e.message.starts_with("must be a string")),
+            ("domain", true),
+            "{e:?}"
+        );
+        let e = rule(json!({"descriptor": "k"})).unwrap_err();
+        assert!(e.message.starts_with("must be a list"), "{e:?}");
         // A path config may name both as null (the dashboard's form sends every field).
         let path = ConfigSpec::from_create(object(json!({"endpoint": "/p", "domain": null,
             "descriptor": null, "requests_per_window": 1, "window_seconds": 1})))

@@ -10,9 +10,11 @@
 
 use super::proto::{RateLimitRequest, RateLimitResponse};
 use super::{Failure, should_rate_limit};
-use crate::http::AppState;
+use crate::error::ApiError;
+use crate::http::{AppState, middleware};
 use actix::{Arbiter, ArbiterHandle};
 use actix_web::web;
+use futures_util::future::{Either, select};
 use std::convert::Infallible;
 use std::net::{SocketAddr, TcpListener};
 use tonic::codegen::{BoxFuture, Context, Poll, Service, StdError, http};
@@ -34,13 +36,42 @@ impl NamedService for RateLimitService {
 }
 
 impl RateLimitService {
-    /// Decides one request on the arbiter's local task set.
+    /// The rule of every decision surface (`/v1/*`): the decision or admin token as
+    /// `authorization: Bearer <token>` metadata (Envoy's `grpc_service.initial_metadata`)
+    /// when one is set, else a loopback peer.
+    fn admit(&self, request: &tonic::Request<RateLimitRequest>) -> Result<(), Status> {
+        let presented = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(middleware::bearer);
+        let caller = request.remote_addr().map(|a| a.ip());
+        let tokens = [&self.state.decision_token, &self.state.admin_token];
+        middleware::admit(presented.as_deref(), caller, tokens).map_err(|e| match e {
+            ApiError::Unauthorized => Status::unauthenticated(
+                "send the decision or admin token as authorization: Bearer <token>",
+            ),
+            _ => Status::permission_denied("without a token, only loopback callers are answered"),
+        })
+    }
+
+    /// Decides one request on the arbiter's local task set. A call given up by its
+    /// caller (Envoy's timeout, a reset stream) is given up there too, where it waits.
     async fn answer(&self, req: RateLimitRequest) -> Result<RateLimitResponse, Status> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (mut tx, rx) = tokio::sync::oneshot::channel();
         let state = self.state.clone();
         let sent = self.arbiter.spawn_fn(move || {
             actix::spawn(async move {
-                let _ = tx.send(should_rate_limit(&state, &req).await);
+                let answer = {
+                    let decided = std::pin::pin!(should_rate_limit(&state, &req));
+                    match select(decided, std::pin::pin!(tx.closed())).await {
+                        Either::Left((answer, _)) => Some(answer),
+                        Either::Right(_) => None,
+                    }
+                };
+                if let Some(answer) = answer {
+                    let _ = tx.send(answer);
+                }
             });
         });
         if !sent {
@@ -66,6 +97,7 @@ impl UnaryService<RateLimitRequest> for ShouldRateLimit {
     fn call(&mut self, request: tonic::Request<RateLimitRequest>) -> Self::Future {
         let svc = self.0.clone();
         Box::pin(async move {
+            svc.admit(&request)?;
             svc.answer(request.into_inner())
                 .await
                 .map(tonic::Response::new)
@@ -100,9 +132,14 @@ where
     }
 }
 
-/// Calls `ShouldRateLimit` over `channel` (a tonic client channel): the client of the
-/// tests and of the benchmark, as `tonic-build` would write it.
-pub async fn call<T>(channel: T, req: RateLimitRequest) -> Result<RateLimitResponse, Status>
+/// Calls `ShouldRateLimit` over `channel` (a tonic client channel), with `token` as
+/// `authorization: Bearer` metadata when given: the client of the tests and of the
+/// benchmark, as `tonic-build` would write it.
+pub async fn call<T>(
+    channel: T,
+    req: RateLimitRequest,
+    token: Option<&str>,
+) -> Result<RateLimitResponse, Status>
 where
     T: tonic::client::GrpcService<Body>,
     T::Error: Into<StdError>,
@@ -115,7 +152,14 @@ where
         .map_err(|e| Status::unavailable(e.into().to_string()))?;
     let path = http::uri::PathAndQuery::from_static(SHOULD_RATE_LIMIT);
     let codec = tonic_prost::ProstCodec::default();
-    grpc.unary(tonic::Request::new(req), path, codec)
+    let mut request = tonic::Request::new(req);
+    if let Some(token) = token {
+        let value = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| Status::invalid_argument("the token is not a valid metadata value"))?;
+        request.metadata_mut().insert("authorization", value);
+    }
+    grpc.unary(request, path, codec)
         .await
         .map(tonic::Response::into_inner)
 }
@@ -125,7 +169,8 @@ pub struct GrpcServer {
     pub addr: SocketAddr,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     done: Option<tokio::sync::oneshot::Receiver<()>>,
-    arbiter: Arbiter,
+    /// `None` once stopped.
+    arbiter: Option<Arbiter>,
 }
 
 impl GrpcServer {
@@ -165,12 +210,12 @@ impl GrpcServer {
             addr,
             stop: Some(stop),
             done: Some(done),
-            arbiter,
+            arbiter: Some(arbiter),
         })
     }
 
     /// Stops accepting calls, lets those in flight finish (for up to `grace`), then
-    /// stops the arbiter.
+    /// stops the arbiter and waits for its thread: nothing decides after this returns.
     pub async fn stop(mut self, grace: std::time::Duration) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
@@ -180,6 +225,22 @@ impl GrpcServer {
         {
             log::warn!("gRPC calls still open after {grace:?}; closing them");
         }
-        self.arbiter.stop();
+        if let Some(arbiter) = self.arbiter.take() {
+            arbiter.stop();
+            let _ = actix_web::rt::task::spawn_blocking(move || arbiter.join()).await;
+        }
+    }
+}
+
+impl Drop for GrpcServer {
+    /// A server dropped without [`GrpcServer::stop`] (a start that failed later) stops
+    /// serving at once.
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(arbiter) = &self.arbiter {
+            arbiter.stop();
+        }
     }
 }

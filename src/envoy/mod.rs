@@ -11,15 +11,16 @@
 pub mod grpc;
 pub mod proto;
 
+use crate::config::MAX_REQUESTS_PER_WINDOW;
 use crate::config::descriptor::{self, DescriptorEntry, MAX_ENTRIES};
 use crate::error::ApiError;
 use crate::http::AppState;
 use crate::http::middleware::{Ruling, add_headers, decide, reset_secs};
-use crate::limiter::{Algorithm, Decision, Limits, Mode};
+use crate::limiter::{Decision, Limits, Mode};
 use crate::policy::Policy;
 use proto::{
     Code, DescriptorStatus, HeaderValue, RateLimit, RateLimitDescriptor, RateLimitRequest,
-    RateLimitResponse, UNITS, WEEK,
+    RateLimitResponse, UNITS, override_unit,
 };
 use serde::Deserialize;
 use std::sync::Arc;
@@ -37,14 +38,14 @@ pub enum Failure {
     Unavailable,
 }
 
-/// The request's rules, checked before anything is decided.
+/// The request's rules, checked before anything is decided. A value is refused only
+/// past any header Envoy accepts by default ([`descriptor::MAX_REQUEST_VALUE_BYTES`]): a
+/// refused call is one Envoy lets through (without `failure_mode_deny`), so what a
+/// client sends must not be able to cause one.
 fn validate(req: &RateLimitRequest) -> Result<(), Failure> {
     let invalid = |m: String| Err(Failure::Invalid(m));
-    if req.domain.is_empty() || req.domain.len() > descriptor::MAX_DOMAIN_BYTES {
-        return invalid(format!(
-            "domain must be 1 to {} bytes",
-            descriptor::MAX_DOMAIN_BYTES
-        ));
+    if let Some(why) = descriptor::bad_domain(&req.domain) {
+        return invalid(format!("domain {why}"));
     }
     if req.descriptors.is_empty() || req.descriptors.len() > MAX_DESCRIPTORS {
         return invalid(format!("send 1 to {MAX_DESCRIPTORS} descriptors"));
@@ -59,14 +60,14 @@ fn validate(req: &RateLimitRequest) -> Result<(), Failure> {
             if let Some(why) = descriptor::bad_key(&e.key) {
                 return invalid(format!("descriptors[{i}].entries[{j}].key {why}"));
             }
-            if let Some(why) = descriptor::bad_value(&e.value) {
+            if let Some(why) = descriptor::bad_request_value(&e.value) {
                 return invalid(format!("descriptors[{i}].entries[{j}].value {why}"));
             }
         }
         if let Some(limit) = &d.limit {
-            if limit.requests_per_unit == 0 {
+            if !(1..=MAX_REQUESTS_PER_WINDOW).contains(&u64::from(limit.requests_per_unit)) {
                 return invalid(format!(
-                    "descriptors[{i}].limit.requests_per_unit must be at least 1"
+                    "descriptors[{i}].limit.requests_per_unit must be 1 to {MAX_REQUESTS_PER_WINDOW}"
                 ));
             }
             if unit_seconds(limit.unit).is_none() {
@@ -81,10 +82,7 @@ fn validate(req: &RateLimitRequest) -> Result<(), Failure> {
 
 /// An override's unit in seconds; `None` for `UNKNOWN` and any other number.
 fn unit_seconds(unit: i32) -> Option<u64> {
-    UNITS
-        .iter()
-        .find(|u| u.0 == unit && u.0 != WEEK)
-        .map(|u| u.2)
+    override_unit(unit).map(|u| u.seconds)
 }
 
 /// The unit a window is reported in: the shortest of Envoy's units at least as long as
@@ -93,14 +91,20 @@ fn unit_seconds(unit: i32) -> Option<u64> {
 pub fn unit_of(window_seconds: u64) -> i32 {
     UNITS
         .iter()
-        .filter(|u| u.2 >= window_seconds)
-        .min_by_key(|u| u.2)
-        .map_or(6, |u| u.0)
+        .filter(|u| u.seconds >= window_seconds)
+        .min_by_key(|u| u.seconds)
+        .map_or(6, |u| u.number)
 }
 
 /// The policy and client of one request descriptor: the rule it matches, with the
-/// caller's `limit` instead of the rule's numbers when it sends one; `None` when nothing
-/// limits it.
+/// caller's `limit` instead of the rule's numbers when it sends one; `None` when no rule
+/// matches (nothing limits it, the caller's `limit` included).
+///
+/// A caller's limit is its own budget, under the rule's name followed by the limit
+/// (`rw: user (5/MINUTE)`), with the rule's algorithm, mode and activity: sharing the
+/// rule's budget with other numbers would let one window length reset the other's
+/// count. Only rules' descriptors take one, so callers cannot make new names (metric
+/// series, entries in a client's state) without an operator's rule.
 fn policy_for(
     state: &AppState,
     domain: &str,
@@ -108,50 +112,22 @@ fn policy_for(
 ) -> Option<(Arc<Policy>, Arc<str>)> {
     let table = state.policies.current();
     let entries = d.entries.iter().map(|e| (e.key.as_str(), e.value.as_str()));
-    let matched = table.match_descriptor(domain, entries.clone());
+    let m = table.match_descriptor(domain, entries)?;
+    let client = Arc::from(m.client);
     let Some(limit) = &d.limit else {
-        let m = matched?;
-        return Some((m.policy.clone(), Arc::from(m.client)));
+        return Some((m.policy.clone(), client));
     };
-    // A caller's limit (envoyproxy/ratelimit honours it with or without a rule): under
-    // the matching rule's key and algorithm, else under the descriptor's keys, each
-    // value its own budget, counted in fixed windows.
-    let window = unit_seconds(limit.unit)?;
+    let unit = override_unit(limit.unit)?;
+    let window = unit.seconds;
     let requests = u64::from(limit.requests_per_unit);
-    let (endpoint, client, algorithm, shadow) = match matched {
-        Some(m) => (
-            m.policy.endpoint.clone(),
-            m.client,
-            m.policy.limits.algorithm,
-            m.policy.shadow,
-        ),
-        None => {
-            let open: Vec<DescriptorEntry> = d
-                .entries
-                .iter()
-                .map(|e| DescriptorEntry {
-                    key: e.key.clone(),
-                    value: None,
-                })
-                .collect();
-            let pattern = descriptor::Pattern::new(&open);
-            (
-                Arc::from(descriptor::identity(domain, &open)),
-                pattern.client(domain, entries),
-                Algorithm::FixedWindow,
-                false,
-            )
-        }
-    };
     let policy = Policy {
-        endpoint,
-        limits: Limits::new(algorithm, requests, window),
+        endpoint: Arc::from(format!("{} ({requests}/{})", m.policy.endpoint, unit.name)),
+        limits: Limits::new(m.policy.limits.algorithm, requests, window),
         window_seconds: window,
-        active: true,
-        shadow,
         tier: None,
+        ..*m.policy.as_ref()
     };
-    Some((Arc::new(policy), Arc::from(client)))
+    Some((Arc::new(policy), client))
 }
 
 /// A descriptor as the feeds show it: `rw: generic_key=api, remote_address=10.0.0.1`.
@@ -250,7 +226,10 @@ pub async fn should_rate_limit(
     if let Some((policy, decision)) = headline {
         let mut headers = actix_web::http::header::HeaderMap::new();
         add_headers(&mut headers, &policy, &decision, state.clock.now());
-        for (name, value) in headers.iter() {
+        // The structured fields and Retry-After; not X-RateLimit-*, which Envoy writes
+        // itself with `enable_x_ratelimit_headers` (its Reset in seconds, ours a time).
+        let ours = ["ratelimit", "ratelimit-policy", "retry-after"];
+        for (name, value) in headers.iter().filter(|(n, _)| ours.contains(&n.as_str())) {
             if let Ok(value) = value.to_str() {
                 response_headers_to_add.push(HeaderValue {
                     key: name.as_str().to_owned(),
@@ -280,6 +259,7 @@ pub async fn should_rate_limit(
         (status = 200, description = "A RateLimitResponse in protojson, overallCode OK", body = Object),
         (status = 429, description = "A RateLimitResponse in protojson, overallCode OVER_LIMIT", body = Object),
         (status = 400, description = "Not a valid RateLimitRequest; nothing was decided", body = crate::error::ErrorBody),
+        (status = 503, description = "A limiter could not decide in time (gRPC: UNAVAILABLE)", body = crate::error::ErrorBody),
     )
 )]
 pub async fn json(
@@ -294,7 +274,11 @@ pub async fn json(
     let answer = match should_rate_limit(&state, &request).await {
         Ok(a) => a,
         Err(Failure::Invalid(m)) => return Err(ApiError::bad_request("invalid_request", m)),
-        Err(Failure::Unavailable) => return Err(ApiError::LimiterUnavailable),
+        Err(Failure::Unavailable) => {
+            return Err(ApiError::Unavailable(
+                "A limiter could not decide in time; nothing more was decided.".to_owned(),
+            ));
+        }
     };
     let mut res = if answer.overall_code == Code::OverLimit as i32 {
         actix_web::HttpResponse::TooManyRequests()

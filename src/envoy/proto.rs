@@ -154,21 +154,41 @@ pub enum Code {
     OverLimit = 2,
 }
 
-/// The units of both enums (`RateLimitResponse.RateLimit.Unit`, and
-/// `envoy.type.v3.RateLimitUnit`, which lacks `WEEK`), with their lengths as
-/// envoyproxy/ratelimit counts them (a month is 30 days, a year 365).
-pub const UNITS: [(i32, &str, u64); 7] = [
-    (1, "SECOND", 1),
-    (2, "MINUTE", 60),
-    (3, "HOUR", 3_600),
-    (4, "DAY", 86_400),
-    (7, "WEEK", 604_800),
-    (5, "MONTH", 2_592_000),
-    (6, "YEAR", 31_536_000),
+/// One of Envoy's units, with its length as envoyproxy/ratelimit counts it (a month is
+/// 30 days, a year 365).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Unit {
+    pub number: i32,
+    pub name: &'static str,
+    pub seconds: u64,
+}
+
+const fn unit(number: i32, name: &'static str, seconds: u64) -> Unit {
+    Unit {
+        number,
+        name,
+        seconds,
+    }
+}
+
+/// The units of `RateLimitResponse.RateLimit.Unit`.
+pub const UNITS: [Unit; 7] = [
+    unit(1, "SECOND", 1),
+    unit(2, "MINUTE", 60),
+    unit(3, "HOUR", 3_600),
+    unit(4, "DAY", 86_400),
+    unit(7, "WEEK", 604_800),
+    unit(5, "MONTH", 2_592_000),
+    unit(6, "YEAR", 31_536_000),
 ];
 
-/// `WEEK`, which a response may name but an override may not.
-pub const WEEK: i32 = 7;
+/// A unit a caller may send in an override, by number: those of
+/// `envoy.type.v3.RateLimitUnit`, which has no `WEEK`.
+pub fn override_unit(number: i32) -> Option<&'static Unit> {
+    UNITS
+        .iter()
+        .find(|u| u.number == number && u.name != "WEEK")
+}
 
 fn is_zero(n: &u32) -> bool {
     *n == 0
@@ -183,11 +203,8 @@ fn code_to_json<S: Serializer>(code: &i32, s: S) -> Result<S::Ok, S::Error> {
 }
 
 fn unit_to_json<S: Serializer>(unit: &i32, s: S) -> Result<S::Ok, S::Error> {
-    let name = UNITS
-        .iter()
-        .find(|u| u.0 == *unit)
-        .map_or("UNKNOWN", |u| u.1);
-    s.serialize_str(name)
+    let name = UNITS.iter().find(|u| u.number == *unit);
+    s.serialize_str(name.map_or("UNKNOWN", |u| u.name))
 }
 
 /// A unit by name (`"MINUTE"`) or number, as protojson reads an enum.
@@ -196,8 +213,9 @@ fn unit_from_json<'de, D: Deserializer<'de>>(d: D) -> Result<i32, D::Error> {
         serde_json::Value::String(name) if name == "UNKNOWN" => Ok(0),
         serde_json::Value::String(name) => UNITS
             .iter()
-            .find(|u| u.1 == name && u.0 != WEEK)
-            .map(|u| u.0)
+            .find(|u| u.name == name)
+            .and_then(|u| override_unit(u.number))
+            .map(|u| u.number)
             .ok_or_else(|| D::Error::custom(format!("unknown unit {name:?}"))),
         serde_json::Value::Number(n) => n
             .as_i64()

@@ -374,23 +374,40 @@ fn authorize<'a>(
     caller: Option<std::net::IpAddr>,
     tokens: impl IntoIterator<Item = &'a Option<String>>,
 ) -> Result<(), ApiError> {
-    let tokens: Vec<&String> = tokens.into_iter().flatten().collect();
-    if tokens.is_empty() {
-        return match caller {
-            Some(ip) if ip.is_loopback() => Ok(()),
-            _ => Err(ApiError::Forbidden),
-        };
-    }
-    let header = req
+    let presented = req
         .headers()
         .get(actix_web::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, t)| t.trim().to_owned());
-    let presented = header
+        .and_then(bearer)
         .or_else(|| protocol_token(req.headers()))
         .or_else(|| query_token(req.query_string()));
+    admit(presented.as_deref(), caller, tokens)
+}
+
+/// The token of an `Authorization: Bearer <token>` value.
+pub fn bearer(value: &str) -> Option<String> {
+    value
+        .split_once(' ')
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim().to_owned())
+}
+
+/// The access rule of the admin API and of every decision surface (HTTP and gRPC),
+/// once the caller's token is read: with some of `tokens` configured, `presented` must
+/// be one of them (compared in constant time; 401 otherwise); with none, only a
+/// loopback `caller` is let in (403 otherwise).
+pub fn admit<'a>(
+    presented: Option<&str>,
+    caller: Option<std::net::IpAddr>,
+    tokens: impl IntoIterator<Item = &'a Option<String>>,
+) -> Result<(), ApiError> {
+    let tokens: Vec<&String> = tokens.into_iter().flatten().collect();
+    if tokens.is_empty() {
+        return match caller {
+            Some(ip) if ip.to_canonical().is_loopback() => Ok(()),
+            _ => Err(ApiError::Forbidden),
+        };
+    }
     match presented {
         // Every token is compared, so the time taken does not tell which one matched.
         Some(p) => tokens
