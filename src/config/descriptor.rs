@@ -79,10 +79,37 @@ pub fn identity(domain: &str, pattern: &[DescriptorEntry]) -> String {
     out
 }
 
-/// Whether `endpoint` is written as a descriptor rule's identity (rather than a path or
-/// `"*"`): the admin API reads `/admin/configs/{endpoint}` by this.
+/// Whether `endpoint` is written as a descriptor rule's identity, as [`identity`] writes
+/// one (rather than a path or `"*"`): the admin API reads `/admin/configs/{endpoint}` by
+/// this. Its `": "` is what no path has.
 pub fn is_identity(endpoint: &str) -> bool {
-    endpoint.contains(": ")
+    let Some((domain, entries)) = endpoint.split_once(": ") else {
+        return false;
+    };
+    let written = |part: &str, empty_ok: bool| {
+        let b = part.as_bytes();
+        let mut i = 0;
+        while i < b.len() {
+            match b[i] {
+                b'%' if b
+                    .get(i + 1..i + 3)
+                    .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) =>
+                {
+                    i += 3
+                }
+                c if plain(c) => i += 1,
+                _ => return false,
+            }
+        }
+        empty_ok || !b.is_empty()
+    };
+    written(domain, false)
+        && entries
+            .split(", ")
+            .all(|entry| match entry.split_once('=') {
+                Some((key, value)) => written(key, false) && written(value, true),
+                None => written(entry, false),
+            })
 }
 
 /// Checks a rule's domain and pattern; errors name `domain` or `descriptor[i].key`.
@@ -250,6 +277,22 @@ mod tests {
         assert!(is_identity(&odd));
         assert!(crate::config::validate_endpoint(&odd).is_err());
         assert!(!is_identity("/api/data"));
+        // Only what `identity` writes: no raw separators, spaces or control bytes inside.
+        assert!(is_identity("rw: k=, j"));
+        for not in [
+            "rw:k",
+            ": k",
+            "rw: ",
+            "rw: k=v=w",
+            "rw: k,j",
+            "rw: k, ",
+            "rw: k%2",
+            "rw: a b",
+            "rw: k\u{0}",
+            "i/./~/.: a`",
+        ] {
+            assert!(!is_identity(not), "{not:?}");
+        }
         // Distinct rules, distinct identities.
         assert_ne!(
             identity("a", &[entry("b", Some("c, d"))]),
