@@ -291,7 +291,7 @@ fn hostile_requests() -> Vec<Hostile> {
         hostile("POST", "/admin/configs", 422).body(r#"{"domain": "rw", "descriptor": "k", "requests_per_window": 5, "window_seconds": 10}"#),
         hostile("PUT", "/admin/configs/keep", 422).body(r#"{"domain": "rw", "descriptor": [{"key": "k"}]}"#),
         hostile("GET", "/admin/configs/rw%3A%20nothing", 404),
-        hostile("GET", "/admin/configs/rw%3A%20a%00", 404),
+        hostile("GET", "/admin/configs/rw%3A%20a%00", 400),
         hostile("GET", "/admin/configs/history?endpoint=a%20b", 400),
         // Envoy's protocol as JSON: protojson or nothing.
         hostile("POST", "/v1/envoy/json", 400).body("{"),
