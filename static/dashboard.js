@@ -75,10 +75,20 @@ const clock = (iso) => (iso ? new Date(iso).toLocaleTimeString([], { hour12: fal
 function showTotals(d) {
   $("#kpi-total").textContent = fmt(d.total_requests_24h);
   $("#kpi-blocked").textContent = fmt(d.blocked_requests_24h);
-  $("#kpi-success").textContent = d.success_rate.toFixed(1) + " %";
+  const success = $("#kpi-success");
+  success.textContent = d.success_rate.toFixed(1) + " %";
+  success.className = "kpi-value " + successClass(d.success_rate);
   $("#kpi-rps").textContent = d.requests_per_second.toFixed(1);
   $("#kpi-clients").textContent = fmt(d.active_clients);
   if (d.last_second) addSecond(d.last_second);
+}
+
+// The success rate's colour follows the figure: green from 99 %, amber from 90 %, red
+// below (the README says the same).
+function successClass(rate) {
+  if (rate >= 99) return "good";
+  if (rate >= 90) return "warn";
+  return "bad";
 }
 
 // ---- chart ----------------------------------------------------------------------------
@@ -166,15 +176,37 @@ let globalSocket = null;
 let inspectorSocket = null;
 let watching = "";
 
+// The global feed reconnects by itself, with backoff (0.5 s doubling to 10 s), and on
+// every (re)connection fetches again what the page shows from it: configs, the chart,
+// the top clients and the watched client. It subscribes before it fetches, so a change
+// made meanwhile arrives as an event if the fetch missed it.
+let backoff = 500;
+let everConnected = false;
+
+function setConn(text, on) {
+  const c = $("#conn");
+  c.textContent = text;
+  c.className = "pill " + (on ? "pill-on" : "pill-off");
+}
+
 function connectGlobal() {
   if (globalSocket) globalSocket.close();
   const ws = feedSocket("/ws/global");
   globalSocket = ws;
-  ws.onopen = () => { const c = $("#conn"); c.textContent = "live"; c.className = "pill pill-on"; };
+  ws.onopen = () => {
+    backoff = 500;
+    setConn("live", true);
+    loadConfigs();
+    loadTraffic();
+    loadTop();
+    if (everConnected && watching) watch(watching);
+    everConnected = true;
+  };
   ws.onclose = () => {
     if (globalSocket !== ws) return;
-    const c = $("#conn"); c.textContent = "disconnected"; c.className = "pill pill-off";
-    setTimeout(connectGlobal, 2000);
+    setConn("reconnecting…", false);
+    setTimeout(connectGlobal, backoff);
+    backoff = Math.min(backoff * 2, 10_000);
   };
   ws.onmessage = (e) => {
     const m = JSON.parse(e.data);
@@ -197,10 +229,16 @@ function reconnectAll() {
 // ---- configs --------------------------------------------------------------------------
 let editing = null;
 
+// Each load is numbered: an answer older than the newest load started is dropped, so a
+// slow answer can never overwrite a newer table.
+let configLoads = 0;
+
 async function loadConfigs() {
+  const load = ++configLoads;
   const res = await api("/admin/configs");
-  if (!res.ok) return;
+  if (!res.ok || load !== configLoads) return;
   const configs = await res.json();
+  if (load !== configLoads) return;
   const rows = [];
   for (const c of configs) {
     const tr = el("tr");
@@ -538,8 +576,6 @@ $("#inspector").addEventListener("submit", (ev) => { ev.preventDefault(); watch(
 
 (async function start() {
   if (document.body.dataset.tokenRequired === "true" && !token) await askToken();
-  await loadConfigs();
-  await loadTraffic();
-  loadTop();
+  // Subscribe first; the feed's opening fetches the rest (see connectGlobal).
   connectGlobal();
 })();

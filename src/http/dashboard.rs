@@ -56,6 +56,11 @@ const ASSETS: &[(&str, &str, &[u8])] = &[
         include_bytes!("../../static/dashboard.css"),
     ),
     (
+        "favicon.svg",
+        "image/svg+xml",
+        include_bytes!("../../static/favicon.svg"),
+    ),
+    (
         "vendor/uplot/uPlot.iife.min.js",
         "text/javascript; charset=utf-8",
         include_bytes!("../../static/vendor/uplot/uPlot.iife.min.js"),

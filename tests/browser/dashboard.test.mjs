@@ -13,7 +13,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { existsSync, mkdirSync, mkdtempSync, rmSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -35,8 +35,8 @@ const XSS_ENDPOINT = "/x/<img/src/onerror=alert(1)>";
 // Starts the binary on a free port with a fresh database. Resolves once it logged
 // `listening on http://ADDR `; stderr keeps being drained (and its tail kept for
 // failure messages) so the server never blocks on a full pipe.
-function startServer(dir, extra = [], logLevel = "info") {
-  const child = spawn(BIN, ["--bind", "127.0.0.1:0", "--database", join(dir, "ratewarden.db"), ...extra], {
+function startServer(dir, extra = [], logLevel = "info", bind = "127.0.0.1:0") {
+  const child = spawn(BIN, ["--bind", bind, "--database", join(dir, "ratewarden.db"), ...extra], {
     env: { ...process.env, RUST_LOG: logLevel },
     stdio: ["ignore", "ignore", "pipe"],
   });
@@ -79,7 +79,8 @@ const launch = () => chromium.launch({
 });
 
 // Runs `body` with a fresh server (started with `args`) and a browser, and always stops
-// both and removes the server's directory afterwards.
+// both and removes the server's directory afterwards. `body` may replace `server.child`
+// (a restart); the one there at the end is stopped.
 async function withServer(args, logLevel, body) {
   const dir = mkdtempSync(join(tmpdir(), "ratewarden-browser-"));
   let server = null;
@@ -88,7 +89,7 @@ async function withServer(args, logLevel, body) {
     server = startServer(dir, args, logLevel);
     const url = await server.ready;
     browser = await launch();
-    await body({ url, browser, server });
+    await body({ url, browser, server, dir });
   } finally {
     try { if (browser) await browser.close(); } finally {
       try { if (server) await stopServer(server.child); } finally {
@@ -374,5 +375,63 @@ test("shadow mode, overrides, history with rollback, top clients and a reset, fr
     mkdirSync(ARTIFACTS, { recursive: true });
     await page.screenshot({ path: join(ARTIFACTS, "dashboard-operators.png"), fullPage: true });
     assert.deepEqual(pageErrors, [], "no uncaught error on the page");
+  });
+});
+
+test("the page never shows stale state: a config made while it loads, a restart, honest colours, a clean load", { timeout: 120_000 }, async () => {
+  await withServer([], "info", async ({ url, browser, server, dir }) => {
+    const page = await browser.newPage({ viewport: { width: 1400, height: 900 } });
+    const problems = [];
+    page.on("pageerror", (e) => problems.push(`page error: ${e}`));
+    page.on("console", (m) => { if (m.type() === "error") problems.push(`console: ${m.text()}`); });
+    page.on("requestfailed", (r) => { if (!r.url().includes("/ws/")) problems.push(`failed: ${r.url()}`); });
+    page.on("response", (r) => { if (r.status() >= 400) problems.push(`${r.status()}: ${r.url()}`); });
+    const admin = (method, path, body) => fetch(url + path, {
+      method, headers: { "Content-Type": "application/json" }, body: body && JSON.stringify(body),
+    });
+
+    // ---- a config created while the page loads appears without a reload ----
+    const loading = page.goto(url + "/dashboard");
+    const made = await admin("POST", "/admin/configs", { endpoint: "/during-load/*", requests_per_window: 11, window_seconds: 3600, algorithm: "fixed_window" });
+    assert.equal(made.status, 201);
+    await loading;
+    const row = (ep) => `#config-rows tr:has(td.endpoint:text-is("${ep}"))`;
+    await page.locator(row("/during-load/*")).waitFor({ timeout: WAIT });
+    await until(page, () => document.querySelector("#conn").textContent.trim() === "live");
+
+    // ---- the load itself: no console error, no failed request, nothing counted ----
+    const stats = await (await admin("GET", "/admin/stats")).json();
+    assert.equal(stats.total_requests_24h, 0, "loading the page is not traffic (no /favicon.ico)");
+    assert.deepEqual(problems, [], "a clean load");
+    const icon = await page.evaluate(() => document.querySelector("link[rel=icon]").href);
+    assert.ok(icon.endsWith("/static/favicon.svg"), icon);
+
+    // ---- the success rate's colour follows the figure ----
+    const hit = async (n) => { for (let i = 0; i < n; i++) await fetch(url + "/during-load/x", { headers: { "X-Client-ID": "colours" } }); };
+    await hit(11);
+    await until(page, () => document.querySelector("#kpi-success").textContent === "100.0 %");
+    assert.equal(await page.getAttribute("#kpi-success", "class"), "kpi-value good");
+    await hit(9);
+    await until(page, () => document.querySelector("#kpi-success").textContent === "55.0 %");
+    assert.equal(await page.getAttribute("#kpi-success", "class"), "kpi-value bad");
+    const colours = await page.evaluate(() => [...document.querySelectorAll("#kpi-success")].map((e) => getComputedStyle(e).color));
+    assert.equal(colours[0], "rgb(209, 69, 59)", "red at 55 %");
+    problems.length = 0;
+
+    // ---- a restart under the open page: it says so, reconnects, and fetches again ----
+    const port = new URL(url).port;
+    await stopServer(server.child);
+    await until(page, () => document.querySelector("#conn").textContent.trim() === "reconnecting…");
+    // The new server starts with a config file: its configs differ from those shown.
+    const file = join(dir, "configs.toml");
+    writeFileSync(file, '[[config]]\nendpoint = "/after-restart/*"\nrequests_per_window = 3\nwindow_seconds = 60\n');
+    const again = startServer(dir, ["--config-file", file], "info", `127.0.0.1:${port}`);
+    server.child = again.child;
+    await again.ready;
+    await until(page, () => document.querySelector("#conn").textContent.trim() === "live");
+    await page.locator(row("/after-restart/*")).waitFor({ timeout: WAIT });
+    await page.locator(row("/during-load/*")).waitFor({ state: "detached", timeout: WAIT });
+    const shown = problems.filter((p) => !p.startsWith("console:") && !p.startsWith("failed:"));
+    assert.deepEqual(shown, [], "nothing but the feed's own reconnects failed");
   });
 });
