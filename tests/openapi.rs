@@ -64,6 +64,27 @@ async fn every_documented_operation_is_served_and_the_document_is_never_limited(
         }
     }
     assert!(tried >= 25, "{tried} operations tried");
+    // Every static file the document lists is served with a content type it documents.
+    let file = &paths["/static/{file}"]["get"];
+    let types = file["responses"]["200"]["content"].as_object().unwrap();
+    let names = file["parameters"][0]["schema"]["enum"].as_array().unwrap();
+    assert!(names.iter().any(|n| n == "favicon.svg"), "{names:?}");
+    for name in names {
+        let (status, headers, _) = s.raw(&format!("/static/{}", name.as_str().unwrap())).await;
+        assert_eq!(status, 200, "{name}");
+        let served = headers
+            .get("content-type")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap();
+        assert!(
+            types.contains_key(served),
+            "{name}: {served} is not documented"
+        );
+    }
 }
 
 /// A value for a property of an input schema, by its type.

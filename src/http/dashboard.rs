@@ -86,12 +86,13 @@ pub(crate) fn asset_names() -> impl Iterator<Item = &'static str> {
     get,
     path = "/static/{file}",
     tag = "operations",
-    params(("file" = String, Path, description = "dashboard.js, dashboard.css, or a vendored file")),
+    params(("file" = String, Path, description = "dashboard.js, dashboard.css, favicon.svg, or a vendored file")),
     responses(
         (status = 200, description = "The file", content(
             (String = "text/javascript"),
             (String = "text/css"),
             (String = "text/plain"),
+            (String = "image/svg+xml"),
         )),
         (status = 404, description = "No such file", body = crate::error::ErrorBody),
     )

@@ -168,6 +168,12 @@ impl Http {
 
     /// A GET whose body is text (`/metrics`).
     pub async fn text(&self, path: &str) -> (StatusCode, String) {
+        let (status, _, text) = self.raw(path).await;
+        (status, text)
+    }
+
+    /// A GET whose body is any text, with its headers (static files).
+    pub async fn raw(&self, path: &str) -> (StatusCode, HeaderMap, String) {
         let mut res = self
             .client
             .get(format!("{}{path}", self.url))
@@ -175,7 +181,8 @@ impl Http {
             .await
             .expect("request failed");
         let bytes = res.body().limit(1 << 22).await.expect("body");
-        (res.status(), String::from_utf8_lossy(&bytes).into_owned())
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        (res.status(), res.headers().clone(), text)
     }
 
     /// The value of the metric sample named exactly `series` (name and labels) in
