@@ -102,12 +102,14 @@ impl Rule {
 #[derive(Debug)]
 pub struct PolicyTable {
     configs: Vec<Config>,
+    /// Exact paths, and descriptor rules by their identity (which no path can be).
     exact: HashMap<String, Rule>,
     /// `"/api/*"` is stored under `"/api"`, and `"/*"` under `""`.
     prefixes: HashMap<String, Rule>,
     default: Rule,
-    /// Descriptor rules by domain, most specific first.
-    descriptors: HashMap<String, Vec<(Pattern, Rule)>>,
+    /// Descriptor rules' patterns by domain, most specific first, each with the identity
+    /// its rule is stored under in `exact`.
+    descriptors: HashMap<String, Vec<(Pattern, String)>>,
 }
 
 /// The rule a request descriptor matched, and the client it names.
@@ -123,7 +125,7 @@ impl PolicyTable {
         let mut exact = HashMap::new();
         let mut prefixes = HashMap::new();
         let mut default = None;
-        let mut descriptors: HashMap<String, Vec<(Pattern, Rule)>> = HashMap::new();
+        let mut descriptors: HashMap<String, Vec<(Pattern, String)>> = HashMap::new();
         for config in &configs {
             let policy = Rule::new(&config.spec);
             let endpoint = config.endpoint();
@@ -131,7 +133,8 @@ impl PolicyTable {
                 descriptors
                     .entry(domain.to_owned())
                     .or_default()
-                    .push((Pattern::new(pattern), policy));
+                    .push((Pattern::new(pattern), endpoint.to_owned()));
+                exact.insert(endpoint.to_owned(), policy);
             } else if endpoint == DEFAULT_ENDPOINT {
                 default = Some(policy);
             } else if let Some(prefix) = endpoint.strip_suffix("/*") {
@@ -169,13 +172,7 @@ impl PolicyTable {
 
     /// The policy `client` gets under the config for `endpoint`, if there is one.
     pub fn policy(&self, endpoint: &str, client: &str) -> Option<&Arc<Policy>> {
-        let rule = if crate::config::descriptor::is_identity(endpoint) {
-            self.descriptors
-                .values()
-                .flatten()
-                .find(|(_, r)| &*r.base.endpoint == endpoint)
-                .map(|(_, r)| r)
-        } else if endpoint == DEFAULT_ENDPOINT {
+        let rule = if endpoint == DEFAULT_ENDPOINT {
             Some(&self.default)
         } else {
             match endpoint.strip_suffix("/*") {
@@ -202,11 +199,12 @@ impl PolicyTable {
         domain: &str,
         entries: impl ExactSizeIterator<Item = (&'a str, &'a str)> + Clone,
     ) -> Option<Matched<'_>> {
-        let (pattern, rule) = self
+        let (pattern, identity) = self
             .descriptors
             .get(domain)?
             .iter()
             .find(|(p, _)| p.matches(entries.clone()))?;
+        let rule = self.exact.get(identity)?;
         let client = pattern.client(domain, entries);
         Some(Matched {
             policy: rule.for_client(&client),

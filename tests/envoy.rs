@@ -18,7 +18,16 @@ const API_RULE: &str = "rw: generic_key=api, remote_address";
 
 /// A server with its gRPC service on, and a client channel to it.
 async fn server() -> (TestServer, Channel) {
-    let s = TestServer::with(|s| s.grpc_bind = Some("127.0.0.1:0".parse().unwrap())).await;
+    server_with(|_| {}).await
+}
+
+/// [`server`] with settings adjusted by `f`.
+async fn server_with(f: impl FnOnce(&mut ratewarden::settings::Settings)) -> (TestServer, Channel) {
+    let s = TestServer::with(|s| {
+        s.grpc_bind = Some("127.0.0.1:0".parse().unwrap());
+        f(s);
+    })
+    .await;
     let addr = s.grpc_addr.expect("the gRPC server is on");
     let channel = Channel::from_shared(format!("http://{addr}"))
         .unwrap()
@@ -337,17 +346,8 @@ async fn a_limit_sent_by_the_caller_is_a_budget_of_its_own() {
 
 #[actix_rt::test]
 async fn with_a_decision_token_calls_must_carry_it() {
-    let s = TestServer::with(|s| {
-        s.grpc_bind = Some("127.0.0.1:0".parse().unwrap());
-        s.decision_token = Some("d-secret".to_owned());
-    })
-    .await;
+    let (s, ch) = server_with(|s| s.decision_token = Some("d-secret".to_owned())).await;
     api_rule(&s).await;
-    let ch = Channel::from_shared(format!("http://{}", s.grpc_addr.unwrap()))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
     use ratewarden::envoy::grpc::call as call_with;
     let refused = call_with(ch.clone(), request(vec![api("10.0.0.8")]), None).await;
     assert_eq!(refused.unwrap_err().code(), tonic::Code::Unauthenticated);

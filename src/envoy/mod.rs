@@ -17,7 +17,7 @@ use crate::error::ApiError;
 use crate::http::AppState;
 use crate::http::middleware::{Ruling, add_headers, decide, reset_secs};
 use crate::limiter::{Decision, Limits, Mode};
-use crate::policy::Policy;
+use crate::policy::{Policy, PolicyTable};
 use proto::{
     Code, DescriptorStatus, HeaderValue, RateLimit, RateLimitDescriptor, RateLimitRequest,
     RateLimitResponse, UNITS, override_unit,
@@ -106,11 +106,10 @@ pub fn unit_of(window_seconds: u64) -> i32 {
 /// count. Only rules' descriptors take one, so callers cannot make new names (metric
 /// series, entries in a client's state) without an operator's rule.
 fn policy_for(
-    state: &AppState,
+    table: &PolicyTable,
     domain: &str,
     d: &RateLimitDescriptor,
 ) -> Option<(Arc<Policy>, Arc<str>)> {
-    let table = state.policies.current();
     let entries = d.entries.iter().map(|e| (e.key.as_str(), e.value.as_str()));
     let m = table.match_descriptor(domain, entries)?;
     let client = Arc::from(m.client);
@@ -186,8 +185,10 @@ pub async fn should_rate_limit(
     let default_hits = u64::from(req.hits_addend.max(1));
     let mut statuses = Vec::with_capacity(req.descriptors.len());
     let mut headline: Option<(Arc<Policy>, Decision)> = None;
+    // One table for the whole call, as a route's request resolves against one.
+    let table = state.policies.current();
     for d in &req.descriptors {
-        let Some((policy, client)) = policy_for(state, &req.domain, d) else {
+        let Some((policy, client)) = policy_for(&table, &req.domain, d) else {
             statuses.push(unlimited());
             continue;
         };
