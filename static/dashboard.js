@@ -68,6 +68,13 @@ function el(tag, cls, text) {
   return e;
 }
 
+// Gives each cell of a table body its column's header as data-label: on a narrow screen
+// a row is drawn as a list of "header  value" lines (dashboard.css).
+function labelCells(tbody) {
+  const heads = [...tbody.closest("table").querySelectorAll("thead th")].map((th) => th.textContent.trim());
+  for (const tr of tbody.children) [...tr.children].forEach((td, i) => { td.dataset.label = heads[i] || ""; });
+}
+
 const fmt = (n) => (typeof n === "number" ? n.toLocaleString("en-US") : "–");
 const clock = (iso) => (iso ? new Date(iso).toLocaleTimeString([], { hour12: false }) : "");
 
@@ -119,7 +126,12 @@ function drawChart() {
       width: box.clientWidth || 600, height: 240,
       series: [{}, { label: "allowed", stroke: "#1a9b5f", fill: "#1a9b5f22" },
                    { label: "blocked", stroke: "#d1453b", fill: "#d1453b22" }],
-      axes: [{}, { label: "requests / s" }],
+      // The last minutes only: every x label is a time of day, 24 h, with room to spare
+      // between labels (uPlot's default puts the date on the first one, over its
+      // neighbour), and steps (in seconds) that give a phone's width two or three labels.
+      axes: [{ space: 70, incrs: [1, 5, 10, 15, 30, 60, 120, 300, 600],
+               values: (u, splits) => splits.map((t) => new Date(t * 1000).toLocaleTimeString("en-GB", { hour12: false })) },
+             { label: "requests / s" }],
     }, data, box);
     new ResizeObserver(() => plot.setSize({ width: box.clientWidth, height: 240 })).observe(box);
   } else {
@@ -251,7 +263,7 @@ async function loadConfigs() {
     tr.append(el("td", "endpoint", c.endpoint), el("td", "", c.algorithm), el("td", "", fmt(c.requests_per_window)),
               el("td", "", c.window_seconds + " s"), el("td", "", extra), el("td", "", c.is_active ? "yes" : "no"),
               mode, overrides);
-    const actions = el("td");
+    const actions = el("td", "actions");
     const edit = el("button", "ghost small", "Edit");
     edit.type = "button";
     edit.onclick = () => openForm(c);
@@ -275,6 +287,7 @@ async function loadConfigs() {
   }
   // One swap after the data arrived: overlapping reloads cannot interleave their rows.
   $("#config-rows").replaceChildren(...rows);
+  labelCells($("#config-rows"));
 }
 
 function configPath(endpoint) {
@@ -347,7 +360,15 @@ function openForm(config) {
   // A config's identity (its endpoint, or a rule's domain and descriptor) is fixed.
   for (const name of ["endpoint", "domain", "descriptor"]) if (f.elements[name]) f.elements[name].disabled = !!config;
   $("#config-save").textContent = config ? "Save" : "Create";
-  f.endpoint.focus();
+  // The keyboard lands on the first field that can change.
+  [...f.elements].find((e) => e.name && !e.disabled)?.focus();
+}
+
+// Closes the form and gives the keyboard focus back to where forms are opened.
+function closeForm() {
+  $("#config-form").hidden = true;
+  editing = null;
+  $("#new-config").focus();
 }
 
 // The body of a create or update: every field of the form, read by its kind. Throws a
@@ -390,8 +411,7 @@ async function saveConfig(ev) {
     res = await api("/admin/configs", { method: "POST", body: JSON.stringify(body) });
   }
   if (res.ok) {
-    f.hidden = true;
-    editing = null;
+    closeForm();
     loadConfigs();
   } else {
     const err = await res.json().catch(() => ({ message: "The server answered " + res.status }));
@@ -422,7 +442,7 @@ async function loadHistory(endpoint) {
     tr.dataset.version = String(h.version);
     tr.append(el("td", "", h.version), el("td", "", clock(h.at)), el("td", "", h.action), el("td", "", h.source),
               el("td", "after", summary(h.after)));
-    const cell = el("td");
+    const cell = el("td", "actions");
     if (i > 0) { // the newest is what runs now
       const back = el("button", "ghost small rollback", "Roll back here");
       back.type = "button";
@@ -433,6 +453,7 @@ async function loadHistory(endpoint) {
     return tr;
   });
   $("#history-rows").replaceChildren(...rows);
+  labelCells($("#history-rows"));
 }
 
 async function rollback(endpoint, version) {
@@ -500,7 +521,7 @@ function showClient(d) {
     tr.dataset.endpoint = e.endpoint;
     const bar = el("div", "bar");
     bar.append(el("div"));
-    const barCell = el("td");
+    const barCell = el("td", "bar-cell");
     barCell.append(bar);
     const from = e.override ? `override ${e.override}` : "config";
     tr.append(el("td", "endpoint", e.endpoint), el("td", "", e.algorithm), el("td", "remaining", ""), barCell,
@@ -508,6 +529,7 @@ function showClient(d) {
     rows.append(tr);
     setRemaining(tr, e.remaining, e.limit);
   }
+  labelCells(rows);
 }
 
 function setRemaining(tr, remaining, limit) {
@@ -562,7 +584,8 @@ async function fire(ev) {
 $("#token-button").onclick = async () => { await askToken(); reconnectAll(); loadConfigs(); loadTraffic(); };
 drawFields();
 $("#new-config").onclick = () => openForm(null);
-$("#config-cancel").onclick = () => { $("#config-form").hidden = true; editing = null; };
+$("#config-cancel").onclick = closeForm;
+$("#config-form").addEventListener("keydown", (ev) => { if (ev.key === "Escape") closeForm(); });
 $("#config-form").addEventListener("submit", saveConfig);
 $("#tester").addEventListener("submit", fire);
 $("#history-close").onclick = () => { $("#history-card").hidden = true; historyOf = null; };

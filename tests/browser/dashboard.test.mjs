@@ -2,8 +2,11 @@
 // playwright-core; no browser is ever downloaded) against the real server binary:
 // create a config through the UI, fire requests with the tester, watch the client
 // inspector, the counters, the chart and a 429 arrive live, check that request-derived
-// text is inserted as text (never HTML), check the narrow layout, and save screenshots;
-// then, in reverse-proxy mode in front of a node:http upstream, fire at a proxied path.
+// text is inserted as text (never HTML); with a token; in reverse-proxy mode in front of
+// a node:http upstream; the operators' features (shadow, overrides, history, top
+// clients, reset); no stale state across a load and a restart; and, with every card
+// filled, the layout at 1400 and 420 px (screenshots in target/artifacts/), axe-core's
+// accessibility rules and a keyboard-only session.
 //
 //   cd tests/browser && npm ci && npm test
 //
@@ -13,7 +16,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -77,6 +80,18 @@ const launch = () => chromium.launch({
   args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run",
          "--disable-component-update", "--disable-sync", "--disable-quic"],
 });
+
+// A 1400 px page on the dashboard with its feed live, confirmations accepted; the page's
+// uncaught errors are collected in `pageErrors`.
+async function openDashboard(browser, url) {
+  const page = await browser.newPage({ viewport: { width: 1400, height: 900 } });
+  const pageErrors = [];
+  page.on("pageerror", (e) => pageErrors.push(String(e)));
+  page.on("dialog", (d) => d.accept().catch(() => {}));
+  await page.goto(url + "/dashboard");
+  await until(page, () => document.querySelector("#conn").textContent.trim() === "live");
+  return { page, pageErrors };
+}
 
 // Runs `body` with a fresh server (started with `args`) and a browser, and always stops
 // both and removes the server's directory afterwards. `body` may replace `server.child`
@@ -187,16 +202,7 @@ test("the dashboard shows live traffic and steers the limiter", { timeout: 180_0
     mkdirSync(ARTIFACTS, { recursive: true });
     await page.screenshot({ path: join(ARTIFACTS, "dashboard.png"), fullPage: true });
 
-    // ---- a narrow window: nothing overflows sideways ----
-    await page.setViewportSize({ width: 420, height: 800 });
-    await until(page, () => window.innerWidth === 420);
-    // Waited for, not sampled: the chart follows its box through a ResizeObserver.
-    await until(page, () => document.documentElement.scrollWidth <= window.innerWidth + 1).catch(async (e) => {
-      const w = await page.evaluate(() => [document.documentElement.scrollWidth, window.innerWidth]);
-      throw new Error(`horizontal overflow at 420 px: scrollWidth ${w[0]} > innerWidth ${w[1]}`, { cause: e });
-    });
-    await page.evaluate(() => window.scrollTo(0, 0));
-    await page.screenshot({ path: join(ARTIFACTS, "dashboard-narrow.png"), fullPage: true });
+    // (Narrow screens: the last test, with every card filled.)
 
     // Last, so that any late onerror handler had the whole run to fire.
     assert.equal(await page.evaluate(() => document.querySelectorAll("img").length), 0);
@@ -273,12 +279,7 @@ test("in reverse-proxy mode the tester fires at the upstream's paths", { timeout
 
 test("shadow mode, overrides, history with rollback, top clients and a reset, from the dashboard", { timeout: 120_000 }, async () => {
   await withServer([], "info", async ({ url, browser }) => {
-    const page = await browser.newPage({ viewport: { width: 1400, height: 900 } });
-    const pageErrors = [];
-    page.on("pageerror", (e) => pageErrors.push(String(e)));
-    page.on("dialog", (d) => d.accept().catch(() => {}));
-    await page.goto(url + "/dashboard");
-    await until(page, () => document.querySelector("#conn").textContent.trim() === "live");
+    const { page, pageErrors } = await openDashboard(browser, url);
 
     // ---- a shadow config with an override, made in the form ----
     // A token bucket: no window boundary for the counts below to straddle.
@@ -433,5 +434,195 @@ test("the page never shows stale state: a config made while it loads, a restart,
     await page.locator(row("/during-load/*")).waitFor({ state: "detached", timeout: WAIT });
     const shown = problems.filter((p) => !p.startsWith("console:") && !p.startsWith("failed:"));
     assert.deepEqual(shown, [], "nothing but the feed's own reconnects failed");
+  });
+});
+
+// Elements that stick out of their card sideways (a card is any .card or .kpi), an inner
+// box that scrolls sideways, and the page scrolling sideways, as sentences; empty when
+// the layout holds. Vertical scrolling lists (the events) are meant to scroll. Text for
+// screen readers only (clipped to nothing, with clip-path) is not drawn and not checked.
+function overflowing() {
+  const drawn = (e) => { for (let a = e; a; a = a.parentElement) if (getComputedStyle(a).clipPath !== "none") return false; return true; };
+  const name = (e) => e.tagName.toLowerCase() + (e.id ? "#" + e.id : "") +
+    (typeof e.className === "string" && e.className ? "." + e.className.trim().split(/\s+/).join(".") : "");
+  const out = [];
+  for (const card of document.querySelectorAll(".card, .kpi")) {
+    const c = card.getBoundingClientRect();
+    if (!c.width) continue;
+    for (const e of card.querySelectorAll("*")) {
+      const r = e.getBoundingClientRect();
+      if (!r.width || !r.height || !drawn(e)) continue;
+      if (r.left < c.left - 1 || r.right > c.right + 1) {
+        out.push(`${name(e)} spans ${Math.round(r.left)}..${Math.round(r.right)}, outside ${name(card)} ${Math.round(c.left)}..${Math.round(c.right)}`);
+      }
+      if (e.scrollWidth > e.clientWidth + 1 && ["auto", "scroll"].includes(getComputedStyle(e).overflowX)) {
+        out.push(`${name(e)} scrolls sideways (${e.scrollWidth} > ${e.clientWidth})`);
+      }
+    }
+  }
+  if (document.documentElement.scrollWidth > window.innerWidth + 1) out.push("the page scrolls sideways");
+  return out;
+}
+
+// The chart's x-axis labels as drawn (uPlot paints them on a canvas): each label's left
+// and right edge, measured with the axis's own font; overlapping neighbours, as sentences.
+function overlappingLabels() {
+  const axis = plot.axes[0];
+  const ctx = document.createElement("canvas").getContext("2d");
+  ctx.font = axis.font[0];
+  const ratio = window.devicePixelRatio || 1;
+  const boxes = [];
+  axis._splits.forEach((v, i) => {
+    if (axis._values[i] == null || axis._values[i] === "") return; // a tick left without a label
+    const text = String(axis._values[i]).split("\n").reduce((a, b) => (a.length > b.length ? a : b));
+    const w = ctx.measureText(text).width / ratio;
+    const x = plot.valToPos(v, "x");
+    boxes.push({ text, left: x - w / 2, right: x + w / 2 });
+  });
+  const out = [];
+  for (let i = 1; i < boxes.length; i++) {
+    if (boxes[i].left < boxes[i - 1].right + 4) out.push(`"${boxes[i - 1].text}" and "${boxes[i].text}" overlap`);
+  }
+  return { labels: boxes.length, out };
+}
+
+// Presses Tab until the focused element satisfies `is` (a predicate run in the page on
+// document.activeElement); fails if it never does.
+async function tabTo(page, is, what) {
+  for (let i = 0; i < 200; i++) {
+    await page.keyboard.press("Tab");
+    if (await page.evaluate(`(${is})(document.activeElement)`)) return;
+  }
+  throw new Error(`${what} cannot be reached with the Tab key`);
+}
+
+const AXE = join(ROOT, "tests/browser/node_modules/axe-core/axe.min.js");
+
+// axe-core's WCAG 2.x A and AA rules and its best practices; the violations as
+// sentences naming the rule and the elements.
+async function axeViolations(page) {
+  // Evaluated through the DevTools protocol: a script tag would be refused by the page's
+  // Content-Security-Policy, which stays in force for everything else.
+  if (!(await page.evaluate(() => typeof window.axe !== "undefined"))) await page.evaluate(readFileSync(AXE, "utf8"));
+  const result = await page.evaluate(() => window.axe.run(document, {
+    runOnly: { type: "tag", values: ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "wcag22aa", "best-practice"] },
+  }));
+  return result.violations.map((v) => `${v.id} (${v.impact}): ${v.help}: ` +
+    v.nodes.slice(0, 5).map((n) => n.target.join(" ") + (n.failureSummary ? ` [${n.failureSummary.replace(/\s+/g, " ")}]` : "")).join("; "));
+}
+
+test("every card fits at 1400 and 420 px, axe finds nothing, and the keyboard alone runs it", { timeout: 180_000 }, async () => {
+  await withServer([], "info", async ({ url, browser }) => {
+    const admin = async (method, path, body) => {
+      const r = await fetch(url + path, { method, headers: { "Content-Type": "application/json" }, body: body && JSON.stringify(body) });
+      assert.ok(r.ok, `${method} ${path}: ${r.status} ${await r.text()}`);
+      return r;
+    };
+    // Every kind of config the server has: one with an override, one in shadow mode, and
+    // an Envoy descriptor rule.
+    await admin("POST", "/admin/configs", { endpoint: "/api/*", requests_per_window: 3, window_seconds: 3600, algorithm: "token_bucket",
+                                            overrides: [{ client: "vip-*", requests_per_window: 50 }] });
+    await admin("POST", "/admin/configs", { endpoint: "/shadow/*", requests_per_window: 1, window_seconds: 3600, algorithm: "token_bucket", mode: "shadow" });
+    await admin("POST", "/admin/configs", { domain: "edge", descriptor: [{ key: "generic_key", value: "api" }, { key: "remote_address" }],
+                                            requests_per_window: 2, window_seconds: 60, algorithm: "fixed_window" });
+    await admin("PUT", "/admin/configs/api/*", { requests_per_window: 4 });
+
+    const { page, pageErrors } = await openDashboard(browser, url);
+
+    // Traffic of every kind: routes (allowed, refused, let through in shadow), the decision
+    // API and Envoy's protocol, all shown in the events.
+    for (let i = 0; i < 6; i++) await fetch(url + "/api/data", { headers: { "X-Client-ID": "crowd" } });
+    for (let i = 0; i < 2; i++) await fetch(url + "/shadow/x", { headers: { "X-Client-ID": "crowd" } });
+    await admin("POST", "/v1/check", { client_id: "program", path: "/api/report", method: "GET" });
+    await admin("POST", "/v1/envoy/json", { domain: "edge", descriptors: [{ entries: [
+      { key: "generic_key", value: "api" }, { key: "remote_address", value: "10.0.0.7" }] }] });
+    const eventTexts = () => [...document.querySelectorAll("#events li")].map((li) => li.textContent);
+    await until(page, () => [...document.querySelectorAll("#events li")].some((li) => li.textContent.includes("program /api/report")));
+    await until(page, () => [...document.querySelectorAll("#events li")].some((li) => li.textContent.includes("10.0.0.7")));
+    // Colour is never the only signal: a refusal says 429 in words, a shadow one "would 429".
+    const texts = await page.evaluate(eventTexts);
+    const refused = await page.evaluate(() => [...document.querySelectorAll("#events li")]
+      .filter((li) => getComputedStyle(li.querySelector(".tag")).color === getComputedStyle(document.querySelector(".kpi-value.bad")).color)
+      .map((li) => li.querySelector(".tag").textContent));
+    assert.ok(refused.length > 0 && refused.every((t) => /429|drop/.test(t)), `red events say why: ${refused}`);
+    assert.ok(texts.some((t) => t.includes("would 429")), texts.join("\n"));
+
+    // Open every card that can be opened: the inspector on a client, the top list, a
+    // config's history, and the config form.
+    await page.fill("#inspector [name=client]", "crowd");
+    await page.click("#inspector button[type=submit]");
+    await until(page, () => document.querySelectorAll("#quota-rows tr").length >= 2);
+    await until(page, () => document.querySelectorAll("#top-rows li").length > 0);
+    await page.click('#config-rows tr:has(td.endpoint:text-is("/api/*")) button.history');
+    await until(page, () => document.querySelectorAll("#history-rows tr").length === 2);
+    await page.click("#new-config");
+    await until(page, () => document.querySelectorAll("#config-rows tr").length === 4);
+
+    mkdirSync(ARTIFACTS, { recursive: true });
+    for (const width of [1400, 420]) {
+      await page.setViewportSize({ width, height: 900 });
+      await until(page, (w) => window.innerWidth === w, width);
+      // Waited for, not sampled: the chart follows its box through a ResizeObserver.
+      await until(page, `(${overflowing})().length === 0`).catch(async (e) => {
+        const found = await page.evaluate(`(${overflowing})()`);
+        throw new Error(`at ${width} px:\n${found.join("\n")}`, { cause: e });
+      });
+      await until(page, () => plot && plot.axes[0]._splits && plot.axes[0]._splits.length > 1).catch(async (e) => {
+        const seen = await page.evaluate(() => JSON.stringify([plot?.width, plot?.axes[0]._splits, plot?.axes[0]._values, plot?.data[0]]));
+        throw new Error(`the chart at ${width} px: ${seen}`, { cause: e });
+      });
+      // The inspector's quota bars keep a width one can read, never a dot.
+      const bars = await page.evaluate(() => [...document.querySelectorAll("#quota-rows .bar")].map((b) => b.getBoundingClientRect().width));
+      assert.ok(bars.length >= 2 && bars.every((w) => w >= 100), `quota bars at ${width} px: ${bars}`);
+      const labels = await page.evaluate(`(${overlappingLabels})()`);
+      assert.deepEqual(labels.out, [], `the chart's x labels at ${width} px`);
+      await page.evaluate(() => window.scrollTo(0, 0));
+      await page.screenshot({ path: join(ARTIFACTS, `dashboard-${width}.png`), fullPage: true });
+      assert.deepEqual(await axeViolations(page), [], `axe-core at ${width} px`);
+    }
+
+    // ---- the keyboard alone: create, edit (and leave with Escape), fire, delete ----
+    await page.setViewportSize({ width: 1400, height: 900 });
+    await page.goto(url + "/dashboard");
+    await until(page, () => document.querySelector("#conn").textContent.trim() === "live");
+    await tabTo(page, (e) => e.id === "new-config", "the New config button");
+    assert.notEqual(await page.evaluate(() => getComputedStyle(document.activeElement).outlineStyle), "none", "focus is visible");
+    await page.keyboard.press("Enter");
+    assert.equal(await page.evaluate(() => document.activeElement.name), "endpoint", "the form takes the focus");
+    await page.keyboard.type("/kbd/*");
+    await tabTo(page, (e) => e.name === "requests_per_window", "the limit field");
+    await page.keyboard.press("Control+A");
+    await page.keyboard.type("2");
+    await page.keyboard.press("Enter");
+    const row = (ep) => `#config-rows tr:has(td.endpoint:text-is("${ep}"))`;
+    await page.locator(row("/kbd/*")).waitFor({ timeout: WAIT });
+    assert.equal(await page.textContent(`${row("/kbd/*")} td:nth-child(3)`), "2");
+    assert.equal(await page.evaluate(() => document.activeElement.id), "new-config", "the focus comes back after a save");
+
+    const inKbdRow = (label) => `(e) => e.tagName === "BUTTON" && e.textContent === ${JSON.stringify(label)} &&
+      e.closest("tr")?.querySelector("td.endpoint")?.textContent === "/kbd/*"`;
+    await tabTo(page, inKbdRow("Edit"), "the row's Edit button");
+    await page.keyboard.press("Enter");
+    assert.equal(await page.evaluate(() => document.activeElement.name), "requests_per_window", "editing starts at the first field that can change (the endpoint cannot)");
+    await page.keyboard.press("Escape");
+    assert.ok(await page.isHidden("#config-form"), "Escape closes the form");
+    assert.equal(await page.evaluate(() => document.activeElement.id), "new-config");
+
+    await tabTo(page, (e) => e.name === "path" && e.closest("#tester"), "the tester's path");
+    await page.keyboard.press("Control+A");
+    await page.keyboard.type("/kbd/x");
+    await tabTo(page, (e) => e.name === "count" && e.closest("#tester"), "the tester's count");
+    await page.keyboard.press("Control+A");
+    await page.keyboard.type("5");
+    await page.keyboard.press("Enter");
+    await page.locator("#tester-limited").waitFor({ timeout: WAIT });
+    assert.equal(await page.textContent("#tester-passed"), "2");
+    assert.equal(await page.textContent("#tester-limited"), "3");
+
+    await page.evaluate(() => document.activeElement.blur());
+    await tabTo(page, inKbdRow("Delete"), "the row's Delete button");
+    await page.keyboard.press("Enter"); // the confirmation is accepted by the dialog handler
+    await page.locator(row("/kbd/*")).waitFor({ state: "detached", timeout: WAIT });
+    assert.deepEqual(pageErrors, [], "no uncaught error on the page");
   });
 });
