@@ -17,8 +17,8 @@
 //! Everything here runs as tasks on the main arbiter; nothing on the request path waits
 //! for it.
 
-use crate::actors::DecisionEvent;
 use crate::actors::broadcaster::{Broadcaster, FeedInterest, TakeOutbox};
+use crate::actors::{Asked, DecisionEvent, Via};
 use crate::clock::SharedClock;
 use crate::config::writer::{Committer, WriteError};
 use crate::config::{Change, Config, DEFAULT_ENDPOINT, Source, diff};
@@ -62,6 +62,9 @@ struct SharedEvent {
     client: String,
     endpoint: String,
     path: Option<String>,
+    /// Absent from instances that predate it: they only decided for routes and proxies.
+    #[serde(default)]
+    via: Via,
     allowed: bool,
     limit: u64,
     remaining: u64,
@@ -439,7 +442,8 @@ impl From<DecisionEvent> for SharedEvent {
         Self {
             client: e.client.to_string(),
             endpoint: e.endpoint.to_string(),
-            path: e.path.map(|p| p.to_string()),
+            via: e.asked.as_ref().map(|a| a.via).unwrap_or_default(),
+            path: e.asked.map(|a| a.path.to_string()),
             allowed: e.decision.allowed,
             limit: e.decision.limit,
             remaining: e.decision.remaining,
@@ -456,7 +460,10 @@ impl SharedEvent {
         DecisionEvent {
             client: Arc::from(self.client),
             endpoint: Arc::from(self.endpoint),
-            path: self.path.map(Arc::from),
+            asked: self.path.map(|p| Asked {
+                via: self.via,
+                path: Arc::from(p),
+            }),
             decision: Decision {
                 allowed: self.allowed,
                 limit: self.limit,
@@ -485,7 +492,10 @@ mod tests {
         let event = DecisionEvent {
             client: Arc::from("alice"),
             endpoint: Arc::from("/api/*"),
-            path: Some(Arc::from("/api/data")),
+            asked: Some(Asked {
+                via: Via::Check,
+                path: Arc::from("/api/data"),
+            }),
             decision: Decision {
                 allowed: false,
                 limit: 5,
@@ -505,5 +515,13 @@ mod tests {
             (back.at, &*back.client, back.origin.as_deref()),
             (event.at, "alice", Some("b:1"))
         );
+        assert_eq!(back.asked, event.asked);
+        assert!(back.shadow);
+        // From an instance that predates `via`: it only decided for routes and proxies.
+        let old = json.replace(r#""via":"check","#, "");
+        assert_ne!(old, json);
+        let old: SharedEvent = serde_json::from_str(&old).unwrap();
+        let asked = old.into_event(Arc::from("b:1")).asked.unwrap();
+        assert_eq!((asked.via, &*asked.path), (Via::Route, "/api/data"));
     }
 }

@@ -158,13 +158,20 @@ function loadTraffic() {
 // The request path, and the config it counted against when that differs.
 const where = (m) => (m.path && m.path !== m.endpoint ? `${m.path} (${m.endpoint})` : m.endpoint);
 
+// Who asked for a decision (the feed's "via"), in the events' words; a request to one
+// of the server's own routes says nothing more. Events from instances that predate
+// "via" were a route's.
+const VIA = { route: "", proxy: "reverse proxy", check: "/v1/check", forward_auth: "forward-auth", envoy: "Envoy" };
+const viaOf = (m) => m.via || "route";
+const asked = (m) => (VIA[viaOf(m)] ? ` · via ${VIA[viaOf(m)]}` : "");
+
 function describe(m) {
   switch (m.type) {
     case "request_processed":
       // Shadow mode: over the limit, let through; said apart from a real 429.
-      if (m.would_limit) return ["would 429", "tag-shadow", `${m.client_id} ${where(m)} · shadow, over the limit, let through`];
-      return ["200", "tag-ok", `${m.client_id} ${where(m)} · ${m.remaining}/${m.limit} left`];
-    case "rate_limit_exceeded": return ["429", "tag-block", `${m.client_id} ${where(m)} · retry in ${m.retry_after}s`];
+      if (m.would_limit) return ["would 429", "tag-shadow", `${m.client_id} ${where(m)} · shadow, over the limit, let through${asked(m)}`];
+      return ["200", "tag-ok", `${m.client_id} ${where(m)} · ${m.remaining}/${m.limit} left${asked(m)}`];
+    case "rate_limit_exceeded": return ["429", "tag-block", `${m.client_id} ${where(m)} · retry in ${m.retry_after}s${asked(m)}`];
     case "config_updated": return ["cfg", "tag-cfg", `${m.action} ${m.config.endpoint}`];
     case "client_reset": return ["reset", "tag-cfg", `${m.client_id} quota reset (${m.endpoints.join(", ")})`];
     case "events_dropped": return ["drop", "tag-block", `${m.count} events skipped (feed too slow)`];
@@ -172,11 +179,26 @@ function describe(m) {
   }
 }
 
+// Whether the event list's switches (only 429s, who asked) let an event be shown.
+function shown(type, via) {
+  const decision = type === "request_processed" || type === "rate_limit_exceeded";
+  if ($("#only-blocked").checked && type === "request_processed") return false;
+  const from = $("#events-via").value;
+  return !from || !decision || via === from;
+}
+
+// A switch changed: new events are filtered as they come, and those shown already too.
+function refilterEvents() {
+  for (const li of $("#events").children) li.hidden = !shown(li.dataset.type, li.dataset.via);
+}
+
 function showEvent(m) {
-  if ($("#only-blocked").checked && m.type === "request_processed") return;
+  if (!shown(m.type, viaOf(m))) return;
   const d = describe(m);
   if (!d) return;
   const li = el("li");
+  li.dataset.type = m.type;
+  li.dataset.via = viaOf(m);
   li.append(el("span", "muted", clock(m.timestamp)), el("span", "tag " + d[1], d[0]), el("span", "ev-detail", d[2]));
   const list = $("#events");
   list.prepend(li);
@@ -590,6 +612,8 @@ $("#config-form").addEventListener("submit", saveConfig);
 $("#tester").addEventListener("submit", fire);
 $("#history-close").onclick = () => { $("#history-card").hidden = true; historyOf = null; };
 $("#top-form").addEventListener("change", loadTop);
+$("#only-blocked").addEventListener("change", refilterEvents);
+$("#events-via").addEventListener("change", refilterEvents);
 $("#reset-client").onclick = async () => {
   if (!watching) return;
   const res = await api("/admin/clients/" + encodeURIComponent(watching) + "/state", { method: "DELETE" });

@@ -332,6 +332,28 @@ async fn decisions_made_here_are_counted_like_any_other() {
 }
 
 #[actix_rt::test]
+async fn the_live_feeds_say_who_asked_for_each_decision() {
+    let s = server().await;
+    let mut feed = common::ws::connect(&s.url, "/ws/asker").await;
+    common::ws::next_of(&mut feed, "client_stats").await;
+    let r = check(&s, json!({"client_id": "asker", "path": "/d/one"})).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let e = common::ws::next_of(&mut feed, "request_processed").await;
+    assert_eq!((&e["path"], &e["via"]), (&json!("/d/one"), &json!("check")));
+    let h = [("X-Client-ID", "asker"), ("X-Original-URI", "/d/two?x=1")];
+    let r = s.send("GET", "/v1/forward-auth", &h, None).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let e = common::ws::next_of(&mut feed, "request_processed").await;
+    assert_eq!(
+        (&e["path"], &e["via"]),
+        (&json!("/d/two"), &json!("forward_auth"))
+    );
+    assert_eq!(e["endpoint"], "/d/*");
+    drop(feed);
+    s.stop().await;
+}
+
+#[actix_rt::test]
 async fn a_decision_token_opens_v1_and_nothing_else() {
     let s = TestServer::with(|c| {
         c.admin_token = Some("admin-secret".into());

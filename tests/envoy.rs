@@ -606,6 +606,7 @@ async fn descriptor_decisions_are_streamed_with_the_descriptor() {
         first["path"],
         "rw: generic_key=api, remote_address=10.0.0.7"
     );
+    assert_eq!(first["via"], "envoy");
     assert_eq!(
         (first["limit"].as_u64(), first["remaining"].as_u64()),
         (Some(2), Some(1))

@@ -6,7 +6,7 @@ mod common;
 use common::TestServer;
 use common::ws::{WAIT, connect, next, next_of};
 use futures_util::future::join_all;
-use serde_json::Value;
+use serde_json::{Value, json};
 use std::time::Instant;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -27,6 +27,10 @@ async fn a_client_socket_starts_with_its_stats_and_sees_only_its_own_events() {
     let event = next_of(&mut alice, "request_processed").await;
     assert_eq!(event["client_id"], "alice");
     assert_eq!(event["endpoint"], "*");
+    assert_eq!(
+        (&event["path"], &event["via"]),
+        (&json!("/api/data"), &json!("route"))
+    );
     assert_eq!(event["remaining"], 97);
     assert_eq!(event["limit"], 100);
     // A refreshed client_stats follows, and nothing about bob ever arrives.

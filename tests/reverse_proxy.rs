@@ -374,8 +374,17 @@ async fn an_unreachable_upstream_is_a_502_and_a_slow_one_a_504_both_counted() {
         c.upstream_timeout_ms = 200;
     })
     .await;
+    let mut feed = common::ws::connect(&slow.url, "/ws/w").await;
+    common::ws::next_of(&mut feed, "client_stats").await;
     let r = slow.get_as("w", "/hang").await;
     assert_eq!(r.status, 504);
+    // The live feeds say the decision was for a proxied request.
+    let event = common::ws::next_of(&mut feed, "request_processed").await;
+    assert_eq!(
+        (&event["path"], &event["via"]),
+        (&json!("/hang"), &json!("proxy"))
+    );
+    drop(feed);
     assert_eq!(r.body["error"], "gateway_timeout");
     assert!(
         r.header("RateLimit").is_some(),

@@ -470,8 +470,9 @@ impl Handler<DecisionEvent> for Broadcaster {
         let d = &event.decision;
         let mut body =
             json!({"client_id": &*event.client, "endpoint": &*event.endpoint, "limit": d.limit});
-        if let Some(path) = &event.path {
-            body["path"] = json!(&**path);
+        if let Some(asked) = &event.asked {
+            body["path"] = json!(&*asked.path);
+            body["via"] = json!(asked.via);
         }
         if let Some(outbox) = &self.cluster {
             body["instance"] = json!(&**event.origin.as_ref().unwrap_or(&outbox.instance));

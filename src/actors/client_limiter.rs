@@ -12,7 +12,7 @@
 //! - [`ClientLimiter::snapshot`]: what changed since the last snapshot.
 //! - [`ClientLimiter::states`]: its quotas, for [`ClientStatus::of`].
 
-use super::{DecisionEvent, EventSink};
+use super::{Asked, DecisionEvent, EventSink};
 use crate::clock::{NANOS_PER_SEC, Nanos, rfc3339};
 use crate::limiter::{Algorithm, Decision, Mode, State};
 use crate::policy::{Policy, PolicyTable};
@@ -177,7 +177,7 @@ impl ClientLimiter {
         &mut self,
         policy: &Arc<Policy>,
         decision: Decision,
-        path: Option<Arc<str>>,
+        asked: Option<Asked>,
         now: Nanos,
         shared: &Shared,
     ) {
@@ -206,7 +206,7 @@ impl ClientLimiter {
             sink.offer(&self.client, || DecisionEvent {
                 client: self.client.clone(),
                 endpoint: policy.endpoint.clone(),
-                path,
+                asked,
                 decision,
                 shadow: policy.shadow,
                 at: now,

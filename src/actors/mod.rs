@@ -29,8 +29,8 @@ use std::sync::Arc;
 pub struct DecisionEvent {
     pub client: Arc<str>,
     pub endpoint: Arc<str>,
-    /// The request's path, when someone was watching as the request arrived.
-    pub path: Option<Arc<str>>,
+    /// Who asked and for what path, when someone was watching as the request arrived.
+    pub asked: Option<Asked>,
     pub decision: Decision,
     /// Decided under a config in shadow mode: a refusal was let through.
     pub shadow: bool,
@@ -38,6 +38,32 @@ pub struct DecisionEvent {
     /// The instance that decided, for events heard from other instances over Redis;
     /// `None` for this instance's own.
     pub origin: Option<Arc<str>>,
+}
+
+/// Where a decision was asked for, as the live feeds tell it: by whom, and for which
+/// path (a route's or a proxied request's path, the path a program asked about, or an
+/// Envoy descriptor). Made only while a feed would show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Asked {
+    pub via: Via,
+    pub path: Arc<str>,
+}
+
+/// Who asked for a decision.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Via {
+    /// A request to one of this server's own routes.
+    #[default]
+    Route,
+    /// A request forwarded to the upstream (reverse-proxy mode).
+    Proxy,
+    /// `POST /v1/check`.
+    Check,
+    /// `/v1/forward-auth`, from nginx, Caddy or Traefik.
+    ForwardAuth,
+    /// Envoy's rate-limit service (gRPC or `/v1/envoy/json`).
+    Envoy,
 }
 
 /// Where limiters send their decision events: the broadcaster, but only while someone

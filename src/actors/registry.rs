@@ -20,9 +20,9 @@
 //! before the read. While a client's state is being read back, its checks wait in order
 //! in its entity (up to [`MAX_WAITING`]); nothing is decided before the state is back.
 
-use super::EventSink;
 use super::client_limiter::{ClientLimiter, ClientStatus, Shared};
 use super::db::{Db, LoadClient, Persist};
+use super::{Asked, EventSink};
 use crate::clock::{Nanos, SharedClock};
 use crate::limiter::{Decision, Mode};
 use crate::metrics::{Metrics, RestoreSource};
@@ -58,8 +58,8 @@ pub struct Check {
     pub policy: Arc<Policy>,
     pub cost: u64,
     pub mode: Mode,
-    /// The request's path, for the live feeds (only set while someone watches).
-    pub path: Option<Arc<str>>,
+    /// Who asked and for what path, for the live feeds (only set while someone watches).
+    pub asked: Option<Asked>,
     /// The latest time an answer can still reach the request; a check whose turn comes
     /// later consumes nothing.
     pub answer_by: Instant,
@@ -234,7 +234,7 @@ fn decide_now(
             match check.mode {
                 Mode::Consume => {
                     let shared = Shared::of(config);
-                    e.limiter.record(p, d, check.path.clone(), now, &shared);
+                    e.limiter.record(p, d, check.asked.clone(), now, &shared);
                     top.record(&check.client, !p.refuses(&d), now);
                 }
                 // A reset marks the state changed itself, when there was one.
@@ -446,7 +446,7 @@ impl Shard {
             Some(e) => {
                 let now = e.limiter.now(c.clock.now());
                 e.limiter
-                    .record(&check.policy, d, check.path.clone(), now, &shared);
+                    .record(&check.policy, d, check.asked.clone(), now, &shared);
                 self.top
                     .record(&check.client, !check.policy.refuses(&d), now);
                 mark_dirty(e, &mut self.dirty, &check.client);
@@ -884,7 +884,7 @@ mod tests {
             policy: policy.clone(),
             cost: 1,
             mode: Mode::Consume,
-            path: None,
+            asked: None,
             answer_by: Instant::now() + Duration::from_secs(60),
         }
     }

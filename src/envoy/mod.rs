@@ -11,6 +11,7 @@
 pub mod grpc;
 pub mod proto;
 
+use crate::actors::Via;
 use crate::config::MAX_REQUESTS_PER_WINDOW;
 use crate::config::descriptor::{self, DescriptorEntry, MAX_ENTRIES};
 use crate::error::ApiError;
@@ -203,7 +204,7 @@ pub async fn should_rate_limit(
         } else {
             String::new()
         };
-        match decide(state, &client, &policy, &path, cost, mode).await {
+        match decide(state, &client, &policy, &path, Via::Envoy, cost, mode).await {
             Ruling::Inactive => statuses.push(unlimited()),
             Ruling::Failed => return Err(Failure::Unavailable),
             Ruling::Decided(decision) => {

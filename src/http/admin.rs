@@ -451,7 +451,7 @@ pub async fn reset_client(
             policy: policy.clone(),
             cost: 1,
             mode: Mode::Reset,
-            path: None,
+            asked: None,
             answer_by: actix_web::rt::time::Instant::now() + RESET_DEADLINE,
         };
         let Ok(d) = state.registries.decide(check).await else {

@@ -14,6 +14,7 @@
 use super::AppState;
 use super::client_id::validate_client_id;
 use super::middleware::{Ruling, add_headers, decide, has_dot_segments, refusal};
+use crate::actors::Via;
 use crate::clock::{NANOS_PER_SEC, Nanos, rfc3339};
 use crate::config::ValidationError;
 use crate::error::ApiError;
@@ -273,7 +274,17 @@ async fn answer(state: &AppState, ask: &Ask, now: Nanos) -> (Answer, Option<Deci
         reset_time: rfc3339(now),
         error: None,
     };
-    match decide(state, &ask.client, p, &ask.path, ask.cost, ask.mode).await {
+    match decide(
+        state,
+        &ask.client,
+        p,
+        &ask.path,
+        Via::Check,
+        ask.cost,
+        ask.mode,
+    )
+    .await
+    {
         Ruling::Inactive => (base, None),
         Ruling::Failed => (
             Answer {
@@ -360,7 +371,17 @@ pub async fn forward_auth(
     let client = state.identity.client_id(req.headers(), req.peer_addr())?;
     let policy = state.policies.current().resolve(&path, &client).clone();
     let now = state.clock.now();
-    match decide(&state, &client, &policy, &path, 1, Mode::Consume).await {
+    match decide(
+        &state,
+        &client,
+        &policy,
+        &path,
+        Via::ForwardAuth,
+        1,
+        Mode::Consume,
+    )
+    .await
+    {
         Ruling::Inactive => Ok(HttpResponse::Ok().finish()),
         Ruling::Failed => match state.on_error {
             OnError::Allow => Ok(HttpResponse::Ok().finish()),

@@ -3,9 +3,11 @@
 //! `admin_access` guards `/admin`, `/metrics` and the feeds, and `log_request` logs every
 //! request at debug level.
 
+use super::proxy;
 use super::realtime::Tokened;
 use super::{AppState, deadline};
 use crate::actors::registry::Check;
+use crate::actors::{Asked, Via};
 use crate::clock::{NANOS_PER_SEC, Nanos, ceil_secs, rfc3339};
 use crate::error::{ApiError, Refusal};
 use crate::limiter::{Decision, Mode};
@@ -88,7 +90,12 @@ pub async fn rate_limit(
     };
     let path = req.match_info().as_str();
     let policy = state.policies.current().resolve(path, &client).clone();
-    let decision = match decide(&state, &client, &policy, path, 1, Mode::Consume).await {
+    // In reverse-proxy mode every path that is not the server's own goes upstream.
+    let via = match req.app_data::<proxy::Forwarder>() {
+        Some(_) => Via::Proxy,
+        None => Via::Route,
+    };
+    let decision = match decide(&state, &client, &policy, path, via, 1, Mode::Consume).await {
         Ruling::Inactive => return Ok(next.call(req).await?.map_into_boxed_body()),
         Ruling::Failed => {
             return match state.on_error {
@@ -125,6 +132,7 @@ pub async fn decide(
     client: &Arc<str>,
     policy: &Arc<Policy>,
     path: &str,
+    via: Via,
     cost: u64,
     mode: Mode,
 ) -> Ruling {
@@ -143,7 +151,10 @@ pub async fn decide(
         // limiter refuses the check (consuming nothing) instead.
         answer_by: deadline.checked_sub(deadline::TICK).unwrap_or(started),
         // Copied only while a feed would show it.
-        path: state.interest.wants(client).then(|| Arc::from(path)),
+        asked: state.interest.wants(client).then(|| Asked {
+            via,
+            path: Arc::from(path),
+        }),
     };
     let answer = deadline::within(deadline, state.registries.decide(check)).await;
     let counted = mode == Mode::Consume;

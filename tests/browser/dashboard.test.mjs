@@ -267,10 +267,11 @@ test("in reverse-proxy mode the tester fires at the upstream's paths", { timeout
       await page.locator("#tester-passed").waitFor({ timeout: WAIT });
       assert.equal(await page.textContent("#tester-passed"), "3");
       assert.equal(await page.textContent("#tester-limited"), "2");
-      // (The browser's own /favicon.ico is the upstream's too, and reaches it.)
       assert.deepEqual(reached.filter((r) => r.includes("/shop")), ["POST /shop/cart", "POST /shop/cart", "POST /shop/cart"],
                        "the allowed requests, and only they, reached the upstream");
-      await until(page, () => [...document.querySelectorAll("#events .tag-block")].some((t) => t.textContent === "429"));
+      // The events say these decisions were for requests to the upstream.
+      await until(page, () => [...document.querySelectorAll("#events li")].some((li) =>
+        li.querySelector(".tag").textContent === "429" && li.querySelector(".ev-detail").textContent.endsWith("· via reverse proxy")));
     });
   } finally {
     upstream.close();
@@ -537,8 +538,18 @@ test("every card fits at 1400 and 420 px, axe finds nothing, and the keyboard al
     await admin("POST", "/v1/envoy/json", { domain: "edge", descriptors: [{ entries: [
       { key: "generic_key", value: "api" }, { key: "remote_address", value: "10.0.0.7" }] }] });
     const eventTexts = () => [...document.querySelectorAll("#events li")].map((li) => li.textContent);
-    await until(page, () => [...document.querySelectorAll("#events li")].some((li) => li.textContent.includes("program /api/report")));
-    await until(page, () => [...document.querySelectorAll("#events li")].some((li) => li.textContent.includes("10.0.0.7")));
+    // Each says who asked: the program through /v1/check, Envoy for its descriptor.
+    await until(page, () => [...document.querySelectorAll("#events li")].some((li) => li.textContent.includes("program /api/report (/api/*) · 3/4 left · via /v1/check")));
+    await until(page, () => [...document.querySelectorAll("#events li")].some((li) => /^10\.0\.0\.7 edge: .* · 1\/2 left · via Envoy$/.test(li.querySelector(".ev-detail").textContent)));
+    // The "from" switch narrows the list to one asker, the lines shown already included.
+    const visible = () => [...document.querySelectorAll("#events li")].filter((li) => !li.hidden).map((li) => li.textContent);
+    await page.selectOption("#events-via", "envoy");
+    const envoyOnly = await page.evaluate(visible);
+    assert.ok(envoyOnly.length === 1 && envoyOnly[0].includes("via Envoy"), envoyOnly.join("\n"));
+    await page.selectOption("#events-via", "route");
+    const routesOnly = await page.evaluate(visible);
+    assert.ok(routesOnly.length === 8 && routesOnly.every((t) => t.includes("crowd") && !t.includes(" via ")), routesOnly.join("\n"));
+    await page.selectOption("#events-via", "");
     // Colour is never the only signal: a refusal says 429 in words, a shadow one "would 429".
     const texts = await page.evaluate(eventTexts);
     const refused = await page.evaluate(() => [...document.querySelectorAll("#events li")]
