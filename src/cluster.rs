@@ -62,7 +62,8 @@ struct SharedEvent {
     client: String,
     endpoint: String,
     path: Option<String>,
-    /// Absent from instances that predate it: they only decided for routes and proxies.
+    /// Absent from instances that predate it: their events read as a route's, whoever
+    /// asked.
     #[serde(default)]
     via: Via,
     allowed: bool,
@@ -517,11 +518,16 @@ mod tests {
         );
         assert_eq!(back.asked, event.asked);
         assert!(back.shadow);
-        // From an instance that predates `via`: it only decided for routes and proxies.
+        // From an instance that predates `via`: read as a route's.
         let old = json.replace(r#""via":"check","#, "");
         assert_ne!(old, json);
         let old: SharedEvent = serde_json::from_str(&old).unwrap();
         let asked = old.into_event(Arc::from("b:1")).asked.unwrap();
         assert_eq!((asked.via, &*asked.path), (Via::Route, "/api/data"));
+        // From a newer instance, with an asker this one does not know: still read.
+        let newer = json.replace(r#""via":"check""#, r#""via":"carrier_pigeon""#);
+        let newer: SharedEvent = serde_json::from_str(&newer).unwrap();
+        let asked = newer.into_event(Arc::from("b:1")).asked.unwrap();
+        assert_eq!(asked.via, Via::Other);
     }
 }

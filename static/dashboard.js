@@ -4,7 +4,8 @@
 // textContent, never as HTML.
 "use strict";
 
-const MAX_EVENTS = 100;
+const MAX_EVENTS = 100; // lines shown
+const KEPT_EVENTS = 1000; // events kept, whatever the switches show
 const CHART_SECONDS = 300;
 const $ = (sel) => document.querySelector(sel);
 
@@ -124,8 +125,9 @@ function drawChart() {
   if (!plot) {
     plot = new uPlot({
       width: box.clientWidth || 600, height: 240,
-      series: [{}, { label: "allowed", stroke: "#1a9b5f", fill: "#1a9b5f22" },
-                   { label: "blocked", stroke: "#d1453b", fill: "#d1453b22" }],
+      // Blocked is dashed: the two lines differ by more than their colour.
+      series: [{}, { label: "allowed", stroke: "#15804e", fill: "#15804e22" },
+                   { label: "blocked", stroke: "#d1453b", fill: "#d1453b22", dash: [6, 4], width: 2 }],
       // The last minutes only: every x label is a time of day, 24 h, with room to spare
       // between labels (uPlot's default puts the date on the first one, over its
       // neighbour), and steps (in seconds) that give a phone's width two or three labels.
@@ -163,7 +165,7 @@ const where = (m) => (m.path && m.path !== m.endpoint ? `${m.path} (${m.endpoint
 // "via" were a route's.
 const VIA = { route: "", proxy: "reverse proxy", check: "/v1/check", forward_auth: "forward-auth", envoy: "Envoy" };
 const viaOf = (m) => m.via || "route";
-const asked = (m) => (VIA[viaOf(m)] ? ` · via ${VIA[viaOf(m)]}` : "");
+const asked = (m) => (viaOf(m) === "route" ? "" : ` · via ${VIA[viaOf(m)] || viaOf(m)}`);
 
 function describe(m) {
   switch (m.type) {
@@ -187,21 +189,34 @@ function shown(type, via) {
   return !from || !decision || via === from;
 }
 
-// A switch changed: new events are filtered as they come, and those shown already too.
-function refilterEvents() {
-  for (const li of $("#events").children) li.hidden = !shown(li.dataset.type, li.dataset.via);
+// The last KEPT_EVENTS events, oldest first, shown or not: a switch turned off again
+// shows what arrived while it was on.
+const recent = [];
+
+function eventLine(m, d) {
+  const li = el("li");
+  li.append(el("span", "muted", clock(m.timestamp)), el("span", "tag " + d[1], d[0]), el("span", "ev-detail", d[2]));
+  return li;
+}
+
+// A switch changed: the list is drawn again from the kept events, newest first.
+function drawEvents() {
+  const lines = [];
+  for (let i = recent.length - 1; i >= 0 && lines.length < MAX_EVENTS; i--) {
+    const m = recent[i];
+    if (shown(m.type, viaOf(m))) lines.push(eventLine(m, describe(m)));
+  }
+  $("#events").replaceChildren(...lines);
 }
 
 function showEvent(m) {
-  if (!shown(m.type, viaOf(m))) return;
   const d = describe(m);
   if (!d) return;
-  const li = el("li");
-  li.dataset.type = m.type;
-  li.dataset.via = viaOf(m);
-  li.append(el("span", "muted", clock(m.timestamp)), el("span", "tag " + d[1], d[0]), el("span", "ev-detail", d[2]));
+  recent.push(m);
+  if (recent.length > KEPT_EVENTS) recent.shift();
+  if (!shown(m.type, viaOf(m))) return;
   const list = $("#events");
-  list.prepend(li);
+  list.prepend(eventLine(m, d));
   while (list.children.length > MAX_EVENTS) list.lastChild.remove();
 }
 
@@ -285,17 +300,15 @@ async function loadConfigs() {
     tr.append(el("td", "endpoint", c.endpoint), el("td", "", c.algorithm), el("td", "", fmt(c.requests_per_window)),
               el("td", "", c.window_seconds + " s"), el("td", "", extra), el("td", "", c.is_active ? "yes" : "no"),
               mode, overrides);
+    tr.dataset.key = c.endpoint;
     const actions = el("td", "actions");
-    const edit = el("button", "ghost small", "Edit");
-    edit.type = "button";
+    const edit = rowButton("ghost small", "Edit", "edit", `Edit ${c.endpoint}`);
     edit.onclick = () => openForm(c);
-    const history = el("button", "ghost small history", "History");
-    history.type = "button";
+    const history = rowButton("ghost small history", "History", "history", `History of ${c.endpoint}`);
     history.onclick = () => loadHistory(c.endpoint);
     actions.append(edit, " ", history);
     if (c.endpoint !== "*") {
-      const del = el("button", "danger", "Delete");
-      del.type = "button";
+      const del = rowButton("danger", "Delete", "delete", `Delete ${c.endpoint}`);
       del.onclick = async () => {
         if (!confirm("Delete the config for " + c.endpoint + "?")) return;
         const r = await api(configPath(c.endpoint), { method: "DELETE" });
@@ -308,8 +321,36 @@ async function loadConfigs() {
     rows.push(tr);
   }
   // One swap after the data arrived: overlapping reloads cannot interleave their rows.
+  const place = focusPlace($("#config-rows"));
   $("#config-rows").replaceChildren(...rows);
   labelCells($("#config-rows"));
+  if (place) focusRow(place.key, place.role);
+}
+
+// A row's button: its text, its role in the row (to find it again once the rows are
+// drawn anew) and an accessible name that says which row.
+function rowButton(cls, text, role, name) {
+  const b = el("button", cls, text);
+  b.type = "button";
+  b.dataset.role = role;
+  b.setAttribute("aria-label", name);
+  return b;
+}
+
+// Where the keyboard is in a table body about to be drawn again: the row's key and
+// the button's role, or null when the focus is elsewhere.
+function focusPlace(tbody) {
+  const a = document.activeElement;
+  if (!a || !tbody.contains(a) || !a.dataset.role) return null;
+  return { key: a.closest("tr").dataset.key, role: a.dataset.role };
+}
+
+// Puts the focus on that button of that config's row, or on New config when the row
+// (or the button) is gone.
+function focusRow(key, role) {
+  const b = [...$("#config-rows").querySelectorAll("button")]
+    .find((x) => x.dataset.role === role && x.closest("tr").dataset.key === key);
+  (b || $("#new-config")).focus();
 }
 
 function configPath(endpoint) {
@@ -365,9 +406,13 @@ function drawFields() {
   }
 }
 
+// The button that opened the form, for the focus to go back to.
+let formOpener = null;
+
 function openForm(config) {
   const f = $("#config-form");
   editing = config;
+  formOpener = config ? { key: config.endpoint, role: "edit" } : null;
   f.hidden = false;
   $("#config-error").textContent = "";
   const c = Object.assign({}, MODEL.defaults, { endpoint: "", requests_per_window: 100, window_seconds: 60 }, config || {});
@@ -386,11 +431,12 @@ function openForm(config) {
   [...f.elements].find((e) => e.name && !e.disabled)?.focus();
 }
 
-// Closes the form and gives the keyboard focus back to where forms are opened.
+// Closes the form and gives the keyboard focus back to the button that opened it (the
+// row's Edit, or New config).
 function closeForm() {
   $("#config-form").hidden = true;
   editing = null;
-  $("#new-config").focus();
+  if (formOpener) focusRow(formOpener.key, formOpener.role); else $("#new-config").focus();
 }
 
 // The body of a create or update: every field of the form, read by its kind. Throws a
@@ -466,16 +512,18 @@ async function loadHistory(endpoint) {
               el("td", "after", summary(h.after)));
     const cell = el("td", "actions");
     if (i > 0) { // the newest is what runs now
-      const back = el("button", "ghost small rollback", "Roll back here");
-      back.type = "button";
+      const back = rowButton("ghost small rollback", "Roll back here", "rollback", `Roll back here: ${endpoint} to version ${h.version}`);
       back.onclick = () => rollback(endpoint, h.version);
       cell.append(back);
     }
     tr.append(cell);
     return tr;
   });
+  const place = focusPlace($("#history-rows"));
   $("#history-rows").replaceChildren(...rows);
   labelCells($("#history-rows"));
+  // A rollback drew the rows anew: the keyboard stays in the card.
+  if (place) $("#history-close").focus();
 }
 
 async function rollback(endpoint, version) {
@@ -610,10 +658,14 @@ $("#config-cancel").onclick = closeForm;
 $("#config-form").addEventListener("keydown", (ev) => { if (ev.key === "Escape") closeForm(); });
 $("#config-form").addEventListener("submit", saveConfig);
 $("#tester").addEventListener("submit", fire);
-$("#history-close").onclick = () => { $("#history-card").hidden = true; historyOf = null; };
+$("#history-close").onclick = () => {
+  $("#history-card").hidden = true;
+  focusRow(historyOf, "history");
+  historyOf = null;
+};
 $("#top-form").addEventListener("change", loadTop);
-$("#only-blocked").addEventListener("change", refilterEvents);
-$("#events-via").addEventListener("change", refilterEvents);
+$("#only-blocked").addEventListener("change", drawEvents);
+$("#events-via").addEventListener("change", drawEvents);
 $("#reset-client").onclick = async () => {
   if (!watching) return;
   const res = await api("/admin/clients/" + encodeURIComponent(watching) + "/state", { method: "DELETE" });

@@ -64,6 +64,10 @@ pub enum Via {
     ForwardAuth,
     /// Envoy's rate-limit service (gRPC or `/v1/envoy/json`).
     Envoy,
+    /// An asker this instance does not know, named by a newer instance of a cluster:
+    /// its events still arrive (with their counts) instead of failing to read.
+    #[serde(other)]
+    Other,
 }
 
 /// Where limiters send their decision events: the broadcaster, but only while someone
