@@ -53,7 +53,7 @@ pub struct Running {
     /// Tells a graceful stop when the last connection has closed.
     connections: Arc<OpenConnections>,
     /// Envoy's rate-limit service, with `--grpc-bind`.
-    pub grpc: Option<GrpcServer>,
+    grpc: Option<GrpcServer>,
 }
 
 impl Running {

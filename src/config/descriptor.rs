@@ -16,7 +16,7 @@
 //! The client of a request is the values its pattern left open (a remote address, a user
 //! id): those of one client share a budget, whatever the fixed values.
 
-use super::ValidationError;
+use super::{ValidationError, percent_encode_into};
 use serde::{Deserialize, Serialize};
 use std::fmt::Write;
 
@@ -53,27 +53,29 @@ fn plain(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"-._~@".contains(&b)
 }
 
-fn encode_into(out: &mut String, s: &str) {
-    for b in s.bytes() {
-        if plain(b) {
-            out.push(b as char);
-        } else {
-            let _ = write!(out, "%{b:02X}");
-        }
-    }
-}
-
 /// The identity (`endpoint`) of the rule for `domain` and `pattern`.
 pub fn identity(domain: &str, pattern: &[DescriptorEntry]) -> String {
+    identity_of(
+        domain,
+        pattern.iter().map(|e| (e.key.as_str(), e.value.as_deref())),
+    )
+}
+
+/// [`identity`] of entries given as (key, value), without building entries: a request
+/// descriptor, for the feeds, is a pattern with every value fixed.
+pub fn identity_of<'a>(
+    domain: &str,
+    entries: impl IntoIterator<Item = (&'a str, Option<&'a str>)>,
+) -> String {
     let mut out = String::new();
-    encode_into(&mut out, domain);
+    percent_encode_into(&mut out, domain, plain);
     out.push(':');
-    for (i, e) in pattern.iter().enumerate() {
+    for (i, (key, value)) in entries.into_iter().enumerate() {
         out.push_str(if i == 0 { " " } else { ", " });
-        encode_into(&mut out, &e.key);
-        if let Some(v) = &e.value {
+        percent_encode_into(&mut out, key, plain);
+        if let Some(v) = value {
             out.push('=');
-            encode_into(&mut out, v);
+            percent_encode_into(&mut out, v, plain);
         }
     }
     out
@@ -171,14 +173,6 @@ impl Pattern {
         Self {
             entries: entries.to_vec(),
         }
-    }
-
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
     }
 
     /// Whether the request descriptor `entries` (key, value) matches.

@@ -18,6 +18,7 @@ use crate::limiter::{Algorithm, Limits};
 use descriptor::DescriptorEntry;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use std::fmt::Write;
 
 pub const DEFAULT_ENDPOINT: &str = "*";
 pub const MAX_REQUESTS_PER_WINDOW: u64 = 1_000_000_000;
@@ -126,6 +127,18 @@ impl Override {
 }
 
 /// A client id: 1 to 128 bytes of `A-Z a-z 0-9 . _ : @ -`.
+/// Appends `s` to `out` with every byte outside `keep` percent-encoded (`%2F`): a
+/// config's admin path and a descriptor rule's identity.
+pub fn percent_encode_into(out: &mut String, s: &str, keep: impl Fn(u8) -> bool) {
+    for b in s.bytes() {
+        if keep(b) {
+            out.push(b as char);
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+}
+
 pub fn is_client_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= MAX_CLIENT_ID_BYTES

@@ -13,10 +13,10 @@ pub mod proto;
 
 use crate::actors::Via;
 use crate::config::MAX_REQUESTS_PER_WINDOW;
-use crate::config::descriptor::{self, DescriptorEntry, MAX_ENTRIES};
+use crate::config::descriptor::{self, MAX_ENTRIES};
 use crate::error::ApiError;
 use crate::http::AppState;
-use crate::http::middleware::{Ruling, add_headers, decide, reset_secs};
+use crate::http::middleware::{Ruling, decide, reset_secs, retry_after_secs, structured_fields};
 use crate::limiter::{Decision, Limits, Mode};
 use crate::policy::{Policy, PolicyTable};
 use proto::{
@@ -132,15 +132,11 @@ fn policy_for(
 
 /// A descriptor as the feeds show it: `rw: generic_key=api, remote_address=10.0.0.1`.
 fn shown(domain: &str, d: &RateLimitDescriptor) -> String {
-    let entries: Vec<DescriptorEntry> = d
+    let entries = d
         .entries
         .iter()
-        .map(|e| DescriptorEntry {
-            key: e.key.clone(),
-            value: Some(e.value.clone()),
-        })
-        .collect();
-    descriptor::identity(domain, &entries)
+        .map(|e| (e.key.as_str(), Some(e.value.as_str())));
+    descriptor::identity_of(domain, entries)
 }
 
 /// The status of a descriptor decided under `policy`.
@@ -199,12 +195,8 @@ pub async fn should_rate_limit(
             Some(n) => (n, Mode::Consume),
             None => (default_hits, Mode::Consume),
         };
-        let path = if state.interest.wants(&client) {
-            shown(&req.domain, d)
-        } else {
-            String::new()
-        };
-        match decide(state, &client, &policy, &path, Via::Envoy, cost, mode).await {
+        let path = || Arc::from(shown(&req.domain, d));
+        match decide(state, &client, &policy, path, Via::Envoy, cost, mode).await {
             Ruling::Inactive => statuses.push(unlimited()),
             Ruling::Failed => return Err(Failure::Unavailable),
             Ruling::Decided(decision) => {
@@ -226,20 +218,22 @@ pub async fn should_rate_limit(
     let over = statuses.iter().any(|s| s.code == Code::OverLimit as i32);
     let mut response_headers_to_add = Vec::new();
     if let Some((policy, decision)) = headline {
-        let mut headers = actix_web::http::header::HeaderMap::new();
-        add_headers(&mut headers, &policy, &decision, state.clock.now());
-        // The structured fields and Retry-After; not X-RateLimit-*, which Envoy writes
-        // itself with `enable_x_ratelimit_headers` (its Reset in seconds, ours a time).
-        let ours = ["ratelimit", "ratelimit-policy", "retry-after"];
-        for (name, value) in headers.iter().filter(|(n, _)| ours.contains(&n.as_str())) {
-            if let Ok(value) = value.to_str() {
-                response_headers_to_add.push(HeaderValue {
-                    key: name.as_str().to_owned(),
-                    value: value.to_owned(),
-                });
-            }
+        // The structured fields and Retry-After, in that order; not X-RateLimit-*, which
+        // Envoy writes itself with `enable_x_ratelimit_headers` (its Reset in seconds,
+        // ours a time).
+        for (name, value) in structured_fields(&policy, &decision) {
+            response_headers_to_add.push(HeaderValue {
+                key: name.as_str().to_owned(),
+                value,
+            });
         }
-        response_headers_to_add.sort_by(|a, b| a.key.cmp(&b.key));
+        // Only a refusal says when to retry, as on a route.
+        if policy.refuses(&decision) {
+            response_headers_to_add.push(HeaderValue {
+                key: "retry-after".to_owned(),
+                value: retry_after_secs(&decision).to_string(),
+            });
+        }
     }
     Ok(RateLimitResponse {
         overall_code: if over { Code::OverLimit } else { Code::Ok } as i32,

@@ -11,7 +11,7 @@ use crate::clock::rfc3339;
 use crate::config::writer::Edit;
 use crate::config::{
     Change, Config, ConfigAction, ConfigSpec, ConfigView, DEFAULT_ENDPOINT, Source, descriptor,
-    validate_endpoint, validate_name, views,
+    percent_encode_into, validate_endpoint, validate_name, views,
 };
 use crate::error::ApiError;
 use crate::error::ErrorBody;
@@ -91,13 +91,9 @@ fn percent_decode(s: &str) -> Result<String, ApiError> {
 pub fn location(endpoint: &str) -> String {
     let rest = endpoint.strip_prefix('/').unwrap_or(endpoint);
     let mut out = String::from(CONFIGS_PREFIX);
-    for b in rest.bytes() {
-        if b.is_ascii_alphanumeric() || b"/-._~*".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
+    percent_encode_into(&mut out, rest, |b| {
+        b.is_ascii_alphanumeric() || b"/-._~*".contains(&b)
+    });
     out
 }
 

@@ -95,7 +95,8 @@ pub async fn rate_limit(
         Some(_) => Via::Proxy,
         None => Via::Route,
     };
-    let decision = match decide(&state, &client, &policy, path, via, 1, Mode::Consume).await {
+    let shown = || Arc::from(path);
+    let decision = match decide(&state, &client, &policy, shown, via, 1, Mode::Consume).await {
         Ruling::Inactive => return Ok(next.call(req).await?.map_into_boxed_body()),
         Ruling::Failed => {
             return match state.on_error {
@@ -131,7 +132,7 @@ pub async fn decide(
     state: &AppState,
     client: &Arc<str>,
     policy: &Arc<Policy>,
-    path: &str,
+    path: impl FnOnce() -> Arc<str>,
     via: Via,
     cost: u64,
     mode: Mode,
@@ -150,11 +151,11 @@ pub async fn decide(
         // period late: an answer given after this could not reach it in time, so the
         // limiter refuses the check (consuming nothing) instead.
         answer_by: deadline.checked_sub(deadline::TICK).unwrap_or(started),
-        // Copied only while a feed would show it.
-        asked: state.interest.wants(client).then(|| Asked {
-            via,
-            path: Arc::from(path),
-        }),
+        // Made only while a feed would show it.
+        asked: state
+            .interest
+            .wants(client)
+            .then(|| Asked { via, path: path() }),
     };
     let answer = deadline::within(deadline, state.registries.decide(check)).await;
     let counted = mode == Mode::Consume;
@@ -255,7 +256,7 @@ pub async fn log_request(
 
 /// `Retry-After` of a refused request: whole seconds until a request would be allowed
 /// again, rounded up so never earlier than the truth, and at least 1.
-fn retry_after_secs(d: &Decision) -> u64 {
+pub fn retry_after_secs(d: &Decision) -> u64 {
     ceil_secs(d.retry_after).max(1)
 }
 
@@ -277,21 +278,10 @@ pub fn add_headers(headers: &mut HeaderMap, policy: &Policy, d: &Decision, now: 
     let reset_at = now
         .div_ceil(NANOS_PER_SEC)
         .saturating_add(ceil_secs(d.reset_after));
-    let name = sf_string(&policy.endpoint);
     headers.insert(X_LIMIT, HeaderValue::from(d.limit));
     headers.insert(X_REMAINING, HeaderValue::from(d.remaining));
     headers.insert(X_RESET, HeaderValue::from(reset_at));
-    let structured = [
-        (
-            RATELIMIT_POLICY,
-            format!("{name};q={};w={}", d.limit, policy.window_seconds),
-        ),
-        (
-            RATELIMIT,
-            format!("{name};r={};t={}", d.remaining, reset_secs(d)),
-        ),
-    ];
-    for (header, value) in structured {
+    for (header, value) in structured_fields(policy, d) {
         // `sf_string` only emits printable ASCII, so this cannot fail.
         if let Ok(v) = HeaderValue::try_from(value) {
             headers.insert(header, v);
@@ -301,6 +291,22 @@ pub fn add_headers(headers: &mut HeaderMap, policy: &Policy, d: &Decision, now: 
     if policy.refuses(d) {
         headers.insert(RETRY_AFTER, HeaderValue::from(retry_after_secs(d)));
     }
+}
+
+/// The structured rate-limit fields of one decision, `RateLimit` then
+/// `RateLimit-Policy`: part of [`add_headers`], and what Envoy's callers get.
+pub fn structured_fields(policy: &Policy, d: &Decision) -> [(HeaderName, String); 2] {
+    let name = sf_string(&policy.endpoint);
+    [
+        (
+            RATELIMIT,
+            format!("{name};r={};t={}", d.remaining, reset_secs(d)),
+        ),
+        (
+            RATELIMIT_POLICY,
+            format!("{name};q={};w={}", d.limit, policy.window_seconds),
+        ),
+    ]
 }
 
 /// A structured-field string (RFC 8941): quoted, `"` and `\` escaped, and anything
@@ -358,7 +364,7 @@ pub async fn decision_access(
 ) -> Result<ServiceResponse<BoxBody>, Error> {
     let state = state(&req);
     // The caller of `/v1` is the proxy (or program) itself, whoever it names.
-    let caller = req.peer_addr().map(|p| p.ip().to_canonical());
+    let caller = req.peer_addr().map(|p| p.ip());
     let verdict = authorize(&req, caller, [&state.decision_token, &state.admin_token]);
     guarded(req, next, verdict).await
 }

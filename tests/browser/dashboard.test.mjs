@@ -81,6 +81,16 @@ const launch = () => chromium.launch({
          "--disable-component-update", "--disable-sync", "--disable-quic"],
 });
 
+// Fills the config form's fields by name, in order: a select gets the option of that
+// value, any other field the text.
+async function fillConfig(page, fields) {
+  for (const [name, value] of Object.entries(fields)) {
+    const field = `#config-form [name=${name}]`;
+    if (await page.evaluate((sel) => document.querySelector(sel).tagName === "SELECT", field)) await page.selectOption(field, value);
+    else await page.fill(field, value);
+  }
+}
+
 // A 1400 px page on the dashboard with its feed live, confirmations accepted; the page's
 // uncaught errors are collected in `pageErrors`.
 async function openDashboard(browser, url) {
@@ -131,10 +141,7 @@ test("the dashboard shows live traffic and steers the limiter", { timeout: 180_0
     // ---- configs: a bad one shows the server's message inline, then a good one ----
     await page.click("#new-config");
     await page.locator("#config-form").waitFor({ state: "visible", timeout: WAIT });
-    await page.fill("#config-form [name=endpoint]", "/api/*");
-    await page.selectOption("#config-form [name=algorithm]", "fixed_window");
-    await page.fill("#config-form [name=requests_per_window]", "0");
-    await page.fill("#config-form [name=window_seconds]", "60");
+    await fillConfig(page, { endpoint: "/api/*", algorithm: "fixed_window", requests_per_window: "0", window_seconds: "60" });
     await page.click("#config-save");
     await until(page, () => /requests_per_window/.test(document.querySelector("#config-error").textContent));
     assert.ok(await page.isVisible("#config-form"), "the form stays open after a rejected create");
@@ -285,12 +292,8 @@ test("shadow mode, overrides, history with rollback, top clients and a reset, fr
     // ---- a shadow config with an override, made in the form ----
     // A token bucket: no window boundary for the counts below to straddle.
     await page.click("#new-config");
-    await page.fill("#config-form [name=endpoint]", "/shadow/*");
-    await page.selectOption("#config-form [name=algorithm]", "token_bucket");
-    await page.fill("#config-form [name=requests_per_window]", "2");
-    await page.fill("#config-form [name=window_seconds]", "3600");
-    await page.selectOption("#config-form [name=mode]", "shadow");
-    await page.fill("#config-form [name=overrides]", '[{"client": "vip-*", "requests_per_window": 5}]');
+    await fillConfig(page, { endpoint: "/shadow/*", algorithm: "token_bucket", requests_per_window: "2", window_seconds: "3600",
+                             mode: "shadow", overrides: '[{"client": "vip-*", "requests_per_window": 5}]' });
     await page.click("#config-save");
     const row = (ep) => `#config-rows tr:has(td.endpoint:text-is("${ep}"))`;
     await page.locator(row("/shadow/*")).waitFor({ timeout: WAIT });
@@ -355,11 +358,8 @@ test("shadow mode, overrides, history with rollback, top clients and a reset, fr
     // ---- an Envoy descriptor rule: made in the form with no endpoint, edited, deleted ----
     const rule = "rw: generic_key=api, remote_address";
     await page.click("#new-config");
-    await page.fill("#config-form [name=endpoint]", "");
-    await page.fill("#config-form [name=requests_per_window]", "3");
-    await page.fill("#config-form [name=window_seconds]", "60");
-    await page.fill("#config-form [name=domain]", "rw");
-    await page.fill("#config-form [name=descriptor]", '[{"key": "generic_key", "value": "api"}, {"key": "remote_address"}]');
+    await fillConfig(page, { endpoint: "", requests_per_window: "3", window_seconds: "60", domain: "rw",
+                             descriptor: '[{"key": "generic_key", "value": "api"}, {"key": "remote_address"}]' });
     await page.click("#config-save");
     await page.locator(row(rule)).waitFor({ timeout: WAIT });
     await page.click(`${row(rule)} button:text-is("Edit")`);
