@@ -587,9 +587,12 @@ test("every card fits at 1400, 961, 800 and 420 px, axe finds nothing, and the k
       await page.setViewportSize({ width, height: 900 });
       await until(page, (w) => window.innerWidth === w, width);
       // Waited for, not sampled: the chart follows its box through a ResizeObserver.
-      await until(page, `(${overflowing})().length === 0`).catch(async (e) => {
+      // Polled with a function: a string would be evaluated by the page, which its
+      // Content-Security-Policy refuses (no 'unsafe-eval').
+      await page.evaluate(`window.overflowing = ${overflowing}`);
+      await until(page, () => window.overflowing().length === 0).catch(async (e) => {
         const found = await page.evaluate(`(${overflowing})()`);
-        throw new Error(`at ${width} px:\n${found.join("\n")}`, { cause: e });
+        throw new Error(`at ${width} px (${e.message.split("\n")[0]}):\n${found.join("\n")}`, { cause: e });
       });
       await until(page, () => plot && plot.axes[0]._splits && plot.axes[0]._splits.length > 1).catch(async (e) => {
         const seen = await page.evaluate(() => JSON.stringify([plot?.width, plot?.axes[0]._splits, plot?.axes[0]._values, plot?.data[0]]));
