@@ -15,6 +15,7 @@ use crate::envoy::grpc::GrpcServer;
 use crate::http::client_id::Identity;
 use crate::http::connection::OpenConnections;
 use crate::http::decision::ForwardAuth;
+use crate::http::ops::Draining;
 use crate::http::proxy::Upstream;
 use crate::http::realtime::FeedLimits;
 use crate::http::{AppState, dashboard, routes};
@@ -54,6 +55,10 @@ pub struct Running {
     connections: Arc<OpenConnections>,
     /// Envoy's rate-limit service, with `--grpc-bind`.
     grpc: Option<GrpcServer>,
+    /// Turns `/readyz` to 503 when a stop begins.
+    draining: Arc<Draining>,
+    /// How long requests are still served after that (`--shutdown-delay-ms`).
+    shutdown_delay: Duration,
 }
 
 impl Running {
@@ -66,10 +71,11 @@ impl Running {
         self.grpc.as_ref().map(|g| g.addr)
     }
 
-    /// Serves until `shutdown` resolves (or a handle's `stop`), ends every live feed,
-    /// lets in-flight requests finish, then writes every limiter's state. The actors are
-    /// still running at that point: the server owns no signal handling that could stop
-    /// the system first.
+    /// Serves until `shutdown` resolves (or a handle's `stop`); then reports not ready
+    /// and keeps serving for the shutdown delay (load balancers drain it meanwhile), ends
+    /// every live feed, lets in-flight requests finish, then writes every limiter's
+    /// state. The actors are still running at that point: the server owns no signal
+    /// handling that could stop the system first.
     pub async fn serve_until(self, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
         let handle = self.server.handle();
         let mut server = self.server;
@@ -77,21 +83,30 @@ impl Running {
         let served = match select(&mut server, pin!(shutdown)).await {
             Either::Left((served, _)) => served,
             Either::Right(((), _)) => {
-                // Feeds never finish by themselves: end them first (WebSocket Close 1001,
-                // SSE end of stream), or the graceful stop would wait out its timeout.
-                match self.broadcaster.send(EndFeeds).await {
-                    Ok(n) => log::info!("{n} live feeds ended"),
-                    Err(e) => log::warn!("ending the live feeds: {e}"),
-                }
-                // The graceful stop refuses new connections, closes idle ones and lets
-                // requests in flight finish; its workers look for the last connection
-                // only once a second, so this side watches for it and, once it has
-                // closed, drops the server (stopping the idle workers) at once. The
-                // server future handles the stop command: poll it meanwhile.
-                let stopped = join(handle.stop(true), &mut server);
-                match select(pin!(stopped), pin!(self.connections.all_closed())).await {
-                    Either::Left(((_, served), _)) => served,
-                    Either::Right(((), _)) => Ok(()),
+                self.draining.begin();
+                match drain(&mut server, self.shutdown_delay).await {
+                    // Stopped through a handle while draining: nothing is left to stop.
+                    Some(served) => served,
+                    None => {
+                        // Feeds never finish by themselves: end them first (WebSocket
+                        // Close 1001, SSE end of stream), or the graceful stop would wait
+                        // out its timeout.
+                        match self.broadcaster.send(EndFeeds).await {
+                            Ok(n) => log::info!("{n} live feeds ended"),
+                            Err(e) => log::warn!("ending the live feeds: {e}"),
+                        }
+                        // The graceful stop refuses new connections, closes idle ones and
+                        // lets requests in flight finish; its workers look for the last
+                        // connection only once a second, so this side watches for it and,
+                        // once it has closed, drops the server (stopping the idle
+                        // workers) at once. The server future handles the stop command:
+                        // poll it meanwhile.
+                        let stopped = join(handle.stop(true), &mut server);
+                        match select(pin!(stopped), pin!(self.connections.all_closed())).await {
+                            Either::Left(((_, served), _)) => served,
+                            Either::Right(((), _)) => Ok(()),
+                        }
+                    }
                 }
             }
         };
@@ -103,6 +118,24 @@ impl Running {
         }
         flush_on_stop(&self.registries).await;
         served
+    }
+}
+
+/// Keeps serving for `delay` once a stop has begun (not ready meanwhile), so that load
+/// balancers stop sending traffic before connections are refused; `Some` when the server
+/// stopped meanwhile.
+async fn drain(server: &mut Server, delay: Duration) -> Option<std::io::Result<()>> {
+    if delay.is_zero() {
+        return None;
+    }
+    log::info!(
+        "not ready; still serving for {} ms (--shutdown-delay-ms) before stopping",
+        delay.as_millis()
+    );
+    // The server serves only while its future is polled.
+    match select(server, pin!(actix_web::rt::time::sleep(delay))).await {
+        Either::Left((served, _)) => Some(served),
+        Either::Right(_) => None,
     }
 }
 
@@ -150,6 +183,7 @@ pub fn start_with_clock(
     let grpc_state = state.clone();
     let registries = state.registries.clone();
     let broadcaster = state.broadcaster.clone();
+    let draining = state.draining.clone();
     let connections = Arc::new(OpenConnections::default());
     let counted = connections.clone();
     let upstream = settings.upstream.as_ref().map(|origin| Upstream {
@@ -201,6 +235,8 @@ pub fn start_with_clock(
         broadcaster,
         connections,
         grpc,
+        draining,
+        shutdown_delay: Duration::from_millis(settings.shutdown_delay_ms),
     })
 }
 
@@ -381,6 +417,7 @@ pub fn build_state_on(
             metrics.clone(),
             settings.config_file.clone(),
         )),
+        draining: Arc::new(Draining::default()),
         cluster,
     }))
 }

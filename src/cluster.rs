@@ -145,6 +145,11 @@ impl Cluster {
         cluster
     }
 
+    /// Whether the shared configs have been loaded from Redis at least once.
+    pub fn synced(&self) -> bool {
+        self.applied.load(Ordering::Relaxed) != NEVER
+    }
+
     /// Whether this instance reaches Redis for its coordination.
     pub fn is_up(&self) -> bool {
         self.redis.is_up()

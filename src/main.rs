@@ -2,7 +2,8 @@
 
 use clap::Parser;
 use ratewarden::app;
-use ratewarden::settings::Settings;
+use ratewarden::config::file;
+use ratewarden::settings::{Command, Settings};
 use std::net::TcpListener;
 use std::process::ExitCode;
 
@@ -21,6 +22,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(Command::CheckConfig { file }) = &settings.command {
+        return check_config(file);
+    }
     env_logger::Builder::from_env(
         env_logger::Env::default().default_filter_or(&settings.log_level),
     )
@@ -40,6 +44,28 @@ fn main() -> ExitCode {
         Err(e) => {
             log::error!("{e}");
             eprintln!("ratewarden: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `ratewarden check-config FILE`: the file validated as a reload would validate it,
+/// every error on a line of its own (to stderr), nothing started and no database opened.
+fn check_config(path: &std::path::Path) -> ExitCode {
+    match file::load_all(path) {
+        Ok(configs) => {
+            println!("{}: {} configs OK", path.display(), configs.len());
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("{e}");
+            }
+            eprintln!(
+                "{}: {} errors; the file would be refused",
+                path.display(),
+                errors.len()
+            );
             ExitCode::FAILURE
         }
     }

@@ -15,6 +15,10 @@ use std::num::NonZeroUsize;
              limits per endpoint, managed live through an admin API."
 )]
 pub struct Settings {
+    /// A command other than serving (none: serve).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Address to listen on.
     #[arg(long, env = "RATEWARDEN_BIND", default_value = "127.0.0.1:8000")]
     pub bind: SocketAddr,
@@ -53,7 +57,7 @@ pub struct Settings {
     pub forward_auth_deny_status: u16,
 
     /// Reverse-proxy mode: forward every request outside ratewarden's own paths (`/admin`,
-    /// `/v1`, `/ws`, `/events`, `/dashboard`, `/static`, `/metrics`, `/health`) to this
+    /// `/v1`, `/ws`, `/events`, `/dashboard`, `/static`, `/metrics`, `/health`, `/livez`, `/readyz`) to this
     /// `http://host:port` once it is allowed; the demo routes are not served.
     #[arg(long, env = "RATEWARDEN_UPSTREAM", value_parser = parse_upstream)]
     pub upstream: Option<String>,
@@ -171,9 +175,27 @@ pub struct Settings {
     #[arg(long, env = "RATEWARDEN_INSTANCE_ID", value_parser = parse_instance_id)]
     pub instance_id: Option<String>,
 
+    /// On SIGTERM or SIGINT, how long to keep serving while `/readyz` answers 503, so
+    /// that load balancers stop sending traffic before the graceful stop begins (for
+    /// Kubernetes, a few seconds; see docs/deploy.md).
+    #[arg(long, env = "RATEWARDEN_SHUTDOWN_DELAY_MS", default_value_t = 0,
+          value_parser = clap::value_parser!(u64).range(0..=600_000))]
+    pub shutdown_delay_ms: u64,
+
     /// Log level (error, warn, info, debug, trace); RUST_LOG, if set, takes precedence.
     #[arg(long, env = "LOG_LEVEL", default_value = "info")]
     pub log_level: String,
+}
+
+/// What the binary does instead of serving.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Subcommand)]
+pub enum Command {
+    /// Validates a config file exactly as a reload would, prints each error with its line
+    /// and field, and exits 0 (valid) or 1; starts nothing and opens no database.
+    CheckConfig {
+        /// The TOML config file (the format of `--config-file`).
+        file: std::path::PathBuf,
+    },
 }
 
 /// Which headers describe the original request to `/v1/forward-auth`.
@@ -313,6 +335,8 @@ mod tests {
         assert_eq!(s.client_timeout_ms, 5000);
         assert!(s.redis_url.is_empty());
         assert_eq!(s.redis_timeout_ms, 50);
+        assert_eq!(s.shutdown_delay_ms, 0);
+        assert_eq!(s.command, None);
         let s = parse(&[
             "--redis-url",
             "redis://127.0.0.1:7000,redis://127.0.0.1:7001",
@@ -354,6 +378,9 @@ mod tests {
             &["--upstream", "http://example.com/?a=1"],
             &["--upstream-timeout-ms", "0"],
             &["--max-proxy-body", "0"],
+            &["--shutdown-delay-ms", "-1"],
+            &["--shutdown-delay-ms", "600001"],
+            &["check-config"],
             &[
                 "--config-file",
                 "r.toml",
@@ -378,6 +405,23 @@ mod tests {
         let s = parse(&[]).unwrap();
         assert_eq!((s.upstream, s.upstream_timeout_ms), (None, 60_000));
         assert_eq!(s.max_proxy_body, None);
+    }
+
+    #[test]
+    fn check_config_is_a_command_with_a_file() {
+        let s = parse(&["check-config", "ratewarden.toml"]).unwrap();
+        assert_eq!(
+            s.command,
+            Some(Command::CheckConfig {
+                file: "ratewarden.toml".into()
+            })
+        );
+        assert_eq!(
+            parse(&["--shutdown-delay-ms", "5000"])
+                .unwrap()
+                .shutdown_delay_ms,
+            5000
+        );
     }
 
     #[test]

@@ -345,6 +345,8 @@ fn hostile_requests() -> Vec<Hostile> {
         hostile("PUT", "/api/submit", 405).body("{}"),
         hostile("DELETE", "/", 405),
         hostile("POST", "/health", 405),
+        hostile("PUT", "/livez", 405).body("{}"),
+        hostile("DELETE", "/readyz", 405),
         hostile("POST", "/metrics", 405),
         hostile("POST", "/dashboard", 405),
         hostile("GET", "/static/..%2F..%2FCargo.toml", 404),

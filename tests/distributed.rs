@@ -264,6 +264,19 @@ async fn redis_down_follows_the_on_error_policy_without_waiting_then_recovers() 
         let health = node.get("/health").await;
         assert_eq!(health.body["status"], "degraded", "{:?}", health.body);
         assert_eq!(health.body["redis"], "unreachable");
+        // Send it no traffic, but do not restart it: Redis is what is down.
+        let ready = node.get("/readyz").await;
+        assert_eq!(ready.status, 503, "{:?}", ready.body);
+        assert_eq!(ready.body["status"], "not_ready");
+        assert!(
+            ready.body["reasons"][0]
+                .as_str()
+                .unwrap()
+                .starts_with("redis: unreachable"),
+            "{:?}",
+            ready.body
+        );
+        assert_eq!(node.get("/livez").await.status, 200);
         assert!(
             node.metric("ratewarden_redis_errors_total{kind=\"breaker_open\"}")
                 .await
@@ -273,6 +286,10 @@ async fn redis_down_follows_the_on_error_policy_without_waiting_then_recovers() 
 
     redis.restart();
     until_connected(&nodes).await;
+    for node in &nodes {
+        let ready = node.get("/readyz").await;
+        assert_eq!(ready.status, 200, "ready again: {:?}", ready.body);
+    }
     // Redis came back empty: a fresh shared budget, exact again across both instances.
     let (ok, limited) = burst(&nodes, "after", "/api/data", 60).await;
     assert_eq!((ok, limited), (20, 40));

@@ -80,6 +80,16 @@ async fn assert_degraded(server: &Binary, reason: &str) {
     assert_eq!(health.body["status"], "degraded");
     let why = health.body["reason"].as_str().unwrap();
     assert!(why.contains(reason), "{why}");
+    // Not ready (its state cannot be kept), yet alive: no restart would mend the disk.
+    let ready = server.get("/readyz").await;
+    assert_eq!(ready.status, 503, "{:?}", ready.body);
+    assert_eq!(ready.body["status"], "not_ready");
+    let reasons = ready.body["reasons"].to_string();
+    assert!(
+        reasons.contains("database: ") && reasons.contains(reason),
+        "{reasons}"
+    );
+    assert_eq!(server.get("/livez").await.status, 200);
 
     let r = server.post("/admin/configs", &config("/api/extra")).await;
     assert_eq!(r.status, 503, "{:?}", r.body);
@@ -100,6 +110,11 @@ async fn assert_recovered(server: &mut Binary, db: &Path, newest: &str) {
     wait_persisted(server, db, newest);
     let health = server.get("/health").await;
     assert_eq!(health.body["status"], "healthy", "{:?}", health.body);
+    let ready = server.get("/readyz").await;
+    assert_eq!(
+        (ready.status.as_u16(), &ready.body["status"]),
+        (200, &"ready".into())
+    );
     let configs = server.get("/admin/configs").await.body;
     assert!(!configs.to_string().contains("/api/extra"), "{configs}");
     let r = server.post("/admin/configs", &config("/api/later")).await;

@@ -36,6 +36,27 @@ async fn demo_endpoints_answer_with_their_json() {
 }
 
 #[actix_rt::test]
+async fn the_probes_answer_anyone_and_are_never_limited() {
+    let s = TestServer::with(|s| s.admin_token = Some("s3cret".to_owned())).await;
+    // The admin token guards /metrics, but a probe needs none.
+    assert_eq!(s.get("/metrics").await.status, 401);
+    for (path, status) in [("/livez", "alive"), ("/readyz", "ready")] {
+        for _ in 0..3 {
+            let r = s.get_as("prober", path).await;
+            assert_eq!(r.status, 200, "{path}: {:?}", r.body);
+            assert_eq!(r.body["status"], status);
+            assert_eq!(r.body["timestamp"], "2027-01-15T08:00:00Z");
+            assert!(r.body.get("reasons").is_none(), "{:?}", r.body);
+            assert!(r.header("x-ratelimit-limit").is_none(), "{path} is limited");
+        }
+        assert_eq!(s.post(path, "").await.status, 405);
+    }
+    // Probing used none of the prober's budget.
+    let r = s.get_as("prober", "/api/data").await;
+    assert_eq!(r.header_u64("x-ratelimit-remaining"), 99);
+}
+
+#[actix_rt::test]
 async fn allowed_responses_carry_every_rate_limit_header() {
     let s = TestServer::start().await;
     let r = s.get_as("alice", "/api/data").await;

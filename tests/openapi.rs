@@ -22,6 +22,8 @@ async fn every_documented_operation_is_served_and_the_document_is_never_limited(
         "/v1/check",
         "/api/data",
         "/health",
+        "/livez",
+        "/readyz",
         "/ws/{topic}",
     ] {
         assert!(paths.contains_key(family), "{family} is documented");

@@ -1,12 +1,15 @@
 //! End-to-end checks of the real binary: restarts keep configs and consumption (graceful
-//! stop flushes everything; `kill -9` loses at most one flush interval), and the command
-//! line reports bad values in one line.
+//! stop flushes everything; `kill -9` loses at most one flush interval), a stop first
+//! turns not ready and keeps serving for the shutdown delay, and the command line
+//! reports bad values in one line, its version, and checks a config file.
 
 mod common;
 
 use common::binary::{BIN, Binary};
+use serde_json::json;
 use std::path::Path;
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 async fn get(url: &str, client: &str) -> u16 {
     awc::Client::new()
@@ -73,6 +76,54 @@ async fn sigterm_then_restart_keeps_configs_and_consumption() {
 }
 
 #[actix_rt::test]
+async fn sigterm_turns_not_ready_at_once_and_serves_for_the_shutdown_delay() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("d.db");
+    let delay = Duration::from_millis(2000);
+    let mut server = Binary::start(&db, &["--shutdown-delay-ms", "2000"]);
+    let ready = server.get("/readyz").await;
+    assert_eq!(
+        (ready.status.as_u16(), &ready.body["status"]),
+        (200, &json!("ready"))
+    );
+    assert_eq!(server.get_as("drained", "/api/data").await.status, 200);
+
+    let signalled = Instant::now();
+    server.signal("-TERM");
+    // The signal is handled asynchronously: poll (with a deadline) until it has been.
+    let ready = loop {
+        let r = server.get("/readyz").await;
+        if r.status != 200 {
+            break r;
+        }
+        assert!(signalled.elapsed() < delay, "/readyz never turned 503");
+        actix_rt::task::yield_now().await;
+    };
+    assert_eq!(ready.status, 503, "{:?}", ready.body);
+    assert_eq!(ready.body["status"], "not_ready");
+    assert_eq!(ready.body["reasons"], json!(["shutting down"]));
+    // Still serving, limiting and alive while load balancers drain it.
+    let r = server.get_as("drained", "/api/data").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header_u64("x-ratelimit-remaining"), 98);
+    assert_eq!(server.get("/livez").await.status, 200);
+    server.wait_for("still serving for 2000 ms");
+    assert!(
+        signalled.elapsed() < delay,
+        "the checks above ran after the delay"
+    );
+
+    assert!(server.wait_exit().success());
+    assert!(
+        signalled.elapsed() >= delay,
+        "stopped {:?} after SIGTERM, before the delay",
+        signalled.elapsed()
+    );
+    // The requests served while draining were flushed like any other.
+    assert_eq!(persisted_total(&db, "drained"), 2);
+}
+
+#[actix_rt::test]
 async fn kill_9_after_a_flush_interval_keeps_consumption() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("k.db");
@@ -126,7 +177,94 @@ fn help_lists_every_flag() {
         "--trusted-proxies",
         "--client-id-header",
         "--log-level",
+        "--shutdown-delay-ms",
+        "check-config",
     ] {
         assert!(help.contains(flag), "{flag} missing from --help");
     }
+}
+
+#[test]
+fn version_prints_the_package_version() {
+    let out = Command::new(BIN).arg("--version").output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        format!("ratewarden {}\n", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+/// `ratewarden check-config FILE` in an empty directory, with no database given.
+fn check_config(text: &str) -> (Option<i32>, String, String, Vec<String>) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("limits.toml"), text).unwrap();
+    let out = Command::new(BIN)
+        .args(["check-config", "limits.toml"])
+        .current_dir(dir.path())
+        .env_remove("DATABASE_URL")
+        .output()
+        .unwrap();
+    let files = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    (
+        out.status.code(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+        files,
+    )
+}
+
+#[test]
+fn check_config_accepts_a_valid_file_and_touches_nothing() {
+    let (code, out, err, files) = check_config(
+        "[[config]]\nendpoint = \"*\"\nrequests_per_window = 50\nwindow_seconds = 60\n\n\
+         [[config]]\nendpoint = \"/api/*\"\nrequests_per_window = 10\nwindow_seconds = 1\n\
+         algorithm = \"token_bucket\"\nburst_limit = 20\n",
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out, "limits.toml: 2 configs OK\n");
+    assert_eq!(err, "");
+    // No database was created (the default would be ./ratewarden.db), nothing served.
+    assert_eq!(files, ["limits.toml"]);
+}
+
+#[test]
+fn check_config_prints_every_error_with_its_line_and_field() {
+    let (code, out, err, files) = check_config(
+        "[[config]]\nendpoint = \"/a\"\nrequests_per_window = 0\nwindow_seconds = 60\n\n\
+         [[config]]\nendpoint = \"/b\"\nrequests_per_window = 5\nwindow_seconds = 60\n\n\
+         [[config]]\nendpoint = \"/c\"\nrequests_per_window = 5\nwindow_seconds = 60\n\
+         algorithm = \"leaky\"\n",
+    );
+    assert_eq!(code, Some(1));
+    assert_eq!(out, "");
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 3, "{err}");
+    assert!(
+        lines[0].starts_with("limits.toml, line 1, field requests_per_window: "),
+        "{err}"
+    );
+    assert!(
+        lines[1].starts_with("limits.toml, line 11, field algorithm: ")
+            && lines[1].contains("sliding_window"),
+        "{err}"
+    );
+    assert_eq!(lines[2], "limits.toml: 2 errors; the file would be refused");
+    assert_eq!(files, ["limits.toml"]);
+
+    let (code, _, err, _) = check_config("[[config]]\nendpoint = \n");
+    assert_eq!(code, Some(1));
+    assert!(err.starts_with("limits.toml, line 2: "), "{err}");
+    let out = Command::new(BIN)
+        .args(["check-config", "/nonexistent/limits.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.starts_with("/nonexistent/limits.toml: cannot be read"),
+        "{err}"
+    );
 }

@@ -60,24 +60,39 @@ impl fmt::Display for FileError {
     }
 }
 
-/// Reads and validates the whole file.
+/// Reads and validates the whole file; the first error refuses it.
 pub fn load(path: &Path) -> Result<Vec<ConfigSpec>, FileError> {
+    load_all(path).map_err(first)
+}
+
+/// Reads and validates the whole file as [`load`] does, reporting every error it finds
+/// (each entry's first), in the order of the file: what `ratewarden check-config` prints.
+pub fn load_all(path: &Path) -> Result<Vec<ConfigSpec>, Vec<FileError>> {
     let shown = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| FileError {
-        path: shown.clone(),
-        line: None,
-        field: None,
-        message: format!("cannot be read ({e})"),
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        vec![FileError {
+            path: shown.clone(),
+            line: None,
+            field: None,
+            message: format!("cannot be read ({e})"),
+        }]
     })?;
-    parse(&text).map_err(|mut e| {
-        e.path = shown;
-        e
+    parse_all(&text).map_err(|mut errors| {
+        for e in &mut errors {
+            e.path.clone_from(&shown);
+        }
+        errors
     })
 }
 
 /// The configs a file's text declares, each validated as `POST /admin/configs` would,
 /// with no endpoint twice.
 pub fn parse(text: &str) -> Result<Vec<ConfigSpec>, FileError> {
+    parse_all(text).map_err(first)
+}
+
+/// [`parse`], reporting every entry's error rather than the first of the file's.
+pub fn parse_all(text: &str) -> Result<Vec<ConfigSpec>, Vec<FileError>> {
     let error = |line, field, message| FileError {
         path: String::new(),
         line,
@@ -86,46 +101,67 @@ pub fn parse(text: &str) -> Result<Vec<ConfigSpec>, FileError> {
     };
     let file: File = toml::from_str(text).map_err(|e| {
         let line = e.span().map(|s| line_of(text, s.start));
-        error(line, None, e.message().trim().to_owned())
+        vec![error(line, None, e.message().trim().to_owned())]
     })?;
     // An empty file is more likely a save caught half-way than a wish to delete every
     // config: refused. (Declaring only "*" deletes the others.)
     if file.config.is_empty() {
-        return Err(error(
+        return Err(vec![error(
             None,
             None,
             "declares no [[config]]; declare at least \"*\" to remove every other config"
                 .to_owned(),
-        ));
+        )]);
     }
     let mut seen = HashSet::new();
     let mut specs = Vec::with_capacity(file.config.len());
+    let mut errors = Vec::new();
     for entry in file.config {
         let line = Some(line_of(text, entry.span().start));
         // JSON has no infinity or NaN: they would become null, a default, unnoticed.
         if let Some(field) = non_finite(entry.get_ref()) {
-            return Err(error(
+            errors.push(error(
                 line,
                 Some(field),
                 "must be a finite number".to_owned(),
             ));
+            continue;
         }
         let object = match serde_json::to_value(entry.get_ref()) {
             Ok(Value::Object(map)) => map,
-            _ => return Err(error(line, None, "is not a table of fields".to_owned())),
+            _ => {
+                errors.push(error(line, None, "is not a table of fields".to_owned()));
+                continue;
+            }
         };
-        let spec =
-            ConfigSpec::from_create(object).map_err(|e| error(line, Some(e.field), e.message))?;
+        let spec = match ConfigSpec::from_create(object) {
+            Ok(spec) => spec,
+            Err(e) => {
+                errors.push(error(line, Some(e.field), e.message));
+                continue;
+            }
+        };
         if !seen.insert(spec.endpoint.clone()) {
-            return Err(error(
+            errors.push(error(
                 line,
                 Some("endpoint".to_owned()),
                 format!("{:?} is declared twice", spec.endpoint),
             ));
+            continue;
         }
         specs.push(spec);
     }
-    Ok(specs)
+    if errors.is_empty() {
+        Ok(specs)
+    } else {
+        Err(errors)
+    }
+}
+
+/// The error a reload reports: the first in the file. `parse_all` never returns an
+/// empty list of errors, so there is always one.
+fn first(mut errors: Vec<FileError>) -> FileError {
+    errors.swap_remove(0)
 }
 
 /// The first field (`overrides[0].refill_rate` for a nested one) holding an infinite or
@@ -297,6 +333,29 @@ window_seconds = 86400
             let e = parse(text).unwrap_err();
             assert_eq!((e.line, e.field.as_deref()), (line, field), "{text}: {e}");
         }
+    }
+
+    #[test]
+    fn reports_every_entry_that_is_wrong_in_the_order_of_the_file() {
+        let text = "[[config]]\nendpoint = \"/a\"\nrequests_per_window = 0\nwindow_seconds = 1\n\n\
+                    [[config]]\nendpoint = \"/ok\"\nrequests_per_window = 1\nwindow_seconds = 1\n\n\
+                    [[config]]\nendpoint = \"/c\"\nrequests_per_window = 1\nwindow_seconds = 1\nalgorithm = \"leaky\"\n\n\
+                    [[config]]\nendpoint = \"/ok\"\nrequests_per_window = 2\nwindow_seconds = 1\n";
+        let errors = parse_all(text).unwrap_err();
+        let found: Vec<_> = errors
+            .iter()
+            .map(|e| (e.line, e.field.as_deref()))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                (Some(1), Some("requests_per_window")),
+                (Some(11), Some("algorithm")),
+                (Some(17), Some("endpoint")),
+            ]
+        );
+        // A reload refuses the file with the first of them.
+        assert_eq!(parse(text).unwrap_err(), errors[0]);
     }
 
     #[test]

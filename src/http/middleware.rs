@@ -24,8 +24,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Never limited: the admin API, the decision API, the feeds, the dashboard and its assets, metrics, and
-/// the health check (a load balancer's probe must never be throttled).
-const EXEMPT: [&str; 9] = [
+/// the health check and the probes (a load balancer's probe must never be throttled).
+const EXEMPT: [&str; 11] = [
     "/admin",
     "/openapi.json",
     "/v1",
@@ -35,6 +35,8 @@ const EXEMPT: [&str; 9] = [
     "/static",
     "/metrics",
     "/health",
+    "/livez",
+    "/readyz",
 ];
 
 pub fn is_exempt(path: &str) -> bool {
@@ -522,12 +524,22 @@ mod tests {
             "/admin",
             "/admin/configs",
             "/health",
+            "/livez",
+            "/readyz",
             "/ws/global",
             "/static/app.js",
         ] {
             assert!(is_exempt(p), "{p}");
         }
-        for p in ["/", "/administrator", "/healthz", "/api/admin", "//admin"] {
+        for p in [
+            "/",
+            "/administrator",
+            "/healthz",
+            "/livezz",
+            "/readyz.html",
+            "/api/admin",
+            "//admin",
+        ] {
             assert!(!is_exempt(p), "{p}");
         }
     }

@@ -59,6 +59,8 @@ pub struct AppState {
     pub feeds: realtime::FeedLimits,
     /// The one way configs change.
     pub configs: Arc<crate::config::writer::ConfigWriter>,
+    /// Set when a stop begins: `/readyz` turns 503 while requests are still served.
+    pub draining: Arc<ops::Draining>,
     /// Distributed mode: configs and feeds shared with the other instances.
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
@@ -121,6 +123,8 @@ pub fn routes(upstream: Option<proxy::Upstream>) -> impl Fn(&mut web::ServiceCon
             .service(resource("/openapi.json").get(openapi::openapi_json))
             .service(resource("/static/{file:.*}").get(dashboard::asset))
             .service(resource("/health").get(ops::health))
+            .service(resource("/livez").get(ops::livez))
+            .service(resource("/readyz").get(ops::readyz))
             .service(
                 web::scope("/metrics")
                     .wrap(actix_web::middleware::from_fn(middleware::admin_access))

@@ -22,13 +22,15 @@ use utoipa::{IntoParams, Modify, OpenApi, PartialSchema, ToSchema};
 #[openapi(
     info(
         title = "ratewarden",
-        description = "A rate-limiting server: protected demo routes, the admin API, the decision API, live feeds and the dashboard. Limited routes answer 429 with the rate-limit headers; /admin, /v1, /ws, /events, /dashboard, /static, /metrics, /health and /openapi.json are never limited. The admin API, /metrics and the feeds take the admin token (Authorization: Bearer) when one is set, else loopback callers only; /v1 also takes the decision token."
+        description = "A rate-limiting server: protected demo routes, the admin API, the decision API, live feeds and the dashboard. Limited routes answer 429 with the rate-limit headers; /admin, /v1, /ws, /events, /dashboard, /static, /metrics, /health, /livez, /readyz and /openapi.json are never limited. The admin API, /metrics and the feeds take the admin token (Authorization: Bearer) when one is set, else loopback callers only; /v1 also takes the decision token."
     ),
     paths(
         demo::index,
         demo::data,
         demo::submit,
         ops::health,
+        ops::livez,
+        ops::readyz,
         ops::metrics,
         admin::list_configs,
         admin::create_config,
