@@ -295,3 +295,33 @@ async fn redis_down_follows_the_on_error_policy_without_waiting_then_recovers() 
     assert_eq!((ok, limited), (20, 40));
     assert!(nodes[0].metric("ratewarden_redis_reconnects_total").await >= 1.0);
 }
+
+#[actix_rt::test]
+async fn an_instance_is_ready_only_once_redis_answers_and_the_shared_configs_are_loaded() {
+    let mut redis = RedisServer::start();
+    redis.kill();
+    let (_dir, nodes) = instances(1, &redis.url(), false, &[]);
+    let node = &nodes[0];
+    // Serving (alive), but not to be sent traffic: nothing shared has been loaded.
+    assert_eq!(node.get("/livez").await.status, 200);
+    let ready = node.get("/readyz").await;
+    assert_eq!(ready.status, 503, "{:?}", ready.body);
+    let reasons = ready.body["reasons"].to_string();
+    assert!(
+        reasons.contains("redis: unreachable")
+            && reasons.contains("the shared configs have not been loaded from Redis yet"),
+        "{reasons}"
+    );
+
+    redis.restart();
+    let started = Instant::now();
+    loop {
+        let ready = node.get("/readyz").await;
+        if ready.status == 200 {
+            assert_eq!(ready.body["status"], "ready");
+            break;
+        }
+        assert!(started.elapsed() < WAIT, "never ready: {:?}", ready.body);
+        actix_rt::task::yield_now().await;
+    }
+}
