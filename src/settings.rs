@@ -57,8 +57,9 @@ pub struct Settings {
     pub forward_auth_deny_status: u16,
 
     /// Reverse-proxy mode: forward every request outside ratewarden's own paths (`/admin`,
-    /// `/v1`, `/ws`, `/events`, `/dashboard`, `/static`, `/metrics`, `/health`, `/livez`, `/readyz`) to this
-    /// `http://host:port` once it is allowed; the demo routes are not served.
+    /// `/v1`, `/openapi.json`, `/ws`, `/events`, `/dashboard`, `/static`, `/metrics`,
+    /// `/health`, `/livez`, `/readyz`) to this `http://host:port` once it is allowed; the
+    /// demo routes are not served.
     #[arg(long, env = "RATEWARDEN_UPSTREAM", value_parser = parse_upstream)]
     pub upstream: Option<String>,
 
