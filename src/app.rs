@@ -11,6 +11,7 @@ use crate::cluster::{self, Cluster, ClusterParts};
 use crate::config::file;
 use crate::config::writer::{Committer, ConfigWriter};
 use crate::config::{Config, Source};
+use crate::decide::Decider;
 use crate::envoy::grpc::GrpcServer;
 use crate::http::client_id::Identity;
 use crate::http::connection::OpenConnections;
@@ -180,7 +181,8 @@ pub fn start_with_clock(
     if settings.config_file.is_some() {
         reload_on_sighup(state.configs.clone());
     }
-    let grpc_state = state.clone();
+    let grpc_decider = state.decider.clone();
+    let grpc_tokens = [state.decision_token.clone(), state.admin_token.clone()];
     let registries = state.registries.clone();
     let broadcaster = state.broadcaster.clone();
     let draining = state.draining.clone();
@@ -220,7 +222,7 @@ pub fn start_with_clock(
         Some(at) => {
             let listener = TcpListener::bind(at)
                 .map_err(|e| format!("binding the gRPC server to {at}: {e}"))?;
-            Some(GrpcServer::start(grpc_state, listener)?)
+            Some(GrpcServer::start(grpc_decider, grpc_tokens, listener)?)
         }
         None => None,
     };
@@ -381,6 +383,15 @@ pub fn build_state_on(
             "no admin token is set (--admin-token / ADMIN_TOKEN): the admin API and feeds answer loopback clients only"
         );
     }
+    let decider = Arc::new(Decider::new(
+        policies.clone(),
+        registries.clone(),
+        interest.clone(),
+        metrics.clone(),
+        clock.clone(),
+        settings.on_error,
+        decision_timeout(settings),
+    ));
     Ok(web::Data::new(AppState {
         policies,
         registries,
@@ -409,8 +420,7 @@ pub fn build_state_on(
         ),
         metrics: metrics.clone(),
         db_status,
-        on_error: settings.on_error,
-        decision_timeout: decision_timeout(settings),
+        decider,
         configs: Arc::new(ConfigWriter::new(
             committer,
             cluster.clone(),

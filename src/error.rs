@@ -118,6 +118,15 @@ impl ApiError {
     }
 }
 
+impl From<crate::access::Refused> for ApiError {
+    fn from(r: crate::access::Refused) -> Self {
+        match r {
+            crate::access::Refused::Unauthorized => ApiError::Unauthorized,
+            crate::access::Refused::Forbidden => ApiError::Forbidden,
+        }
+    }
+}
+
 impl fmt::Display for ApiError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -1,8 +1,10 @@
 //! ratewarden: a rate-limiting HTTP server.
 //!
-//! A request passes the rate-limit middleware ([`http::middleware`]), which resolves the
-//! config for its path ([`policy`]), names the client ([`http::client_id`]) and sends
-//! one `Check` to the client's registry shard ([`actors::registry`]). The shard forwards
+//! A request passes the rate-limit middleware (`http::middleware`), which resolves the
+//! config for its path ([`policy`]), names the client ([`http::client_id`]) and asks the
+//! decision core ([`decide`]), which sends one `Check` to the client's registry shard
+//! ([`actors::registry`]) within the decision timeout. Every other surface (`/v1/check`,
+//! forward-auth, Envoy's service in [`envoy`]) is an adapter over the same core. The shard forwards
 //! it to the client's own limiter actor ([`actors::client_limiter`]), which runs the
 //! algorithm ([`limiter`], pure code over `now`) and answers with a `Decision`.
 //! State reaches SQLite ([`store`]) write-behind, in batches, through the DB actor
@@ -14,16 +16,18 @@
 //!
 //! Envoy's rate-limit service ([`envoy`]: gRPC with `--grpc-bind`, and protojson on
 //! `/v1/envoy/json`) matches request descriptors against descriptor rules and decides
-//! through the same path.
+//! through the same core; it knows nothing of the HTTP layer.
 //!
 //! [`app`] is the composition root, [`settings`] holds every flag, [`metrics`] counts
 //! what happens for `/metrics`, and [`clock`] is the only reader of the system time.
 
+pub(crate) mod access;
 pub mod actors;
 pub mod app;
 pub mod clock;
 pub(crate) mod cluster;
 pub mod config;
+pub mod decide;
 pub mod envoy;
 pub(crate) mod error;
 pub mod http;

@@ -10,13 +10,13 @@
 
 use super::proto::{RateLimitRequest, RateLimitResponse};
 use super::{Failure, should_rate_limit};
-use crate::error::ApiError;
-use crate::http::{AppState, middleware};
+use crate::access::{Refused, admit, bearer};
+use crate::decide::Decider;
 use actix::{Arbiter, ArbiterHandle};
-use actix_web::web;
 use futures_util::future::{Either, select};
 use std::convert::Infallible;
 use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
 use tonic::codegen::{BoxFuture, Context, Poll, Service, StdError, http};
 use tonic::server::{Grpc, NamedService, UnaryService};
 use tonic::{Status, body::Body};
@@ -24,10 +24,13 @@ use tonic::{Status, body::Body};
 const SERVICE: &str = "envoy.service.ratelimit.v3.RateLimitService";
 const SHOULD_RATE_LIMIT: &str = "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit";
 
-/// The service: the app's state, and the arbiter whose local tasks decide.
+/// The service: the decision core, the tokens callers may present, and the arbiter
+/// whose local tasks decide.
 #[derive(Clone)]
 pub struct RateLimitService {
-    state: web::Data<AppState>,
+    decider: Arc<Decider>,
+    /// The decision token and the admin token, either accepted.
+    tokens: Arc<[Option<String>; 2]>,
     arbiter: ArbiterHandle,
 }
 
@@ -44,14 +47,15 @@ impl RateLimitService {
             .metadata()
             .get("authorization")
             .and_then(|v| v.to_str().ok())
-            .and_then(middleware::bearer);
+            .and_then(bearer);
         let caller = request.remote_addr().map(|a| a.ip());
-        let tokens = [&self.state.decision_token, &self.state.admin_token];
-        middleware::admit(presented.as_deref(), caller, tokens).map_err(|e| match e {
-            ApiError::Unauthorized => Status::unauthenticated(
+        admit(presented.as_deref(), caller, self.tokens.iter()).map_err(|e| match e {
+            Refused::Unauthorized => Status::unauthenticated(
                 "send the decision or admin token as authorization: Bearer <token>",
             ),
-            _ => Status::permission_denied("without a token, only loopback callers are answered"),
+            Refused::Forbidden => {
+                Status::permission_denied("without a token, only loopback callers are answered")
+            }
         })
     }
 
@@ -59,11 +63,11 @@ impl RateLimitService {
     /// caller (Envoy's timeout, a reset stream) is given up there too, where it waits.
     async fn answer(&self, req: RateLimitRequest) -> Result<RateLimitResponse, Status> {
         let (mut tx, rx) = tokio::sync::oneshot::channel();
-        let state = self.state.clone();
+        let decider = self.decider.clone();
         let sent = self.arbiter.spawn_fn(move || {
             actix::spawn(async move {
                 let answer = {
-                    let decided = std::pin::pin!(should_rate_limit(&state, &req));
+                    let decided = std::pin::pin!(should_rate_limit(&decider, &req));
                     match select(decided, std::pin::pin!(tx.closed())).await {
                         Either::Left((answer, _)) => Some(answer),
                         Either::Right(_) => None,
@@ -174,15 +178,21 @@ pub struct GrpcServer {
 }
 
 impl GrpcServer {
-    /// Serves on `listener`, on an arbiter of its own.
-    pub fn start(state: web::Data<AppState>, listener: TcpListener) -> Result<Self, String> {
+    /// Serves on `listener`, on an arbiter of its own, admitting callers that present
+    /// one of `tokens` (the decision and the admin token; loopback only with neither).
+    pub fn start(
+        decider: Arc<Decider>,
+        tokens: [Option<String>; 2],
+        listener: TcpListener,
+    ) -> Result<Self, String> {
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         listener
             .set_nonblocking(true)
             .map_err(|e| format!("gRPC listener on {addr}: {e}"))?;
         let arbiter = Arbiter::new();
         let service = RateLimitService {
-            state,
+            decider,
+            tokens: Arc::new(tokens),
             arbiter: arbiter.handle(),
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -2,11 +2,13 @@
 //! protocol Envoy, Istio, Envoy Gateway, Contour and Emissary call an external rate
 //! limiter with. One function, [`should_rate_limit`], answers a `RateLimitRequest`; the
 //! gRPC server ([`grpc`], `--grpc-bind`) and `POST /v1/envoy/json` (protojson, as
-//! envoyproxy/ratelimit's `/json`) both call it.
+//! envoyproxy/ratelimit's `/json`, served by the HTTP layer) both call it.
 //!
 //! Each request descriptor is matched against the descriptor rules of its domain (see
 //! [`crate::config::descriptor`]) and decided through the same path as a protected
-//! route (`middleware::decide`): counted, persisted, streamed and shown alike.
+//! route ([`Decider::decide`]): counted, persisted, streamed and shown alike. The
+//! protocol's adapters are the gRPC server here and the protojson route in
+//! `http::decision`; nothing here knows the HTTP layer.
 
 pub mod grpc;
 pub mod proto;
@@ -14,16 +16,13 @@ pub mod proto;
 use crate::actors::Via;
 use crate::config::MAX_REQUESTS_PER_WINDOW;
 use crate::config::descriptor::{self, MAX_ENTRIES};
-use crate::error::ApiError;
-use crate::http::AppState;
-use crate::http::middleware::{Ruling, decide, reset_secs, retry_after_secs, structured_fields};
+use crate::decide::{Decider, Ruling, reset_secs, retry_after_secs, structured_fields};
 use crate::limiter::{Decision, Limits, Mode};
 use crate::policy::{Policy, PolicyTable};
 use proto::{
     Code, DescriptorStatus, HeaderValue, RateLimit, RateLimitDescriptor, RateLimitRequest,
     RateLimitResponse, UNITS, override_unit,
 };
-use serde::Deserialize;
 use std::sync::Arc;
 
 /// Most descriptors one request may carry.
@@ -175,7 +174,7 @@ fn unlimited() -> DescriptorStatus {
 /// is; its headers are those of the descriptor that decided it: the first one over its
 /// limit, else the one with the least quota left.
 pub async fn should_rate_limit(
-    state: &AppState,
+    decider: &Decider,
     req: &RateLimitRequest,
 ) -> Result<RateLimitResponse, Failure> {
     validate(req)?;
@@ -183,7 +182,7 @@ pub async fn should_rate_limit(
     let mut statuses = Vec::with_capacity(req.descriptors.len());
     let mut headline: Option<(Arc<Policy>, Decision)> = None;
     // One table for the whole call, as a route's request resolves against one.
-    let table = state.policies.current();
+    let table = decider.policies.current();
     for d in &req.descriptors {
         let Some((policy, client)) = policy_for(&table, &req.domain, d) else {
             statuses.push(unlimited());
@@ -196,7 +195,10 @@ pub async fn should_rate_limit(
             None => (default_hits, Mode::Consume),
         };
         let path = || Arc::from(shown(&req.domain, d));
-        match decide(state, &client, &policy, path, Via::Envoy, cost, mode).await {
+        let ruling = decider
+            .decide(&client, &policy, path, Via::Envoy, cost, mode)
+            .await;
+        match ruling {
             Ruling::Inactive => statuses.push(unlimited()),
             Ruling::Failed => return Err(Failure::Unavailable),
             Ruling::Decided(decision) => {
@@ -223,7 +225,7 @@ pub async fn should_rate_limit(
         // ours a time).
         for (name, value) in structured_fields(&policy, &decision) {
             response_headers_to_add.push(HeaderValue {
-                key: name.as_str().to_owned(),
+                key: name.to_owned(),
                 value,
             });
         }
@@ -240,51 +242,6 @@ pub async fn should_rate_limit(
         statuses,
         response_headers_to_add,
     })
-}
-
-/// `POST /v1/envoy/json`: [`should_rate_limit`] in protojson, as envoyproxy/ratelimit's
-/// `/json`: 200 with the answer when it is `OK`, 429 when `OVER_LIMIT`, with the
-/// answer's headers set on the response too.
-#[utoipa::path(
-    post,
-    path = "/v1/envoy/json",
-    tag = "decisions",
-    request_body(content = Object, content_type = "application/json",
-        description = "A RateLimitRequest in protojson: {\"domain\": \"rw\", \"descriptors\": [{\"entries\": [{\"key\": \"generic_key\", \"value\": \"api\"}]}]}"),
-    responses(
-        (status = 200, description = "A RateLimitResponse in protojson, overallCode OK", body = Object),
-        (status = 429, description = "A RateLimitResponse in protojson, overallCode OVER_LIMIT", body = Object),
-        (status = 400, description = "Not a valid RateLimitRequest; nothing was decided", body = crate::error::ErrorBody),
-        (status = 503, description = "A limiter could not decide in time (gRPC: UNAVAILABLE)", body = crate::error::ErrorBody),
-    )
-)]
-pub async fn json(
-    req: actix_web::HttpRequest,
-    payload: actix_web::web::Payload,
-    state: actix_web::web::Data<AppState>,
-) -> Result<actix_web::HttpResponse, ApiError> {
-    let body = crate::http::read_json(&req, payload).await?;
-    let request = RateLimitRequest::deserialize(&body).map_err(|e| {
-        ApiError::bad_request("invalid_request", format!("Not a RateLimitRequest: {e}."))
-    })?;
-    let answer = match should_rate_limit(&state, &request).await {
-        Ok(a) => a,
-        Err(Failure::Invalid(m)) => return Err(ApiError::bad_request("invalid_request", m)),
-        Err(Failure::Unavailable) => {
-            return Err(ApiError::Unavailable(
-                "A limiter could not decide in time; nothing more was decided.".to_owned(),
-            ));
-        }
-    };
-    let mut res = if answer.overall_code == Code::OverLimit as i32 {
-        actix_web::HttpResponse::TooManyRequests()
-    } else {
-        actix_web::HttpResponse::Ok()
-    };
-    for h in &answer.response_headers_to_add {
-        res.insert_header((h.key.as_str(), h.value.as_str()));
-    }
-    Ok(res.json(answer))
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
-//! Decisions for other services: the decision API for programs, `POST /v1/check`, and
-//! forward-auth for proxies, `/v1/forward-auth`. Both get the same decision a protected
-//! route gets (resolve the path to its config, decide through the client's limiter,
-//! count, stream) through `middleware::decide`.
+//! Decisions for other services: the decision API for programs, `POST /v1/check`,
+//! forward-auth for proxies, `/v1/forward-auth`, and Envoy's rate-limit protocol in
+//! protojson, `POST /v1/envoy/json`. Each is an adapter over the decision core
+//! ([`crate::decide::Decider`]): they get the same decision a protected route gets
+//! (resolve the path to its config, decide through the client's limiter, count, stream).
 //!
 //! `/v1/check` takes a cost and a peek mode, one check or a batch of up to
 //! [`MAX_CHECKS`] decided in order. A refused check is still a 200 (the call worked); a
@@ -13,10 +14,13 @@
 
 use super::AppState;
 use super::client_id::validate_client_id;
-use super::middleware::{Ruling, add_headers, decide, has_dot_segments, refusal};
+use super::middleware::{add_headers, has_dot_segments, refusal};
 use crate::actors::Via;
 use crate::clock::{NANOS_PER_SEC, Nanos, rfc3339};
 use crate::config::ValidationError;
+use crate::decide::Ruling;
+use crate::envoy::proto::{Code, RateLimitRequest};
+use crate::envoy::{Failure, should_rate_limit};
 use crate::error::ApiError;
 use crate::error::ErrorBody;
 use crate::limiter::{Algorithm, Decision, Mode};
@@ -274,21 +278,22 @@ async fn answer(state: &AppState, ask: &Ask, now: Nanos) -> (Answer, Option<Deci
         reset_time: rfc3339(now),
         error: None,
     };
-    match decide(
-        state,
-        &ask.client,
-        p,
-        || Arc::from(ask.path.as_str()),
-        Via::Check,
-        ask.cost,
-        ask.mode,
-    )
-    .await
-    {
+    let ruling = state
+        .decider
+        .decide(
+            &ask.client,
+            p,
+            || Arc::from(ask.path.as_str()),
+            Via::Check,
+            ask.cost,
+            ask.mode,
+        )
+        .await;
+    match ruling {
         Ruling::Inactive => (base, None),
         Ruling::Failed => (
             Answer {
-                allowed: state.on_error == OnError::Allow,
+                allowed: state.decider.on_error == OnError::Allow,
                 remaining: 0,
                 error: Some("limiter_unavailable"),
                 ..base
@@ -371,19 +376,20 @@ pub async fn forward_auth(
     let client = state.identity.client_id(req.headers(), req.peer_addr())?;
     let policy = state.policies.current().resolve(&path, &client).clone();
     let now = state.clock.now();
-    match decide(
-        &state,
-        &client,
-        &policy,
-        || Arc::from(path.as_str()),
-        Via::ForwardAuth,
-        1,
-        Mode::Consume,
-    )
-    .await
-    {
+    let ruling = state
+        .decider
+        .decide(
+            &client,
+            &policy,
+            || Arc::from(path.as_str()),
+            Via::ForwardAuth,
+            1,
+            Mode::Consume,
+        )
+        .await;
+    match ruling {
         Ruling::Inactive => Ok(HttpResponse::Ok().finish()),
-        Ruling::Failed => match state.on_error {
+        Ruling::Failed => match state.decider.on_error {
             OnError::Allow => Ok(HttpResponse::Ok().finish()),
             OnError::Deny => Err(ApiError::LimiterUnavailable),
         },
@@ -420,4 +426,49 @@ pub struct ForwardAuth {
     pub headers: ForwardAuthHeaders,
     /// The status of a refusal (429 unless set).
     pub deny_status: StatusCode,
+}
+
+/// `POST /v1/envoy/json`: `envoy::should_rate_limit` in protojson, as envoyproxy/ratelimit's
+/// `/json`: 200 with the answer when it is `OK`, 429 when `OVER_LIMIT`, with the
+/// answer's headers set on the response too.
+#[utoipa::path(
+    post,
+    path = "/v1/envoy/json",
+    tag = "decisions",
+    request_body(content = Object, content_type = "application/json",
+        description = "A RateLimitRequest in protojson: {\"domain\": \"rw\", \"descriptors\": [{\"entries\": [{\"key\": \"generic_key\", \"value\": \"api\"}]}]}"),
+    responses(
+        (status = 200, description = "A RateLimitResponse in protojson, overallCode OK", body = Object),
+        (status = 429, description = "A RateLimitResponse in protojson, overallCode OVER_LIMIT", body = Object),
+        (status = 400, description = "Not a valid RateLimitRequest; nothing was decided", body = crate::error::ErrorBody),
+        (status = 503, description = "A limiter could not decide in time (gRPC: UNAVAILABLE)", body = crate::error::ErrorBody),
+    )
+)]
+pub async fn envoy_json(
+    req: actix_web::HttpRequest,
+    payload: actix_web::web::Payload,
+    state: actix_web::web::Data<AppState>,
+) -> Result<actix_web::HttpResponse, ApiError> {
+    let body = super::read_json(&req, payload).await?;
+    let request = <RateLimitRequest as serde::Deserialize>::deserialize(&body).map_err(|e| {
+        ApiError::bad_request("invalid_request", format!("Not a RateLimitRequest: {e}."))
+    })?;
+    let answer = match should_rate_limit(&state.decider, &request).await {
+        Ok(a) => a,
+        Err(Failure::Invalid(m)) => return Err(ApiError::bad_request("invalid_request", m)),
+        Err(Failure::Unavailable) => {
+            return Err(ApiError::Unavailable(
+                "A limiter could not decide in time; nothing more was decided.".to_owned(),
+            ));
+        }
+    };
+    let mut res = if answer.overall_code == Code::OverLimit as i32 {
+        actix_web::HttpResponse::TooManyRequests()
+    } else {
+        actix_web::HttpResponse::Ok()
+    };
+    for h in &answer.response_headers_to_add {
+        res.insert_header((h.key.as_str(), h.value.as_str()));
+    }
+    Ok(res.json(answer))
 }

@@ -3,15 +3,15 @@
 //! `admin_access` guards `/admin`, `/metrics` and the feeds, and `log_request` logs every
 //! request at debug level.
 
+use super::AppState;
 use super::proxy;
 use super::realtime::Tokened;
-use super::{AppState, deadline};
-use crate::actors::registry::Check;
-use crate::actors::{Asked, Via};
+use crate::access::{admit, bearer};
+use crate::actors::Via;
 use crate::clock::{NANOS_PER_SEC, Nanos, ceil_secs, rfc3339};
+use crate::decide::{Ruling, retry_after_secs, structured_fields};
 use crate::error::{ApiError, Refusal};
 use crate::limiter::{Decision, Mode};
-use crate::metrics::{ErrorReason, Metrics, Outcome};
 use crate::policy::Policy;
 use crate::settings::OnError;
 use actix_web::body::{BoxBody, MessageBody};
@@ -21,7 +21,6 @@ use actix_web::middleware::Next;
 use actix_web::rt::time::Instant;
 use actix_web::{Error, HttpResponse, ResponseError, web};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Never limited: the admin API, the decision API, the feeds, the dashboard and its assets, metrics, and
 /// the health check and the probes (a load balancer's probe must never be throttled).
@@ -59,8 +58,6 @@ pub fn has_dot_segments(path: &str) -> bool {
 const X_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
 const X_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
 const X_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
-const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
-const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 
 fn state(req: &ServiceRequest) -> web::Data<AppState> {
     // `app::start` registers the state before any route; without it nothing works.
@@ -98,10 +95,14 @@ pub async fn rate_limit(
         None => Via::Route,
     };
     let shown = || Arc::from(path);
-    let decision = match decide(&state, &client, &policy, shown, via, 1, Mode::Consume).await {
+    let ruling = state
+        .decider
+        .decide(&client, &policy, shown, via, 1, Mode::Consume)
+        .await;
+    let decision = match ruling {
         Ruling::Inactive => return Ok(next.call(req).await?.map_into_boxed_body()),
         Ruling::Failed => {
-            return match state.on_error {
+            return match state.decider.on_error {
                 OnError::Allow => Ok(next.call(req).await?.map_into_boxed_body()),
                 OnError::Deny => Ok(req.error_response(ApiError::LimiterUnavailable)),
             };
@@ -115,76 +116,6 @@ pub async fn rate_limit(
         return Ok(res);
     }
     Ok(req.into_response(refusal(&client, &policy, &decision, now)))
-}
-
-/// What the server ruled on one check, whoever asked (a protected route, the decision
-/// API).
-pub enum Ruling {
-    /// The config that applies is inactive: nothing is limited, nothing counted.
-    Inactive,
-    Decided(Decision),
-    /// The limiter could not decide in time: `--on-error` applies.
-    Failed,
-}
-
-/// The one decision path of the HTTP layer: decides `cost` units of `client` under
-/// `policy` (resolved from `path`) within `--decision-timeout-ms`, and counts the
-/// outcome in the metrics. Peeks are answered, not counted.
-pub async fn decide(
-    state: &AppState,
-    client: &Arc<str>,
-    policy: &Arc<Policy>,
-    path: impl FnOnce() -> Arc<str>,
-    via: Via,
-    cost: u64,
-    mode: Mode,
-) -> Ruling {
-    if !policy.active {
-        return Ruling::Inactive;
-    }
-    let started = Instant::now();
-    let deadline = started + state.decision_timeout;
-    let check = Check {
-        client: client.clone(),
-        policy: policy.clone(),
-        cost,
-        mode,
-        // The request gives up at `deadline`, and learns of an answer up to one ticker
-        // period late: an answer given after this could not reach it in time, so the
-        // limiter refuses the check (consuming nothing) instead.
-        answer_by: deadline.checked_sub(deadline::TICK).unwrap_or(started),
-        // Made only while a feed would show it.
-        asked: state
-            .interest
-            .wants(client)
-            .then(|| Asked { via, path: path() }),
-    };
-    let answer = deadline::within(deadline, state.registries.decide(check)).await;
-    let counted = mode == Mode::Consume;
-    match answer {
-        Ok(Ok(d)) => {
-            if counted {
-                Metrics::observe(&state.metrics.decision_seconds, started.elapsed());
-                let outcome = match (d.allowed, policy.shadow) {
-                    (true, _) => Outcome::allowed,
-                    (false, false) => Outcome::limited,
-                    (false, true) => Outcome::shadow_limited,
-                };
-                state.metrics.decision(&policy.endpoint, outcome);
-            }
-            Ruling::Decided(d)
-        }
-        failed => {
-            let reason = match failed {
-                Err(_) => ErrorReason::timeout,
-                Ok(_) => ErrorReason::unavailable,
-            };
-            if counted {
-                failed_decision(state, client, &policy.endpoint, reason);
-            }
-            Ruling::Failed
-        }
-    }
 }
 
 /// The answer to a refused request: 429 with `Retry-After`, the rate-limit headers and
@@ -206,25 +137,6 @@ pub fn refusal(client: &str, policy: &Policy, decision: &Decision, now: Nanos) -
     });
     add_headers(res.headers_mut(), policy, decision, now);
     res
-}
-
-/// A check whose limiter could not decide: counted under `--on-error`'s outcome, and
-/// logged at most once a second so an outage cannot flood the log.
-fn failed_decision(state: &AppState, client: &str, endpoint: &Arc<str>, reason: ErrorReason) {
-    static LAST_WARNED: AtomicU64 = AtomicU64::new(0);
-    let second = state.clock.now() / NANOS_PER_SEC;
-    if LAST_WARNED.swap(second, Ordering::Relaxed) != second {
-        log::warn!(
-            "client {client:?}: no decision for {endpoint} ({reason:?}); --on-error {:?} applies",
-            state.on_error
-        );
-    }
-    state.metrics.decision_error(reason);
-    let outcome = match state.on_error {
-        OnError::Allow => Outcome::on_error_allowed,
-        OnError::Deny => Outcome::on_error_denied,
-    };
-    state.metrics.decision(endpoint, outcome);
 }
 
 /// Logs every request at debug level as `key=value` pairs: method, path (never the query
@@ -256,24 +168,6 @@ pub async fn log_request(
     res
 }
 
-/// `Retry-After` of a refused request: whole seconds until a request would be allowed
-/// again, rounded up so never earlier than the truth, and at least 1.
-pub fn retry_after_secs(d: &Decision) -> u64 {
-    ceil_secs(d.retry_after).max(1)
-}
-
-/// `RateLimit`'s `t`. With quota left (`r` > 0): seconds until all of it is back, the
-/// same point as `X-RateLimit-Reset`. With none left (`r` = 0, on the last allowed
-/// request and on every 429): seconds until the next request is allowed, which on a 429
-/// is exactly `Retry-After`, so both name the same point in time as the draft asks. A
-/// client that waits `t` seconds always has quota again.
-pub fn reset_secs(d: &Decision) -> u64 {
-    match d.remaining {
-        0 => retry_after_secs(d),
-        _ => ceil_secs(d.reset_after),
-    }
-}
-
 /// The rate-limit headers of one decision, with `Retry-After` when it was refused.
 /// Every surface (a protected route, `/v1/check`, `/v1/forward-auth`) sends these.
 pub fn add_headers(headers: &mut HeaderMap, policy: &Policy, d: &Decision, now: Nanos) {
@@ -284,50 +178,15 @@ pub fn add_headers(headers: &mut HeaderMap, policy: &Policy, d: &Decision, now: 
     headers.insert(X_REMAINING, HeaderValue::from(d.remaining));
     headers.insert(X_RESET, HeaderValue::from(reset_at));
     for (header, value) in structured_fields(policy, d) {
-        // `sf_string` only emits printable ASCII, so this cannot fail.
+        // Structured-field strings are printable ASCII, so this cannot fail.
         if let Ok(v) = HeaderValue::try_from(value) {
-            headers.insert(header, v);
+            headers.insert(HeaderName::from_static(header), v);
         }
     }
     // Only a refusal says when to retry; a request let through in shadow mode does not.
     if policy.refuses(d) {
         headers.insert(RETRY_AFTER, HeaderValue::from(retry_after_secs(d)));
     }
-}
-
-/// The structured rate-limit fields of one decision, `RateLimit` then
-/// `RateLimit-Policy`: part of [`add_headers`], and what Envoy's callers get.
-pub fn structured_fields(policy: &Policy, d: &Decision) -> [(HeaderName, String); 2] {
-    let name = sf_string(&policy.endpoint);
-    [
-        (
-            RATELIMIT,
-            format!("{name};r={};t={}", d.remaining, reset_secs(d)),
-        ),
-        (
-            RATELIMIT_POLICY,
-            format!("{name};q={};w={}", d.limit, policy.window_seconds),
-        ),
-    ]
-}
-
-/// A structured-field string (RFC 8941): quoted, `"` and `\` escaped, and anything
-/// outside printable ASCII percent-encoded (the policy name is a path).
-fn sf_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for b in s.bytes() {
-        match b {
-            b'"' | b'\\' => {
-                out.push('\\');
-                out.push(b as char);
-            }
-            0x20..=0x7e => out.push(b as char),
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out.push('"');
-    out
 }
 
 /// Admin access (the admin API, `/metrics` and the live feeds): the admin token when
@@ -400,44 +259,7 @@ fn authorize<'a>(
         .and_then(bearer)
         .or_else(|| protocol_token(req.headers()))
         .or_else(|| query_token(req.query_string()));
-    admit(presented.as_deref(), caller, tokens)
-}
-
-/// The token of an `Authorization: Bearer <token>` value.
-pub fn bearer(value: &str) -> Option<String> {
-    value
-        .split_once(' ')
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, t)| t.trim().to_owned())
-}
-
-/// The access rule of the admin API and of every decision surface (HTTP and gRPC),
-/// once the caller's token is read: with some of `tokens` configured, `presented` must
-/// be one of them (compared in constant time; 401 otherwise); with none, only a
-/// loopback `caller` is let in (403 otherwise).
-pub fn admit<'a>(
-    presented: Option<&str>,
-    caller: Option<std::net::IpAddr>,
-    tokens: impl IntoIterator<Item = &'a Option<String>>,
-) -> Result<(), ApiError> {
-    let tokens: Vec<&String> = tokens.into_iter().flatten().collect();
-    if tokens.is_empty() {
-        return match caller {
-            Some(ip) if ip.to_canonical().is_loopback() => Ok(()),
-            _ => Err(ApiError::Forbidden),
-        };
-    }
-    match presented {
-        // Every token is compared, so the time taken does not tell which one matched.
-        Some(p) => tokens
-            .iter()
-            .fold(false, |ok, t| {
-                constant_time_eq(p.as_bytes(), t.as_bytes()) | ok
-            })
-            .then_some(())
-            .ok_or(ApiError::Unauthorized),
-        None => Err(ApiError::Unauthorized),
-    }
+    Ok(admit(presented.as_deref(), caller, tokens)?)
 }
 
 /// The token a browser's WebSocket carries as the subprotocol `bearer.<hex>` (a page
@@ -470,53 +292,9 @@ fn query_token(query: &str) -> Option<String> {
         .map(|q| q.into_inner().token)
 }
 
-/// Compares without an early exit, so the time taken does not reveal how much of a
-/// guessed token was right (the length is not secret).
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::limiter::{Algorithm, Limits, State};
-
-    /// The `t` and `Retry-After` of `n` requests `gap` apart under `limits`.
-    fn headers_of(limits: Limits, n: usize, gap: Nanos) -> Vec<(u64, Option<u64>)> {
-        let mut state = State::new(limits.algorithm);
-        (0..n as u64)
-            .map(|i| {
-                let d = state.check(&limits, 1, 1_000 * NANOS_PER_SEC + i * gap);
-                (reset_secs(&d), (!d.allowed).then(|| retry_after_secs(&d)))
-            })
-            .collect()
-    }
-
-    #[test]
-    fn t_is_retry_after_on_every_refusal() {
-        let ms = NANOS_PER_SEC / 1000;
-        let mut bucket = Limits::new(Algorithm::TokenBucket, 3, 60);
-        bucket.burst = 3;
-        // The issue's case: the 4th request of a 3-per-60-s bucket waits 20 s, not 60.
-        let seen = headers_of(bucket, 5, ms);
-        assert_eq!(seen[3], (20, Some(20)));
-        // With quota left, `t` is when all of it is back: one token (20 s), two (40 s).
-        assert_eq!(&seen[..3], &[(20, None), (40, None), (20, None)]);
-        // A sliding window with admissions 2.2 s apart: the 3rd refusal comes when the
-        // first admission leaves the window.
-        let sliding = Limits::new(Algorithm::SlidingWindow, 2, 60);
-        let seen = headers_of(sliding, 3, 2_200 * ms);
-        assert_eq!(seen[2], (56, Some(56)));
-        for limits in [bucket, sliding, Limits::new(Algorithm::FixedWindow, 2, 60)] {
-            for gap in [0, ms, 700 * ms, 2_200 * ms] {
-                for (t, retry_after) in headers_of(limits, 8, gap) {
-                    if let Some(r) = retry_after {
-                        assert_eq!(t, r, "{limits:?} gap {gap}");
-                    }
-                }
-            }
-        }
-    }
 
     #[test]
     fn exempts_whole_segments_only() {
@@ -562,13 +340,6 @@ mod tests {
     }
 
     #[test]
-    fn escapes_policy_names() {
-        assert_eq!(sf_string("/api/*"), "\"/api/*\"");
-        assert_eq!(sf_string("/a\"b\\c"), "\"/a\\\"b\\\\c\"");
-        assert_eq!(sf_string("/é"), "\"/%C3%A9\"");
-    }
-
-    #[test]
     fn reads_the_token_query_parameter() {
         assert_eq!(query_token("token=a%2Bb&x=1"), Some("a+b".to_owned()));
         assert_eq!(query_token("x=1"), None);
@@ -590,12 +361,5 @@ mod tests {
             set(&mut h, bad);
             assert_eq!(protocol_token(&h), None, "{bad}");
         }
-    }
-
-    #[test]
-    fn compares_tokens_exactly() {
-        assert!(constant_time_eq(b"secret", b"secret"));
-        assert!(!constant_time_eq(b"secret", b"secreT"));
-        assert!(!constant_time_eq(b"secret", b"secret!"));
     }
 }

@@ -5,7 +5,6 @@ pub mod admin;
 pub mod client_id;
 pub(crate) mod connection;
 pub(crate) mod dashboard;
-pub(crate) mod deadline;
 pub(crate) mod decision;
 pub mod demo;
 pub(crate) mod middleware;
@@ -19,18 +18,17 @@ use crate::actors::broadcaster::{Broadcaster, FeedInterest};
 use crate::actors::db::{Db, DbStatus};
 use crate::actors::registry::Registries;
 use crate::clock::SharedClock;
+use crate::decide::Decider;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::policy::Policies;
 use crate::report::Reporter;
-use crate::settings::OnError;
 use actix::Addr;
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 use client_id::Identity;
 use futures_util::StreamExt;
 use std::sync::Arc;
-use std::time::Duration;
 
 /// Largest request body accepted anywhere (64 KiB).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -53,9 +51,8 @@ pub struct AppState {
     pub forward_auth: decision::ForwardAuth,
     pub metrics: Arc<Metrics>,
     pub db_status: Arc<DbStatus>,
-    /// What a request gets when its limiter cannot answer within `decision_timeout`.
-    pub on_error: OnError,
-    pub decision_timeout: Duration,
+    /// The decision core every limited surface asks.
+    pub decider: Arc<Decider>,
     pub feeds: realtime::FeedLimits,
     /// The one way configs change.
     pub configs: Arc<crate::config::writer::ConfigWriter>,
@@ -103,7 +100,7 @@ pub fn routes(upstream: Option<proxy::Upstream>) -> impl Fn(&mut web::ServiceCon
                     .wrap(actix_web::middleware::from_fn(middleware::decision_access))
                     .service(resource("/check").post(decision::check))
                     .service(web::resource("/forward-auth").to(decision::forward_auth))
-                    .service(resource("/envoy/json").post(crate::envoy::json))
+                    .service(resource("/envoy/json").post(decision::envoy_json))
                     .default_service(web::to(not_found)),
             )
             .service(

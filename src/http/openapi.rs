@@ -47,7 +47,7 @@ use utoipa::{IntoParams, Modify, OpenApi, PartialSchema, ToSchema};
         admin::reset_client,
         decision::check,
         decision::forward_auth,
-        crate::envoy::json,
+        decision::envoy_json,
         realtime::websocket,
         realtime::events,
         dashboard::page,

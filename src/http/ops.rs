@@ -74,7 +74,7 @@ impl Checks {
                 "{name}: unreachable from {} of {shards} limiter shards{}; decisions follow --on-error {:?}",
                 shards - up,
                 if coordinating { "" } else { " and from the config sync" },
-                state.on_error
+                state.decider.on_error
             );
             (name, Some(why))
         });

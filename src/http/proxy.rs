@@ -7,7 +7,8 @@
 use super::client_id::Identity;
 use super::middleware::is_exempt;
 use super::upstream::{Pool, SendError};
-use super::{AppState, content_length, deadline, nothing_served};
+use super::{AppState, content_length, nothing_served};
+use crate::decide::deadline;
 use crate::error::ApiError;
 use crate::metrics::UpstreamFailure;
 use actix_web::body::BodySize;

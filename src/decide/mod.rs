@@ -1,0 +1,254 @@
+//! The decision core: the one place where a check of a client under a policy becomes a
+//! [`Ruling`], whoever asks. A protected route (the rate-limit middleware), the reverse
+//! proxy, `POST /v1/check`, `/v1/forward-auth` and Envoy's rate-limit service are
+//! adapters around [`Decider::decide`]: each turns its own request into a client, a
+//! policy and a cost, and turns the ruling into its own answer. The decision is counted
+//! in the metrics here, bounded in time here (`--decision-timeout-ms`, then
+//! `--on-error`), and what the rate-limit headers say of it ([`retry_after_secs`],
+//! [`reset_secs`], [`structured_fields`]) is computed here, so that every surface says
+//! the same. Nothing here knows HTTP or gRPC: `http/` and `envoy/` depend on this
+//! module, never the reverse.
+
+pub mod deadline;
+
+use crate::actors::broadcaster::FeedInterest;
+use crate::actors::registry::{Check, Registries};
+use crate::actors::{Asked, Via};
+use crate::clock::{NANOS_PER_SEC, SharedClock, ceil_secs};
+use crate::limiter::{Decision, Mode};
+use crate::metrics::{ErrorReason, Metrics, Outcome};
+use crate::policy::{Policies, Policy};
+use crate::settings::OnError;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// What the server ruled on one check, whoever asked.
+pub enum Ruling {
+    /// The config that applies is inactive: nothing is limited, nothing counted.
+    Inactive,
+    Decided(Decision),
+    /// The limiter could not decide in time: `--on-error` applies.
+    Failed,
+}
+
+/// Decides checks: the configs, the limiters, and what a check needs on its way.
+pub struct Decider {
+    /// The configs every surface resolves against.
+    pub policies: Arc<Policies>,
+    registries: Registries,
+    /// Who watches the feeds, so that a check's path is only copied when shown.
+    interest: Arc<FeedInterest>,
+    metrics: Arc<Metrics>,
+    clock: SharedClock,
+    /// What a check gets when its limiter cannot answer within `timeout`.
+    pub on_error: OnError,
+    timeout: Duration,
+}
+
+impl Decider {
+    pub fn new(
+        policies: Arc<Policies>,
+        registries: Registries,
+        interest: Arc<FeedInterest>,
+        metrics: Arc<Metrics>,
+        clock: SharedClock,
+        on_error: OnError,
+        timeout: Duration,
+    ) -> Self {
+        Self {
+            policies,
+            registries,
+            interest,
+            metrics,
+            clock,
+            on_error,
+            timeout,
+        }
+    }
+
+    /// Decides `cost` units of `client` under `policy` (resolved from the path `path`
+    /// makes, which is only made when a feed would show it) within the decision
+    /// timeout, and counts the outcome in the metrics. Peeks are answered, not counted.
+    pub async fn decide(
+        &self,
+        client: &Arc<str>,
+        policy: &Arc<Policy>,
+        path: impl FnOnce() -> Arc<str>,
+        via: Via,
+        cost: u64,
+        mode: Mode,
+    ) -> Ruling {
+        if !policy.active {
+            return Ruling::Inactive;
+        }
+        let started = Instant::now();
+        let deadline = started + self.timeout;
+        let check = Check {
+            client: client.clone(),
+            policy: policy.clone(),
+            cost,
+            mode,
+            // The check gives up at `deadline`, and learns of an answer up to one ticker
+            // period late: an answer given after this could not reach it in time, so the
+            // limiter refuses the check (consuming nothing) instead.
+            answer_by: deadline.checked_sub(deadline::TICK).unwrap_or(started),
+            // Made only while a feed would show it.
+            asked: self
+                .interest
+                .wants(client)
+                .then(|| Asked { via, path: path() }),
+        };
+        let answer = deadline::within(deadline, self.registries.decide(check)).await;
+        let counted = mode == Mode::Consume;
+        match answer {
+            Ok(Ok(d)) => {
+                if counted {
+                    Metrics::observe(&self.metrics.decision_seconds, started.elapsed());
+                    let outcome = match (d.allowed, policy.shadow) {
+                        (true, _) => Outcome::allowed,
+                        (false, false) => Outcome::limited,
+                        (false, true) => Outcome::shadow_limited,
+                    };
+                    self.metrics.decision(&policy.endpoint, outcome);
+                }
+                Ruling::Decided(d)
+            }
+            failed => {
+                let reason = match failed {
+                    Err(_) => ErrorReason::timeout,
+                    Ok(_) => ErrorReason::unavailable,
+                };
+                if counted {
+                    self.failed(client, &policy.endpoint, reason);
+                }
+                Ruling::Failed
+            }
+        }
+    }
+
+    /// A check whose limiter could not decide: counted under `--on-error`'s outcome, and
+    /// logged at most once a second so an outage cannot flood the log.
+    fn failed(&self, client: &str, endpoint: &Arc<str>, reason: ErrorReason) {
+        static LAST_WARNED: AtomicU64 = AtomicU64::new(0);
+        let second = self.clock.now() / NANOS_PER_SEC;
+        if LAST_WARNED.swap(second, Ordering::Relaxed) != second {
+            log::warn!(
+                "client {client:?}: no decision for {endpoint} ({reason:?}); --on-error {:?} applies",
+                self.on_error
+            );
+        }
+        self.metrics.decision_error(reason);
+        let outcome = match self.on_error {
+            OnError::Allow => Outcome::on_error_allowed,
+            OnError::Deny => Outcome::on_error_denied,
+        };
+        self.metrics.decision(endpoint, outcome);
+    }
+}
+
+/// `Retry-After` of a refused request: whole seconds until a request would be allowed
+/// again, rounded up so never earlier than the truth, and at least 1.
+pub fn retry_after_secs(d: &Decision) -> u64 {
+    ceil_secs(d.retry_after).max(1)
+}
+
+/// `RateLimit`'s `t`. With quota left (`r` > 0): seconds until all of it is back, the
+/// same point as `X-RateLimit-Reset`. With none left (`r` = 0, on the last allowed
+/// request and on every 429): seconds until the next request is allowed, which on a 429
+/// is exactly `Retry-After`, so both name the same point in time as the draft asks. A
+/// client that waits `t` seconds always has quota again.
+pub fn reset_secs(d: &Decision) -> u64 {
+    match d.remaining {
+        0 => retry_after_secs(d),
+        _ => ceil_secs(d.reset_after),
+    }
+}
+
+/// The structured rate-limit fields of one decision, `RateLimit` then
+/// `RateLimit-Policy`, as (lower-case header name, value): what a route's response and
+/// Envoy's callers get.
+pub fn structured_fields(policy: &Policy, d: &Decision) -> [(&'static str, String); 2] {
+    let name = sf_string(&policy.endpoint);
+    [
+        (
+            "ratelimit",
+            format!("{name};r={};t={}", d.remaining, reset_secs(d)),
+        ),
+        (
+            "ratelimit-policy",
+            format!("{name};q={};w={}", d.limit, policy.window_seconds),
+        ),
+    ]
+}
+
+/// A structured-field string (RFC 8941): quoted, `"` and `\` escaped, and anything
+/// outside printable ASCII percent-encoded (the policy name is a path).
+fn sf_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for b in s.bytes() {
+        match b {
+            b'"' | b'\\' => {
+                out.push('\\');
+                out.push(b as char);
+            }
+            0x20..=0x7e => out.push(b as char),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out.push('"');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::Nanos;
+    use crate::limiter::{Algorithm, Limits, State};
+
+    /// The `t` and `Retry-After` of `n` requests `gap` apart under `limits`.
+    fn headers_of(limits: Limits, n: usize, gap: Nanos) -> Vec<(u64, Option<u64>)> {
+        let mut state = State::new(limits.algorithm);
+        (0..n as u64)
+            .map(|i| {
+                let d = state.check(&limits, 1, 1_000 * NANOS_PER_SEC + i * gap);
+                (reset_secs(&d), (!d.allowed).then(|| retry_after_secs(&d)))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn t_is_retry_after_on_every_refusal() {
+        let ms = NANOS_PER_SEC / 1000;
+        let mut bucket = Limits::new(Algorithm::TokenBucket, 3, 60);
+        bucket.burst = 3;
+        // The issue's case: the 4th request of a 3-per-60-s bucket waits 20 s, not 60.
+        let seen = headers_of(bucket, 5, ms);
+        assert_eq!(seen[3], (20, Some(20)));
+        // With quota left, `t` is when all of it is back: one token (20 s), two (40 s).
+        assert_eq!(&seen[..3], &[(20, None), (40, None), (20, None)]);
+        // A sliding window with admissions 2.2 s apart: the 3rd refusal comes when the
+        // first admission leaves the window.
+        let sliding = Limits::new(Algorithm::SlidingWindow, 2, 60);
+        let seen = headers_of(sliding, 3, 2_200 * ms);
+        assert_eq!(seen[2], (56, Some(56)));
+        for limits in [bucket, sliding, Limits::new(Algorithm::FixedWindow, 2, 60)] {
+            for gap in [0, ms, 700 * ms, 2_200 * ms] {
+                for (t, retry_after) in headers_of(limits, 8, gap) {
+                    if let Some(r) = retry_after {
+                        assert_eq!(t, r, "{limits:?} gap {gap}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn escapes_policy_names() {
+        assert_eq!(sf_string("/api/*"), "\"/api/*\"");
+        assert_eq!(sf_string("/a\"b\\c"), "\"/a\\\"b\\\\c\"");
+        assert_eq!(sf_string("/é"), "\"/%C3%A9\"");
+    }
+}
