@@ -70,6 +70,9 @@ mod tests {
         let none = [&None, &None];
         assert_eq!(admit(None, loopback, none), Ok(()));
         assert_eq!(admit(None, remote, none), Err(Refused::Forbidden));
+        // An IPv4 loopback peer seen through an IPv6 socket is loopback too.
+        let mapped = Some("::ffff:127.0.0.1".parse().unwrap());
+        assert_eq!(admit(None, mapped, none), Ok(()));
         let set = [&None, &Some("t0k".to_owned())];
         assert_eq!(admit(Some("t0k"), remote, set), Ok(()));
         assert_eq!(

@@ -33,6 +33,7 @@ use actix_web::dev::{Server, ServerHandle};
 use actix_web::http::StatusCode;
 use actix_web::{App, HttpServer, web};
 use futures_util::future::{Either, join, select};
+use futures_util::{Stream, StreamExt};
 use std::net::{SocketAddr, TcpListener};
 use std::pin::pin;
 use std::sync::Arc;
@@ -72,34 +73,35 @@ impl Running {
         self.grpc.as_ref().map(|g| g.addr)
     }
 
-    /// Serves until `shutdown` resolves (or a handle's `stop`); then reports not ready
-    /// and keeps serving for the shutdown delay (load balancers drain it meanwhile), ends
-    /// every live feed, lets in-flight requests finish, then writes every limiter's
-    /// state. The actors are still running at that point: the server owns no signal
-    /// handling that could stop the system first.
-    pub async fn serve_until(self, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
+    /// Serves until the first of `stops` (or a handle's `stop`); then reports not ready
+    /// and keeps serving for the shutdown delay (load balancers drain it meanwhile;
+    /// a second of `stops` cuts it short), ends every live feed, lets in-flight requests
+    /// finish, then writes every limiter's state. The actors are still running at that
+    /// point: the server owns no signal handling that could stop the system first.
+    pub async fn serve_until(self, stops: impl Stream<Item = ()>) -> std::io::Result<()> {
         let handle = self.server.handle();
         let mut server = self.server;
         let grpc = self.grpc;
-        let served = match select(&mut server, pin!(shutdown)).await {
+        let mut stops = pin!(stops);
+        let served = match select(&mut server, stops.next()).await {
             Either::Left((served, _)) => served,
-            Either::Right(((), _)) => {
+            Either::Right(_) => {
                 self.draining.begin();
-                match drain(&mut server, self.shutdown_delay).await {
-                    // Stopped through a handle while draining: nothing is left to stop.
+                let stopped = drain(&mut server, self.shutdown_delay, stops.next()).await;
+                // Feeds never finish by themselves: end them (WebSocket Close 1001, SSE
+                // end of stream), or the graceful stop would wait out its timeout.
+                match self.broadcaster.send(EndFeeds).await {
+                    Ok(n) => log::info!("{n} live feeds ended"),
+                    Err(e) => log::warn!("ending the live feeds: {e}"),
+                }
+                match stopped {
+                    // Stopped through a handle while draining.
                     Some(served) => served,
                     None => {
-                        // Feeds never finish by themselves: end them first (WebSocket
-                        // Close 1001, SSE end of stream), or the graceful stop would wait
-                        // out its timeout.
-                        match self.broadcaster.send(EndFeeds).await {
-                            Ok(n) => log::info!("{n} live feeds ended"),
-                            Err(e) => log::warn!("ending the live feeds: {e}"),
-                        }
                         // The graceful stop refuses new connections, closes idle ones and
                         // lets requests in flight finish; its workers look for the last
-                        // connection only once a second, so this side watches for it and,
-                        // once it has closed, drops the server (stopping the idle
+                        // connection only once a second, so this side watches for it
+                        // and, once it has closed, drops the server (stopping the idle
                         // workers) at once. The server future handles the stop command:
                         // poll it meanwhile.
                         let stopped = join(handle.stop(true), &mut server);
@@ -123,9 +125,13 @@ impl Running {
 }
 
 /// Keeps serving for `delay` once a stop has begun (not ready meanwhile), so that load
-/// balancers stop sending traffic before connections are refused; `Some` when the server
-/// stopped meanwhile.
-async fn drain(server: &mut Server, delay: Duration) -> Option<std::io::Result<()>> {
+/// balancers stop sending traffic before connections are refused, unless `hurry`
+/// resolves first (a second signal); `Some` when the server stopped meanwhile.
+async fn drain(
+    server: &mut Server,
+    delay: Duration,
+    hurry: impl Future + Unpin,
+) -> Option<std::io::Result<()>> {
     if delay.is_zero() {
         return None;
     }
@@ -133,29 +139,45 @@ async fn drain(server: &mut Server, delay: Duration) -> Option<std::io::Result<(
         "not ready; still serving for {} ms (--shutdown-delay-ms) before stopping",
         delay.as_millis()
     );
+    let sleep = pin!(actix_web::rt::time::sleep(delay));
+    let waited = select(sleep, hurry);
     // The server serves only while its future is polled.
-    match select(server, pin!(actix_web::rt::time::sleep(delay))).await {
+    match select(server, waited).await {
         Either::Left((served, _)) => Some(served),
-        Either::Right(_) => None,
+        Either::Right((Either::Left(_), _)) => None,
+        Either::Right((Either::Right(_), _)) => {
+            log::info!("stop asked again: the shutdown delay is cut short");
+            None
+        }
     }
 }
 
-/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
-pub async fn shutdown_signal() {
+/// SIGINT (Ctrl-C) or SIGTERM, each time one arrives: the first stops the server, a
+/// second cuts the shutdown delay short.
+pub fn shutdown_signals() -> impl Stream<Item = ()> {
     use actix_web::rt::signal::unix::{SignalKind, signal};
-    match (
+    let listeners = match (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
     ) {
-        (Ok(mut term), Ok(mut int)) => {
-            select(pin!(term.recv()), pin!(int.recv())).await;
-        }
+        (Ok(term), Ok(int)) => Some((term, int)),
         _ => {
             log::warn!("cannot listen for SIGTERM; stopping on Ctrl-C only");
-            let _ = actix_web::rt::signal::ctrl_c().await;
+            None
         }
-    }
-    log::info!("shutdown signal received; finishing requests and writing state");
+    };
+    futures_util::stream::unfold(listeners, |mut listeners| async move {
+        match &mut listeners {
+            Some((term, int)) => {
+                select(pin!(term.recv()), pin!(int.recv())).await;
+            }
+            None => {
+                let _ = actix_web::rt::signal::ctrl_c().await;
+            }
+        }
+        log::info!("shutdown signal received; finishing requests and writing state");
+        Some(((), listeners))
+    })
 }
 
 async fn flush_on_stop(registries: &Registries) {

@@ -3,10 +3,11 @@
 //! A request passes the rate-limit middleware (`http::middleware`), which resolves the
 //! config for its path ([`policy`]), names the client ([`http::client_id`]) and asks the
 //! decision core ([`decide`]), which sends one `Check` to the client's registry shard
-//! ([`actors::registry`]) within the decision timeout. Every other surface (`/v1/check`,
-//! forward-auth, Envoy's service in [`envoy`]) is an adapter over the same core. The shard forwards
-//! it to the client's own limiter actor ([`actors::client_limiter`]), which runs the
-//! algorithm ([`limiter`], pure code over `now`) and answers with a `Decision`.
+//! ([`actors::registry`]) within the decision timeout. The shard hands the check to the
+//! client's own limiter ([`actors::client_limiter`]), which runs the algorithm
+//! ([`limiter`], pure code over `now`) and answers with a `Decision`. Every other
+//! surface (`/v1/check`, forward-auth, Envoy's service in [`envoy`]) is an adapter over
+//! the same core.
 //! State reaches SQLite ([`store`]) write-behind, in batches, through the DB actor
 //! ([`actors::db`]); nothing on the request path waits for it.
 //!

@@ -35,7 +35,7 @@ fn main() -> ExitCode {
             .map_err(|e| format!("binding {}: {e}", settings.bind))?;
         let running = app::start(&settings, listener)?;
         running
-            .serve_until(app::shutdown_signal())
+            .serve_until(app::shutdown_signals())
             .await
             .map_err(|e| e.to_string())
     });
@@ -54,7 +54,11 @@ fn main() -> ExitCode {
 fn check_config(path: &std::path::Path) -> ExitCode {
     match file::load_all(path) {
         Ok(configs) => {
-            println!("{}: {} configs OK", path.display(), configs.len());
+            println!(
+                "{}: {} OK",
+                path.display(),
+                counted(configs.len(), "config", "configs")
+            );
             ExitCode::SUCCESS
         }
         Err(errors) => {
@@ -62,11 +66,16 @@ fn check_config(path: &std::path::Path) -> ExitCode {
                 eprintln!("{e}");
             }
             eprintln!(
-                "{}: {} errors; the file would be refused",
+                "{}: {}; the file would be refused",
                 path.display(),
-                errors.len()
+                counted(errors.len(), "error", "errors")
             );
             ExitCode::FAILURE
         }
     }
+}
+
+/// `1 config`, `2 configs`.
+fn counted(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
 }

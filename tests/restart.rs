@@ -79,8 +79,8 @@ async fn sigterm_then_restart_keeps_configs_and_consumption() {
 async fn sigterm_turns_not_ready_at_once_and_serves_for_the_shutdown_delay() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("d.db");
-    let delay = Duration::from_millis(2000);
-    let mut server = Binary::start(&db, &["--shutdown-delay-ms", "2000"]);
+    let delay = Duration::from_millis(5000);
+    let mut server = Binary::start(&db, &["--shutdown-delay-ms", "5000"]);
     let ready = server.get("/readyz").await;
     assert_eq!(
         (ready.status.as_u16(), &ready.body["status"]),
@@ -107,7 +107,7 @@ async fn sigterm_turns_not_ready_at_once_and_serves_for_the_shutdown_delay() {
     assert_eq!(r.status, 200);
     assert_eq!(r.header_u64("x-ratelimit-remaining"), 98);
     assert_eq!(server.get("/livez").await.status, 200);
-    server.wait_for("still serving for 2000 ms");
+    server.wait_for("still serving for 5000 ms");
     assert!(
         signalled.elapsed() < delay,
         "the checks above ran after the delay"
@@ -121,6 +121,23 @@ async fn sigterm_turns_not_ready_at_once_and_serves_for_the_shutdown_delay() {
     );
     // The requests served while draining were flushed like any other.
     assert_eq!(persisted_total(&db, "drained"), 2);
+}
+
+#[actix_rt::test]
+async fn a_second_sigterm_cuts_the_shutdown_delay_short() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    // Ten minutes: the test would time out long before the delay ends by itself.
+    let mut server = Binary::start(&db, &["--shutdown-delay-ms", "600000"]);
+    assert_eq!(server.get_as("hurried", "/api/data").await.status, 200);
+    server.signal("-TERM");
+    server.wait_for("still serving for 600000 ms");
+    assert_eq!(server.get("/readyz").await.status, 503);
+    server.signal("-TERM");
+    server.wait_for("the shutdown delay is cut short");
+    assert!(server.wait_exit().success());
+    // The graceful stop ran in full: the state was written.
+    assert_eq!(persisted_total(&db, "hurried"), 1);
 }
 
 #[actix_rt::test]

@@ -784,6 +784,13 @@ impl Registries {
         &self.shards[self.index(client)]
     }
 
+    /// Whether a shard has stopped (its mailbox is closed): its clients cannot be
+    /// decided, and only a restart mends that. Asks nothing, so it answers at once
+    /// however busy the shards are.
+    pub fn stopped(&self) -> bool {
+        self.shards.iter().any(|s| !s.connected())
+    }
+
     /// Whether every shard handles messages.
     pub async fn alive(&self) -> bool {
         join_all(self.shards.iter().map(|s| s.send(Alive)))

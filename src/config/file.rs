@@ -134,10 +134,15 @@ pub fn parse_all(text: &str) -> Result<Vec<ConfigSpec>, Vec<FileError>> {
                 continue;
             }
         };
-        let spec = match ConfigSpec::from_create(object) {
+        let spec = match ConfigSpec::from_create(object.clone()) {
             Ok(spec) => spec,
             Err(e) => {
                 errors.push(error(line, Some(e.field), e.message));
+                // Taken as written, so that a later entry with the same endpoint is
+                // still reported as declared twice.
+                if let Some(Value::String(endpoint)) = object.get("endpoint") {
+                    seen.insert(endpoint.clone());
+                }
                 continue;
             }
         };
@@ -340,7 +345,8 @@ window_seconds = 86400
         let text = "[[config]]\nendpoint = \"/a\"\nrequests_per_window = 0\nwindow_seconds = 1\n\n\
                     [[config]]\nendpoint = \"/ok\"\nrequests_per_window = 1\nwindow_seconds = 1\n\n\
                     [[config]]\nendpoint = \"/c\"\nrequests_per_window = 1\nwindow_seconds = 1\nalgorithm = \"leaky\"\n\n\
-                    [[config]]\nendpoint = \"/ok\"\nrequests_per_window = 2\nwindow_seconds = 1\n";
+                    [[config]]\nendpoint = \"/ok\"\nrequests_per_window = 2\nwindow_seconds = 1\n\n\
+                    [[config]]\nendpoint = \"/a\"\nrequests_per_window = 3\nwindow_seconds = 1\n";
         let errors = parse_all(text).unwrap_err();
         let found: Vec<_> = errors
             .iter()
@@ -352,6 +358,8 @@ window_seconds = 86400
                 (Some(1), Some("requests_per_window")),
                 (Some(11), Some("algorithm")),
                 (Some(17), Some("endpoint")),
+                // Twice, though its first declaration was refused for another field.
+                (Some(22), Some("endpoint")),
             ]
         );
         // A reload refuses the file with the first of them.

@@ -9,7 +9,7 @@
 //! the same. Nothing here knows HTTP or gRPC: `http/` and `envoy/` depend on this
 //! module, never the reverse.
 
-pub mod deadline;
+pub(crate) mod deadline;
 
 use crate::actors::broadcaster::FeedInterest;
 use crate::actors::registry::{Check, Registries};
@@ -19,6 +19,7 @@ use crate::limiter::{Decision, Mode};
 use crate::metrics::{ErrorReason, Metrics, Outcome};
 use crate::policy::{Policies, Policy};
 use crate::settings::OnError;
+use actix_web::http::header::HeaderName;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -166,18 +167,22 @@ pub fn reset_secs(d: &Decision) -> u64 {
     }
 }
 
+/// The IETF structured fields' names (the `http` crate's type, which HTTP/1, HTTP/2 and
+/// gRPC metadata share; nothing of this crate's HTTP layer).
+const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+
 /// The structured rate-limit fields of one decision, `RateLimit` then
-/// `RateLimit-Policy`, as (lower-case header name, value): what a route's response and
-/// Envoy's callers get.
-pub fn structured_fields(policy: &Policy, d: &Decision) -> [(&'static str, String); 2] {
+/// `RateLimit-Policy`: what a route's response and Envoy's callers get.
+pub fn structured_fields(policy: &Policy, d: &Decision) -> [(HeaderName, String); 2] {
     let name = sf_string(&policy.endpoint);
     [
         (
-            "ratelimit",
+            RATELIMIT,
             format!("{name};r={};t={}", d.remaining, reset_secs(d)),
         ),
         (
-            "ratelimit-policy",
+            RATELIMIT_POLICY,
             format!("{name};q={};w={}", d.limit, policy.window_seconds),
         ),
     ]

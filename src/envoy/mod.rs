@@ -225,7 +225,7 @@ pub async fn should_rate_limit(
         // ours a time).
         for (name, value) in structured_fields(&policy, &decision) {
             response_headers_to_add.push(HeaderValue {
-                key: name.to_owned(),
+                key: name.as_str().to_owned(),
                 value,
             });
         }

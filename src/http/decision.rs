@@ -28,7 +28,7 @@ use crate::policy::Policy;
 use crate::settings::{ForwardAuthHeaders, OnError};
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::sync::Arc;
 use utoipa::ToSchema;
@@ -434,6 +434,8 @@ pub struct ForwardAuth {
 #[utoipa::path(
     post,
     path = "/v1/envoy/json",
+    // The id it was published under before the route moved here.
+    operation_id = "json",
     tag = "decisions",
     request_body(content = Object, content_type = "application/json",
         description = "A RateLimitRequest in protojson: {\"domain\": \"rw\", \"descriptors\": [{\"entries\": [{\"key\": \"generic_key\", \"value\": \"api\"}]}]}"),
@@ -445,12 +447,12 @@ pub struct ForwardAuth {
     )
 )]
 pub async fn envoy_json(
-    req: actix_web::HttpRequest,
-    payload: actix_web::web::Payload,
-    state: actix_web::web::Data<AppState>,
-) -> Result<actix_web::HttpResponse, ApiError> {
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     let body = super::read_json(&req, payload).await?;
-    let request = <RateLimitRequest as serde::Deserialize>::deserialize(&body).map_err(|e| {
+    let request = RateLimitRequest::deserialize(&body).map_err(|e| {
         ApiError::bad_request("invalid_request", format!("Not a RateLimitRequest: {e}."))
     })?;
     let answer = match should_rate_limit(&state.decider, &request).await {
@@ -463,9 +465,9 @@ pub async fn envoy_json(
         }
     };
     let mut res = if answer.overall_code == Code::OverLimit as i32 {
-        actix_web::HttpResponse::TooManyRequests()
+        HttpResponse::TooManyRequests()
     } else {
-        actix_web::HttpResponse::Ok()
+        HttpResponse::Ok()
     };
     for h in &answer.response_headers_to_add {
         res.insert_header((h.key.as_str(), h.value.as_str()));

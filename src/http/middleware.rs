@@ -178,9 +178,9 @@ pub fn add_headers(headers: &mut HeaderMap, policy: &Policy, d: &Decision, now: 
     headers.insert(X_REMAINING, HeaderValue::from(d.remaining));
     headers.insert(X_RESET, HeaderValue::from(reset_at));
     for (header, value) in structured_fields(policy, d) {
-        // Structured-field strings are printable ASCII, so this cannot fail.
+        // `sf_string` only emits printable ASCII, so this cannot fail.
         if let Ok(v) = HeaderValue::try_from(value) {
-            headers.insert(HeaderName::from_static(header), v);
+            headers.insert(header, v);
         }
     }
     // Only a refusal says when to retry; a request let through in shadow mode does not.

@@ -33,32 +33,44 @@ pub struct Health {
 
 /// What the probes and the health check ask of the server, asked once per call.
 struct Checks {
-    /// Every registry shard answered (`Ok(true)`), one has stopped (`Ok(false)`), or they
-    /// did not all answer within [`HEALTH_TIMEOUT`] (`Err`: busy, still deciding).
-    deciding: Result<bool, String>,
-    /// Why the database does not answer or fails, if it does.
-    database_failure: Option<String>,
+    /// A registry shard has stopped: its clients cannot be decided at all.
+    stopped: bool,
+    /// The shards did not all answer within [`HEALTH_TIMEOUT`]: busy, still deciding.
+    busy: Option<String>,
+    /// Why the database is not working, if it is not.
+    database: Option<DatabaseTrouble>,
     /// A remote quota backend (Redis): its name, and why it is unreachable, if it is.
     backend: Option<(&'static str, Option<String>)>,
 }
 
+/// What is wrong with the database.
+enum DatabaseTrouble {
+    /// It did not answer within [`HEALTH_TIMEOUT`]: its one thread is busy (a retention
+    /// cleanup, the backlog written after a fault), not failing.
+    Slow(String),
+    /// It answered with an error, its actor stopped, or its writes fail.
+    Failing(String),
+}
+
 impl Checks {
     async fn run(state: &AppState) -> Self {
-        let (deciding, ping) = futures_util::future::join(
+        let (answered, ping) = futures_util::future::join(
             timeout(HEALTH_TIMEOUT, state.registries.alive()),
             timeout(HEALTH_TIMEOUT, state.db.send(Ping)),
         )
         .await;
-        let database_failure = match ping {
-            Ok(Ok(Ok(()))) => state.db_status.failure(),
-            Ok(Ok(Err(e))) => Some(e.to_string()),
-            Ok(Err(_)) => Some("the database actor stopped".to_owned()),
-            Err(_) => Some(format!(
+        let database = match ping {
+            Ok(Ok(Ok(()))) => state.db_status.failure().map(DatabaseTrouble::Failing),
+            Ok(Ok(Err(e))) => Some(DatabaseTrouble::Failing(e.to_string())),
+            Ok(Err(_)) => Some(DatabaseTrouble::Failing(
+                "the database actor stopped".to_owned(),
+            )),
+            Err(_) => Some(DatabaseTrouble::Slow(format!(
                 "the database actor did not answer within {} s",
                 HEALTH_TIMEOUT.as_secs()
-            )),
+            ))),
         };
-        let deciding = deciding.map_err(|_| {
+        let busy = answered.is_err().then(|| {
             format!(
                 "the limiters did not answer within {} s (overloaded)",
                 HEALTH_TIMEOUT.as_secs()
@@ -79,8 +91,9 @@ impl Checks {
             (name, Some(why))
         });
         Self {
-            deciding,
-            database_failure,
+            stopped: state.registries.stopped() || answered == Ok(false),
+            busy,
+            database,
             backend,
         }
     }
@@ -105,36 +118,29 @@ const SHARD_STOPPED: &str = "a registry shard stopped; its clients cannot be dec
 pub async fn health(state: web::Data<AppState>) -> HttpResponse {
     let checks = Checks::run(&state).await;
     let timestamp = rfc3339(state.clock.now());
-    let database = if checks.database_failure.is_some() {
-        "failing"
-    } else {
-        "connected"
+    let database = match checks.database {
+        None => "connected",
+        Some(_) => "failing",
     };
+    if checks.stopped {
+        return HttpResponse::ServiceUnavailable().json(Health {
+            status: "unhealthy",
+            reason: Some(SHARD_STOPPED.to_owned()),
+            database,
+            redis: None,
+            timestamp,
+        });
+    }
     // The one remote backend there is names itself `redis`.
     let redis = checks.backend.as_ref().map(|(_, why)| match why {
         None => "connected",
         Some(_) => "unreachable",
     });
-    let mut reasons = Vec::new();
-    match checks.deciding {
-        Ok(true) => {}
-        Ok(false) => {
-            return HttpResponse::ServiceUnavailable().json(Health {
-                status: "unhealthy",
-                reason: Some(SHARD_STOPPED.to_owned()),
-                database,
-                redis: None,
-                timestamp,
-            });
-        }
-        // Busy (a full mailbox pushes back), not broken: requests are still decided.
-        Err(busy) => reasons.push(busy),
-    }
+    // Busy (a full mailbox pushes back), not broken: requests are still decided.
+    let mut reasons: Vec<String> = checks.busy.into_iter().collect();
     reasons.extend(checks.backend.and_then(|(_, why)| why));
-    if let Some(reason) = checks.database_failure {
-        reasons.push(format!(
-            "database: {reason}; decisions continue from memory"
-        ));
+    if let Some(DatabaseTrouble::Slow(why) | DatabaseTrouble::Failing(why)) = checks.database {
+        reasons.push(format!("database: {why}; decisions continue from memory"));
     }
     HttpResponse::Ok().json(Health {
         status: if reasons.is_empty() {
@@ -155,11 +161,13 @@ pub async fn health(state: web::Data<AppState>) -> HttpResponse {
 pub struct Draining(AtomicBool);
 
 impl Draining {
+    /// A stop has begun: from now on, not ready.
     pub fn begin(&self) {
         self.0.store(true, Ordering::Relaxed);
     }
 
-    pub fn is_draining(&self) -> bool {
+    /// Whether a stop has begun.
+    pub fn has_begun(&self) -> bool {
         self.0.load(Ordering::Relaxed)
     }
 }
@@ -169,7 +177,7 @@ impl Draining {
 pub struct Probe {
     /// `/livez`: `alive` or `dead`; `/readyz`: `ready` or `not_ready`.
     status: &'static str,
-    /// Why not, when not (empty otherwise).
+    /// Why not, when not (left out otherwise).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     reasons: Vec<String>,
     /// RFC 3339.
@@ -208,8 +216,8 @@ fn probe(
     )
 )]
 pub async fn livez(state: web::Data<AppState>) -> HttpResponse {
-    let stopped = timeout(HEALTH_TIMEOUT, state.registries.alive()).await == Ok(false);
-    let reasons = if stopped {
+    // Asks no actor: a busy server answers at once, and is alive.
+    let reasons = if state.registries.stopped() {
         vec![SHARD_STOPPED.to_owned()]
     } else {
         Vec::new()
@@ -218,9 +226,9 @@ pub async fn livez(state: web::Data<AppState>) -> HttpResponse {
 }
 
 /// Readiness ("send me traffic"): 200 only when the configs are loaded (in distributed
-/// mode, synced from Redis once), the database answers, no shard has stopped and, in
-/// distributed mode, Redis answers; 503 with every reason otherwise, and from the
-/// moment a stop begins.
+/// mode, synced from Redis once), the database works (slow is not failing), no shard
+/// has stopped and, in distributed mode, Redis answers; 503 with every reason
+/// otherwise, and from the moment a stop begins.
 #[utoipa::path(
     get,
     path = "/readyz",
@@ -232,18 +240,16 @@ pub async fn livez(state: web::Data<AppState>) -> HttpResponse {
 )]
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let mut reasons = Vec::new();
-    if state.draining.is_draining() {
+    if state.draining.has_begun() {
         reasons.push("shutting down".to_owned());
     }
     let checks = Checks::run(&state).await;
-    match checks.deciding {
-        Ok(true) => {}
-        Ok(false) => reasons.push(SHARD_STOPPED.to_owned()),
-        // Busy is still deciding: taking every overloaded instance out of rotation
-        // would turn a peak into an outage. `/health` reports it.
-        Err(_) => {}
+    if checks.stopped {
+        reasons.push(SHARD_STOPPED.to_owned());
     }
-    if let Some(why) = checks.database_failure {
+    // Busy limiters and a slow database are still deciding: taking every busy instance
+    // out of rotation would turn a peak into an outage. `/health` reports both.
+    if let Some(DatabaseTrouble::Failing(why)) = checks.database {
         reasons.push(format!("database: {why}"));
     }
     reasons.extend(checks.backend.and_then(|(_, why)| why));

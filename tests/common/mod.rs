@@ -85,7 +85,7 @@ impl TestServer {
         let handle = running.handle();
         let registries = running.registries.clone();
         let grpc_addr = running.grpc_addr();
-        actix_rt::spawn(running.serve_until(std::future::pending()));
+        actix_rt::spawn(running.serve_until(futures_util::stream::pending()));
         Self {
             http: Http::new(&url),
             url,
