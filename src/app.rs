@@ -4,7 +4,7 @@
 
 use crate::actors::EventSink;
 use crate::actors::broadcaster::{Broadcaster, EndFeeds, FeedInterest};
-use crate::actors::db::{Cleanup, Db, DbStatus};
+use crate::actors::db::{Checkpoint, Cleanup, Db, DbStatus};
 use crate::actors::registry::{Registries, RegistryConfig, client_hash};
 use crate::clock::{NANOS_PER_SEC, SharedClock, SystemClock};
 use crate::cluster::{self, Cluster, ClusterParts};
@@ -59,6 +59,8 @@ pub struct Running {
     grpc: Option<GrpcServer>,
     /// Turns `/readyz` to 503 when a stop begins.
     draining: Arc<Draining>,
+    /// Folds the WAL into the database file after the final flush.
+    db: actix::Addr<Db>,
     /// How long requests are still served after that (`--shutdown-delay-ms`).
     shutdown_delay: Duration,
 }
@@ -119,7 +121,7 @@ impl Running {
         if let Some(grpc) = grpc {
             grpc.stop(GRPC_GRACE).await;
         }
-        flush_on_stop(&self.registries).await;
+        flush_on_stop(&self.registries, &self.db).await;
         served
     }
 }
@@ -180,10 +182,23 @@ pub fn shutdown_signals() -> impl Stream<Item = ()> {
     })
 }
 
-async fn flush_on_stop(registries: &Registries) {
+/// Writes every limiter's state, then folds the write-ahead log into the database file,
+/// so that after a clean stop the file alone holds everything.
+async fn flush_on_stop(registries: &Registries, db: &actix::Addr<Db>) {
     match registries.flush_all().await {
-        Ok(n) => log::info!("stopped; {n} client snapshots written"),
+        Ok(n) => log::info!(
+            "stopped; {n} client snapshots written now (the rest were already): every client's state is saved"
+        ),
         Err(e) => log::error!("stopped, but the final flush failed: {e}"),
+    }
+    match db.send(Checkpoint).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            log::warn!("the final checkpoint failed ({e}); the WAL file holds the last writes")
+        }
+        Err(e) => log::warn!(
+            "the final checkpoint was not made ({e}); the WAL file holds the last writes"
+        ),
     }
 }
 
@@ -208,6 +223,7 @@ pub fn start_with_clock(
     let registries = state.registries.clone();
     let broadcaster = state.broadcaster.clone();
     let draining = state.draining.clone();
+    let db = state.db.clone();
     let connections = Arc::new(OpenConnections::default());
     let counted = connections.clone();
     let upstream = settings.upstream.as_ref().map(|origin| Upstream {
@@ -260,6 +276,7 @@ pub fn start_with_clock(
         connections,
         grpc,
         draining,
+        db,
         shutdown_delay: Duration::from_millis(settings.shutdown_delay_ms),
     })
 }

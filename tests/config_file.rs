@@ -167,7 +167,7 @@ async fn the_file_is_applied_as_one_change_and_an_invalid_one_changes_nothing() 
         (&r.body["error"], &r.body["line"], &r.body["field"]),
         (
             &json!("invalid_config_file"),
-            &json!(7),
+            &json!(9),
             &json!("requests_per_window")
         )
     );
@@ -227,7 +227,7 @@ async fn the_binary_applies_its_file_at_start_and_reloads_it_on_sighup() {
     write(&file, INVALID);
     b.signal("-HUP");
     let line = b.wait_for("config file refused");
-    assert!(line.contains("line 7, field requests_per_window"), "{line}");
+    assert!(line.contains("line 9, field requests_per_window"), "{line}");
     assert_eq!(
         endpoints(&b.get("/admin/configs").await.body),
         owned(&[("*", 500), ("/api/*", 3), ("/new", 1)]),

@@ -399,6 +399,18 @@ impl Handler<Cleanup> for Db {
     }
 }
 
+/// Folds the write-ahead log into the database file, after the final flush of a stop.
+#[derive(Message)]
+#[rtype(result = "Result<(), StoreError>")]
+pub struct Checkpoint;
+
+impl Handler<Checkpoint> for Db {
+    type Result = Result<(), StoreError>;
+    fn handle(&mut self, _: Checkpoint, _: &mut SyncContext<Self>) -> Self::Result {
+        sqlite::checkpoint(&self.conn)
+    }
+}
+
 #[derive(Message)]
 #[rtype(result = "Result<(), StoreError>")]
 pub struct Ping;

@@ -117,7 +117,16 @@ pub fn parse_all(text: &str) -> Result<Vec<ConfigSpec>, Vec<FileError>> {
     let mut specs = Vec::with_capacity(file.config.len());
     let mut errors = Vec::new();
     for entry in file.config {
-        let line = Some(line_of(text, entry.span().start));
+        let start = entry.span().start;
+        let line = Some(line_of(text, start));
+        // A field's error points at the field's own line when the entry writes it.
+        let error = |line: Option<usize>, field: Option<String>, message| {
+            let line = field
+                .as_deref()
+                .and_then(|f| field_line(text, start, f))
+                .or(line);
+            error(line, field, message)
+        };
         // JSON has no infinity or NaN: they would become null, a default, unnoticed.
         if let Some(field) = non_finite(entry.get_ref()) {
             errors.push(error(
@@ -184,6 +193,27 @@ fn non_finite(table: &toml::Table) -> Option<String> {
         }
     }
     table.iter().find_map(|(k, v)| walk(v, k.clone()))
+}
+
+/// The 1-based line on which the entry that starts at byte `start` writes the top-level
+/// key of `field` (`overrides` for `overrides[0].refill_rate`): the entry's own lines
+/// run until the next table header. `None` when it does not write it (a missing field).
+fn field_line(text: &str, start: usize, field: &str) -> Option<usize> {
+    let key = field.split(['.', '[']).next()?;
+    let first = line_of(text, start);
+    text.get(start..)?
+        .lines()
+        .enumerate()
+        .skip(1)
+        .take_while(|(_, l)| !l.trim_start().starts_with('['))
+        .find(|(_, l)| {
+            let l = l.trim_start();
+            let l = l
+                .strip_prefix(key)
+                .or_else(|| l.strip_prefix(&format!("\"{key}\"")));
+            l.is_some_and(|rest| rest.trim_start().starts_with('='))
+        })
+        .map(|(i, _)| first + i)
 }
 
 /// 1-based line of a byte offset.
@@ -288,7 +318,7 @@ window_seconds = 86400
         let cases = [
             (
                 "[[config]]\nendpoint = \"/a\"\nrequests_per_window = 1\nwindow_seconds = 1\n\n[[config]]\nendpoint = \"/b\"\nrequests_per_window = 0\nwindow_seconds = 1\n",
-                Some(6),
+                Some(8),
                 Some("requests_per_window"),
             ),
             (
@@ -298,17 +328,17 @@ window_seconds = 86400
             ),
             (
                 "[[config]]\nendpoint = \"/a\"\nrequests_per_window = 1\nwindow_seconds = 1\ncolour = 2\n",
-                Some(1),
+                Some(5),
                 Some("colour"),
             ),
             (
                 "[[config]]\nendpoint = \"/a\"\nrequests_per_window = 1\nwindow_seconds = 1\nalgorithm = \"leaky\"\n",
-                Some(1),
+                Some(5),
                 Some("algorithm"),
             ),
             (
                 "[[config]]\nendpoint = \"/a\"\nrequests_per_window = 1\nwindow_seconds = 1\n[[config]]\nendpoint = \"/a\"\nrequests_per_window = 2\nwindow_seconds = 1\n",
-                Some(5),
+                Some(6),
                 Some("endpoint"),
             ),
             (
@@ -319,18 +349,18 @@ window_seconds = 86400
             ("[[configs]]\nendpoint = \"/a\"\n", Some(1), None),
             (
                 "[[config]]\nendpoint = \"/a\"\nrequests_per_window = 1\nwindow_seconds = 1\nrefill_rate = inf\n",
-                Some(1),
+                Some(5),
                 Some("refill_rate"),
             ),
             (
                 "[[config]]\nendpoint = \"/a\"\nrequests_per_window = 1\nwindow_seconds = 1\noverrides = [{ client = \"a\", requests_per_window = 1, refill_rate = nan }]\n",
-                Some(1),
+                Some(5),
                 Some("overrides[0].refill_rate"),
             ),
             ("# nothing\n", None, None),
             (
                 "[[config]]\nendpoint = \"/a\"\nrequests_per_window = 1\nwindow_seconds = 1\nupdated_at = 1979-05-27T07:32:00Z\n",
-                Some(1),
+                Some(5),
                 Some("updated_at"),
             ),
         ];
@@ -338,6 +368,29 @@ window_seconds = 86400
             let e = parse(text).unwrap_err();
             assert_eq!((e.line, e.field.as_deref()), (line, field), "{text}: {e}");
         }
+    }
+
+    #[test]
+    fn a_missing_field_is_reported_at_its_entry_and_a_quoted_key_at_its_line() {
+        let missing = "# a comment\n[[config]]\nendpoint = \"/a\"\nwindow_seconds = 1\n\n[[config]]\nrequests_per_window = 1\n";
+        let found: Vec<_> = parse_all(missing)
+            .unwrap_err()
+            .iter()
+            .map(|e| (e.line, e.field.clone()))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                (Some(2), Some("requests_per_window".to_owned())),
+                (Some(6), Some("endpoint".to_owned())),
+            ]
+        );
+        let quoted = "[[config]]\n\"endpoint\" = \"/a\"\nrequests_per_window = 1\n  \"window_seconds\" = 0\n";
+        let e = parse(quoted).unwrap_err();
+        assert_eq!(
+            (e.line, e.field.as_deref()),
+            (Some(4), Some("window_seconds"))
+        );
     }
 
     #[test]
@@ -355,11 +408,11 @@ window_seconds = 86400
         assert_eq!(
             found,
             [
-                (Some(1), Some("requests_per_window")),
-                (Some(11), Some("algorithm")),
-                (Some(17), Some("endpoint")),
+                (Some(3), Some("requests_per_window")),
+                (Some(15), Some("algorithm")),
+                (Some(18), Some("endpoint")),
                 // Twice, though its first declaration was refused for another field.
-                (Some(22), Some("endpoint")),
+                (Some(23), Some("endpoint")),
             ]
         );
         // A reload refuses the file with the first of them.

@@ -510,6 +510,14 @@ pub struct Cleaned {
     pub clients: usize,
 }
 
+/// Folds the write-ahead log into the database file and empties it, so that the file
+/// alone holds everything (what a copy of it after a clean stop needs). A database
+/// that is not in WAL mode (`:memory:`) has nothing to fold.
+pub fn checkpoint(conn: &Connection) -> Result<()> {
+    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+    Ok(())
+}
+
 /// Deletes statistics and events older than `retention`, expired snapshots, and clients
 /// with neither a request within the retention nor a snapshot left.
 pub fn cleanup(conn: &Connection, now: Nanos, retention: Nanos) -> Result<Cleaned> {
