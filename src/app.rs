@@ -219,7 +219,7 @@ pub fn start_with_clock(
         reload_on_sighup(state.configs.clone());
     }
     let grpc_decider = state.decider.clone();
-    let grpc_tokens = [state.decision_token.clone(), state.admin_token.clone()];
+    let grpc_tokens = state.decision_tokens().map(Clone::clone);
     let registries = state.registries.clone();
     let broadcaster = state.broadcaster.clone();
     let draining = state.draining.clone();

@@ -120,44 +120,38 @@ pub fn parse_all(text: &str) -> Result<Vec<ConfigSpec>, Vec<FileError>> {
         let start = entry.span().start;
         let line = Some(line_of(text, start));
         // A field's error points at the field's own line when the entry writes it.
-        let error = |line: Option<usize>, field: Option<String>, message| {
-            let line = field
-                .as_deref()
-                .and_then(|f| field_line(text, start, f))
-                .or(line);
-            error(line, field, message)
+        let error_at = |field: Option<String>, message| {
+            let at = field.as_deref().and_then(|f| field_line(text, start, f));
+            error(at.or(line), field, message)
         };
         // JSON has no infinity or NaN: they would become null, a default, unnoticed.
         if let Some(field) = non_finite(entry.get_ref()) {
-            errors.push(error(
-                line,
-                Some(field),
-                "must be a finite number".to_owned(),
-            ));
+            errors.push(error_at(Some(field), "must be a finite number".to_owned()));
             continue;
         }
         let object = match serde_json::to_value(entry.get_ref()) {
             Ok(Value::Object(map)) => map,
             _ => {
-                errors.push(error(line, None, "is not a table of fields".to_owned()));
+                errors.push(error_at(None, "is not a table of fields".to_owned()));
                 continue;
             }
         };
-        let spec = match ConfigSpec::from_create(object.clone()) {
+        // As written, so that an entry refused for another field still counts when a
+        // later one declares the same endpoint.
+        let written = object
+            .get("endpoint")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        let spec = match ConfigSpec::from_create(object) {
             Ok(spec) => spec,
             Err(e) => {
-                errors.push(error(line, Some(e.field), e.message));
-                // Taken as written, so that a later entry with the same endpoint is
-                // still reported as declared twice.
-                if let Some(Value::String(endpoint)) = object.get("endpoint") {
-                    seen.insert(endpoint.clone());
-                }
+                errors.push(error_at(Some(e.field), e.message));
+                seen.extend(written);
                 continue;
             }
         };
         if !seen.insert(spec.endpoint.clone()) {
-            errors.push(error(
-                line,
+            errors.push(error_at(
                 Some("endpoint".to_owned()),
                 format!("{:?} is declared twice", spec.endpoint),
             ));
@@ -200,6 +194,7 @@ fn non_finite(table: &toml::Table) -> Option<String> {
 /// run until the next table header. `None` when it does not write it (a missing field).
 fn field_line(text: &str, start: usize, field: &str) -> Option<usize> {
     let key = field.split(['.', '[']).next()?;
+    let quoted = format!("\"{key}\"");
     let first = line_of(text, start);
     text.get(start..)?
         .lines()
@@ -210,7 +205,7 @@ fn field_line(text: &str, start: usize, field: &str) -> Option<usize> {
             let l = l.trim_start();
             let l = l
                 .strip_prefix(key)
-                .or_else(|| l.strip_prefix(&format!("\"{key}\"")));
+                .or_else(|| l.strip_prefix(quoted.as_str()));
             l.is_some_and(|rest| rest.trim_start().starts_with('='))
         })
         .map(|(i, _)| first + i)

@@ -226,7 +226,7 @@ pub async fn decision_access(
     let state = state(&req);
     // The caller of `/v1` is the proxy (or program) itself, whoever it names.
     let caller = req.peer_addr().map(|p| p.ip());
-    let verdict = authorize(&req, caller, [&state.decision_token, &state.admin_token]);
+    let verdict = authorize(&req, caller, state.decision_tokens());
     guarded(req, next, verdict).await
 }
 

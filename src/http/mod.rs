@@ -62,6 +62,14 @@ pub struct AppState {
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
+impl AppState {
+    /// The tokens every decision surface (`/v1/*` and the gRPC service) accepts: the
+    /// decision token and the admin token.
+    pub fn decision_tokens(&self) -> [&Option<String>; 2] {
+        [&self.decision_token, &self.admin_token]
+    }
+}
+
 /// The route table, shared by the binary and the tests: everything sits in one root
 /// scope behind the request log and the rate-limit middleware (which lets the exempt
 /// prefixes through), and `/admin`, `/metrics` and the feeds behind the admin-access

@@ -31,18 +31,6 @@ pub struct Health {
     timestamp: String,
 }
 
-/// What the probes and the health check ask of the server, asked once per call.
-struct Checks {
-    /// A registry shard has stopped: its clients cannot be decided at all.
-    stopped: bool,
-    /// The shards did not all answer within [`HEALTH_TIMEOUT`]: busy, still deciding.
-    busy: Option<String>,
-    /// Why the database is not working, if it is not.
-    database: Option<DatabaseTrouble>,
-    /// A remote quota backend (Redis): its name, and why it is unreachable, if it is.
-    backend: Option<(&'static str, Option<String>)>,
-}
-
 /// What is wrong with the database.
 enum DatabaseTrouble {
     /// It did not answer within [`HEALTH_TIMEOUT`]: its one thread is busy (a retention
@@ -52,51 +40,38 @@ enum DatabaseTrouble {
     Failing(String),
 }
 
-impl Checks {
-    async fn run(state: &AppState) -> Self {
-        let (answered, ping) = futures_util::future::join(
-            timeout(HEALTH_TIMEOUT, state.registries.alive()),
-            timeout(HEALTH_TIMEOUT, state.db.send(Ping)),
-        )
-        .await;
-        let database = match ping {
-            Ok(Ok(Ok(()))) => state.db_status.failure().map(DatabaseTrouble::Failing),
-            Ok(Ok(Err(e))) => Some(DatabaseTrouble::Failing(e.to_string())),
-            Ok(Err(_)) => Some(DatabaseTrouble::Failing(
-                "the database actor stopped".to_owned(),
-            )),
-            Err(_) => Some(DatabaseTrouble::Slow(format!(
-                "the database actor did not answer within {} s",
-                HEALTH_TIMEOUT.as_secs()
-            ))),
-        };
-        let busy = answered.is_err().then(|| {
-            format!(
-                "the limiters did not answer within {} s (overloaded)",
-                HEALTH_TIMEOUT.as_secs()
-            )
-        });
-        // Without the remote backend, decisions follow --on-error.
-        let backend = state.registries.backend_reachable().map(|(name, up, shards)| {
-            let coordinating = state.cluster.as_ref().is_none_or(|c| c.is_up());
-            if up == shards && coordinating {
-                return (name, None);
-            }
-            let why = format!(
-                "{name}: unreachable from {} of {shards} limiter shards{}; decisions follow --on-error {:?}",
-                shards - up,
-                if coordinating { "" } else { " and from the config sync" },
-                state.decider.on_error
-            );
-            (name, Some(why))
-        });
-        Self {
-            stopped: state.registries.stopped() || answered == Ok(false),
-            busy,
-            database,
-            backend,
-        }
+/// Asks the database actor (within [`HEALTH_TIMEOUT`]) and reads its write status.
+async fn database_trouble(state: &AppState) -> Option<DatabaseTrouble> {
+    match timeout(HEALTH_TIMEOUT, state.db.send(Ping)).await {
+        Ok(Ok(Ok(()))) => state.db_status.failure().map(DatabaseTrouble::Failing),
+        Ok(Ok(Err(e))) => Some(DatabaseTrouble::Failing(e.to_string())),
+        Ok(Err(_)) => Some(DatabaseTrouble::Failing(
+            "the database actor stopped".to_owned(),
+        )),
+        Err(_) => Some(DatabaseTrouble::Slow(format!(
+            "the database actor did not answer within {} s",
+            HEALTH_TIMEOUT.as_secs()
+        ))),
     }
+}
+
+/// A remote quota backend (Redis): its name, and why it is unreachable, if it is;
+/// `None` for a backend that cannot be unreachable. Without it, decisions follow
+/// `--on-error`.
+fn backend_trouble(state: &AppState) -> Option<(&'static str, Option<String>)> {
+    state.registries.backend_reachable().map(|(name, up, shards)| {
+        let coordinating = state.cluster.as_ref().is_none_or(|c| c.is_up());
+        if up == shards && coordinating {
+            return (name, None);
+        }
+        let why = format!(
+            "{name}: unreachable from {} of {shards} limiter shards{}; decisions follow --on-error {:?}",
+            shards - up,
+            if coordinating { "" } else { " and from the config sync" },
+            state.decider.on_error
+        );
+        (name, Some(why))
+    })
 }
 
 /// A stopped registry shard: its clients cannot be decided at all.
@@ -116,30 +91,43 @@ const SHARD_STOPPED: &str = "a registry shard stopped; its clients cannot be dec
     )
 )]
 pub async fn health(state: web::Data<AppState>) -> HttpResponse {
-    let checks = Checks::run(&state).await;
+    // The limiters are asked too, only to tell a busy server (the round trip takes
+    // longer than the timeout) from an idle one.
+    let (answered, database) = futures_util::future::join(
+        timeout(HEALTH_TIMEOUT, state.registries.alive()),
+        database_trouble(&state),
+    )
+    .await;
     let timestamp = rfc3339(state.clock.now());
-    let database = match checks.database {
+    let database_shown = match database {
         None => "connected",
         Some(_) => "failing",
     };
-    if checks.stopped {
+    if state.registries.stopped() {
         return HttpResponse::ServiceUnavailable().json(Health {
             status: "unhealthy",
             reason: Some(SHARD_STOPPED.to_owned()),
-            database,
+            database: database_shown,
             redis: None,
             timestamp,
         });
     }
+    let backend = backend_trouble(&state);
     // The one remote backend there is names itself `redis`.
-    let redis = checks.backend.as_ref().map(|(_, why)| match why {
+    let redis = backend.as_ref().map(|(_, why)| match why {
         None => "connected",
         Some(_) => "unreachable",
     });
+    let mut reasons = Vec::new();
     // Busy (a full mailbox pushes back), not broken: requests are still decided.
-    let mut reasons: Vec<String> = checks.busy.into_iter().collect();
-    reasons.extend(checks.backend.and_then(|(_, why)| why));
-    if let Some(DatabaseTrouble::Slow(why) | DatabaseTrouble::Failing(why)) = checks.database {
+    if answered.is_err() {
+        reasons.push(format!(
+            "the limiters did not answer within {} s (overloaded)",
+            HEALTH_TIMEOUT.as_secs()
+        ));
+    }
+    reasons.extend(backend.and_then(|(_, why)| why));
+    if let Some(DatabaseTrouble::Slow(why) | DatabaseTrouble::Failing(why)) = database {
         reasons.push(format!("database: {why}; decisions continue from memory"));
     }
     HttpResponse::Ok().json(Health {
@@ -149,7 +137,7 @@ pub async fn health(state: web::Data<AppState>) -> HttpResponse {
             "degraded"
         },
         reason: (!reasons.is_empty()).then(|| reasons.join("; ")),
-        database,
+        database: database_shown,
         redis,
         timestamp,
     })
@@ -243,16 +231,16 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     if state.draining.has_begun() {
         reasons.push("shutting down".to_owned());
     }
-    let checks = Checks::run(&state).await;
-    if checks.stopped {
+    // Busy limiters are not asked about, and a slow database does not count: both are
+    // still deciding, and taking every busy instance out of rotation would turn a peak
+    // into an outage. `/health` reports both.
+    if state.registries.stopped() {
         reasons.push(SHARD_STOPPED.to_owned());
     }
-    // Busy limiters and a slow database are still deciding: taking every busy instance
-    // out of rotation would turn a peak into an outage. `/health` reports both.
-    if let Some(DatabaseTrouble::Failing(why)) = checks.database {
+    if let Some(DatabaseTrouble::Failing(why)) = database_trouble(&state).await {
         reasons.push(format!("database: {why}"));
     }
-    reasons.extend(checks.backend.and_then(|(_, why)| why));
+    reasons.extend(backend_trouble(&state).and_then(|(_, why)| why));
     if state.cluster.as_ref().is_some_and(|c| !c.synced()) {
         reasons.push("the shared configs have not been loaded from Redis yet".to_owned());
     }
