@@ -419,7 +419,12 @@ pub fn build_state_on(
 
     if settings.admin_token.is_none() {
         log::warn!(
-            "no admin token is set (--admin-token / ADMIN_TOKEN): the admin API and feeds answer loopback clients only"
+            "no admin token is set (--admin-token / ADMIN_TOKEN): the admin API, /metrics and the feeds answer loopback clients only, addressed as localhost, 127.0.0.1 or [::1]{}",
+            settings
+                .allowed_hosts
+                .iter()
+                .map(|h| format!(" or {h}"))
+                .collect::<String>()
         );
     }
     let decider = Arc::new(Decider::new(
@@ -445,6 +450,7 @@ pub fn build_state_on(
             trusted_proxies: settings.trusted_proxies.clone(),
         },
         admin_token: settings.admin_token.clone(),
+        allowed_hosts: crate::access::AllowedHosts::new(settings.allowed_hosts.clone()),
         decision_token: settings.decision_token.clone(),
         forward_auth: ForwardAuth {
             headers: settings.forward_auth_headers,

@@ -65,6 +65,9 @@ pub enum ApiError {
     Forbidden,
     /// 403: a WebSocket upgrade from a page of another origin.
     ForbiddenOrigin,
+    /// 403: no token is configured and the request addressed a host that is neither
+    /// loopback nor in `--allowed-hosts` (a DNS-rebinding page, or a public name).
+    ForbiddenHost,
     /// 429: this IP address holds the most live-feed subscriptions allowed.
     TooManySubscribers(usize),
     /// 413.
@@ -105,6 +108,7 @@ impl ApiError {
             ApiError::Conflict(_) => "conflict",
             ApiError::Unauthorized => "unauthorized",
             ApiError::Forbidden | ApiError::ForbiddenOrigin => "forbidden",
+            ApiError::ForbiddenHost => "forbidden_host",
             ApiError::TooManySubscribers(_) => "too_many_subscribers",
             ApiError::LimiterUnavailable => "limiter_unavailable",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
@@ -123,6 +127,7 @@ impl From<crate::access::Refused> for ApiError {
         match r {
             crate::access::Refused::Unauthorized => ApiError::Unauthorized,
             crate::access::Refused::Forbidden => ApiError::Forbidden,
+            crate::access::Refused::ForeignHost => ApiError::ForbiddenHost,
         }
     }
 }
@@ -148,6 +153,9 @@ impl fmt::Display for ApiError {
             }
             ApiError::Forbidden => f.write_str(
                 "No admin token is configured, so the admin API only answers loopback clients.",
+            ),
+            ApiError::ForbiddenHost => f.write_str(
+                "No admin token is configured, so this path answers only requests addressed to a loopback name (localhost, 127.0.0.1, [::1]) or to a name in --allowed-hosts (RATEWARDEN_ALLOWED_HOSTS); set --admin-token (ADMIN_TOKEN) to reach it through any name.",
             ),
             ApiError::ForbiddenOrigin => f.write_str(
                 "Only pages of this server's origin (see --allowed-origins) may open its feeds or change anything through it.",
@@ -179,7 +187,9 @@ impl ResponseError for ApiError {
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
-            ApiError::Forbidden | ApiError::ForbiddenOrigin => StatusCode::FORBIDDEN,
+            ApiError::Forbidden | ApiError::ForbiddenOrigin | ApiError::ForbiddenHost => {
+                StatusCode::FORBIDDEN
+            }
             ApiError::TooManySubscribers(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::LimiterUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,

@@ -147,6 +147,13 @@ pub struct Settings {
     #[arg(long, env = "RATEWARDEN_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
 
+    /// Comma-separated host names (or IP addresses) that, without an admin token, the
+    /// admin API, /metrics, the feeds and /v1 answer besides loopback names (localhost,
+    /// 127.0.0.0/8, [::1]): a request whose `Host` names anything else is refused, so a
+    /// web page cannot reach them through DNS rebinding. With a token, `Host` is not checked.
+    #[arg(long, env = "RATEWARDEN_ALLOWED_HOSTS", value_delimiter = ',', value_parser = crate::access::host_name)]
+    pub allowed_hosts: Vec<String>,
+
     /// Time a client has to send a request's head, and to close after the response, in
     /// milliseconds (slow clients are cut off; see actix's client request timeout).
     #[arg(long, env = "RATEWARDEN_CLIENT_TIMEOUT_MS", default_value_t = 5000,

@@ -327,6 +327,18 @@ fn hostile_requests() -> Vec<Hostile> {
         hostile("DELETE", "/admin/traffic", 405),
         hostile("GET", "/admin/nothing", 404),
         hostile("GET", "/ws/a%0D%0Ab", 400),
+        // Without a token, a guarded path addressed to a host that is not this machine's
+        // (DNS rebinding, a proxy's public name) is refused before anything is read.
+        hostile("GET", "/admin/configs", 403).header("Host", "evil.example:8000"),
+        hostile("GET", "/admin/stats", 403).header("Host", "127.0.0.1.evil.example"),
+        hostile("GET", "/admin/top", 403).header("Host", "localhost@evil.example"),
+        hostile("GET", "/admin/stats/probe", 403).header("Host", "[::2]:8000"),
+        hostile("GET", "/events/global", 403).header("Host", "evil.example"),
+        hostile("GET", "/ws/global", 403).header("Host", "evil.example"),
+        hostile("POST", "/admin/configs", 403).header("Host", "evil.example").body(cfg("")),
+        hostile("DELETE", "/admin/configs/keep", 403).header("Host", "0x7f000001"),
+        hostile("DELETE", "/admin/clients/probe/state", 403).header("Host", ""),
+        hostile("POST", "/v1/check", 403).header("Host", "evil.example").body(r#"{"client_id": "probe", "path": "/api/data"}"#),
         hostile("GET", "/events/%E2%80%AE", 400),
         hostile("POST", "/events/global", 405),
         hostile("GET", "/ws/global", 400),

@@ -29,7 +29,7 @@ async fn raw(addr: &str, request: &str) -> String {
 async fn subscribers(addr: &str) -> f64 {
     let text = raw(
         addr,
-        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
     )
     .await;
     text.lines()
@@ -42,10 +42,10 @@ async fn subscribers(addr: &str) -> f64 {
 async fn cycle(addr: &str, i: usize) {
     let mut s = TcpStream::connect(addr).await.unwrap();
     let head = if i % 4 == 3 {
-        "GET /events/global HTTP/1.1\r\nHost: x\r\n\r\n".to_owned()
+        "GET /events/global HTTP/1.1\r\nHost: localhost\r\n\r\n".to_owned()
     } else {
         format!(
-            "GET /ws/c{} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+            "GET /ws/c{} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
             i % 50
         )

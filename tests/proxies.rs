@@ -143,10 +143,19 @@ async fn caddy_forward_auth_passes_the_429_and_its_headers_through() {
     admin off
     auto_https off
 }}
-http://127.0.0.1:{port} {{
+http://app.example:{port} {{
+    bind 127.0.0.1
     forward_auth 127.0.0.1:{rw} {{
         uri /v1/forward-auth
         header_up -X-Client-ID
+        header_up Host {{upstream_hostport}}
+    }}
+    respond "upstream" 200
+}}
+http://public.example:{port} {{
+    bind 127.0.0.1
+    forward_auth 127.0.0.1:{rw} {{
+        uri /v1/forward-auth
     }}
     respond "upstream" 200
 }}
@@ -168,10 +177,26 @@ http://127.0.0.1:{port} {{
         .expect("caddy is installed (scripts/test installs it)");
     let caddy = Proxy { child, port }.ready(&log).await;
 
+    // Caddy passes the public Host on to ratewarden unless told otherwise, and a
+    // tokenless ratewarden answers only requests addressed to a loopback name: the
+    // refusal reaches the client, and nothing is counted.
+    let public = [("Host", "public.example")];
+    let r = get_from("127.0.0.2", caddy.port, "/app/x", &public).await;
+    assert_eq!(r.status, 403, "{:?}", r.headers);
+    assert!(
+        r.header("Content-Type")
+            .unwrap()
+            .starts_with("application/json")
+    );
     let a = "127.0.0.2";
-    assert_eq!(get_from(a, caddy.port, "/app/x", &[]).await.status, 200);
-    assert_eq!(get_from(a, caddy.port, "/app/x", &[]).await.status, 200);
-    let forged = [("X-Original-URI", "/free"), ("X-Client-ID", "someone-else")];
+    let site = ("Host", "app.example");
+    assert_eq!(get_from(a, caddy.port, "/app/x", &[site]).await.status, 200);
+    assert_eq!(get_from(a, caddy.port, "/app/x", &[site]).await.status, 200);
+    let forged = [
+        site,
+        ("X-Original-URI", "/free"),
+        ("X-Client-ID", "someone-else"),
+    ];
     let refused = get_from(a, caddy.port, "/app/x", &forged).await;
     assert_eq!(refused.status, 429, "{forged:?} escaped the limit");
     assert_eq!(refused.header("Retry-After"), Some("60"));
@@ -192,7 +217,7 @@ http://127.0.0.1:{port} {{
         "127.0.0.3",
         caddy.port,
         "/other",
-        &[("X-Forwarded-Uri", "/app/x")],
+        &[site, ("X-Forwarded-Uri", "/app/x")],
     )
     .await;
     assert_eq!(r.status, 200);

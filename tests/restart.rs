@@ -169,17 +169,23 @@ async fn kill_9_after_a_flush_interval_keeps_consumption() {
 
 #[test]
 fn a_bad_flag_exits_non_zero_with_one_clear_line() {
-    let out = Command::new(BIN)
-        .args(["--flush-interval-ms", "abc"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8(out.stderr).unwrap();
-    assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(
-        err.starts_with("ratewarden: ") && err.contains("--flush-interval-ms"),
-        "{err}"
-    );
+    for (flag, value, says) in [
+        ("--flush-interval-ms", "abc", "--flush-interval-ms"),
+        (
+            "--allowed-hosts",
+            "ops.internal,https://ops.internal:8000",
+            "no scheme, port or path",
+        ),
+    ] {
+        let out = Command::new(BIN).args([flag, value]).output().unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(
+            err.starts_with("ratewarden: ") && err.contains(flag) && err.contains(says),
+            "{err}"
+        );
+    }
 }
 
 #[test]
@@ -191,6 +197,7 @@ fn help_lists_every_flag() {
         "--bind",
         "--database",
         "--admin-token",
+        "--allowed-hosts",
         "--workers",
         "--flush-interval-ms",
         "--retention-days",

@@ -195,6 +195,181 @@ async fn allowed_origins_open_feeds_and_only_named_ones_open_changes() {
     assert_eq!(r.status, 200, "{:?}", r.body);
 }
 
+/// The status line's code of a raw HTTP/1.x `request` (for feeds, which answer 200 or
+/// 101 and then stream: the connection is dropped after the head).
+async fn raw_status(url: &str, request: &str) -> u16 {
+    let mut stream = TcpStream::connect(url.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n") {
+        let n = actix_rt::time::timeout(WAIT, stream.read(&mut byte))
+            .await
+            .expect("an answer")
+            .unwrap();
+        assert_eq!(n, 1, "closed after {:?}", String::from_utf8_lossy(&head));
+        head.push(byte[0]);
+    }
+    let line = String::from_utf8_lossy(&head).into_owned();
+    line.split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"))
+}
+
+/// Every path the admin rule guards, read as a page would, addressed to `host`: the
+/// status of each (the feeds through a raw connection, so a stream is not waited on).
+async fn guarded_reads(s: &TestServer, host: &str, auth: Option<&str>) -> Vec<(String, u16)> {
+    let bearer = auth.map(|t| format!("Bearer {t}"));
+    let mut headers = vec![("Host", host)];
+    if let Some(b) = &bearer {
+        headers.push(("Authorization", b.as_str()));
+    }
+    let mut out = Vec::new();
+    for path in [
+        "/admin/configs",
+        "/admin/stats",
+        "/admin/top",
+        "/admin/stats/alice",
+        "/admin/traffic",
+    ] {
+        let r = s.send("GET", path, &headers, None).await;
+        if r.status == 403 {
+            assert_eq!(r.body["error"], "forbidden_host", "{path}: {:?}", r.body);
+            let message = r.body["message"].as_str().unwrap();
+            assert!(
+                message.contains("--allowed-hosts") && message.contains("--admin-token"),
+                "{message}"
+            );
+        }
+        out.push((format!("GET {path}"), r.status.as_u16()));
+    }
+    // A peek (nothing consumed), so that every admitted read answers 200.
+    let check = r#"{"client_id": "alice", "path": "/api/data", "peek": true}"#;
+    let r = s.send("POST", "/v1/check", &headers, Some(check)).await;
+    out.push(("POST /v1/check".into(), r.status.as_u16()));
+    let auth_line = bearer
+        .as_ref()
+        .map(|b| format!("Authorization: {b}\r\n"))
+        .unwrap_or_default();
+    let metrics = format!("GET /metrics HTTP/1.1\r\nHost: {host}\r\n{auth_line}\r\n");
+    out.push(("GET /metrics".into(), raw_status(&s.url, &metrics).await));
+    let sse = format!("GET /events/global HTTP/1.1\r\nHost: {host}\r\n{auth_line}\r\n");
+    out.push(("GET /events/global".into(), raw_status(&s.url, &sse).await));
+    let ws = format!(
+        "GET /ws/global HTTP/1.1\r\nHost: {host}\r\n{auth_line}Upgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    );
+    out.push(("GET /ws/global".into(), raw_status(&s.url, &ws).await));
+    out
+}
+
+fn all(reads: &[(String, u16)], status: u16) -> bool {
+    reads
+        .iter()
+        .all(|(what, got)| *got == status || what.starts_with("GET /ws") && *got == 101)
+}
+
+#[actix_rt::test]
+async fn without_a_token_only_loopback_and_allowed_host_names_reach_guarded_paths() {
+    // DNS rebinding: a page whose own name was rebound to 127.0.0.1 is same-origin to the
+    // browser and sends no Origin on a GET; only `Host` tells it from the operator's.
+    let s = TestServer::with(|c| c.allowed_hosts = vec!["ops.internal".into()]).await;
+    s.config("/api/*", 5, 60, "fixed_window").await;
+    assert_eq!(s.statuses("alice", "/api/data", 1).await, [200]);
+    let port = s.url.rsplit(':').next().unwrap().to_owned();
+    let before = s.get("/admin/configs").await.body;
+    let sse = "ratewarden_feed_subscribers{transport=\"sse\"}";
+    let ws = "ratewarden_feed_subscribers{transport=\"websocket\"}";
+
+    for host in [
+        format!("evil.example:{port}"),
+        "evil.example".into(),
+        format!("localhost.evil.example:{port}"),
+        format!("127.0.0.1.nip.io:{port}"),
+        format!("other.internal:{port}"),
+    ] {
+        let reads = guarded_reads(&s, &host, None).await;
+        assert!(all(&reads, 403), "{host}: {reads:?}");
+        // Nothing read, and no feed left open.
+        assert_eq!(s.metric(sse).await + s.metric(ws).await, 0.0, "{host}");
+        // Nothing changed: a write through that name is refused too.
+        let headers = [("Host", host.as_str())];
+        for (method, path, body) in [
+            (
+                "POST",
+                "/admin/configs",
+                Some(r#"{"endpoint": "/x", "requests_per_window": 1, "window_seconds": 1}"#),
+            ),
+            ("DELETE", "/admin/configs/api/*", None),
+            ("DELETE", "/admin/clients/alice/state", None),
+        ] {
+            let r = s.send(method, path, &headers, body).await;
+            assert_eq!(r.status, 403, "{method} {path} via {host}: {:?}", r.body);
+            assert_eq!(r.body["error"], "forbidden_host");
+        }
+    }
+    assert_eq!(
+        s.get("/admin/configs").await.body,
+        before,
+        "nothing changed"
+    );
+    // Nothing was consumed: alice has 4 of 5 left.
+    assert_eq!(
+        s.statuses("alice", "/api/data", 5).await,
+        [200, 200, 200, 200, 429]
+    );
+
+    for host in [
+        format!("localhost:{port}"),
+        "localhost".into(),
+        format!("127.0.0.1:{port}"),
+        format!("127.1.2.3:{port}"),
+        format!("[::1]:{port}"),
+        format!("ops.internal:{port}"),
+        "OPS.INTERNAL".into(),
+    ] {
+        let reads = guarded_reads(&s, &host, None).await;
+        assert!(all(&reads, 200), "{host}: {reads:?}");
+    }
+    // The dashboard's page and assets are not guarded (they hold no data).
+    let page = "GET /dashboard HTTP/1.1\r\nHost: evil.example\r\n\r\n";
+    assert_eq!(raw_status(&s.url, page).await, 200);
+
+    // HTTP/1.0 with no Host: judged by the peer address alone, as before.
+    let old = "GET /admin/configs HTTP/1.0\r\n\r\n";
+    assert_eq!(raw_status(&s.url, old).await, 200);
+}
+
+#[actix_rt::test]
+async fn with_a_token_the_token_is_the_rule_whatever_the_host() {
+    let s = TestServer::with(|c| c.admin_token = Some("h-token".into())).await;
+    let reads = guarded_reads(&s, "evil.example:8000", Some("h-token")).await;
+    assert!(all(&reads, 200), "{reads:?}");
+    let reads = guarded_reads(&s, "localhost", None).await;
+    assert!(all(&reads, 401), "{reads:?}");
+    // A decision token alone opens /v1 through any name, and nothing else.
+    let s = TestServer::with(|c| c.decision_token = Some("d-token".into())).await;
+    let check = r#"{"client_id": "alice", "path": "/api/data"}"#;
+    let r = s
+        .send(
+            "POST",
+            "/v1/check",
+            &[("Host", "rw.example"), ("Authorization", "Bearer d-token")],
+            Some(check),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let r = s
+        .send("GET", "/admin/configs", &[("Host", "rw.example")], None)
+        .await;
+    assert_eq!(r.status, 403);
+    assert_eq!(r.body["error"], "forbidden_host");
+}
+
 async fn upgrade(s: &TestServer, path: &str, origin: Option<&str>) -> u16 {
     let mut req = awc::Client::new().ws(format!("{}{path}", s.url.replacen("http", "ws", 1)));
     if let Some(o) = origin {

@@ -10,7 +10,7 @@
 
 use super::proto::{RateLimitRequest, RateLimitResponse};
 use super::{Failure, should_rate_limit};
-use crate::access::{Refused, admit, bearer};
+use crate::access::{AllowedHosts, Asker, Refused, admit, bearer};
 use crate::decide::Decider;
 use actix::{Arbiter, ArbiterHandle};
 use futures_util::future::{Either, select};
@@ -48,12 +48,19 @@ impl RateLimitService {
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .and_then(bearer);
-        let caller = request.remote_addr().map(|a| a.ip());
-        admit(presented.as_deref(), caller, self.tokens.iter()).map_err(|e| match e {
+        // The host is not asked: Envoy addresses this service by its cluster's name in
+        // `:authority`, and no web page can speak gRPC over cleartext HTTP/2, so DNS
+        // rebinding cannot reach it.
+        let asker = Asker {
+            token: presented.as_deref(),
+            ip: request.remote_addr().map(|a| a.ip()),
+            host: None,
+        };
+        admit(asker, &AllowedHosts::default(), self.tokens.iter()).map_err(|e| match e {
             Refused::Unauthorized => Status::unauthenticated(
                 "send the decision or admin token as authorization: Bearer <token>",
             ),
-            Refused::Forbidden => {
+            Refused::Forbidden | Refused::ForeignHost => {
                 Status::permission_denied("without a token, only loopback callers are answered")
             }
         })

@@ -5,8 +5,7 @@
 
 use super::AppState;
 use super::proxy;
-use super::realtime::Tokened;
-use crate::access::{admit, bearer};
+use crate::access::{AllowedHosts, Asker, admit, bearer};
 use crate::actors::Via;
 use crate::clock::{NANOS_PER_SEC, Nanos, ceil_secs, rfc3339};
 use crate::decide::{Ruling, retry_after_secs, structured_fields};
@@ -201,18 +200,14 @@ pub async fn admin_access(
     // Behind a trusted proxy on this host, the peer is always loopback: judge the
     // client the proxy names.
     let caller = state.identity.client_ip(req.headers(), req.peer_addr());
-    let mut verdict = authorize(&req, caller, [&state.admin_token]);
+    let mut verdict = authorize(&req, caller, &state.allowed_hosts, [&state.admin_token]);
     // A change asked by a page of another site (a simple POST or DELETE needs no
     // preflight) is refused: without a token, loopback access is all it would need.
     let safe = matches!(req.method().as_str(), "GET" | "HEAD" | "OPTIONS");
     if verdict.is_ok() && !safe {
-        let tokened = match state.admin_token {
-            Some(_) => Tokened::Yes,
-            None => Tokened::No,
-        };
         verdict = state
             .feeds
-            .check_origin(req.headers(), &req.connection_info(), Some(tokened));
+            .check_origin(req.headers(), &req.connection_info(), true);
     }
     guarded(req, next, verdict).await
 }
@@ -226,7 +221,7 @@ pub async fn decision_access(
     let state = state(&req);
     // The caller of `/v1` is the proxy (or program) itself, whoever it names.
     let caller = req.peer_addr().map(|p| p.ip());
-    let verdict = authorize(&req, caller, state.decision_tokens());
+    let verdict = authorize(&req, caller, &state.allowed_hosts, state.decision_tokens());
     guarded(req, next, verdict).await
 }
 
@@ -246,12 +241,21 @@ async fn guarded(
 
 /// With some of `tokens` configured: one of them as a bearer token (in `Authorization`,
 /// or as a `bearer.<hex>` WebSocket subprotocol, or a `token` query parameter), compared
-/// in constant time. With none: only a loopback `caller`.
+/// in constant time. With none: only a loopback `caller` that addressed a loopback or
+/// allowed host (see [`crate::access`]).
 fn authorize<'a>(
     req: &ServiceRequest,
     caller: Option<std::net::IpAddr>,
+    allowed_hosts: &AllowedHosts,
     tokens: impl IntoIterator<Item = &'a Option<String>>,
 ) -> Result<(), ApiError> {
+    // `Host` as the client sent it (no page can set it), never X-Forwarded-Host or
+    // Forwarded, which a same-origin page may; HTTP/2 carries it in the URI. A value
+    // that is not text names no allowed host.
+    let host = match req.headers().get(actix_web::http::header::HOST) {
+        Some(h) => Some(h.to_str().unwrap_or("")),
+        None => req.uri().authority().map(|a| a.as_str()),
+    };
     let presented = req
         .headers()
         .get(actix_web::http::header::AUTHORIZATION)
@@ -259,7 +263,12 @@ fn authorize<'a>(
         .and_then(bearer)
         .or_else(|| protocol_token(req.headers()))
         .or_else(|| query_token(req.query_string()));
-    Ok(admit(presented.as_deref(), caller, tokens)?)
+    let asker = Asker {
+        token: presented.as_deref(),
+        ip: caller,
+        host,
+    };
+    Ok(admit(asker, allowed_hosts, tokens)?)
 }
 
 /// The token a browser's WebSocket carries as the subprotocol `bearer.<hex>` (a page

@@ -46,6 +46,8 @@ pub struct AppState {
     pub templates: tera::Tera,
     pub identity: Identity,
     pub admin_token: Option<String>,
+    /// Host names answered without a token besides loopback (`--allowed-hosts`).
+    pub allowed_hosts: crate::access::AllowedHosts,
     /// Accepted by the decision API besides the admin token.
     pub decision_token: Option<String>,
     pub forward_auth: decision::ForwardAuth,

@@ -22,7 +22,7 @@ use utoipa::{IntoParams, Modify, OpenApi, PartialSchema, ToSchema};
 #[openapi(
     info(
         title = "ratewarden",
-        description = "A rate-limiting server: protected demo routes, the admin API, the decision API, live feeds and the dashboard. Limited routes answer 429 with the rate-limit headers; /admin, /v1, /ws, /events, /dashboard, /static, /metrics, /health, /livez, /readyz and /openapi.json are never limited. The admin API, /metrics and the feeds take the admin token (Authorization: Bearer) when one is set, else loopback callers only; /v1 also takes the decision token."
+        description = "A rate-limiting server: protected demo routes, the admin API, the decision API, live feeds and the dashboard. Limited routes answer 429 with the rate-limit headers; /admin, /v1, /ws, /events, /dashboard, /static, /metrics, /health, /livez, /readyz and /openapi.json are never limited. The admin API, /metrics and the feeds take the admin token (Authorization: Bearer) when one is set, else loopback callers addressing a loopback host name (or one of --allowed-hosts) only; /v1 also takes the decision token."
     ),
     paths(
         demo::index,
@@ -170,7 +170,7 @@ impl Modify for Rules {
                     respond(
                         op,
                         "403",
-                        "Loopback only without a token; or a page of another origin",
+                        "Without a token: a peer that is not loopback, or a Host that is not a loopback name nor in --allowed-hosts (forbidden_host); or a page of another origin",
                     );
                 }
                 if op.request_body.is_some() {

@@ -91,16 +91,14 @@ impl FeedLimits {
     ///
     /// For a change (`write`), more holds: a browser's own word that the page is this
     /// server's (`Sec-Fetch-Site: same-origin`, which no page can forge) is enough, even
-    /// behind a proxy that hides the public host; `*` in `--allowed-origins` opens feeds,
-    /// never changes; and without an admin token a browser may only change anything
-    /// through a loopback host name, so a page whose own host name was rebound to
-    /// 127.0.0.1 (DNS rebinding, same-origin to the browser) cannot ride on loopback
-    /// access.
+    /// behind a proxy that hides the public host; and `*` in `--allowed-origins` opens
+    /// feeds, never changes. (A page whose own host name was rebound to 127.0.0.1 is
+    /// same-origin to the browser: the access rule's `Host` check refuses it before this.)
     pub fn check_origin(
         &self,
         headers: &actix_web::http::header::HeaderMap,
         conn: &actix_web::dev::ConnectionInfo,
-        write: Option<Tokened>,
+        write: bool,
     ) -> Result<(), ApiError> {
         let fetch_site = headers
             .get("sec-fetch-site")
@@ -109,13 +107,7 @@ impl FeedLimits {
         if origin.is_none() && fetch_site.is_none() {
             return Ok(());
         }
-        if write == Some(Tokened::No) && !loopback_host(headers) {
-            log::warn!(
-                "a browser's change through a non-loopback host name refused (no admin token)"
-            );
-            return Err(ApiError::ForbiddenOrigin);
-        }
-        if write.is_some() && fetch_site.as_deref() == Some(b"same-origin") {
+        if write && fetch_site.as_deref() == Some(b"same-origin") {
             return Ok(());
         }
         let Some(origin) = origin else {
@@ -128,8 +120,7 @@ impl FeedLimits {
         let own = format!("{}://{}", conn.scheme(), conn.host());
         let allowed = origin.eq_ignore_ascii_case(&own)
             || self.allowed_origins.iter().any(|o| {
-                (o == "*" && write.is_none())
-                    || o.trim_end_matches('/').eq_ignore_ascii_case(origin)
+                (o == "*" && !write) || o.trim_end_matches('/').eq_ignore_ascii_case(origin)
             });
         if allowed {
             return Ok(());
@@ -137,29 +128,6 @@ impl FeedLimits {
         log::warn!("request from origin {origin:?} refused (own origin {own})");
         Err(ApiError::ForbiddenOrigin)
     }
-}
-
-/// Whether an admin token is configured, for [`FeedLimits::check_origin`] on a change.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Tokened {
-    Yes,
-    No,
-}
-
-/// Whether the request's `Host` names this machine's loopback (`localhost`, 127.x.x.x,
-/// `[::1]`), as a browser on this machine addresses a server that trusts loopback.
-fn loopback_host(headers: &actix_web::http::header::HeaderMap) -> bool {
-    let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
-        return false;
-    };
-    let name = match host.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or(""),
-        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
-    };
-    name.eq_ignore_ascii_case("localhost")
-        || name
-            .parse::<IpAddr>()
-            .is_ok_and(|ip| ip.to_canonical().is_loopback())
 }
 
 /// One open subscription of one IP address; dropping it frees the slot.
@@ -220,7 +188,7 @@ pub async fn websocket(
 ) -> Result<HttpResponse, actix_web::Error> {
     state
         .feeds
-        .check_origin(req.headers(), &req.connection_info(), None)?;
+        .check_origin(req.headers(), &req.connection_info(), false)?;
     let topic = topic(&req)?;
     // A request that is not a valid upgrade must not leave a subscriber behind.
     WsSession::check_handshake(&req).map_err(|e| {
