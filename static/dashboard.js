@@ -238,6 +238,22 @@ function setConn(text, on) {
   c.className = "pill " + (on ? "pill-on" : "pill-off");
 }
 
+// A feed refused before it ever opened: ask the admin API why, once, and say so (a
+// tokenless server reached through a host name it does not answer, for one).
+let refusalShown = false;
+async function explainRefusal() {
+  if (refusalShown) return;
+  const headers = token ? { Authorization: "Bearer " + token } : {};
+  const res = await fetch("/admin/configs", { headers }).catch(() => null);
+  if (!res || res.status !== 403 || refusalShown) return;
+  const body = await res.json().catch(() => ({}));
+  refusalShown = true;
+  const box = $("#access-error");
+  box.textContent = body.message || "This server refused the dashboard's requests (403).";
+  box.hidden = false;
+  setConn("refused", false);
+}
+
 function connectGlobal() {
   if (globalSocket) globalSocket.close();
   const ws = feedSocket("/ws/global");
@@ -253,7 +269,8 @@ function connectGlobal() {
   };
   ws.onclose = () => {
     if (globalSocket !== ws) return;
-    setConn("reconnecting…", false);
+    if (!everConnected) explainRefusal();
+    setConn(refusalShown ? "refused" : "reconnecting…", false);
     setTimeout(connectGlobal, backoff);
     backoff = Math.min(backoff * 2, 10_000);
   };

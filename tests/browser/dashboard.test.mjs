@@ -76,10 +76,10 @@ async function stopServer(child) {
 // Waits for a predicate evaluated in the page (polled on animation frames).
 const until = (page, fn, arg) => page.waitForFunction(fn, arg, { timeout: WAIT });
 
-const launch = () => chromium.launch({
+const launch = (extra = []) => chromium.launch({
   executablePath: CHROMIUM,
   args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run",
-         "--disable-component-update", "--disable-sync", "--disable-quic"],
+         "--disable-component-update", "--disable-sync", "--disable-quic", ...extra],
 });
 
 // Fills the config form's fields by name, in order: a select gets the option of that
@@ -107,14 +107,14 @@ async function openDashboard(browser, url) {
 // Runs `body` with a fresh server (started with `args`) and a browser, and always stops
 // both and removes the server's directory afterwards. `body` may replace `server.child`
 // (a restart); the one there at the end is stopped.
-async function withServer(args, logLevel, body) {
+async function withServer(args, logLevel, body, browserArgs = []) {
   const dir = mkdtempSync(join(tmpdir(), "ratewarden-browser-"));
   let server = null;
   let browser = null;
   try {
     server = startServer(dir, args, logLevel);
     const url = await server.ready;
-    browser = await launch();
+    browser = await launch(browserArgs);
     await body({ url, browser, server, dir });
   } finally {
     try { if (browser) await browser.close(); } finally {
@@ -267,6 +267,39 @@ test("with an admin token the dashboard asks for it and never puts it in a URL",
     assert.ok(server.all.some((l) => l.includes('request method=GET path="/ws/global" status=101')), "requests were logged");
     assert.ok(!server.all.some((l) => l.includes(TOKEN) || l.includes(encodeURIComponent(TOKEN))), "the token never reached the log");
   });
+});
+
+test("without a token the dashboard works through loopback and allowed names, and a rebound name reads nothing", { timeout: 120_000 }, async () => {
+  // Chromium resolves these names to 127.0.0.1 itself: evil.example plays a page whose
+  // name was rebound to this machine (DNS rebinding); ops.internal is --allowed-hosts.
+  const resolve = "--host-resolver-rules=MAP ops.internal 127.0.0.1, MAP evil.example 127.0.0.1";
+  await withServer(["--allowed-hosts", "ops.internal"], "info", async ({ url, browser }) => {
+    const port = new URL(url).port;
+    const r = await fetch(url + "/admin/configs", { method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ endpoint: "/secret/*", requests_per_window: 5, window_seconds: 60 }) });
+    assert.equal(r.status, 201);
+    for (const host of ["localhost", "127.0.0.1", "ops.internal"]) {
+      const { page, pageErrors } = await openDashboard(browser, `http://${host}:${port}`);
+      await until(page, () => [...document.querySelectorAll("#config-rows td.endpoint")].some((td) => td.textContent === "/secret/*"));
+      assert.ok(await page.locator("#access-error").isHidden(), host);
+      assert.deepEqual(pageErrors, [], host);
+      await page.close();
+    }
+    // The rebound page is same-origin with the server to the browser, yet reads nothing
+    // and opens no feed; the page says why.
+    const page = await browser.newPage();
+    await page.goto(`http://evil.example:${port}/dashboard`);
+    await page.locator("#access-error").waitFor({ state: "visible", timeout: WAIT });
+    assert.match(await page.locator("#access-error").textContent(), /--allowed-hosts/);
+    assert.equal((await page.locator("#conn").textContent()).trim(), "refused");
+    const reads = await page.evaluate(async () => Promise.all(
+      ["/admin/configs", "/admin/stats", "/admin/top", "/metrics"].map(async (p) => {
+        const res = await fetch(p);
+        return `${p} ${res.status} ${(await res.text()).includes("/secret/")}`;
+      })));
+    assert.deepEqual(reads, ["/admin/configs 403 false", "/admin/stats 403 false", "/admin/top 403 false", "/metrics 403 false"]);
+    assert.equal(await page.locator("#config-rows td.endpoint").count(), 0);
+  }, [resolve]);
 });
 
 test("in reverse-proxy mode the tester fires at the upstream's paths", { timeout: 120_000 }, async () => {
