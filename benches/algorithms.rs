@@ -3,14 +3,14 @@
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use ratewarden::clock::NANOS_PER_SEC;
-use ratewarden::limiter::{Algorithm, Limits, State};
+use ratewarden::limiter::{Algorithm, Limit, State};
 use std::hint::black_box;
 
 fn decisions(c: &mut Criterion) {
     let mut group = c.benchmark_group("decision");
     for algorithm in Algorithm::ALL {
         for cost in [1u64, 10] {
-            let limits = Limits::new(algorithm, 1_000 * cost, 60);
+            let limits = Limit::new(algorithm, 1_000 * cost, 60);
             let name = match cost {
                 1 => algorithm.as_str().to_owned(),
                 _ => format!("{}/cost={cost}", algorithm.as_str()),
@@ -27,7 +27,7 @@ fn decisions(c: &mut Criterion) {
         }
     }
     for limit in [10u64, 1_000, 100_000] {
-        let limits = Limits::new(Algorithm::SlidingWindow, limit, 60);
+        let limits = Limit::new(Algorithm::SlidingWindow, limit, 60);
         group.bench_function(format!("sliding_window/limit={limit}"), |b| {
             let mut state = State::new(Algorithm::SlidingWindow);
             // One request per millisecond: the window holds at most 514 runs.

@@ -3,7 +3,7 @@
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use ratewarden::clock::NANOS_PER_SEC;
-use ratewarden::limiter::{Algorithm, Limits, State};
+use ratewarden::limiter::{Algorithm, Limit, State};
 use ratewarden::snapshot::{ClientSnapshot, EndpointSnapshot, StatDelta, Totals};
 use ratewarden::store::sqlite::{self, DatabaseUrl};
 use std::sync::Arc;
@@ -11,7 +11,7 @@ use std::sync::Arc;
 const CLIENTS: u64 = 100_000;
 
 fn batch(version: u64) -> Vec<ClientSnapshot> {
-    let limits = Limits::new(Algorithm::SlidingWindow, 100, 3600);
+    let limits = Limit::new(Algorithm::SlidingWindow, 100, 3600);
     let now = 1_800_000_000 * NANOS_PER_SEC;
     let endpoint: Arc<str> = Arc::from("*");
     (0..CLIENTS)

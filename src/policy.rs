@@ -4,7 +4,7 @@
 
 use crate::config::descriptor::Pattern;
 use crate::config::{Change, Config, ConfigSpec, DEFAULT_ENDPOINT, Enforcement};
-use crate::limiter::Limits;
+use crate::limiter::Limit;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
@@ -14,7 +14,7 @@ pub struct Policy {
     /// The config's endpoint: the second half of the rate-limit key and the policy name
     /// in the `RateLimit-Policy` header.
     pub endpoint: Arc<str>,
-    pub limits: Limits,
+    pub limit: Limit,
     pub window_seconds: u64,
     pub active: bool,
     /// Shadow mode: decided and reported like any other, never refused.
@@ -27,7 +27,7 @@ impl Policy {
     pub fn from_spec(spec: &ConfigSpec) -> Self {
         Self {
             endpoint: Arc::from(spec.endpoint.as_str()),
-            limits: spec.limits(),
+            limit: spec.limit(),
             window_seconds: spec.window_seconds,
             active: spec.is_active,
             shadow: spec.mode == Enforcement::Shadow,
@@ -313,7 +313,7 @@ mod tests {
             config("/*", 5),
         ])
         .unwrap();
-        let limit = |path| table.resolve(path, "c").limits.limit;
+        let limit = |path| table.resolve(path, "c").limit.quota();
         assert_eq!(limit("/api/v1/data"), 4);
         assert_eq!(limit("/api/v1/other"), 3);
         assert_eq!(limit("/api/v1"), 3);
@@ -322,8 +322,8 @@ mod tests {
         assert_eq!(limit("/apix"), 5);
         assert_eq!(limit("/"), 5);
         let table = PolicyTable::new(vec![config("*", 1), config("/api/*", 2)]).unwrap();
-        assert_eq!(table.resolve("/other", "c").limits.limit, 1);
-        assert_eq!(table.resolve("/apix", "c").limits.limit, 1);
+        assert_eq!(table.resolve("/other", "c").limit.quota(), 1);
+        assert_eq!(table.resolve("/apix", "c").limit.quota(), 1);
     }
 
     #[test]
@@ -340,7 +340,7 @@ mod tests {
             after: Some(config("/a", 2)),
         };
         assert!(policies.apply(&[add]));
-        assert_eq!(policies.current().resolve("/a", "c").limits.limit, 2);
+        assert_eq!(policies.current().resolve("/a", "c").limit.quota(), 2);
     }
 }
 
@@ -376,7 +376,7 @@ mod override_tests {
             updated_at: 0,
         }])
         .unwrap();
-        let limit = |client| table.resolve("/x", client).limits.limit;
+        let limit = |client| table.resolve("/x", client).limit.quota();
         assert_eq!(limit("other"), 100);
         assert_eq!(limit("pete"), 2);
         assert_eq!(limit("partner-x"), 3);
@@ -384,7 +384,7 @@ mod override_tests {
         assert_eq!(limit("partner-gold-2"), 5);
         let p = table.resolve("/x", "partner-x");
         assert_eq!((&*p.endpoint, p.tier.as_deref()), ("*", Some("partner-*")));
-        assert_eq!(table.policy("*", "pete").unwrap().limits.limit, 2);
+        assert_eq!(table.policy("*", "pete").unwrap().limit.quota(), 2);
         assert!(table.resolve("/x", "other").tier.is_none());
     }
 }

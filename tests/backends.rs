@@ -7,7 +7,7 @@ mod common;
 
 use common::redis::RedisServer;
 use ratewarden::clock::{Clock, ManualClock, NANOS_PER_SEC, SharedClock};
-use ratewarden::limiter::{Algorithm, Decision, Limits, Mode, State, granule_ms};
+use ratewarden::limiter::{Algorithm, Decision, Limit, Mode, State, TokenBucketLimit, granule_ms};
 use ratewarden::metrics::Metrics;
 use ratewarden::store::redis::{Redis, RedisConfig};
 use std::sync::Arc;
@@ -20,7 +20,7 @@ enum Backend {
 }
 
 impl Backend {
-    async fn check(&mut self, limits: &Limits, now: u64, cost: u64, mode: Mode) -> Decision {
+    async fn check(&mut self, limits: &Limit, now: u64, cost: u64, mode: Mode) -> Decision {
         match self {
             Backend::Memory(state) => state.evaluate(limits, now, cost, mode),
             Backend::Redis(redis, client) => redis
@@ -67,17 +67,27 @@ async fn same_decisions(algorithm: Algorithm, seed: u64, server: &RedisServer, l
     let redis = redis_with(&clock, server).await;
     let client: &'static str = Box::leak(format!("c-{algorithm:?}-{seed}").into_boxed_str());
     let mut rng = Lcg(seed);
-    let mut limits = match long {
-        false => Limits::new(algorithm, 1 + rng.next(6), 1 + rng.next(4)),
+    let (mut quota, window_secs) = match long {
+        false => (1 + rng.next(6), 1 + rng.next(4)),
         true => {
             let limit = [1 + rng.next(6), 1 + rng.next(1_000_000)][rng.next(2) as usize];
-            Limits::new(algorithm, limit, 3600 * (1 + rng.next(168)))
+            (limit, 3600 * (1 + rng.next(168)))
         }
     };
+    let window = window_secs * NANOS_PER_SEC;
+    // A token bucket's own numbers: its capacity (the quota) and a random refill interval.
+    let refill_interval = 1 + rng.next(2 * NANOS_PER_SEC);
     if algorithm == Algorithm::TokenBucket {
-        limits.burst = 1 + rng.next(6);
-        limits.refill_interval = 1 + rng.next(2 * NANOS_PER_SEC);
+        quota = 1 + rng.next(6);
     }
+    let limit_of = |quota: u64| match Limit::new(algorithm, quota, window_secs) {
+        Limit::TokenBucket(_) => Limit::TokenBucket(TokenBucketLimit {
+            burst: quota,
+            refill_interval,
+        }),
+        other => other,
+    };
+    let mut limits = limit_of(quota);
     let mut memory = Backend::Memory(State::new(algorithm));
     let mut shared = Backend::Redis(redis, client);
     let mut allowed = 0;
@@ -85,14 +95,13 @@ async fn same_decisions(algorithm: Algorithm, seed: u64, server: &RedisServer, l
         // Bursts within a millisecond, gaps of a fraction of the window, and long idles.
         let gap = match rng.next(10) {
             0..=3 => rng.next(1_000_000),
-            4..=8 => rng.next(limits.window / 2),
-            _ => rng.next(limits.window * 2),
+            4..=8 => rng.next(window / 2),
+            _ => rng.next(window * 2),
         };
         clock.advance(gap);
         if step % 40 == 39 {
             // A config change of the numbers keeps what was consumed.
-            limits.limit = 1 + rng.next(6);
-            limits.burst = limits.limit;
+            limits = limit_of(1 + rng.next(6));
         }
         let now = clock.now();
         let mode = match rng.next(8) {
@@ -148,8 +157,8 @@ async fn a_changed_algorithm_starts_fresh_state_in_both_backends() {
         Backend::Redis(redis_with(&clock, &server).await, "switcher"),
     ];
     for b in &mut backends {
-        let sliding = Limits::new(Algorithm::SlidingWindow, 2, 60);
-        let fixed = Limits::new(Algorithm::FixedWindow, 2, 60);
+        let sliding = Limit::new(Algorithm::SlidingWindow, 2, 60);
+        let fixed = Limit::new(Algorithm::FixedWindow, 2, 60);
         let now = clock.now();
         assert!(b.check(&sliding, now, 1, Mode::Consume).await.allowed);
         assert!(b.check(&sliding, now, 1, Mode::Consume).await.allowed);
@@ -172,7 +181,7 @@ async fn redis_keys_expire_once_their_state_is_fresh() {
         (Algorithm::SlidingWindow, "ttl-sw"),
         (Algorithm::TokenBucket, "ttl-tb"),
     ] {
-        let limits = Limits::new(algorithm, 10, 30);
+        let limits = Limit::new(algorithm, 10, 30);
         redis
             .check(client, "/e", &limits, 1, Mode::Consume)
             .await
@@ -183,7 +192,7 @@ async fn redis_keys_expire_once_their_state_is_fresh() {
             let ttl: i64 = server.cli(&["pttl", key]).trim().parse().unwrap();
             // Fresh within the window (30 s) and the granule a sliding window rounds up
             // to, plus a second of slack; never unbounded.
-            let bound = 31_000 + granule_ms(limits.window) as i64;
+            let bound = 31_000 + granule_ms(30 * NANOS_PER_SEC) as i64;
             assert!((1..=bound).contains(&ttl), "{key}: pttl {ttl}");
         }
     }
@@ -195,7 +204,7 @@ async fn a_sliding_window_whose_sum_was_evicted_recounts_its_runs() {
     let t0 = 1_800_000_000 * NANOS_PER_SEC;
     let clock = ManualClock::new(t0);
     let redis = redis_with(&clock, &server).await;
-    let limits = Limits::new(Algorithm::SlidingWindow, 3, 60);
+    let limits = Limit::new(Algorithm::SlidingWindow, 3, 60);
     for _ in 0..3 {
         assert!(
             redis
@@ -214,7 +223,7 @@ async fn a_sliding_window_whose_sum_was_evicted_recounts_its_runs() {
         .unwrap();
     assert!(!d.allowed, "{d:?}");
     // The first admission counts from the end of its granule, 60 s on.
-    let granule = granule_ms(limits.window) * 1_000_000;
+    let granule = granule_ms(60 * NANOS_PER_SEC) * 1_000_000;
     let first = t0.div_ceil(granule) * granule;
     assert_eq!(
         d.retry_after,
@@ -227,7 +236,7 @@ async fn a_sliding_window_whose_runs_were_evicted_forgets_their_sum() {
     let server = RedisServer::start();
     let clock = ManualClock::new(1_800_000_000 * NANOS_PER_SEC);
     let redis = redis_with(&clock, &server).await;
-    let limits = Limits::new(Algorithm::SlidingWindow, 3, 60);
+    let limits = Limit::new(Algorithm::SlidingWindow, 3, 60);
     for _ in 0..3 {
         redis
             .check("runs-gone", "/e", &limits, 1, Mode::Consume)

@@ -158,7 +158,7 @@ impl ClientLimiter {
         let state = if mode != Mode::Consume && found.is_none() {
             // A peek changes nothing, not even the list of endpoints this client used;
             // nor does resetting a quota the client never used.
-            fresh = State::new(policy.limits.algorithm);
+            fresh = State::new(policy.limit.algorithm());
             &mut fresh
         } else {
             let i = self.index_or_add(found, policy, now / NANOS_PER_SEC / 60);
@@ -167,7 +167,7 @@ impl ClientLimiter {
         let quota = Quota {
             client: &self.client,
             endpoint: &policy.endpoint,
-            limits: &policy.limits,
+            limit: &policy.limit,
         };
         backend.check(state, quota, cost, mode, now)
     }
@@ -265,7 +265,7 @@ impl Endpoint {
     fn new(policy: &Arc<Policy>, minute: u64) -> Self {
         Endpoint {
             name: policy.endpoint.clone(),
-            state: State::new(policy.limits.algorithm),
+            state: State::new(policy.limit.algorithm()),
             policy: Some(policy.clone()),
             stored_expiry: 0,
             minute,
@@ -292,7 +292,7 @@ impl Endpoint {
     /// When the state will be as good as fresh (see [`ClientLimiter::snapshot`]).
     fn expires_at(&mut self, now: Nanos, backend: &dyn QuotaBackend) -> Nanos {
         match &self.policy {
-            Some(p) => backend.fresh_at(&mut self.state, &p.limits, now),
+            Some(p) => backend.fresh_at(&mut self.state, &p.limit, now),
             None => self.stored_expiry,
         }
     }
@@ -355,7 +355,7 @@ impl ClientStatus {
                 let quota = Quota {
                     client,
                     endpoint: &policy.endpoint,
-                    limits: &policy.limits,
+                    limit: &policy.limit,
                 };
                 let peek = backend.check(state, quota, 1, Mode::Peek, now);
                 Some(async move { peek.resolve().await.ok().map(|d| (policy, d)) })
@@ -376,7 +376,7 @@ impl ClientStatus {
         let mut endpoints: Vec<EndpointStatus> = decisions
             .map(|(policy, d)| EndpointStatus {
                 endpoint: policy.endpoint.to_string(),
-                algorithm: policy.limits.algorithm,
+                algorithm: policy.limit.algorithm(),
                 limit: d.limit,
                 remaining: d.remaining,
                 reset_time: rfc3339(now.saturating_add(d.reset_after)),

@@ -14,7 +14,7 @@ pub mod file;
 pub mod writer;
 
 use crate::clock::{NANOS_PER_SEC, Nanos, rfc3339};
-use crate::limiter::{Algorithm, Limits};
+use crate::limiter::{Algorithm, Limit};
 use descriptor::DescriptorEntry;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -180,21 +180,26 @@ impl ConfigSpec {
         Some((self.domain.as_deref()?, self.descriptor.as_deref()?))
     }
 
-    pub fn limits(&self) -> Limits {
-        let mut limits = Limits::new(
+    /// The limit this config's fields describe: only the algorithm's own parameters
+    /// are read (a token bucket's `burst_limit` and `refill_rate`, defaulting to the
+    /// window's numbers).
+    pub fn limit(&self) -> Limit {
+        let mut limit = Limit::new(
             self.algorithm,
             self.requests_per_window,
             self.window_seconds,
         );
-        if let Some(burst) = self.burst_limit {
-            limits.burst = burst;
+        if let Limit::TokenBucket(bucket) = &mut limit {
+            if let Some(burst) = self.burst_limit {
+                bucket.burst = burst;
+            }
+            if let Some(rate) = self.refill_rate {
+                // Rounded up: the bucket never refills faster than configured. `validate`
+                // bounds the rate, so the interval fits in a u64 and is at least 1 ns.
+                bucket.refill_interval = ((NANOS_PER_SEC as f64 / rate).ceil() as Nanos).max(1);
+            }
         }
-        if let Some(rate) = self.refill_rate {
-            // Rounded up: the bucket never refills faster than configured. `validate`
-            // bounds the rate, so the interval fits in a u64 and is at least 1 ns.
-            limits.refill_interval = ((NANOS_PER_SEC as f64 / rate).ceil() as Nanos).max(1);
-        }
-        limits
+        limit
     }
 
     pub fn validate(&self) -> Result<(), ValidationError> {
@@ -870,17 +875,18 @@ mod tests {
         spec.algorithm = Algorithm::TokenBucket;
         spec.requests_per_window = 10;
         spec.window_seconds = 5;
-        let limits = spec.limits();
-        assert_eq!(limits.burst, 10);
-        assert_eq!(limits.refill_interval, 500_000_000);
+        let bucket = |spec: &ConfigSpec| match spec.limit() {
+            Limit::TokenBucket(b) => (b.burst, b.refill_interval),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(bucket(&spec), (10, 500_000_000));
         let spec = spec
             .merged(object(json!({"burst_limit": 3, "refill_rate": 4})))
             .unwrap();
-        let limits = spec.limits();
-        assert_eq!((limits.burst, limits.refill_interval), (3, 250_000_000));
+        assert_eq!(bucket(&spec), (3, 250_000_000));
         assert_eq!(spec.requests_per_window, 10);
         let spec = spec.merged(object(json!({"burst_limit": null}))).unwrap();
-        assert_eq!(spec.limits().burst, 10);
+        assert_eq!(bucket(&spec).0, 10);
         assert_eq!(spec.refill_rate, Some(4.0));
     }
 

@@ -211,11 +211,11 @@ fn sf_string(s: &str) -> String {
 mod tests {
     use super::*;
     use crate::clock::Nanos;
-    use crate::limiter::{Algorithm, Limits, State};
+    use crate::limiter::{Algorithm, Limit, State};
 
     /// The `t` and `Retry-After` of `n` requests `gap` apart under `limits`.
-    fn headers_of(limits: Limits, n: usize, gap: Nanos) -> Vec<(u64, Option<u64>)> {
-        let mut state = State::new(limits.algorithm);
+    fn headers_of(limits: Limit, n: usize, gap: Nanos) -> Vec<(u64, Option<u64>)> {
+        let mut state = State::new(limits.algorithm());
         (0..n as u64)
             .map(|i| {
                 let d = state.check(&limits, 1, 1_000 * NANOS_PER_SEC + i * gap);
@@ -227,8 +227,7 @@ mod tests {
     #[test]
     fn t_is_retry_after_on_every_refusal() {
         let ms = NANOS_PER_SEC / 1000;
-        let mut bucket = Limits::new(Algorithm::TokenBucket, 3, 60);
-        bucket.burst = 3;
+        let bucket = Limit::new(Algorithm::TokenBucket, 3, 60);
         // The case: the 4th request of a 3-per-60-s bucket waits 20 s, not 60.
         let seen = headers_of(bucket, 5, ms);
         assert_eq!(seen[3], (20, Some(20)));
@@ -236,10 +235,10 @@ mod tests {
         assert_eq!(&seen[..3], &[(20, None), (40, None), (20, None)]);
         // A sliding window with admissions 2.2 s apart: the 3rd refusal comes when the
         // first admission leaves the window.
-        let sliding = Limits::new(Algorithm::SlidingWindow, 2, 60);
+        let sliding = Limit::new(Algorithm::SlidingWindow, 2, 60);
         let seen = headers_of(sliding, 3, 2_200 * ms);
         assert_eq!(seen[2], (56, Some(56)));
-        for limits in [bucket, sliding, Limits::new(Algorithm::FixedWindow, 2, 60)] {
+        for limits in [bucket, sliding, Limit::new(Algorithm::FixedWindow, 2, 60)] {
             for gap in [0, ms, 700 * ms, 2_200 * ms] {
                 for (t, retry_after) in headers_of(limits, 8, gap) {
                     if let Some(r) = retry_after {

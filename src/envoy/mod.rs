@@ -17,7 +17,7 @@ use crate::actors::Via;
 use crate::config::MAX_REQUESTS_PER_WINDOW;
 use crate::config::descriptor::{self, MAX_ENTRIES};
 use crate::decide::{Decider, Ruling, reset_secs, retry_after_secs, structured_fields};
-use crate::limiter::{Decision, Limits, Mode};
+use crate::limiter::{Decision, Limit, Mode};
 use crate::policy::{Policy, PolicyTable};
 use proto::{
     Code, DescriptorStatus, HeaderValue, RateLimit, RateLimitDescriptor, RateLimitRequest,
@@ -121,7 +121,7 @@ fn policy_for(
     let requests = u64::from(limit.requests_per_unit);
     let policy = Policy {
         endpoint: Arc::from(format!("{} ({requests}/{})", m.policy.endpoint, unit.name)),
-        limits: Limits::new(m.policy.limits.algorithm, requests, window),
+        limit: Limit::new(m.policy.limit.algorithm(), requests, window),
         window_seconds: window,
         tier: None,
         ..*m.policy.as_ref()

@@ -236,7 +236,7 @@ fn parse(state: &AppState, check: Value, prefix: &str) -> Result<Ask, ApiError> 
             .as_u64()
             .ok_or_else(|| invalid(field("cost"), "must be a whole number of units, 0 or more"))?,
     };
-    let quota = policy.limits.quota();
+    let quota = policy.limit.quota();
     if cost > quota {
         return Err(invalid(
             field("cost"),
@@ -264,12 +264,12 @@ fn parse(state: &AppState, check: Value, prefix: &str) -> Result<Ask, ApiError> 
 async fn answer(state: &AppState, ask: &Ask, now: Nanos) -> (Answer, Option<Decision>) {
     let p = &ask.policy;
     let secs = |n: Nanos| n as f64 / NANOS_PER_SEC as f64;
-    let quota = p.limits.quota();
+    let quota = p.limit.quota();
     let base = Answer {
         allowed: true,
         would_limit: false,
         endpoint: p.endpoint.to_string(),
-        algorithm: p.limits.algorithm,
+        algorithm: p.limit.algorithm(),
         active: p.active,
         limit: quota,
         remaining: quota,

@@ -2,8 +2,68 @@
 //! (any length, including under a minute). Cheapest and smallest (16 bytes per key), at
 //! the cost of allowing up to twice the limit across a window boundary.
 
-use super::{Decision, Limits, Reader, fits};
-use crate::clock::Nanos;
+use super::{Algo, Decision, Limit, Reader, State, fits};
+use crate::clock::{NANOS_PER_SEC, Nanos};
+
+/// A fixed window's parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FixedWindowLimit {
+    /// Units per window.
+    pub limit: u64,
+    /// The window length; at least one second.
+    pub window: Nanos,
+}
+
+impl From<FixedWindowLimit> for Limit {
+    fn from(p: FixedWindowLimit) -> Self {
+        Limit::FixedWindow(p)
+    }
+}
+
+impl Algo for FixedWindowLimit {
+    type State = FixedWindow;
+    const REDIS_KINDS: &'static [&'static str] = &["fw"];
+    const REDIS_SCRIPT: &'static str = include_str!("fixed_window.lua");
+
+    fn evaluate(&self, state: &mut FixedWindow, now: Nanos, cost: u64, consume: bool) -> Decision {
+        state.evaluate(self, now, cost, consume)
+    }
+
+    fn quota(&self) -> u64 {
+        self.limit
+    }
+
+    fn fresh_after(&self) -> Nanos {
+        self.window
+    }
+
+    fn redis_args(&self) -> Vec<u64> {
+        vec![self.limit, self.window / NANOS_PER_SEC]
+    }
+
+    fn encode(state: &FixedWindow, out: &mut Vec<u8>) {
+        out.extend_from_slice(&state.start.to_le_bytes());
+        out.extend_from_slice(&state.count.to_le_bytes());
+    }
+
+    fn decode(r: &mut Reader) -> Option<FixedWindow> {
+        Some(FixedWindow {
+            start: r.u64()?,
+            count: r.u64()?,
+        })
+    }
+
+    fn state_of(state: &mut State) -> Option<&mut FixedWindow> {
+        match state {
+            State::Fixed(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    fn wrap(state: FixedWindow) -> State {
+        State::Fixed(state)
+    }
+}
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FixedWindow {
@@ -15,7 +75,7 @@ pub struct FixedWindow {
 impl FixedWindow {
     pub(super) fn evaluate(
         &mut self,
-        limits: &Limits,
+        limits: &FixedWindowLimit,
         now: Nanos,
         cost: u64,
         consume: bool,
@@ -49,29 +109,19 @@ impl FixedWindow {
             reset_after: if self.count > 0 { until_end } else { 0 },
         }
     }
-
-    pub(super) fn encode(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&self.start.to_le_bytes());
-        out.extend_from_slice(&self.count.to_le_bytes());
-    }
-
-    pub(super) fn decode(r: &mut Reader) -> Option<Self> {
-        Some(Self {
-            start: r.u64()?,
-            count: r.u64()?,
-        })
-    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Algorithm, State};
+    use super::super::Algorithm;
     use super::*;
-    use crate::clock::NANOS_PER_SEC;
     use proptest::prelude::*;
 
-    fn limits(limit: u64, window_secs: u64) -> Limits {
-        Limits::new(Algorithm::FixedWindow, limit, window_secs)
+    fn limits(limit: u64, window_secs: u64) -> FixedWindowLimit {
+        FixedWindowLimit {
+            limit,
+            window: window_secs * NANOS_PER_SEC,
+        }
     }
 
     #[test]
@@ -115,7 +165,7 @@ mod tests {
             let mut per_window = std::collections::HashMap::<u64, u64>::new();
             for gap in gaps {
                 now += gap;
-                let d = state.check(&l, 1, now);
+                let d = state.check(&l.into(), 1, now);
                 let w = now / l.window;
                 let n = per_window.entry(w).or_default();
                 if d.allowed {
@@ -125,8 +175,8 @@ mod tests {
                     prop_assert_eq!(*n, limit);
                     prop_assert_eq!(now + d.retry_after, (w + 1) * l.window);
                     let mut probe = state.clone();
-                    prop_assert!(!probe.check(&l, 1, now + d.retry_after - 1).allowed);
-                    prop_assert!(probe.check(&l, 1, now + d.retry_after).allowed);
+                    prop_assert!(!probe.check(&l.into(), 1, now + d.retry_after - 1).allowed);
+                    prop_assert!(probe.check(&l.into(), 1, now + d.retry_after).allowed);
                 }
                 prop_assert!(*n <= limit);
                 prop_assert_eq!(d.remaining, limit - *n);

@@ -1,17 +1,26 @@
-//! The rate-limiting algorithms: pure code over `(state, limits, now)`.
+//! The rate-limiting algorithms: pure code over `(state, limit, now)`.
 //!
-//! Each algorithm lives in its own file and is dispatched by [`State`]; adding one means a
-//! new file, a variant of [`Algorithm`] and one match arm per function here. Nothing in
-//! this module reads the clock, allocates per decision (beyond the sliding window's
-//! growth) or does I/O, so it is unit- and property-tested directly.
+//! A [`Limit`] is a closed enum whose variants carry their algorithm's own parameters,
+//! and a [`State`] one whose variants hold its state. Each algorithm is one module
+//! owning its parameters, its state, their arithmetic, the state's binary encoding, and
+//! its Redis script and keys (the [`Algo`] trait says what a module provides). Adding an
+//! algorithm means a new module implementing [`Algo`], a variant in [`Algorithm`],
+//! [`Limit`] and [`State`], and one arm in each of their `match`es:
+//! `Algorithm::as_str`, `Algorithm::redis_kinds`, `Limit::new`, `Limit::algorithm`,
+//! `Limit::quota`, `Limit::fresh_after`, `Limit::redis_args`, `State::new`,
+//! `State::algorithm`, `State::evaluate`, `State::encode` and `State::decode` (and the
+//! script's in `store::redis::Scripts`).
+//! None has a catch-all arm, so the compiler lists every place to touch. Nothing in this
+//! module reads the clock, allocates per decision (beyond the sliding window's growth)
+//! or does I/O, so it is unit- and property-tested directly.
 
 mod fixed_window;
 mod sliding_window;
 mod token_bucket;
 
-pub use fixed_window::FixedWindow;
-pub use sliding_window::{SlidingWindow, granule_ms};
-pub use token_bucket::TokenBucket;
+pub use fixed_window::{FixedWindow, FixedWindowLimit};
+pub use sliding_window::{SlidingWindow, SlidingWindowLimit, granule_ms};
+pub use token_bucket::{TokenBucket, TokenBucketLimit};
 
 use crate::clock::{NANOS_PER_SEC, Nanos};
 use serde::{Deserialize, Serialize};
@@ -49,33 +58,81 @@ impl Algorithm {
     pub fn parse(s: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|a| a.as_str() == s)
     }
+
+    /// The suffixes of the Redis keys this algorithm keeps a quota's state under.
+    pub fn redis_kinds(self) -> &'static [&'static str] {
+        match self {
+            Algorithm::SlidingWindow => SlidingWindowLimit::REDIS_KINDS,
+            Algorithm::FixedWindow => FixedWindowLimit::REDIS_KINDS,
+            Algorithm::TokenBucket => TokenBucketLimit::REDIS_KINDS,
+        }
+    }
 }
 
-/// The numbers an algorithm needs, already validated (see `policy::validate`).
+/// What an algorithm's module provides, implemented by its parameters.
+pub trait Algo: Copy + Into<Limit> {
+    /// One key's state.
+    type State: Default + Clone + PartialEq + std::fmt::Debug;
+    /// The suffixes of its Redis keys (the first holds the state; see `store::redis`).
+    const REDIS_KINDS: &'static [&'static str];
+    /// Its Redis script, run after `store/redis/prelude.lua`; the file says what its keys
+    /// and arguments are.
+    const REDIS_SCRIPT: &'static str;
+
+    /// Checks `cost` units at `now`, consuming them when `consume` and they all fit.
+    fn evaluate(&self, state: &mut Self::State, now: Nanos, cost: u64, consume: bool) -> Decision;
+    /// The quota reported in headers.
+    fn quota(&self) -> u64;
+    /// The longest a state can take, after its last check, to be as good as fresh.
+    fn fresh_after(&self) -> Nanos;
+    /// The script's own arguments, from `ARGV[5]` on.
+    fn redis_args(&self) -> Vec<u64>;
+    fn encode(state: &Self::State, out: &mut Vec<u8>);
+    fn decode(r: &mut Reader) -> Option<Self::State>;
+    /// Its variant of [`State`], if `state` is of this algorithm.
+    fn state_of(state: &mut State) -> Option<&mut Self::State>;
+    fn wrap(state: Self::State) -> State;
+}
+
+/// One limit: an algorithm and its own parameters, already validated (see
+/// `config::ConfigSpec::limit`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
-    pub algorithm: Algorithm,
-    /// Requests per window (sliding and fixed window).
-    pub limit: u64,
-    /// The window length; at least one second.
-    pub window: Nanos,
-    /// Token bucket capacity.
-    pub burst: u64,
-    /// Token bucket: nanoseconds to refill one token (rounded up, so never faster
-    /// than the configured rate).
-    pub refill_interval: Nanos,
+pub enum Limit {
+    SlidingWindow(SlidingWindowLimit),
+    FixedWindow(FixedWindowLimit),
+    TokenBucket(TokenBucketLimit),
 }
 
-impl Limits {
-    /// Limits with the token-bucket defaults (`burst = limit`, rate = `limit / window`).
+impl Limit {
+    /// A limit of `limit` requests per `window_secs`; a token bucket gets the defaults
+    /// (capacity `limit`, one token every `window / limit`, rounded up so never faster
+    /// than that rate).
     pub fn new(algorithm: Algorithm, limit: u64, window_secs: u64) -> Self {
         let window = window_secs * NANOS_PER_SEC;
-        Self {
-            algorithm,
-            limit,
-            window,
-            burst: limit,
-            refill_interval: window.div_ceil(limit).max(1),
+        match algorithm {
+            Algorithm::SlidingWindow => Limit::SlidingWindow(SlidingWindowLimit { limit, window }),
+            Algorithm::FixedWindow => Limit::FixedWindow(FixedWindowLimit { limit, window }),
+            Algorithm::TokenBucket => Limit::TokenBucket(TokenBucketLimit {
+                burst: limit,
+                refill_interval: window.div_ceil(limit).max(1),
+            }),
+        }
+    }
+
+    pub fn algorithm(&self) -> Algorithm {
+        match self {
+            Limit::SlidingWindow(_) => Algorithm::SlidingWindow,
+            Limit::FixedWindow(_) => Algorithm::FixedWindow,
+            Limit::TokenBucket(_) => Algorithm::TokenBucket,
+        }
+    }
+
+    /// The quota reported in headers: the window limit, or the bucket's capacity.
+    pub fn quota(&self) -> u64 {
+        match self {
+            Limit::SlidingWindow(p) => p.quota(),
+            Limit::FixedWindow(p) => p.quota(),
+            Limit::TokenBucket(p) => p.quota(),
         }
     }
 
@@ -83,20 +140,19 @@ impl Limits {
     /// window (and the granule a sliding window rounds up to), or the time to refill a
     /// whole bucket. For a state kept elsewhere (Redis), whose exact reset is unknown.
     pub fn fresh_after(&self) -> Nanos {
-        match self.algorithm {
-            Algorithm::SlidingWindow => self
-                .window
-                .saturating_add(granule_ms(self.window) * 1_000_000),
-            Algorithm::FixedWindow => self.window,
-            Algorithm::TokenBucket => self.refill_interval.saturating_mul(self.burst),
+        match self {
+            Limit::SlidingWindow(p) => p.fresh_after(),
+            Limit::FixedWindow(p) => p.fresh_after(),
+            Limit::TokenBucket(p) => p.fresh_after(),
         }
     }
 
-    /// The quota reported in headers: the window limit, or the bucket's capacity.
-    pub fn quota(&self) -> u64 {
-        match self.algorithm {
-            Algorithm::TokenBucket => self.burst,
-            _ => self.limit,
+    /// The Redis script's own arguments (see [`Algo::redis_args`]).
+    pub fn redis_args(&self) -> Vec<u64> {
+        match self {
+            Limit::SlidingWindow(p) => p.redis_args(),
+            Limit::FixedWindow(p) => p.redis_args(),
+            Limit::TokenBucket(p) => p.redis_args(),
         }
     }
 }
@@ -162,26 +218,34 @@ impl State {
     /// a part: a request that does not fit consumes nothing). A cost of 0 consumes
     /// nothing and is allowed while the quota is not overdrawn. A state of another
     /// algorithm (the config's algorithm was changed) is replaced by a fresh one first.
-    pub fn check(&mut self, limits: &Limits, cost: u64, now: Nanos) -> Decision {
-        self.evaluate(limits, now, cost, Mode::Consume)
+    pub fn check(&mut self, limit: &Limit, cost: u64, now: Nanos) -> Decision {
+        self.evaluate(limit, now, cost, Mode::Consume)
     }
 
     /// The decision a request of `cost` would get now, consuming nothing: the state's
     /// later decisions are the same as if the peek had not been made.
-    pub fn peek(&mut self, limits: &Limits, cost: u64, now: Nanos) -> Decision {
-        self.evaluate(limits, now, cost, Mode::Peek)
+    pub fn peek(&mut self, limit: &Limit, cost: u64, now: Nanos) -> Decision {
+        self.evaluate(limit, now, cost, Mode::Peek)
     }
 
     /// [`State::check`] or [`State::peek`], by `mode`.
-    pub fn evaluate(&mut self, limits: &Limits, now: Nanos, cost: u64, mode: Mode) -> Decision {
-        if self.algorithm() != limits.algorithm || mode == Mode::Reset {
-            *self = State::new(limits.algorithm);
+    pub fn evaluate(&mut self, limit: &Limit, now: Nanos, cost: u64, mode: Mode) -> Decision {
+        match limit {
+            Limit::SlidingWindow(p) => self.evaluate_with(p, now, cost, mode),
+            Limit::FixedWindow(p) => self.evaluate_with(p, now, cost, mode),
+            Limit::TokenBucket(p) => self.evaluate_with(p, now, cost, mode),
+        }
+    }
+
+    fn evaluate_with<A: Algo>(&mut self, p: &A, now: Nanos, cost: u64, mode: Mode) -> Decision {
+        if mode == Mode::Reset || A::state_of(self).is_none() {
+            *self = A::wrap(A::State::default());
         }
         let consume = mode == Mode::Consume;
-        match self {
-            State::Sliding(s) => s.evaluate(limits, now, cost, consume),
-            State::Fixed(s) => s.evaluate(limits, now, cost, consume),
-            State::Bucket(s) => s.evaluate(limits, now, cost, consume),
+        match A::state_of(self) {
+            Some(state) => p.evaluate(state, now, cost, consume),
+            // Not reached: made of this algorithm just above.
+            None => p.evaluate(&mut A::State::default(), now, cost, consume),
         }
     }
 
@@ -189,9 +253,9 @@ impl State {
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::new();
         match self {
-            State::Sliding(s) => s.encode(&mut out),
-            State::Fixed(s) => s.encode(&mut out),
-            State::Bucket(s) => s.encode(&mut out),
+            State::Sliding(s) => SlidingWindowLimit::encode(s, &mut out),
+            State::Fixed(s) => FixedWindowLimit::encode(s, &mut out),
+            State::Bucket(s) => TokenBucketLimit::encode(s, &mut out),
         }
         out
     }
@@ -200,16 +264,16 @@ impl State {
     pub fn decode(algorithm: Algorithm, bytes: &[u8]) -> Option<Self> {
         let mut r = Reader(bytes);
         let state = match algorithm {
-            Algorithm::SlidingWindow => State::Sliding(SlidingWindow::decode(&mut r)?),
-            Algorithm::FixedWindow => State::Fixed(FixedWindow::decode(&mut r)?),
-            Algorithm::TokenBucket => State::Bucket(TokenBucket::decode(&mut r)?),
+            Algorithm::SlidingWindow => State::Sliding(SlidingWindowLimit::decode(&mut r)?),
+            Algorithm::FixedWindow => State::Fixed(FixedWindowLimit::decode(&mut r)?),
+            Algorithm::TokenBucket => State::Bucket(TokenBucketLimit::decode(&mut r)?),
         };
         r.0.is_empty().then_some(state)
     }
 }
 
 /// A little-endian cursor for [`State::decode`].
-struct Reader<'a>(&'a [u8]);
+pub struct Reader<'a>(&'a [u8]);
 
 impl Reader<'_> {
     fn take<const N: usize>(&mut self) -> Option<[u8; N]> {
@@ -234,13 +298,13 @@ mod tests {
     use proptest::prelude::*;
 
     /// Limits of `algorithm` with a small quota over a window of 1 to 4 s.
-    fn small_limits(algorithm: Algorithm, quota: u64, window_secs: u64) -> Limits {
-        Limits::new(algorithm, quota, window_secs)
+    fn small_limits(algorithm: Algorithm, quota: u64, window_secs: u64) -> Limit {
+        Limit::new(algorithm, quota, window_secs)
     }
 
     /// Whether admitting `cost` at `now` after `admitted` (time, units) keeps the
     /// algorithm's guarantee.
-    fn within_guarantee(l: &Limits, admitted: &[(Nanos, u64)], now: Nanos) -> bool {
+    fn within_guarantee(l: &Limit, admitted: &[(Nanos, u64)], now: Nanos) -> bool {
         let units = |keep: &dyn Fn(Nanos) -> bool| -> u64 {
             admitted
                 .iter()
@@ -248,14 +312,14 @@ mod tests {
                 .map(|(_, n)| n)
                 .sum()
         };
-        match l.algorithm {
+        match l {
             // Never more than the limit in any window ending now.
-            Algorithm::SlidingWindow => units(&|t| t + l.window > now) <= l.limit,
+            Limit::SlidingWindow(l) => units(&|t| t + l.window > now) <= l.limit,
             // Never more than the limit in the aligned window of now.
-            Algorithm::FixedWindow => units(&|t| t / l.window == now / l.window) <= l.limit,
+            Limit::FixedWindow(l) => units(&|t| t / l.window == now / l.window) <= l.limit,
             // In any interval from an earlier admission to now: the burst plus what
             // dripped in meanwhile.
-            Algorithm::TokenBucket => admitted.iter().all(|&(from, _)| {
+            Limit::TokenBucket(l) => admitted.iter().all(|&(from, _)| {
                 units(&|t| t >= from) <= l.burst + (now - from) / l.refill_interval
             }),
         }
@@ -327,13 +391,13 @@ mod tests {
 
     #[test]
     fn a_changed_algorithm_starts_fresh_state() {
-        let sliding = Limits::new(Algorithm::SlidingWindow, 2, 60);
+        let sliding = Limit::new(Algorithm::SlidingWindow, 2, 60);
         let mut state = State::new(Algorithm::SlidingWindow);
         assert!(state.check(&sliding, 1, 0).allowed);
         assert!(state.check(&sliding, 1, 0).allowed);
         assert!(!state.check(&sliding, 1, 0).allowed);
 
-        let fixed = Limits::new(Algorithm::FixedWindow, 2, 60);
+        let fixed = Limit::new(Algorithm::FixedWindow, 2, 60);
         let d = state.check(&fixed, 1, 0);
         assert!(d.allowed);
         assert_eq!(d.remaining, 1);
@@ -343,7 +407,7 @@ mod tests {
     #[test]
     fn peek_consumes_nothing() {
         for algorithm in Algorithm::ALL {
-            let limits = Limits::new(algorithm, 3, 10);
+            let limits = Limit::new(algorithm, 3, 10);
             let mut state = State::new(algorithm);
             state.check(&limits, 1, 0);
             let before = state.peek(&limits, 1, 0);
@@ -355,7 +419,7 @@ mod tests {
     #[test]
     fn encoding_round_trips_and_rejects_garbage() {
         for algorithm in Algorithm::ALL {
-            let limits = Limits::new(algorithm, 5, 10);
+            let limits = Limit::new(algorithm, 5, 10);
             let mut state = State::new(algorithm);
             for i in 0..4 {
                 state.check(&limits, 1, i * 1_500_000_000);
@@ -372,7 +436,7 @@ mod tests {
     #[test]
     fn every_state_is_fresh_after_its_longest_reset() {
         for algorithm in Algorithm::ALL {
-            let limits = Limits::new(algorithm, 5, 10);
+            let limits = Limit::new(algorithm, 5, 10);
             let mut state = State::new(algorithm);
             let mut now = 123_456_789;
             for _ in 0..7 {

@@ -11,9 +11,92 @@
 //! granules. (A window shortened by a config change keeps the runs recorded under the
 //! old granule until they expire.)
 
-use super::{Decision, Limits, Reader, fits};
-use crate::clock::Nanos;
+use super::{Algo, Decision, Limit, Reader, State, fits};
+use crate::clock::{NANOS_PER_SEC, Nanos};
 use std::collections::VecDeque;
+
+/// A sliding window's parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlidingWindowLimit {
+    /// Units in any window.
+    pub limit: u64,
+    /// The window length; at least one second.
+    pub window: Nanos,
+}
+
+impl From<SlidingWindowLimit> for Limit {
+    fn from(p: SlidingWindowLimit) -> Self {
+        Limit::SlidingWindow(p)
+    }
+}
+
+impl Algo for SlidingWindowLimit {
+    type State = SlidingWindow;
+    const REDIS_KINDS: &'static [&'static str] = &["sw", "swn"];
+    const REDIS_SCRIPT: &'static str = include_str!("sliding_window.lua");
+
+    fn evaluate(
+        &self,
+        state: &mut SlidingWindow,
+        now: Nanos,
+        cost: u64,
+        consume: bool,
+    ) -> Decision {
+        state.evaluate(self, now, cost, consume)
+    }
+
+    fn quota(&self) -> u64 {
+        self.limit
+    }
+
+    fn fresh_after(&self) -> Nanos {
+        self.window
+            .saturating_add(granule_ms(self.window) * NANOS_PER_MS)
+    }
+
+    fn redis_args(&self) -> Vec<u64> {
+        vec![
+            self.limit,
+            self.window / NANOS_PER_SEC,
+            granule_ms(self.window),
+        ]
+    }
+
+    fn encode(state: &SlidingWindow, out: &mut Vec<u8>) {
+        out.extend_from_slice(&(state.runs.len() as u32).to_le_bytes());
+        for &(ms, count) in &state.runs {
+            out.extend_from_slice(&ms.to_le_bytes());
+            out.extend_from_slice(&count.to_le_bytes());
+        }
+    }
+
+    fn decode(r: &mut Reader) -> Option<SlidingWindow> {
+        let n = r.u32()? as usize;
+        // Never trust a length prefix with an allocation: cap it by the bytes present.
+        let mut runs = VecDeque::with_capacity(n.min(r.0.len() / 12));
+        let mut total = 0u64;
+        for _ in 0..n {
+            let run = (r.u64()?, r.u32()?);
+            if runs.back().is_some_and(|&(ms, _)| ms >= run.0) || run.1 == 0 {
+                return None;
+            }
+            total += run.1 as u64;
+            runs.push_back(run);
+        }
+        Some(SlidingWindow { runs, total })
+    }
+
+    fn state_of(state: &mut State) -> Option<&mut SlidingWindow> {
+        match state {
+            State::Sliding(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    fn wrap(state: SlidingWindow) -> State {
+        State::Sliding(state)
+    }
+}
 
 const NANOS_PER_MS: Nanos = 1_000_000;
 /// Granules per window.
@@ -35,7 +118,7 @@ pub struct SlidingWindow {
 impl SlidingWindow {
     pub(super) fn evaluate(
         &mut self,
-        limits: &Limits,
+        limits: &SlidingWindowLimit,
         now: Nanos,
         cost: u64,
         consume: bool,
@@ -98,44 +181,22 @@ impl SlidingWindow {
             reset_after,
         }
     }
-
-    pub(super) fn encode(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&(self.runs.len() as u32).to_le_bytes());
-        for &(ms, count) in &self.runs {
-            out.extend_from_slice(&ms.to_le_bytes());
-            out.extend_from_slice(&count.to_le_bytes());
-        }
-    }
-
-    pub(super) fn decode(r: &mut Reader) -> Option<Self> {
-        let n = r.u32()? as usize;
-        // Never trust a length prefix with an allocation: cap it by the bytes present.
-        let mut runs = VecDeque::with_capacity(n.min(r.0.len() / 12));
-        let mut total = 0u64;
-        for _ in 0..n {
-            let run = (r.u64()?, r.u32()?);
-            if runs.back().is_some_and(|&(ms, _)| ms >= run.0) || run.1 == 0 {
-                return None;
-            }
-            total += run.1 as u64;
-            runs.push_back(run);
-        }
-        Some(Self { runs, total })
-    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Algorithm, State};
+    use super::super::Algorithm;
     use super::*;
-    use crate::clock::NANOS_PER_SEC;
     use proptest::prelude::*;
 
     /// The most runs one key holds (see the module doc).
     const MAX_RUNS: usize = GRANULES as usize + 2;
 
-    fn limits(limit: u64, window_secs: u64) -> Limits {
-        Limits::new(Algorithm::SlidingWindow, limit, window_secs)
+    fn limits(limit: u64, window_secs: u64) -> SlidingWindowLimit {
+        SlidingWindowLimit {
+            limit,
+            window: window_secs * NANOS_PER_SEC,
+        }
     }
 
     #[test]
@@ -254,7 +315,7 @@ mod tests {
             let mut admitted: Vec<Nanos> = Vec::new();
             for gap in gaps {
                 now += gap;
-                let d = state.check(&l, 1, now);
+                let d = state.check(&l.into(), 1, now);
                 if d.allowed {
                     admitted.push(now);
                     let in_window = admitted.iter().filter(|&&t| t + l.window > now).count() as u64;
@@ -262,9 +323,9 @@ mod tests {
                 } else {
                     prop_assert!(d.retry_after > 0);
                     let mut probe = state.clone();
-                    prop_assert!(!probe.check(&l, 1, now + d.retry_after - 1).allowed);
+                    prop_assert!(!probe.check(&l.into(), 1, now + d.retry_after - 1).allowed);
                     let mut probe = state.clone();
-                    prop_assert!(probe.check(&l, 1, now + d.retry_after).allowed);
+                    prop_assert!(probe.check(&l.into(), 1, now + d.retry_after).allowed);
                 }
                 prop_assert_eq!(d.remaining == 0, d.retry_after > 0);
             }
@@ -281,10 +342,10 @@ mod tests {
             let mut last = None;
             for gap in gaps {
                 now += gap;
-                last = Some(state.check(&l, 1, now));
+                last = Some(state.check(&l.into(), 1, now));
             }
             let d = last.unwrap(); // the vector is never empty (1..30)
-            prop_assert_eq!(state.peek(&l, 1, now + d.reset_after).remaining, limit);
+            prop_assert_eq!(state.peek(&l.into(), 1, now + d.reset_after).remaining, limit);
         }
     }
 }

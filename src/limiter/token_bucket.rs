@@ -3,8 +3,69 @@
 //! `refill_interval` nanoseconds, continuously (fractional tokens are kept implicitly);
 //! a new bucket starts full. Integer arithmetic makes `retry_after` exact.
 
-use super::{Decision, Limits, Reader};
+use super::{Algo, Decision, Limit, Reader, State};
 use crate::clock::Nanos;
+
+/// A token bucket's parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenBucketLimit {
+    /// Capacity.
+    pub burst: u64,
+    /// Nanoseconds to refill one token (rounded up, so never faster than the configured
+    /// rate).
+    pub refill_interval: Nanos,
+}
+
+impl From<TokenBucketLimit> for Limit {
+    fn from(p: TokenBucketLimit) -> Self {
+        Limit::TokenBucket(p)
+    }
+}
+
+impl Algo for TokenBucketLimit {
+    type State = TokenBucket;
+    const REDIS_KINDS: &'static [&'static str] = &["tb"];
+    const REDIS_SCRIPT: &'static str = include_str!("token_bucket.lua");
+
+    fn evaluate(&self, state: &mut TokenBucket, now: Nanos, cost: u64, consume: bool) -> Decision {
+        state.evaluate(self, now, cost, consume)
+    }
+
+    fn quota(&self) -> u64 {
+        self.burst
+    }
+
+    fn fresh_after(&self) -> Nanos {
+        self.refill_interval.saturating_mul(self.burst)
+    }
+
+    fn redis_args(&self) -> Vec<u64> {
+        vec![self.burst, self.refill_interval]
+    }
+
+    fn encode(state: &TokenBucket, out: &mut Vec<u8>) {
+        out.extend_from_slice(&state.tat.to_le_bytes());
+        out.extend_from_slice(&state.interval.to_le_bytes());
+    }
+
+    fn decode(r: &mut Reader) -> Option<TokenBucket> {
+        Some(TokenBucket {
+            tat: r.u128()?,
+            interval: r.u64()?,
+        })
+    }
+
+    fn state_of(state: &mut State) -> Option<&mut TokenBucket> {
+        match state {
+            State::Bucket(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    fn wrap(state: TokenBucket) -> State {
+        State::Bucket(state)
+    }
+}
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TokenBucket {
@@ -19,7 +80,7 @@ pub struct TokenBucket {
 impl TokenBucket {
     pub(super) fn evaluate(
         &mut self,
-        limits: &Limits,
+        limits: &TokenBucketLimit,
         now: Nanos,
         cost: u64,
         consume: bool,
@@ -64,32 +125,17 @@ impl TokenBucket {
             reset_after: debt.min(Nanos::MAX as u128) as Nanos,
         }
     }
-
-    pub(super) fn encode(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&self.tat.to_le_bytes());
-        out.extend_from_slice(&self.interval.to_le_bytes());
-    }
-
-    pub(super) fn decode(r: &mut Reader) -> Option<Self> {
-        Some(Self {
-            tat: r.u128()?,
-            interval: r.u64()?,
-        })
-    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Algorithm, State};
+    use super::super::Algorithm;
     use super::*;
     use crate::clock::NANOS_PER_SEC;
     use proptest::prelude::*;
 
-    fn limits(burst: u64, per_sec: u64) -> Limits {
-        Limits {
-            algorithm: Algorithm::TokenBucket,
-            limit: burst,
-            window: NANOS_PER_SEC,
+    fn limits(burst: u64, per_sec: u64) -> TokenBucketLimit {
+        TokenBucketLimit {
             burst,
             refill_interval: NANOS_PER_SEC / per_sec,
         }
@@ -147,13 +193,13 @@ mod tests {
             let mut admitted = 0u64;
             for gap in gaps {
                 now += gap;
-                let d = state.check(&l, 1, now);
+                let d = state.check(&l.into(), 1, now);
                 if d.allowed {
                     admitted += 1;
                 } else {
                     let mut probe = state.clone();
-                    prop_assert!(!probe.check(&l, 1, now + d.retry_after - 1).allowed);
-                    prop_assert!(probe.check(&l, 1, now + d.retry_after).allowed);
+                    prop_assert!(!probe.check(&l.into(), 1, now + d.retry_after - 1).allowed);
+                    prop_assert!(probe.check(&l.into(), 1, now + d.retry_after).allowed);
                 }
                 let refilled = (now - start) / l.refill_interval;
                 prop_assert!(admitted <= burst + refilled);

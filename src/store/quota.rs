@@ -8,7 +8,7 @@
 //! and client status are built one way for every backend.
 
 use crate::clock::Nanos;
-use crate::limiter::{Decision, Limits, Mode, State};
+use crate::limiter::{Decision, Limit, Mode, State};
 use futures_util::future::BoxFuture;
 
 /// The quota a check is about: one client's, under one config.
@@ -17,7 +17,7 @@ pub struct Quota<'a> {
     pub client: &'a str,
     /// The config's identity (its endpoint), which names the quota.
     pub endpoint: &'a str,
-    pub limits: &'a Limits,
+    pub limit: &'a Limit,
 }
 
 /// The backend could not decide (unreachable, timed out, or its breaker is open).
@@ -64,7 +64,7 @@ pub trait QuotaBackend: Send + Sync + 'static {
 
     /// When the quota of `local` will be as good as fresh, so its snapshot may be
     /// forgotten (it still names the client's endpoints until then).
-    fn fresh_at(&self, local: &mut State, limits: &Limits, now: Nanos) -> Nanos;
+    fn fresh_at(&self, local: &mut State, limit: &Limit, now: Nanos) -> Nanos;
 
     /// Starts the backend's connections; called once on each registry shard's thread.
     fn start(&self) {}
@@ -89,10 +89,10 @@ impl QuotaBackend for Memory {
         mode: Mode,
         now: Nanos,
     ) -> Verdict {
-        Verdict::Now(local.evaluate(quota.limits, now, cost, mode))
+        Verdict::Now(local.evaluate(quota.limit, now, cost, mode))
     }
 
-    fn fresh_at(&self, local: &mut State, limits: &Limits, now: Nanos) -> Nanos {
-        now.saturating_add(local.peek(limits, 0, now).reset_after)
+    fn fresh_at(&self, local: &mut State, limit: &Limit, now: Nanos) -> Nanos {
+        now.saturating_add(local.peek(limit, 0, now).reset_after)
     }
 }

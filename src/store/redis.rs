@@ -19,7 +19,10 @@
 use super::quota::{Quota, QuotaBackend, Unavailable, Verdict};
 use crate::clock::{NANOS_PER_SEC, Nanos, SharedClock};
 use crate::config::Config;
-use crate::limiter::{Algorithm, Decision, Limits, Mode, State, granule_ms};
+use crate::limiter::{
+    Algo, Algorithm, Decision, FixedWindowLimit, Limit, Mode, SlidingWindowLimit, State,
+    TokenBucketLimit,
+};
 use crate::metrics::{Metrics, RedisFailure};
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster_async::ClusterConnection;
@@ -44,11 +47,6 @@ const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 /// The prelude of every decision script: the time, and helpers.
 const PRELUDE: &str = include_str!("redis/prelude.lua");
-
-/// The decision scripts, one per algorithm; each file says what its keys and arguments are.
-const FIXED_WINDOW: &str = include_str!("redis/fixed_window.lua");
-const SLIDING_WINDOW: &str = include_str!("redis/sliding_window.lua");
-const TOKEN_BUCKET: &str = include_str!("redis/token_bucket.lua");
 
 /// The shared-config scripts (see `crate::cluster`); each file says what it takes.
 const CONFIG_CAS: &str = include_str!("redis/config_cas.lua");
@@ -81,13 +79,13 @@ impl QuotaBackend for Redis {
         mode: Mode,
         _now: Nanos,
     ) -> Verdict {
-        let ask = Redis::check(self, quota.client, quota.endpoint, quota.limits, cost, mode);
+        let ask = Redis::check(self, quota.client, quota.endpoint, quota.limit, cost, mode);
         Verdict::Later(Box::pin(async move { ask.await.map_err(|_| Unavailable) }))
     }
 
     /// The exact reset is in Redis: the longest a quota can take to be fresh again.
-    fn fresh_at(&self, _local: &mut State, limits: &Limits, now: Nanos) -> Nanos {
-        now.saturating_add(limits.fresh_after())
+    fn fresh_at(&self, _local: &mut State, limit: &Limit, now: Nanos) -> Nanos {
+        now.saturating_add(limit.fresh_after())
     }
 
     fn start(&self) {
@@ -153,11 +151,12 @@ struct Scripts {
 
 impl Scripts {
     fn new() -> Self {
+        // The decision scripts, one per algorithm, each in its module (`crate::limiter`).
         let decision = |body: &str| Script::new(&format!("{PRELUDE}{body}"));
         Self {
-            fixed: decision(FIXED_WINDOW),
-            sliding: decision(SLIDING_WINDOW),
-            bucket: decision(TOKEN_BUCKET),
+            fixed: decision(FixedWindowLimit::REDIS_SCRIPT),
+            sliding: decision(SlidingWindowLimit::REDIS_SCRIPT),
+            bucket: decision(TokenBucketLimit::REDIS_SCRIPT),
             cas: Script::new(CONFIG_CAS),
             seed: Script::new(CONFIG_SEED),
             all: Script::new(CONFIG_ALL),
@@ -286,21 +285,21 @@ impl Redis {
         !self.inner.open.load(Ordering::Relaxed)
     }
 
-    /// Checks a request of `cost` units of `client` under `limits` for the config
+    /// Checks a request of `cost` units of `client` under `limit` for the config
     /// `endpoint`, consuming them when `mode` says so and they all fit: the same
     /// decision as `limiter::State::evaluate`.
     pub fn check(
         &self,
         client: &str,
         endpoint: &str,
-        limits: &Limits,
+        limit: &Limit,
         cost: u64,
         mode: Mode,
     ) -> impl Future<Output = Result<Decision, RedisUnavailable>> + use<> {
         let conn = self.conn();
         let this = self.clone();
-        let keys = keys(client, endpoint, limits.algorithm);
-        let limits = *limits;
+        let keys = keys(client, endpoint, limit.algorithm());
+        let limit = *limit;
         let now = self.inner.config.clock.as_ref().map(|c| c.now());
         async move {
             let mut conn = conn?;
@@ -315,7 +314,7 @@ impl Redis {
                 this.observe(deleted)?;
             }
             let s = &this.inner.config.scripts;
-            let script = match limits.algorithm {
+            let script = match limit.algorithm() {
                 Algorithm::FixedWindow => &s.fixed,
                 Algorithm::SlidingWindow => &s.sliding,
                 Algorithm::TokenBucket => &s.bucket,
@@ -330,14 +329,9 @@ impl Redis {
             };
             call.arg(if mode == Mode::Consume { "1" } else { "0" })
                 .arg(cost);
-            match limits.algorithm {
-                Algorithm::TokenBucket => call.arg(limits.burst).arg(limits.refill_interval),
-                Algorithm::SlidingWindow => call
-                    .arg(limits.limit)
-                    .arg(limits.window / NANOS_PER_SEC)
-                    .arg(granule_ms(limits.window)),
-                Algorithm::FixedWindow => call.arg(limits.limit).arg(limits.window / NANOS_PER_SEC),
-            };
+            for arg in limit.redis_args() {
+                call.arg(arg);
+            }
             let started = Instant::now();
             let reply: Result<(u64, u64, u64, u64, u64, u64), RedisError> =
                 call.invoke_async(&mut conn).await;
@@ -346,7 +340,7 @@ impl Redis {
             let nanos = |s: u64, ns: u64| s.saturating_mul(NANOS_PER_SEC).saturating_add(ns);
             Ok(Decision {
                 allowed: allowed == 1,
-                limit: limits.quota(),
+                limit: limit.quota(),
                 remaining,
                 retry_after: nanos(rt_s, rt_ns),
                 reset_after: nanos(rs_s, rs_ns),
@@ -576,13 +570,12 @@ pub struct SharedTable {
 /// The keys of one (client, endpoint): the algorithm's own first, then the others' (a
 /// changed algorithm starts fresh state, as in memory).
 pub fn keys(client: &str, endpoint: &str, algorithm: Algorithm) -> Vec<String> {
-    let key = |kind: &str| format!("rw:{{{client}}}:{endpoint}:{kind}");
-    let (fixed, sliding, total, bucket) = (key("fw"), key("sw"), key("swn"), key("tb"));
-    match algorithm {
-        Algorithm::FixedWindow => vec![fixed, sliding, total, bucket],
-        Algorithm::SlidingWindow => vec![sliding, total, fixed, bucket],
-        Algorithm::TokenBucket => vec![bucket, fixed, sliding, total],
-    }
+    let others = Algorithm::ALL.into_iter().filter(|a| *a != algorithm);
+    std::iter::once(algorithm)
+        .chain(others)
+        .flat_map(Algorithm::redis_kinds)
+        .map(|kind| format!("rw:{{{client}}}:{endpoint}:{kind}"))
+        .collect()
 }
 
 #[cfg(test)]
