@@ -4,7 +4,7 @@
 
 use crate::config::descriptor::Pattern;
 use crate::config::{Change, Config, ConfigSpec, DEFAULT_ENDPOINT, Enforcement};
-use crate::limiter::Limit;
+use crate::limiter::{FixedWindowLimit, Limit};
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
@@ -32,6 +32,16 @@ impl Policy {
             active: spec.is_active,
             shadow: spec.mode == Enforcement::Shadow,
             tier: None,
+        }
+    }
+
+    /// The window in words, for messages: `60 s`, or `month (UTC)` for calendar windows.
+    pub fn window_words(&self) -> String {
+        match self.limit {
+            Limit::FixedWindow(FixedWindowLimit {
+                calendar: Some(c), ..
+            }) => format!("{} (UTC)", c.as_str()),
+            _ => format!("{} s", self.window_seconds),
         }
     }
 

@@ -315,7 +315,7 @@ async function loadConfigs() {
     mode.append(el("span", "badge " + c.mode, c.mode));
     const overrides = el("td", "overrides", c.overrides.length ? c.overrides.map((o) => `${o.client}: ${o.requests_per_window}`).join(", ") : "–");
     tr.append(el("td", "endpoint", c.endpoint), el("td", "", c.algorithm), el("td", "", fmt(c.requests_per_window)),
-              el("td", "", c.window_seconds + " s"), el("td", "", extra), el("td", "", c.is_active ? "yes" : "no"),
+              el("td", "", c.calendar ? `${c.calendar} (UTC)` : c.window_seconds + " s"), el("td", "", extra), el("td", "", c.is_active ? "yes" : "no"),
               mode, overrides);
     tr.dataset.key = c.endpoint;
     const actions = el("td", "actions");
@@ -401,7 +401,9 @@ function drawFields() {
     let input;
     if (kind === "choice") {
       input = el("select");
-      for (const c of MODEL.choices[name]) { const o = el("option", "", c); o.value = c; input.append(o); }
+      // A choice that may be left unset (its default is null) starts with "none".
+      const choices = value === null ? ["", ...MODEL.choices[name]] : MODEL.choices[name];
+      for (const c of choices) { const o = el("option", "", c || "none"); o.value = c; input.append(o); }
     } else if (kind === "json") {
       input = el("textarea");
       input.rows = 3;
@@ -464,6 +466,7 @@ function readForm(f) {
     const input = f.elements[name];
     const raw = input.value.trim();
     if (kind === "boolean") body[name] = input.checked;
+    else if (kind === "choice" && raw === "") body[name] = null;
     else if (kind === "number") body[name] = raw === "" ? null : Number(raw);
     else if (kind === "nullable") body[name] = raw === "" ? null : parseLoose(raw);
     else if (kind === "json") body[name] = raw === "" ? MODEL.defaults[name] : parseJson(name, raw);
@@ -487,6 +490,8 @@ async function saveConfig(ev) {
   const f = ev.target;
   let body;
   try { body = readForm(f); } catch (message) { $("#config-error").textContent = message; return; }
+  // A calendar sets the window: the server writes its length.
+  if (body.calendar != null) delete body.window_seconds;
   let res;
   if (editing) {
     body.endpoint = editing.endpoint;

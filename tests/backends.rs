@@ -7,7 +7,10 @@ mod common;
 
 use common::redis::RedisServer;
 use ratewarden::clock::{Clock, ManualClock, NANOS_PER_SEC, SharedClock};
-use ratewarden::limiter::{Algorithm, Decision, Limit, Mode, State, TokenBucketLimit, granule_ms};
+use ratewarden::limiter::{
+    Algorithm, Calendar, Decision, FixedWindowLimit, Limit, Mode, State, TokenBucketLimit,
+    granule_ms,
+};
 use ratewarden::metrics::Metrics;
 use ratewarden::store::redis::{Redis, RedisConfig};
 use std::sync::Arc;
@@ -54,7 +57,8 @@ impl Lcg {
             .0
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
-        (self.0 >> 33) % below
+        // The high 53 bits: gaps of days and limits of millions need more than 31.
+        (self.0 >> 11) % below
     }
 }
 
@@ -144,6 +148,51 @@ async fn redis_scripts_decide_alike_for_long_windows_and_huge_limits() {
     for algorithm in Algorithm::ALL {
         for seed in 1..=4 {
             same_decisions(algorithm, 100 + seed, &server, true).await;
+        }
+    }
+}
+
+#[actix_rt::test]
+async fn calendar_windows_decide_alike_across_month_ends_and_the_leap_day() {
+    let server = RedisServer::start();
+    // 2028-02-27T22:00:00Z: a leap year's February, then March, April...
+    let start = 1_835_301_600 * NANOS_PER_SEC;
+    for calendar in Calendar::ALL {
+        for seed in 1..=3 {
+            let clock = ManualClock::new(start);
+            let redis = redis_with(&clock, &server).await;
+            let client: &'static str =
+                Box::leak(format!("cal-{calendar:?}-{seed}").into_boxed_str());
+            let mut rng = Lcg(seed);
+            let quota = 1 + rng.next(6);
+            let limit = Limit::FixedWindow(FixedWindowLimit {
+                limit: quota,
+                window: calendar.nominal_seconds() * NANOS_PER_SEC,
+                calendar: Some(calendar),
+            });
+            let mut memory = Backend::Memory(State::new(Algorithm::FixedWindow));
+            let mut shared = Backend::Redis(redis, client);
+            let mut windows = std::collections::HashSet::new();
+            for step in 0..150 {
+                // Bursts, hours, and days: the trace crosses many windows' ends.
+                let gap = match rng.next(4) {
+                    0 => rng.next(1_000_000),
+                    1 => rng.next(3 * 3600 * NANOS_PER_SEC),
+                    _ => rng.next(2 * 86_400 * NANOS_PER_SEC),
+                };
+                clock.advance(gap);
+                let now = clock.now();
+                let cost = [1, 1, 0, rng.next(quota + 2)][rng.next(4) as usize];
+                let mode = [Mode::Consume, Mode::Consume, Mode::Peek][rng.next(3) as usize];
+                let expected = memory.check(&limit, now, cost, mode).await;
+                let got = shared.check(&limit, now, cost, mode).await;
+                assert_eq!(
+                    got, expected,
+                    "{calendar:?} seed {seed} step {step} at {now}, cost {cost} {mode:?}"
+                );
+                windows.insert(calendar.bounds(now).0);
+            }
+            assert!(windows.len() > 2, "{calendar:?}: {} windows", windows.len());
         }
     }
 }

@@ -110,6 +110,42 @@ async fn blocks_the_101st_request_of_the_default_policy_with_a_clear_429() {
 }
 
 #[actix_rt::test]
+async fn a_monthly_quota_resets_at_midnight_utc_on_the_first() {
+    let s = TestServer::start().await;
+    // 2028-02-29T23:00:00Z, the leap day's last hour: one left in February.
+    s.clock.set(1_835_478_000 * NANOS_PER_SEC);
+    let body = r#"{"endpoint": "/api/*", "requests_per_window": 2,
+                   "algorithm": "fixed_window", "calendar": "month"}"#;
+    let created = s.post("/admin/configs", body).await;
+    assert_eq!(created.status, 201, "{:?}", created.body);
+    assert_eq!(created.body["calendar"], "month");
+    assert_eq!(created.body["window_seconds"], 2_592_000);
+    assert_eq!(s.statuses("maud", "/api/data", 2).await, [200, 200]);
+    let r = s.get_as("maud", "/api/data").await;
+    assert_eq!(r.status, 429);
+    // Exactly until March 1st, 00:00 UTC: an hour.
+    assert_eq!(r.header_u64("retry-after"), 3600);
+    assert_eq!(r.header("ratelimit"), Some("\"/api/*\";r=0;t=3600"));
+    assert_eq!(
+        r.header("ratelimit-policy"),
+        Some("\"/api/*\";q=2;w=2592000")
+    );
+    assert_eq!(r.header_u64("x-ratelimit-reset"), 1_835_481_600);
+    assert_eq!(r.body["reset_time"], "2028-03-01T00:00:00Z");
+    let message = r.body["message"].as_str().unwrap();
+    assert!(message.contains("2 requests per month (UTC)"), "{message}");
+    s.clock.advance(3600 * NANOS_PER_SEC - 1);
+    assert_eq!(s.get_as("maud", "/api/data").await.status, 429);
+    s.clock.advance(1);
+    let r = s.get_as("maud", "/api/data").await;
+    assert_eq!(r.status, 200);
+    // March has 31 days: the next reset is April 1st.
+    assert_eq!(r.header_u64("x-ratelimit-remaining"), 1);
+    assert_eq!(r.header_u64("x-ratelimit-reset"), 1_838_160_000);
+    assert_eq!(r.header("ratelimit"), Some("\"/api/*\";r=1;t=2678400"));
+}
+
+#[actix_rt::test]
 async fn keys_by_peer_ip_without_a_client_header() {
     let s = TestServer::start().await;
     s.config("/ip", 1, 60, "fixed_window").await;

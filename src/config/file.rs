@@ -278,6 +278,15 @@ overrides = [{ client = "partner-*", requests_per_window = 100, window_seconds =
         );
         assert_eq!(api.mode, crate::config::Enforcement::Shadow);
         assert_eq!(api.overrides[0].window_seconds, Some(2));
+        // A calendar quota needs no window_seconds.
+        let monthly = parse(
+            "[[config]]\nendpoint = \"/m\"\nrequests_per_window = 9\nalgorithm = \"fixed_window\"\ncalendar = \"month\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            (monthly[0].calendar, monthly[0].window_seconds),
+            (Some(crate::limiter::Calendar::Month), 2_592_000)
+        );
         assert!(parse("").is_err(), "an empty file deletes nothing");
         // A descriptor rule: no endpoint, the server writes it.
         let rules = parse(

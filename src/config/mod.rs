@@ -14,7 +14,7 @@ pub mod file;
 pub mod writer;
 
 use crate::clock::{NANOS_PER_SEC, Nanos, rfc3339};
-use crate::limiter::{Algorithm, Limit};
+use crate::limiter::{Algorithm, Calendar, Limit};
 use descriptor::DescriptorEntry;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -44,7 +44,14 @@ pub struct ConfigSpec {
     /// descriptor rule, its identity, written from `domain` and `descriptor`.
     pub endpoint: String,
     pub requests_per_window: u64,
+    /// The window length; with `calendar`, the calendar's nominal length, which may be
+    /// left out of a create or an update that sets the calendar.
     pub window_seconds: u64,
+    /// A fixed window's calendar windows (`day`, `week`, `month`, in UTC) instead of
+    /// windows of `window_seconds` since the epoch. Left out of the JSON when absent, so
+    /// that instances and files of versions before it still read every other config.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calendar: Option<Calendar>,
     #[serde(default = "default_algorithm")]
     pub algorithm: Algorithm,
     /// Token bucket capacity; `None` is `requests_per_window`.
@@ -164,6 +171,7 @@ impl ConfigSpec {
             endpoint: DEFAULT_ENDPOINT.to_owned(),
             requests_per_window: 100,
             window_seconds: 3600,
+            calendar: None,
             algorithm: default_algorithm(),
             burst_limit: None,
             refill_rate: None,
@@ -189,6 +197,9 @@ impl ConfigSpec {
             self.requests_per_window,
             self.window_seconds,
         );
+        if let Limit::FixedWindow(window) = &mut limit {
+            window.calendar = self.calendar;
+        }
         if let Limit::TokenBucket(bucket) = &mut limit {
             if let Some(burst) = self.burst_limit {
                 bucket.burst = burst;
@@ -238,6 +249,29 @@ impl ConfigSpec {
             MAX_REQUESTS_PER_WINDOW,
         )?;
         in_range("window_seconds", self.window_seconds, MAX_WINDOW_SECONDS)?;
+        if let Some(calendar) = self.calendar {
+            if self.algorithm != Algorithm::FixedWindow {
+                return Err(ValidationError::new(
+                    "calendar",
+                    format!(
+                        "is for the fixed_window algorithm only (this config's is {}); \
+                         send \"calendar\": null to use another",
+                        self.algorithm.as_str()
+                    ),
+                ));
+            }
+            let nominal = calendar.nominal_seconds();
+            if self.window_seconds != nominal {
+                return Err(ValidationError::new(
+                    "window_seconds",
+                    format!(
+                        "is set by calendar: {nominal} for {:?} (leave it out, or send \
+                         {nominal})",
+                        calendar.as_str()
+                    ),
+                ));
+            }
+        }
         if let Some(burst) = self.burst_limit {
             in_range("burst_limit", burst, MAX_REQUESTS_PER_WINDOW)?;
         }
@@ -327,6 +361,23 @@ impl ConfigSpec {
                 Value::String(identity.unwrap_or_default()),
             );
         }
+        // A calendar sets the window: its nominal length stands in for `window_seconds`
+        // (and a wrong one is named before the window it would have set).
+        match (given_calendar(&object), object.get("calendar")) {
+            (Some(calendar), _) => {
+                object
+                    .entry("window_seconds")
+                    .or_insert(Value::from(calendar.nominal_seconds()));
+            }
+            (None, Some(v)) if !v.is_null() => {
+                let names: Vec<_> = Calendar::ALL.map(Calendar::as_str).into();
+                return Err(ValidationError::new(
+                    "calendar",
+                    format!("must be one of {}", names.join(", ")),
+                ));
+            }
+            _ => {}
+        }
         if let Some(missing) = REQUIRED.iter().find(|f| !object.contains_key(**f)) {
             return Err(ValidationError::new(*missing, "is required".to_owned()));
         }
@@ -348,6 +399,15 @@ impl ConfigSpec {
         for name in field_names() {
             merged.entry(name.clone()).or_insert(Value::Null);
         }
+        // A calendar set without a window takes its own (as when it is created).
+        if let Some(calendar) = given_calendar(&patch)
+            && !patch.contains_key("window_seconds")
+        {
+            merged.insert(
+                "window_seconds".to_owned(),
+                Value::from(calendar.nominal_seconds()),
+            );
+        }
         for (key, value) in patch {
             if READ_ONLY.contains(&key.as_str()) {
                 return Err(ValidationError::new(key, "is read-only".to_owned()));
@@ -368,6 +428,14 @@ impl ConfigSpec {
         spec.validate()?;
         Ok(spec)
     }
+}
+
+/// The calendar a create or an update sets, if it sets a valid one (an invalid one is
+/// reported under its field by the parse that follows).
+fn given_calendar(object: &Map<String, Value>) -> Option<Calendar> {
+    object
+        .get("calendar")
+        .and_then(|v| Calendar::deserialize(v).ok())
 }
 
 /// A field's serde error as a sentence: what the field takes, shown by the value it had.
@@ -405,6 +473,7 @@ pub fn form_model() -> String {
     let modes = [Enforcement::Enforce, Enforcement::Shadow].map(|m| to_value(&m));
     let choices = serde_json::json!({
         "algorithm": Algorithm::names().collect::<Vec<_>>(),
+        "calendar": Calendar::ALL.map(Calendar::as_str),
         "mode": modes,
     });
     let mut defaults = serde_json::to_string(&ConfigSpec::default_policy()).unwrap_or_default();
@@ -867,6 +936,60 @@ mod tests {
             spec.merged(object(json!({"requests_per_window": 9})))
                 .is_ok()
         );
+    }
+
+    #[test]
+    fn a_calendar_sets_the_window_and_is_for_fixed_windows_only() {
+        let monthly = ConfigSpec::from_create(object(json!({
+            "endpoint": "/m", "requests_per_window": 200000,
+            "algorithm": "fixed_window", "calendar": "month"})))
+        .unwrap();
+        assert_eq!(monthly.window_seconds, 30 * 86_400);
+        match monthly.limit() {
+            Limit::FixedWindow(w) => assert_eq!(w.calendar, Some(Calendar::Month)),
+            other => panic!("{other:?}"),
+        }
+        // Its JSON round-trips, window included, and reads back as it was.
+        let json = serde_json::to_value(&monthly).unwrap();
+        assert_eq!(json["calendar"], "month");
+        let Value::Object(again) = json else { panic!() };
+        assert_eq!(ConfigSpec::from_create(again).unwrap(), monthly);
+        // An update that sets a calendar takes its window; one that removes it keeps the
+        // window as it was.
+        let weekly = monthly.merged(object(json!({"calendar": "week"}))).unwrap();
+        assert_eq!(
+            (weekly.window_seconds, weekly.calendar),
+            (604_800, Some(Calendar::Week))
+        );
+        let plain = weekly.merged(object(json!({"calendar": null}))).unwrap();
+        assert_eq!((plain.window_seconds, plain.calendar), (604_800, None));
+        // Refused, naming the field.
+        for (body, field) in [
+            (
+                json!({"calendar": "month", "algorithm": "sliding_window"}),
+                "calendar",
+            ),
+            (
+                json!({"calendar": "month", "window_seconds": 60}),
+                "window_seconds",
+            ),
+            (json!({"calendar": "year"}), "calendar"),
+            (json!({"calendar": 30}), "calendar"),
+            (json!({"algorithm": "token_bucket"}), "calendar"),
+        ] {
+            let e = monthly.merged(object(body.clone())).unwrap_err();
+            assert_eq!(e.field, field, "{body}: {}", e.message);
+        }
+        let e = monthly
+            .merged(object(json!({"calendar": "year"})))
+            .unwrap_err();
+        assert!(e.message.contains("day, week, month"), "{}", e.message);
+        // An override may not give its own window to a calendar config.
+        let e = monthly
+            .merged(object(json!({"overrides": [
+                {"client": "big", "requests_per_window": 5, "window_seconds": 60}]})))
+            .unwrap_err();
+        assert_eq!(e.field, "overrides[0].window_seconds");
     }
 
     #[test]

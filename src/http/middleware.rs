@@ -124,8 +124,10 @@ pub fn refusal(client: &str, policy: &Policy, decision: &Decision, now: Nanos) -
     let mut res = HttpResponse::TooManyRequests().json(Refusal {
         error: "rate_limit_exceeded",
         message: format!(
-            "Rate limit exceeded: {} requests per {} s for {}. Retry in {retry_after} s.",
-            decision.limit, policy.window_seconds, policy.endpoint
+            "Rate limit exceeded: {} requests per {} for {}. Retry in {retry_after} s.",
+            decision.limit,
+            policy.window_words(),
+            policy.endpoint
         ),
         client_id: client.to_owned(),
         endpoint: policy.endpoint.to_string(),

@@ -18,7 +18,7 @@ mod fixed_window;
 mod sliding_window;
 mod token_bucket;
 
-pub use fixed_window::{FixedWindow, FixedWindowLimit};
+pub use fixed_window::{Calendar, FixedWindow, FixedWindowLimit};
 pub use sliding_window::{SlidingWindow, SlidingWindowLimit, granule_ms};
 pub use token_bucket::{TokenBucket, TokenBucketLimit};
 
@@ -111,7 +111,11 @@ impl Limit {
         let window = window_secs * NANOS_PER_SEC;
         match algorithm {
             Algorithm::SlidingWindow => Limit::SlidingWindow(SlidingWindowLimit { limit, window }),
-            Algorithm::FixedWindow => Limit::FixedWindow(FixedWindowLimit { limit, window }),
+            Algorithm::FixedWindow => Limit::FixedWindow(FixedWindowLimit {
+                limit,
+                window,
+                calendar: None,
+            }),
             Algorithm::TokenBucket => Limit::TokenBucket(TokenBucketLimit {
                 burst: limit,
                 refill_interval: window.div_ceil(limit).max(1),
