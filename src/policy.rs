@@ -3,7 +3,7 @@
 //! writer ([`crate::config::writer`]).
 
 use crate::config::descriptor::Pattern;
-use crate::config::{Change, Config, ConfigSpec, DEFAULT_ENDPOINT, Enforcement};
+use crate::config::{Change, Config, ConfigSpec, DEFAULT_ENDPOINT, Enforcement, Key};
 use crate::limiter::{FixedWindowLimit, Limit};
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -19,6 +19,8 @@ pub struct Policy {
     pub active: bool,
     /// Shadow mode: decided and reported like any other, never refused.
     pub shadow: bool,
+    /// What the limit counts per.
+    pub key: Key,
     /// The client pattern of the override this policy comes from, if one.
     pub tier: Option<Arc<str>>,
 }
@@ -31,6 +33,7 @@ impl Policy {
             window_seconds: spec.window_seconds,
             active: spec.is_active,
             shadow: spec.mode == Enforcement::Shadow,
+            key: spec.key.clone(),
             tier: None,
         }
     }
@@ -201,6 +204,19 @@ impl PolicyTable {
         self.rule(path).for_client(client)
     }
 
+    /// The policy of a request to `path` and the value it is counted under: `value`
+    /// finds it from the config's key (called once), and it picks the override.
+    pub fn resolve_keyed<E>(
+        &self,
+        path: &str,
+        value: impl FnOnce(&Key) -> Result<Arc<str>, E>,
+    ) -> Result<(Arc<str>, &Arc<Policy>), E> {
+        let rule = self.rule(path);
+        let who = value(&rule.base.key)?;
+        let policy = rule.for_client(&who);
+        Ok((who, policy))
+    }
+
     /// The descriptor rule of `domain` that a request descriptor (its entries, key and
     /// value, in order) matches, the most specific one if several do, and the client it
     /// names (see [`Pattern::client`]), with that client's override if it has one.
@@ -215,7 +231,10 @@ impl PolicyTable {
             .iter()
             .find(|(p, _)| p.matches(entries.clone()))?;
         let rule = self.exact.get(identity)?;
-        let client = pattern.client(domain, entries);
+        let client = match rule.base.key {
+            Key::Global => Key::GLOBAL.to_owned(),
+            _ => pattern.client(domain, entries),
+        };
         Some(Matched {
             policy: rule.for_client(&client),
             client,

@@ -94,6 +94,27 @@ async fn exact_limit_across(nodes: &[Binary]) {
             nodes.len()
         );
     }
+    // A global key on a calendar quota: every caller on every instance shares one budget.
+    let body = json!({"endpoint": "/api/global", "requests_per_window": 100,
+                      "algorithm": "fixed_window", "calendar": "month", "key": "global"});
+    let r = nodes[0].post("/admin/configs", &body.to_string()).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    for node in nodes {
+        until_served(node, "/api/global", "key", &json!("global")).await;
+    }
+    let callers: Vec<String> = (0..300).map(|i| format!("caller-{i}")).collect();
+    let statuses = join_all(
+        callers
+            .iter()
+            .enumerate()
+            .map(|(i, c)| nodes[i % nodes.len()].get_as(c, "/api/global")),
+    )
+    .await;
+    let ok = statuses
+        .iter()
+        .filter(|r| r.status == 200 || r.status == 404)
+        .count();
+    assert_eq!(ok, 100, "global over {} instances", nodes.len());
 }
 
 #[actix_rt::test]

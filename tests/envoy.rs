@@ -296,6 +296,30 @@ async fn the_most_specific_rule_wins_and_overrides_apply_to_descriptor_clients()
 }
 
 #[actix_rt::test]
+async fn a_global_rule_is_one_budget_whatever_the_open_values() {
+    let (s, ch) = server().await;
+    rule(
+        &s,
+        json!({"domain": "rw", "descriptor": [{"key": "generic_key", "value": "search"},
+            {"key": "remote_address"}], "requests_per_window": 3, "window_seconds": 60,
+            "algorithm": "fixed_window", "key": "global"}),
+    )
+    .await;
+    let search = |ip: &str| {
+        request(vec![descriptor(&[
+            ("generic_key", "search"),
+            ("remote_address", ip),
+        ])])
+    };
+    let mut seen = Vec::new();
+    for ip in ["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4"] {
+        seen.push(codes(&ok(&ch, search(ip)).await)[0]);
+    }
+    assert_eq!(seen, [1, 1, 1, 2], "OK, OK, OK, OVER_LIMIT");
+    s.stop().await;
+}
+
+#[actix_rt::test]
 async fn a_limit_sent_by_the_caller_is_a_budget_of_its_own() {
     let (s, ch) = server().await;
     api_rule(&s).await;

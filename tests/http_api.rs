@@ -146,6 +146,126 @@ async fn a_monthly_quota_resets_at_midnight_utc_on_the_first() {
 }
 
 #[actix_rt::test]
+async fn a_config_counts_per_its_key_global_ip_or_header() {
+    let s = TestServer::start().await;
+    let create = |endpoint: &str, key: &str, limit: u64| {
+        format!(
+            r#"{{"endpoint": "{endpoint}", "requests_per_window": {limit}, "window_seconds": 60, "key": "{key}"}}"#
+        )
+    };
+    // Global: one budget shared by every caller.
+    let r = s
+        .post("/admin/configs", &create("/api/data", "global", 3))
+        .await;
+    assert_eq!(
+        (r.status.as_u16(), &r.body["key"]),
+        (201, &json!("global")),
+        "{:?}",
+        r.body
+    );
+    assert_eq!(s.statuses("alice", "/api/data", 2).await, [200, 200]);
+    let r = s.get_as("bob", "/api/data").await;
+    assert_eq!(
+        (r.status.as_u16(), r.header_u64("x-ratelimit-remaining")),
+        (200, 0)
+    );
+    assert_eq!(s.statuses("carol", "/api/data", 1).await, [429]);
+    assert_eq!(
+        s.get_as("carol", "/api/data").await.body["client_id"],
+        "(global)"
+    );
+
+    // IP: a forged or changing X-Client-ID does not escape it, and a malformed one is
+    // not even read.
+    s.put(
+        "/admin/configs/api/data",
+        r#"{"key": "ip", "requests_per_window": 2}"#,
+    )
+    .await;
+    let mut seen = Vec::new();
+    for id in ["a", "b", "c d"] {
+        let r = s
+            .send("GET", "/api/data", &[("X-Client-ID", id)], None)
+            .await;
+        seen.push(r.status.as_u16());
+    }
+    assert_eq!(seen, [200, 200, 429]);
+    let r = s
+        .send("GET", "/api/data", &[("X-Client-ID", "z")], None)
+        .await;
+    assert_eq!(r.body["client_id"], "127.0.0.1");
+
+    // A header: each tenant has its own budget; no header is the empty tenant; a value
+    // that cannot be a key is a 400 that counts nothing.
+    s.put(
+        "/admin/configs/api/data",
+        r#"{"key": "header:X-Tenant", "requests_per_window": 2}"#,
+    )
+    .await;
+    let tenant = |t: &'static str| [("X-Tenant", t), ("X-Client-ID", "same")];
+    for (headers, expected) in [
+        (&tenant("acme")[..], 200),
+        (&tenant("acme")[..], 200),
+        (&tenant("acme")[..], 429),
+        (&tenant("beta")[..], 200),
+        (&[][..], 200),
+        (&[][..], 200),
+        (&[][..], 429),
+    ] {
+        let r = s.send("GET", "/api/data", headers, None).await;
+        assert_eq!(r.status.as_u16(), expected, "{headers:?}");
+    }
+    let r = s
+        .send("GET", "/api/data", &[("X-Tenant", &"x".repeat(129))], None)
+        .await;
+    assert_eq!(
+        (r.status.as_u16(), &r.body["error"]),
+        (400, &json!("invalid_key"))
+    );
+    let r = s.get("/admin/configs/api/data").await;
+    assert_eq!(r.body["key"], "header:x-tenant");
+
+    // The decision API is told the address and headers of the original request.
+    let check = |body: &'static str| s.post("/v1/check", body);
+    let r =
+        check(r#"{"client_id": "u", "path": "/api/data", "headers": {"x-tenant": "beta"}}"#).await;
+    assert_eq!(
+        (r.status.as_u16(), &r.body["allowed"]),
+        (200, &json!(true)),
+        "{:?}",
+        r.body
+    );
+    let r =
+        check(r#"{"client_id": "u", "path": "/api/data", "headers": {"X-TENANT": "beta"}}"#).await;
+    assert_eq!(
+        r.body["allowed"], false,
+        "beta's second of 2 was the route's"
+    );
+    s.put("/admin/configs/api/data", r#"{"key": "ip"}"#).await;
+    let r = check(r#"{"client_id": "u", "path": "/api/data"}"#).await;
+    assert_eq!(
+        (r.status.as_u16(), &r.body["field"]),
+        (422, &json!("ip")),
+        "{:?}",
+        r.body
+    );
+    let r = check(r#"{"client_id": "u", "path": "/api/data", "ip": "192.0.2.9"}"#).await;
+    assert_eq!(r.body["allowed"], true, "{:?}", r.body);
+    let r = check(r#"{"client_id": "u", "path": "/api/data", "ip": "nope"}"#).await;
+    assert_eq!((r.status.as_u16(), &r.body["field"]), (422, &json!("ip")));
+    // Under an ip key, an override names an address prefix.
+    let r = s
+        .put(
+            "/admin/configs/api/data",
+            r#"{"overrides": [{"client": "127.0.0.*", "requests_per_window": 7}]}"#,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let r = s.get_as("anyone", "/api/data").await;
+    assert_eq!(r.header_u64("x-ratelimit-limit"), 7);
+}
+
+#[actix_rt::test]
 async fn keys_by_peer_ip_without_a_client_header() {
     let s = TestServer::start().await;
     s.config("/ip", 1, 60, "fixed_window").await;

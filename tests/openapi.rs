@@ -95,6 +95,8 @@ fn sample(name: &str, schema: &Value) -> Value {
         ("client_id", _) => json!("from-the-schema"),
         ("path", _) => json!("/api/data"),
         ("method", _) => json!("GET"),
+        ("ip", _) => json!("192.0.2.7"),
+        (_, Some("object")) => json!({"x-tenant": "from-the-schema"}),
         (_, Some("boolean")) => json!(false),
         (_, Some("integer")) => json!(1),
         _ => match schema["type"].as_array() {
@@ -116,7 +118,7 @@ async fn a_check_built_from_its_schema_is_accepted() {
         .iter()
         .map(|(name, schema)| (name.clone(), sample(name, schema)))
         .collect();
-    assert_eq!(check.len(), 5, "{check:?}");
+    assert_eq!(check.len(), 7, "{check:?}");
     let r = s
         .post("/v1/check", &Value::Object(check.clone()).to_string())
         .await;

@@ -11,11 +11,13 @@
 
 pub mod descriptor;
 pub mod file;
+pub mod key;
 pub mod writer;
 
 use crate::clock::{NANOS_PER_SEC, Nanos, rfc3339};
 use crate::limiter::{Algorithm, Calendar, Limit};
 use descriptor::DescriptorEntry;
+pub use key::Key;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::fmt::Write;
@@ -67,6 +69,12 @@ pub struct ConfigSpec {
     /// the same way but lets every request through.
     #[serde(default)]
     pub mode: Enforcement,
+    /// What the limit counts per: `client` (the default), `global`, `ip` or
+    /// `header:<Name>` (see [`key`]). Left out of the JSON when `client`, so that
+    /// instances and files of versions before keys still read every other config.
+    #[serde(default, skip_serializing_if = "Key::is_client")]
+    #[schema(value_type = Option<String>, example = "ip")]
+    pub key: Key,
     /// Per-client limits under this config; the most specific match wins (see
     /// [`Override`]).
     #[serde(default)]
@@ -177,6 +185,7 @@ impl ConfigSpec {
             refill_rate: None,
             is_active: true,
             mode: Enforcement::Enforce,
+            key: Key::Client,
             overrides: Vec::new(),
             domain: None,
             descriptor: None,
@@ -282,6 +291,26 @@ impl ConfigSpec {
                 "refill_rate",
                 format!(
                     "must be a number of tokens per second from {MIN_REFILL_RATE:e} to {MAX_REFILL_RATE:e}"
+                ),
+            ));
+        }
+        if self.domain.is_some() && self.key.needs_http() {
+            return Err(ValidationError::new(
+                "key",
+                format!(
+                    "{} needs an HTTP request; a descriptor rule counts per its descriptor \
+                     (client) or for every caller (global)",
+                    self.key
+                ),
+            ));
+        }
+        if matches!(self.key, Key::Global | Key::Header(_)) && !self.overrides.is_empty() {
+            return Err(ValidationError::new(
+                "overrides",
+                format!(
+                    "must be empty with key \"{}\": overrides name clients or addresses \
+                     (keys \"client\" and \"ip\"); change the config's own numbers",
+                    self.key
                 ),
             ));
         }

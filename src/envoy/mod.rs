@@ -123,6 +123,7 @@ fn policy_for(
         endpoint: Arc::from(format!("{} ({requests}/{})", m.policy.endpoint, unit.name)),
         limit: Limit::new(m.policy.limit.algorithm(), requests, window),
         window_seconds: window,
+        key: m.policy.key.clone(),
         tier: None,
         ..*m.policy.as_ref()
     };

@@ -3,7 +3,7 @@
 //! a trusted proxy.
 
 pub use crate::config::MAX_CLIENT_ID_BYTES;
-use crate::config::is_client_id;
+use crate::config::{Key, is_client_id};
 use crate::error::ApiError;
 use actix_web::http::header::{HeaderMap, HeaderName};
 use std::net::{IpAddr, SocketAddr};
@@ -80,6 +80,39 @@ pub fn validate_client_id(id: &str) -> Result<(), ApiError> {
 }
 
 impl Identity {
+    /// The value a request is counted under by a config keyed by `key` (see
+    /// [`crate::config::key`]): its client id, its address, a header's value, or one
+    /// value for every caller.
+    pub fn key_value(
+        &self,
+        key: &Key,
+        headers: &HeaderMap,
+        peer: Option<SocketAddr>,
+    ) -> Result<Arc<str>, ApiError> {
+        match key {
+            Key::Client => self.client_id(headers, peer),
+            Key::Global => Ok(Arc::from(Key::GLOBAL)),
+            // A request with no peer address (a Unix socket) has one "no address".
+            Key::Ip => Ok(self
+                .client_ip(headers, peer)
+                .map_or_else(|| Arc::from("(no address)"), Key::ip_value)),
+            Key::Header(name) => {
+                let mut values = headers.get_all(name.as_str());
+                let first = values.next();
+                if values.next().is_some() {
+                    return Err(ApiError::bad_request(
+                        "invalid_key",
+                        format!(
+                            "Send one {name} header, not several: it counts this request's limit."
+                        ),
+                    ));
+                }
+                Key::header_value(name, first.map(|v| v.as_bytes()))
+                    .map_err(|m| ApiError::bad_request("invalid_key", m))
+            }
+        }
+    }
+
     pub fn client_id(
         &self,
         headers: &HeaderMap,

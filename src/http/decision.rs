@@ -17,7 +17,7 @@ use super::client_id::validate_client_id;
 use super::middleware::{add_headers, has_dot_segments, refusal};
 use crate::actors::Via;
 use crate::clock::{NANOS_PER_SEC, Nanos, rfc3339};
-use crate::config::ValidationError;
+use crate::config::{Key, ValidationError};
 use crate::decide::Ruling;
 use crate::envoy::proto::{Code, RateLimitRequest};
 use crate::envoy::{Failure, should_rate_limit};
@@ -65,6 +65,14 @@ struct CheckRequest {
     /// Only look: decide nothing, count nothing.
     #[schema(nullable = false)]
     peek: Option<bool>,
+    /// The original request's address: required when the path's config counts per IP
+    /// address (`"key": "ip"`), ignored otherwise.
+    #[schema(nullable = false, example = "192.0.2.7")]
+    ip: Option<String>,
+    /// The original request's headers that a config's `header:<Name>` key reads (names
+    /// in any case; a header not given counts as empty).
+    #[schema(nullable = false)]
+    headers: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// Several checks, decided in order.
@@ -229,7 +237,48 @@ fn parse(state: &AppState, check: Value, prefix: &str) -> Result<Ask, ApiError> 
             "must be an HTTP method such as GET",
         ));
     }
-    let policy = state.policies.current().resolve(&path, &client).clone();
+    // What the config's key counts per, when it is not the client id: the original
+    // request's address and headers, as the caller saw them.
+    let ip = match c.remove("ip") {
+        None => None,
+        Some(Value::String(s)) => Some(
+            s.parse::<std::net::IpAddr>()
+                .map_err(|_| invalid(field("ip"), "must be an IP address"))?,
+        ),
+        Some(_) => return Err(invalid(field("ip"), "must be an IP address, as a string")),
+    };
+    let headers = match c.remove("headers") {
+        None => Map::new(),
+        Some(Value::Object(h)) if h.values().all(Value::is_string) => h,
+        Some(_) => {
+            return Err(invalid(
+                field("headers"),
+                "must be an object of header names and string values",
+            ));
+        }
+    };
+    let (client, policy) = {
+        let table = state.policies.current();
+        let (who, policy) = table.resolve_keyed(&path, |key| match key {
+            Key::Client => Ok(Arc::from(client.as_str())),
+            Key::Global => Ok(Arc::from(Key::GLOBAL)),
+            Key::Ip => ip.map(Key::ip_value).ok_or_else(|| {
+                invalid(
+                    field("ip"),
+                    "is required: the config of this path counts per IP address (key \"ip\")",
+                )
+            }),
+            Key::Header(name) => {
+                let value = headers
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                    .and_then(|(_, v)| v.as_str());
+                Key::header_value(name, value.map(str::as_bytes))
+                    .map_err(|m| invalid(field("headers"), m))
+            }
+        })?;
+        (who, policy.clone())
+    };
     let cost = match c.remove("cost") {
         None => 1,
         Some(v) => v
@@ -252,7 +301,7 @@ fn parse(state: &AppState, check: Value, prefix: &str) -> Result<Ask, ApiError> 
         return Err(invalid(field(other), "is not a field of a check"));
     }
     Ok(Ask {
-        client: Arc::from(client),
+        client,
         path,
         policy,
         cost,
@@ -373,8 +422,15 @@ pub async fn forward_auth(
             format!("{uri_header} must be a request path starting with /, with no \".\" or \"..\" segments."),
         )
     })?;
-    let client = state.identity.client_id(req.headers(), req.peer_addr())?;
-    let policy = state.policies.current().resolve(&path, &client).clone();
+    let (client, policy) = {
+        let table = state.policies.current();
+        let (client, policy) = table.resolve_keyed(&path, |key| {
+            state
+                .identity
+                .key_value(key, req.headers(), req.peer_addr())
+        })?;
+        (client, policy.clone())
+    };
     let now = state.clock.now();
     let ruling = state
         .decider

@@ -82,12 +82,19 @@ pub async fn rate_limit(
         return Ok(req.error_response(e));
     }
     let state = state(&req);
-    let client = match state.identity.client_id(req.headers(), req.peer_addr()) {
-        Ok(c) => c,
+    let path = req.match_info().as_str();
+    // Counted under the config's key: the client id, the address, a header, or global.
+    let table = state.policies.current();
+    let keyed = table.resolve_keyed(path, |key| {
+        state
+            .identity
+            .key_value(key, req.headers(), req.peer_addr())
+    });
+    let (client, policy) = match keyed {
+        Ok((client, policy)) => (client, policy.clone()),
         Err(e) => return Ok(req.error_response(e)),
     };
-    let path = req.match_info().as_str();
-    let policy = state.policies.current().resolve(path, &client).clone();
+    drop(table);
     // In reverse-proxy mode every path that is not the server's own goes upstream.
     let via = match req.app_data::<proxy::Forwarder>() {
         Some(_) => Via::Proxy,

@@ -1,0 +1,181 @@
+//! What a config's limit counts per: its key. The rate-limit key of a request is (key
+//! value, config): every request with the same key value shares one budget.
+//!
+//! - `client` (the default): the client id (`X-Client-ID`, else the peer address), as
+//!   identified by `--client-id-header` and `--trusted-proxies`;
+//! - `global`: one budget for every caller;
+//! - `ip`: the caller's address (the peer, or the client a trusted proxy names), even when
+//!   it sends a client id, so a forged `X-Client-ID` cannot escape the limit;
+//! - `header:<Name>`: the value of that request header (a tenant, an API key's name); a
+//!   request without it is counted under the empty value.
+//!
+//! Key values of other kinds than `client` are written so that none can be a client id
+//! (they begin with `(`), and the statistics, the top list and the feeds show them.
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+/// Longest header value counted under its own key.
+pub const MAX_HEADER_VALUE_BYTES: usize = 128;
+/// Longest header name a key may name.
+const MAX_HEADER_NAME_BYTES: usize = 64;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub enum Key {
+    #[default]
+    Client,
+    Global,
+    Ip,
+    /// A header's name, lower-cased (header names are case-insensitive).
+    Header(String),
+}
+
+impl Key {
+    /// The value every request of a `global` key is counted under.
+    pub const GLOBAL: &'static str = "(global)";
+
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "client" => Ok(Key::Client),
+            "global" => Ok(Key::Global),
+            "ip" => Ok(Key::Ip),
+            _ => match s.strip_prefix("header:") {
+                Some(name) if is_header_name(name) => Ok(Key::Header(name.to_ascii_lowercase())),
+                Some(_) => Err(format!(
+                    "names a header that is not a valid header name (1 to \
+                     {MAX_HEADER_NAME_BYTES} of A-Z a-z 0-9 and !#$%&'*+-.^_`|~)"
+                )),
+                None => {
+                    Err("must be \"client\", \"global\", \"ip\" or \"header:<Name>\"".to_owned())
+                }
+            },
+        }
+    }
+
+    pub fn is_client(&self) -> bool {
+        *self == Key::Client
+    }
+
+    /// Whether a key value can be found without an HTTP request (Envoy's descriptors
+    /// carry no address and no headers).
+    pub fn needs_http(&self) -> bool {
+        matches!(self, Key::Ip | Key::Header(_))
+    }
+
+    /// The value of an `ip` key.
+    pub fn ip_value(ip: IpAddr) -> Arc<str> {
+        Arc::from(ip.to_canonical().to_string())
+    }
+
+    /// The value of a `header:<name>` key for the header's `value` (`None` when the
+    /// request has none: the empty value). A value that is not visible ASCII, or longer
+    /// than [`MAX_HEADER_VALUE_BYTES`], is refused with the reason.
+    pub fn header_value(name: &str, value: Option<&[u8]>) -> Result<Arc<str>, String> {
+        let value = value.unwrap_or_default();
+        if value.len() > MAX_HEADER_VALUE_BYTES {
+            return Err(format!(
+                "The {name} header counts this request's limit: send at most \
+                 {MAX_HEADER_VALUE_BYTES} bytes."
+            ));
+        }
+        if !value.iter().all(|b| b.is_ascii_graphic() || *b == b' ') {
+            return Err(format!(
+                "The {name} header counts this request's limit: send visible ASCII only."
+            ));
+        }
+        // Visible ASCII and spaces: valid UTF-8.
+        let value = std::str::from_utf8(value).unwrap_or_default();
+        Ok(Arc::from(format!("({name}){value}")))
+    }
+}
+
+/// An HTTP token (RFC 9110), as header names are.
+fn is_header_name(name: &str) -> bool {
+    (1..=MAX_HEADER_NAME_BYTES).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+impl std::fmt::Display for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Key::Client => f.write_str("client"),
+            Key::Global => f.write_str("global"),
+            Key::Ip => f.write_str("ip"),
+            Key::Header(name) => write!(f, "header:{name}"),
+        }
+    }
+}
+
+impl Serialize for Key {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Key {
+    /// A name, or `null` for the default (`client`), as every optional field takes.
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match Option::<String>::deserialize(d)? {
+            Some(s) => Key::parse(&s).map_err(serde::de::Error::custom),
+            None => Ok(Key::Client),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_round_trip_through_their_names() {
+        for (text, key) in [
+            ("client", Key::Client),
+            ("global", Key::Global),
+            ("ip", Key::Ip),
+            ("header:x-tenant", Key::Header("x-tenant".into())),
+        ] {
+            assert_eq!(Key::parse(text), Ok(key.clone()));
+            assert_eq!(key.to_string(), text);
+        }
+        assert_eq!(
+            Key::parse("header:X-Tenant"),
+            Ok(Key::Header("x-tenant".into()))
+        );
+        for bad in [
+            "",
+            "Client",
+            "header:",
+            "header:a b",
+            "header:a:b",
+            "cookie:x",
+        ] {
+            assert!(Key::parse(bad).is_err(), "{bad:?}");
+        }
+        assert!(Key::parse(&format!("header:{}", "a".repeat(65))).is_err());
+    }
+
+    #[test]
+    fn key_values_never_look_like_client_ids() {
+        assert_eq!(
+            &*Key::ip_value("::ffff:10.0.0.7".parse().unwrap()),
+            "10.0.0.7"
+        );
+        assert_eq!(
+            Key::header_value("x-tenant", Some(b"acme corp")).as_deref(),
+            Ok("(x-tenant)acme corp")
+        );
+        assert_eq!(
+            Key::header_value("x-tenant", None).as_deref(),
+            Ok("(x-tenant)")
+        );
+        assert!(Key::header_value("x-tenant", Some(b"a\x01")).is_err());
+        assert!(Key::header_value("x-tenant", Some("é".as_bytes())).is_err());
+        assert!(Key::header_value("x-tenant", Some(&[b'a'; 129])).is_err());
+        for value in [Key::GLOBAL, "(x-tenant)", "(x-tenant)acme corp"] {
+            assert!(!crate::config::is_client_id(value), "{value}");
+        }
+    }
+}
