@@ -302,6 +302,39 @@ test("without a token the dashboard works through loopback and allowed names, an
   }, [resolve]);
 });
 
+test("a calendar quota and a keyed config made and changed from the form", { timeout: 120_000 }, async () => {
+  await withServer([], "info", async ({ url, browser }) => {
+    const { page, pageErrors } = await openDashboard(browser, url);
+    const row = (endpoint) => page.evaluate((ep) => {
+      const tr = [...document.querySelectorAll("#config-rows tr")].find((r) => r.querySelector("td.endpoint")?.textContent === ep);
+      return tr ? [...tr.children].slice(0, 4).map((td) => td.textContent) : null;
+    }, endpoint);
+    await page.click("#new-config");
+    await page.locator("#config-form").waitFor({ state: "visible", timeout: WAIT });
+    // The window field keeps whatever it holds: a calendar sets the window.
+    await fillConfig(page, { endpoint: "/api/reports/*", algorithm: "fixed_window", requests_per_window: "9",
+      window_seconds: "60", calendar: "month", key: "ip" });
+    await page.click("#config-save");
+    await page.locator("#config-form").waitFor({ state: "hidden", timeout: WAIT });
+    await until(page, () => [...document.querySelectorAll("#config-rows td")].some((td) => td.textContent === "month (UTC)"));
+    assert.deepEqual(await row("/api/reports/*"), ["/api/reports/*", "fixed_window", "9", "month (UTC)"]);
+    let saved = await (await fetch(url + "/admin/configs/api/reports/*")).json();
+    assert.deepEqual([saved.calendar, saved.window_seconds, saved.key], ["month", 2592000, "ip"]);
+    // Edit: no calendar ("none"), back to the client key (the field emptied).
+    await page.click(`#config-rows tr[data-key="/api/reports/*"] button[data-role=edit]`);
+    await page.locator("#config-form").waitFor({ state: "visible", timeout: WAIT });
+    assert.equal(await page.inputValue("#config-form [name=calendar]"), "month");
+    await page.selectOption("#config-form [name=calendar]", "");
+    await page.fill("#config-form [name=key]", "");
+    await page.click("#config-save");
+    await page.locator("#config-form").waitFor({ state: "hidden", timeout: WAIT });
+    await until(page, () => [...document.querySelectorAll("#config-rows td")].some((td) => td.textContent === "2592000 s"));
+    saved = await (await fetch(url + "/admin/configs/api/reports/*")).json();
+    assert.deepEqual([saved.calendar, saved.window_seconds, saved.key], [undefined, 2592000, undefined]);
+    assert.deepEqual(pageErrors, []);
+  });
+});
+
 test("in reverse-proxy mode the tester fires at the upstream's paths", { timeout: 120_000 }, async () => {
   // The upstream counts what reaches it, by method and path.
   const reached = [];
