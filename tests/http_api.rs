@@ -146,6 +146,59 @@ async fn a_monthly_quota_resets_at_midnight_utc_on_the_first() {
 }
 
 #[actix_rt::test]
+async fn a_refusal_is_problem_details_when_the_client_asks_for_them() {
+    let s = TestServer::start().await;
+    s.config("/api/*", 1, 60, "fixed_window").await;
+    assert_eq!(s.statuses("pd", "/api/data", 1).await, [200]);
+    let problem = [
+        ("X-Client-ID", "pd"),
+        ("Accept", "application/json;q=0.5, application/problem+json"),
+    ];
+    let r = s.send("GET", "/api/data", &problem, None).await;
+    assert_eq!(r.status, 429);
+    assert_eq!(r.header("content-type"), Some("application/problem+json"));
+    let b = &r.body;
+    assert_eq!(
+        b["type"],
+        "https://iana.org/assignments/http-problem-types#quota-exceeded"
+    );
+    assert_eq!(
+        (&b["status"], &b["violated-policies"]),
+        (&json!(429), &json!(["/api/*"]))
+    );
+    assert!(
+        b["detail"]
+            .as_str()
+            .unwrap()
+            .contains("1 requests per 60 s"),
+        "{b}"
+    );
+    // The plain answer's fields are there too, and its headers.
+    assert_eq!(
+        (&b["error"], &b["client_id"]),
+        (&json!("rate_limit_exceeded"), &json!("pd"))
+    );
+    assert!(r.header("retry-after").is_some() && r.header("ratelimit").is_some());
+    // Not asked (or refused with q=0): the plain JSON error.
+    for accept in ["application/json", "application/problem+json;q=0", "*/*"] {
+        let r = s
+            .send(
+                "GET",
+                "/api/data",
+                &[("X-Client-ID", "pd"), ("Accept", accept)],
+                None,
+            )
+            .await;
+        assert_eq!(
+            r.header("content-type"),
+            Some("application/json"),
+            "{accept}"
+        );
+        assert!(r.body.get("type").is_none(), "{accept}");
+    }
+}
+
+#[actix_rt::test]
 async fn a_config_counts_per_its_key_global_ip_or_header() {
     let s = TestServer::start().await;
     let create = |endpoint: &str, key: &str, limit: u64| {

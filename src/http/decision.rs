@@ -14,7 +14,7 @@
 
 use super::AppState;
 use super::client_id::validate_client_id;
-use super::middleware::{add_headers, has_dot_segments, refusal};
+use super::middleware::{add_headers, has_dot_segments, refusal, wants_problem};
 use crate::actors::Via;
 use crate::clock::{NANOS_PER_SEC, Nanos, rfc3339};
 use crate::config::{Key, ValidationError};
@@ -455,7 +455,7 @@ pub async fn forward_auth(
             Ok(res)
         }
         Ruling::Decided(d) => {
-            let mut res = refusal(&client, &policy, &d, now);
+            let mut res = refusal(&client, &policy, &d, now, wants_problem(req.headers()));
             *res.status_mut() = state.forward_auth.deny_status;
             Ok(res)
         }

@@ -121,14 +121,44 @@ pub async fn rate_limit(
         add_headers(res.headers_mut(), &policy, &decision, now);
         return Ok(res);
     }
-    Ok(req.into_response(refusal(&client, &policy, &decision, now)))
+    let problem = wants_problem(req.headers());
+    Ok(req.into_response(refusal(&client, &policy, &decision, now, problem)))
 }
 
+/// Whether the client asks for errors as problem details (RFC 9457): an `Accept` that
+/// names `application/problem+json` (with a non-zero weight).
+pub fn wants_problem(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(actix_web::http::header::ACCEPT)
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|range| {
+            let mut parts = range.split(';').map(str::trim);
+            let kind = parts.next().unwrap_or_default();
+            kind.eq_ignore_ascii_case("application/problem+json")
+                && !parts.any(|p| {
+                    p.strip_prefix("q=")
+                        .is_some_and(|q| q.parse::<f32>().is_ok_and(|q| q == 0.0))
+                })
+        })
+}
+
+/// The problem type of the IETF rate-limit headers draft for a refusal.
+const QUOTA_EXCEEDED: &str = "https://iana.org/assignments/http-problem-types#quota-exceeded";
+
 /// The answer to a refused request: 429 with `Retry-After`, the rate-limit headers and
-/// a JSON body saying why and until when.
-pub fn refusal(client: &str, policy: &Policy, decision: &Decision, now: Nanos) -> HttpResponse {
+/// a JSON body saying why and until when; with `problem`, that body as problem details
+/// (`application/problem+json`, the draft's `quota-exceeded` type, its
+/// `violated-policies` naming the config).
+pub fn refusal(
+    client: &str,
+    policy: &Policy,
+    decision: &Decision,
+    now: Nanos,
+    problem: bool,
+) -> HttpResponse {
     let retry_after = retry_after_secs(decision);
-    let mut res = HttpResponse::TooManyRequests().json(Refusal {
+    let refusal = Refusal {
         error: "rate_limit_exceeded",
         message: format!(
             "Rate limit exceeded: {} requests per {} for {}. Retry in {retry_after} s.",
@@ -142,7 +172,31 @@ pub fn refusal(client: &str, policy: &Policy, decision: &Decision, now: Nanos) -
         remaining: 0,
         retry_after,
         reset_time: rfc3339(now.saturating_add(decision.reset_after)),
-    });
+    };
+    let mut res = match problem {
+        false => HttpResponse::TooManyRequests().json(refusal),
+        true => {
+            let mut body = serde_json::json!({
+                "type": QUOTA_EXCEEDED,
+                "title": "Request cannot be satisfied as assigned quota has been exceeded",
+                "status": 429,
+                "detail": refusal.message,
+                "violated-policies": [policy.endpoint.as_ref()],
+            });
+            // The plain answer's fields too, as extension members.
+            if let (Some(body), serde_json::Value::Object(plain)) = (
+                body.as_object_mut(),
+                serde_json::to_value(&refusal).unwrap_or_default(),
+            ) {
+                for (k, v) in plain {
+                    body.entry(k).or_insert(v);
+                }
+            }
+            HttpResponse::TooManyRequests()
+                .content_type("application/problem+json")
+                .body(body.to_string())
+        }
+    };
     add_headers(res.headers_mut(), policy, decision, now);
     res
 }
