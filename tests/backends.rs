@@ -155,10 +155,12 @@ async fn redis_scripts_decide_alike_for_long_windows_and_huge_limits() {
 #[actix_rt::test]
 async fn calendar_windows_decide_alike_across_month_ends_and_the_leap_day() {
     let server = RedisServer::start();
-    // 2028-02-27T22:00:00Z: a leap year's February, then March, April...
-    let start = 1_835_301_600 * NANOS_PER_SEC;
+    // 2028-02-27T22:00:00Z (a leap year's February, then March, April...) and
+    // 2027-12-30T22:00:00Z (the year's end, and an ISO week across it).
+    let starts = [1_835_301_600 * NANOS_PER_SEC, 1_830_204_000 * NANOS_PER_SEC];
     for calendar in Calendar::ALL {
-        for seed in 1..=3 {
+        for seed in 1..=4 {
+            let start = starts[seed as usize % 2];
             let clock = ManualClock::new(start);
             let redis = redis_with(&clock, &server).await;
             let client: &'static str =

@@ -33,6 +33,7 @@ async fn malformed_configs_are_refused_and_change_nothing() {
         ("POST", r#"{"endpoint": "/a", "requests_per_window": 5, "window_seconds": 10, "key": "header:"}"#.into(), 422, "key"),
         ("POST", r#"{"endpoint": "/a", "requests_per_window": 5, "window_seconds": 10, "key": "header:X Tenant"}"#.into(), 422, "key"),
         ("POST", r#"{"endpoint": "/a", "requests_per_window": 5, "window_seconds": 10, "key": "cookie:session"}"#.into(), 422, "key"),
+        ("POST", r#"{"endpoint": "/a", "requests_per_window": 5, "window_seconds": 10, "key": "header:Authorization"}"#.into(), 422, "key"),
         ("POST", r#"{"endpoint": "/a", "requests_per_window": 5, "window_seconds": 10, "key": "IP"}"#.into(), 422, "key"),
         ("POST", r#"{"endpoint": "/a", "requests_per_window": 5, "window_seconds": 10, "key": 5}"#.into(), 422, "key"),
         ("POST", r#"{"endpoint": "/a", "requests_per_window": 5, "window_seconds": 10, "key": "global", "overrides": [{"client": "a", "requests_per_window": 9}]}"#.into(), 422, "overrides"),

@@ -97,7 +97,8 @@ async fn blocks_the_101st_request_of_the_default_policy_with_a_clear_429() {
         (Some(100), Some(0))
     );
     assert_eq!(b["retry_after"], 3546);
-    assert_eq!(b["reset_time"], "2027-01-15T09:00:05Z");
+    // The instant rounded up, as X-RateLimit-Reset: never earlier than the truth.
+    assert_eq!(b["reset_time"], "2027-01-15T09:00:06Z");
     assert!(b["message"].as_str().unwrap().contains("Retry in 3546 s"));
 
     // Another client has its own budget; the same client is allowed once the oldest
@@ -180,7 +181,12 @@ async fn a_refusal_is_problem_details_when_the_client_asks_for_them() {
     );
     assert!(r.header("retry-after").is_some() && r.header("ratelimit").is_some());
     // Not asked (or refused with q=0): the plain JSON error.
-    for accept in ["application/json", "application/problem+json;q=0", "*/*"] {
+    for accept in [
+        "application/json",
+        "application/problem+json;q=0",
+        "application/problem+json; Q = 0",
+        "*/*",
+    ] {
         let r = s
             .send(
                 "GET",
@@ -228,21 +234,28 @@ async fn a_config_counts_per_its_key_global_ip_or_header() {
         "(global)"
     );
 
-    // IP: a forged or changing X-Client-ID does not escape it, and a malformed one is
-    // not even read.
+    // The global budget is looked at, and reset, under its key value.
+    let r = s.get("/admin/stats/(global)").await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(s.delete("/admin/clients/(global)/state").await.status, 200);
+    assert_eq!(s.statuses("carol", "/api/data", 1).await, [200]);
+    s.delete("/admin/clients/(global)/state").await;
+
+    // IP: a forged or changing X-Client-ID does not escape it (a malformed one is still
+    // a 400 that counts nothing).
     s.put(
         "/admin/configs/api/data",
         r#"{"key": "ip", "requests_per_window": 2}"#,
     )
     .await;
     let mut seen = Vec::new();
-    for id in ["a", "b", "c d"] {
+    for id in ["a", "c d", "b", "c"] {
         let r = s
             .send("GET", "/api/data", &[("X-Client-ID", id)], None)
             .await;
         seen.push(r.status.as_u16());
     }
-    assert_eq!(seen, [200, 200, 429]);
+    assert_eq!(seen, [200, 400, 200, 429]);
     let r = s
         .send("GET", "/api/data", &[("X-Client-ID", "z")], None)
         .await;
@@ -275,6 +288,9 @@ async fn a_config_counts_per_its_key_global_ip_or_header() {
         (r.status.as_u16(), &r.body["error"]),
         (400, &json!("invalid_key"))
     );
+    // A tenant's budget is looked at under its key value.
+    let r = s.get("/admin/stats/(x-tenant)acme").await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
     let r = s.get("/admin/configs/api/data").await;
     assert_eq!(r.body["key"], "header:x-tenant");
 
@@ -306,6 +322,12 @@ async fn a_config_counts_per_its_key_global_ip_or_header() {
     assert_eq!(r.body["allowed"], true, "{:?}", r.body);
     let r = check(r#"{"client_id": "u", "path": "/api/data", "ip": "nope"}"#).await;
     assert_eq!((r.status.as_u16(), &r.body["field"]), (422, &json!("ip")));
+    let r =
+        check(r#"{"client_id": "u", "path": "/api/data", "headers": {"a": "1", "A": "2"}}"#).await;
+    assert_eq!(
+        (r.status.as_u16(), &r.body["field"]),
+        (422, &json!("headers"))
+    );
     // Under an ip key, an override names an address prefix.
     let r = s
         .put(

@@ -379,7 +379,7 @@ impl ClientStatus {
                 algorithm: policy.limit.algorithm(),
                 limit: d.limit,
                 remaining: d.remaining,
-                reset_time: rfc3339(now.saturating_add(d.reset_after)),
+                reset_time: d.reset_time(now),
                 retry_after: crate::clock::ceil_secs(d.retry_after),
                 is_active: policy.active,
                 shadow: policy.shadow,

@@ -9,8 +9,10 @@
 //! - `header:<Name>`: the value of that request header (a tenant, an API key's name); a
 //!   request without it is counted under the empty value.
 //!
-//! Key values of other kinds than `client` are written so that none can be a client id
-//! (they begin with `(`), and the statistics, the top list and the feeds show them.
+//! The values of `global` and `header:` keys are written so that none can be a client
+//! id (they begin with `(`); an `ip` key's value is the address, as a client without
+//! an id is counted. The statistics, the top list and the feeds show them, and the
+//! admin API takes them wherever it takes a client id ([`is_key_value`]).
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::net::IpAddr;
@@ -20,6 +22,14 @@ use std::sync::Arc;
 pub const MAX_HEADER_VALUE_BYTES: usize = 128;
 /// Longest header name a key may name.
 const MAX_HEADER_NAME_BYTES: usize = 64;
+/// Headers a key may not name: their values are secrets, and a key value is shown and
+/// stored.
+const CREDENTIALS: [&str; 4] = [
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "x-api-key",
+];
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub enum Key {
@@ -41,6 +51,13 @@ impl Key {
             "global" => Ok(Key::Global),
             "ip" => Ok(Key::Ip),
             _ => match s.strip_prefix("header:") {
+                Some(name) if CREDENTIALS.iter().any(|c| name.eq_ignore_ascii_case(c)) => {
+                    Err(format!(
+                        "names {name}, which carries credentials: a key value is shown in the \
+                         statistics, the feeds and every 429, and stored; key on a header \
+                         that names the tenant or the key instead"
+                    ))
+                }
                 Some(name) if is_header_name(name) => Ok(Key::Header(name.to_ascii_lowercase())),
                 Some(_) => Err(format!(
                     "names a header that is not a valid header name (1 to \
@@ -84,10 +101,35 @@ impl Key {
                 "The {name} header counts this request's limit: send visible ASCII only."
             ));
         }
-        // Visible ASCII and spaces: valid UTF-8.
-        let value = std::str::from_utf8(value).unwrap_or_default();
-        Ok(Arc::from(format!("({name}){value}")))
+        // Braces and `%` are percent-encoded, so that a key value never holds a brace
+        // (a Redis key's hash tag ends at the first `}`) and the encoding is reversible.
+        let mut out = format!("({name})");
+        for &b in value {
+            match b {
+                b'{' | b'}' | b'%' => out.push_str(&format!("%{b:02X}")),
+                _ => out.push(char::from(b)),
+            }
+        }
+        Ok(Arc::from(out))
     }
+}
+
+/// Whether `s` can be a key value: a client id (or an address), `(global)`, or a
+/// header's `(<name>)<value>` as [`Key::header_value`] writes it. The admin API takes
+/// these wherever it takes a client (statistics, reset, feeds).
+pub fn is_key_value(s: &str) -> bool {
+    if crate::config::is_client_id(s) || s == Key::GLOBAL {
+        return true;
+    }
+    let Some((name, value)) = s.strip_prefix('(').and_then(|r| r.split_once(')')) else {
+        return false;
+    };
+    is_header_name(name)
+        && name.bytes().all(|b| !b.is_ascii_uppercase())
+        && value.len() <= 3 * MAX_HEADER_VALUE_BYTES
+        && value
+            .bytes()
+            .all(|b| (b.is_ascii_graphic() || b == b' ') && b != b'{' && b != b'}')
 }
 
 /// An HTTP token (RFC 9110), as header names are.
@@ -176,6 +218,25 @@ mod tests {
         assert!(Key::header_value("x-tenant", Some(&[b'a'; 129])).is_err());
         for value in [Key::GLOBAL, "(x-tenant)", "(x-tenant)acme corp"] {
             assert!(!crate::config::is_client_id(value), "{value}");
+            assert!(is_key_value(value), "{value}");
+        }
+        // Braces cannot end a Redis hash tag early.
+        assert_eq!(
+            Key::header_value("x-t", Some(b"a}:/x{%")).as_deref(),
+            Ok("(x-t)a%7D:/x%7B%25")
+        );
+        assert!(is_key_value("(x-t)a%7D:/x%7B%25") && is_key_value("10.0.0.7"));
+        for bad in ["(x-t)a}", "(X-T)a", "(x t)a", "(x-t", "", "(glob)x\u{1}"] {
+            assert!(!is_key_value(bad), "{bad:?}");
+        }
+        // Credentials are never a key.
+        for name in [
+            "Authorization",
+            "cookie",
+            "Proxy-Authorization",
+            "X-Api-Key",
+        ] {
+            assert!(Key::parse(&format!("header:{name}")).is_err(), "{name}");
         }
     }
 }

@@ -539,9 +539,9 @@ fn from_stored<T: Serialize + serde::de::DeserializeOwned>(json: &str) -> Result
     let parsed = T::deserialize(&value).map_err(|e| e.to_string())?;
     if let (Value::Object(given), Value::Object(known)) = (&value, to_value(&parsed))
         && let Some(unknown) = given.keys().find(|k| {
-            // A spec field left out when absent may also be written as null.
-            let absent = given[*k].is_null() && field_names().contains(k);
-            !known.contains_key(*k) && !absent
+            // A spec field left out at its default (absent, `client`) may also be written
+            // out: null, or the default itself.
+            !known.contains_key(*k) && !field_names().contains(k)
         })
     {
         return Err(format!("{unknown}: is not a known field"));

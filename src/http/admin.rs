@@ -2,7 +2,7 @@
 //! writer ([`crate::config::writer`]): durable before they take effect, and in effect
 //! from the very next request.
 
-use super::client_id::validate_client_id;
+use super::client_id::validate_key_value;
 use super::{AppState, read_json};
 use crate::actors::broadcaster::ClientReset;
 use crate::actors::db::ConfigHistory;
@@ -421,7 +421,7 @@ pub async fn reset_client(
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let client = req.match_info().query("client_id").to_owned();
-    validate_client_id(&client)?;
+    validate_key_value(&client)?;
     let q = web::Query::<ResetQuery>::from_query(req.query_string()).map_err(bad_query)?;
     let client: Arc<str> = Arc::from(client);
     let table = state.policies.current();
@@ -626,7 +626,7 @@ pub async fn client_stats(
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let client_id = req.match_info().query("client_id").to_owned();
-    validate_client_id(&client_id)?;
+    validate_key_value(&client_id)?;
     let body = state.reporter.client_stats(Arc::from(client_id)).await?;
     Ok(HttpResponse::Ok().json(body))
 }

@@ -3,6 +3,7 @@
 //! a trusted proxy.
 
 pub use crate::config::MAX_CLIENT_ID_BYTES;
+use crate::config::key::is_key_value;
 use crate::config::{Key, is_client_id};
 use crate::error::ApiError;
 use actix_web::http::header::{HeaderMap, HeaderName};
@@ -79,6 +80,20 @@ pub fn validate_client_id(id: &str) -> Result<(), ApiError> {
     }
 }
 
+/// A client as the admin API and the feeds name it: a client id, or the value of a
+/// config's key (`(global)`, `(x-tenant)acme`; see [`crate::config::key`]).
+pub fn validate_key_value(id: &str) -> Result<(), ApiError> {
+    if is_key_value(id) {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(
+            "invalid_client_id",
+            "A client is a client id (1 to 128 characters of A-Z a-z 0-9 . _ : @ -) or a \
+             key value such as (global) or (x-tenant)acme",
+        ))
+    }
+}
+
 impl Identity {
     /// The value a request is counted under by a config keyed by `key` (see
     /// [`crate::config::key`]): its client id, its address, a header's value, or one
@@ -89,6 +104,10 @@ impl Identity {
         headers: &HeaderMap,
         peer: Option<SocketAddr>,
     ) -> Result<Arc<str>, ApiError> {
+        if !key.is_client() {
+            // Not counted, but still checked: a malformed id is bad input whatever the key.
+            self.header_id(headers)?;
+        }
         match key {
             Key::Client => self.client_id(headers, peer),
             Key::Global => Ok(Arc::from(Key::GLOBAL)),
@@ -113,24 +132,34 @@ impl Identity {
         }
     }
 
+    /// The client id the request sends in the client-id header, validated; `None`
+    /// without one (or with `--client-id-header none`).
+    fn header_id<'h>(&self, headers: &'h HeaderMap) -> Result<Option<&'h str>, ApiError> {
+        let Some(name) = &self.header else {
+            return Ok(None);
+        };
+        let mut values = headers.get_all(name);
+        let Some(value) = values.next() else {
+            return Ok(None);
+        };
+        if values.next().is_some() {
+            return Err(ApiError::bad_request(
+                "invalid_client_id",
+                format!("Send one {name} header, not several."),
+            ));
+        }
+        let id = value.to_str().unwrap_or("");
+        validate_client_id(id)?;
+        Ok(Some(id))
+    }
+
     pub fn client_id(
         &self,
         headers: &HeaderMap,
         peer: Option<SocketAddr>,
     ) -> Result<Arc<str>, ApiError> {
-        if let Some(name) = &self.header {
-            let mut values = headers.get_all(name);
-            if let Some(value) = values.next() {
-                if values.next().is_some() {
-                    return Err(ApiError::bad_request(
-                        "invalid_client_id",
-                        format!("Send one {name} header, not several."),
-                    ));
-                }
-                let id = value.to_str().unwrap_or("");
-                validate_client_id(id)?;
-                return Ok(Arc::from(id));
-            }
+        if let Some(id) = self.header_id(headers)? {
+            return Ok(Arc::from(id));
         }
         let ip = self.client_ip(headers, peer).ok_or_else(|| {
             ApiError::bad_request("unknown_client", "The client has no id and no address.")

@@ -249,7 +249,17 @@ fn parse(state: &AppState, check: Value, prefix: &str) -> Result<Ask, ApiError> 
     };
     let headers = match c.remove("headers") {
         None => Map::new(),
-        Some(Value::Object(h)) if h.values().all(Value::is_string) => h,
+        Some(Value::Object(h)) if h.values().all(Value::is_string) => {
+            // Header names are case-insensitive: one name given twice is ambiguous.
+            let mut seen = std::collections::HashSet::new();
+            if let Some(twice) = h.keys().find(|k| !seen.insert(k.to_ascii_lowercase())) {
+                return Err(invalid(
+                    field("headers"),
+                    format!("names {twice:?} twice (header names are case-insensitive)"),
+                ));
+            }
+            h
+        }
         Some(_) => {
             return Err(invalid(
                 field("headers"),
@@ -357,7 +367,7 @@ async fn answer(state: &AppState, ask: &Ask, now: Nanos) -> (Answer, Option<Deci
                 remaining: d.remaining,
                 retry_after: secs(d.retry_after),
                 reset_after: secs(d.reset_after),
-                reset_time: rfc3339(now.saturating_add(d.reset_after)),
+                reset_time: d.reset_time(now),
                 ..base
             },
             Some(d),
@@ -455,9 +465,9 @@ pub async fn forward_auth(
             Ok(res)
         }
         Ruling::Decided(d) => {
-            let mut res = refusal(&client, &policy, &d, now, wants_problem(req.headers()));
-            *res.status_mut() = state.forward_auth.deny_status;
-            Ok(res)
+            let problem = wants_problem(req.headers());
+            let status = state.forward_auth.deny_status;
+            Ok(refusal(&client, &policy, &d, now, problem, status))
         }
     }
 }

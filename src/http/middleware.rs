@@ -7,7 +7,7 @@ use super::AppState;
 use super::proxy;
 use crate::access::{AllowedHosts, Asker, admit, bearer};
 use crate::actors::Via;
-use crate::clock::{NANOS_PER_SEC, Nanos, ceil_secs, rfc3339};
+use crate::clock::Nanos;
 use crate::decide::{Ruling, retry_after_secs, structured_fields};
 use crate::error::{ApiError, Refusal};
 use crate::limiter::{Decision, Mode};
@@ -15,6 +15,7 @@ use crate::policy::Policy;
 use crate::settings::OnError;
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::StatusCode;
 use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 use actix_web::middleware::Next;
 use actix_web::rt::time::Instant;
@@ -122,7 +123,15 @@ pub async fn rate_limit(
         return Ok(res);
     }
     let problem = wants_problem(req.headers());
-    Ok(req.into_response(refusal(&client, &policy, &decision, now, problem)))
+    let res = refusal(
+        &client,
+        &policy,
+        &decision,
+        now,
+        problem,
+        StatusCode::TOO_MANY_REQUESTS,
+    );
+    Ok(req.into_response(res))
 }
 
 /// Whether the client asks for errors as problem details (RFC 9457): an `Accept` that
@@ -137,8 +146,10 @@ pub fn wants_problem(headers: &HeaderMap) -> bool {
             let kind = parts.next().unwrap_or_default();
             kind.eq_ignore_ascii_case("application/problem+json")
                 && !parts.any(|p| {
-                    p.strip_prefix("q=")
-                        .is_some_and(|q| q.parse::<f32>().is_ok_and(|q| q == 0.0))
+                    p.split_once('=').is_some_and(|(k, q)| {
+                        k.trim().eq_ignore_ascii_case("q")
+                            && q.trim().parse::<f32>().is_ok_and(|q| q == 0.0)
+                    })
                 })
         })
 }
@@ -146,16 +157,17 @@ pub fn wants_problem(headers: &HeaderMap) -> bool {
 /// The problem type of the IETF rate-limit headers draft for a refusal.
 const QUOTA_EXCEEDED: &str = "https://iana.org/assignments/http-problem-types#quota-exceeded";
 
-/// The answer to a refused request: 429 with `Retry-After`, the rate-limit headers and
-/// a JSON body saying why and until when; with `problem`, that body as problem details
-/// (`application/problem+json`, the draft's `quota-exceeded` type, its
-/// `violated-policies` naming the config).
+/// The answer to a refused request: `status` (429, or forward-auth's deny status) with
+/// `Retry-After`, the rate-limit headers and a JSON body saying why and until when; with
+/// `problem`, that body as problem details (`application/problem+json`, the draft's
+/// `quota-exceeded` type, its `violated-policies` naming the config).
 pub fn refusal(
     client: &str,
     policy: &Policy,
     decision: &Decision,
     now: Nanos,
     problem: bool,
+    status: StatusCode,
 ) -> HttpResponse {
     let retry_after = retry_after_secs(decision);
     let refusal = Refusal {
@@ -171,15 +183,15 @@ pub fn refusal(
         limit: decision.limit,
         remaining: 0,
         retry_after,
-        reset_time: rfc3339(now.saturating_add(decision.reset_after)),
+        reset_time: decision.reset_time(now),
     };
     let mut res = match problem {
-        false => HttpResponse::TooManyRequests().json(refusal),
+        false => HttpResponse::build(status).json(refusal),
         true => {
             let mut body = serde_json::json!({
                 "type": QUOTA_EXCEEDED,
                 "title": "Request cannot be satisfied as assigned quota has been exceeded",
-                "status": 429,
+                "status": status.as_u16(),
                 "detail": refusal.message,
                 "violated-policies": [policy.endpoint.as_ref()],
             });
@@ -192,7 +204,7 @@ pub fn refusal(
                     body.entry(k).or_insert(v);
                 }
             }
-            HttpResponse::TooManyRequests()
+            HttpResponse::build(status)
                 .content_type("application/problem+json")
                 .body(body.to_string())
         }
@@ -233,9 +245,7 @@ pub async fn log_request(
 /// The rate-limit headers of one decision, with `Retry-After` when it was refused.
 /// Every surface (a protected route, `/v1/check`, `/v1/forward-auth`) sends these.
 pub fn add_headers(headers: &mut HeaderMap, policy: &Policy, d: &Decision, now: Nanos) {
-    let reset_at = now
-        .div_ceil(NANOS_PER_SEC)
-        .saturating_add(ceil_secs(d.reset_after));
+    let reset_at = d.reset_at_secs(now);
     headers.insert(X_LIMIT, HeaderValue::from(d.limit));
     headers.insert(X_REMAINING, HeaderValue::from(d.remaining));
     headers.insert(X_RESET, HeaderValue::from(reset_at));

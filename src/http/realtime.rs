@@ -5,7 +5,7 @@
 //! `--max-subscribers-per-ip` feeds at once.
 
 use super::AppState;
-use super::client_id::validate_client_id;
+use super::client_id::validate_key_value;
 use super::connection::Connection;
 use crate::actors::broadcaster::{FeedMessage, Subscribe, Subscription, Topic};
 use crate::actors::ws_session::WsSession;
@@ -33,7 +33,7 @@ fn topic(req: &HttpRequest) -> Result<Topic, ApiError> {
     match req.match_info().query("client_id") {
         "" | "global" => Ok(Topic::Global),
         id => {
-            validate_client_id(id)?;
+            validate_key_value(id)?;
             Ok(Topic::Client(Arc::from(id)))
         }
     }

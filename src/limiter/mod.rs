@@ -193,6 +193,20 @@ pub struct Decision {
     pub reset_after: Nanos,
 }
 
+impl Decision {
+    /// When the quota is fully restored, in whole seconds since the epoch, rounded up
+    /// (never earlier than the truth): `X-RateLimit-Reset`, and every body's
+    /// `reset_time`, so that both name the same second.
+    pub fn reset_at_secs(&self, now: Nanos) -> u64 {
+        crate::clock::ceil_secs(now.saturating_add(self.reset_after))
+    }
+
+    /// [`Decision::reset_at_secs`] as an RFC 3339 timestamp, for bodies.
+    pub fn reset_time(&self, now: Nanos) -> String {
+        crate::clock::rfc3339(self.reset_at_secs(now).saturating_mul(NANOS_PER_SEC))
+    }
+}
+
 /// One client's state for one endpoint.
 #[derive(Debug, Clone, PartialEq)]
 pub enum State {
@@ -451,6 +465,20 @@ mod tests {
             let last = now - 1_000_000;
             let fresh = state.peek(&limits, 1, last + limits.fresh_after());
             assert_eq!(fresh.remaining, limits.quota(), "{algorithm:?}");
+        }
+    }
+
+    #[test]
+    fn all_lists_every_algorithm() {
+        // An exhaustive match: a new variant fails to compile here until it is given a
+        // place in `ALL`.
+        let place = |a: Algorithm| match a {
+            Algorithm::SlidingWindow => 0,
+            Algorithm::FixedWindow => 1,
+            Algorithm::TokenBucket => 2,
+        };
+        for (i, a) in Algorithm::ALL.into_iter().enumerate() {
+            assert_eq!(place(a), i, "{a:?}");
         }
     }
 
