@@ -4,6 +4,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use ratewarden::config::ConfigSpec;
+use ratewarden::limiter::Limit;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(serde_json::Value::Object(map)) = serde_json::from_slice(data) else {
@@ -24,6 +25,15 @@ fuzz_target!(|data: &[u8]| {
 fn check(spec: &ConfigSpec) {
     assert!(spec.requests_per_window >= 1 && spec.window_seconds >= 1);
     assert!(spec.refill_rate.is_none_or(|r| r.is_finite() && r > 0.0));
-    let limits = spec.limits();
-    assert!(limits.refill_interval >= 1);
+    // Every accepted spec makes a limit whose numbers the algorithms can use.
+    match spec.limit() {
+        Limit::TokenBucket(b) => assert!(b.refill_interval >= 1 && b.burst >= 1),
+        Limit::SlidingWindow(w) => assert!(w.window >= 1 && w.limit >= 1),
+        Limit::FixedWindow(w) => {
+            assert!(w.window >= 1 && w.limit >= 1);
+            if let Some(c) = w.calendar {
+                assert_eq!(spec.window_seconds, c.nominal_seconds());
+            }
+        }
+    }
 }
