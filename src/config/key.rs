@@ -80,6 +80,19 @@ impl Key {
         matches!(self, Key::Ip | Key::Header(_))
     }
 
+    /// The value this key gives a request, from what the asking surface knows of it: the
+    /// one dispatch over key kinds, for every surface.
+    pub fn value<S: KeySource>(&self, source: &S) -> Result<Arc<str>, S::Error> {
+        match self {
+            Key::Client => source.client(),
+            Key::Global => Ok(Arc::from(Key::GLOBAL)),
+            Key::Ip => source.ip(),
+            Key::Header(name) => {
+                Key::header_value(name, source.header(name)?).map_err(|m| source.invalid_header(m))
+            }
+        }
+    }
+
     /// The value of an `ip` key.
     pub fn ip_value(ip: IpAddr) -> Arc<str> {
         Arc::from(ip.to_canonical().to_string())
@@ -130,6 +143,21 @@ pub fn is_key_value(s: &str) -> bool {
         && value
             .bytes()
             .all(|b| (b.is_ascii_graphic() || b == b' ') && b != b'{' && b != b'}')
+}
+
+/// What a surface knows of a request, for [`Key::value`]: an HTTP request (routes, the
+/// reverse proxy, forward-auth), or a decision API check that names the original
+/// request's client, address and headers.
+pub trait KeySource {
+    type Error;
+    /// The client id, validated.
+    fn client(&self) -> Result<Arc<str>, Self::Error>;
+    /// The caller's address, as an `ip` key's value ([`Key::ip_value`]).
+    fn ip(&self) -> Result<Arc<str>, Self::Error>;
+    /// The value of the header `name` (lower case), `None` when the request has none.
+    fn header(&self, name: &str) -> Result<Option<&[u8]>, Self::Error>;
+    /// The error of a header value that cannot be a key value.
+    fn invalid_header(&self, message: String) -> Self::Error;
 }
 
 /// An HTTP token (RFC 9110), as header names are.

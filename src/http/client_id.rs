@@ -3,7 +3,7 @@
 //! a trusted proxy.
 
 pub use crate::config::MAX_CLIENT_ID_BYTES;
-use crate::config::key::is_key_value;
+use crate::config::key::{KeySource, is_key_value};
 use crate::config::{Key, is_client_id};
 use crate::error::ApiError;
 use actix_web::http::header::{HeaderMap, HeaderName};
@@ -80,6 +80,45 @@ pub fn validate_client_id(id: &str) -> Result<(), ApiError> {
     }
 }
 
+/// What an HTTP request gives a config's key.
+struct HttpRequest<'a> {
+    identity: &'a Identity,
+    headers: &'a HeaderMap,
+    peer: Option<SocketAddr>,
+}
+
+impl KeySource for HttpRequest<'_> {
+    type Error = ApiError;
+
+    fn client(&self) -> Result<Arc<str>, ApiError> {
+        self.identity.client_id(self.headers, self.peer)
+    }
+
+    /// A request with no peer address (a Unix socket) has one "no address".
+    fn ip(&self) -> Result<Arc<str>, ApiError> {
+        Ok(self
+            .identity
+            .client_ip(self.headers, self.peer)
+            .map_or_else(|| Arc::from("(no address)"), Key::ip_value))
+    }
+
+    fn header(&self, name: &str) -> Result<Option<&[u8]>, ApiError> {
+        let mut values = self.headers.get_all(name);
+        let first = values.next();
+        if values.next().is_some() {
+            return Err(ApiError::bad_request(
+                "invalid_key",
+                format!("Send one {name} header, not several: it counts this request's limit."),
+            ));
+        }
+        Ok(first.map(|v| v.as_bytes()))
+    }
+
+    fn invalid_header(&self, message: String) -> ApiError {
+        ApiError::bad_request("invalid_key", message)
+    }
+}
+
 /// A client as the admin API and the feeds name it: a client id, or the value of a
 /// config's key (`(global)`, `(x-tenant)acme`; see [`crate::config::key`]).
 pub fn validate_key_value(id: &str) -> Result<(), ApiError> {
@@ -108,28 +147,11 @@ impl Identity {
             // Not counted, but still checked: a malformed id is bad input whatever the key.
             self.header_id(headers)?;
         }
-        match key {
-            Key::Client => self.client_id(headers, peer),
-            Key::Global => Ok(Arc::from(Key::GLOBAL)),
-            // A request with no peer address (a Unix socket) has one "no address".
-            Key::Ip => Ok(self
-                .client_ip(headers, peer)
-                .map_or_else(|| Arc::from("(no address)"), Key::ip_value)),
-            Key::Header(name) => {
-                let mut values = headers.get_all(name.as_str());
-                let first = values.next();
-                if values.next().is_some() {
-                    return Err(ApiError::bad_request(
-                        "invalid_key",
-                        format!(
-                            "Send one {name} header, not several: it counts this request's limit."
-                        ),
-                    ));
-                }
-                Key::header_value(name, first.map(|v| v.as_bytes()))
-                    .map_err(|m| ApiError::bad_request("invalid_key", m))
-            }
-        }
+        key.value(&HttpRequest {
+            identity: self,
+            headers,
+            peer,
+        })
     }
 
     /// The client id the request sends in the client-id header, validated; `None`

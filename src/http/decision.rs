@@ -17,6 +17,7 @@ use super::client_id::validate_client_id;
 use super::middleware::{add_headers, has_dot_segments, refusal, wants_problem};
 use crate::actors::Via;
 use crate::clock::{NANOS_PER_SEC, Nanos, rfc3339};
+use crate::config::key::KeySource;
 use crate::config::{Key, ValidationError};
 use crate::decide::Ruling;
 use crate::envoy::proto::{Code, RateLimitRequest};
@@ -269,24 +270,13 @@ fn parse(state: &AppState, check: Value, prefix: &str) -> Result<Ask, ApiError> 
     };
     let (client, policy) = {
         let table = state.policies.current();
-        let (who, policy) = table.resolve_keyed(&path, |key| match key {
-            Key::Client => Ok(Arc::from(client.as_str())),
-            Key::Global => Ok(Arc::from(Key::GLOBAL)),
-            Key::Ip => ip.map(Key::ip_value).ok_or_else(|| {
-                invalid(
-                    field("ip"),
-                    "is required: the config of this path counts per IP address (key \"ip\")",
-                )
-            }),
-            Key::Header(name) => {
-                let value = headers
-                    .iter()
-                    .find(|(k, _)| k.eq_ignore_ascii_case(name))
-                    .and_then(|(_, v)| v.as_str());
-                Key::header_value(name, value.map(str::as_bytes))
-                    .map_err(|m| invalid(field("headers"), m))
-            }
-        })?;
+        let asked = Asked {
+            client: &client,
+            ip,
+            headers: &headers,
+            prefix,
+        };
+        let (who, policy) = table.resolve_keyed(&path, |key| key.value(&asked))?;
         (who, policy.clone())
     };
     let cost = match c.remove("cost") {
@@ -317,6 +307,45 @@ fn parse(state: &AppState, check: Value, prefix: &str) -> Result<Ask, ApiError> 
         cost,
         mode,
     })
+}
+
+/// What a check names of the original request, for the config's key.
+struct Asked<'a> {
+    client: &'a str,
+    ip: Option<std::net::IpAddr>,
+    headers: &'a Map<String, Value>,
+    /// The check's place in a batch, for error fields.
+    prefix: &'a str,
+}
+
+impl KeySource for Asked<'_> {
+    type Error = ApiError;
+
+    fn client(&self) -> Result<Arc<str>, ApiError> {
+        Ok(Arc::from(self.client))
+    }
+
+    fn ip(&self) -> Result<Arc<str>, ApiError> {
+        self.ip.map(Key::ip_value).ok_or_else(|| {
+            invalid(
+                format!("{}ip", self.prefix),
+                "is required: the config of this path counts per IP address (key \"ip\")",
+            )
+        })
+    }
+
+    fn header(&self, name: &str) -> Result<Option<&[u8]>, ApiError> {
+        Ok(self
+            .headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .and_then(|(_, v)| v.as_str())
+            .map(str::as_bytes))
+    }
+
+    fn invalid_header(&self, message: String) -> ApiError {
+        invalid(format!("{}headers", self.prefix), message)
+    }
 }
 
 /// Decides one check; the decision too when one was made (for the headers).
