@@ -210,10 +210,10 @@ impl PolicyTable {
         &self,
         path: &str,
         value: impl FnOnce(&Key) -> Result<Arc<str>, E>,
-    ) -> Result<(Arc<str>, &Arc<Policy>), E> {
+    ) -> Result<(Arc<str>, Arc<Policy>), E> {
         let rule = self.rule(path);
         let who = value(&rule.base.key)?;
-        let policy = rule.for_client(&who);
+        let policy = rule.for_client(&who).clone();
         Ok((who, policy))
     }
 

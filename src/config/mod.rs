@@ -390,24 +390,13 @@ impl ConfigSpec {
                 Value::String(identity.unwrap_or_default()),
             );
         }
-        // A calendar sets the window: its nominal length stands in for `window_seconds`
-        // (and a wrong one is named before the window it would have set).
-        match (given_calendar(&object), object.get("calendar")) {
-            (Some(calendar), _) => {
-                object
-                    .entry("window_seconds")
-                    .or_insert(Value::from(calendar.nominal_seconds()));
-            }
-            (None, Some(v)) if !v.is_null() => {
-                let names: Vec<_> = Calendar::ALL.map(Calendar::as_str).into();
-                return Err(ValidationError::new(
-                    "calendar",
-                    format!("must be one of {}", names.join(", ")),
-                ));
-            }
-            _ => {}
-        }
-        if let Some(missing) = REQUIRED.iter().find(|f| !object.contains_key(**f)) {
+        // A calendar sets the window (`merged` writes it; a wrong calendar is named there).
+        let calendar = object.get("calendar").is_some_and(|v| !v.is_null());
+        if let Some(missing) = REQUIRED
+            .iter()
+            .filter(|f| !(calendar && **f == "window_seconds"))
+            .find(|f| !object.contains_key(**f))
+        {
             return Err(ValidationError::new(*missing, "is required".to_owned()));
         }
         let spec = Self::default_policy().merged(object)?;

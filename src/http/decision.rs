@@ -268,17 +268,16 @@ fn parse(state: &AppState, check: Value, prefix: &str) -> Result<Ask, ApiError> 
             ));
         }
     };
-    let (client, policy) = {
-        let table = state.policies.current();
-        let asked = Asked {
-            client: &client,
-            ip,
-            headers: &headers,
-            prefix,
-        };
-        let (who, policy) = table.resolve_keyed(&path, |key| key.value(&asked))?;
-        (who, policy.clone())
+    let original = OriginalRequest {
+        client: &client,
+        ip,
+        headers: &headers,
+        prefix,
     };
+    let (client, policy) = state
+        .policies
+        .current()
+        .resolve_keyed(&path, |key| key.value(&original))?;
     let cost = match c.remove("cost") {
         None => 1,
         Some(v) => v
@@ -310,7 +309,7 @@ fn parse(state: &AppState, check: Value, prefix: &str) -> Result<Ask, ApiError> 
 }
 
 /// What a check names of the original request, for the config's key.
-struct Asked<'a> {
+struct OriginalRequest<'a> {
     client: &'a str,
     ip: Option<std::net::IpAddr>,
     headers: &'a Map<String, Value>,
@@ -318,7 +317,7 @@ struct Asked<'a> {
     prefix: &'a str,
 }
 
-impl KeySource for Asked<'_> {
+impl KeySource for OriginalRequest<'_> {
     type Error = ApiError;
 
     fn client(&self) -> Result<Arc<str>, ApiError> {
@@ -461,15 +460,7 @@ pub async fn forward_auth(
             format!("{uri_header} must be a request path starting with /, with no \".\" or \"..\" segments."),
         )
     })?;
-    let (client, policy) = {
-        let table = state.policies.current();
-        let (client, policy) = table.resolve_keyed(&path, |key| {
-            state
-                .identity
-                .key_value(key, req.headers(), req.peer_addr())
-        })?;
-        (client, policy.clone())
-    };
+    let (client, policy) = state.resolve_request(&path, req.headers(), req.peer_addr())?;
     let now = state.clock.now();
     let ruling = state
         .decider

@@ -85,17 +85,10 @@ pub async fn rate_limit(
     let state = state(&req);
     let path = req.match_info().as_str();
     // Counted under the config's key: the client id, the address, a header, or global.
-    let table = state.policies.current();
-    let keyed = table.resolve_keyed(path, |key| {
-        state
-            .identity
-            .key_value(key, req.headers(), req.peer_addr())
-    });
-    let (client, policy) = match keyed {
-        Ok((client, policy)) => (client, policy.clone()),
+    let (client, policy) = match state.resolve_request(path, req.headers(), req.peer_addr()) {
+        Ok(found) => found,
         Err(e) => return Ok(req.error_response(e)),
     };
-    drop(table);
     // In reverse-proxy mode every path that is not the server's own goes upstream.
     let via = match req.app_data::<proxy::Forwarder>() {
         Some(_) => Via::Proxy,
@@ -157,6 +150,21 @@ pub fn wants_problem(headers: &HeaderMap) -> bool {
 /// The problem type of the IETF rate-limit headers draft for a refusal.
 const QUOTA_EXCEEDED: &str = "https://iana.org/assignments/http-problem-types#quota-exceeded";
 
+/// A refusal as problem details (RFC 9457): the draft's members, then the plain
+/// answer's fields as extension members.
+#[derive(serde::Serialize)]
+struct Problem<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    title: &'static str,
+    status: u16,
+    detail: &'a str,
+    #[serde(rename = "violated-policies")]
+    violated_policies: [&'a str; 1],
+    #[serde(flatten)]
+    plain: &'a Refusal,
+}
+
 /// The answer to a refused request: `status` (429, or forward-auth's deny status) with
 /// `Retry-After`, the rate-limit headers and a JSON body saying why and until when; with
 /// `problem`, that body as problem details (`application/problem+json`, the draft's
@@ -188,25 +196,17 @@ pub fn refusal(
     let mut res = match problem {
         false => HttpResponse::build(status).json(refusal),
         true => {
-            let mut body = serde_json::json!({
-                "type": QUOTA_EXCEEDED,
-                "title": "Request cannot be satisfied as assigned quota has been exceeded",
-                "status": status.as_u16(),
-                "detail": refusal.message,
-                "violated-policies": [policy.endpoint.as_ref()],
-            });
-            // The plain answer's fields too, as extension members.
-            if let (Some(body), serde_json::Value::Object(plain)) = (
-                body.as_object_mut(),
-                serde_json::to_value(&refusal).unwrap_or_default(),
-            ) {
-                for (k, v) in plain {
-                    body.entry(k).or_insert(v);
-                }
-            }
+            let body = Problem {
+                kind: QUOTA_EXCEEDED,
+                title: "Request cannot be satisfied as assigned quota has been exceeded",
+                status: status.as_u16(),
+                detail: &refusal.message,
+                violated_policies: [&policy.endpoint],
+                plain: &refusal,
+            };
             HttpResponse::build(status)
                 .content_type("application/problem+json")
-                .body(body.to_string())
+                .body(serde_json::to_string(&body).unwrap_or_default())
         }
     };
     add_headers(res.headers_mut(), policy, decision, now);

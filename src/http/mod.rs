@@ -70,6 +70,20 @@ impl AppState {
     pub fn decision_tokens(&self) -> [&Option<String>; 2] {
         [&self.decision_token, &self.admin_token]
     }
+
+    /// The policy of an HTTP request to `path` (a protected route, the reverse proxy,
+    /// forward-auth's original request) and the value it is counted under, by the
+    /// config's key.
+    pub fn resolve_request(
+        &self,
+        path: &str,
+        headers: &actix_web::http::header::HeaderMap,
+        peer: Option<std::net::SocketAddr>,
+    ) -> Result<(Arc<str>, Arc<crate::policy::Policy>), ApiError> {
+        self.policies
+            .current()
+            .resolve_keyed(path, |key| self.identity.key_value(key, headers, peer))
+    }
 }
 
 /// The route table, shared by the binary and the tests: everything sits in one root
