@@ -28,7 +28,7 @@ fn batch(version: u64) -> Vec<ClientSnapshot> {
                 },
                 endpoints: vec![EndpointSnapshot {
                     endpoint: endpoint.clone(),
-                    algorithm: Algorithm::SlidingWindow,
+                    algorithm: Some(Algorithm::SlidingWindow),
                     state: state.encode(),
                     expires_at: now + 3600 * NANOS_PER_SEC,
                 }],

@@ -74,6 +74,10 @@ struct SharedEvent {
     /// Absent from instances that predate shadow mode.
     #[serde(default)]
     shadow: bool,
+    /// The binding limit of a config of several; absent otherwise (and from instances
+    /// that predate several limits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    limit_name: Option<String>,
     at: u64,
 }
 
@@ -456,6 +460,7 @@ impl From<DecisionEvent> for SharedEvent {
             retry_after: e.decision.retry_after,
             reset_after: e.decision.reset_after,
             shadow: e.shadow,
+            limit_name: e.limit.as_deref().map(str::to_owned),
             at: e.at,
         }
     }
@@ -477,6 +482,7 @@ impl SharedEvent {
                 retry_after: self.retry_after,
                 reset_after: self.reset_after,
             },
+            limit: self.limit_name.map(Arc::from),
             shadow: self.shadow,
             at: self.at,
             origin: Some(origin),
@@ -509,6 +515,7 @@ mod tests {
                 retry_after: 1_500_000_000,
                 reset_after: 9_000_000_000,
             },
+            limit: Some(Arc::from("daily")),
             shadow: true,
             at: 1_800_000_000_000_000_123,
             origin: None,
@@ -523,6 +530,7 @@ mod tests {
         );
         assert_eq!(back.asked, event.asked);
         assert!(back.shadow);
+        assert_eq!(back.limit.as_deref(), Some("daily"));
         // From an instance that predates `via`: read as a route's.
         let old = json.replace(r#""via":"check","#, "");
         assert_ne!(old, json);

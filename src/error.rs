@@ -42,6 +42,10 @@ pub struct Refusal {
     pub retry_after: u64,
     /// When the quota is fully restored (RFC 3339).
     pub reset_time: String,
+    /// Under a config of several limits: the names of those that refused (`limit`,
+    /// `retry_after` and `reset_time` are of the one with the longest wait).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub violated: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

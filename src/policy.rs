@@ -3,8 +3,8 @@
 //! writer ([`crate::config::writer`]).
 
 use crate::config::descriptor::Pattern;
-use crate::config::{Change, Config, ConfigSpec, DEFAULT_ENDPOINT, Enforcement, Key};
-use crate::limiter::{FixedWindowLimit, Limit};
+use crate::config::{Change, Config, ConfigSpec, DEFAULT_ENDPOINT, Enforcement, Key, Override};
+use crate::limiter::{FixedWindowLimit, Limit, Named};
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
@@ -14,12 +14,12 @@ pub struct Policy {
     /// The config's endpoint: the second half of the rate-limit key and the policy name
     /// in the `RateLimit-Policy` header.
     pub endpoint: Arc<str>,
-    pub limit: Limit,
-    pub window_seconds: u64,
+    /// Its limits, in the config's order; at least one.
+    pub limits: Box<[Named]>,
     pub active: bool,
     /// Shadow mode: decided and reported like any other, never refused.
     pub shadow: bool,
-    /// What the limit counts per.
+    /// What the limits count per.
     pub key: Key,
     /// The client pattern of the override this policy comes from, if one.
     pub tier: Option<Arc<str>>,
@@ -27,10 +27,25 @@ pub struct Policy {
 
 impl Policy {
     pub fn from_spec(spec: &ConfigSpec) -> Self {
+        Self::with_overrides(spec, &[])
+    }
+
+    /// The policy of the clients `overrides` (all of one client pattern) apply to: each
+    /// changes the limit it names.
+    fn with_overrides(spec: &ConfigSpec, overrides: &[&Override]) -> Self {
+        let specs = spec.limit_specs();
+        let limits = specs
+            .iter()
+            .map(
+                |l| match overrides.iter().find(|o| o.changes(&l.name, &specs)) {
+                    Some(o) => o.apply_to(l).named(),
+                    None => l.named(),
+                },
+            )
+            .collect();
         Self {
             endpoint: Arc::from(spec.endpoint.as_str()),
-            limit: spec.limit(),
-            window_seconds: spec.window_seconds,
+            limits,
             active: spec.is_active,
             shadow: spec.mode == Enforcement::Shadow,
             key: spec.key.clone(),
@@ -38,17 +53,29 @@ impl Policy {
         }
     }
 
-    /// The window in words, for messages: `60 s`, or `month (UTC)` for calendar windows.
-    pub fn window_words(&self) -> String {
-        match self.limit {
-            Limit::FixedWindow(FixedWindowLimit {
-                calendar: Some(c), ..
+    /// Whether it has several limits (a config of one shows as before: its policy is
+    /// named by its endpoint, and bodies list no limits).
+    pub fn several(&self) -> bool {
+        self.limits.len() > 1
+    }
+
+    /// The window of limit `i` in words, for messages: `60 s`, or `month (UTC)` for
+    /// calendar windows.
+    pub fn window_words(&self, i: usize) -> String {
+        match self.limits.get(i) {
+            Some(Named {
+                limit:
+                    Limit::FixedWindow(FixedWindowLimit {
+                        calendar: Some(c), ..
+                    }),
+                ..
             }) => format!("{} (UTC)", c.as_str()),
-            _ => format!("{} s", self.window_seconds),
+            Some(l) => format!("{} s", l.window_seconds),
+            None => String::new(),
         }
     }
 
-    /// Whether a request so decided is refused: over the limit, and not in shadow mode.
+    /// Whether a request so decided is refused: over a limit, and not in shadow mode.
     pub fn refuses(&self, d: &crate::limiter::Decision) -> bool {
         !d.allowed && !self.shadow
     }
@@ -70,14 +97,22 @@ impl Rule {
         let mut exact = HashMap::new();
         let mut by_length: std::collections::BTreeMap<usize, HashMap<String, Arc<Policy>>> =
             Default::default();
+        // The overrides of each client pattern, in the config's order (one per limit).
+        let mut patterns: Vec<(&str, Vec<&Override>)> = Vec::new();
         for o in &spec.overrides {
-            let mut policy = Policy::from_spec(&o.apply_to(spec));
+            match patterns.iter_mut().find(|(p, _)| *p == o.client) {
+                Some((_, list)) => list.push(o),
+                None => patterns.push((&o.client, vec![o])),
+            }
+        }
+        for (pattern, overrides) in patterns {
+            let mut policy = Policy::with_overrides(spec, &overrides);
             // The same key as the config's: an override changes the numbers, not whose
             // budget it is (and reuses the name's allocation).
             policy.endpoint = base.endpoint.clone();
-            policy.tier = Some(Arc::from(o.client.as_str()));
+            policy.tier = Some(Arc::from(pattern));
             let policy = Arc::new(policy);
-            match o.prefix() {
+            match pattern.strip_suffix('*') {
                 Some(prefix) => {
                     by_length
                         .entry(prefix.len())
@@ -85,7 +120,7 @@ impl Rule {
                         .insert(prefix.to_owned(), policy);
                 }
                 None => {
-                    exact.insert(o.client.clone(), policy);
+                    exact.insert(pattern.to_owned(), policy);
                 }
             }
         }
@@ -322,9 +357,9 @@ mod tests {
             id: 0,
             spec: ConfigSpec {
                 endpoint: endpoint.to_owned(),
-                requests_per_window: limit,
-                window_seconds: 60,
-                algorithm: crate::limiter::Algorithm::FixedWindow,
+                requests_per_window: Some(limit),
+                window_seconds: Some(60),
+                algorithm: Some(crate::limiter::Algorithm::FixedWindow),
                 ..ConfigSpec::default_policy()
             },
             created_at: 0,
@@ -342,7 +377,7 @@ mod tests {
             config("/*", 5),
         ])
         .unwrap();
-        let limit = |path| table.resolve(path, "c").limit.quota();
+        let limit = |path| table.resolve(path, "c").limits[0].limit.quota();
         assert_eq!(limit("/api/v1/data"), 4);
         assert_eq!(limit("/api/v1/other"), 3);
         assert_eq!(limit("/api/v1"), 3);
@@ -351,8 +386,8 @@ mod tests {
         assert_eq!(limit("/apix"), 5);
         assert_eq!(limit("/"), 5);
         let table = PolicyTable::new(vec![config("*", 1), config("/api/*", 2)]).unwrap();
-        assert_eq!(table.resolve("/other", "c").limit.quota(), 1);
-        assert_eq!(table.resolve("/apix", "c").limit.quota(), 1);
+        assert_eq!(table.resolve("/other", "c").limits[0].limit.quota(), 1);
+        assert_eq!(table.resolve("/apix", "c").limits[0].limit.quota(), 1);
     }
 
     #[test]
@@ -369,7 +404,12 @@ mod tests {
             after: Some(config("/a", 2)),
         };
         assert!(policies.apply(&[add]));
-        assert_eq!(policies.current().resolve("/a", "c").limit.quota(), 2);
+        assert_eq!(
+            policies.current().resolve("/a", "c").limits[0]
+                .limit
+                .quota(),
+            2
+        );
     }
 }
 
@@ -381,6 +421,7 @@ mod override_tests {
     fn over(client: &str, limit: u64) -> Override {
         Override {
             client: client.to_owned(),
+            limit: None,
             requests_per_window: limit,
             window_seconds: None,
             burst_limit: None,
@@ -405,7 +446,7 @@ mod override_tests {
             updated_at: 0,
         }])
         .unwrap();
-        let limit = |client| table.resolve("/x", client).limit.quota();
+        let limit = |client| table.resolve("/x", client).limits[0].limit.quota();
         assert_eq!(limit("other"), 100);
         assert_eq!(limit("pete"), 2);
         assert_eq!(limit("partner-x"), 3);
@@ -413,7 +454,10 @@ mod override_tests {
         assert_eq!(limit("partner-gold-2"), 5);
         let p = table.resolve("/x", "partner-x");
         assert_eq!((&*p.endpoint, p.tier.as_deref()), ("*", Some("partner-*")));
-        assert_eq!(table.policy("*", "pete").unwrap().limit.quota(), 2);
+        assert_eq!(
+            table.policy("*", "pete").unwrap().limits[0].limit.quota(),
+            2
+        );
         assert!(table.resolve("/x", "other").tier.is_none());
     }
 }

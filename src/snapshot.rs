@@ -21,7 +21,9 @@ pub struct Totals {
 #[derive(Debug, Clone, PartialEq)]
 pub struct EndpointSnapshot {
     pub endpoint: Arc<str>,
-    pub algorithm: Algorithm,
+    /// The algorithm of a config of one limit; `None` for several (each state says its
+    /// own; see `limiter::States::encode`).
+    pub algorithm: Option<Algorithm>,
     pub state: Vec<u8>,
     pub expires_at: Nanos,
 }

@@ -8,8 +8,8 @@ mod common;
 use common::redis::RedisServer;
 use ratewarden::clock::{Clock, ManualClock, NANOS_PER_SEC, SharedClock};
 use ratewarden::limiter::{
-    Algorithm, Calendar, Decision, FixedWindowLimit, Limit, Mode, State, TokenBucketLimit,
-    granule_ms,
+    Algorithm, Calendar, DEFAULT_LIMIT, Decisions, FixedWindowLimit, Limit, Mode, Named, States,
+    TokenBucketLimit, granule_ms,
 };
 use ratewarden::metrics::Metrics;
 use ratewarden::store::redis::{Redis, RedisConfig};
@@ -18,19 +18,42 @@ use std::time::Duration;
 
 /// A backend that decides one request at the clock's time.
 enum Backend {
-    Memory(State),
+    Memory(States),
     Redis(Redis, &'static str),
 }
 
 impl Backend {
-    async fn check(&mut self, limits: &Limit, now: u64, cost: u64, mode: Mode) -> Decision {
+    fn memory() -> Self {
+        Backend::Memory(States::new(&[one(Limit::new(
+            Algorithm::FixedWindow,
+            1,
+            1,
+        ))]))
+    }
+
+    /// Decides under one limit.
+    async fn check(&mut self, limit: &Limit, now: u64, cost: u64, mode: Mode) -> Decisions {
+        self.check_all(&[one(*limit)], now, cost, mode).await
+    }
+
+    /// Decides under every limit of a config.
+    async fn check_all(&mut self, limits: &[Named], now: u64, cost: u64, mode: Mode) -> Decisions {
         match self {
-            Backend::Memory(state) => state.evaluate(limits, now, cost, mode),
+            Backend::Memory(states) => states.evaluate(limits, now, cost, mode),
             Backend::Redis(redis, client) => redis
                 .check(client, "/api/*", limits, cost, mode)
                 .await
                 .expect("Redis answers"),
         }
+    }
+}
+
+/// The one limit of a config written with top-level fields.
+fn one(limit: Limit) -> Named {
+    Named {
+        name: Arc::from(DEFAULT_LIMIT),
+        limit,
+        window_seconds: 1,
     }
 }
 
@@ -92,7 +115,7 @@ async fn same_decisions(algorithm: Algorithm, seed: u64, server: &RedisServer, l
         other => other,
     };
     let mut limits = limit_of(quota);
-    let mut memory = Backend::Memory(State::new(algorithm));
+    let mut memory = Backend::memory();
     let mut shared = Backend::Redis(redis, client);
     let mut allowed = 0;
     for step in 0..150 {
@@ -172,7 +195,7 @@ async fn calendar_windows_decide_alike_across_month_ends_and_the_leap_day() {
                 window: calendar.nominal_seconds() * NANOS_PER_SEC,
                 calendar: Some(calendar),
             });
-            let mut memory = Backend::Memory(State::new(Algorithm::FixedWindow));
+            let mut memory = Backend::memory();
             let mut shared = Backend::Redis(redis, client);
             let mut windows = std::collections::HashSet::new();
             for step in 0..150 {
@@ -199,12 +222,75 @@ async fn calendar_windows_decide_alike_across_month_ends_and_the_leap_day() {
     }
 }
 
+/// Configs of several limits: random sets of 2 to 4 limits of any algorithms and
+/// windows (a calendar month among them), decided all or nothing, alike in memory and in
+/// Redis (one script for all), with the binding limit and every limit's numbers equal.
+#[actix_rt::test]
+async fn several_limits_decide_alike_all_or_nothing() {
+    let server = RedisServer::start();
+    for seed in 1..=12u64 {
+        let clock = ManualClock::new(1_835_301_600 * NANOS_PER_SEC + seed * 7_919);
+        let redis = redis_with(&clock, &server).await;
+        let client: &'static str = Box::leak(format!("several-{seed}").into_boxed_str());
+        let mut rng = Lcg(seed);
+        let n = 2 + rng.next(3);
+        let limits: Vec<Named> = (0..n)
+            .map(|i| {
+                let algorithm = Algorithm::ALL[rng.next(3) as usize];
+                let window = 1 + rng.next(5);
+                let mut limit = Limit::new(algorithm, 1 + rng.next(8), window);
+                if let Limit::FixedWindow(w) = &mut limit
+                    && rng.next(3) == 0
+                {
+                    w.calendar = Some(Calendar::Month);
+                }
+                Named {
+                    name: Arc::from(format!("l{i}")),
+                    limit,
+                    window_seconds: window,
+                }
+            })
+            .collect();
+        let mut memory = Backend::memory();
+        let mut shared = Backend::Redis(redis, client);
+        let (mut allowed, mut refused) = (0, 0);
+        for step in 0..150 {
+            let gap = match rng.next(10) {
+                0..=5 => rng.next(1_000_000),
+                6..=8 => rng.next(2 * NANOS_PER_SEC),
+                _ => rng.next(6 * NANOS_PER_SEC),
+            };
+            clock.advance(gap);
+            let now = clock.now();
+            let mode =
+                [Mode::Consume, Mode::Consume, Mode::Consume, Mode::Peek][rng.next(4) as usize];
+            let cost = [1, 1, 1, 0, 2, 3][rng.next(6) as usize];
+            let expected = memory.check_all(&limits, now, cost, mode).await;
+            let got = shared.check_all(&limits, now, cost, mode).await;
+            assert_eq!(
+                got, expected,
+                "seed {seed} step {step}, cost {cost} {mode:?}, {limits:?}"
+            );
+            if mode == Mode::Consume {
+                match expected.allowed {
+                    true => allowed += 1,
+                    false => refused += 1,
+                }
+            }
+        }
+        assert!(
+            allowed > 0 && refused > 0,
+            "seed {seed}: {allowed} allowed, {refused} refused"
+        );
+    }
+}
+
 #[actix_rt::test]
 async fn a_changed_algorithm_starts_fresh_state_in_both_backends() {
     let server = RedisServer::start();
     let clock = ManualClock::new(1_800_000_000 * NANOS_PER_SEC);
     let mut backends = [
-        Backend::Memory(State::new(Algorithm::SlidingWindow)),
+        Backend::memory(),
         Backend::Redis(redis_with(&clock, &server).await, "switcher"),
     ];
     for b in &mut backends {
@@ -234,7 +320,7 @@ async fn redis_keys_expire_once_their_state_is_fresh() {
     ] {
         let limits = Limit::new(algorithm, 10, 30);
         redis
-            .check(client, "/e", &limits, 1, Mode::Consume)
+            .check(client, "/e", &[one(limits)], 1, Mode::Consume)
             .await
             .unwrap();
         let keys = server.cli(&["--scan", "--pattern", &format!("rw:{{{client}}}:*")]);
@@ -259,7 +345,7 @@ async fn a_sliding_window_whose_sum_was_evicted_recounts_its_runs() {
     for _ in 0..3 {
         assert!(
             redis
-                .check("evicted", "/e", &limits, 1, Mode::Consume)
+                .check("evicted", "/e", &[one(limits)], 1, Mode::Consume)
                 .await
                 .unwrap()
                 .allowed
@@ -269,7 +355,7 @@ async fn a_sliding_window_whose_sum_was_evicted_recounts_its_runs() {
     // Under a maxmemory policy Redis may evict the sum alone: the runs still count.
     server.cli(&["del", "rw:{evicted}:/e:swn"]);
     let d = redis
-        .check("evicted", "/e", &limits, 1, Mode::Consume)
+        .check("evicted", "/e", &[one(limits)], 1, Mode::Consume)
         .await
         .unwrap();
     assert!(!d.allowed, "{d:?}");
@@ -290,7 +376,7 @@ async fn a_sliding_window_whose_runs_were_evicted_forgets_their_sum() {
     let limits = Limit::new(Algorithm::SlidingWindow, 3, 60);
     for _ in 0..3 {
         redis
-            .check("runs-gone", "/e", &limits, 1, Mode::Consume)
+            .check("runs-gone", "/e", &[one(limits)], 1, Mode::Consume)
             .await
             .unwrap();
     }
@@ -298,7 +384,7 @@ async fn a_sliding_window_whose_runs_were_evicted_forgets_their_sum() {
     // expire, so it must not hold the client at its limit for good.
     server.cli(&["del", "rw:{runs-gone}:/e:sw"]);
     let d = redis
-        .check("runs-gone", "/e", &limits, 1, Mode::Consume)
+        .check("runs-gone", "/e", &[one(limits)], 1, Mode::Consume)
         .await
         .unwrap();
     assert!(d.allowed, "{d:?}");

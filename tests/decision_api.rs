@@ -398,3 +398,46 @@ async fn a_decision_token_opens_v1_and_nothing_else() {
     assert_eq!(r.status, 401, "the decision token is not an admin token");
     s.stop().await;
 }
+
+#[actix_rt::test]
+async fn a_check_under_several_limits_answers_each_and_takes_all_or_nothing() {
+    let s = server().await;
+    let body = json!({"endpoint": "/m/*", "limits": [
+        {"name": "minute", "algorithm": "fixed_window", "requests_per_window": 4, "window_seconds": 60},
+        {"name": "hour", "algorithm": "sliding_window", "requests_per_window": 10, "window_seconds": 3600}]});
+    assert_eq!(
+        s.post("/admin/configs", &body.to_string()).await.status,
+        201
+    );
+    let r = check(&s, json!({"client_id": "multi", "path": "/m/x", "cost": 3})).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let b = &r.body;
+    assert_eq!(b["allowed"], true);
+    let each: Vec<(&str, u64)> = b["limits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            (
+                l["name"].as_str().unwrap(),
+                l["remaining"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(each, [("minute", 1), ("hour", 7)]);
+    // The binding limit is the minute's (1 of 4 left against 7 of 10).
+    assert_eq!((&b["limit"], &b["remaining"]), (&json!(4), &json!(1)));
+    assert_eq!(
+        r.header("ratelimit-policy"),
+        Some("\"minute\";q=4;w=60, \"hour\";q=10;w=3600")
+    );
+    // Two more do not fit the minute: refused, and the hour keeps its 7.
+    let r = check(&s, json!({"client_id": "multi", "path": "/m/x", "cost": 2})).await;
+    assert_eq!(r.body["allowed"], false);
+    assert_eq!(r.body["limits"][0]["allowed"], false);
+    assert_eq!(r.body["limits"][1]["allowed"], true);
+    assert_eq!(r.body["limits"][1]["remaining"], 7);
+    // A cost above the smallest quota could never pass: refused as bad input.
+    let r = check(&s, json!({"client_id": "multi", "path": "/m/x", "cost": 5})).await;
+    assert_eq!((r.status.as_u16(), &r.body["field"]), (422, &json!("cost")));
+}

@@ -94,6 +94,36 @@ async fn exact_limit_across(nodes: &[Binary]) {
             nodes.len()
         );
     }
+    // Several limits, decided in one script: exactly the tighter one's budget, whichever
+    // instance asks, and no refusal takes from the looser one.
+    let body = json!({"endpoint": "/api/layered", "limits": [
+        {"name": "loose", "algorithm": "token_bucket", "requests_per_window": 120, "window_seconds": 3600},
+        {"name": "tight", "algorithm": "sliding_window", "requests_per_window": 70, "window_seconds": 3600}]});
+    let r = nodes[0].post("/admin/configs", &body.to_string()).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    for node in nodes {
+        until_served(node, "/api/layered", "limits", &body["limits"]).await;
+    }
+    let (ok, limited) = burst(nodes, "layered", "/api/layered", 300).await;
+    assert_eq!(
+        (ok, limited),
+        (70, 230),
+        "several limits over {} instances",
+        nodes.len()
+    );
+    let r = nodes[1].get_as("layered", "/api/layered").await;
+    assert_eq!(r.status, 429);
+    assert_eq!(r.body["violated"], json!(["tight"]));
+    // The bucket kept what the refusals did not take (it refills one every 30 s).
+    let fields = r.header("ratelimit").unwrap();
+    let loose: u64 = fields["\"loose\";r=".len()..]
+        .split(';')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((50..=52).contains(&loose), "{fields}");
+    assert!(fields.contains("\"tight\";r=0;"), "{fields}");
     // A global key on a calendar quota: every caller on every instance shares one budget.
     let body = json!({"endpoint": "/api/global", "requests_per_window": 100,
                       "algorithm": "fixed_window", "calendar": "month", "key": "global"});

@@ -14,6 +14,7 @@ use tonic::transport::Channel;
 const OK: i32 = Code::Ok as i32;
 const OVER: i32 = Code::OverLimit as i32;
 const MINUTE: i32 = 2;
+const HOUR: i32 = 3;
 const API_RULE: &str = "rw: generic_key=api, remote_address";
 
 /// A server with its gRPC service on, and a client channel to it.
@@ -638,5 +639,37 @@ async fn descriptor_decisions_are_streamed_with_the_descriptor() {
     let refused = common::ws::next_of(&mut feed, "rate_limit_exceeded").await;
     assert_eq!(refused["endpoint"], API_RULE);
     drop(feed);
+    s.stop().await;
+}
+
+#[actix_rt::test]
+async fn a_rule_of_several_limits_reports_its_most_constraining_one() {
+    let (s, ch) = server().await;
+    rule(
+        &s,
+        json!({"domain": "rw", "descriptor": [{"key": "user"}], "limits": [
+            {"name": "second", "algorithm": "fixed_window", "requests_per_window": 5, "window_seconds": 1},
+            {"name": "hour", "algorithm": "fixed_window", "requests_per_window": 3, "window_seconds": 3600}]}),
+    )
+    .await;
+    let user = || request(vec![descriptor(&[("user", "u1")])]);
+    let first = ok(&ch, user()).await;
+    let st = &first.statuses[0];
+    // 2 of 3 left an hour against 4 of 5 a second: the hour binds.
+    let limit = st.current_limit.as_ref().unwrap();
+    assert_eq!(
+        (limit.requests_per_unit, limit.unit, st.limit_remaining),
+        (3, HOUR, 2)
+    );
+    assert_eq!(
+        header(&first, "ratelimit-policy"),
+        Some("\"second\";q=5;w=1, \"hour\";q=3;w=3600")
+    );
+    ok(&ch, user()).await;
+    ok(&ch, user()).await;
+    let over = ok(&ch, user()).await;
+    assert_eq!(over.overall_code, OVER);
+    assert_eq!(over.statuses[0].current_limit.as_ref().unwrap().unit, HOUR);
+    assert_eq!(header(&over, "retry-after"), Some("3600"));
     s.stop().await;
 }

@@ -729,3 +729,207 @@ async fn the_bearer_scheme_is_case_insensitive() {
         "the token query parameter, for browsers' feeds"
     );
 }
+
+/// The issue's example, less what needs a connection's end: a burst bucket, a sliding
+/// daily quota and a calendar month, all of which must admit each request.
+const LAYERED: &str = r#"{"endpoint": "/api/*", "limits": [
+    {"name": "burst", "algorithm": "token_bucket", "requests_per_window": 3, "window_seconds": 1},
+    {"name": "daily", "algorithm": "sliding_window", "requests_per_window": 5, "window_seconds": 86400},
+    {"name": "monthly", "algorithm": "fixed_window", "requests_per_window": 100, "calendar": "month"}]}"#;
+
+#[actix_rt::test]
+async fn several_limits_admit_only_what_every_one_allows() {
+    let s = TestServer::start().await;
+    let created = s.post("/admin/configs", LAYERED).await;
+    assert_eq!(created.status, 201, "{:?}", created.body);
+    let limits = created.body["limits"].as_array().expect("limits listed");
+    assert_eq!(limits.len(), 3);
+    assert_eq!(limits[2]["window_seconds"], 2_592_000);
+    assert!(created.body.get("requests_per_window").is_none());
+    // Three in a burst, then the bucket is empty: refused, and nothing else consumed.
+    assert_eq!(s.statuses("lay", "/api/data", 3).await, [200, 200, 200]);
+    let r = s.get_as("lay", "/api/data").await;
+    assert_eq!(r.status, 429);
+    assert_eq!(r.body["violated"], json!(["burst"]));
+    assert_eq!(r.header_u64("retry-after"), 1);
+    assert_eq!(
+        r.header("ratelimit-policy"),
+        Some("\"burst\";q=3;w=1, \"daily\";q=5;w=86400, \"monthly\";q=100;w=2592000")
+    );
+    // The daily and monthly quotas still have the 3 taken, not 4: "daily" has 2 left.
+    let t = r.header("ratelimit").unwrap();
+    assert!(t.starts_with("\"burst\";r=0;t=1, \"daily\";r=2;t="), "{t}");
+    assert!(t.contains("\"monthly\";r=97;t="), "{t}");
+    // The bucket refills: two more, which end the day's quota.
+    s.clock.advance(NANOS_PER_SEC);
+    let r = s.get_as("lay", "/api/data").await;
+    assert_eq!(r.status, 200);
+    // The binding limit of an allowed request: the fewest left relative to its quota.
+    assert_eq!(
+        (
+            r.header_u64("x-ratelimit-limit"),
+            r.header_u64("x-ratelimit-remaining")
+        ),
+        (5, 1)
+    );
+    assert_eq!(s.statuses("lay", "/api/data", 1).await, [200]);
+    s.clock.advance(NANOS_PER_SEC);
+    let r = s.get_as("lay", "/api/data").await;
+    assert_eq!(r.status, 429);
+    assert_eq!(r.body["violated"], json!(["daily"]));
+    // The longest wait: until the first of the day's requests leaves the window.
+    assert!(r.header_u64("retry-after") > 86_000, "{:?}", r.headers);
+    assert_eq!(r.body["limit"], 5);
+    let message = r.body["message"].as_str().unwrap();
+    assert!(
+        message.contains("limit \"daily\": 5 requests per 86400 s"),
+        "{message}"
+    );
+    // As problem details: the violated policies by name.
+    let problem = [
+        ("X-Client-ID", "lay"),
+        ("Accept", "application/problem+json"),
+    ];
+    let r = s.send("GET", "/api/data", &problem, None).await;
+    assert_eq!(r.body["violated-policies"], json!(["daily"]));
+    // Another client has its own budget under every limit.
+    assert_eq!(s.get_as("other", "/api/data").await.status, 200);
+    // The client's status lists every limit.
+    let stats = s.get("/admin/stats/lay").await;
+    let ep = &stats.body["status"]["endpoints"][0];
+    let names: Vec<&str> = ep["limits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["burst", "daily", "monthly"]);
+    assert_eq!(ep["limits"][1]["remaining"], 0);
+    assert_eq!(ep["limits"][2]["remaining"], 95);
+}
+
+#[actix_rt::test]
+async fn two_hundred_concurrent_requests_admit_exactly_what_the_tighter_limit_allows() {
+    let s = TestServer::start().await;
+    let body = json!({"endpoint": "/api/*", "limits": [
+        {"name": "minute", "algorithm": "fixed_window", "requests_per_window": 10, "window_seconds": 60},
+        {"name": "hour", "algorithm": "sliding_window", "requests_per_window": 7, "window_seconds": 3600}]});
+    assert_eq!(
+        s.post("/admin/configs", &body.to_string()).await.status,
+        201
+    );
+    let all = join_all((0..200).map(|_| s.get_as("race", "/api/data"))).await;
+    let ok = all.iter().filter(|r| r.status == 200).count();
+    assert_eq!(ok, 7);
+    // Nothing was taken by the refusals: the minute's budget has exactly 3 left.
+    let stats = s.get("/admin/stats/race").await;
+    let limits = &stats.body["status"]["endpoints"][0]["limits"];
+    assert_eq!(
+        (&limits[0]["remaining"], &limits[1]["remaining"]),
+        (&json!(3), &json!(0))
+    );
+}
+
+#[actix_rt::test]
+async fn configs_of_several_limits_are_validated_and_edited_by_name() {
+    let s = TestServer::start().await;
+    assert_eq!(s.post("/admin/configs", LAYERED).await.status, 201);
+    // Each field's error names it.
+    for (body, field) in [
+        (
+            json!({"limits": [{"name": "a", "requests_per_window": 1, "window_seconds": 1},
+            {"name": "b", "requests_per_window": 1, "window_seconds": 1},
+            {"name": "c", "requests_per_window": 1, "window_seconds": 0}]}),
+            "limits[2].window_seconds",
+        ),
+        (
+            json!({"limits": [{"name": "a", "requests_per_window": 1, "window_seconds": 1},
+            {"name": "a", "requests_per_window": 2, "window_seconds": 1}]}),
+            "limits[1].name",
+        ),
+        (
+            json!({"limits": [{"name": "Big", "requests_per_window": 1, "window_seconds": 1}]}),
+            "limits[0].name",
+        ),
+        (
+            json!({"limits": [{"name": "a", "requests_per_window": "1", "window_seconds": 1}]}),
+            "limits[0].requests_per_window",
+        ),
+        (
+            json!({"limits": [{"name": "a", "window_seconds": 1}]}),
+            "limits[0].requests_per_window",
+        ),
+        (
+            json!({"limits": [{"name": "a", "requests_per_window": 1, "window_seconds": 1, "colour": 1}]}),
+            "limits[0].colour",
+        ),
+        (
+            json!({"limits": [{"name": "a", "algorithm": "token_bucket", "requests_per_window": 1, "calendar": "day"}]}),
+            "limits[0].calendar",
+        ),
+        (json!({"limits": []}), "limits"),
+        (json!({"limits": 3}), "limits"),
+        (json!({"requests_per_window": 9}), "requests_per_window"),
+        (
+            json!({"overrides": [{"client": "vip", "requests_per_window": 50}]}),
+            "overrides[0].limit",
+        ),
+        (
+            json!({"overrides": [{"client": "vip", "limit": "yearly", "requests_per_window": 50}]}),
+            "overrides[0].limit",
+        ),
+        (
+            json!({"overrides": [{"client": "vip", "limit": "daily", "requests_per_window": 0}]}),
+            "overrides[0].requests_per_window",
+        ),
+    ] {
+        let r = s.put("/admin/configs/api/*", &body.to_string()).await;
+        assert_eq!(r.status, 422, "{body}: {:?}", r.body);
+        assert_eq!(r.body["field"], field, "{body}: {:?}", r.body);
+    }
+    let nine: Vec<_> = (0..9)
+        .map(|i| json!({"name": format!("l{i}"), "requests_per_window": 1, "window_seconds": 1}))
+        .collect();
+    let r = s
+        .put("/admin/configs/api/*", &json!({"limits": nine}).to_string())
+        .await;
+    assert_eq!(
+        (r.status.as_u16(), &r.body["field"]),
+        (422, &json!("limits"))
+    );
+    // An override changes the limit it names, for its clients only.
+    let vip = json!({"overrides": [
+        {"client": "vip", "limit": "daily", "requests_per_window": 1000},
+        {"client": "vip", "limit": "burst", "requests_per_window": 50}]});
+    let r = s.put("/admin/configs/api/*", &vip.to_string()).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(s.statuses("vip", "/api/data", 6).await, [200; 6]);
+    assert_eq!(
+        s.statuses("pleb", "/api/data", 4).await,
+        [200, 200, 200, 429]
+    );
+    // Back to one limit (top-level fields), then to a list of one: each shown both ways.
+    let one =
+        json!({"limits": null, "requests_per_window": 4, "window_seconds": 60, "overrides": []});
+    let r = s.put("/admin/configs/api/*", &one.to_string()).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["requests_per_window"], 4);
+    assert_eq!(
+        r.body["limits"],
+        json!([{"name": "default", "algorithm": "sliding_window",
+        "requests_per_window": 4, "window_seconds": 60}])
+    );
+    let listed = json!({"limits": [{"name": "hourly", "algorithm": "fixed_window",
+        "requests_per_window": 2, "window_seconds": 3600}]});
+    let r = s.put("/admin/configs/api/*", &listed.to_string()).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(
+        (&r.body["requests_per_window"], &r.body["algorithm"]),
+        (&json!(2), &json!("fixed_window"))
+    );
+    assert_eq!(r.body["limits"][0]["name"], "hourly");
+    // A config of one limit keeps its single-policy headers, whatever its limit's name.
+    let r = s.get_as("solo", "/api/data").await;
+    assert_eq!(r.header("ratelimit-policy"), Some("\"/api/*\";q=2;w=3600"));
+    assert!(r.body.get("limits").is_none());
+}

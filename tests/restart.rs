@@ -53,13 +53,27 @@ async fn sigterm_then_restart_keeps_configs_and_consumption() {
     for expected in [200, 200, 200, 429] {
         assert_eq!(get(&url, "term").await, expected);
     }
+    // A config of several limits keeps each one's state too.
+    let layered = json!({"endpoint": "/", "limits": [
+        {"name": "a", "algorithm": "fixed_window", "requests_per_window": 2, "window_seconds": 3600},
+        {"name": "b", "algorithm": "sliding_window", "requests_per_window": 9, "window_seconds": 3600}]});
+    let res = awc::Client::new()
+        .post(format!("{}/admin/configs", server.url))
+        .send_json(&layered)
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let root = format!("{}/", server.url);
+    for expected in [200, 200, 429] {
+        assert_eq!(get(&root, "term").await, expected);
+    }
     server.signal("-TERM");
     assert!(server.wait_exit().success());
     // The write-ahead log was folded in: the database file alone holds everything, as
     // a copy of it (a backup, a volume snapshot) would.
     let copy = dir.path().join("copy.db");
     std::fs::copy(&db, &copy).unwrap();
-    assert_eq!(persisted_total(&copy, "term"), 4);
+    assert_eq!(persisted_total(&copy, "term"), 7);
 
     let server = Binary::start(&db, &["--flush-interval-ms", "100"]);
     let configs: serde_json::Value = awc::Client::new()
@@ -78,6 +92,22 @@ async fn sigterm_then_restart_keeps_configs_and_consumption() {
         "a restart must not reset the limit"
     );
     assert_eq!(get(&url, "other").await, 200);
+    let root = format!("{}/", server.url);
+    assert_eq!(
+        get(&root, "term").await,
+        429,
+        "each limit's state is restored"
+    );
+    assert_eq!(get(&root, "other").await, 200);
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let algorithm: String = conn
+        .query_row(
+            "SELECT algorithm FROM snapshots WHERE client_id = 'term' AND endpoint = '/'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(algorithm, "several");
 }
 
 #[actix_rt::test]

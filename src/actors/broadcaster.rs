@@ -470,6 +470,11 @@ impl Handler<DecisionEvent> for Broadcaster {
         let d = &event.decision;
         let mut body =
             json!({"client_id": &*event.client, "endpoint": &*event.endpoint, "limit": d.limit});
+        if let Some(name) = &event.limit {
+            // A config of several limits: the binding one (on a refusal, the one that
+            // refused with the longest wait).
+            body["limit_name"] = json!(&**name);
+        }
         if let Some(asked) = &event.asked {
             body["path"] = json!(&*asked.path);
             body["via"] = json!(asked.via);

@@ -14,7 +14,7 @@
 
 use super::{Asked, DecisionEvent, EventSink};
 use crate::clock::{NANOS_PER_SEC, Nanos, rfc3339};
-use crate::limiter::{Algorithm, Decision, Mode, State};
+use crate::limiter::{Algorithm, Decisions, Mode, States};
 use crate::policy::{Policy, PolicyTable};
 use crate::snapshot::{ClientSnapshot, EndpointSnapshot, StatDelta, StoredClient, Totals};
 use crate::stats::GlobalStats;
@@ -25,7 +25,8 @@ use std::sync::Arc;
 /// Per endpoint: the algorithm state and the counts of the current minute.
 struct Endpoint {
     name: Arc<str>,
-    state: State,
+    /// One state per limit of the config.
+    state: States,
     /// The config of the last check, to tell when the state expires; `None` for a state
     /// restored from a snapshot and not checked since. (A shared pointer: a tenth of a
     /// copy of its limits, in the struct every live client has.)
@@ -79,7 +80,7 @@ impl ClientLimiter {
         self.last_now = self.last_now.max(stored.totals.last_request);
         let minute = now / NANOS_PER_SEC / 60;
         for e in stored.endpoints {
-            match State::decode(e.algorithm, &e.state) {
+            match States::decode(e.algorithm, &e.state) {
                 Some(state) => {
                     self.endpoints.retain(|x| x.name != e.endpoint);
                     // Room for exactly one more: a first push would reserve four.
@@ -158,7 +159,7 @@ impl ClientLimiter {
         let state = if mode != Mode::Consume && found.is_none() {
             // A peek changes nothing, not even the list of endpoints this client used;
             // nor does resetting a quota the client never used.
-            fresh = State::new(policy.limit.algorithm());
+            fresh = States::new(&policy.limits);
             &mut fresh
         } else {
             let i = self.index_or_add(found, policy, now / NANOS_PER_SEC / 60);
@@ -167,7 +168,7 @@ impl ClientLimiter {
         let quota = Quota {
             client: &self.client,
             endpoint: &policy.endpoint,
-            limit: &policy.limit,
+            limits: &policy.limits,
         };
         backend.check(state, quota, cost, mode, now)
     }
@@ -176,7 +177,7 @@ impl ClientLimiter {
     pub fn record(
         &mut self,
         policy: &Arc<Policy>,
-        decision: Decision,
+        decision: &Decisions,
         asked: Option<Asked>,
         now: Nanos,
         shared: &Shared,
@@ -192,7 +193,7 @@ impl ClientLimiter {
             endpoint.policy = Some(policy.clone());
         }
         // Counted as what happened to the request: in shadow mode it went through.
-        let passed = !policy.refuses(&decision);
+        let passed = !policy.refuses(decision);
         endpoint.count(minute, passed, &mut stats);
         self.stats = stats;
         if !passed {
@@ -207,7 +208,10 @@ impl ClientLimiter {
                 client: self.client.clone(),
                 endpoint: policy.endpoint.clone(),
                 asked,
-                decision,
+                decision: **decision,
+                limit: policy
+                    .several()
+                    .then(|| policy.limits[decision.binding()].name.clone()),
                 shadow: policy.shadow,
                 at: now,
                 origin: None,
@@ -245,7 +249,7 @@ impl ClientLimiter {
     }
 
     /// Its totals and a copy of its state per endpoint, for [`ClientStatus::of`].
-    pub fn states(&self) -> (Totals, Vec<(Arc<str>, State)>) {
+    pub fn states(&self) -> (Totals, Vec<(Arc<str>, States)>) {
         let states = self.endpoints.iter();
         let states = states.map(|e| (e.name.clone(), e.state.clone())).collect();
         (self.totals, states)
@@ -253,10 +257,10 @@ impl ClientLimiter {
 
     /// The same from a stored snapshot (a client without a live limiter); an endpoint
     /// whose state cannot be read is left out.
-    pub fn stored_states(stored: StoredClient) -> (Totals, Vec<(Arc<str>, State)>) {
+    pub fn stored_states(stored: StoredClient) -> (Totals, Vec<(Arc<str>, States)>) {
         let states = stored.endpoints.into_iter();
         let states =
-            states.filter_map(|e| Some((e.endpoint, State::decode(e.algorithm, &e.state)?)));
+            states.filter_map(|e| Some((e.endpoint, States::decode(e.algorithm, &e.state)?)));
         (stored.totals, states.collect())
     }
 }
@@ -265,7 +269,7 @@ impl Endpoint {
     fn new(policy: &Arc<Policy>, minute: u64) -> Self {
         Endpoint {
             name: policy.endpoint.clone(),
-            state: State::new(policy.limit.algorithm()),
+            state: States::new(&policy.limits),
             policy: Some(policy.clone()),
             stored_expiry: 0,
             minute,
@@ -292,7 +296,7 @@ impl Endpoint {
     /// When the state will be as good as fresh (see [`ClientLimiter::snapshot`]).
     fn expires_at(&mut self, now: Nanos, backend: &dyn QuotaBackend) -> Nanos {
         match &self.policy {
-            Some(p) => backend.fresh_at(&mut self.state, &p.limit, now),
+            Some(p) => backend.fresh_at(&mut self.state, &p.limits, now),
             None => self.stored_expiry,
         }
     }
@@ -307,7 +311,9 @@ impl Endpoint {
     }
 }
 
-/// One endpoint of a client, as `/admin/stats/{client_id}` shows it.
+/// One endpoint of a client, as `/admin/stats/{client_id}` shows it: under a config of
+/// several limits, the binding one's numbers (see `limiter::Decisions`), and each limit's
+/// in `limits`.
 #[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct EndpointStatus {
     pub endpoint: String,
@@ -324,6 +330,45 @@ pub struct EndpointStatus {
     /// The client pattern of the override that gives this client its limit, if one.
     #[serde(rename = "override", skip_serializing_if = "Option::is_none")]
     pub tier: Option<String>,
+    /// Each limit of a config of several, in its order; absent for a config of one.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub limits: Vec<LimitStatus>,
+}
+
+/// One limit of a config of several, as a client stands under it.
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
+pub struct LimitStatus {
+    pub name: String,
+    pub algorithm: Algorithm,
+    /// Whether this limit admits (or, for a status, would admit) a request.
+    pub allowed: bool,
+    pub limit: u64,
+    pub remaining: u64,
+    /// When this limit's quota is fully restored (RFC 3339).
+    pub reset_time: String,
+    /// Whole seconds until this limit would allow the request again, rounded up (0 while
+    /// it would).
+    pub retry_after: u64,
+}
+
+impl LimitStatus {
+    /// Each limit of `policy` under `d`, if it has several.
+    pub fn list(policy: &Policy, d: &Decisions, now: Nanos) -> Vec<Self> {
+        if !policy.several() {
+            return Vec::new();
+        }
+        (policy.limits.iter().zip(d.each()))
+            .map(|(l, d)| LimitStatus {
+                name: l.name.to_string(),
+                algorithm: l.limit.algorithm(),
+                allowed: d.allowed,
+                limit: d.limit,
+                remaining: d.remaining,
+                reset_time: d.reset_time(now),
+                retry_after: crate::clock::ceil_secs(d.retry_after),
+            })
+            .collect()
+    }
 }
 
 /// A client's counters and quotas.
@@ -344,7 +389,7 @@ impl ClientStatus {
     pub fn of(
         backend: &dyn QuotaBackend,
         client: &str,
-        (totals, mut states): (Totals, Vec<(Arc<str>, State)>),
+        (totals, mut states): (Totals, Vec<(Arc<str>, States)>),
         table: &PolicyTable,
         now: Nanos,
     ) -> impl Future<Output = Self> + use<> {
@@ -355,7 +400,7 @@ impl ClientStatus {
                 let quota = Quota {
                     client,
                     endpoint: &policy.endpoint,
-                    limit: &policy.limit,
+                    limits: &policy.limits,
                 };
                 let peek = backend.check(state, quota, 1, Mode::Peek, now);
                 Some(async move { peek.resolve().await.ok().map(|d| (policy, d)) })
@@ -370,13 +415,13 @@ impl ClientStatus {
     /// The status from each endpoint's policy and the decision a request would get now.
     fn from_decisions(
         totals: Totals,
-        decisions: impl Iterator<Item = (Arc<Policy>, Decision)>,
+        decisions: impl Iterator<Item = (Arc<Policy>, Decisions)>,
         now: Nanos,
     ) -> Self {
         let mut endpoints: Vec<EndpointStatus> = decisions
             .map(|(policy, d)| EndpointStatus {
                 endpoint: policy.endpoint.to_string(),
-                algorithm: policy.limit.algorithm(),
+                algorithm: policy.limits[d.binding()].limit.algorithm(),
                 limit: d.limit,
                 remaining: d.remaining,
                 reset_time: d.reset_time(now),
@@ -384,6 +429,7 @@ impl ClientStatus {
                 is_active: policy.active,
                 shadow: policy.shadow,
                 tier: policy.tier.as_deref().map(str::to_owned),
+                limits: LimitStatus::list(&policy, &d, now),
             })
             .collect();
         endpoints.sort_by(|a, b| a.endpoint.cmp(&b.endpoint));

@@ -31,7 +31,11 @@ pub struct DecisionEvent {
     pub endpoint: Arc<str>,
     /// Who asked and for what path, when someone was watching as the request arrived.
     pub asked: Option<Asked>,
+    /// The binding limit's decision (see `limiter::Decisions::binding`).
     pub decision: Decision,
+    /// Under a config of several limits: the name of the binding one (on a refusal, the
+    /// limit that refused).
+    pub limit: Option<Arc<str>>,
     /// Decided under a config in shadow mode: a refusal was let through.
     pub shadow: bool,
     pub at: Nanos,

@@ -5,7 +5,7 @@
 //! interval.
 //!
 //! Messages:
-//! - [`Check`] → `Result<Decision, LimiterUnavailable>`: decide one check of a client.
+//! - [`Check`] → `Result<Decisions, LimiterUnavailable>`: decide one check of a client.
 //! - [`Flush`] → `Result<usize, String>`: sweep idle clients, snapshot dirty ones, persist
 //!   the batch; answers once the database has committed it.
 //! - [`FlushSlice`] (to itself): the timer's flush, [`FLUSH_SLICE`] snapshots at a time, so
@@ -24,7 +24,7 @@ use super::client_limiter::{ClientLimiter, ClientStatus, Shared};
 use super::db::{Db, LoadClient, Persist};
 use super::{Asked, EventSink};
 use crate::clock::{Nanos, SharedClock};
-use crate::limiter::{Decision, Mode};
+use crate::limiter::{Decisions, Mode};
 use crate::metrics::{Metrics, RestoreSource};
 use crate::policy::{Policy, PolicyTable};
 use crate::snapshot::{ClientSnapshot, PendingSnapshots, StoredClient, merge_snapshot};
@@ -52,7 +52,7 @@ pub const MAX_WAITING: usize = 1024;
 /// Decide one request of `client` under `policy`: `cost` units, taken or only looked at
 /// (`mode`).
 #[derive(Message)]
-#[rtype(result = "Result<Decision, LimiterUnavailable>")]
+#[rtype(result = "Result<Decisions, LimiterUnavailable>")]
 pub struct Check {
     pub client: Arc<str>,
     pub policy: Arc<Policy>,
@@ -115,7 +115,7 @@ pub struct RegistryConfig {
     pub metrics: Arc<Metrics>,
 }
 
-pub type Answer = Result<Decision, LimiterUnavailable>;
+pub type Answer = Result<Decisions, LimiterUnavailable>;
 
 /// A check waiting for its client's state to be read back, and where its answer goes.
 type Waiting = (Check, oneshot::Sender<Answer>);
@@ -234,7 +234,7 @@ fn decide_now(
             match check.mode {
                 Mode::Consume => {
                     let shared = Shared::of(config);
-                    e.limiter.record(p, d, check.asked.clone(), now, &shared);
+                    e.limiter.record(p, &d, check.asked.clone(), now, &shared);
                     top.record(&check.client, !p.refuses(&d), now);
                 }
                 // A reset marks the state changed itself, when there was one.
@@ -249,7 +249,7 @@ fn decide_now(
             let (tx, rx) = oneshot::channel();
             arbiter.spawn(async move {
                 let answer = later.await.map_err(|_| LimiterUnavailable);
-                if let Ok(d) = answer
+                if let Ok(d) = &answer
                     && check.mode == Mode::Consume
                 {
                     lock(&me).record(&check, d);
@@ -435,7 +435,7 @@ impl Shard {
     /// flush may have run while it was in flight). An entity evicted meanwhile, or one
     /// being restored (whose restore would overwrite the count), misses it in its
     /// lifetime totals; the quota itself is in the backend.
-    fn record(&mut self, check: &Check, d: Decision) {
+    fn record(&mut self, check: &Check, d: &Decisions) {
         let c = &self.config;
         let shared = Shared::of(c);
         match self
@@ -448,12 +448,12 @@ impl Shard {
                 e.limiter
                     .record(&check.policy, d, check.asked.clone(), now, &shared);
                 self.top
-                    .record(&check.client, !check.policy.refuses(&d), now);
+                    .record(&check.client, !check.policy.refuses(d), now);
                 mark_dirty(e, &mut self.dirty, &check.client);
             }
             None => shared
                 .global
-                .record(c.clock.now(), !check.policy.refuses(&d)),
+                .record(c.clock.now(), !check.policy.refuses(d)),
         }
     }
 

@@ -285,8 +285,36 @@ overrides = [{ client = "partner-*", requests_per_window = 100, window_seconds =
         .unwrap();
         assert_eq!(
             (monthly[0].calendar, monthly[0].window_seconds),
-            (Some(crate::limiter::Calendar::Month), 2_592_000)
+            (Some(crate::limiter::Calendar::Month), Some(2_592_000))
         );
+        // Several limits: a `[[config.limits]]` table each, after the config's fields.
+        let layered = parse(
+            r#"
+[[config]]
+endpoint = "/api/*"
+overrides = [{ client = "partner-*", limit = "daily", requests_per_window = 100000 }]
+
+[[config.limits]]
+name = "burst"
+algorithm = "token_bucket"
+requests_per_window = 10
+window_seconds = 1
+burst_limit = 20
+
+[[config.limits]]
+name = "daily"
+requests_per_window = 10000
+window_seconds = 86400
+"#,
+        )
+        .unwrap();
+        let names: Vec<&str> = layered[0].limits.iter().map(|l| l.name.as_str()).collect();
+        assert_eq!(names, ["burst", "daily"]);
+        assert_eq!(layered[0].limits[0].burst_limit, Some(20));
+        assert_eq!(layered[0].overrides[0].limit.as_deref(), Some("daily"));
+        let e = parse("[[config]]\nendpoint = \"/a\"\n[[config.limits]]\nname = \"a\"\nrequests_per_window = 1\nwindow_seconds = 0\n")
+            .unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("limits[0].window_seconds"));
         assert!(parse("").is_err(), "an empty file deletes nothing");
         // A descriptor rule: no endpoint, the server writes it.
         let rules = parse(
@@ -429,7 +457,7 @@ window_seconds = 86400
             id: 3,
             spec: ConfigSpec {
                 endpoint: endpoint.to_owned(),
-                requests_per_window: limit,
+                requests_per_window: Some(limit),
                 ..ConfigSpec::default_policy()
             },
             created_at: 1,

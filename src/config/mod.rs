@@ -15,12 +15,13 @@ pub mod key;
 pub mod writer;
 
 use crate::clock::{NANOS_PER_SEC, Nanos, rfc3339};
-use crate::limiter::{Algorithm, Calendar, Limit};
+use crate::limiter::{Algorithm, Calendar, DEFAULT_LIMIT, Limit, MAX_LIMITS, Named};
 use descriptor::DescriptorEntry;
 pub use key::Key;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::fmt::Write;
+use std::sync::Arc;
 
 pub const DEFAULT_ENDPOINT: &str = "*";
 pub const MAX_REQUESTS_PER_WINDOW: u64 = 1_000_000_000;
@@ -45,23 +46,39 @@ pub struct ConfigSpec {
     /// `"*"`, an exact path or a `/prefix/*`: which requests the config limits. For a
     /// descriptor rule, its identity, written from `domain` and `descriptor`.
     pub endpoint: String,
-    pub requests_per_window: u64,
+    /// The limit of a config written with top-level fields, which holds one limit, named
+    /// `default` (the shape of every config before `limits`): its quota. Absent with
+    /// `limits`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_per_window: Option<u64>,
     /// The window length; with `calendar`, the calendar's nominal length, which may be
     /// left out of a create or an update that sets the calendar.
-    pub window_seconds: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_seconds: Option<u64>,
     /// A fixed window's calendar windows (`day`, `week`, `month`, in UTC) instead of
     /// windows of `window_seconds` since the epoch. Left out of the JSON when absent, so
     /// that instances and files of versions before it still read every other config.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub calendar: Option<Calendar>,
-    #[serde(default = "default_algorithm")]
-    pub algorithm: Algorithm,
+    /// `sliding_window` when left out of a create.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub algorithm: Option<Algorithm>,
     /// Token bucket capacity; `None` is `requests_per_window`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub burst_limit: Option<u64>,
     /// Token bucket tokens per second; `None` is `requests_per_window / window_seconds`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refill_rate: Option<f64>,
+    /// Several named limits (1 to 8), all of which must admit a request (see
+    /// [`LimitSpec`]); instead of the top-level fields above. Left out of the JSON of a
+    /// config written with top-level fields, so that instances and files of versions
+    /// before it still read those.
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "null_as_empty"
+    )]
+    pub limits: Vec<LimitSpec>,
     /// An inactive config limits nothing (it does not fall back to another).
     #[serde(default = "yes")]
     pub is_active: bool,
@@ -111,6 +128,9 @@ pub const MAX_OVERRIDES: usize = 1000;
 #[serde(deny_unknown_fields)]
 pub struct Override {
     pub client: String,
+    /// The name of the limit it changes; may be left out when the config has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<String>,
     pub requests_per_window: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub window_seconds: Option<u64>,
@@ -126,19 +146,204 @@ impl Override {
         self.client.strip_suffix('*')
     }
 
-    /// The spec this override gives its clients: `base` with its own numbers. The window
-    /// is the config's unless given; a token bucket's capacity and rate follow the
-    /// override's own numbers unless given (the config's were set for its own limit).
-    pub fn apply_to(&self, base: &ConfigSpec) -> ConfigSpec {
-        ConfigSpec {
+    /// The limit this override gives its clients in place of `base`: `base` with its own
+    /// numbers. The window is the limit's unless given; a token bucket's capacity and
+    /// rate follow the override's own numbers unless given (the limit's were set for its
+    /// own quota).
+    pub fn apply_to(&self, base: &LimitSpec) -> LimitSpec {
+        LimitSpec {
             requests_per_window: self.requests_per_window,
             window_seconds: self.window_seconds.unwrap_or(base.window_seconds),
             burst_limit: self.burst_limit,
             refill_rate: self.refill_rate,
-            overrides: Vec::new(),
             ..base.clone()
         }
     }
+
+    /// Whether it changes the limit named `name` of a config whose limits are `all`.
+    pub fn changes(&self, name: &str, all: &[LimitSpec]) -> bool {
+        match &self.limit {
+            Some(limit) => limit == name,
+            None => all.len() == 1,
+        }
+    }
+}
+
+/// One named limit of a config: an algorithm and its numbers. A config written with
+/// top-level fields holds one, named `default`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct LimitSpec {
+    /// `[a-z0-9_-]{1,32}`, unique within the config: the IETF policy name, and what a
+    /// refusal names.
+    pub name: String,
+    pub algorithm: Algorithm,
+    pub requests_per_window: u64,
+    /// With `calendar`, the calendar's nominal length (which may be left out).
+    pub window_seconds: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calendar: Option<Calendar>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst_limit: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refill_rate: Option<f64>,
+}
+
+/// The fields of a [`LimitSpec`], in its order: what a `limits` entry may hold.
+const LIMIT_FIELDS: [&str; 7] = [
+    "name",
+    "algorithm",
+    "requests_per_window",
+    "window_seconds",
+    "calendar",
+    "burst_limit",
+    "refill_rate",
+];
+
+impl LimitSpec {
+    /// The limit these numbers describe: only the algorithm's own parameters are read (a
+    /// token bucket's `burst_limit` and `refill_rate`, defaulting to the window's numbers).
+    pub fn limit(&self) -> Limit {
+        let mut limit = Limit::new(
+            self.algorithm,
+            self.requests_per_window,
+            self.window_seconds,
+        );
+        if let Limit::FixedWindow(window) = &mut limit {
+            window.calendar = self.calendar;
+        }
+        if let Limit::TokenBucket(bucket) = &mut limit {
+            if let Some(burst) = self.burst_limit {
+                bucket.burst = burst;
+            }
+            if let Some(rate) = self.refill_rate {
+                // Rounded up: the bucket never refills faster than configured. `validate`
+                // bounds the rate, so the interval fits in a u64 and is at least 1 ns.
+                bucket.refill_interval = ((NANOS_PER_SEC as f64 / rate).ceil() as Nanos).max(1);
+            }
+        }
+        limit
+    }
+
+    /// The limit as the decision core takes it.
+    pub fn named(&self) -> Named {
+        Named {
+            name: Arc::from(self.name.as_str()),
+            limit: self.limit(),
+            window_seconds: self.window_seconds,
+        }
+    }
+
+    /// Checks the numbers; an error names its field through `at` (`limits[2].` before
+    /// it, or nothing for a config's top-level fields).
+    fn validate(&self, at: &dyn Fn(&str) -> String) -> Result<(), ValidationError> {
+        let err = |field: &str, message: String| Err(ValidationError::new(at(field), message));
+        if let Err(e) = in_range(
+            "requests_per_window",
+            self.requests_per_window,
+            MAX_REQUESTS_PER_WINDOW,
+        )
+        .and_then(|()| in_range("window_seconds", self.window_seconds, MAX_WINDOW_SECONDS))
+        {
+            return err(&e.field, e.message);
+        }
+        if let Some(calendar) = self.calendar {
+            if self.algorithm != Algorithm::FixedWindow {
+                return err(
+                    "calendar",
+                    format!(
+                        "is for the fixed_window algorithm only (this limit's is {}); \
+                         send \"calendar\": null to use another",
+                        self.algorithm.as_str()
+                    ),
+                );
+            }
+            let nominal = calendar.nominal_seconds();
+            if self.window_seconds != nominal {
+                return err(
+                    "window_seconds",
+                    format!(
+                        "is set by calendar: {nominal} for {:?} (leave it out, or send \
+                         {nominal})",
+                        calendar.as_str()
+                    ),
+                );
+            }
+        }
+        if let Some(burst) = self.burst_limit
+            && let Err(e) = in_range("burst_limit", burst, MAX_REQUESTS_PER_WINDOW)
+        {
+            return err(&e.field, e.message);
+        }
+        if let Some(rate) = self.refill_rate
+            && !(rate.is_finite() && (MIN_REFILL_RATE..=MAX_REFILL_RATE).contains(&rate))
+        {
+            return err(
+                "refill_rate",
+                format!(
+                    "must be a number of tokens per second from {MIN_REFILL_RATE:e} to {MAX_REFILL_RATE:e}"
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    /// One `limits` entry from JSON, every error naming its field (`limits[2].window_seconds`):
+    /// unknown fields are refused, `algorithm` defaults to `sliding_window`, and a
+    /// calendar without a window takes its nominal length.
+    fn parse(i: usize, value: &Value) -> Result<Self, ValidationError> {
+        let at = |field: &str| format!("limits[{i}].{field}");
+        let Value::Object(object) = value else {
+            return Err(ValidationError::new(
+                format!("limits[{i}]"),
+                "must be an object: {\"name\", \"algorithm\", \"requests_per_window\", ...}"
+                    .to_owned(),
+            ));
+        };
+        if let Some(unknown) = object.keys().find(|k| !LIMIT_FIELDS.contains(&k.as_str())) {
+            return Err(ValidationError::new(
+                at(unknown),
+                format!(
+                    "is not a field of a limit (those are: {})",
+                    LIMIT_FIELDS.join(", ")
+                ),
+            ));
+        }
+        let mut object = object.clone();
+        object
+            .entry("algorithm")
+            .or_insert_with(|| Value::from(Algorithm::SlidingWindow.as_str()));
+        if let Some(calendar) = given_calendar(&object) {
+            object
+                .entry("window_seconds")
+                .or_insert_with(|| Value::from(calendar.nominal_seconds()));
+        }
+        for field in ["name", "requests_per_window", "window_seconds"] {
+            if object.get(field).is_none_or(Value::is_null) {
+                return Err(ValidationError::new(at(field), "is required".to_owned()));
+            }
+        }
+        // Each field alone against a valid entry, so a wrong type names its field.
+        let valid = serde_json::json!({"name": "x", "algorithm": "fixed_window",
+            "requests_per_window": 1, "window_seconds": 1});
+        for (key, v) in &object {
+            let mut one = valid.clone();
+            one[key] = v.clone();
+            if let Err(e) = Self::deserialize(&one) {
+                let example = valid.get(key).cloned().unwrap_or(Value::Null);
+                return Err(ValidationError::new(at(key), type_message(&e, &example)));
+            }
+        }
+        Self::deserialize(&Value::Object(object))
+            .map_err(|e| ValidationError::new(format!("limits[{i}]"), e.to_string()))
+    }
+}
+
+/// A limit's name: 1 to 32 of `a-z 0-9 _ -`.
+pub fn is_limit_name(name: &str) -> bool {
+    (1..=32).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
 /// A client id: 1 to 128 bytes of `A-Z a-z 0-9 . _ : @ -`.
@@ -164,6 +369,13 @@ pub fn is_client_id(id: &str) -> bool {
 
 pub const MAX_CLIENT_ID_BYTES: usize = 128;
 
+/// A list that may also be given as `null`, for empty (an absent optional field).
+fn null_as_empty<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Vec<T>, D::Error> {
+    Ok(Option::<Vec<T>>::deserialize(d)?.unwrap_or_default())
+}
+
 fn default_algorithm() -> Algorithm {
     Algorithm::SlidingWindow
 }
@@ -177,12 +389,13 @@ impl ConfigSpec {
     pub fn default_policy() -> Self {
         Self {
             endpoint: DEFAULT_ENDPOINT.to_owned(),
-            requests_per_window: 100,
-            window_seconds: 3600,
+            requests_per_window: Some(100),
+            window_seconds: Some(3600),
             calendar: None,
-            algorithm: default_algorithm(),
+            algorithm: Some(default_algorithm()),
             burst_limit: None,
             refill_rate: None,
+            limits: Vec::new(),
             is_active: true,
             mode: Enforcement::Enforce,
             key: Key::Client,
@@ -197,29 +410,38 @@ impl ConfigSpec {
         Some((self.domain.as_deref()?, self.descriptor.as_deref()?))
     }
 
-    /// The limit this config's fields describe: only the algorithm's own parameters
-    /// are read (a token bucket's `burst_limit` and `refill_rate`, defaulting to the
-    /// window's numbers).
-    pub fn limit(&self) -> Limit {
-        let mut limit = Limit::new(
-            self.algorithm,
-            self.requests_per_window,
-            self.window_seconds,
-        );
-        if let Limit::FixedWindow(window) = &mut limit {
-            window.calendar = self.calendar;
+    /// The config's limits, in its order: `limits`, or the one limit `default` of the
+    /// top-level fields.
+    pub fn limit_specs(&self) -> Vec<LimitSpec> {
+        if !self.limits.is_empty() {
+            return self.limits.clone();
         }
-        if let Limit::TokenBucket(bucket) = &mut limit {
-            if let Some(burst) = self.burst_limit {
-                bucket.burst = burst;
-            }
-            if let Some(rate) = self.refill_rate {
-                // Rounded up: the bucket never refills faster than configured. `validate`
-                // bounds the rate, so the interval fits in a u64 and is at least 1 ns.
-                bucket.refill_interval = ((NANOS_PER_SEC as f64 / rate).ceil() as Nanos).max(1);
-            }
-        }
-        limit
+        vec![LimitSpec {
+            name: DEFAULT_LIMIT.to_owned(),
+            algorithm: self.algorithm.unwrap_or_else(default_algorithm),
+            requests_per_window: self.requests_per_window.unwrap_or(0),
+            window_seconds: self.window_seconds.unwrap_or(0),
+            calendar: self.calendar,
+            burst_limit: self.burst_limit,
+            refill_rate: self.refill_rate,
+        }]
+    }
+
+    /// The first top-level limit field this spec gives, if any.
+    fn top_level_given(&self) -> Option<&'static str> {
+        // In the order of `TOP_LEVEL_LIMIT_FIELDS`.
+        let given = [
+            self.requests_per_window.is_some(),
+            self.window_seconds.is_some(),
+            self.calendar.is_some(),
+            self.algorithm.is_some(),
+            self.burst_limit.is_some(),
+            self.refill_rate.is_some(),
+        ];
+        TOP_LEVEL_LIMIT_FIELDS
+            .into_iter()
+            .zip(given)
+            .find_map(|(field, given)| given.then_some(field))
     }
 
     pub fn validate(&self) -> Result<(), ValidationError> {
@@ -252,48 +474,7 @@ impl ConfigSpec {
                 ));
             }
         }
-        in_range(
-            "requests_per_window",
-            self.requests_per_window,
-            MAX_REQUESTS_PER_WINDOW,
-        )?;
-        in_range("window_seconds", self.window_seconds, MAX_WINDOW_SECONDS)?;
-        if let Some(calendar) = self.calendar {
-            if self.algorithm != Algorithm::FixedWindow {
-                return Err(ValidationError::new(
-                    "calendar",
-                    format!(
-                        "is for the fixed_window algorithm only (this config's is {}); \
-                         send \"calendar\": null to use another",
-                        self.algorithm.as_str()
-                    ),
-                ));
-            }
-            let nominal = calendar.nominal_seconds();
-            if self.window_seconds != nominal {
-                return Err(ValidationError::new(
-                    "window_seconds",
-                    format!(
-                        "is set by calendar: {nominal} for {:?} (leave it out, or send \
-                         {nominal})",
-                        calendar.as_str()
-                    ),
-                ));
-            }
-        }
-        if let Some(burst) = self.burst_limit {
-            in_range("burst_limit", burst, MAX_REQUESTS_PER_WINDOW)?;
-        }
-        if let Some(rate) = self.refill_rate
-            && !(rate.is_finite() && (MIN_REFILL_RATE..=MAX_REFILL_RATE).contains(&rate))
-        {
-            return Err(ValidationError::new(
-                "refill_rate",
-                format!(
-                    "must be a number of tokens per second from {MIN_REFILL_RATE:e} to {MAX_REFILL_RATE:e}"
-                ),
-            ));
-        }
+        self.validate_limits()?;
         if self.domain.is_some() && self.key.needs_http() {
             return Err(ValidationError::new(
                 "key",
@@ -317,6 +498,57 @@ impl ConfigSpec {
         self.validate_overrides()
     }
 
+    /// Either the top-level fields of one limit, or `limits`: 1 to 8 limits, each valid,
+    /// with distinct names.
+    fn validate_limits(&self) -> Result<(), ValidationError> {
+        if self.limits.is_empty() {
+            for (field, given) in [
+                ("requests_per_window", self.requests_per_window.is_some()),
+                ("window_seconds", self.window_seconds.is_some()),
+            ] {
+                if !given {
+                    return Err(ValidationError::new(
+                        field,
+                        "is required (or give the config's limits as a list in \"limits\")"
+                            .to_owned(),
+                    ));
+                }
+            }
+            return self.limit_specs()[0].validate(&|f| f.to_owned());
+        }
+        if let Some(field) = self.top_level_given() {
+            return Err(ValidationError::new(
+                field,
+                "is a field of a limit: this config's limits are in \"limits\" (change \
+                 them there, or send \"limits\": null with the top-level fields of one limit)"
+                    .to_owned(),
+            ));
+        }
+        if self.limits.len() > MAX_LIMITS {
+            return Err(ValidationError::new(
+                "limits",
+                format!("must hold 1 to {MAX_LIMITS} limits"),
+            ));
+        }
+        for (i, l) in self.limits.iter().enumerate() {
+            let at = |field: &str| format!("limits[{i}].{field}");
+            if !is_limit_name(&l.name) {
+                return Err(ValidationError::new(
+                    at("name"),
+                    "must be 1 to 32 characters of a-z 0-9 _ -".to_owned(),
+                ));
+            }
+            if self.limits[..i].iter().any(|o| o.name == l.name) {
+                return Err(ValidationError::new(
+                    at("name"),
+                    format!("names {:?} a second time", l.name),
+                ));
+            }
+            l.validate(&at)?;
+        }
+        Ok(())
+    }
+
     fn validate_overrides(&self) -> Result<(), ValidationError> {
         if self.overrides.len() > MAX_OVERRIDES {
             return Err(ValidationError::new(
@@ -324,6 +556,11 @@ impl ConfigSpec {
                 format!("must hold at most {MAX_OVERRIDES} entries"),
             ));
         }
+        let limits = self.limit_specs();
+        let names = || {
+            let names: Vec<&str> = limits.iter().map(|l| l.name.as_str()).collect();
+            names.join(", ")
+        };
         let mut seen = std::collections::HashSet::new();
         for (i, o) in self.overrides.iter().enumerate() {
             let at = |field: &str| format!("overrides[{i}].{field}");
@@ -336,15 +573,30 @@ impl ConfigSpec {
                         .to_owned(),
                 ));
             }
-            if !seen.insert(o.client.as_str()) {
+            let Some(target) = limits.iter().find(|l| o.changes(&l.name, &limits)) else {
+                let message = match &o.limit {
+                    Some(limit) => format!(
+                        "names no limit of this config ({limit:?}; its limits: {})",
+                        names()
+                    ),
+                    None => format!(
+                        "is required: this config has several limits ({}); name the one \
+                         this override changes",
+                        names()
+                    ),
+                };
+                return Err(ValidationError::new(at("limit"), message));
+            };
+            if !seen.insert((o.client.as_str(), target.name.as_str())) {
                 return Err(ValidationError::new(
                     at("client"),
-                    format!("names {:?} a second time", o.client),
+                    format!(
+                        "names {:?} a second time for limit {:?}",
+                        o.client, target.name
+                    ),
                 ));
             }
-            o.apply_to(self)
-                .validate()
-                .map_err(|e| ValidationError::new(at(&e.field), e.message))?;
+            o.apply_to(target).validate(&at)?;
         }
         Ok(())
     }
@@ -366,6 +618,8 @@ impl ConfigSpec {
     pub fn from_create(mut object: Map<String, Value>) -> Result<Self, ValidationError> {
         let given = |k: &str| object.get(k).is_some_and(|v| !v.is_null());
         let rule = given("domain") || given("descriptor");
+        // With `limits`, the limits' own fields are required there.
+        let listed = given("limits");
         if rule {
             if object.contains_key("endpoint") {
                 return Err(ValidationError::new(
@@ -395,6 +649,7 @@ impl ConfigSpec {
         if let Some(missing) = REQUIRED
             .iter()
             .filter(|f| !(calendar && **f == "window_seconds"))
+            .filter(|f| !(listed && **f != "endpoint"))
             .find(|f| !object.contains_key(**f))
         {
             return Err(ValidationError::new(*missing, "is required".to_owned()));
@@ -417,6 +672,16 @@ impl ConfigSpec {
         for name in field_names() {
             merged.entry(name.clone()).or_insert(Value::Null);
         }
+        let listed = patch.get("limits").is_some_and(|v| !v.is_null());
+        if listed {
+            // The list replaces the one limit of the top-level fields, unless the patch
+            // also gives some (which validation then refuses, naming them).
+            for field in TOP_LEVEL_LIMIT_FIELDS {
+                if !patch.contains_key(field) {
+                    merged.insert(field.to_owned(), Value::Null);
+                }
+            }
+        }
         // A calendar set without a window takes its own (as when it is created).
         if let Some(calendar) = given_calendar(&patch)
             && !patch.contains_key("window_seconds")
@@ -433,6 +698,17 @@ impl ConfigSpec {
             let Some(slot) = merged.get_mut(&key) else {
                 return Err(ValidationError::new(key, "is not a known field".to_owned()));
             };
+            if key == "limits" && listed {
+                *slot = to_value(&parse_limits(&value)?);
+                continue;
+            }
+            if key == "algorithm" && value.is_null() && !listed {
+                let names: Vec<&str> = Algorithm::names().collect();
+                return Err(ValidationError::new(
+                    key,
+                    format!("must be one of {}", names.join(", ")),
+                ));
+            }
             // Tried alone against this (valid) spec first, so a wrong type is reported
             // under the field that has it.
             let was = std::mem::replace(slot, value);
@@ -445,6 +721,34 @@ impl ConfigSpec {
             .map_err(|e| ValidationError::new("body", e.to_string()))?;
         spec.validate()?;
         Ok(spec)
+    }
+}
+
+/// The fields of a config written with top-level fields that describe its one limit.
+const TOP_LEVEL_LIMIT_FIELDS: [&str; 6] = [
+    "requests_per_window",
+    "window_seconds",
+    "calendar",
+    "algorithm",
+    "burst_limit",
+    "refill_rate",
+];
+
+/// A `limits` list from JSON: 1 to 8 entries, each read by [`LimitSpec::parse`].
+fn parse_limits(value: &Value) -> Result<Vec<LimitSpec>, ValidationError> {
+    match value {
+        Value::Array(entries) if (1..=MAX_LIMITS).contains(&entries.len()) => entries
+            .iter()
+            .enumerate()
+            .map(|(i, v)| LimitSpec::parse(i, v))
+            .collect(),
+        _ => Err(ValidationError::new(
+            "limits",
+            format!(
+                "must be a list of 1 to {MAX_LIMITS} limits, each {{\"name\", \"algorithm\", \
+                 \"requests_per_window\", \"window_seconds\", ...}}"
+            ),
+        )),
     }
 }
 
@@ -639,6 +943,15 @@ pub struct ConfigView<'a> {
     #[serde(flatten)]
     #[schema(inline = false)]
     pub spec: &'a ConfigSpec,
+    /// A config of one limit shows it both ways, so that clients of either shape read
+    /// it: as `limits` when written with top-level fields...
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(ignore)]
+    pub limits: Option<[LimitSpec; 1]>,
+    /// ...and as top-level fields when written as `limits`.
+    #[serde(flatten)]
+    #[schema(ignore)]
+    pub one: Option<OneLimit>,
     /// RFC 3339.
     pub created_at: String,
     /// RFC 3339.
@@ -651,9 +964,17 @@ impl Config {
     }
 
     pub fn view(&self) -> ConfigView<'_> {
+        let mut limits = self.spec.limit_specs();
+        let (listed, one) = match (self.spec.limits.len(), limits.pop()) {
+            (0, Some(only)) => (Some([only]), None),
+            (1, Some(only)) => (None, Some(OneLimit::of(only))),
+            _ => (None, None),
+        };
         ConfigView {
             id: self.id,
             spec: &self.spec,
+            limits: listed,
+            one,
             created_at: rfc3339(self.created_at),
             updated_at: rfc3339(self.updated_at),
         }
@@ -672,6 +993,33 @@ impl Config {
 
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// The top-level fields of a config's one limit, as a view shows them.
+#[derive(Debug, Serialize)]
+pub struct OneLimit {
+    requests_per_window: u64,
+    window_seconds: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    calendar: Option<Calendar>,
+    algorithm: Algorithm,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    burst_limit: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    refill_rate: Option<f64>,
+}
+
+impl OneLimit {
+    fn of(l: LimitSpec) -> Self {
+        Self {
+            requests_per_window: l.requests_per_window,
+            window_seconds: l.window_seconds,
+            calendar: l.calendar,
+            algorithm: l.algorithm,
+            burst_limit: l.burst_limit,
+            refill_rate: l.refill_rate,
+        }
     }
 }
 
@@ -802,7 +1150,7 @@ mod tests {
             id: 1,
             spec: ConfigSpec {
                 endpoint: endpoint.to_owned(),
-                requests_per_window: limit,
+                requests_per_window: Some(limit),
                 ..ConfigSpec::default_policy()
             },
             created_at: 0,
@@ -894,7 +1242,7 @@ mod tests {
         let spec = create(valid.clone()).unwrap();
         assert_eq!(
             (spec.algorithm, spec.is_active, spec.burst_limit),
-            (Algorithm::SlidingWindow, true, None)
+            (Some(Algorithm::SlidingWindow), true, None)
         );
         for (k, v) in [
             ("requests_per_window", json!(0)),
@@ -962,8 +1310,8 @@ mod tests {
             "endpoint": "/m", "requests_per_window": 200000,
             "algorithm": "fixed_window", "calendar": "month"})))
         .unwrap();
-        assert_eq!(monthly.window_seconds, 30 * 86_400);
-        match monthly.limit() {
+        assert_eq!(monthly.window_seconds, Some(30 * 86_400));
+        match monthly.limit_specs()[0].limit() {
             Limit::FixedWindow(w) => assert_eq!(w.calendar, Some(Calendar::Month)),
             other => panic!("{other:?}"),
         }
@@ -977,10 +1325,13 @@ mod tests {
         let weekly = monthly.merged(object(json!({"calendar": "week"}))).unwrap();
         assert_eq!(
             (weekly.window_seconds, weekly.calendar),
-            (604_800, Some(Calendar::Week))
+            (Some(604_800), Some(Calendar::Week))
         );
         let plain = weekly.merged(object(json!({"calendar": null}))).unwrap();
-        assert_eq!((plain.window_seconds, plain.calendar), (604_800, None));
+        assert_eq!(
+            (plain.window_seconds, plain.calendar),
+            (Some(604_800), None)
+        );
         // Refused, naming the field.
         for (body, field) in [
             (
@@ -1013,10 +1364,10 @@ mod tests {
     #[test]
     fn a_partial_update_keeps_the_other_fields_and_null_resets() {
         let mut spec = ConfigSpec::default_policy();
-        spec.algorithm = Algorithm::TokenBucket;
-        spec.requests_per_window = 10;
-        spec.window_seconds = 5;
-        let bucket = |spec: &ConfigSpec| match spec.limit() {
+        spec.algorithm = Some(Algorithm::TokenBucket);
+        spec.requests_per_window = Some(10);
+        spec.window_seconds = Some(5);
+        let bucket = |spec: &ConfigSpec| match spec.limit_specs()[0].limit() {
             Limit::TokenBucket(b) => (b.burst, b.refill_interval),
             other => panic!("{other:?}"),
         };
@@ -1025,7 +1376,7 @@ mod tests {
             .merged(object(json!({"burst_limit": 3, "refill_rate": 4})))
             .unwrap();
         assert_eq!(bucket(&spec), (3, 250_000_000));
-        assert_eq!(spec.requests_per_window, 10);
+        assert_eq!(spec.requests_per_window, Some(10));
         let spec = spec.merged(object(json!({"burst_limit": null}))).unwrap();
         assert_eq!(bucket(&spec).0, 10);
         assert_eq!(spec.refill_rate, Some(4.0));
@@ -1042,7 +1393,7 @@ mod tests {
         let old = r#"{"id": 4, "endpoint": "/b", "requests_per_window": 3, "window_seconds": 9,
             "algorithm": "fixed_window", "created_at": 1, "updated_at": 2}"#;
         let parsed = Config::parse(old).unwrap();
-        assert_eq!(parsed.spec.algorithm, Algorithm::FixedWindow);
+        assert_eq!(parsed.spec.algorithm, Some(Algorithm::FixedWindow));
         assert!(parsed.spec.is_active);
         assert!(
             Config::parse(&old.replace("\"requests_per_window\": 3", "\"requests_per_window\": 0"))

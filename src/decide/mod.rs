@@ -15,11 +15,12 @@ use crate::actors::broadcaster::FeedInterest;
 use crate::actors::registry::{Check, Registries};
 use crate::actors::{Asked, Via};
 use crate::clock::{NANOS_PER_SEC, SharedClock, ceil_secs};
-use crate::limiter::{Decision, Mode};
+use crate::limiter::{Decision, Decisions, Mode};
 use crate::metrics::{ErrorReason, Metrics, Outcome};
 use crate::policy::{Policies, Policy};
 use crate::settings::OnError;
 use actix_web::http::header::HeaderName;
+use std::fmt::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -29,7 +30,7 @@ use tokio::time::Instant;
 pub enum Ruling {
     /// The config that applies is inactive: nothing is limited, nothing counted.
     Inactive,
-    Decided(Decision),
+    Decided(Decisions),
     /// The limiter could not decide in time: `--on-error` applies.
     Failed,
 }
@@ -173,19 +174,25 @@ const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 
 /// The structured rate-limit fields of one decision, `RateLimit` then
-/// `RateLimit-Policy`: what a route's response and Envoy's callers get.
-pub fn structured_fields(policy: &Policy, d: &Decision) -> [(HeaderName, String); 2] {
-    let name = sf_string(&policy.endpoint);
-    [
-        (
-            RATELIMIT,
-            format!("{name};r={};t={}", d.remaining, reset_secs(d)),
-        ),
-        (
-            RATELIMIT_POLICY,
-            format!("{name};q={};w={}", d.limit, policy.window_seconds),
-        ),
-    ]
+/// `RateLimit-Policy`: what a route's response and Envoy's callers get. A config of one
+/// limit is one policy named by its endpoint; a config of several lists each limit as a
+/// policy of its own name, in the config's order.
+pub fn structured_fields(policy: &Policy, d: &Decisions) -> [(HeaderName, String); 2] {
+    let mut limits = String::new();
+    let mut policies = String::new();
+    for (l, d) in policy.limits.iter().zip(d.each()) {
+        let name = match policy.several() {
+            true => sf_string(&l.name),
+            false => sf_string(&policy.endpoint),
+        };
+        if !limits.is_empty() {
+            limits.push_str(", ");
+            policies.push_str(", ");
+        }
+        let _ = write!(limits, "{name};r={};t={}", d.remaining, reset_secs(d));
+        let _ = write!(policies, "{name};q={};w={}", d.limit, l.window_seconds);
+    }
+    [(RATELIMIT, limits), (RATELIMIT_POLICY, policies)]
 }
 
 /// A structured-field string (RFC 8941): quoted, `"` and `\` escaped, and anything

@@ -17,7 +17,7 @@ use crate::actors::Via;
 use crate::config::MAX_REQUESTS_PER_WINDOW;
 use crate::config::descriptor::{self, MAX_ENTRIES};
 use crate::decide::{Decider, Ruling, reset_secs, retry_after_secs, structured_fields};
-use crate::limiter::{Decision, Limit, Mode};
+use crate::limiter::{DEFAULT_LIMIT, Decisions, Limit, Mode, Named};
 use crate::policy::{Policy, PolicyTable};
 use proto::{
     Code, DescriptorStatus, HeaderValue, RateLimit, RateLimitDescriptor, RateLimitRequest,
@@ -119,10 +119,15 @@ fn policy_for(
     let unit = override_unit(limit.unit)?;
     let window = unit.seconds;
     let requests = u64::from(limit.requests_per_unit);
+    // One limit, of the algorithm of the rule's first.
+    let limit = Named {
+        name: Arc::from(DEFAULT_LIMIT),
+        limit: Limit::new(m.policy.limits[0].limit.algorithm(), requests, window),
+        window_seconds: window,
+    };
     let policy = Policy {
         endpoint: Arc::from(format!("{} ({requests}/{})", m.policy.endpoint, unit.name)),
-        limit: Limit::new(m.policy.limit.algorithm(), requests, window),
-        window_seconds: window,
+        limits: Box::new([limit]),
         key: m.policy.key.clone(),
         tier: None,
         ..*m.policy.as_ref()
@@ -139,8 +144,9 @@ fn shown(domain: &str, d: &RateLimitDescriptor) -> String {
     descriptor::identity_of(domain, entries)
 }
 
-/// The status of a descriptor decided under `policy`.
-fn status(policy: &Policy, d: &Decision) -> DescriptorStatus {
+/// The status of a descriptor decided under `policy`: its binding limit's (see
+/// `limiter::Decisions`).
+fn status(policy: &Policy, d: &Decisions) -> DescriptorStatus {
     let code = if policy.refuses(d) {
         Code::OverLimit
     } else {
@@ -151,7 +157,7 @@ fn status(policy: &Policy, d: &Decision) -> DescriptorStatus {
         current_limit: Some(RateLimit {
             name: policy.endpoint.to_string(),
             requests_per_unit: u32::try_from(d.limit).unwrap_or(u32::MAX),
-            unit: unit_of(policy.window_seconds),
+            unit: unit_of(policy.limits[d.binding()].window_seconds),
         }),
         limit_remaining: u32::try_from(d.remaining).unwrap_or(u32::MAX),
         // When the quota is back: the `t` of the `RateLimit` header.
@@ -181,7 +187,7 @@ pub async fn should_rate_limit(
     validate(req)?;
     let default_hits = u64::from(req.hits_addend.max(1));
     let mut statuses = Vec::with_capacity(req.descriptors.len());
-    let mut headline: Option<(Arc<Policy>, Decision)> = None;
+    let mut headline: Option<(Arc<Policy>, Decisions)> = None;
     // One table for the whole call, as a route's request resolves against one.
     let table = decider.policies.current();
     for d in &req.descriptors {

@@ -16,6 +16,7 @@ use super::AppState;
 use super::client_id::validate_client_id;
 use super::middleware::{add_headers, has_dot_segments, refusal, wants_problem};
 use crate::actors::Via;
+use crate::actors::client_limiter::LimitStatus;
 use crate::clock::{NANOS_PER_SEC, Nanos, rfc3339};
 use crate::config::key::KeySource;
 use crate::config::{Key, ValidationError};
@@ -24,7 +25,7 @@ use crate::envoy::proto::{Code, RateLimitRequest};
 use crate::envoy::{Failure, should_rate_limit};
 use crate::error::ApiError;
 use crate::error::ErrorBody;
-use crate::limiter::{Algorithm, Decision, Mode};
+use crate::limiter::{Algorithm, Decisions, Mode};
 use crate::policy::Policy;
 use crate::settings::{ForwardAuthHeaders, OnError};
 use actix_web::http::StatusCode;
@@ -116,6 +117,11 @@ struct Answer {
     /// `--on-error` says.
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<&'static str>,
+    /// Under a config of several limits, each one's decision in the config's order (the
+    /// fields above are the binding limit's: on a refusal, the one with the longest
+    /// wait; otherwise the one with the fewest units left relative to its quota).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    limits: Vec<LimitStatus>,
 }
 
 /// The answer of `POST /v1/check`: one check's, or a batch's.
@@ -284,8 +290,11 @@ fn parse(state: &AppState, check: Value, prefix: &str) -> Result<Ask, ApiError> 
             .as_u64()
             .ok_or_else(|| invalid(field("cost"), "must be a whole number of units, 0 or more"))?,
     };
-    let quota = policy.limit.quota();
-    if cost > quota {
+    // A cost above any limit's quota could never be admitted.
+    let quota = policy.limits.iter().map(|l| l.limit.quota()).min();
+    if let Some(quota) = quota
+        && cost > quota
+    {
         return Err(invalid(
             field("cost"),
             format!("must be at most the limit of {} ({quota})", policy.endpoint),
@@ -348,15 +357,15 @@ impl KeySource for OriginalRequest<'_> {
 }
 
 /// Decides one check; the decision too when one was made (for the headers).
-async fn answer(state: &AppState, ask: &Ask, now: Nanos) -> (Answer, Option<Decision>) {
+async fn answer(state: &AppState, ask: &Ask, now: Nanos) -> (Answer, Option<Decisions>) {
     let p = &ask.policy;
     let secs = |n: Nanos| n as f64 / NANOS_PER_SEC as f64;
-    let quota = p.limit.quota();
+    let quota = p.limits[0].limit.quota();
     let base = Answer {
         allowed: true,
         would_limit: false,
         endpoint: p.endpoint.to_string(),
-        algorithm: p.limit.algorithm(),
+        algorithm: p.limits[0].limit.algorithm(),
         active: p.active,
         limit: quota,
         remaining: quota,
@@ -364,6 +373,7 @@ async fn answer(state: &AppState, ask: &Ask, now: Nanos) -> (Answer, Option<Deci
         reset_after: 0.0,
         reset_time: rfc3339(now),
         error: None,
+        limits: Vec::new(),
     };
     let ruling = state
         .decider
@@ -391,6 +401,8 @@ async fn answer(state: &AppState, ask: &Ask, now: Nanos) -> (Answer, Option<Deci
             Answer {
                 allowed: !p.refuses(&d),
                 would_limit: !d.allowed,
+                algorithm: p.limits[d.binding()].limit.algorithm(),
+                limits: LimitStatus::list(p, &d, now),
                 limit: d.limit,
                 remaining: d.remaining,
                 retry_after: secs(d.retry_after),

@@ -10,7 +10,7 @@ use crate::actors::Via;
 use crate::clock::Nanos;
 use crate::decide::{Ruling, retry_after_secs, structured_fields};
 use crate::error::{ApiError, Refusal};
-use crate::limiter::{Decision, Mode};
+use crate::limiter::{Decisions, Mode};
 use crate::policy::Policy;
 use crate::settings::OnError;
 use actix_web::body::{BoxBody, MessageBody};
@@ -160,7 +160,7 @@ struct Problem<'a> {
     status: u16,
     detail: &'a str,
     #[serde(rename = "violated-policies")]
-    violated_policies: [&'a str; 1],
+    violated_policies: Vec<&'a str>,
     #[serde(flatten)]
     plain: &'a Refusal,
 }
@@ -172,18 +172,30 @@ struct Problem<'a> {
 pub fn refusal(
     client: &str,
     policy: &Policy,
-    decision: &Decision,
+    decision: &Decisions,
     now: Nanos,
     problem: bool,
     status: StatusCode,
 ) -> HttpResponse {
     let retry_after = retry_after_secs(decision);
+    let binding = decision.binding();
+    let violated: Vec<&str> = match policy.several() {
+        true => (policy.limits.iter().zip(decision.each()))
+            .filter(|(_, d)| !d.allowed)
+            .map(|(l, _)| &*l.name)
+            .collect(),
+        false => Vec::new(),
+    };
+    let which = match policy.several() {
+        true => format!("limit {:?}: ", policy.limits[binding].name),
+        false => String::new(),
+    };
     let refusal = Refusal {
         error: "rate_limit_exceeded",
         message: format!(
-            "Rate limit exceeded: {} requests per {} for {}. Retry in {retry_after} s.",
+            "Rate limit exceeded: {which}{} requests per {} for {}. Retry in {retry_after} s.",
             decision.limit,
-            policy.window_words(),
+            policy.window_words(binding),
             policy.endpoint
         ),
         client_id: client.to_owned(),
@@ -192,6 +204,7 @@ pub fn refusal(
         remaining: 0,
         retry_after,
         reset_time: decision.reset_time(now),
+        violated: violated.iter().map(|v| (*v).to_owned()).collect(),
     };
     let mut res = match problem {
         false => HttpResponse::build(status).json(refusal),
@@ -201,7 +214,10 @@ pub fn refusal(
                 title: "Request cannot be satisfied as assigned quota has been exceeded",
                 status: status.as_u16(),
                 detail: &refusal.message,
-                violated_policies: [&policy.endpoint],
+                violated_policies: match policy.several() {
+                    true => violated,
+                    false => vec![&policy.endpoint],
+                },
                 plain: &refusal,
             };
             HttpResponse::build(status)
@@ -244,7 +260,8 @@ pub async fn log_request(
 
 /// The rate-limit headers of one decision, with `Retry-After` when it was refused.
 /// Every surface (a protected route, `/v1/check`, `/v1/forward-auth`) sends these.
-pub fn add_headers(headers: &mut HeaderMap, policy: &Policy, d: &Decision, now: Nanos) {
+/// The `X-RateLimit-*` headers describe the binding limit (see `limiter::Decisions`).
+pub fn add_headers(headers: &mut HeaderMap, policy: &Policy, d: &Decisions, now: Nanos) {
     let reset_at = d.reset_at_secs(now);
     headers.insert(X_LIMIT, HeaderValue::from(d.limit));
     headers.insert(X_REMAINING, HeaderValue::from(d.remaining));

@@ -9,6 +9,7 @@
 use super::{admin, dashboard, decision, demo, middleware, ops, realtime};
 use crate::config::{ConfigSpec, MAX_ENDPOINT_BYTES, MAX_REQUESTS_PER_WINDOW, MAX_WINDOW_SECONDS};
 use crate::error::{ErrorBody, Refusal};
+use crate::limiter::MAX_LIMITS;
 use actix_web::HttpResponse;
 use std::borrow::Cow;
 use utoipa::openapi::path::{Operation, Parameter, ParameterBuilder, ParameterIn};
@@ -94,10 +95,11 @@ pub struct Endpoint {
     endpoint: String,
 }
 
-/// The body of `POST /admin/configs`: a config's fields, the required ones required,
-/// nothing else. `endpoint` is required of a path config only: a descriptor rule names
-/// `domain` and `descriptor` instead (a schema cannot say "one or the other" to a
-/// fuzzer without also calling valid configs invalid, so neither is marked required).
+/// The body of `POST /admin/configs`: a config's fields, nothing else. None is marked
+/// required, for a schema cannot say "one or the other" to a fuzzer without also calling
+/// valid configs invalid: `endpoint` is required of a path config, where a descriptor
+/// rule names `domain` and `descriptor`; and `requests_per_window` and `window_seconds`
+/// of a config of one limit, where a config of several names `limits`.
 pub struct ConfigCreate;
 
 impl PartialSchema for ConfigCreate {
@@ -209,6 +211,10 @@ impl Modify for Rules {
                 continue;
             };
             bound_config_numbers(object);
+            if let Some(RefOr::T(Schema::Array(limits))) = object.properties.get_mut("limits") {
+                limits.min_items = Some(1);
+                limits.max_items = Some(MAX_LIMITS);
+            }
             if let Some(RefOr::T(Schema::Array(overrides))) = object.properties.get_mut("overrides")
                 && let utoipa::openapi::schema::ArrayItems::RefOrSchema(item) = &mut overrides.items
                 && let RefOr::T(Schema::Object(o)) = item.as_mut()

@@ -6,7 +6,7 @@
 //! its Redis script and keys (the [`Algo`] trait says what a module provides). Adding an
 //! algorithm means a new module implementing [`Algo`], a variant in [`Algorithm`],
 //! [`Limit`] and [`State`], and one arm in each of their `match`es:
-//! `Algorithm::as_str`, `Algorithm::redis_kinds`, `Limit::new`, `Limit::algorithm`,
+//! `Algorithm::as_str`, `Algorithm::redis_kinds`, `Algorithm::redis_script`, `Limit::new`, `Limit::algorithm`,
 //! `Limit::quota`, `Limit::fresh_after`, `Limit::redis_args`, `State::new`,
 //! `State::algorithm`, `State::evaluate`, `State::encode` and `State::decode` (and the
 //! script's in `store::redis::Scripts`).
@@ -15,10 +15,12 @@
 //! or does I/O, so it is unit- and property-tested directly.
 
 mod fixed_window;
+mod several;
 mod sliding_window;
 mod token_bucket;
 
 pub use fixed_window::{Calendar, FixedWindow, FixedWindowLimit};
+pub use several::{DEFAULT_LIMIT, Decisions, MAX_LIMITS, Named, States};
 pub use sliding_window::{SlidingWindow, SlidingWindowLimit, granule_ms};
 pub use token_bucket::{TokenBucket, TokenBucketLimit};
 
@@ -57,6 +59,15 @@ impl Algorithm {
 
     pub fn parse(s: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|a| a.as_str() == s)
+    }
+
+    /// Its Redis script (see [`Algo::REDIS_SCRIPT`]).
+    pub fn redis_script(self) -> &'static str {
+        match self {
+            Algorithm::SlidingWindow => SlidingWindowLimit::REDIS_SCRIPT,
+            Algorithm::FixedWindow => FixedWindowLimit::REDIS_SCRIPT,
+            Algorithm::TokenBucket => TokenBucketLimit::REDIS_SCRIPT,
+        }
     }
 
     /// The suffixes of the Redis keys this algorithm keeps a quota's state under.
@@ -292,6 +303,14 @@ impl State {
 
 /// A little-endian cursor for [`State::decode`].
 pub struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn bytes(&mut self, n: usize) -> Option<&'a [u8]> {
+        let (head, tail) = self.0.split_at_checked(n)?;
+        self.0 = tail;
+        Some(head)
+    }
+}
 
 impl Reader<'_> {
     fn take<const N: usize>(&mut self) -> Option<[u8; N]> {

@@ -8,7 +8,7 @@
 //! and client status are built one way for every backend.
 
 use crate::clock::Nanos;
-use crate::limiter::{Decision, Limit, Mode, State};
+use crate::limiter::{Decisions, Mode, Named, States};
 use futures_util::future::BoxFuture;
 
 /// The quota a check is about: one client's, under one config.
@@ -17,7 +17,8 @@ pub struct Quota<'a> {
     pub client: &'a str,
     /// The config's identity (its endpoint), which names the quota.
     pub endpoint: &'a str,
-    pub limit: &'a Limit,
+    /// The config's limits, all of which must admit a check.
+    pub limits: &'a [Named],
 }
 
 /// The backend could not decide (unreachable, timed out, or its breaker is open).
@@ -32,13 +33,13 @@ impl std::fmt::Display for Unavailable {
 
 /// A backend's answer: now, or once the store has answered.
 pub enum Verdict {
-    Now(Decision),
-    Later(BoxFuture<'static, Result<Decision, Unavailable>>),
+    Now(Decisions),
+    Later(BoxFuture<'static, Result<Decisions, Unavailable>>),
 }
 
 impl Verdict {
     /// The decision, however it comes.
-    pub async fn resolve(self) -> Result<Decision, Unavailable> {
+    pub async fn resolve(self) -> Result<Decisions, Unavailable> {
         match self {
             Verdict::Now(d) => Ok(d),
             Verdict::Later(f) => f.await,
@@ -50,12 +51,12 @@ impl Verdict {
 /// `app.rs` that picks it.
 pub trait QuotaBackend: Send + Sync + 'static {
     /// Decides `cost` units of `quota` at `now`, consuming them when `mode` says so and
-    /// they all fit (never a part): the decision of [`State::evaluate`]. `local` is the
-    /// limiter's own state for this quota; a backend that keeps quotas elsewhere leaves
-    /// it alone.
+    /// they all fit under every limit (never a part): the decision of
+    /// [`States::evaluate`]. `local` is the limiter's own state for this quota; a backend
+    /// that keeps quotas elsewhere leaves it alone.
     fn check(
         &self,
-        local: &mut State,
+        local: &mut States,
         quota: Quota<'_>,
         cost: u64,
         mode: Mode,
@@ -64,7 +65,7 @@ pub trait QuotaBackend: Send + Sync + 'static {
 
     /// When the quota of `local` will be as good as fresh, so its snapshot may be
     /// forgotten (it still names the client's endpoints until then).
-    fn fresh_at(&self, local: &mut State, limit: &Limit, now: Nanos) -> Nanos;
+    fn fresh_at(&self, local: &mut States, limits: &[Named], now: Nanos) -> Nanos;
 
     /// Starts the backend's connections; called once on each registry shard's thread.
     fn start(&self) {}
@@ -83,16 +84,16 @@ pub struct Memory;
 impl QuotaBackend for Memory {
     fn check(
         &self,
-        local: &mut State,
+        local: &mut States,
         quota: Quota<'_>,
         cost: u64,
         mode: Mode,
         now: Nanos,
     ) -> Verdict {
-        Verdict::Now(local.evaluate(quota.limit, now, cost, mode))
+        Verdict::Now(local.evaluate(quota.limits, now, cost, mode))
     }
 
-    fn fresh_at(&self, local: &mut State, limit: &Limit, now: Nanos) -> Nanos {
-        now.saturating_add(local.peek(limit, 0, now).reset_after)
+    fn fresh_at(&self, local: &mut States, limits: &[Named], now: Nanos) -> Nanos {
+        local.fresh_at(limits, now)
     }
 }

@@ -20,8 +20,8 @@ use super::quota::{Quota, QuotaBackend, Unavailable, Verdict};
 use crate::clock::{NANOS_PER_SEC, Nanos, SharedClock};
 use crate::config::Config;
 use crate::limiter::{
-    Algo, Algorithm, Decision, FixedWindowLimit, Limit, Mode, SlidingWindowLimit, State,
-    TokenBucketLimit,
+    Algo, Algorithm, Decision, Decisions, FixedWindowLimit, Limit, Mode, Named, SlidingWindowLimit,
+    States, TokenBucketLimit,
 };
 use crate::metrics::{Metrics, RedisFailure};
 use redis::aio::{ConnectionLike, MultiplexedConnection};
@@ -48,6 +48,9 @@ const BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// The prelude of every decision script: the time, and helpers.
 const PRELUDE: &str = include_str!("redis/prelude.lua");
 
+/// The driver of the script of several limits (see [`several_script`]).
+const SEVERAL: &str = include_str!("redis/several.lua");
+
 /// The shared-config scripts (see `crate::cluster`); each file says what it takes.
 const CONFIG_CAS: &str = include_str!("redis/config_cas.lua");
 const CONFIG_SEED: &str = include_str!("redis/config_seed.lua");
@@ -73,19 +76,20 @@ impl std::fmt::Display for RedisUnavailable {
 impl QuotaBackend for Redis {
     fn check(
         &self,
-        _local: &mut State,
+        _local: &mut States,
         quota: Quota<'_>,
         cost: u64,
         mode: Mode,
         _now: Nanos,
     ) -> Verdict {
-        let ask = Redis::check(self, quota.client, quota.endpoint, quota.limit, cost, mode);
+        let ask = Redis::check(self, quota.client, quota.endpoint, quota.limits, cost, mode);
         Verdict::Later(Box::pin(async move { ask.await.map_err(|_| Unavailable) }))
     }
 
     /// The exact reset is in Redis: the longest a quota can take to be fresh again.
-    fn fresh_at(&self, _local: &mut State, limit: &Limit, now: Nanos) -> Nanos {
-        now.saturating_add(limit.fresh_after())
+    fn fresh_at(&self, _local: &mut States, limits: &[Named], now: Nanos) -> Nanos {
+        let longest = limits.iter().map(|l| l.limit.fresh_after()).max();
+        now.saturating_add(longest.unwrap_or(0))
     }
 
     fn start(&self) {
@@ -144,6 +148,8 @@ struct Scripts {
     fixed: Script,
     sliding: Script,
     bucket: Script,
+    /// The limits of a config of several, decided all or nothing in one call.
+    several: Script,
     cas: Script,
     seed: Script,
     all: Script,
@@ -157,11 +163,28 @@ impl Scripts {
             fixed: decision(FixedWindowLimit::REDIS_SCRIPT),
             sliding: decision(SlidingWindowLimit::REDIS_SCRIPT),
             bucket: decision(TokenBucketLimit::REDIS_SCRIPT),
+            several: Script::new(&several_script()),
             cas: Script::new(CONFIG_CAS),
             seed: Script::new(CONFIG_SEED),
             all: Script::new(CONFIG_ALL),
         }
     }
+}
+
+/// The script of several limits: each algorithm's script as a function of its own keys
+/// and arguments (in the order of [`Algorithm::ALL`]), then `redis/several.lua`, which
+/// peeks every limit and consumes from all only if all admit.
+fn several_script() -> String {
+    let mut script = String::from("local algorithms = {\n");
+    for algorithm in Algorithm::ALL {
+        script.push_str("function(KEYS, ARGV)\n");
+        script.push_str(PRELUDE);
+        script.push_str(algorithm.redis_script());
+        script.push_str("\nend,\n");
+    }
+    script.push_str("}\n");
+    script.push_str(SEVERAL);
+    script
 }
 
 /// What every handle shares: where to connect, the scripts, the settings.
@@ -285,21 +308,29 @@ impl Redis {
         !self.inner.open.load(Ordering::Relaxed)
     }
 
-    /// Checks a request of `cost` units of `client` under `limit` for the config
-    /// `endpoint`, consuming them when `mode` says so and they all fit: the same
-    /// decision as `limiter::State::evaluate`.
+    /// Checks a request of `cost` units of `client` under the `limits` of the config
+    /// `endpoint`, consuming them when `mode` says so and they all fit under every limit:
+    /// the same decision as `limiter::States::evaluate`.
     pub fn check(
         &self,
         client: &str,
         endpoint: &str,
-        limit: &Limit,
+        limits: &[Named],
         cost: u64,
         mode: Mode,
-    ) -> impl Future<Output = Result<Decision, RedisUnavailable>> + use<> {
+    ) -> impl Future<Output = Result<Decisions, RedisUnavailable>> + use<> {
         let conn = self.conn();
         let this = self.clone();
-        let keys = keys(client, endpoint, limit.algorithm());
-        let limit = *limit;
+        let several = limits.len() > 1;
+        // A config of one limit keeps the keys it has always had.
+        let keys: Vec<Vec<String>> = limits
+            .iter()
+            .map(|l| {
+                let name = several.then_some(&*l.name);
+                keys(client, endpoint, name, l.limit.algorithm())
+            })
+            .collect();
+        let limits: Vec<Limit> = limits.iter().map(|l| l.limit).collect();
         let now = self.inner.config.clock.as_ref().map(|c| c.now());
         async move {
             let mut conn = conn?;
@@ -307,20 +338,21 @@ impl Redis {
                 // Every key of the quota, whatever the algorithm: one hash slot (the
                 // client's tag), so one command even in a Redis Cluster.
                 let mut del = redis::cmd("DEL");
-                for k in &keys {
+                for k in keys.iter().flatten() {
                     del.arg(k);
                 }
                 let deleted: Result<u64, RedisError> = del.query_async(&mut conn).await;
                 this.observe(deleted)?;
             }
             let s = &this.inner.config.scripts;
-            let script = match limit.algorithm() {
-                Algorithm::FixedWindow => &s.fixed,
-                Algorithm::SlidingWindow => &s.sliding,
-                Algorithm::TokenBucket => &s.bucket,
+            let script = match (several, limits[0].algorithm()) {
+                (true, _) => &s.several,
+                (false, Algorithm::FixedWindow) => &s.fixed,
+                (false, Algorithm::SlidingWindow) => &s.sliding,
+                (false, Algorithm::TokenBucket) => &s.bucket,
             };
             let mut call = script.prepare_invoke();
-            for k in &keys {
+            for k in keys.iter().flatten() {
                 call.key(k);
             }
             match now {
@@ -329,22 +361,44 @@ impl Redis {
             };
             call.arg(if mode == Mode::Consume { "1" } else { "0" })
                 .arg(cost);
-            for arg in limit.redis_args() {
-                call.arg(arg);
+            if several {
+                // How to cut KEYS and ARGV into each limit's (see `redis/several.lua`).
+                call.arg(limits.len());
+                for (limit, keys) in limits.iter().zip(&keys) {
+                    let algorithm = limit.algorithm();
+                    let index = Algorithm::ALL.iter().position(|a| *a == algorithm);
+                    let args = limit.redis_args();
+                    call.arg(index.unwrap_or(0) + 1)
+                        .arg(keys.len())
+                        .arg(args.len());
+                    call.arg(args);
+                }
+            } else {
+                call.arg(limits[0].redis_args());
             }
             let started = Instant::now();
-            let reply: Result<(u64, u64, u64, u64, u64, u64), RedisError> =
-                call.invoke_async(&mut conn).await;
+            let reply: Result<Vec<u64>, RedisError> = call.invoke_async(&mut conn).await;
             Metrics::observe(&this.inner.config.metrics.redis_seconds, started.elapsed());
-            let (allowed, remaining, rt_s, rt_ns, rs_s, rs_ns) = this.observe(reply)?;
+            let reply = this.observe(reply)?;
             let nanos = |s: u64, ns: u64| s.saturating_mul(NANOS_PER_SEC).saturating_add(ns);
-            Ok(Decision {
-                allowed: allowed == 1,
-                limit: limit.quota(),
-                remaining,
-                retry_after: nanos(rt_s, rt_ns),
-                reset_after: nanos(rs_s, rs_ns),
-            })
+            if reply.len() != 6 * limits.len() {
+                return Err(RedisUnavailable::Failed(format!(
+                    "a decision script answered {} numbers for {} limits",
+                    reply.len(),
+                    limits.len()
+                )));
+            }
+            let each = reply
+                .chunks_exact(6)
+                .zip(&limits)
+                .map(|(r, limit)| Decision {
+                    allowed: r[0] == 1,
+                    limit: limit.quota(),
+                    remaining: r[1],
+                    retry_after: nanos(r[2], r[3]),
+                    reset_after: nanos(r[4], r[5]),
+                });
+            Ok(Decisions::of(each.collect()))
         }
     }
 
@@ -567,14 +621,25 @@ pub struct SharedTable {
     pub configs: Vec<(String, String, Result<Config, String>)>,
 }
 
-/// The keys of one (client, endpoint): the algorithm's own first, then the others' (a
-/// changed algorithm starts fresh state, as in memory).
-pub fn keys(client: &str, endpoint: &str, algorithm: Algorithm) -> Vec<String> {
+/// The keys of one (client, endpoint) for one limit: the algorithm's own first, then the
+/// others' (a changed algorithm starts fresh state, as in memory). A limit of a config
+/// of several is named after the endpoint (`rw:{alice}:/api/*#daily:fw`); the one limit
+/// of a config of one is not.
+pub fn keys(
+    client: &str,
+    endpoint: &str,
+    limit: Option<&str>,
+    algorithm: Algorithm,
+) -> Vec<String> {
     let others = Algorithm::ALL.into_iter().filter(|a| *a != algorithm);
+    let named = match limit {
+        Some(name) => format!("{endpoint}#{name}"),
+        None => endpoint.to_owned(),
+    };
     std::iter::once(algorithm)
         .chain(others)
         .flat_map(Algorithm::redis_kinds)
-        .map(|kind| format!("rw:{{{client}}}:{endpoint}:{kind}"))
+        .map(|kind| format!("rw:{{{client}}}:{named}:{kind}"))
         .collect()
 }
 
@@ -584,13 +649,18 @@ mod tests {
 
     #[test]
     fn keys_share_the_clients_hash_tag_and_name_the_algorithm_first() {
-        let k = keys("alice", "/api/{x}", Algorithm::SlidingWindow);
+        let k = keys("alice", "/api/{x}", None, Algorithm::SlidingWindow);
         assert_eq!(k[0], "rw:{alice}:/api/{x}:sw");
         assert_eq!(k[1], "rw:{alice}:/api/{x}:swn");
         assert_eq!(k.len(), 4);
         // Redis Cluster hashes the first {...}: the client, whatever the endpoint holds.
         assert!(k.iter().all(|k| k.starts_with("rw:{alice}:")));
-        assert_eq!(keys("a", "/", Algorithm::TokenBucket)[0], "rw:{a}:/:tb");
+        assert_eq!(
+            keys("a", "/", None, Algorithm::TokenBucket)[0],
+            "rw:{a}:/:tb"
+        );
+        let named = keys("a", "/x", Some("daily"), Algorithm::FixedWindow);
+        assert_eq!(named[0], "rw:{a}:/x#daily:fw");
     }
 
     #[test]

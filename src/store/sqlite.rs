@@ -390,7 +390,7 @@ pub fn persist<'a>(
                 snapshot.execute(params![
                     id,
                     &*e.endpoint,
-                    e.algorithm.as_str(),
+                    e.algorithm.map_or(SEVERAL, Algorithm::as_str),
                     e.state,
                     e.expires_at.min(i64::MAX as u64) as i64,
                     s.version
@@ -408,6 +408,9 @@ pub fn persist<'a>(
     tx.commit()?;
     Ok(())
 }
+
+/// The `algorithm` of a snapshot row holding the states of a config of several limits.
+const SEVERAL: &str = "several";
 
 pub fn load_client(conn: &Connection, client: &str, now: Nanos) -> Result<Option<StoredClient>> {
     let Some((version, totals)) = conn
@@ -434,8 +437,10 @@ pub fn load_client(conn: &Connection, client: &str, now: Nanos) -> Result<Option
     )?;
     let rows = stmt.query_map(params![client, now as i64], |r| {
         let algorithm: String = r.get(1)?;
-        let Some(algorithm) = Algorithm::parse(&algorithm) else {
-            return Ok(None);
+        let algorithm = match Algorithm::parse(&algorithm) {
+            Some(algorithm) => Some(algorithm),
+            None if algorithm == SEVERAL => None,
+            None => return Ok(None),
         };
         Ok(Some(EndpointSnapshot {
             endpoint: Arc::from(r.get::<_, String>(0)?),
@@ -566,7 +571,7 @@ mod tests {
             },
             endpoints: vec![EndpointSnapshot {
                 endpoint: "*".into(),
-                algorithm: Algorithm::FixedWindow,
+                algorithm: Some(Algorithm::FixedWindow),
                 state: vec![version as u8],
                 expires_at: at + MIN,
             }],
@@ -671,7 +676,7 @@ mod tests {
             ),
             Err(StoreError::Conflict)
         ));
-        spec.requests_per_window = 7;
+        spec.requests_per_window = Some(7);
         write_configs(&conn, vec![change(Some(&a), Some(spec), 5)], Source::Api, 5).unwrap();
         let updated = get_config(&conn, "/a").unwrap().unwrap();
         assert_eq!(
@@ -681,7 +686,7 @@ mod tests {
                 updated.created_at,
                 updated.updated_at
             ),
-            (a.id, 7, 3, 5)
+            (a.id, Some(7), 3, 5)
         );
         write_configs(&conn, vec![change(Some(&updated), None, 6)], Source::Api, 6).unwrap();
         assert!(get_config(&conn, "/a").unwrap().is_none());
@@ -725,7 +730,7 @@ mod tests {
             "rollback",
             "this instance's own change"
         );
-        shared[1].spec.requests_per_window = 9;
+        shared[1].spec.requests_per_window = Some(9);
         shared[1].updated_at = 5;
         replace_configs(&conn, &shared, 6, Some(("/elsewhere", Source::Api))).unwrap();
         assert_eq!(history(&conn)[2].2, "cluster", "another instance's");
@@ -768,9 +773,9 @@ mod tests {
         configs.sort_by_key(|c| c.id);
         let spec = |endpoint: &str, limit, window, algorithm, burst, rate, active| ConfigSpec {
             endpoint: endpoint.to_owned(),
-            requests_per_window: limit,
-            window_seconds: window,
-            algorithm,
+            requests_per_window: Some(limit),
+            window_seconds: Some(window),
+            algorithm: Some(algorithm),
             burst_limit: burst,
             refill_rate: rate,
             is_active: active,
