@@ -35,6 +35,14 @@ pub struct DecisionLabels {
     pub outcome: Outcome,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabels {
+    /// The config's endpoint.
+    pub endpoint: Arc<str>,
+    /// The limit's name (at most 8 per config).
+    pub limit: Arc<str>,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
 #[allow(non_camel_case_types)]
 pub enum ErrorReason {
@@ -162,6 +170,7 @@ fn seconds_histogram() -> Histogram {
 pub struct Metrics {
     registry: Registry,
     pub decisions: Family<DecisionLabels, Counter>,
+    pub limit_refusals: Family<LimitLabels, Counter>,
     pub decision_seconds: Histogram,
     pub decision_errors: Family<ReasonLabels, Counter>,
     pub live_limiters: Gauge,
@@ -190,6 +199,7 @@ impl Default for Metrics {
         let mut m = Self {
             registry: Registry::with_prefix("ratewarden"),
             decisions: Family::default(),
+            limit_refusals: Family::default(),
             decision_seconds: seconds_histogram(),
             decision_errors: Family::default(),
             live_limiters: Gauge::default(),
@@ -217,6 +227,12 @@ impl Default for Metrics {
             "decisions",
             "Rate-limit decisions by config endpoint and outcome",
             m.decisions.clone(),
+        );
+        r.register(
+            "limit_refusals",
+            "Refusals by config endpoint and the limit that refused (a request refused by \
+             several limits counts under each; shadow mode included)",
+            m.limit_refusals.clone(),
         );
         r.register(
             "decision_duration_seconds",
@@ -341,6 +357,16 @@ impl Metrics {
             .get_or_create(&DecisionLabels {
                 endpoint: endpoint.clone(),
                 outcome,
+            })
+            .inc();
+    }
+
+    /// A refusal by the limit `limit` of the config `endpoint`.
+    pub fn limit_refusal(&self, endpoint: &Arc<str>, limit: &Arc<str>) {
+        self.limit_refusals
+            .get_or_create(&LimitLabels {
+                endpoint: endpoint.clone(),
+                limit: limit.clone(),
             })
             .inc();
     }

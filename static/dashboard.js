@@ -173,7 +173,7 @@ function describe(m) {
       // Shadow mode: over the limit, let through; said apart from a real 429.
       if (m.would_limit) return ["would 429", "tag-shadow", `${m.client_id} ${where(m)} · shadow, over the limit, let through${asked(m)}`];
       return ["200", "tag-ok", `${m.client_id} ${where(m)} · ${m.remaining}/${m.limit} left${asked(m)}`];
-    case "rate_limit_exceeded": return ["429", "tag-block", `${m.client_id} ${where(m)} · retry in ${m.retry_after}s${asked(m)}`];
+    case "rate_limit_exceeded": return ["429", "tag-block", `${m.client_id} ${where(m)}${m.limit_name ? ` · limit ${m.limit_name}` : ""} · retry in ${m.retry_after}s${asked(m)}`];
     case "config_updated": return ["cfg", "tag-cfg", `${m.action} ${m.config.endpoint}`];
     case "client_reset": return ["reset", "tag-cfg", `${m.client_id} quota reset (${m.endpoints.join(", ")})`];
     case "events_dropped": return ["drop", "tag-block", `${m.count} events skipped (feed too slow)`];
@@ -299,6 +299,12 @@ let editing = null;
 // slow answer can never overwrite a newer table.
 let configLoads = 0;
 
+// A limit's window in words, and a token bucket's capacity and rate ("–" otherwise).
+const windowOf = (l) => l.calendar ? `${l.calendar} (UTC)` : l.window_seconds + " s";
+const bucketOf = (l) => l.algorithm === "token_bucket"
+  ? `${l.burst_limit ?? l.requests_per_window} / ${l.refill_rate ?? +(l.requests_per_window / l.window_seconds).toFixed(3)}`
+  : "–";
+
 async function loadConfigs() {
   const load = ++configLoads;
   const res = await api("/admin/configs");
@@ -308,15 +314,17 @@ async function loadConfigs() {
   const rows = [];
   for (const c of configs) {
     const tr = el("tr");
-    const extra = c.algorithm === "token_bucket"
-      ? `${c.burst_limit ?? c.requests_per_window} / ${c.refill_rate ?? +(c.requests_per_window / c.window_seconds).toFixed(3)}`
-      : "–";
     const mode = el("td", "mode");
     mode.append(el("span", "badge " + c.mode, c.mode));
-    const overrides = el("td", "overrides", c.overrides.length ? c.overrides.map((o) => `${o.client}: ${o.requests_per_window}`).join(", ") : "–");
-    tr.append(el("td", "endpoint", c.endpoint), el("td", "", c.algorithm), el("td", "", fmt(c.requests_per_window)),
-              el("td", "", c.calendar ? `${c.calendar} (UTC)` : c.window_seconds + " s"), el("td", "", extra), el("td", "", c.is_active ? "yes" : "no"),
-              mode, overrides);
+    const overrides = el("td", "overrides", c.overrides.length
+      ? c.overrides.map((o) => `${o.client}${o.limit ? " (" + o.limit + ")" : ""}: ${o.requests_per_window}`).join(", ")
+      : "–");
+    // One limit: its numbers in the columns; several: one line each, by name.
+    const several = c.requests_per_window === undefined;
+    const cells = several
+      ? [el("td", "", c.limits.length + " limits"), el("td", "limits", c.limits.map((l) => `${l.name}: ${fmt(l.requests_per_window)} / ${windowOf(l)} ${l.algorithm}`).join("; ")), el("td", "", "–"), el("td", "", "–")]
+      : [el("td", "", c.algorithm), el("td", "", fmt(c.requests_per_window)), el("td", "", windowOf(c)), el("td", "", bucketOf(c))];
+    tr.append(el("td", "endpoint", c.endpoint), ...cells, el("td", "", c.is_active ? "yes" : "no"), mode, overrides);
     tr.dataset.key = c.endpoint;
     const actions = el("td", "actions");
     const edit = rowButton("ghost small", "Edit", "edit", `Edit ${c.endpoint}`);
@@ -435,6 +443,10 @@ function openForm(config) {
   f.hidden = false;
   $("#config-error").textContent = "";
   const c = Object.assign({}, MODEL.defaults, { endpoint: "", requests_per_window: 100, window_seconds: 60 }, config || {});
+  // A config of one limit is edited through its top-level fields; one of several
+  // through the list, and its top-level fields are left blank.
+  if (config && config.requests_per_window !== undefined) c.limits = [];
+  else if (config) for (const name of MODEL.limit_fields) if (KINDS[name] !== "choice") c[name] = null;
   for (const [name, kind] of Object.entries(KINDS)) {
     const input = f.elements[name];
     const v = c[name];
@@ -443,11 +455,22 @@ function openForm(config) {
     else if (kind === "nullable" && typeof v === "object" && v !== null) input.value = JSON.stringify(v);
     else input.value = v ?? "";
   }
+  limitFieldsRequired();
   // A config's identity (its endpoint, or a rule's domain and descriptor) is fixed.
   for (const name of ["endpoint", "domain", "descriptor"]) if (f.elements[name]) f.elements[name].disabled = !!config;
   $("#config-save").textContent = config ? "Save" : "Create";
   // The keyboard lands on the first field that can change.
   [...f.elements].find((e) => e.name && !e.disabled)?.focus();
+}
+
+// The top-level fields of one limit are required unless the form lists several limits.
+function limitFieldsRequired() {
+  const f = $("#config-form");
+  let listed = false;
+  try { listed = JSON.parse(f.elements.limits.value || "[]").length > 0; } catch { listed = true; }
+  for (const name of MODEL.limit_fields) {
+    if (f.elements[name]) f.elements[name].required = !listed && MODEL.required.includes(name);
+  }
 }
 
 // Closes the form and gives the keyboard focus back to the button that opened it (the
@@ -490,6 +513,9 @@ async function saveConfig(ev) {
   const f = ev.target;
   let body;
   try { body = readForm(f); } catch (message) { $("#config-error").textContent = message; return; }
+  // A list of limits replaces the top-level fields of one; an empty list sends none.
+  if (Array.isArray(body.limits) && body.limits.length) for (const name of MODEL.limit_fields) delete body[name];
+  else body.limits = null;
   // A calendar sets the window: the server writes its length.
   if (body.calendar != null) delete body.window_seconds;
   let res;
@@ -514,7 +540,10 @@ let historyOf = null;
 
 // A config's numbers in one line, for a history row.
 const summary = (c) => c
-  ? `${c.requests_per_window}/${c.window_seconds}s ${c.algorithm} ${c.mode}${c.is_active ? "" : " inactive"}` +
+  ? (c.requests_per_window === undefined
+      ? c.limits.map((l) => `${l.name} ${l.requests_per_window}/${l.window_seconds}s ${l.algorithm}`).join(", ")
+      : `${c.requests_per_window}/${c.window_seconds}s ${c.algorithm}`) +
+    ` ${c.mode}${c.is_active ? "" : " inactive"}` +
     (c.overrides.length ? ` +${c.overrides.length} overrides` : "")
   : "(deleted)";
 
@@ -594,8 +623,8 @@ function watch(client) {
   ws.onmessage = (e) => {
     const m = JSON.parse(e.data);
     if (m.type === "client_stats") showClient(m.data);
-    else if (m.type === "request_processed") updateRemaining(m.endpoint, m.remaining, m.limit);
-    else if (m.type === "rate_limit_exceeded") updateRemaining(m.endpoint, 0, m.limit);
+    else if (m.type === "request_processed") updateRemaining(rowKey(m.endpoint, m.limit_name), m.remaining, m.limit);
+    else if (m.type === "rate_limit_exceeded") updateRemaining(rowKey(m.endpoint, m.limit_name), 0, m.limit);
     else if (m.type === "client_reset") $("#inspector-summary").append(" · quota reset");
   };
   ws.onclose = () => { if (inspectorSocket === ws) $("#inspector-summary").textContent = "Feed closed for " + client + "."; };
@@ -609,20 +638,26 @@ function showClient(d) {
   const rows = $("#quota-rows");
   rows.replaceChildren();
   for (const e of s.endpoints) {
-    const tr = el("tr");
-    tr.dataset.endpoint = e.endpoint;
-    const bar = el("div", "bar");
-    bar.append(el("div"));
-    const barCell = el("td", "bar-cell");
-    barCell.append(bar);
     const from = e.override ? `override ${e.override}` : "config";
-    tr.append(el("td", "endpoint", e.endpoint), el("td", "", e.algorithm), el("td", "remaining", ""), barCell,
-              el("td", "", clock(e.reset_time)), el("td", "limit-from", from + (e.shadow ? " · shadow" : "")));
-    rows.append(tr);
-    setRemaining(tr, e.remaining, e.limit);
+    // A config of several limits: a row per limit, named.
+    for (const l of e.limits || [e]) {
+      const tr = el("tr");
+      tr.dataset.endpoint = rowKey(e.endpoint, l.name);
+      const bar = el("div", "bar");
+      bar.append(el("div"));
+      const barCell = el("td", "bar-cell");
+      barCell.append(bar);
+      tr.append(el("td", "endpoint", e.endpoint + (l.name ? ` · ${l.name}` : "")), el("td", "", l.algorithm), el("td", "remaining", ""), barCell,
+                el("td", "", clock(l.reset_time)), el("td", "limit-from", from + (e.shadow ? " · shadow" : "")));
+      rows.append(tr);
+      setRemaining(tr, l.remaining, l.limit);
+    }
   }
   labelCells(rows);
 }
+
+// A quota row's key: its config, and the limit's name under a config of several.
+const rowKey = (endpoint, name) => (name ? `${endpoint}#${name}` : endpoint);
 
 function setRemaining(tr, remaining, limit) {
   tr.querySelector(".remaining").textContent = `${fmt(remaining)} / ${fmt(limit)}`;
@@ -679,6 +714,7 @@ $("#new-config").onclick = () => openForm(null);
 $("#config-cancel").onclick = closeForm;
 $("#config-form").addEventListener("keydown", (ev) => { if (ev.key === "Escape") closeForm(); });
 $("#config-form").addEventListener("submit", saveConfig);
+$("#config-form").addEventListener("input", (ev) => { if (ev.target.name === "limits") limitFieldsRequired(); });
 $("#tester").addEventListener("submit", fire);
 $("#history-close").onclick = () => {
   $("#history-card").hidden = true;

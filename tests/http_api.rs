@@ -792,6 +792,12 @@ async fn several_limits_admit_only_what_every_one_allows() {
     ];
     let r = s.send("GET", "/api/data", &problem, None).await;
     assert_eq!(r.body["violated-policies"], json!(["daily"]));
+    // Counted by the limit that refused.
+    let refused = |limit: &str| {
+        format!("ratewarden_limit_refusals_total{{endpoint=\"/api/*\",limit=\"{limit}\"}}")
+    };
+    assert_eq!(s.metric(&refused("burst")).await, 1.0);
+    assert_eq!(s.metric(&refused("daily")).await, 2.0);
     // Another client has its own budget under every limit.
     assert_eq!(s.get_as("other", "/api/data").await.status, 200);
     // The client's status lists every limit.
@@ -928,6 +934,34 @@ async fn configs_of_several_limits_are_validated_and_edited_by_name() {
         (&json!(2), &json!("fixed_window"))
     );
     assert_eq!(r.body["limits"][0]["name"], "hourly");
+    // Read back and sent again, a config of one limit (shown both ways) is unchanged,
+    // whichever shape it is in.
+    for body in [&listed, &one] {
+        let r = s.put("/admin/configs/api/*", &body.to_string()).await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        let mut view = s.get("/admin/configs/api/*").await.body;
+        for read_only in ["id", "created_at", "updated_at"] {
+            view.as_object_mut().unwrap().remove(read_only);
+        }
+        let again = s.put("/admin/configs/api/*", &view.to_string()).await;
+        assert_eq!(again.status, 200, "{view}: {:?}", again.body);
+        assert_eq!(again.body["limits"], view["limits"]);
+        assert_eq!(
+            again.body["requests_per_window"],
+            view["requests_per_window"]
+        );
+    }
+    // A list of one limit named "default" is the top-level shape.
+    let default =
+        json!({"limits": [{"name": "default", "requests_per_window": 3, "window_seconds": 9}]});
+    let r = s.put("/admin/configs/api/*", &default.to_string()).await;
+    assert_eq!(
+        (&r.body["requests_per_window"], &r.body["limits"][0]["name"]),
+        (&json!(3), &json!("default"))
+    );
+    let listed = json!({"limits": [{"name": "hourly", "algorithm": "fixed_window",
+        "requests_per_window": 2, "window_seconds": 3600}]});
+    s.put("/admin/configs/api/*", &listed.to_string()).await;
     // A config of one limit keeps its single-policy headers, whatever its limit's name.
     let r = s.get_as("solo", "/api/data").await;
     assert_eq!(r.header("ratelimit-policy"), Some("\"/api/*\";q=2;w=3600"));

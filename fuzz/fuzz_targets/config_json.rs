@@ -23,16 +23,23 @@ fuzz_target!(|data: &[u8]| {
 });
 
 fn check(spec: &ConfigSpec) {
-    assert!(spec.requests_per_window >= 1 && spec.window_seconds >= 1);
-    assert!(spec.refill_rate.is_none_or(|r| r.is_finite() && r > 0.0));
-    // Every accepted spec makes a limit whose numbers the algorithms can use.
-    match spec.limit() {
-        Limit::TokenBucket(b) => assert!(b.refill_interval >= 1 && b.burst >= 1),
-        Limit::SlidingWindow(w) => assert!(w.window >= 1 && w.limit >= 1),
-        Limit::FixedWindow(w) => {
-            assert!(w.window >= 1 && w.limit >= 1);
-            if let Some(c) = w.calendar {
-                assert_eq!(spec.window_seconds, c.nominal_seconds());
+    let limits = spec.limit_specs();
+    assert!((1..=8).contains(&limits.len()));
+    // Either form, never both.
+    assert!(spec.limits.is_empty() || spec.requests_per_window.is_none());
+    for (i, l) in limits.iter().enumerate() {
+        assert!(l.requests_per_window >= 1 && l.window_seconds >= 1);
+        assert!(l.refill_rate.is_none_or(|r| r.is_finite() && r > 0.0));
+        assert!(limits[..i].iter().all(|o| o.name != l.name), "names are unique");
+        // Every accepted limit has numbers the algorithms can use.
+        match l.limit() {
+            Limit::TokenBucket(b) => assert!(b.refill_interval >= 1 && b.burst >= 1),
+            Limit::SlidingWindow(w) => assert!(w.window >= 1 && w.limit >= 1),
+            Limit::FixedWindow(w) => {
+                assert!(w.window >= 1 && w.limit >= 1);
+                if let Some(c) = w.calendar {
+                    assert_eq!(l.window_seconds, c.nominal_seconds());
+                }
             }
         }
     }

@@ -163,7 +163,15 @@ impl ClientLimiter {
             &mut fresh
         } else {
             let i = self.index_or_add(found, policy, now / NANOS_PER_SEC / 60);
-            &mut self.endpoints[i].state
+            let e = &mut self.endpoints[i];
+            // A config of one limit that gained others: its limit keeps its state.
+            if let Some(last) = &e.policy
+                && let [one] = &*last.limits
+                && policy.several()
+            {
+                e.state.grow(&one.name, &policy.limits);
+            }
+            &mut e.state
         };
         let quota = Quota {
             client: &self.client,

@@ -172,6 +172,7 @@ impl Override {
 /// One named limit of a config: an algorithm and its numbers. A config written with
 /// top-level fields holds one, named `default`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct LimitSpec {
     /// `[a-z0-9_-]{1,32}`, unique within the config: the IETF policy name, and what a
     /// refusal names.
@@ -664,7 +665,7 @@ impl ConfigSpec {
     /// This spec with the fields of `patch` replaced (a partial update: an explicit
     /// `null` resets an optional field to its default), validated as a whole. Unknown and
     /// read-only fields are refused, and every error names its field.
-    pub fn merged(&self, patch: Map<String, Value>) -> Result<Self, ValidationError> {
+    pub fn merged(&self, mut patch: Map<String, Value>) -> Result<Self, ValidationError> {
         let Value::Object(mut merged) = to_value(self) else {
             unreachable!("a struct serialises to an object")
         };
@@ -672,7 +673,10 @@ impl ConfigSpec {
         for name in field_names() {
             merged.entry(name.clone()).or_insert(Value::Null);
         }
+        one_shape(&mut patch);
         let listed = patch.get("limits").is_some_and(|v| !v.is_null());
+        // The form the result takes for its one limit, if it has top-level fields.
+        let top_level = !listed && merged.get("limits").is_none_or(Value::is_null);
         if listed {
             // The list replaces the one limit of the top-level fields, unless the patch
             // also gives some (which validation then refuses, naming them).
@@ -685,6 +689,7 @@ impl ConfigSpec {
         // A calendar set without a window takes its own (as when it is created).
         if let Some(calendar) = given_calendar(&patch)
             && !patch.contains_key("window_seconds")
+            && top_level
         {
             merged.insert(
                 "window_seconds".to_owned(),
@@ -702,7 +707,7 @@ impl ConfigSpec {
                 *slot = to_value(&parse_limits(&value)?);
                 continue;
             }
-            if key == "algorithm" && value.is_null() && !listed {
+            if key == "algorithm" && value.is_null() && top_level {
                 let names: Vec<&str> = Algorithm::names().collect();
                 return Err(ValidationError::new(
                     key,
@@ -718,9 +723,74 @@ impl ConfigSpec {
             }
         }
         let spec = Self::deserialize(&Value::Object(merged))
-            .map_err(|e| ValidationError::new("body", e.to_string()))?;
+            .map_err(|e| ValidationError::new("body", e.to_string()))?
+            .normalized();
         spec.validate()?;
         Ok(spec)
+    }
+
+    /// The one shape of each config: a list of one limit named `default` is written with
+    /// top-level fields (as every version reads it), and an override of a config of one
+    /// limit does not name it.
+    fn normalized(mut self) -> Self {
+        if let [only] = self.limits.as_slice()
+            && only.name == DEFAULT_LIMIT
+            && self.top_level_given().is_none()
+        {
+            let only = self.limits.remove(0);
+            self.requests_per_window = Some(only.requests_per_window);
+            self.window_seconds = Some(only.window_seconds);
+            self.calendar = only.calendar;
+            self.algorithm = Some(only.algorithm);
+            self.burst_limit = only.burst_limit;
+            self.refill_rate = only.refill_rate;
+        }
+        if self.limits.is_empty() {
+            for o in &mut self.overrides {
+                if o.limit.as_deref() == Some(DEFAULT_LIMIT) {
+                    o.limit = None;
+                }
+            }
+        }
+        self
+    }
+}
+
+/// A config of one limit read back and sent again carries it twice, as top-level fields
+/// and as `limits` (see [`Config::view`]): when both describe the same limit, the patch
+/// keeps the shape the config is in (top-level fields for `default`, the list for a
+/// limit of another name). Two that differ are left for validation to refuse.
+fn one_shape(patch: &mut Map<String, Value>) {
+    let Some(Value::Array(list)) = patch.get("limits") else {
+        return;
+    };
+    let [entry] = list.as_slice() else {
+        return;
+    };
+    let given: Vec<&str> = TOP_LEVEL_LIMIT_FIELDS
+        .into_iter()
+        .filter(|f| patch.get(*f).is_some_and(|v| !v.is_null()))
+        .collect();
+    if given.is_empty() {
+        return;
+    }
+    let Ok(listed) = LimitSpec::parse(0, entry) else {
+        return;
+    };
+    let mut top = Map::new();
+    top.insert("name".to_owned(), Value::from(listed.name.as_str()));
+    for f in &given {
+        top.insert((*f).to_owned(), patch[*f].clone());
+    }
+    if LimitSpec::parse(0, &Value::Object(top)).ok().as_ref() != Some(&listed) {
+        return;
+    }
+    if listed.name == DEFAULT_LIMIT {
+        patch.remove("limits");
+    } else {
+        for f in TOP_LEVEL_LIMIT_FIELDS {
+            patch.remove(f);
+        }
     }
 }
 
@@ -789,7 +859,8 @@ fn type_message(e: &serde_json::Error, example: &Value) -> String {
 
 /// What the dashboard draws its config form from, so that the form has exactly the
 /// fields a config has: the spec's serde form with its defaults, the fields a create
-/// needs, and the values each choice field takes. JSON text, so that the fields keep
+/// needs, the values each choice field takes, and the top-level fields of a config's one
+/// limit (which a config of several gives in `limits` instead). JSON text, so that the fields keep
 /// the struct's order (a `serde_json::Value` would sort them).
 pub fn form_model() -> String {
     let modes = [Enforcement::Enforce, Enforcement::Shadow].map(|m| to_value(&m));
@@ -803,13 +874,17 @@ pub fn form_model() -> String {
     // others, as null.
     let shown = to_value(&ConfigSpec::default_policy());
     defaults.pop();
+    // `limits` as an empty list: the form edits it as JSON, and sends it only when it
+    // names some (the top-level fields of one limit rule otherwise).
     for name in field_names().iter().filter(|k| shown.get(k).is_none()) {
-        defaults.push_str(&format!(",{}:null", to_value(name)));
+        let empty = if name == "limits" { "[]" } else { "null" };
+        defaults.push_str(&format!(",{}:{empty}", to_value(name)));
     }
     defaults.push('}');
     format!(
-        r#"{{"defaults": {defaults}, "required": {}, "choices": {choices}}}"#,
+        r#"{{"defaults": {defaults}, "required": {}, "choices": {choices}, "limit_fields": {}}}"#,
         to_value(&REQUIRED),
+        to_value(&TOP_LEVEL_LIMIT_FIELDS),
     )
 }
 

@@ -114,6 +114,12 @@ impl Decider {
                         (false, true) => Outcome::shadow_limited,
                     };
                     self.metrics.decision(&policy.endpoint, outcome);
+                    if !d.allowed {
+                        let each = policy.limits.iter().zip(d.each());
+                        for (limit, _) in each.filter(|(_, d)| !d.allowed) {
+                            self.metrics.limit_refusal(&policy.endpoint, &limit.name);
+                        }
+                    }
                 }
                 Ruling::Decided(d)
             }

@@ -291,14 +291,19 @@ fn parse(state: &AppState, check: Value, prefix: &str) -> Result<Ask, ApiError> 
             .ok_or_else(|| invalid(field("cost"), "must be a whole number of units, 0 or more"))?,
     };
     // A cost above any limit's quota could never be admitted.
-    let quota = policy.limits.iter().map(|l| l.limit.quota()).min();
-    if let Some(quota) = quota
-        && cost > quota
+    let smallest = policy.limits.iter().min_by_key(|l| l.limit.quota());
+    if let Some(l) = smallest
+        && cost > l.limit.quota()
     {
-        return Err(invalid(
-            field("cost"),
-            format!("must be at most the limit of {} ({quota})", policy.endpoint),
-        ));
+        let quota = l.limit.quota();
+        let message = match policy.several() {
+            true => format!(
+                "must be at most the smallest quota of {} ({quota}, limit {:?})",
+                policy.endpoint, l.name
+            ),
+            false => format!("must be at most the limit of {} ({quota})", policy.endpoint),
+        };
+        return Err(invalid(field("cost"), message));
     }
     let mode = match c.remove("peek") {
         None | Some(Value::Bool(false)) => Mode::Consume,

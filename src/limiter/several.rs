@@ -129,7 +129,7 @@ impl States {
             let state = self.single(&only.name);
             return Decisions::one(state.evaluate(&only.limit, now, cost, mode));
         }
-        let states = self.align(limits);
+        let states = self.align(limits, DEFAULT_LIMIT);
         let pairs = states.iter_mut().zip(limits);
         let each = match mode {
             Mode::Peek | Mode::Reset => pairs
@@ -167,8 +167,18 @@ impl States {
         }
     }
 
-    /// The states of several limits, exactly `limits`' names in their order.
-    fn align(&mut self, limits: &[Named]) -> &mut [(Arc<str>, State)] {
+    /// A config of one limit, named `name`, becomes `limits`: its state goes on under
+    /// its name. (A single state does not keep its name; the caller knows the config it
+    /// was last checked under.)
+    pub fn grow(&mut self, name: &str, limits: &[Named]) {
+        if matches!(self, States::One(_)) && limits.len() > 1 {
+            self.align(limits, name);
+        }
+    }
+
+    /// The states of several limits, exactly `limits`' names in their order; a single
+    /// state goes on under `one_name`.
+    fn align(&mut self, limits: &[Named], one_name: &str) -> &mut [(Arc<str>, State)] {
         let same = |states: &[(Arc<str>, State)]| {
             states.len() == limits.len()
                 && states.iter().zip(limits).all(|((n, _), l)| *n == l.name)
@@ -177,8 +187,8 @@ impl States {
             let old = std::mem::replace(self, States::Many(Box::new([])));
             let take = |name: &Arc<str>| -> Option<State> {
                 match &old {
-                    // A config of one limit grows: its state stays with `default`.
-                    States::One(s) => (&**name == DEFAULT_LIMIT).then(|| s.clone()),
+                    // A config of one limit grows: its state stays with its name.
+                    States::One(s) => (&**name == one_name).then(|| s.clone()),
                     States::Many(states) => states
                         .iter()
                         .find(|(n, _)| n == name)
@@ -247,10 +257,16 @@ impl States {
         let Some(algorithm) = algorithm else {
             let mut r = Reader(bytes);
             let n = r.take::<1>()?[0] as usize;
-            let mut states = Vec::with_capacity(n.min(MAX_LIMITS));
+            if !(2..=MAX_LIMITS).contains(&n) {
+                return None;
+            }
+            let mut states: Vec<(Arc<str>, State)> = Vec::with_capacity(n);
             for _ in 0..n {
                 let len = r.take::<1>()?[0] as usize;
                 let name = std::str::from_utf8(r.bytes(len)?).ok()?;
+                if states.iter().any(|(n, _)| &**n == name) {
+                    return None;
+                }
                 let algorithm = *Algorithm::ALL.get(r.take::<1>()?[0] as usize)?;
                 let len = r.u32()? as usize;
                 let state = State::decode(algorithm, r.bytes(len)?)?;
@@ -407,6 +423,17 @@ mod tests {
     }
 
     #[test]
+    fn a_single_limit_keeps_its_state_under_its_name_when_the_config_grows() {
+        let daily = named("daily", Algorithm::FixedWindow, 5, 60);
+        let mut states = States::new(std::slice::from_ref(&daily));
+        states.evaluate(std::slice::from_ref(&daily), 0, 4, Mode::Consume);
+        let grown = [named("burst", Algorithm::FixedWindow, 5, 60), daily.clone()];
+        states.grow("daily", &grown);
+        let d = states.evaluate(&grown, 0, 0, Mode::Peek);
+        assert_eq!((d.each()[0].remaining, d.each()[1].remaining), (5, 1));
+    }
+
+    #[test]
     fn several_states_round_trip_and_reject_garbage() {
         let limits = [
             named("burst", Algorithm::TokenBucket, 10, 1),
@@ -428,6 +455,14 @@ mod tests {
         let mut longer = bytes.clone();
         longer.push(0);
         assert_eq!(States::decode(None, &longer), None);
+        // Written by no encoder: one state or none as "several", or a name twice.
+        let mut one = bytes.clone();
+        one[0] = 1;
+        assert_eq!(States::decode(None, &one[..]), None);
+        assert_eq!(States::decode(None, &[0]), None);
+        let a = named("a", Algorithm::FixedWindow, 1, 1);
+        let twice = States::new(&[a.clone(), a]).encode();
+        assert_eq!(States::decode(None, &twice), None);
         let one = States::new(&limits[..1]);
         assert_eq!(States::decode(one.algorithm(), &one.encode()), Some(one));
     }

@@ -20,8 +20,8 @@ use super::quota::{Quota, QuotaBackend, Unavailable, Verdict};
 use crate::clock::{NANOS_PER_SEC, Nanos, SharedClock};
 use crate::config::Config;
 use crate::limiter::{
-    Algo, Algorithm, Decision, Decisions, FixedWindowLimit, Limit, Mode, Named, SlidingWindowLimit,
-    States, TokenBucketLimit,
+    Algo, Algorithm, DEFAULT_LIMIT, Decision, Decisions, FixedWindowLimit, Limit, Mode, Named,
+    SlidingWindowLimit, States, TokenBucketLimit,
 };
 use crate::metrics::{Metrics, RedisFailure};
 use redis::aio::{ConnectionLike, MultiplexedConnection};
@@ -322,13 +322,9 @@ impl Redis {
         let conn = self.conn();
         let this = self.clone();
         let several = limits.len() > 1;
-        // A config of one limit keeps the keys it has always had.
         let keys: Vec<Vec<String>> = limits
             .iter()
-            .map(|l| {
-                let name = several.then_some(&*l.name);
-                keys(client, endpoint, name, l.limit.algorithm())
-            })
+            .map(|l| keys(client, endpoint, &l.name, l.limit.algorithm()))
             .collect();
         let limits: Vec<Limit> = limits.iter().map(|l| l.limit).collect();
         let now = self.inner.config.clock.as_ref().map(|c| c.now());
@@ -622,19 +618,15 @@ pub struct SharedTable {
 }
 
 /// The keys of one (client, endpoint) for one limit: the algorithm's own first, then the
-/// others' (a changed algorithm starts fresh state, as in memory). A limit of a config
-/// of several is named after the endpoint (`rw:{alice}:/api/*#daily:fw`); the one limit
-/// of a config of one is not.
-pub fn keys(
-    client: &str,
-    endpoint: &str,
-    limit: Option<&str>,
-    algorithm: Algorithm,
-) -> Vec<String> {
+/// others' (a changed algorithm starts fresh state, as in memory). A limit is named after
+/// the endpoint (`rw:{alice}:/api/* #daily:fw`: a path config has no whitespace, a
+/// descriptor rule's identity no `#`), except `default`, the limit of a config written
+/// with top-level fields, which keeps the keys such configs have always had.
+pub fn keys(client: &str, endpoint: &str, limit: &str, algorithm: Algorithm) -> Vec<String> {
     let others = Algorithm::ALL.into_iter().filter(|a| *a != algorithm);
     let named = match limit {
-        Some(name) => format!("{endpoint}#{name}"),
-        None => endpoint.to_owned(),
+        DEFAULT_LIMIT => endpoint.to_owned(),
+        name => format!("{endpoint} #{name}"),
     };
     std::iter::once(algorithm)
         .chain(others)
@@ -649,18 +641,18 @@ mod tests {
 
     #[test]
     fn keys_share_the_clients_hash_tag_and_name_the_algorithm_first() {
-        let k = keys("alice", "/api/{x}", None, Algorithm::SlidingWindow);
+        let k = keys("alice", "/api/{x}", DEFAULT_LIMIT, Algorithm::SlidingWindow);
         assert_eq!(k[0], "rw:{alice}:/api/{x}:sw");
         assert_eq!(k[1], "rw:{alice}:/api/{x}:swn");
         assert_eq!(k.len(), 4);
         // Redis Cluster hashes the first {...}: the client, whatever the endpoint holds.
         assert!(k.iter().all(|k| k.starts_with("rw:{alice}:")));
         assert_eq!(
-            keys("a", "/", None, Algorithm::TokenBucket)[0],
+            keys("a", "/", DEFAULT_LIMIT, Algorithm::TokenBucket)[0],
             "rw:{a}:/:tb"
         );
-        let named = keys("a", "/x", Some("daily"), Algorithm::FixedWindow);
-        assert_eq!(named[0], "rw:{a}:/x#daily:fw");
+        let named = keys("a", "/x", "daily", Algorithm::FixedWindow);
+        assert_eq!(named[0], "rw:{a}:/x #daily:fw");
     }
 
     #[test]

@@ -302,7 +302,7 @@ test("without a token the dashboard works through loopback and allowed names, an
   }, [resolve]);
 });
 
-test("a calendar quota and a keyed config made and changed from the form", { timeout: 120_000 }, async () => {
+test("a calendar quota, a keyed config and one of several limits made and changed from the form", { timeout: 120_000 }, async () => {
   await withServer([], "info", async ({ url, browser }) => {
     const { page, pageErrors } = await openDashboard(browser, url);
     const row = (endpoint) => page.evaluate((ep) => {
@@ -331,6 +331,47 @@ test("a calendar quota and a keyed config made and changed from the form", { tim
     await until(page, () => [...document.querySelectorAll("#config-rows td")].some((td) => td.textContent === "2592000 s"));
     saved = await (await fetch(url + "/admin/configs/api/reports/*")).json();
     assert.deepEqual([saved.calendar, saved.window_seconds, saved.key], [undefined, 2592000, undefined]);
+
+    // Several limits: written as a list in the form, shown one per line, edited, and
+    // each limit's quota in the inspector.
+    const layered = [
+      { name: "burst", algorithm: "token_bucket", requests_per_window: 5, window_seconds: 1 },
+      { name: "daily", algorithm: "sliding_window", requests_per_window: 100, window_seconds: 86400 },
+    ];
+    await page.click("#new-config");
+    await page.locator("#config-form").waitFor({ state: "visible", timeout: WAIT });
+    await fillConfig(page, { endpoint: "/api/layered/*", limits: JSON.stringify(layered) });
+    await page.click("#config-save");
+    await page.locator("#config-form").waitFor({ state: "hidden", timeout: WAIT });
+    await until(page, () => [...document.querySelectorAll("#config-rows td")].some((td) => td.textContent === "2 limits"));
+    assert.deepEqual(await row("/api/layered/*"), ["/api/layered/*", "2 limits",
+      "burst: 5 / 1 s token_bucket; daily: 100 / 86400 s sliding_window", "–"]);
+    await page.click(`#config-rows tr[data-key="/api/layered/*"] button[data-role=edit]`);
+    await page.locator("#config-form").waitFor({ state: "visible", timeout: WAIT });
+    assert.deepEqual(JSON.parse(await page.inputValue("#config-form [name=limits]")), layered);
+    layered[1].requests_per_window = 50;
+    await fillConfig(page, { limits: JSON.stringify(layered) });
+    await page.click("#config-save");
+    await page.locator("#config-form").waitFor({ state: "hidden", timeout: WAIT });
+    saved = await (await fetch(url + "/admin/configs/api/layered/*")).json();
+    assert.deepEqual(saved.limits.map((l) => [l.name, l.requests_per_window]), [["burst", 5], ["daily", 50]]);
+    assert.equal(saved.requests_per_window, undefined);
+    // A config of one limit is still edited through its top-level fields.
+    await page.click(`#config-rows tr[data-key="/api/reports/*"] button[data-role=edit]`);
+    await page.locator("#config-form").waitFor({ state: "visible", timeout: WAIT });
+    await fillConfig(page, { requests_per_window: "12" });
+    await page.click("#config-save");
+    await page.locator("#config-form").waitFor({ state: "hidden", timeout: WAIT });
+    saved = await (await fetch(url + "/admin/configs/api/reports/*")).json();
+    assert.equal(saved.requests_per_window, 12);
+    // The inspector: a row per limit.
+    for (let i = 0; i < 2; i++) await fetch(url + "/api/layered/x", { headers: { "X-Client-ID": "lay" } });
+    await page.fill("#inspector [name=client]", "lay");
+    await page.press("#inspector [name=client]", "Enter");
+    await until(page, () => document.querySelectorAll("#quota-rows tr").length === 2);
+    const quotas = await page.evaluate(() => [...document.querySelectorAll("#quota-rows tr")]
+      .map((tr) => [tr.querySelector("td.endpoint").textContent, tr.querySelector("td.remaining").textContent]));
+    assert.deepEqual(quotas, [["/api/layered/* · burst", "3 / 5"], ["/api/layered/* · daily", "48 / 50"]]);
     assert.deepEqual(pageErrors, []);
   });
 });
