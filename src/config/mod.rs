@@ -675,8 +675,10 @@ impl ConfigSpec {
         }
         one_shape(&mut patch);
         let listed = patch.get("limits").is_some_and(|v| !v.is_null());
-        // The form the result takes for its one limit, if it has top-level fields.
-        let top_level = !listed && merged.get("limits").is_none_or(Value::is_null);
+        // Whether the result has the top-level fields of one limit (it has, or the patch
+        // goes back to them with `"limits": null`).
+        let unlisted = patch.get("limits").is_some_and(Value::is_null);
+        let top_level = !listed && (unlisted || merged.get("limits").is_none_or(Value::is_null));
         if listed {
             // The list replaces the one limit of the top-level fields, unless the patch
             // also gives some (which validation then refuses, naming them).
@@ -1434,6 +1436,45 @@ mod tests {
                 {"client": "big", "requests_per_window": 5, "window_seconds": 60}]})))
             .unwrap_err();
         assert_eq!(e.field, "overrides[0].window_seconds");
+    }
+
+    #[test]
+    fn a_config_goes_from_one_limit_to_several_and_back() {
+        let one = ConfigSpec::default_policy();
+        let several = one
+            .merged(object(json!({"limits": [
+                {"name": "burst", "algorithm": "token_bucket", "requests_per_window": 5, "window_seconds": 1},
+                {"name": "month", "algorithm": "fixed_window", "requests_per_window": 9, "calendar": "month"}]})))
+            .unwrap();
+        assert_eq!(several.top_level_given(), None);
+        let names: Vec<_> = several.limit_specs().into_iter().map(|l| l.name).collect();
+        assert_eq!(names, ["burst", "month"]);
+        assert_eq!(several.limits[1].window_seconds, 2_592_000);
+        // A calendar without the list's context is a top-level field: refused as such.
+        let e = several
+            .merged(object(json!({"calendar": "day"})))
+            .unwrap_err();
+        assert_eq!(e.field, "calendar", "{}", e.message);
+        // Back to one limit, a calendar's window written for it.
+        let back = several
+            .merged(object(json!({"limits": null, "requests_per_window": 3,
+                "algorithm": "fixed_window", "calendar": "week"})))
+            .unwrap();
+        assert!(back.limits.is_empty());
+        assert_eq!(back.window_seconds, Some(604_800));
+        // A list of one `default` is the top-level shape; its overrides name no limit.
+        let default = one
+            .merged(object(
+                json!({"limits": [{"name": "default", "requests_per_window": 4,
+                "window_seconds": 8}], "overrides": [{"client": "a", "limit": "default",
+                "requests_per_window": 1}]}),
+            ))
+            .unwrap();
+        assert_eq!(
+            (default.requests_per_window, default.limits.len()),
+            (Some(4), 0)
+        );
+        assert_eq!(default.overrides[0].limit, None);
     }
 
     #[test]
