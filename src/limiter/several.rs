@@ -467,3 +467,14 @@ mod tests {
         assert_eq!(States::decode(one.algorithm(), &one.encode()), Some(one));
     }
 }
+
+#[cfg(test)]
+mod size {
+    use super::*;
+
+    /// A config of one limit costs no more per client than a bare state would.
+    #[test]
+    fn one_limit_is_held_inline_at_no_extra_size() {
+        assert_eq!(std::mem::size_of::<States>(), std::mem::size_of::<State>());
+    }
+}
