@@ -69,8 +69,8 @@ pub struct ConfigSpec {
     /// Token bucket tokens per second; `None` is `requests_per_window / window_seconds`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refill_rate: Option<f64>,
-    /// Several named limits (1 to 8), all of which must admit a request (see
-    /// [`LimitSpec`]); instead of the top-level fields above. Left out of the JSON of a
+    /// Several named limits (1 to 8), all of which must admit a request; instead of
+    /// the top-level fields above. Left out of the JSON of a
     /// config written with top-level fields, so that instances and files of versions
     /// before it still read those.
     #[serde(
@@ -176,7 +176,10 @@ impl Override {
 pub struct LimitSpec {
     /// `[a-z0-9_-]{1,32}`, unique within the config: the IETF policy name, and what a
     /// refusal names.
+    #[schema(pattern = "^[a-z0-9_-]{1,32}$")]
     pub name: String,
+    /// `sliding_window` when left out.
+    #[serde(default = "default_algorithm")]
     pub algorithm: Algorithm,
     pub requests_per_window: u64,
     /// With `calendar`, the calendar's nominal length (which may be left out).

@@ -303,21 +303,28 @@ mod tests {
         }
     }
 
-    /// Random configs of 2 to 4 limits with small quotas.
+    /// Random configs of 2 to 4 limits with small quotas, around a leap day's midnight.
     fn limits() -> impl Strategy<Value = Vec<Named>> {
-        prop::collection::vec(
-            (
-                prop::sample::select(Algorithm::ALL.to_vec()),
-                1u64..6,
-                1u64..5,
-            ),
-            2..5,
-        )
-        .prop_map(|specs| {
+        let one = (
+            prop::sample::select(Algorithm::ALL.to_vec()),
+            1u64..6,
+            1u64..5,
+            any::<bool>(),
+        );
+        prop::collection::vec(one, 2..5).prop_map(|specs| {
             specs
                 .into_iter()
                 .enumerate()
-                .map(|(i, (a, q, w))| named(&format!("l{i}"), a, q, w))
+                .map(|(i, (a, q, w, daily))| {
+                    let mut l = named(&format!("l{i}"), a, q, w);
+                    // A fixed window may count calendar days instead.
+                    if let Limit::FixedWindow(f) = &mut l.limit
+                        && daily
+                    {
+                        f.calendar = Some(super::super::Calendar::Day);
+                    }
+                    l
+                })
                 .collect()
         })
     }
@@ -335,7 +342,8 @@ mod tests {
             // Each limit alone, fed only what the whole admitted.
             let mut alone: Vec<State> =
                 limits.iter().map(|l| State::new(l.limit.algorithm())).collect();
-            let mut now = 1_700_000_000 * NANOS_PER_SEC;
+            // 2028-02-29T23:59:50Z: the trace crosses the leap day's midnight.
+            let mut now = 1_835_481_590 * NANOS_PER_SEC;
             for (gap, cost) in steps {
                 now += gap;
                 let d = states.evaluate(&limits, now, cost, Mode::Consume);
