@@ -440,4 +440,21 @@ async fn a_check_under_several_limits_answers_each_and_takes_all_or_nothing() {
     // A cost above the smallest quota could never pass: refused as bad input.
     let r = check(&s, json!({"client_id": "multi", "path": "/m/x", "cost": 5})).await;
     assert_eq!((r.status.as_u16(), &r.body["field"]), (422, &json!("cost")));
+    // Forward-auth decides the same way, and the feed names the limit that refused.
+    let mut feed = common::ws::connect(&s.url, "/ws/fa").await;
+    common::ws::next_of(&mut feed, "client_stats").await;
+    let h = [("X-Client-ID", "fa"), ("X-Original-URI", "/m/y")];
+    for _ in 0..4 {
+        assert_eq!(
+            s.send("GET", "/v1/forward-auth", &h, None).await.status,
+            200
+        );
+    }
+    let r = s.send("GET", "/v1/forward-auth", &h, None).await;
+    assert_eq!(r.status, 429);
+    assert_eq!(r.body["violated"], json!(["minute"]));
+    let e = common::ws::next_of(&mut feed, "rate_limit_exceeded").await;
+    assert_eq!(e["limit_name"], "minute");
+    drop(feed);
+    s.stop().await;
 }

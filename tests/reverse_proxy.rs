@@ -363,6 +363,27 @@ async fn two_hundred_concurrent_requests_against_fifty_let_exactly_fifty_reach_t
         .await;
     assert_eq!(r.status, 501);
     assert_eq!(r.body["error"], "not_implemented");
+    // Several limits: only what every limit admits reaches the upstream.
+    let layered = json!({"endpoint": "/count/layered/*", "limits": [
+        {"name": "minute", "algorithm": "fixed_window", "requests_per_window": 3, "window_seconds": 60},
+        {"name": "hour", "algorithm": "sliding_window", "requests_per_window": 5, "window_seconds": 3600}]});
+    assert_eq!(
+        s.post("/admin/configs", &layered.to_string()).await.status,
+        201
+    );
+    let before = seen.counted.load(Ordering::SeqCst);
+    let all = futures_util::future::join_all(
+        (0..20).map(|_| s.send("GET", "/count/layered/x", &[("X-Client-ID", "lay")], None)),
+    )
+    .await;
+    assert_eq!(all.iter().filter(|r| r.status == 200).count(), 3);
+    assert_eq!(seen.counted.load(Ordering::SeqCst) - before, 3);
+    let refused = all.iter().find(|r| r.status == 429).unwrap();
+    assert_eq!(refused.body["violated"], json!(["minute"]));
+    assert_eq!(
+        refused.header("RateLimit-Policy"),
+        Some("\"minute\";q=3;w=60, \"hour\";q=5;w=3600")
+    );
     s.stop().await;
 }
 
