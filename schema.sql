@@ -41,8 +41,9 @@ CREATE TABLE IF NOT EXISTS clients (
 CREATE INDEX IF NOT EXISTS clients_by_last_request ON clients (last_request);
 
 -- Limiter state per (client, config endpoint), in the algorithm's compact binary form;
--- for a config of several limits, `algorithm` is `several` and `state` holds each
--- limit's name, algorithm and state (see `limiter::States::encode`).
+-- for a config of several limits (or of one limit not named `default`), `algorithm` is
+-- `several` and `state` holds each limit's name, algorithm and state (see
+-- `limiter::States::encode`).
 -- `expires_at`: when the state is as good as fresh; the row can go after that.
 CREATE TABLE IF NOT EXISTS snapshots (
     client_id  TEXT    NOT NULL,

@@ -443,9 +443,10 @@ function openForm(config) {
   f.hidden = false;
   $("#config-error").textContent = "";
   const c = Object.assign({}, MODEL.defaults, { endpoint: "", requests_per_window: 100, window_seconds: 60 }, config || {});
-  // A config of one limit is edited through its top-level fields; one of several
-  // through the list, and its top-level fields are left blank.
-  if (config && config.requests_per_window !== undefined) c.limits = [];
+  // A config of one limit named "default" is edited through its top-level fields; any
+  // other through the list (so a limit keeps its name), its top-level fields blank.
+  const single = config && (!config.limits || (config.limits.length === 1 && config.limits[0].name === "default"));
+  if (single) c.limits = [];
   else if (config) for (const name of MODEL.limit_fields) if (KINDS[name] !== "choice") c[name] = null;
   for (const [name, kind] of Object.entries(KINDS)) {
     const input = f.elements[name];

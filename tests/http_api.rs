@@ -920,6 +920,7 @@ async fn configs_of_several_limits_are_validated_and_edited_by_name() {
     let r = s.put("/admin/configs/api/*", &one.to_string()).await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(r.body["requests_per_window"], 4);
+    assert_eq!(r.body["algorithm"], "sliding_window");
     assert_eq!(
         r.body["limits"],
         json!([{"name": "default", "algorithm": "sliding_window",
@@ -949,6 +950,38 @@ async fn configs_of_several_limits_are_validated_and_edited_by_name() {
         assert_eq!(
             again.body["requests_per_window"],
             view["requests_per_window"]
+        );
+        // Edited either way and sent whole: the edit applies, the limit keeps its name.
+        let name = view["limits"][0]["name"].clone();
+        let mut top = view.clone();
+        top["requests_per_window"] = json!(7);
+        let r = s.put("/admin/configs/api/*", &top.to_string()).await;
+        assert_eq!(r.status, 200, "{top}: {:?}", r.body);
+        assert_eq!(
+            (
+                &r.body["limits"][0]["requests_per_window"],
+                &r.body["limits"][0]["name"]
+            ),
+            (&json!(7), &name)
+        );
+        let mut list = r.body.clone();
+        for read_only in ["id", "created_at", "updated_at"] {
+            list.as_object_mut().unwrap().remove(read_only);
+        }
+        list["limits"][0]["requests_per_window"] = json!(8);
+        let r = s.put("/admin/configs/api/*", &list.to_string()).await;
+        assert_eq!(r.status, 200, "{list}: {:?}", r.body);
+        assert_eq!(
+            (&r.body["requests_per_window"], &r.body["limits"][0]["name"]),
+            (&json!(8), &name)
+        );
+        // And a plain partial update of a top-level field.
+        let r = s
+            .put("/admin/configs/api/*", r#"{"requests_per_window": 9}"#)
+            .await;
+        assert_eq!(
+            (&r.body["requests_per_window"], &r.body["limits"][0]["name"]),
+            (&json!(9), &name)
         );
     }
     // A list of one limit named "default" is the top-level shape.

@@ -171,6 +171,10 @@ impl ClientLimiter {
             {
                 e.state.grow(&one.name, &policy.limits);
             }
+            // The config it was last checked under, peeks and resets included.
+            if !e.policy.as_ref().is_some_and(|p| Arc::ptr_eq(p, policy)) {
+                e.policy = Some(policy.clone());
+            }
             &mut e.state
         };
         let quota = Quota {
@@ -240,10 +244,13 @@ impl ClientLimiter {
         let mut stats = std::mem::take(&mut self.stats);
         for e in &mut self.endpoints {
             stats.extend(e.take_counts());
+            // A single state keeps its limit's name (see `States::encode_named`).
+            let one_name = e.policy.as_ref().and_then(|p| p.limits.first());
+            let one_name = one_name.map(|l| &*l.name);
             endpoints.push(EndpointSnapshot {
                 endpoint: e.name.clone(),
-                algorithm: e.state.algorithm(),
-                state: e.state.encode(),
+                algorithm: e.state.algorithm_named(one_name),
+                state: e.state.encode_named(one_name),
                 expires_at: e.expires_at(now, backend),
             });
         }

@@ -608,7 +608,7 @@ impl ConfigSpec {
     /// A spec as SQLite stores it, if it is one this server accepts (no unknown field,
     /// valid).
     pub fn from_stored(json: &str) -> Result<Self, String> {
-        let spec: ConfigSpec = from_stored(json)?;
+        let spec = from_stored::<ConfigSpec>(json)?.normalized();
         spec.validate()
             .map_err(|e| format!("{}: {}", e.field, e.message))?;
         Ok(spec)
@@ -676,7 +676,7 @@ impl ConfigSpec {
         for name in field_names() {
             merged.entry(name.clone()).or_insert(Value::Null);
         }
-        one_shape(&mut patch);
+        one_shape(self, &mut patch);
         let listed = patch.get("limits").is_some_and(|v| !v.is_null());
         // Whether the result has the top-level fields of one limit (it has, or the patch
         // goes back to them with `"limits": null`).
@@ -751,6 +751,7 @@ impl ConfigSpec {
             self.refill_rate = only.refill_rate;
         }
         if self.limits.is_empty() {
+            self.algorithm.get_or_insert_with(default_algorithm);
             for o in &mut self.overrides {
                 if o.limit.as_deref() == Some(DEFAULT_LIMIT) {
                     o.limit = None;
@@ -761,42 +762,69 @@ impl ConfigSpec {
     }
 }
 
-/// A config of one limit read back and sent again carries it twice, as top-level fields
-/// and as `limits` (see [`Config::view`]): when both describe the same limit, the patch
-/// keeps the shape the config is in (top-level fields for `default`, the list for a
-/// limit of another name). Two that differ are left for validation to refuse.
-fn one_shape(patch: &mut Map<String, Value>) {
-    let Some(Value::Array(list)) = patch.get("limits") else {
-        return;
-    };
-    let [entry] = list.as_slice() else {
+/// A config of one limit is shown both ways (see [`Config::view`]) and may be changed
+/// either way, so that a body read back, edited and sent again works:
+/// - top-level fields sent to a config whose one limit is in `limits` (named other than
+///   `default`) change that limit;
+/// - a patch that carries the limit both ways keeps the form that differs from the
+///   config's limit (the edited one), else either: they agree.
+///
+/// Two forms that both differ from the config's limit are left for validation to
+/// refuse. The result is written as `limits`; [`ConfigSpec::normalized`] gives a
+/// `default` limit back its top-level fields.
+fn one_shape(current: &ConfigSpec, patch: &mut Map<String, Value>) {
+    let specs = current.limit_specs();
+    let [current] = specs.as_slice() else {
         return;
     };
     let given: Vec<&str> = TOP_LEVEL_LIMIT_FIELDS
         .into_iter()
-        .filter(|f| patch.get(*f).is_some_and(|v| !v.is_null()))
+        .filter(|f| patch.contains_key(*f))
         .collect();
     if given.is_empty() {
         return;
     }
-    let Ok(listed) = LimitSpec::parse(0, entry) else {
+    // The config's limit with the top-level fields of the patch.
+    let Value::Object(mut top) = to_value(current) else {
         return;
     };
-    let mut top = Map::new();
-    top.insert("name".to_owned(), Value::from(listed.name.as_str()));
     for f in &given {
-        top.insert((*f).to_owned(), patch[*f].clone());
+        match &patch[*f] {
+            Value::Null => top.remove(*f),
+            v => top.insert((*f).to_owned(), v.clone()),
+        };
     }
-    if LimitSpec::parse(0, &Value::Object(top)).ok().as_ref() != Some(&listed) {
+    if patch.get("calendar").is_some_and(|v| !v.is_null()) && !given.contains(&"window_seconds") {
+        // A calendar sets its window (as for a config's own calendar).
+        top.remove("window_seconds");
+    }
+    let Ok(top) = LimitSpec::parse(0, &Value::Object(top)) else {
         return;
-    }
-    if listed.name == DEFAULT_LIMIT {
-        patch.remove("limits");
-    } else {
-        for f in TOP_LEVEL_LIMIT_FIELDS {
-            patch.remove(f);
+    };
+    let chosen = match patch.get("limits") {
+        // Going back to top-level fields, or the list of a config of several: as sent.
+        Some(Value::Null) => return,
+        None if current.name == DEFAULT_LIMIT => return,
+        None => top,
+        Some(Value::Array(list)) => {
+            let [entry] = list.as_slice() else {
+                return;
+            };
+            let Ok(listed) = LimitSpec::parse(0, entry) else {
+                return;
+            };
+            match (top == *current, listed == *current) {
+                (false, true) => top,
+                (true, _) => listed,
+                (false, false) => return,
+            }
         }
+        Some(_) => return,
+    };
+    for f in TOP_LEVEL_LIMIT_FIELDS {
+        patch.remove(f);
     }
+    patch.insert("limits".to_owned(), to_value(&[chosen]));
 }
 
 /// The fields of a config written with top-level fields that describe its one limit.
@@ -1063,7 +1091,8 @@ impl Config {
     /// The stored or shared JSON of a config, if it is one this server accepts (see
     /// [`from_stored`]).
     pub fn parse(json: &str) -> Result<Self, String> {
-        let config: Config = from_stored(json)?;
+        let mut config: Config = from_stored(json)?;
+        config.spec = config.spec.normalized();
         config
             .spec
             .validate()

@@ -231,6 +231,28 @@ impl States {
 
     /// A compact binary form: one state's own encoding (as a config of one limit has
     /// always been stored), or, for several, each limit's name, algorithm and state.
+    /// The one state of a limit named other than `default` (`one_name`, the limit it was
+    /// last checked under) is written as a list of one, so that it keeps its name when
+    /// read back ([`States::algorithm_named`] says how it was written).
+    pub fn encode_named(&self, one_name: Option<&str>) -> Vec<u8> {
+        match (self, one_name) {
+            (States::One(s), Some(name)) if name != DEFAULT_LIMIT => {
+                States::Many(Box::new([(Arc::from(name), s.clone())])).encode()
+            }
+            _ => self.encode(),
+        }
+    }
+
+    /// The algorithm [`States::encode_named`] is stored with.
+    pub fn algorithm_named(&self, one_name: Option<&str>) -> Option<Algorithm> {
+        match one_name {
+            Some(name) if name != DEFAULT_LIMIT => None,
+            _ => self.algorithm(),
+        }
+    }
+
+    /// A compact binary form: one state's own encoding, or each limit's name, algorithm
+    /// and state.
     pub fn encode(&self) -> Vec<u8> {
         match self {
             States::One(s) => s.encode(),
@@ -257,7 +279,7 @@ impl States {
         let Some(algorithm) = algorithm else {
             let mut r = Reader(bytes);
             let n = r.take::<1>()?[0] as usize;
-            if !(2..=MAX_LIMITS).contains(&n) {
+            if !(1..=MAX_LIMITS).contains(&n) {
                 return None;
             }
             let mut states: Vec<(Arc<str>, State)> = Vec::with_capacity(n);
@@ -442,6 +464,25 @@ mod tests {
     }
 
     #[test]
+    fn a_single_state_named_other_than_default_is_stored_with_its_name() {
+        let monthly = named("monthly", Algorithm::FixedWindow, 5, 60);
+        let mut states = States::new(std::slice::from_ref(&monthly));
+        states.evaluate(std::slice::from_ref(&monthly), 0, 4, Mode::Consume);
+        let bytes = states.encode_named(Some("monthly"));
+        let mut back = States::decode(states.algorithm_named(Some("monthly")), &bytes).unwrap();
+        // Read back after the config gained a limit: `monthly` keeps its count.
+        let grown = [
+            named("burst", Algorithm::FixedWindow, 5, 60),
+            monthly.clone(),
+        ];
+        let d = back.evaluate(&grown, 0, 0, Mode::Peek);
+        assert_eq!((d.each()[0].remaining, d.each()[1].remaining), (5, 1));
+        // Under `default`, the encoding is the bare state's, as before.
+        assert_eq!(states.encode_named(Some(DEFAULT_LIMIT)), states.encode());
+        assert_eq!(states.algorithm_named(None), Some(Algorithm::FixedWindow));
+    }
+
+    #[test]
     fn several_states_round_trip_and_reject_garbage() {
         let limits = [
             named("burst", Algorithm::TokenBucket, 10, 1),
@@ -463,7 +504,8 @@ mod tests {
         let mut longer = bytes.clone();
         longer.push(0);
         assert_eq!(States::decode(None, &longer), None);
-        // Written by no encoder: one state or none as "several", or a name twice.
+        // Written by no encoder: no state as "several", a count that does not match what
+        // follows, or a name twice.
         let mut one = bytes.clone();
         one[0] = 1;
         assert_eq!(States::decode(None, &one[..]), None);
