@@ -18,7 +18,7 @@
 //! for it.
 
 use crate::actors::broadcaster::{Broadcaster, FeedInterest, TakeOutbox};
-use crate::actors::{Asked, DecisionEvent, Via};
+use crate::actors::{Asked, DecisionEvent, LimitSeen, Via};
 use crate::clock::SharedClock;
 use crate::config::writer::{Committer, WriteError};
 use crate::config::{Change, Config, DEFAULT_ENDPOINT, Source, diff};
@@ -78,6 +78,9 @@ struct SharedEvent {
     /// that predate several limits).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     limit_name: Option<String>,
+    /// Each limit of a config of several (see `DecisionEvent::each`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    limits: Vec<LimitSeen>,
     at: u64,
 }
 
@@ -461,6 +464,7 @@ impl From<DecisionEvent> for SharedEvent {
             reset_after: e.decision.reset_after,
             shadow: e.shadow,
             limit_name: e.limit.as_deref().map(str::to_owned),
+            limits: e.each,
             at: e.at,
         }
     }
@@ -483,6 +487,7 @@ impl SharedEvent {
                 reset_after: self.reset_after,
             },
             limit: self.limit_name.map(Arc::from),
+            each: self.limits,
             shadow: self.shadow,
             at: self.at,
             origin: Some(origin),
@@ -516,6 +521,11 @@ mod tests {
                 reset_after: 9_000_000_000,
             },
             limit: Some(Arc::from("daily")),
+            each: vec![LimitSeen {
+                name: "daily".to_owned(),
+                remaining: 0,
+                limit: 5,
+            }],
             shadow: true,
             at: 1_800_000_000_000_000_123,
             origin: None,
@@ -531,6 +541,7 @@ mod tests {
         assert_eq!(back.asked, event.asked);
         assert!(back.shadow);
         assert_eq!(back.limit.as_deref(), Some("daily"));
+        assert_eq!(back.each, event.each);
         // From an instance that predates `via`: read as a route's.
         let old = json.replace(r#""via":"check","#, "");
         assert_ne!(old, json);

@@ -624,8 +624,10 @@ function watch(client) {
   ws.onmessage = (e) => {
     const m = JSON.parse(e.data);
     if (m.type === "client_stats") showClient(m.data);
-    else if (m.type === "request_processed") updateRemaining(rowKey(m.endpoint, m.limit_name), m.remaining, m.limit);
-    else if (m.type === "rate_limit_exceeded") updateRemaining(rowKey(m.endpoint, m.limit_name), 0, m.limit);
+    // A config of several limits: every limit's row, from the event's list.
+    else if (m.limits) for (const l of m.limits) updateRemaining(rowKey(m.endpoint, l.name), l.remaining, l.limit);
+    else if (m.type === "request_processed") updateRemaining(m.endpoint, m.remaining, m.limit);
+    else if (m.type === "rate_limit_exceeded") updateRemaining(m.endpoint, 0, m.limit);
     else if (m.type === "client_reset") $("#inspector-summary").append(" · quota reset");
   };
   ws.onclose = () => { if (inspectorSocket === ws) $("#inspector-summary").textContent = "Feed closed for " + client + "."; };

@@ -455,6 +455,11 @@ async fn a_check_under_several_limits_answers_each_and_takes_all_or_nothing() {
     assert_eq!(r.body["violated"], json!(["minute"]));
     let e = common::ws::next_of(&mut feed, "rate_limit_exceeded").await;
     assert_eq!(e["limit_name"], "minute");
+    assert_eq!(
+        e["limits"],
+        json!([{"name": "minute", "remaining": 0, "limit": 4},
+               {"name": "hour", "remaining": 6, "limit": 10}])
+    );
     drop(feed);
     s.stop().await;
 }

@@ -474,6 +474,7 @@ impl Handler<DecisionEvent> for Broadcaster {
             // A config of several limits: the binding one (on a refusal, the one that
             // refused with the longest wait).
             body["limit_name"] = json!(&**name);
+            body["limits"] = json!(&event.each);
         }
         if let Some(asked) = &event.asked {
             body["path"] = json!(&*asked.path);

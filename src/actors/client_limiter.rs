@@ -12,7 +12,7 @@
 //! - [`ClientLimiter::snapshot`]: what changed since the last snapshot.
 //! - [`ClientLimiter::states`]: its quotas, for [`ClientStatus::of`].
 
-use super::{Asked, DecisionEvent, EventSink};
+use super::{Asked, DecisionEvent, EventSink, LimitSeen};
 use crate::clock::{NANOS_PER_SEC, Nanos, rfc3339};
 use crate::limiter::{Algorithm, Decisions, Mode, States};
 use crate::policy::{Policy, PolicyTable};
@@ -224,6 +224,16 @@ impl ClientLimiter {
                 limit: policy
                     .several()
                     .then(|| policy.limits[decision.binding()].name.clone()),
+                each: match policy.several() {
+                    true => (policy.limits.iter().zip(decision.each()))
+                        .map(|(l, d)| LimitSeen {
+                            name: l.name.to_string(),
+                            remaining: d.remaining,
+                            limit: d.limit,
+                        })
+                        .collect(),
+                    false => Vec::new(),
+                },
                 shadow: policy.shadow,
                 at: now,
                 origin: None,

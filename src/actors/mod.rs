@@ -36,12 +36,23 @@ pub struct DecisionEvent {
     /// Under a config of several limits: the name of the binding one (on a refusal, the
     /// limit that refused).
     pub limit: Option<Arc<str>>,
+    /// Under a config of several limits: each one's name, remaining and quota, in the
+    /// config's order (empty otherwise), so that a view of every limit stays current.
+    pub each: Vec<LimitSeen>,
     /// Decided under a config in shadow mode: a refusal was let through.
     pub shadow: bool,
     pub at: Nanos,
     /// The instance that decided, for events heard from other instances over Redis;
     /// `None` for this instance's own.
     pub origin: Option<Arc<str>>,
+}
+
+/// One limit of a config of several, as a decision left it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LimitSeen {
+    pub name: String,
+    pub remaining: u64,
+    pub limit: u64,
 }
 
 /// Where a decision was asked for, as the live feeds tell it: by whom, and for which

@@ -372,6 +372,9 @@ test("a calendar quota, a keyed config and one of several limits made and change
     const quotas = await page.evaluate(() => [...document.querySelectorAll("#quota-rows tr")]
       .map((tr) => [tr.querySelector("td.endpoint").textContent, tr.querySelector("td.remaining").textContent]));
     assert.deepEqual(quotas, [["/api/layered/* · burst", "3 / 5"], ["/api/layered/* · daily", "48 / 50"]]);
+    // A request's event keeps every limit's row current, not only the binding one's.
+    await fetch(url + "/api/layered/x", { headers: { "X-Client-ID": "lay" } });
+    await until(page, () => [...document.querySelectorAll("#quota-rows td.remaining")].map((td) => td.textContent).join() === "2 / 5,47 / 50");
     assert.deepEqual(pageErrors, []);
   });
 });
