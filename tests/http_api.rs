@@ -322,6 +322,27 @@ async fn a_config_counts_per_its_key_global_ip_or_header() {
     assert_eq!(r.body["allowed"], true, "{:?}", r.body);
     let r = check(r#"{"client_id": "u", "path": "/api/data", "ip": "nope"}"#).await;
     assert_eq!((r.status.as_u16(), &r.body["field"]), (422, &json!("ip")));
+    // Counted per address: a check needs no client id (one given is still checked).
+    let r = check(r#"{"path": "/api/data", "ip": "192.0.2.9"}"#).await;
+    assert_eq!(
+        (r.status.as_u16(), &r.body["allowed"]),
+        (200, &json!(true)),
+        "{:?}",
+        r.body
+    );
+    let r = check(r#"{"client_id": "a b", "path": "/api/data", "ip": "192.0.2.9"}"#).await;
+    assert_eq!(
+        (r.status.as_u16(), &r.body["field"]),
+        (422, &json!("client_id"))
+    );
+    // Under a config that counts per client, it is required, and named.
+    let r = check(r#"{"path": "/other", "ip": "192.0.2.9"}"#).await;
+    assert_eq!(
+        (r.status.as_u16(), &r.body["field"]),
+        (422, &json!("client_id")),
+        "{:?}",
+        r.body
+    );
     let r =
         check(r#"{"client_id": "u", "path": "/api/data", "headers": {"a": "1", "A": "2"}}"#).await;
     assert_eq!(

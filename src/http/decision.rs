@@ -53,8 +53,10 @@ struct Ask {
 #[allow(dead_code)] // a description of the input, which `parse` reads field by field
 struct CheckRequest {
     /// The client, by the rule of `X-Client-ID`: 1 to 128 of `A-Z a-z 0-9 . _ : @ -`.
-    #[schema(pattern = "^[A-Za-z0-9._:@-]{1,128}$")]
-    client_id: String,
+    /// Required when the path's config counts per client (the default key), ignored
+    /// otherwise.
+    #[schema(pattern = "^[A-Za-z0-9._:@-]{1,128}$", nullable = false)]
+    client_id: Option<String>,
     /// The path of the request being decided (its query string is ignored).
     #[schema(pattern = "^/", max_length = 2048)]
     path: String,
@@ -223,9 +225,12 @@ fn parse(state: &AppState, check: Value, prefix: &str) -> Result<Ask, ApiError> 
         Some(Value::String(s)) => Ok(Some(s)),
         Some(_) => Err(invalid(field(name), "must be a string")),
     };
-    let client =
-        string(&mut c, "client_id")?.ok_or_else(|| invalid(field("client_id"), "is required"))?;
-    validate_client_id(&client).map_err(|e| invalid(field("client_id"), e.to_string()))?;
+    // Needed only by a config that counts per client (see `OriginalRequest::client`);
+    // checked whenever given.
+    let client = string(&mut c, "client_id")?;
+    if let Some(client) = &client {
+        validate_client_id(client).map_err(|e| invalid(field("client_id"), e.to_string()))?;
+    }
     let path = string(&mut c, "path")?.ok_or_else(|| invalid(field("path"), "is required"))?;
     let path = (path.len() <= 2048)
         .then(|| request_path(path.split('#').next().unwrap_or_default()))
@@ -275,7 +280,7 @@ fn parse(state: &AppState, check: Value, prefix: &str) -> Result<Ask, ApiError> 
         }
     };
     let original = OriginalRequest {
-        client: &client,
+        client: client.as_deref(),
         ip,
         headers: &headers,
         prefix,
@@ -324,7 +329,8 @@ fn parse(state: &AppState, check: Value, prefix: &str) -> Result<Ask, ApiError> 
 
 /// What a check names of the original request, for the config's key.
 struct OriginalRequest<'a> {
-    client: &'a str,
+    /// The check's `client_id`, if it gave one.
+    client: Option<&'a str>,
     ip: Option<std::net::IpAddr>,
     headers: &'a Map<String, Value>,
     /// The check's place in a batch, for error fields.
@@ -335,7 +341,12 @@ impl KeySource for OriginalRequest<'_> {
     type Error = ApiError;
 
     fn client(&self) -> Result<Arc<str>, ApiError> {
-        Ok(Arc::from(self.client))
+        self.client.map(Arc::from).ok_or_else(|| {
+            invalid(
+                format!("{}client_id", self.prefix),
+                "is required: the config of this path counts per client",
+            )
+        })
     }
 
     fn ip(&self) -> Result<Arc<str>, ApiError> {
