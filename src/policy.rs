@@ -4,7 +4,7 @@
 
 use crate::config::descriptor::Pattern;
 use crate::config::{Change, Config, ConfigSpec, DEFAULT_ENDPOINT, Enforcement, Key, Override};
-use crate::limiter::{FixedWindowLimit, Limit, Named};
+use crate::limiter::{Decision, Decisions, FixedWindowLimit, Limit, Named};
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
@@ -75,8 +75,19 @@ impl Policy {
         }
     }
 
+    /// Each limit with its decision in `d` (decided under this policy), in the config's
+    /// order.
+    pub fn each<'a>(&'a self, d: &'a Decisions) -> impl Iterator<Item = (&'a Named, &'a Decision)> {
+        self.limits.iter().zip(d.each())
+    }
+
+    /// The limits that refused in `d`, in the config's order.
+    pub fn violated<'a>(&'a self, d: &'a Decisions) -> impl Iterator<Item = &'a Named> {
+        self.each(d).filter(|(_, d)| !d.allowed).map(|(l, _)| l)
+    }
+
     /// Whether a request so decided is refused: over a limit, and not in shadow mode.
-    pub fn refuses(&self, d: &crate::limiter::Decision) -> bool {
+    pub fn refuses(&self, d: &Decision) -> bool {
         !d.allowed && !self.shadow
     }
 }

@@ -225,7 +225,7 @@ impl ClientLimiter {
                     .several()
                     .then(|| policy.limits[decision.binding()].name.clone()),
                 each: match policy.several() {
-                    true => (policy.limits.iter().zip(decision.each()))
+                    true => (policy.each(decision))
                         .map(|(l, d)| LimitSeen {
                             name: l.name.to_string(),
                             remaining: d.remaining,
@@ -254,13 +254,13 @@ impl ClientLimiter {
         let mut stats = std::mem::take(&mut self.stats);
         for e in &mut self.endpoints {
             stats.extend(e.take_counts());
-            // A single state keeps its limit's name (see `States::encode_named`).
+            // A single state keeps its limit's name (see `States::stored`).
             let one_name = e.policy.as_ref().and_then(|p| p.limits.first());
-            let one_name = one_name.map(|l| &*l.name);
+            let (algorithm, state) = e.state.stored(one_name.map(|l| &*l.name));
             endpoints.push(EndpointSnapshot {
                 endpoint: e.name.clone(),
-                algorithm: e.state.algorithm_named(one_name),
-                state: e.state.encode_named(one_name),
+                algorithm,
+                state,
                 expires_at: e.expires_at(now, backend),
             });
         }
@@ -382,7 +382,7 @@ impl LimitStatus {
         if !policy.several() {
             return Vec::new();
         }
-        (policy.limits.iter().zip(d.each()))
+        (policy.each(d))
             .map(|(l, d)| LimitStatus {
                 name: l.name.to_string(),
                 algorithm: l.limit.algorithm(),

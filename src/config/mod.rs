@@ -734,6 +734,35 @@ impl ConfigSpec {
         Ok(spec)
     }
 
+    /// Writes `l`'s numbers as the top-level fields (its name is not one of them).
+    fn set_top_level(&mut self, l: LimitSpec) {
+        self.requests_per_window = Some(l.requests_per_window);
+        self.window_seconds = Some(l.window_seconds);
+        self.calendar = l.calendar;
+        self.algorithm = Some(l.algorithm);
+        self.burst_limit = l.burst_limit;
+        self.refill_rate = l.refill_rate;
+    }
+
+    /// This spec as the API shows it: a config of one limit both ways, as top-level
+    /// fields and as `limits`, so that clients of either shape read it; others as they
+    /// are.
+    fn shown(&self) -> std::borrow::Cow<'_, Self> {
+        use std::borrow::Cow;
+        match self.limits.as_slice() {
+            [] => Cow::Owned(Self {
+                limits: self.limit_specs(),
+                ..self.clone()
+            }),
+            [only] => {
+                let mut both = self.clone();
+                both.set_top_level(only.clone());
+                Cow::Owned(both)
+            }
+            _ => Cow::Borrowed(self),
+        }
+    }
+
     /// The one shape of each config: a list of one limit named `default` is written with
     /// top-level fields (as every version reads it), and an override of a config of one
     /// limit does not name it.
@@ -743,12 +772,7 @@ impl ConfigSpec {
             && self.top_level_given().is_none()
         {
             let only = self.limits.remove(0);
-            self.requests_per_window = Some(only.requests_per_window);
-            self.window_seconds = Some(only.window_seconds);
-            self.calendar = only.calendar;
-            self.algorithm = Some(only.algorithm);
-            self.burst_limit = only.burst_limit;
-            self.refill_rate = only.refill_rate;
+            self.set_top_level(only);
         }
         if self.limits.is_empty() {
             self.algorithm.get_or_insert_with(default_algorithm);
@@ -1048,18 +1072,10 @@ pub struct Config {
 #[schema(as = Config)]
 pub struct ConfigView<'a> {
     pub id: i64,
+    /// The spec, a config of one limit shown both ways (see `ConfigSpec::shown`).
     #[serde(flatten)]
-    #[schema(inline = false)]
-    pub spec: &'a ConfigSpec,
-    /// A config of one limit shows it both ways, so that clients of either shape read
-    /// it: as `limits` when written with top-level fields...
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(ignore)]
-    pub limits: Option<[LimitSpec; 1]>,
-    /// ...and as top-level fields when written as `limits`.
-    #[serde(flatten)]
-    #[schema(ignore)]
-    pub one: Option<OneLimit>,
+    #[schema(inline = false, value_type = ConfigSpec)]
+    pub spec: std::borrow::Cow<'a, ConfigSpec>,
     /// RFC 3339.
     pub created_at: String,
     /// RFC 3339.
@@ -1072,17 +1088,9 @@ impl Config {
     }
 
     pub fn view(&self) -> ConfigView<'_> {
-        let mut limits = self.spec.limit_specs();
-        let (listed, one) = match (self.spec.limits.len(), limits.pop()) {
-            (0, Some(only)) => (Some([only]), None),
-            (1, Some(only)) => (None, Some(OneLimit::of(only))),
-            _ => (None, None),
-        };
         ConfigView {
             id: self.id,
-            spec: &self.spec,
-            limits: listed,
-            one,
+            spec: self.spec.shown(),
             created_at: rfc3339(self.created_at),
             updated_at: rfc3339(self.updated_at),
         }
@@ -1102,33 +1110,6 @@ impl Config {
 
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).unwrap_or_default()
-    }
-}
-
-/// The top-level fields of a config's one limit, as a view shows them.
-#[derive(Debug, Serialize)]
-pub struct OneLimit {
-    requests_per_window: u64,
-    window_seconds: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    calendar: Option<Calendar>,
-    algorithm: Algorithm,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    burst_limit: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    refill_rate: Option<f64>,
-}
-
-impl OneLimit {
-    fn of(l: LimitSpec) -> Self {
-        Self {
-            requests_per_window: l.requests_per_window,
-            window_seconds: l.window_seconds,
-            calendar: l.calendar,
-            algorithm: l.algorithm,
-            burst_limit: l.burst_limit,
-            refill_rate: l.refill_rate,
-        }
     }
 }
 

@@ -115,8 +115,7 @@ impl Decider {
                     };
                     self.metrics.decision(&policy.endpoint, outcome);
                     if !d.allowed {
-                        let each = policy.limits.iter().zip(d.each());
-                        for (limit, _) in each.filter(|(_, d)| !d.allowed) {
+                        for limit in policy.violated(&d) {
                             self.metrics.limit_refusal(&policy.endpoint, &limit.name);
                         }
                     }
@@ -186,7 +185,7 @@ const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy")
 pub fn structured_fields(policy: &Policy, d: &Decisions) -> [(HeaderName, String); 2] {
     let mut limits = String::new();
     let mut policies = String::new();
-    for (l, d) in policy.limits.iter().zip(d.each()) {
+    for (l, d) in policy.each(d) {
         let name = match policy.several() {
             true => sf_string(&l.name),
             false => sf_string(&policy.endpoint),

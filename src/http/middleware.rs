@@ -180,10 +180,7 @@ pub fn refusal(
     let retry_after = retry_after_secs(decision);
     let binding = decision.binding();
     let violated: Vec<&str> = match policy.several() {
-        true => (policy.limits.iter().zip(decision.each()))
-            .filter(|(_, d)| !d.allowed)
-            .map(|(l, _)| &*l.name)
-            .collect(),
+        true => policy.violated(decision).map(|l| &*l.name).collect(),
         false => Vec::new(),
     };
     let which = match policy.several() {

@@ -6,8 +6,9 @@
 //! its Redis script and keys (the [`Algo`] trait says what a module provides). Adding an
 //! algorithm means a new module implementing [`Algo`], a variant in [`Algorithm`],
 //! [`Limit`] and [`State`], and one arm in each of their `match`es:
-//! `Algorithm::as_str`, `Algorithm::redis_kinds`, `Algorithm::redis_script`, `Limit::new`, `Limit::algorithm`,
-//! `Limit::quota`, `Limit::fresh_after`, `Limit::redis_args`, `State::new`,
+//! `Algorithm::index`, `Algorithm::as_str`, `Algorithm::redis_kinds`,
+//! `Algorithm::redis_script`, `Limit::new`, `Limit::algorithm`, `Limit::quota`,
+//! `Limit::fresh_after`, `Limit::redis_args`, `State::new`,
 //! `State::algorithm`, `State::evaluate`, `State::encode` and `State::decode` (and the
 //! script's in `store::redis::Scripts`).
 //! None has a catch-all arm, so the compiler lists every place to touch. Nothing in this
@@ -42,6 +43,16 @@ impl Algorithm {
         Algorithm::FixedWindow,
         Algorithm::TokenBucket,
     ];
+
+    /// Its place in [`Algorithm::ALL`]: how snapshots and the Redis script of several
+    /// limits name it.
+    pub fn index(self) -> usize {
+        match self {
+            Algorithm::SlidingWindow => 0,
+            Algorithm::FixedWindow => 1,
+            Algorithm::TokenBucket => 2,
+        }
+    }
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -489,15 +500,10 @@ mod tests {
 
     #[test]
     fn all_lists_every_algorithm() {
-        // An exhaustive match: a new variant fails to compile here until it is given a
-        // place in `ALL`.
-        let place = |a: Algorithm| match a {
-            Algorithm::SlidingWindow => 0,
-            Algorithm::FixedWindow => 1,
-            Algorithm::TokenBucket => 2,
-        };
+        // `index` is an exhaustive match: a new variant fails to compile there until it
+        // is given a place, which must be its place in `ALL`.
         for (i, a) in Algorithm::ALL.into_iter().enumerate() {
-            assert_eq!(place(a), i, "{a:?}");
+            assert_eq!(a.index(), i, "{a:?}");
         }
     }
 

@@ -229,25 +229,18 @@ impl States {
         }
     }
 
-    /// A compact binary form: one state's own encoding (as a config of one limit has
-    /// always been stored), or, for several, each limit's name, algorithm and state.
-    /// The one state of a limit named other than `default` (`one_name`, the limit it was
-    /// last checked under) is written as a list of one, so that it keeps its name when
-    /// read back ([`States::algorithm_named`] says how it was written).
-    pub fn encode_named(&self, one_name: Option<&str>) -> Vec<u8> {
+    /// What a snapshot stores: the algorithm column and the bytes. One state is stored
+    /// in its own encoding, as a config of one limit always was, unless its limit
+    /// (`one_name`, the one it was last checked under) is named other than `default`:
+    /// then as a list of one, so that it keeps its name when read back. Several states
+    /// are stored as [`States::encode`] writes them, under no algorithm (`None`).
+    pub fn stored(&self, one_name: Option<&str>) -> (Option<Algorithm>, Vec<u8>) {
         match (self, one_name) {
             (States::One(s), Some(name)) if name != DEFAULT_LIMIT => {
-                States::Many(Box::new([(Arc::from(name), s.clone())])).encode()
+                let named = States::Many(Box::new([(Arc::from(name), s.clone())]));
+                (None, named.encode())
             }
-            _ => self.encode(),
-        }
-    }
-
-    /// The algorithm [`States::encode_named`] is stored with.
-    pub fn algorithm_named(&self, one_name: Option<&str>) -> Option<Algorithm> {
-        match one_name {
-            Some(name) if name != DEFAULT_LIMIT => None,
-            _ => self.algorithm(),
+            _ => (self.algorithm(), self.encode()),
         }
     }
 
@@ -261,9 +254,7 @@ impl States {
                 for (name, state) in states.iter() {
                     out.push(name.len() as u8);
                     out.extend_from_slice(name.as_bytes());
-                    let algorithm = state.algorithm();
-                    let index = Algorithm::ALL.iter().position(|a| *a == algorithm);
-                    out.push(index.unwrap_or(0) as u8);
+                    out.push(state.algorithm().index() as u8);
                     let bytes = state.encode();
                     out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
                     out.extend_from_slice(&bytes);
@@ -468,8 +459,8 @@ mod tests {
         let monthly = named("monthly", Algorithm::FixedWindow, 5, 60);
         let mut states = States::new(std::slice::from_ref(&monthly));
         states.evaluate(std::slice::from_ref(&monthly), 0, 4, Mode::Consume);
-        let bytes = states.encode_named(Some("monthly"));
-        let mut back = States::decode(states.algorithm_named(Some("monthly")), &bytes).unwrap();
+        let (algorithm, bytes) = states.stored(Some("monthly"));
+        let mut back = States::decode(algorithm, &bytes).unwrap();
         // Read back after the config gained a limit: `monthly` keeps its count.
         let grown = [
             named("burst", Algorithm::FixedWindow, 5, 60),
@@ -478,8 +469,9 @@ mod tests {
         let d = back.evaluate(&grown, 0, 0, Mode::Peek);
         assert_eq!((d.each()[0].remaining, d.each()[1].remaining), (5, 1));
         // Under `default`, the encoding is the bare state's, as before.
-        assert_eq!(states.encode_named(Some(DEFAULT_LIMIT)), states.encode());
-        assert_eq!(states.algorithm_named(None), Some(Algorithm::FixedWindow));
+        let bare = (Some(Algorithm::FixedWindow), states.encode());
+        assert_eq!(states.stored(Some(DEFAULT_LIMIT)), bare);
+        assert_eq!(states.stored(None), bare);
     }
 
     #[test]

@@ -27,6 +27,7 @@ use crate::metrics::{Metrics, RedisFailure};
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisError, RedisFuture, Script, Value};
+use smallvec::SmallVec;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -322,11 +323,12 @@ impl Redis {
         let conn = self.conn();
         let this = self.clone();
         let several = limits.len() > 1;
-        let keys: Vec<Vec<String>> = limits
+        // Each limit's keys in turn, as many for each (every algorithm's kinds).
+        let keys: Vec<String> = limits
             .iter()
-            .map(|l| keys(client, endpoint, &l.name, l.limit.algorithm()))
+            .flat_map(|l| keys(client, endpoint, &l.name, l.limit.algorithm()))
             .collect();
-        let limits: Vec<Limit> = limits.iter().map(|l| l.limit).collect();
+        let limits: SmallVec<[Limit; 1]> = limits.iter().map(|l| l.limit).collect();
         let now = self.inner.config.clock.as_ref().map(|c| c.now());
         async move {
             let mut conn = conn?;
@@ -334,7 +336,7 @@ impl Redis {
                 // Every key of the quota, whatever the algorithm: one hash slot (the
                 // client's tag), so one command even in a Redis Cluster.
                 let mut del = redis::cmd("DEL");
-                for k in keys.iter().flatten() {
+                for k in &keys {
                     del.arg(k);
                 }
                 let deleted: Result<u64, RedisError> = del.query_async(&mut conn).await;
@@ -348,7 +350,7 @@ impl Redis {
                 (false, Algorithm::TokenBucket) => &s.bucket,
             };
             let mut call = script.prepare_invoke();
-            for k in keys.iter().flatten() {
+            for k in &keys {
                 call.key(k);
             }
             match now {
@@ -360,12 +362,10 @@ impl Redis {
             if several {
                 // How to cut KEYS and ARGV into each limit's (see `redis/several.lua`).
                 call.arg(limits.len());
-                for (limit, keys) in limits.iter().zip(&keys) {
-                    let algorithm = limit.algorithm();
-                    let index = Algorithm::ALL.iter().position(|a| *a == algorithm);
+                for limit in &limits {
                     let args = limit.redis_args();
-                    call.arg(index.unwrap_or(0) + 1)
-                        .arg(keys.len())
+                    call.arg(limit.algorithm().index() + 1)
+                        .arg(keys.len() / limits.len())
                         .arg(args.len());
                     call.arg(args);
                 }
