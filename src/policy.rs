@@ -5,6 +5,7 @@
 use crate::config::descriptor::Pattern;
 use crate::config::{Change, Config, ConfigSpec, DEFAULT_ENDPOINT, Enforcement, Key, Override};
 use crate::limiter::{Decision, Decisions, FixedWindowLimit, Limit, Named};
+use smallvec::SmallVec;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
@@ -23,18 +24,42 @@ pub struct Policy {
     pub key: Key,
     /// The client pattern of the override this policy comes from, if one.
     pub tier: Option<Arc<str>>,
+    /// Where a key value's limiter keeps this policy's state: its endpoint; for the
+    /// limits of a group that count per another key than the config's, the endpoint
+    /// and that key (`/api/* [key:global]`), so that two keys whose values coincide (a
+    /// client without an id is counted by its address, as an `ip` key counts) never
+    /// share a state.
+    pub slot: Arc<str>,
+    /// For a config whose limits count per different keys: the limits of each key as a
+    /// policy of its own, decided in this order (the config's key first, `global`
+    /// last); empty when every limit counts per the config's key.
+    pub groups: Box<[Group]>,
+}
+
+/// The limits of a config that count per one key, as a policy of their own (see
+/// [`Policy::groups`]).
+#[derive(Debug, PartialEq)]
+pub struct Group {
+    pub policy: Arc<Policy>,
+    /// Where its limits are among the whole policy's.
+    pub positions: Box<[usize]>,
 }
 
 impl Policy {
     pub fn from_spec(spec: &ConfigSpec) -> Self {
-        Self::with_overrides(spec, &[])
+        Self::with_overrides(spec, &[], Arc::from(spec.endpoint.as_str()), None)
     }
 
-    /// The policy of the clients `overrides` (all of one client pattern) apply to: each
-    /// changes the limit it names.
-    fn with_overrides(spec: &ConfigSpec, overrides: &[&Override]) -> Self {
+    /// The policy of the clients `overrides` (all of one client pattern, `tier`) apply
+    /// to: each changes the limit it names. `endpoint` is the spec's, shared.
+    fn with_overrides(
+        spec: &ConfigSpec,
+        overrides: &[&Override],
+        endpoint: Arc<str>,
+        tier: Option<Arc<str>>,
+    ) -> Self {
         let specs = spec.limit_specs();
-        let limits = specs
+        let limits: Box<[Named]> = specs
             .iter()
             .map(
                 |l| match overrides.iter().find(|o| o.changes(&l.name, &specs)) {
@@ -43,14 +68,94 @@ impl Policy {
                 },
             )
             .collect();
-        Self {
-            endpoint: Arc::from(spec.endpoint.as_str()),
+        let mut policy = Self {
+            endpoint: endpoint.clone(),
             limits,
             active: spec.is_active,
             shadow: spec.mode == Enforcement::Shadow,
             key: spec.key.clone(),
-            tier: None,
+            tier,
+            slot: endpoint,
+            groups: Box::new([]),
+        };
+        let keys: Vec<&Key> = specs.iter().map(|l| spec.key_of(l)).collect();
+        if keys.iter().any(|k| **k != spec.key) {
+            policy.groups = policy.grouped(&keys);
         }
+        policy
+    }
+
+    /// Its limits grouped by the key each counts per (`keys`, in their order): the
+    /// config's key first, then the others in the config's order, `global` last (the
+    /// budget every caller shares is only touched once a caller's own limits admit).
+    fn grouped(&self, keys: &[&Key]) -> Box<[Group]> {
+        let mut order: Vec<&Key> = vec![&self.key];
+        for k in keys {
+            if !order.contains(k) {
+                order.push(k);
+            }
+        }
+        order[1..].sort_by_key(|k| **k == Key::Global);
+        order
+            .into_iter()
+            .map(|key| {
+                let positions: Box<[usize]> = (0..keys.len()).filter(|&i| keys[i] == key).collect();
+                let slot = match *key == self.key {
+                    true => self.endpoint.clone(),
+                    false => Arc::from(format!("{} [key:{key}]", self.endpoint)),
+                };
+                let policy = Policy {
+                    endpoint: self.endpoint.clone(),
+                    limits: positions.iter().map(|&i| self.limits[i].clone()).collect(),
+                    active: self.active,
+                    shadow: self.shadow,
+                    key: key.clone(),
+                    tier: self.tier.clone(),
+                    slot,
+                    groups: Box::new([]),
+                };
+                Group {
+                    policy: Arc::new(policy),
+                    positions,
+                }
+            })
+            .collect()
+    }
+
+    /// The policy whose state a check of the config's key value keeps: the first
+    /// group's, or this one when it has no groups.
+    pub fn own(self: &Arc<Self>) -> &Arc<Policy> {
+        self.groups.first().map_or(self, |g| &g.policy)
+    }
+
+    /// The keys other than the config's that its limits count per, in the order they
+    /// are decided: what a surface finds a value of for each request.
+    pub fn other_keys(&self) -> impl Iterator<Item = &Key> {
+        self.groups.iter().skip(1).map(|g| &g.policy.key)
+    }
+
+    /// The decisions of the whole policy from each group's (`parts`, in the groups'
+    /// order), in the config's order of its limits.
+    pub fn merge(&self, parts: &[Decisions]) -> Decisions {
+        let mut each: SmallVec<[Decision; 1]> = SmallVec::with_capacity(self.limits.len());
+        each.resize(self.limits.len(), *parts[0].decision());
+        for (g, d) in self.groups.iter().zip(parts) {
+            for (&i, d) in g.positions.iter().zip(d.each()) {
+                each[i] = *d;
+            }
+        }
+        Decisions::of(each).decided_at(parts[0].at())
+    }
+
+    /// The policy of the group whose state is kept under `slot`.
+    fn of_slot(self: &Arc<Self>, slot: &str) -> Option<&Arc<Policy>> {
+        if *self.slot == *slot && self.groups.is_empty() {
+            return Some(self);
+        }
+        self.groups
+            .iter()
+            .map(|g| &g.policy)
+            .find(|p| *p.slot == *slot)
     }
 
     /// Whether it has several limits (a config of one shows as before: its policy is
@@ -117,11 +222,10 @@ impl Rule {
             }
         }
         for (pattern, overrides) in patterns {
-            let mut policy = Policy::with_overrides(spec, &overrides);
             // The same key as the config's: an override changes the numbers, not whose
             // budget it is (and reuses the name's allocation).
-            policy.endpoint = base.endpoint.clone();
-            policy.tier = Some(Arc::from(pattern));
+            let tier = Some(Arc::from(pattern));
+            let policy = Policy::with_overrides(spec, &overrides, base.endpoint.clone(), tier);
             let policy = Arc::new(policy);
             match pattern.strip_suffix('*') {
                 Some(prefix) => {
@@ -171,11 +275,17 @@ pub struct PolicyTable {
     descriptors: HashMap<String, Vec<(Pattern, String)>>,
 }
 
-/// The rule a request descriptor matched, and the client it names.
+/// The rule a request descriptor matched, and the values it counts under (the client
+/// it names, or `(global)`; see [`PolicyTable::resolve_keyed`]).
 pub struct Matched<'a> {
     pub policy: &'a Arc<Policy>,
-    pub client: String,
+    pub values: KeyValues,
 }
+
+/// The values a request counts under: its config's key's first (it picks the override,
+/// and the request's statistics are kept under it), then one for each of
+/// [`Policy::other_keys`].
+pub type KeyValues = SmallVec<[Arc<str>; 1]>;
 
 impl PolicyTable {
     /// Builds the table; `configs` must contain the default `"*"`.
@@ -225,6 +335,16 @@ impl PolicyTable {
             .map(|i| &self.configs[i])
     }
 
+    /// The policy whose state a key value keeps under `slot` (see [`Policy::slot`]),
+    /// with that value's override if it has one.
+    pub fn slot_policy(&self, slot: &str, value: &str) -> Option<&Arc<Policy>> {
+        let policy = match self.policy(slot, value) {
+            Some(p) => p,
+            None => self.policy(slot.rsplit_once(" [key:")?.0, value)?,
+        };
+        policy.of_slot(slot)
+    }
+
     pub fn active_count(&self) -> usize {
         self.configs.iter().filter(|c| c.spec.is_active).count()
     }
@@ -250,17 +370,23 @@ impl PolicyTable {
         self.rule(path).for_client(client)
     }
 
-    /// The policy of a request to `path` and the value it is counted under: `value`
-    /// finds it from the config's key (called once), and it picks the override.
+    /// The policy of a request to `path` and the values it is counted under: `value`
+    /// finds each from a key, the config's first (which picks the override), then each
+    /// of [`Policy::other_keys`].
     pub fn resolve_keyed<E>(
         &self,
         path: &str,
-        value: impl FnOnce(&Key) -> Result<Arc<str>, E>,
-    ) -> Result<(Arc<str>, Arc<Policy>), E> {
+        value: impl Fn(&Key) -> Result<Arc<str>, E>,
+    ) -> Result<(KeyValues, Arc<Policy>), E> {
         let rule = self.rule(path);
         let who = value(&rule.base.key)?;
         let policy = rule.for_client(&who).clone();
-        Ok((who, policy))
+        let mut values = KeyValues::new();
+        values.push(who);
+        for key in policy.other_keys() {
+            values.push(value(key)?);
+        }
+        Ok((values, policy))
     }
 
     /// The descriptor rule of `domain` that a request descriptor (its entries, key and
@@ -277,14 +403,18 @@ impl PolicyTable {
             .iter()
             .find(|(p, _)| p.matches(entries.clone()))?;
         let rule = self.exact.get(identity)?;
-        let client = match rule.base.key {
-            Key::Global => Key::GLOBAL.to_owned(),
-            _ => pattern.client(domain, entries),
+        let value = |key: &Key| -> Arc<str> {
+            match key {
+                Key::Global => Arc::from(Key::GLOBAL),
+                _ => Arc::from(pattern.client(domain, entries.clone())),
+            }
         };
-        Some(Matched {
-            policy: rule.for_client(&client),
-            client,
-        })
+        let client = value(&rule.base.key);
+        let policy = rule.for_client(&client);
+        let mut values = KeyValues::new();
+        values.push(client);
+        values.extend(policy.other_keys().map(value));
+        Some(Matched { policy, values })
     }
 
     fn rule(&self, path: &str) -> &Rule {

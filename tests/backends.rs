@@ -1,7 +1,8 @@
 //! One suite, two backends: the in-memory algorithms (`limiter::State`) and their Lua
 //! scripts in a real Redis (started by this test) must reach the same decisions, to the
-//! nanosecond, for the same requests at the same times. Time is a manual clock, which
-//! the Redis scripts are given instead of `TIME`.
+//! nanosecond, for the same requests at the same times, and give back refunded
+//! admissions alike. Time is a manual clock, which the Redis scripts are given instead
+//! of `TIME`.
 
 mod common;
 
@@ -118,6 +119,7 @@ async fn same_decisions(algorithm: Algorithm, seed: u64, server: &RedisServer, l
     let mut memory = Backend::memory();
     let mut shared = Backend::Redis(redis, client);
     let mut allowed = 0;
+    let mut held = None;
     for step in 0..150 {
         // Bursts within a millisecond, gaps of a fraction of the window, and long idles.
         let gap = match rng.next(10) {
@@ -144,6 +146,12 @@ async fn same_decisions(algorithm: Algorithm, seed: u64, server: &RedisServer, l
             8 => 0,
             _ => quota + 1 + rng.next(3),
         };
+        // An admission given back a step later (as a request refused by a limit of
+        // another key gives back what it took): both backends forget it alike.
+        if let Some((at, cost)) = held.take() {
+            memory.check(&limits, now, cost, Mode::Refund(at)).await;
+            shared.check(&limits, now, cost, Mode::Refund(at)).await;
+        }
         let expected = memory.check(&limits, now, cost, mode).await;
         let got = shared.check(&limits, now, cost, mode).await;
         assert_eq!(
@@ -151,6 +159,9 @@ async fn same_decisions(algorithm: Algorithm, seed: u64, server: &RedisServer, l
             "{algorithm:?} seed {seed} step {step} at {now}, cost {cost} {mode:?}, {limits:?}"
         );
         allowed += u64::from(expected.allowed && mode == Mode::Consume && cost > 0);
+        if expected.allowed && mode == Mode::Consume && rng.next(5) == 0 {
+            held = Some((expected.at(), cost));
+        }
     }
     assert!(allowed > 0, "the trace admitted something");
 }
@@ -254,6 +265,7 @@ async fn several_limits_decide_alike_all_or_nothing() {
         let mut memory = Backend::memory();
         let mut shared = Backend::Redis(redis, client);
         let (mut allowed, mut refused) = (0, 0);
+        let mut held = None;
         for step in 0..150 {
             let gap = match rng.next(10) {
                 0..=5 => rng.next(1_000_000),
@@ -265,12 +277,19 @@ async fn several_limits_decide_alike_all_or_nothing() {
             let mode =
                 [Mode::Consume, Mode::Consume, Mode::Consume, Mode::Peek][rng.next(4) as usize];
             let cost = [1, 1, 1, 0, 2, 3][rng.next(6) as usize];
+            if let Some((at, cost)) = held.take() {
+                memory.check_all(&limits, now, cost, Mode::Refund(at)).await;
+                shared.check_all(&limits, now, cost, Mode::Refund(at)).await;
+            }
             let expected = memory.check_all(&limits, now, cost, mode).await;
             let got = shared.check_all(&limits, now, cost, mode).await;
             assert_eq!(
                 got, expected,
                 "seed {seed} step {step}, cost {cost} {mode:?}, {limits:?}"
             );
+            if expected.allowed && mode == Mode::Consume && rng.next(4) == 0 {
+                held = Some((expected.at(), cost));
+            }
             if mode == Mode::Consume {
                 match expected.allowed {
                     true => allowed += 1,

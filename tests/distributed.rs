@@ -145,6 +145,43 @@ async fn exact_limit_across(nodes: &[Binary]) {
         .filter(|r| r.status == 200 || r.status == 404)
         .count();
     assert_eq!(ok, 100, "global over {} instances", nodes.len());
+    // Limits of two keys (in a cluster, keys in different slots): each client's own
+    // limit, then the budget every caller shares. Exactly the shared budget is admitted,
+    // and each refusal by the shared limit gave back what it took of its client's own.
+    let body = json!({"endpoint": "/api/mixed", "limits": [
+        {"name": "own", "algorithm": "fixed_window", "requests_per_window": 30, "window_seconds": 3600},
+        {"name": "shared", "algorithm": "sliding_window", "requests_per_window": 50, "window_seconds": 3600, "key": "global"}]});
+    let r = nodes[0].post("/admin/configs", &body.to_string()).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    for node in nodes {
+        until_served(node, "/api/mixed", "limits", &body["limits"]).await;
+    }
+    let clients = ["mixed-0", "mixed-1", "mixed-2", "mixed-3"];
+    let statuses =
+        join_all((0..300).map(|i| nodes[i % nodes.len()].get_as(clients[i % 4], "/api/mixed")))
+            .await;
+    let admitted = |r: &&common::Resp| r.status == 200 || r.status == 404;
+    assert_eq!(
+        statuses.iter().filter(admitted).count(),
+        50,
+        "two keys over {} instances",
+        nodes.len()
+    );
+    for (i, client) in clients.iter().enumerate() {
+        let own = statuses.iter().skip(i).step_by(4).filter(admitted).count() as u64;
+        assert!(own <= 30, "{client}: {own}");
+        // Asked of an instance the client used (its status lists what it used there).
+        let stats = nodes[i % nodes.len()]
+            .get(&format!("/admin/stats/{client}"))
+            .await;
+        let ep = &stats.body["status"]["endpoints"][0];
+        assert_eq!(
+            ep["remaining"],
+            json!(30 - own),
+            "{client}: {:?}",
+            stats.body
+        );
+    }
 }
 
 #[actix_rt::test]

@@ -857,6 +857,187 @@ async fn two_hundred_concurrent_requests_admit_exactly_what_the_tighter_limit_al
     );
 }
 
+/// The issue's shared limit: each client's own budget, and one for every caller.
+const SHARED: &str = r#"{"endpoint": "/api/*", "limits": [
+    {"name": "per-client", "algorithm": "fixed_window", "requests_per_window": 3, "window_seconds": 60},
+    {"name": "backend", "algorithm": "fixed_window", "requests_per_window": 5, "window_seconds": 60, "key": "global"}]}"#;
+
+#[actix_rt::test]
+async fn a_limit_keyed_globally_is_shared_by_every_client_and_a_refusal_takes_nothing() {
+    let s = TestServer::start().await;
+    let created = s.post("/admin/configs", SHARED).await;
+    assert_eq!(created.status, 201, "{:?}", created.body);
+    assert_eq!(created.body["limits"][1]["key"], "global");
+    assert!(created.body["limits"][0].get("key").is_none());
+    // Alice's own limit refuses her 4th: the shared budget is not touched by it.
+    assert_eq!(
+        s.statuses("alice", "/api/data", 4).await,
+        [200, 200, 200, 429]
+    );
+    // Bob has his own 3, but only 2 are left of the shared 5.
+    assert_eq!(s.statuses("bob", "/api/data", 2).await, [200, 200]);
+    let r = s.get_as("bob", "/api/data").await;
+    assert_eq!(r.status, 429);
+    assert_eq!(r.body["violated"], json!(["backend"]));
+    let t = r.header("ratelimit").unwrap();
+    assert!(t.starts_with("\"per-client\";r=1;t="), "{t}");
+    assert!(t.contains("\"backend\";r=0;t="), "{t}");
+    // Bob's refused request gave its unit of his own limit back: 1 left, not 0.
+    let bob = s.get("/admin/stats/bob").await;
+    let ep = &bob.body["status"]["endpoints"][0];
+    assert_eq!(
+        (&ep["endpoint"], &ep["remaining"]),
+        (&json!("/api/*"), &json!(1))
+    );
+    assert_eq!(bob.body["status"]["blocked_requests"], 1);
+    // The shared budget's state is kept under the global key's value.
+    let global = s.get("/admin/stats/(global)").await;
+    assert_eq!(global.status, 200, "{:?}", global.body);
+    let ep = &global.body["status"]["endpoints"][0];
+    assert_eq!((&ep["limit"], &ep["remaining"]), (&json!(5), &json!(0)));
+    let refused = |limit: &str| {
+        format!("ratewarden_limit_refusals_total{{endpoint=\"/api/*\",limit=\"{limit}\"}}")
+    };
+    assert_eq!(s.metric(&refused("backend")).await, 1.0);
+    assert_eq!(s.metric(&refused("per-client")).await, 1.0);
+    // A new window: everyone's budgets are back.
+    s.clock.advance(60 * NANOS_PER_SEC);
+    assert_eq!(s.statuses("carol", "/api/data", 3).await, [200; 3]);
+    // Resetting the global value gives the shared budget back.
+    assert_eq!(s.statuses("dave", "/api/data", 3).await, [200, 200, 429]);
+    assert_eq!(s.delete("/admin/clients/(global)/state").await.status, 200);
+    assert_eq!(s.statuses("dave", "/api/data", 1).await, [200]);
+}
+
+#[actix_rt::test]
+async fn two_hundred_concurrent_requests_of_four_clients_admit_exactly_the_shared_limit() {
+    let s = TestServer::start().await;
+    let body = json!({"endpoint": "/api/*", "limits": [
+        {"name": "own", "algorithm": "sliding_window", "requests_per_window": 10, "window_seconds": 60},
+        {"name": "shared", "algorithm": "fixed_window", "requests_per_window": 25, "window_seconds": 60, "key": "global"}]});
+    assert_eq!(
+        s.post("/admin/configs", &body.to_string()).await.status,
+        201
+    );
+    let clients = ["c0", "c1", "c2", "c3"];
+    let all = join_all((0..200).map(|i| s.get_as(clients[i % 4], "/api/data"))).await;
+    assert_eq!(all.iter().filter(|r| r.status == 200).count(), 25);
+    for (i, c) in clients.iter().enumerate() {
+        let admitted = (all.iter().skip(i).step_by(4)).filter(|r| r.status == 200);
+        let admitted = admitted.count() as u64;
+        assert!(admitted <= 10, "{c}: {admitted}");
+        // Every refusal gave back what it took of the client's own limit.
+        let stats = s.get(&format!("/admin/stats/{c}")).await;
+        assert_eq!(
+            stats.body["status"]["endpoints"][0]["remaining"],
+            json!(10 - admitted),
+            "{c}"
+        );
+    }
+}
+
+#[actix_rt::test]
+async fn ip_and_header_keyed_limits_count_what_a_client_id_cannot_escape() {
+    let s = TestServer::start().await;
+    let body = json!({"endpoint": "/api/data", "limits": [
+        {"name": "own", "requests_per_window": 100, "window_seconds": 60},
+        {"name": "per-ip", "algorithm": "fixed_window", "requests_per_window": 3, "window_seconds": 60, "key": "ip"}]});
+    assert_eq!(
+        s.post("/admin/configs", &body.to_string()).await.status,
+        201
+    );
+    // A new X-Client-ID per request: the address still counts every one.
+    for (i, want) in [200, 200, 200, 429].into_iter().enumerate() {
+        let r = s.get_as(&format!("forged-{i}"), "/api/data").await;
+        assert_eq!(r.status, want, "{i}");
+        if want == 429 {
+            assert_eq!(r.body["violated"], json!(["per-ip"]));
+        }
+    }
+    // Without an id the client is its address, which the ip limit counts apart.
+    assert_eq!(s.send("GET", "/api/data", &[], None).await.status, 429);
+    let body = json!({"limits": [
+        {"name": "own", "requests_per_window": 100, "window_seconds": 60},
+        {"name": "tenant", "algorithm": "sliding_window", "requests_per_window": 2, "window_seconds": 60, "key": "header:X-Tenant"}]});
+    let r = s.put("/admin/configs/api/data", &body.to_string()).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let mut seen = Vec::new();
+    for (client, tenant) in [
+        ("a", Some("acme")),
+        ("b", Some("acme")),
+        ("c", Some("acme")),
+        ("c", Some("other")),
+        // No header: counted under the empty value, one budget for all who send none.
+        ("d", None),
+        ("e", None),
+        ("f", None),
+    ] {
+        let mut headers = vec![("X-Client-ID", client)];
+        headers.extend(tenant.map(|t| ("X-Tenant", t)));
+        seen.push(
+            s.send("GET", "/api/data", &headers, None)
+                .await
+                .status
+                .as_u16(),
+        );
+    }
+    assert_eq!(seen, [200, 200, 429, 200, 200, 200, 429]);
+}
+
+#[actix_rt::test]
+async fn limit_keys_are_validated_and_written_only_where_they_differ() {
+    let s = TestServer::start().await;
+    assert_eq!(s.post("/admin/configs", SHARED).await.status, 201);
+    for (body, field) in [
+        (
+            json!({"limits": [
+                {"name": "a", "requests_per_window": 1, "window_seconds": 1, "key": "global"},
+                {"name": "b", "requests_per_window": 1, "window_seconds": 1, "key": "ip"}]}),
+            "limits",
+        ),
+        (
+            json!({"limits": [{"name": "a", "requests_per_window": 1, "window_seconds": 1},
+                {"name": "b", "requests_per_window": 1, "window_seconds": 1, "key": "header:Cookie"}]}),
+            "limits[1].key",
+        ),
+        (
+            json!({"limits": [{"name": "a", "requests_per_window": 1, "window_seconds": 1},
+                {"name": "b", "requests_per_window": 1, "window_seconds": 1, "key": "tenant"}]}),
+            "limits[1].key",
+        ),
+        (
+            json!({"overrides": [{"client": "vip", "limit": "backend", "requests_per_window": 50}]}),
+            "overrides[0].limit",
+        ),
+    ] {
+        let r = s.put("/admin/configs/api/*", &body.to_string()).await;
+        assert_eq!(r.status, 422, "{body}: {:?}", r.body);
+        assert_eq!(r.body["field"], field, "{body}: {:?}", r.body);
+    }
+    // An override of the client's own limit is fine.
+    let vip =
+        json!({"overrides": [{"client": "vip", "limit": "per-client", "requests_per_window": 50}]});
+    assert_eq!(
+        s.put("/admin/configs/api/*", &vip.to_string()).await.status,
+        200
+    );
+    // A key equal to the config's is left out; limits that all name one key make it the
+    // config's.
+    let same = json!({"overrides": [], "limits": [
+        {"name": "a", "requests_per_window": 1, "window_seconds": 1, "key": "client"},
+        {"name": "b", "requests_per_window": 1, "window_seconds": 1}]});
+    let r = s.put("/admin/configs/api/*", &same.to_string()).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert!(r.body["limits"][0].get("key").is_none(), "{:?}", r.body);
+    let all_ip = json!({"limits": [
+        {"name": "a", "requests_per_window": 1, "window_seconds": 1, "key": "ip"},
+        {"name": "b", "requests_per_window": 1, "window_seconds": 1, "key": "ip"}]});
+    let r = s.put("/admin/configs/api/*", &all_ip.to_string()).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["key"], "ip");
+    assert!(r.body["limits"][1].get("key").is_none(), "{:?}", r.body);
+}
+
 #[actix_rt::test]
 async fn configs_of_several_limits_are_validated_and_edited_by_name() {
     let s = TestServer::start().await;

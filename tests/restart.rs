@@ -67,6 +67,21 @@ async fn sigterm_then_restart_keeps_configs_and_consumption() {
     for expected in [200, 200, 429] {
         assert_eq!(get(&root, "term").await, expected);
     }
+    // A limit every caller shares keeps its state under the global key's value.
+    let shared = json!({"endpoint": "/shared/*", "limits": [
+        {"name": "own", "algorithm": "fixed_window", "requests_per_window": 9, "window_seconds": 3600},
+        {"name": "all", "algorithm": "fixed_window", "requests_per_window": 2, "window_seconds": 3600, "key": "global"}]});
+    let res = awc::Client::new()
+        .post(format!("{}/admin/configs", server.url))
+        .send_json(&shared)
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let shared = format!("{}/shared/x", server.url);
+    // Admitted requests of a path nothing serves are answered 404.
+    for (client, expected) in [("s1", 404), ("s2", 404), ("s3", 429)] {
+        assert_eq!(get(&shared, client).await, expected, "{client}");
+    }
     server.signal("-TERM");
     assert!(server.wait_exit().success());
     // The write-ahead log was folded in: the database file alone holds everything, as
@@ -108,6 +123,20 @@ async fn sigterm_then_restart_keeps_configs_and_consumption() {
         )
         .unwrap();
     assert_eq!(algorithm, "several");
+    let shared = format!("{}/shared/x", server.url);
+    assert_eq!(
+        get(&shared, "s4").await,
+        429,
+        "the shared budget is restored"
+    );
+    let kept: String = conn
+        .query_row(
+            "SELECT endpoint FROM snapshots WHERE client_id = '(global)'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(kept, "/shared/* [key:global]");
 }
 
 #[actix_rt::test]

@@ -119,7 +119,7 @@ impl ClientLimiter {
     fn find(&self, policy: &Policy) -> Option<usize> {
         self.endpoints
             .iter()
-            .position(|e| Arc::ptr_eq(&e.name, &policy.endpoint) || e.name == policy.endpoint)
+            .position(|e| Arc::ptr_eq(&e.name, &policy.slot) || e.name == policy.slot)
     }
 
     fn endpoint_index(&mut self, policy: &Arc<Policy>, minute: u64) -> usize {
@@ -151,8 +151,9 @@ impl ClientLimiter {
         now: Nanos,
     ) -> Verdict {
         let found = self.find(policy);
-        if mode == Mode::Reset && found.is_some() {
-            // A state to give back: the next flush must write it.
+        // A state changed (consumed, reset or given back): the next flush must write it,
+        // whether or not the decision is counted here.
+        if mode == Mode::Consume || (mode != Mode::Peek && found.is_some()) {
             self.version += 1;
         }
         let mut fresh;
@@ -196,13 +197,16 @@ impl ClientLimiter {
     ) {
         let minute = now / NANOS_PER_SEC / 60;
         let mut stats = std::mem::take(&mut self.stats);
-        let endpoint = self.endpoint(policy, minute);
+        // The state of the config's key value (of a policy whose limits count per
+        // different keys, the first group's).
+        let own = policy.own();
+        let endpoint = self.endpoint(own, minute);
         if !endpoint
             .policy
             .as_ref()
-            .is_some_and(|p| Arc::ptr_eq(p, policy))
+            .is_some_and(|p| Arc::ptr_eq(p, own))
         {
-            endpoint.policy = Some(policy.clone());
+            endpoint.policy = Some(own.clone());
         }
         // Counted as what happened to the request: in shadow mode it went through.
         let passed = !policy.refuses(decision);
@@ -293,7 +297,7 @@ impl ClientLimiter {
 impl Endpoint {
     fn new(policy: &Arc<Policy>, minute: u64) -> Self {
         Endpoint {
-            name: policy.endpoint.clone(),
+            name: policy.slot.clone(),
             state: States::new(&policy.limits),
             policy: Some(policy.clone()),
             stored_expiry: 0,
@@ -421,7 +425,7 @@ impl ClientStatus {
         let peeks: Vec<_> = states
             .iter_mut()
             .filter_map(|(name, state)| {
-                let policy = table.policy(name, client)?.clone();
+                let policy = table.slot_policy(name, client)?.clone();
                 let quota = Quota {
                     client,
                     endpoint: &policy.endpoint,

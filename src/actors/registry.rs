@@ -63,6 +63,10 @@ pub struct Check {
     /// The latest time an answer can still reach the request; a check whose turn comes
     /// later consumes nothing.
     pub answer_by: Instant,
+    /// Whether the decision is counted (statistics, top list, feeds) once made: not
+    /// when it decides only some of a request's limits, which
+    /// [`Registries::record`] counts once all are decided.
+    pub record: bool,
 }
 
 /// The client's limiter could not answer (its restore failed, or the check's turn came
@@ -232,13 +236,14 @@ fn decide_now(
         // A peek changes nothing, so it is answered but neither counted nor streamed.
         Verdict::Now(d) => {
             match check.mode {
-                Mode::Consume => {
+                Mode::Consume if check.record => {
                     let shared = Shared::of(config);
                     e.limiter.record(p, &d, check.asked.clone(), now, &shared);
                     top.record(&check.client, !p.refuses(&d), now);
                 }
-                // A reset marks the state changed itself, when there was one.
-                Mode::Reset | Mode::Peek => {}
+                // A reset or a refund marks the state changed itself, when there was one;
+                // a check of a request's other limits is counted with the request.
+                Mode::Consume | Mode::Reset | Mode::Peek | Mode::Refund(_) => {}
             }
             Reply::Now(Ok(d))
         }
@@ -251,6 +256,7 @@ fn decide_now(
                 let answer = later.await.map_err(|_| LimiterUnavailable);
                 if let Ok(d) = &answer
                     && check.mode == Mode::Consume
+                    && check.record
                 {
                     lock(&me).record(&check, d);
                 }
@@ -779,6 +785,14 @@ impl Registries {
         }
     }
 
+    /// Counts a request decided in several checks (its limits count per different
+    /// keys): `check` names the request's client and whole policy, `d` every limit's
+    /// decision.
+    pub fn record(&self, check: &Check, d: &Decisions) {
+        let i = self.index(&check.client);
+        lock(&self.states[i]).record(check, d);
+    }
+
     /// The actor of `client`'s shard.
     pub fn shard(&self, client: &str) -> &Addr<Registry> {
         &self.shards[self.index(client)]
@@ -893,6 +907,7 @@ mod tests {
             mode: Mode::Consume,
             asked: None,
             answer_by: Instant::now() + Duration::from_secs(60),
+            record: true,
         }
     }
 

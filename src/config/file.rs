@@ -305,11 +305,18 @@ burst_limit = 20
 name = "daily"
 requests_per_window = 10000
 window_seconds = 86400
+
+[[config.limits]]
+name = "backend"
+requests_per_window = 500
+window_seconds = 1
+key = "global"
 "#,
         )
         .unwrap();
         let names: Vec<&str> = layered[0].limits.iter().map(|l| l.name.as_str()).collect();
-        assert_eq!(names, ["burst", "daily"]);
+        assert_eq!(names, ["burst", "daily", "backend"]);
+        assert_eq!(layered[0].limits[2].key, Some(crate::config::Key::Global));
         assert_eq!(layered[0].limits[0].burst_limit, Some(20));
         assert_eq!(layered[0].overrides[0].limit.as_deref(), Some("daily"));
         let e = parse("[[config]]\nendpoint = \"/a\"\n[[config.limits]]\nname = \"a\"\nrequests_per_window = 1\nwindow_seconds = 0\n")

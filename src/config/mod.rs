@@ -190,10 +190,15 @@ pub struct LimitSpec {
     pub burst_limit: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refill_rate: Option<f64>,
+    /// What this limit counts per, when not the config's `key` (see [`key`]); left out
+    /// when it is the config's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, example = "global")]
+    pub key: Option<Key>,
 }
 
 /// The fields of a [`LimitSpec`], in its order: what a `limits` entry may hold.
-const LIMIT_FIELDS: [&str; 7] = [
+const LIMIT_FIELDS: [&str; 8] = [
     "name",
     "algorithm",
     "requests_per_window",
@@ -201,6 +206,7 @@ const LIMIT_FIELDS: [&str; 7] = [
     "calendar",
     "burst_limit",
     "refill_rate",
+    "key",
 ];
 
 impl LimitSpec {
@@ -428,7 +434,13 @@ impl ConfigSpec {
             calendar: self.calendar,
             burst_limit: self.burst_limit,
             refill_rate: self.refill_rate,
+            key: None,
         }]
+    }
+
+    /// What limit `l` (one of [`ConfigSpec::limit_specs`]) counts per.
+    pub fn key_of<'a>(&'a self, l: &'a LimitSpec) -> &'a Key {
+        l.key.as_ref().unwrap_or(&self.key)
     }
 
     /// The first top-level limit field this spec gives, if any.
@@ -549,6 +561,29 @@ impl ConfigSpec {
                 ));
             }
             l.validate(&at)?;
+            if let Some(key) = &l.key
+                && self.domain.is_some()
+                && key.needs_http()
+            {
+                return Err(ValidationError::new(
+                    at("key"),
+                    format!(
+                        "{key} needs an HTTP request; a descriptor rule's limits count per \
+                         its descriptor (client) or for every caller (global)"
+                    ),
+                ));
+            }
+        }
+        if self.limits.iter().all(|l| l.key.is_some()) {
+            return Err(ValidationError::new(
+                "limits",
+                format!(
+                    "must hold at least one limit that counts per the config's key ({}): \
+                     leave out that limit's \"key\", or set the config's \"key\" to one \
+                     its limits count per",
+                    self.key
+                ),
+            ));
         }
         Ok(())
     }
@@ -591,6 +626,16 @@ impl ConfigSpec {
                 };
                 return Err(ValidationError::new(at("limit"), message));
             };
+            if let Some(key) = &target.key {
+                return Err(ValidationError::new(
+                    at("limit"),
+                    format!(
+                        "names {:?}, which counts per key \"{key}\", not per the clients \
+                         overrides name: change its own numbers",
+                        target.name
+                    ),
+                ));
+            }
             if !seen.insert((o.client.as_str(), target.name.as_str())) {
                 return Err(ValidationError::new(
                     at("client"),
@@ -767,6 +812,22 @@ impl ConfigSpec {
     /// top-level fields (as every version reads it), and an override of a config of one
     /// limit does not name it.
     fn normalized(mut self) -> Self {
+        // A limit's key is written only where it is not the config's; limits that all
+        // count per one other key make it the config's.
+        let config_key = self.key.clone();
+        for l in &mut self.limits {
+            if l.key.as_ref() == Some(&config_key) {
+                l.key = None;
+            }
+        }
+        if let Some(Some(k)) = self.limits.first().map(|l| l.key.clone())
+            && self.limits.iter().all(|l| l.key.as_ref() == Some(&k))
+        {
+            self.key = k;
+            for l in &mut self.limits {
+                l.key = None;
+            }
+        }
         if let [only] = self.limits.as_slice()
             && only.name == DEFAULT_LIMIT
             && self.top_level_given().is_none()

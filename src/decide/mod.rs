@@ -12,7 +12,7 @@
 pub(crate) mod deadline;
 
 use crate::actors::broadcaster::FeedInterest;
-use crate::actors::registry::{Check, Registries};
+use crate::actors::registry::{Answer, Check, Registries};
 use crate::actors::{Asked, Via};
 use crate::clock::{NANOS_PER_SEC, SharedClock, ceil_secs};
 use crate::limiter::{Decision, Decisions, Mode};
@@ -20,11 +20,15 @@ use crate::metrics::{ErrorReason, Metrics, Outcome};
 use crate::policy::{Policies, Policy};
 use crate::settings::OnError;
 use actix_web::http::header::HeaderName;
+use smallvec::SmallVec;
 use std::fmt::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::time::Instant;
+
+/// How long a refund may wait for its limiter.
+const REFUND_DEADLINE: Duration = Duration::from_secs(5);
 
 /// What the server ruled on one check, whoever asked.
 pub enum Ruling {
@@ -70,12 +74,13 @@ impl Decider {
         }
     }
 
-    /// Decides `cost` units of `client` under `policy` (resolved from the path `path`
-    /// makes, which is only made when a feed would show it) within the decision
-    /// timeout, and counts the outcome in the metrics. Peeks are answered, not counted.
+    /// Decides `cost` units under `policy` of the request counted under `values` (see
+    /// [`crate::policy::KeyValues`]; the path `path` makes is only made when a feed
+    /// would show it) within the decision timeout, and counts the outcome in the
+    /// metrics. Peeks are answered, not counted.
     pub async fn decide(
         &self,
-        client: &Arc<str>,
+        values: &[Arc<str>],
         policy: &Arc<Policy>,
         path: impl FnOnce() -> Arc<str>,
         via: Via,
@@ -85,6 +90,7 @@ impl Decider {
         if !policy.active {
             return Ruling::Inactive;
         }
+        let client = &values[0];
         let started = Instant::now();
         let deadline = started + self.timeout;
         let check = Check {
@@ -101,8 +107,12 @@ impl Decider {
                 .interest
                 .wants(client)
                 .then(|| Asked { via, path: path() }),
+            record: true,
         };
-        let answer = deadline::within(deadline, self.registries.decide(check)).await;
+        let answer = match policy.groups.is_empty() {
+            true => deadline::within(deadline, self.registries.decide(check)).await,
+            false => deadline::within(deadline, self.decide_groups(values, check)).await,
+        };
         let counted = mode == Mode::Consume;
         match answer {
             Ok(Ok(d)) => {
@@ -131,6 +141,92 @@ impl Decider {
                     self.failed(client, &policy.endpoint, reason);
                 }
                 Ruling::Failed
+            }
+        }
+    }
+
+    /// A check under a policy whose limits count per different keys: each group under
+    /// its own key value, in the groups' order, each all or nothing. Once one refuses,
+    /// the groups after it are only peeked (for the headers) and the groups before it
+    /// are given back what they consumed ([`Mode::Refund`]), so a refused request ends
+    /// up taking nothing; until then its units are held, which can refuse another
+    /// request that would have fit. The request is counted once, under the config's
+    /// key value, with every limit's decision.
+    async fn decide_groups(&self, values: &[Arc<str>], whole: Check) -> Answer {
+        let policy = whole.policy.clone();
+        let mut parts: SmallVec<[Decisions; 2]> = SmallVec::new();
+        // The groups before the first refusal, which consumed.
+        let mut consumed = 0;
+        let mut refused = false;
+        for (g, value) in policy.groups.iter().zip(values) {
+            let mode = match (whole.mode, refused) {
+                (Mode::Consume, true) => Mode::Peek,
+                (mode, _) => mode,
+            };
+            let check = Check {
+                client: value.clone(),
+                policy: g.policy.clone(),
+                cost: whole.cost,
+                mode,
+                asked: None,
+                answer_by: whole.answer_by,
+                record: false,
+            };
+            let answer = self.registries.decide(check).await;
+            let Ok(d) = answer else {
+                self.give_back(values, &policy, &mut parts[..consumed], whole.cost)
+                    .await;
+                return answer;
+            };
+            refused |= !d.allowed;
+            if whole.mode == Mode::Consume && !refused {
+                consumed += 1;
+            }
+            parts.push(d);
+        }
+        if refused {
+            self.give_back(values, &policy, &mut parts[..consumed], whole.cost)
+                .await;
+        }
+        let d = policy.merge(&parts);
+        if whole.mode == Mode::Consume {
+            self.registries.record(&whole, &d);
+        }
+        Ok(d)
+    }
+
+    /// Gives back what the groups decided in `consumed` took (the first groups, each of
+    /// which admitted a request that is not admitted as a whole), and puts in their
+    /// place what those groups say once given back. A refund that fails leaves those
+    /// units taken until their window passes: never more than a limit admits.
+    async fn give_back(
+        &self,
+        values: &[Arc<str>],
+        policy: &Policy,
+        consumed: &mut [Decisions],
+        cost: u64,
+    ) {
+        if cost == 0 {
+            return;
+        }
+        for ((g, value), d) in policy.groups.iter().zip(values).zip(consumed) {
+            let check = Check {
+                client: value.clone(),
+                policy: g.policy.clone(),
+                cost,
+                mode: Mode::Refund(d.at()),
+                asked: None,
+                // A refund is worth making however late: it only gives back.
+                answer_by: Instant::now() + REFUND_DEADLINE,
+                record: false,
+            };
+            match self.registries.decide(check).await {
+                Ok(after) => *d = after,
+                Err(_) => log::warn!(
+                    "{value:?}: could not give back {cost} unit(s) of {} taken by a refused \
+                     request; they count until their window passes",
+                    policy.endpoint
+                ),
             }
         }
     }

@@ -18,7 +18,7 @@ use crate::config::MAX_REQUESTS_PER_WINDOW;
 use crate::config::descriptor::{self, MAX_ENTRIES};
 use crate::decide::{Decider, Ruling, reset_secs, retry_after_secs, structured_fields};
 use crate::limiter::{DEFAULT_LIMIT, Decisions, Limit, Mode, Named};
-use crate::policy::{Policy, PolicyTable};
+use crate::policy::{KeyValues, Policy, PolicyTable};
 use proto::{
     Code, DescriptorStatus, HeaderValue, RateLimit, RateLimitDescriptor, RateLimitRequest,
     RateLimitResponse, UNITS, override_unit,
@@ -96,7 +96,7 @@ pub fn unit_of(window_seconds: u64) -> i32 {
         .map_or(6, |u| u.number)
 }
 
-/// The policy and client of one request descriptor: the rule it matches, with the
+/// The policy and key values of one request descriptor: the rule it matches, with the
 /// caller's `limit` instead of the rule's numbers when it sends one; `None` when no rule
 /// matches (nothing limits it, the caller's `limit` included).
 ///
@@ -109,12 +109,11 @@ fn policy_for(
     table: &PolicyTable,
     domain: &str,
     d: &RateLimitDescriptor,
-) -> Option<(Arc<Policy>, Arc<str>)> {
+) -> Option<(Arc<Policy>, KeyValues)> {
     let entries = d.entries.iter().map(|e| (e.key.as_str(), e.value.as_str()));
     let m = table.match_descriptor(domain, entries)?;
-    let client = Arc::from(m.client);
     let Some(limit) = &d.limit else {
-        return Some((m.policy.clone(), client));
+        return Some((m.policy.clone(), m.values));
     };
     let unit = override_unit(limit.unit)?;
     let window = unit.seconds;
@@ -125,14 +124,21 @@ fn policy_for(
         limit: Limit::new(m.policy.limits[0].limit.algorithm(), requests, window),
         window_seconds: window,
     };
+    let endpoint: Arc<str> = Arc::from(format!("{} ({requests}/{})", m.policy.endpoint, unit.name));
     let policy = Policy {
-        endpoint: Arc::from(format!("{} ({requests}/{})", m.policy.endpoint, unit.name)),
+        endpoint: endpoint.clone(),
         limits: Box::new([limit]),
+        active: m.policy.active,
+        shadow: m.policy.shadow,
         key: m.policy.key.clone(),
         tier: None,
-        ..*m.policy.as_ref()
+        slot: endpoint,
+        groups: Box::new([]),
     };
-    Some((Arc::new(policy), client))
+    // Its own budget, under the config's key alone.
+    let mut values = m.values;
+    values.truncate(1);
+    Some((Arc::new(policy), values))
 }
 
 /// A descriptor as the feeds show it: `rw: generic_key=api, remote_address=10.0.0.1`.
@@ -191,7 +197,7 @@ pub async fn should_rate_limit(
     // One table for the whole call, as a route's request resolves against one.
     let table = decider.policies.current();
     for d in &req.descriptors {
-        let Some((policy, client)) = policy_for(&table, &req.domain, d) else {
+        let Some((policy, values)) = policy_for(&table, &req.domain, d) else {
             statuses.push(unlimited());
             continue;
         };
@@ -203,7 +209,7 @@ pub async fn should_rate_limit(
         };
         let path = || Arc::from(shown(&req.domain, d));
         let ruling = decider
-            .decide(&client, &policy, path, Via::Envoy, cost, mode)
+            .decide(&values, &policy, path, Via::Envoy, cost, mode)
             .await;
         match ruling {
             Ruling::Inactive => statuses.push(unlimited()),

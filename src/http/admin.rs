@@ -441,24 +441,37 @@ pub async fn reset_client(
     };
     let mut reset = Vec::with_capacity(policies.len());
     let mut failed = None;
-    for policy in policies {
-        let check = Check {
-            client: client.clone(),
-            policy: policy.clone(),
-            cost: 1,
-            mode: Mode::Reset,
-            asked: None,
-            answer_by: actix_web::rt::time::Instant::now() + RESET_DEADLINE,
+    'policies: for policy in policies {
+        // A config whose limits count per different keys keeps each key's state apart:
+        // the value is reset wherever it holds one.
+        let parts: Vec<Arc<Policy>> = match policy.groups.is_empty() {
+            true => vec![policy.clone()],
+            false => policy.groups.iter().map(|g| g.policy.clone()).collect(),
         };
-        let Ok(d) = state.registries.decide(check).await else {
-            failed = Some(policy.endpoint.clone());
-            break;
-        };
-        reset.push(ResetView {
-            endpoint: policy.endpoint.to_string(),
-            limit: d.limit,
-            remaining: d.remaining,
-        });
+        let mut first = None;
+        for part in parts {
+            let check = Check {
+                client: client.clone(),
+                policy: part,
+                cost: 1,
+                mode: Mode::Reset,
+                asked: None,
+                answer_by: actix_web::rt::time::Instant::now() + RESET_DEADLINE,
+                record: false,
+            };
+            let Ok(d) = state.registries.decide(check).await else {
+                failed = Some(policy.endpoint.clone());
+                break 'policies;
+            };
+            first.get_or_insert(d);
+        }
+        if let Some(d) = first {
+            reset.push(ResetView {
+                endpoint: policy.endpoint.to_string(),
+                limit: d.limit,
+                remaining: d.remaining,
+            });
+        }
     }
     // What was reset is announced even when a later config could not be.
     let endpoints: Vec<String> = reset.iter().map(|r| r.endpoint.clone()).collect();

@@ -26,7 +26,7 @@ use crate::envoy::{Failure, should_rate_limit};
 use crate::error::ApiError;
 use crate::error::ErrorBody;
 use crate::limiter::{Algorithm, Decisions, Mode};
-use crate::policy::Policy;
+use crate::policy::{KeyValues, Policy};
 use crate::settings::{ForwardAuthHeaders, OnError};
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -40,7 +40,8 @@ pub const MAX_CHECKS: usize = 100;
 
 /// One check as asked for, validated.
 struct Ask {
-    client: Arc<str>,
+    /// The values the check counts under (see `policy::KeyValues`).
+    values: KeyValues,
     path: String,
     policy: Arc<Policy>,
     cost: u64,
@@ -285,7 +286,7 @@ fn parse(state: &AppState, check: Value, prefix: &str) -> Result<Ask, ApiError> 
         headers: &headers,
         prefix,
     };
-    let (client, policy) = state
+    let (values, policy) = state
         .policies
         .current()
         .resolve_keyed(&path, |key| key.value(&original))?;
@@ -319,7 +320,7 @@ fn parse(state: &AppState, check: Value, prefix: &str) -> Result<Ask, ApiError> 
         return Err(invalid(field(other), "is not a field of a check"));
     }
     Ok(Ask {
-        client,
+        values,
         path,
         policy,
         cost,
@@ -394,7 +395,7 @@ async fn answer(state: &AppState, ask: &Ask, now: Nanos) -> (Answer, Option<Deci
     let ruling = state
         .decider
         .decide(
-            &ask.client,
+            &ask.values,
             p,
             || Arc::from(ask.path.as_str()),
             Via::Check,
@@ -488,12 +489,12 @@ pub async fn forward_auth(
             format!("{uri_header} must be a request path starting with /, with no \".\" or \"..\" segments."),
         )
     })?;
-    let (client, policy) = state.resolve_request(&path, req.headers(), req.peer_addr())?;
+    let (values, policy) = state.resolve_request(&path, req.headers(), req.peer_addr())?;
     let now = state.clock.now();
     let ruling = state
         .decider
         .decide(
-            &client,
+            &values,
             &policy,
             || Arc::from(path.as_str()),
             Via::ForwardAuth,
@@ -515,7 +516,7 @@ pub async fn forward_auth(
         Ruling::Decided(d) => {
             let problem = wants_problem(req.headers());
             let status = state.forward_auth.deny_status;
-            Ok(refusal(&client, &policy, &d, now, problem, status))
+            Ok(refusal(&values[0], &policy, &d, now, problem, status))
         }
     }
 }

@@ -85,7 +85,7 @@ pub async fn rate_limit(
     let state = state(&req);
     let path = req.match_info().as_str();
     // Counted under the config's key: the client id, the address, a header, or global.
-    let (client, policy) = match state.resolve_request(path, req.headers(), req.peer_addr()) {
+    let (values, policy) = match state.resolve_request(path, req.headers(), req.peer_addr()) {
         Ok(found) => found,
         Err(e) => return Ok(req.error_response(e)),
     };
@@ -97,7 +97,7 @@ pub async fn rate_limit(
     let shown = || Arc::from(path);
     let ruling = state
         .decider
-        .decide(&client, &policy, shown, via, 1, Mode::Consume)
+        .decide(&values, &policy, shown, via, 1, Mode::Consume)
         .await;
     let decision = match ruling {
         Ruling::Inactive => return Ok(next.call(req).await?.map_into_boxed_body()),
@@ -117,7 +117,7 @@ pub async fn rate_limit(
     }
     let problem = wants_problem(req.headers());
     let res = refusal(
-        &client,
+        &values[0],
         &policy,
         &decision,
         now,

@@ -72,14 +72,14 @@ impl AppState {
     }
 
     /// The policy of an HTTP request to `path` (a protected route, the reverse proxy,
-    /// forward-auth's original request) and the value it is counted under, by the
-    /// config's key.
+    /// forward-auth's original request) and the values it is counted under, by the
+    /// keys of the config and its limits.
     pub fn resolve_request(
         &self,
         path: &str,
         headers: &actix_web::http::header::HeaderMap,
         peer: Option<std::net::SocketAddr>,
-    ) -> Result<(Arc<str>, Arc<crate::policy::Policy>), ApiError> {
+    ) -> Result<(crate::policy::KeyValues, Arc<crate::policy::Policy>), ApiError> {
         self.policies
             .current()
             .resolve_keyed(path, |key| self.identity.key_value(key, headers, peer))

@@ -40,6 +40,11 @@ else
   start, finish = first * 86400, next_ * 86400
 end
 local st = redis.call('HMGET', KEYS[1], 's', 'c')
+if refund and tonumber(st[1]) == start then
+  -- Only while the window of that time is still the one counted.
+  st[2] = math.max(tonumber(st[2]) - cost, 0)
+  redis.call('HSET', KEYS[1], 'c', st[2])
+end
 local rs, count = tonumber(st[1]), 0
 if rs and rs >= start and rs < finish then count = tonumber(st[2]) end
 local allowed = count + cost <= limit
@@ -55,4 +60,4 @@ if consume then
   expire_in({KEYS[1]}, ue_s, ue_ns)
   forget_others(2)
 end
-return {allowed and 1 or 0, remaining, rt_s, rt_ns, rs_s, rs_ns}
+return {allowed and 1 or 0, remaining, rt_s, rt_ns, rs_s, rs_ns, now_s, now_ns}

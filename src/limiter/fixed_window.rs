@@ -122,6 +122,13 @@ impl Algo for FixedWindowLimit {
         state.evaluate(self, now, cost, consume)
     }
 
+    fn refund(&self, state: &mut FixedWindow, at: Nanos, cost: u64) {
+        // Only while the window of `at` is still the one counted.
+        if state.start == self.bounds(at).0 {
+            state.count = state.count.saturating_sub(cost);
+        }
+    }
+
     fn quota(&self) -> u64 {
         self.limit
     }

@@ -103,6 +103,10 @@ pub trait Algo: Copy + Into<Limit> {
 
     /// Checks `cost` units at `now`, consuming them when `consume` and they all fit.
     fn evaluate(&self, state: &mut Self::State, now: Nanos, cost: u64, consume: bool) -> Decision;
+    /// Gives back `cost` units that a check at `at` consumed, as if it had not been made
+    /// (see [`Mode::Refund`]): never more than it took, and never so that units recorded
+    /// later than they were would count for less time.
+    fn refund(&self, state: &mut Self::State, at: Nanos, cost: u64);
     /// The quota reported in headers.
     fn quota(&self) -> u64;
     /// The longest a state can take, after its last check, to be as good as fresh.
@@ -193,6 +197,10 @@ pub enum Mode {
     Peek,
     /// Give the whole quota back (an operator's reset), then report as a peek.
     Reset,
+    /// Give back the cost that a check consumed at the given time (the decision's
+    /// [`Decisions::at`]), because another limit of the same request refused it; then
+    /// report as a peek. Nothing is given back from a window that has ended.
+    Refund(Nanos),
 }
 
 /// Whether `cost` more units fit next to `used` under `limit`.
@@ -283,7 +291,15 @@ impl State {
         }
         let consume = mode == Mode::Consume;
         match A::state_of(self) {
-            Some(state) => p.evaluate(state, now, cost, consume),
+            // A refund then reports as a peek that leaves the state as the refund left
+            // it (as the Redis scripts do, which give back at the check's time).
+            Some(state) => match mode {
+                Mode::Refund(at) => {
+                    p.refund(state, at, cost);
+                    p.evaluate(&mut state.clone(), now, cost, false)
+                }
+                _ => p.evaluate(state, now, cost, consume),
+            },
             // Not reached: made of this algorithm just above.
             None => p.evaluate(&mut A::State::default(), now, cost, consume),
         }

@@ -39,6 +39,8 @@ pub struct Decisions {
     each: SmallVec<[Decision; 1]>,
     /// The index of the binding decision (see [`Decisions::binding`]).
     binding: usize,
+    /// When it was decided, by the clock of whoever decided (see [`Decisions::at`]).
+    at: Nanos,
 }
 
 impl Decisions {
@@ -46,13 +48,30 @@ impl Decisions {
         Self {
             each: SmallVec::from_buf([d]),
             binding: 0,
+            at: 0,
         }
     }
 
     /// The decisions of several limits (at least one), with the binding one found.
     pub fn of(each: SmallVec<[Decision; 1]>) -> Self {
         let binding = binding(&each);
-        Self { each, binding }
+        Self {
+            each,
+            binding,
+            at: 0,
+        }
+    }
+
+    /// The same, decided at `at`.
+    pub fn decided_at(mut self, at: Nanos) -> Self {
+        self.at = at;
+        self
+    }
+
+    /// When it was decided, by the deciding clock (the limiter's, or the Redis server's):
+    /// what [`Mode::Refund`] names to give back what it consumed.
+    pub fn at(&self) -> Nanos {
+        self.at
     }
 
     pub fn each(&self) -> &[Decision] {
@@ -127,12 +146,12 @@ impl States {
     pub fn evaluate(&mut self, limits: &[Named], now: Nanos, cost: u64, mode: Mode) -> Decisions {
         if let [only] = limits {
             let state = self.single(&only.name);
-            return Decisions::one(state.evaluate(&only.limit, now, cost, mode));
+            return Decisions::one(state.evaluate(&only.limit, now, cost, mode)).decided_at(now);
         }
         let states = self.align(limits, DEFAULT_LIMIT);
         let pairs = states.iter_mut().zip(limits);
         let each = match mode {
-            Mode::Peek | Mode::Reset => pairs
+            Mode::Peek | Mode::Reset | Mode::Refund(_) => pairs
                 .map(|((_, s), l)| s.evaluate(&l.limit, now, cost, mode))
                 .collect(),
             Mode::Consume => {
@@ -149,7 +168,7 @@ impl States {
                 }
             }
         };
-        Decisions::of(each)
+        Decisions::of(each).decided_at(now)
     }
 
     /// The state of a config of one limit, named `name`: kept as it is, or taken from
@@ -383,6 +402,40 @@ mod tests {
                 let seen = states.clone().evaluate(&limits, now, 0, Mode::Peek);
                 for ((s, l), e) in alone.iter_mut().zip(&limits).zip(seen.each()) {
                     prop_assert_eq!(s.peek(&l.limit, 0, now).remaining, e.remaining);
+                }
+            }
+        }
+    }
+
+    proptest! {
+        /// A refund undoes a consumption as if it had not been made: a state that took
+        /// and gave back units (at a later step, as a request refused by another key's
+        /// limits does) decides every later check exactly as a twin that never saw them,
+        /// including across window ends and a leap day's midnight.
+        #[test]
+        fn a_refund_undoes_its_consumption(
+            limits in limits(),
+            steps in prop::collection::vec((0u64..700_000_000, 0u64..4, any::<bool>()), 1..100),
+        ) {
+            let mut states = States::new(&limits);
+            let mut twin = States::new(&limits);
+            let mut now = 1_835_481_590 * NANOS_PER_SEC;
+            // A consumption to give back at the next step: (its time, its cost).
+            let mut held: Option<(Nanos, u64)> = None;
+            for (gap, cost, phantom) in steps {
+                now += gap;
+                if let Some((at, cost)) = held.take() {
+                    states.evaluate(&limits, now, cost, Mode::Refund(at));
+                }
+                let seen = states.clone().evaluate(&limits, now, 1, Mode::Peek);
+                prop_assert_eq!(&seen, &twin.clone().evaluate(&limits, now, 1, Mode::Peek));
+                let d = states.evaluate(&limits, now, cost, Mode::Consume);
+                if phantom {
+                    if d.allowed {
+                        held = Some((d.at(), cost));
+                    }
+                } else {
+                    prop_assert_eq!(&d, &twin.evaluate(&limits, now, cost, Mode::Consume));
                 }
             }
         }

@@ -14,6 +14,32 @@ local function expired(ms)
   local s, ns = expiry(ms)
   return s < now_s or (s == now_s and ns <= now_ns)
 end
+if refund and cost > 0 then
+  -- The check recorded its units in one run at or after its granule: take them from the
+  -- first runs from there, so that no unit left is recorded earlier than it was.
+  local from = now_s * 1000 + math.ceil(now_ns / 1000000)
+  local r = from % g
+  if r > 0 then from = from + g - r end
+  local left, emptied = cost, false
+  for i, v in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
+    if left == 0 then break end
+    local ms, c = parse(v)
+    if ms >= from then
+      local take = math.min(left, c)
+      left = left - take
+      if take == c then
+        redis.call('LSET', KEYS[1], i - 1, '-')
+        emptied = true
+      else
+        redis.call('LSET', KEYS[1], i - 1, string.format('%d:%d', ms, c - take))
+      end
+    end
+  end
+  if emptied then redis.call('LREM', KEYS[1], 0, '-') end
+  if left < cost and redis.call('EXISTS', KEYS[2]) == 1 then
+    redis.call('DECRBY', KEYS[2], cost - left)
+  end
+end
 local total = tonumber(redis.call('GET', KEYS[2]) or '-1')
 -- A sum without its runs (the list alone was evicted) counts nothing that could expire.
 if total > 0 and redis.call('EXISTS', KEYS[1]) == 0 then total = 0 end
@@ -88,4 +114,4 @@ if consume or popped then
   end
   forget_others(3)
 end
-return {allowed and 1 or 0, remaining, rt_s, rt_ns, rs_s, rs_ns}
+return {allowed and 1 or 0, remaining, rt_s, rt_ns, rs_s, rs_ns, now_s, now_ns}

@@ -45,6 +45,28 @@ impl Algo for SlidingWindowLimit {
         state.evaluate(self, now, cost, consume)
     }
 
+    fn refund(&self, state: &mut SlidingWindow, at: Nanos, cost: u64) {
+        // The check recorded its units in one run at or after its granule: take them from
+        // the first runs from there, so that no unit left is recorded earlier than it was
+        // (which would let it expire early).
+        let granule = granule_ms(self.window);
+        let from = at.div_ceil(NANOS_PER_MS).div_ceil(granule) * granule;
+        let mut left = cost;
+        let mut i = state.runs.partition_point(|&(ms, _)| ms < from);
+        while left > 0 && i < state.runs.len() {
+            let count = &mut state.runs[i].1;
+            let take = left.min(*count as u64);
+            *count -= take as u32;
+            left -= take;
+            state.total -= take;
+            if *count == 0 {
+                state.runs.remove(i);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
     fn quota(&self) -> u64 {
         self.limit
     }

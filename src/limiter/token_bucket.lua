@@ -6,6 +6,18 @@
 local burst, t = tonumber(ARGV[5]), tonumber(ARGV[6])
 local cap = burst * t
 local st = redis.call('HMGET', KEYS[1], 'ts', 'tn', 'i')
+if refund and st[1] then
+  -- The debt the check added, in the interval it was recorded with, and never back
+  -- before its time; nothing else is written (as in memory).
+  local old = tonumber(st[3])
+  if old == 0 then old = t end
+  local raw = (tonumber(st[1]) - now_s) * 1000000000 + (tonumber(st[2]) - now_ns)
+  if raw > 0 then
+    local ts, tn = split(now_ns + math.max(raw - cost * old, 0))
+    st[1], st[2] = string.format('%d', now_s + ts), string.format('%d', tn)
+    redis.call('HSET', KEYS[1], 'ts', st[1], 'tn', st[2])
+  end
+end
 local debt = 0
 if st[1] then
   debt = (tonumber(st[1]) - now_s) * 1000000000 + (tonumber(st[2]) - now_ns)
@@ -26,8 +38,10 @@ elseif debt + need * t > cap then
 end
 local rs_s, rs_ns = split(debt)
 -- Written on a peek too, as in memory: a rescaled or capped debt stays so.
-local ts, tn = split(now_ns + debt)
-redis.call('HSET', KEYS[1], 'ts', string.format('%d', now_s + ts), 'tn', string.format('%d', tn), 'i', string.format('%d', t))
-expire_in({KEYS[1]}, rs_s, rs_ns)
-forget_others(2)
-return {allowed and 1 or 0, remaining, rt_s, rt_ns, rs_s, rs_ns}
+if not refund then
+  local ts, tn = split(now_ns + debt)
+  redis.call('HSET', KEYS[1], 'ts', string.format('%d', now_s + ts), 'tn', string.format('%d', tn), 'i', string.format('%d', t))
+  expire_in({KEYS[1]}, rs_s, rs_ns)
+  forget_others(2)
+end
+return {allowed and 1 or 0, remaining, rt_s, rt_ns, rs_s, rs_ns, now_s, now_ns}

@@ -31,6 +31,20 @@ impl Algo for TokenBucketLimit {
         state.evaluate(self, now, cost, consume)
     }
 
+    fn refund(&self, state: &mut TokenBucket, at: Nanos, cost: u64) {
+        // The debt the check added, in the interval it was recorded with, and never back
+        // before `at` (a bucket full by then is full now).
+        let interval = match state.interval {
+            0 => self.refill_interval,
+            i => i,
+        };
+        let back = cost as u128 * interval as u128;
+        state.tat = state
+            .tat
+            .saturating_sub(back)
+            .max(state.tat.min(at as u128));
+    }
+
     fn quota(&self) -> u64 {
         self.burst
     }

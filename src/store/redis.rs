@@ -353,12 +353,21 @@ impl Redis {
             for k in &keys {
                 call.key(k);
             }
-            match now {
-                Some(now) => call.arg(now / NANOS_PER_SEC).arg(now % NANOS_PER_SEC),
+            // A refund is made at the time of the check it gives back for.
+            let at = match mode {
+                Mode::Refund(at) => Some(at),
+                _ => now,
+            };
+            match at {
+                Some(at) => call.arg(at / NANOS_PER_SEC).arg(at % NANOS_PER_SEC),
                 None => call.arg("").arg(""),
             };
-            call.arg(if mode == Mode::Consume { "1" } else { "0" })
-                .arg(cost);
+            let consume = match mode {
+                Mode::Consume => "1",
+                Mode::Peek | Mode::Reset => "0",
+                Mode::Refund(_) => "2",
+            };
+            call.arg(consume).arg(cost);
             if several {
                 // How to cut KEYS and ARGV into each limit's (see `redis/several.lua`).
                 call.arg(limits.len());
@@ -377,14 +386,18 @@ impl Redis {
             Metrics::observe(&this.inner.config.metrics.redis_seconds, started.elapsed());
             let reply = this.observe(reply)?;
             let nanos = |s: u64, ns: u64| s.saturating_mul(NANOS_PER_SEC).saturating_add(ns);
-            if reply.len() != 6 * limits.len() {
+            // Six numbers per limit, then the time of the decision.
+            let Some((each, &[s, ns])) = reply
+                .split_last_chunk::<2>()
+                .filter(|(each, _)| each.len() == 6 * limits.len())
+            else {
                 return Err(RedisUnavailable::Failed(format!(
                     "a decision script answered {} numbers for {} limits",
                     reply.len(),
                     limits.len()
                 )));
-            }
-            let each = reply
+            };
+            let each = each
                 .chunks_exact(6)
                 .zip(&limits)
                 .map(|(r, limit)| Decision {
@@ -394,7 +407,7 @@ impl Redis {
                     retry_after: nanos(r[2], r[3]),
                     reset_after: nanos(r[4], r[5]),
                 });
-            Ok(Decisions::of(each.collect()))
+            Ok(Decisions::of(each.collect()).decided_at(nanos(s, ns)))
         }
     }
 

@@ -2,11 +2,13 @@
 -- by `store::redis::several_script`) holds each algorithm's script as a function of its
 -- own KEYS and ARGV, in the order of `limiter::Algorithm::ALL`.
 -- ARGV[1], ARGV[2]: the time (or '' for Redis `TIME`); ARGV[3]: '1' to consume, '0' to
--- peek; ARGV[4]: the cost; ARGV[5]: the number of limits. Then per limit: its
+-- peek, '2' to give back (see `prelude.lua`); ARGV[4]: the cost; ARGV[5]: the number of
+-- limits. Then per limit: its
 -- algorithm's index (from 1), its number of keys, its number of own arguments, and
 -- those arguments. KEYS: each limit's keys in turn.
 -- Every limit is first asked with consume '0'; only if all admit is each asked again
--- with consume '1'. Returns each limit's six numbers in turn.
+-- with consume '1'; a refund gives back to each at once. Returns each limit's six
+-- numbers in turn, then the time it decided at (s, ns).
 local now_s, now_ns = ARGV[1], ARGV[2]
 if now_s == '' then
   local t = redis.call('TIME')
@@ -17,7 +19,7 @@ local k, a = 1, 6
 for j = 1, tonumber(ARGV[5]) do
   local algorithm, nkeys, nargs = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
   a = a + 3
-  local keys, args = {}, {now_s, now_ns, '0', ARGV[4]}
+  local keys, args = {}, {now_s, now_ns, ARGV[3] == '2' and '2' or '0', ARGV[4]}
   for i = 1, nkeys do keys[i] = KEYS[k]; k = k + 1 end
   for i = 1, nargs do args[4 + i] = ARGV[a]; a = a + 1 end
   calls[j] = {algorithms[algorithm], keys, args}
@@ -37,4 +39,6 @@ local flat = {}
 for _, r in ipairs(out) do
   for i = 1, 6 do flat[#flat + 1] = r[i] end
 end
+flat[#flat + 1] = tonumber(now_s)
+flat[#flat + 1] = tonumber(now_ns)
 return flat
