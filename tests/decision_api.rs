@@ -463,3 +463,67 @@ async fn a_check_under_several_limits_answers_each_and_takes_all_or_nothing() {
     drop(feed);
     s.stop().await;
 }
+
+#[actix_rt::test]
+async fn a_check_counts_each_limit_under_its_own_key() {
+    let s = server().await;
+    let body = json!({"endpoint": "/k/*", "limits": [
+        {"name": "own", "algorithm": "fixed_window", "requests_per_window": 2, "window_seconds": 60},
+        {"name": "per-ip", "algorithm": "fixed_window", "requests_per_window": 3, "window_seconds": 60, "key": "ip"},
+        {"name": "all", "algorithm": "fixed_window", "requests_per_window": 4, "window_seconds": 60, "key": "global"}]});
+    assert_eq!(
+        s.post("/admin/configs", &body.to_string()).await.status,
+        201
+    );
+    let ask = |client: &str, ip: &str| json!({"client_id": client, "ip": ip, "path": "/k/x"});
+    // The ip limit needs the original request's address.
+    let r = check(&s, json!({"client_id": "a", "path": "/k/x"})).await;
+    assert_eq!(
+        (r.status.as_u16(), &r.body["field"]),
+        (422, &json!("ip")),
+        "{:?}",
+        r.body
+    );
+    let mut allowed = Vec::new();
+    for (client, ip) in [
+        ("a", "10.0.0.1"),
+        ("b", "10.0.0.1"),
+        ("c", "10.0.0.1"),
+        ("d", "10.0.0.1"),
+    ] {
+        allowed.push(check(&s, ask(client, ip)).await.body["allowed"] == true);
+    }
+    // The fourth id from one address: over the address's 3.
+    assert_eq!(allowed, [true, true, true, false]);
+    let r = check(&s, ask("e", "10.0.0.2")).await;
+    assert_eq!(r.body["allowed"], true, "{:?}", r.body);
+    // Four admitted in all: the shared budget is spent, whoever asks next.
+    let r = check(&s, ask("f", "10.0.0.3")).await;
+    assert_eq!(r.body["allowed"], false);
+    let names = |b: &Value| -> Vec<(String, bool)> {
+        b["limits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| (l["name"].as_str().unwrap().to_owned(), l["allowed"] == true))
+            .collect()
+    };
+    assert_eq!(
+        names(&r.body),
+        [
+            ("own".into(), true),
+            ("per-ip".into(), true),
+            ("all".into(), false)
+        ]
+    );
+    // The refused checks took nothing: "f" still has both its own units, and a peek
+    // changes nothing either.
+    let peek = check(
+        &s,
+        json!({"client_id": "f", "ip": "10.0.0.3", "path": "/k/x", "peek": true}),
+    )
+    .await;
+    assert_eq!(peek.body["limits"][0]["remaining"], 2, "{:?}", peek.body);
+    assert_eq!(peek.body["limits"][1]["remaining"], 3, "{:?}", peek.body);
+    s.stop().await;
+}

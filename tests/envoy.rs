@@ -643,6 +643,27 @@ async fn descriptor_decisions_are_streamed_with_the_descriptor() {
 }
 
 #[actix_rt::test]
+async fn a_rule_may_share_one_of_its_limits_among_every_descriptor() {
+    let (s, ch) = server().await;
+    rule(
+        &s,
+        json!({"domain": "rw", "descriptor": [{"key": "user"}], "limits": [
+            {"name": "own", "algorithm": "fixed_window", "requests_per_window": 2, "window_seconds": 60},
+            {"name": "all", "algorithm": "fixed_window", "requests_per_window": 3, "window_seconds": 60, "key": "global"}]}),
+    )
+    .await;
+    let user = |u: &str| request(vec![descriptor(&[("user", u)])]);
+    let mut seen = Vec::new();
+    for u in ["u1", "u1", "u1", "u2", "u2"] {
+        seen.push(codes(&ok(&ch, user(u)).await)[0]);
+    }
+    // u1's own 2, u1 over its own (the shared budget untouched), u2's first (the
+    // shared third), then the shared budget is spent.
+    assert_eq!(seen, [1, 1, 2, 1, 2], "OK, OK, OVER, OK, OVER");
+    s.stop().await;
+}
+
+#[actix_rt::test]
 async fn a_rule_of_several_limits_reports_its_most_constraining_one() {
     let (s, ch) = server().await;
     rule(
