@@ -30,19 +30,30 @@ pub struct Policy {
     /// client without an id is counted by its address, as an `ip` key counts) never
     /// share a state.
     pub slot: Arc<str>,
-    /// For a config whose limits count per different keys: the limits of each key as a
-    /// policy of its own, decided in this order (the config's key first, `global`
-    /// last); empty when every limit counts per the config's key.
+    /// For a config whose limits count per different keys, or hold units until a
+    /// request is done next to others: the limits of each key (held or not) as a
+    /// policy of its own, decided in this order (see [`Policy::grouped`]); empty when
+    /// every limit counts per the config's key and none is held, or all are.
     pub groups: Box<[Group]>,
+    /// The keys its groups count per besides the config's, in the order they are
+    /// decided: what a surface finds a value of for each request (see [`KeyValues`]).
+    pub other_keys: Box<[Key]>,
+    /// The policy of its limits that are not held, when it has both kinds (see
+    /// [`Policy::without_held`]).
+    pub unheld: Option<Arc<Policy>>,
 }
 
-/// The limits of a config that count per one key, as a policy of their own (see
-/// [`Policy::groups`]).
+/// The limits of a config that count per one key (and are held, or not), as a policy
+/// of their own (see [`Policy::groups`]).
 #[derive(Debug, PartialEq)]
 pub struct Group {
     pub policy: Arc<Policy>,
     /// Where its limits are among the whole policy's.
     pub positions: Box<[usize]>,
+    /// Whether its limits are held until a request is done ([`Limit::is_held`]).
+    pub held: bool,
+    /// Which of a request's key values it counts under (see [`KeyValues`]).
+    pub value: usize,
 }
 
 impl Policy {
@@ -68,41 +79,85 @@ impl Policy {
                 },
             )
             .collect();
-        let mut policy = Self {
+        let keys: Vec<Key> = specs.iter().map(|l| spec.key_of(l).clone()).collect();
+        let base = Self {
             endpoint: endpoint.clone(),
-            limits,
+            limits: Box::new([]),
             active: spec.is_active,
             shadow: spec.mode == Enforcement::Shadow,
             key: spec.key.clone(),
             tier,
             slot: endpoint,
             groups: Box::new([]),
+            other_keys: Box::new([]),
+            unheld: None,
         };
-        let keys: Vec<&Key> = specs.iter().map(|l| spec.key_of(l)).collect();
-        if keys.iter().any(|k| **k != spec.key) {
-            policy.groups = policy.grouped(&keys);
+        base.with_limits(limits, &keys)
+    }
+
+    /// This policy (its endpoint, mode, key and tier) with `limits`, each counting per
+    /// its key in `keys`: grouped when they count per different keys or some are held
+    /// ([`Limit::is_held`]), and with the policy of its limits that are not held.
+    fn with_limits(&self, limits: Box<[Named]>, keys: &[Key]) -> Policy {
+        let mut policy = Policy {
+            endpoint: self.endpoint.clone(),
+            limits,
+            active: self.active,
+            shadow: self.shadow,
+            key: self.key.clone(),
+            tier: self.tier.clone(),
+            slot: self.endpoint.clone(),
+            groups: Box::new([]),
+            other_keys: Box::new([]),
+            unheld: None,
+        };
+        let parts: Vec<(&Key, bool)> = (keys.iter())
+            .zip(policy.limits.iter().map(|l| l.limit.is_held()))
+            .collect();
+        if parts.iter().any(|p| *p != parts[0]) {
+            policy.grouped(&parts);
         }
         policy
     }
 
-    /// Its limits grouped by the key each counts per (`keys`, in their order): the
-    /// config's key first, then the others in the config's order, `global` last (the
-    /// budget every caller shares is only touched once a caller's own limits admit).
-    fn grouped(&self, keys: &[&Key]) -> Box<[Group]> {
-        let mut order: Vec<&Key> = vec![&self.key];
-        for k in keys {
-            if !order.contains(k) {
-                order.push(k);
+    /// Groups its limits by the key each counts per and whether it is held (`parts`, in
+    /// their order): the config's key first (its limits that are not held, then those
+    /// that are), then the other keys in the config's order, `global` last (the budget
+    /// every caller shares is only touched once a caller's own limits admit). Each
+    /// group's state is kept under a slot of its own: the endpoint's name for the
+    /// config's key's limits that are not held. Then the policy of the limits that are
+    /// not held, made of the same groups.
+    fn grouped(&mut self, parts: &[(&Key, bool)]) {
+        let mut order: Vec<(&Key, bool)> = Vec::new();
+        for held in [false, true] {
+            if parts.contains(&(&self.key, held)) {
+                order.push((&self.key, held));
             }
         }
-        order[1..].sort_by_key(|k| **k == Key::Global);
-        order
-            .into_iter()
-            .map(|key| {
-                let positions: Box<[usize]> = (0..keys.len()).filter(|&i| keys[i] == key).collect();
-                let slot = match *key == self.key {
-                    true => self.endpoint.clone(),
-                    false => Arc::from(format!("{} [key:{key}]", self.endpoint)),
+        let first_other = order.len();
+        for p in parts {
+            if !order.contains(p) {
+                order.push(*p);
+            }
+        }
+        order[first_other..].sort_by_key(|(k, _)| **k == Key::Global);
+        let mut other_keys: Vec<Key> = Vec::new();
+        for (k, _) in &order[first_other..] {
+            if !other_keys.contains(k) {
+                other_keys.push((*k).clone());
+            }
+        }
+        let groups: Box<[Group]> = (order.iter())
+            .map(|&(key, held)| {
+                let positions: Box<[usize]> = (0..parts.len())
+                    .filter(|&i| parts[i] == (key, held))
+                    .collect();
+                let own = *key == self.key;
+                let slot = match (own, held) {
+                    (true, false) => self.endpoint.clone(),
+                    (true, true) => Arc::from(format!("{} [in-flight]", self.endpoint)),
+                    (false, false) => Arc::from(format!("{} [key:{key}]", self.endpoint)),
+                    (false, true) => Arc::from(format!("{} [key:{key} in-flight]", self.endpoint)),
                 };
                 let policy = Policy {
                     endpoint: self.endpoint.clone(),
@@ -113,25 +168,90 @@ impl Policy {
                     tier: self.tier.clone(),
                     slot,
                     groups: Box::new([]),
+                    other_keys: Box::new([]),
+                    unheld: None,
                 };
                 Group {
                     policy: Arc::new(policy),
                     positions,
+                    held,
+                    value: match own {
+                        true => 0,
+                        false => 1 + other_keys.iter().position(|k| k == key).unwrap_or(0),
+                    },
                 }
             })
-            .collect()
+            .collect();
+        // The limits that are not held, numbered among themselves.
+        let mut renumbered = vec![usize::MAX; parts.len()];
+        let mut kept = Vec::new();
+        for (i, (_, held)) in parts.iter().enumerate() {
+            if !held {
+                renumbered[i] = kept.len();
+                kept.push(self.limits[i].clone());
+            }
+        }
+        self.other_keys = other_keys.into();
+        if !kept.is_empty() && kept.len() < parts.len() {
+            let unheld: Vec<Group> = (groups.iter().filter(|g| !g.held))
+                .map(|g| Group {
+                    policy: g.policy.clone(),
+                    positions: g.positions.iter().map(|&i| renumbered[i]).collect(),
+                    held: false,
+                    value: g.value,
+                })
+                .collect();
+            self.unheld = Some(Arc::new(match unheld.as_slice() {
+                // The config's key's limits alone: that group is the whole policy.
+                [only] if only.value == 0 => return self.set_groups(groups, only.policy.clone()),
+                _ => Policy {
+                    endpoint: self.endpoint.clone(),
+                    limits: kept.into(),
+                    active: self.active,
+                    shadow: self.shadow,
+                    key: self.key.clone(),
+                    tier: self.tier.clone(),
+                    slot: self.endpoint.clone(),
+                    groups: unheld.into(),
+                    other_keys: self.other_keys.clone(),
+                    unheld: None,
+                },
+            }));
+        }
+        self.groups = groups;
+    }
+
+    fn set_groups(&mut self, groups: Box<[Group]>, unheld: Arc<Policy>) {
+        self.groups = groups;
+        self.unheld = Some(unheld);
+    }
+
+    /// The policy to decide where nothing tells when a request is done (forward-auth,
+    /// Envoy): this one without its held limits; `None` when all of them are held (then
+    /// nothing is enforced there).
+    pub fn without_held(self: &Arc<Self>) -> Option<&Arc<Policy>> {
+        match (&self.unheld, self.limits[0].limit.is_held()) {
+            (Some(unheld), _) => Some(unheld),
+            (None, false) => Some(self),
+            (None, true) => None,
+        }
+    }
+
+    /// The parts of it a request holds until it is done: its held groups, or itself
+    /// when all its limits are held; nothing when none is.
+    pub fn held_parts(self: &Arc<Self>) -> impl Iterator<Item = (usize, &Arc<Policy>)> {
+        let whole = (self.groups.is_empty() && self.limits.iter().all(|l| l.limit.is_held()))
+            .then_some((0, self));
+        let groups = self.groups.iter().enumerate();
+        whole
+            .into_iter()
+            .chain(groups.filter(|(_, g)| g.held).map(|(i, g)| (i, &g.policy)))
     }
 
     /// The policy whose state a check of the config's key value keeps: the first
     /// group's, or this one when it has no groups.
     pub fn own(self: &Arc<Self>) -> &Arc<Policy> {
         self.groups.first().map_or(self, |g| &g.policy)
-    }
-
-    /// The keys other than the config's that its limits count per, in the order they
-    /// are decided: what a surface finds a value of for each request.
-    pub fn other_keys(&self) -> impl Iterator<Item = &Key> {
-        self.groups.iter().skip(1).map(|g| &g.policy.key)
     }
 
     /// The decisions of the whole policy from each group's (`parts`, in the groups'
@@ -164,9 +284,9 @@ impl Policy {
         self.limits.len() > 1
     }
 
-    /// The window of limit `i` in words, for messages: `60 s`, or `month (UTC)` for
-    /// calendar windows.
-    pub fn window_words(&self, i: usize) -> String {
+    /// Limit `i` of `quota` in words, for messages: `5 requests per 60 s`, `... per
+    /// month (UTC)` for calendar windows, `4 requests in flight` for concurrency.
+    pub fn limit_words(&self, i: usize, quota: u64) -> String {
         match self.limits.get(i) {
             Some(Named {
                 limit:
@@ -174,8 +294,9 @@ impl Policy {
                         calendar: Some(c), ..
                     }),
                 ..
-            }) => format!("{} (UTC)", c.as_str()),
-            Some(l) => format!("{} s", l.window_seconds),
+            }) => format!("{quota} requests per {} (UTC)", c.as_str()),
+            Some(l) if l.limit.is_held() => format!("{quota} requests in flight"),
+            Some(l) => format!("{quota} requests per {} s", l.window_seconds),
             None => String::new(),
         }
     }
@@ -284,7 +405,7 @@ pub struct Matched<'a> {
 
 /// The values a request counts under: its config's key's first (it picks the override,
 /// and the request's statistics are kept under it), then one for each of
-/// [`Policy::other_keys`].
+/// [`Policy::other_keys`]; a group counts under the one its `value` names.
 pub type KeyValues = SmallVec<[Arc<str>; 1]>;
 
 impl PolicyTable {
@@ -382,8 +503,8 @@ impl PolicyTable {
         let who = value(&rule.base.key)?;
         let policy = rule.for_client(&who).clone();
         let mut values = KeyValues::new();
-        values.push(who);
-        for key in policy.other_keys() {
+        values.push(who.clone());
+        for key in &policy.other_keys {
             values.push(value(key)?);
         }
         Ok((values, policy))
@@ -413,7 +534,7 @@ impl PolicyTable {
         let policy = rule.for_client(&client);
         let mut values = KeyValues::new();
         values.push(client);
-        values.extend(policy.other_keys().map(value));
+        values.extend(policy.other_keys.iter().map(value));
         Some(Matched { policy, values })
     }
 

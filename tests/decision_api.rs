@@ -527,3 +527,145 @@ async fn a_check_counts_each_limit_under_its_own_key() {
     assert_eq!(peek.body["limits"][1]["remaining"], 3, "{:?}", peek.body);
     s.stop().await;
 }
+
+/// The issue's example of a cap on requests in flight, with a rate next to it.
+const EXPORTS: &str = r#"{"endpoint": "/exports/*", "limits": [
+    {"name": "minute", "algorithm": "fixed_window", "requests_per_window": 10, "window_seconds": 60},
+    {"name": "exports", "algorithm": "concurrency", "max_in_flight": 5, "lease_seconds": 30}]}"#;
+
+#[actix_rt::test]
+async fn a_check_under_a_concurrency_limit_holds_a_lease_until_released_or_expired() {
+    let s = server().await;
+    let created = s.post("/admin/configs", EXPORTS).await;
+    assert_eq!(created.status, 201, "{:?}", created.body);
+    let exports = &created.body["limits"][1];
+    assert_eq!(
+        (&exports["max_in_flight"], &exports["lease_seconds"]),
+        (&json!(5), &json!(30))
+    );
+    assert!(exports.get("requests_per_window").is_none(), "{exports}");
+    // Forward-auth cannot see a request end: the config says so.
+    let warning = created.body["warnings"][0].as_str().unwrap();
+    assert!(
+        warning.contains("\"exports\"") && warning.contains("forward-auth"),
+        "{warning}"
+    );
+    let ask = || json!({"client_id": "exp", "path": "/exports/x"});
+    // 200 checks at once: exactly 5 are in flight, and the refused ones took nothing
+    // from the minute's 10.
+    let all = futures_util::future::join_all((0..200).map(|_| check(&s, ask()))).await;
+    let leases: Vec<String> = all
+        .iter()
+        .filter(|r| r.body["allowed"] == true)
+        .map(|r| r.body["lease"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(leases.len(), 5);
+    let refused = all.iter().find(|r| r.body["allowed"] == false).unwrap();
+    assert!(refused.body.get("lease").is_none());
+    assert_eq!(refused.body["limits"][1]["allowed"], false);
+    assert_eq!(
+        refused.body["limits"][0]["remaining"], 5,
+        "{:?}",
+        refused.body
+    );
+    assert_eq!(refused.body["retry_after"], 1.0);
+    assert_eq!(
+        refused.header("ratelimit-policy"),
+        Some("\"minute\";q=10;w=60, \"exports\";q=5;qu=\"concurrent-requests\"")
+    );
+    // One given back: one more fits, and only one.
+    let r = s
+        .post("/v1/release", &json!({"lease": leases[0]}).to_string())
+        .await;
+    assert_eq!(
+        (r.status.as_u16(), &r.body["released"]),
+        (200, &json!(true)),
+        "{:?}",
+        r.body
+    );
+    assert_eq!(check(&s, ask()).await.body["allowed"], true);
+    assert_eq!(check(&s, ask()).await.body["allowed"], false);
+    // Not a lease: refused, nothing given back.
+    for bad in [
+        json!({"lease": "x"}),
+        json!({}),
+        json!({"lease": 3}),
+        json!({"lease": "eyJlIjoxfQ"}),
+    ] {
+        let r = s.post("/v1/release", &bad.to_string()).await;
+        assert_eq!(
+            (r.status.as_u16(), &r.body["field"]),
+            (422, &json!("lease")),
+            "{bad}"
+        );
+    }
+    assert_eq!(check(&s, ask()).await.body["allowed"], false);
+    // Leases never given back end by themselves after lease_seconds.
+    s.clock.advance(31 * ratewarden::clock::NANOS_PER_SEC);
+    let r = check(&s, ask()).await;
+    assert_eq!(r.body["allowed"], true, "{:?}", r.body);
+    assert_eq!(r.body["limits"][1]["remaining"], 4);
+    // A peek holds nothing.
+    let peek = check(
+        &s,
+        json!({"client_id": "exp", "path": "/exports/x", "peek": true}),
+    )
+    .await;
+    assert!(peek.body.get("lease").is_none());
+    s.stop().await;
+}
+
+#[actix_rt::test]
+async fn concurrency_limits_are_validated() {
+    let s = server().await;
+    for (body, field) in [
+        (
+            json!({"endpoint": "/c", "limits": [{"name": "c", "algorithm": "concurrency"}]}),
+            "limits[0].max_in_flight",
+        ),
+        (
+            json!({"endpoint": "/c", "limits": [{"name": "c", "algorithm": "concurrency", "max_in_flight": 2, "requests_per_window": 3}]}),
+            "limits[0].requests_per_window",
+        ),
+        (
+            json!({"endpoint": "/c", "limits": [{"name": "c", "algorithm": "concurrency", "max_in_flight": 0}]}),
+            "limits[0].max_in_flight",
+        ),
+        (
+            json!({"endpoint": "/c", "limits": [{"name": "c", "algorithm": "concurrency", "max_in_flight": 2, "lease_seconds": 0}]}),
+            "limits[0].lease_seconds",
+        ),
+        (
+            json!({"endpoint": "/c", "limits": [{"name": "c", "requests_per_window": 2, "window_seconds": 9, "max_in_flight": 2}]}),
+            "limits[0].max_in_flight",
+        ),
+        (
+            json!({"endpoint": "/c", "algorithm": "concurrency", "requests_per_window": 2, "window_seconds": 9}),
+            "algorithm",
+        ),
+        (
+            json!({"domain": "rw", "descriptor": [{"key": "k"}], "limits": [{"name": "c", "algorithm": "concurrency", "max_in_flight": 2}]}),
+            "limits[0].algorithm",
+        ),
+    ] {
+        let r = s.post("/admin/configs", &body.to_string()).await;
+        assert_eq!(r.status, 422, "{body}: {:?}", r.body);
+        assert_eq!(r.body["field"], field, "{body}: {:?}", r.body);
+    }
+    // A list of one concurrency limit named default stays a list (it has no top-level
+    // form), and an override changes its max_in_flight.
+    let one = json!({"endpoint": "/c", "limits": [{"name": "default", "algorithm": "concurrency", "max_in_flight": 1}],
+        "overrides": [{"client": "vip", "requests_per_window": 3}]});
+    let r = s.post("/admin/configs", &one.to_string()).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    assert_eq!(r.body["limits"][0]["max_in_flight"], 1);
+    let leased = |client: &str| check(&s, json!({"client_id": client, "path": "/c"}));
+    let mut vip = Vec::new();
+    for _ in 0..4 {
+        vip.push(leased("vip").await.body["allowed"] == true);
+    }
+    assert_eq!(vip, [true, true, true, false]);
+    assert_eq!(leased("pleb").await.body["allowed"], true);
+    assert_eq!(leased("pleb").await.body["allowed"], false);
+    s.stop().await;
+}

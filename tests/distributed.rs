@@ -182,6 +182,33 @@ async fn exact_limit_across(nodes: &[Binary]) {
             stats.body
         );
     }
+    // Requests in flight, counted in Redis: exactly the cap is admitted whichever
+    // instance asks, and a lease given back on another instance lets one more in.
+    let body = json!({"endpoint": "/api/exports", "limits": [
+        {"name": "exports", "algorithm": "concurrency", "max_in_flight": 5}]});
+    let r = nodes[0].post("/admin/configs", &body.to_string()).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    for node in nodes {
+        until_served(node, "/api/exports", "limits", &r.body["limits"]).await;
+    }
+    let ask = json!({"client_id": "exporter", "path": "/api/exports"}).to_string();
+    let answers = join_all((0..60).map(|i| nodes[i % nodes.len()].post("/v1/check", &ask))).await;
+    let leases: Vec<&str> = answers
+        .iter()
+        .filter(|r| r.body["allowed"] == true)
+        .map(|r| r.body["lease"].as_str().unwrap())
+        .collect();
+    assert_eq!(leases.len(), 5, "in flight over {} instances", nodes.len());
+    let last = nodes.len() - 1;
+    let released = nodes[last]
+        .post("/v1/release", &json!({"lease": leases[0]}).to_string())
+        .await;
+    assert_eq!(released.body["released"], true, "{:?}", released.body);
+    assert_eq!(nodes[0].post("/v1/check", &ask).await.body["allowed"], true);
+    assert_eq!(
+        nodes[0].post("/v1/check", &ask).await.body["allowed"],
+        false
+    );
 }
 
 #[actix_rt::test]

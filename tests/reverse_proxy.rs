@@ -33,11 +33,14 @@ struct Seen {
     uploaded: watch::Sender<u64>,
     /// Set by the test once it has read the first SSE event.
     first_event_read: watch::Sender<bool>,
+    /// How many `/held/<n>` bodies the test has let end: `n` ends once it reaches `n`.
+    ended: watch::Sender<u64>,
 }
 
 /// `/echo/*`: the headers it was sent. `/count/*`: counted. `/upload`: the body's size,
 /// counted as it arrives. `/download`: 50 MiB. `/sse`: one event, then a second once the
-/// test says it read the first. `/hang`: never answers. `/not-modified`: a 304 with the
+/// test says it read the first. `/held/<n>`: a first chunk, the rest once the test lets
+/// `n` bodies end. `/hang`: never answers. `/not-modified`: a 304 with the
 /// Content-Length of a representation it does not send.
 async fn upstream_handler(
     req: HttpRequest,
@@ -87,6 +90,19 @@ async fn upstream_handler(
                 .streaming(first.chain(futures_util::stream::once(second)))
         }
         "/hang" => std::future::pending().await,
+        held if held.starts_with("/held/") => {
+            // A first chunk at once, the rest once the test lets body `n` end.
+            let n: u64 = held["/held/".len()..].parse().unwrap_or(0);
+            let mut ended = seen.ended.subscribe();
+            let rest = async move {
+                let _ = ended.wait_for(|e| *e >= n).await;
+                Ok::<_, actix_web::Error>(web::Bytes::from_static(b"end"))
+            };
+            let first = futures_util::stream::once(async {
+                Ok::<_, actix_web::Error>(web::Bytes::from_static(b"start "))
+            });
+            HttpResponse::Ok().streaming(first.chain(futures_util::stream::once(rest)))
+        }
         "/not-modified" => HttpResponse::NotModified()
             .insert_header(("content-length", "1234"))
             .finish(),
@@ -100,6 +116,7 @@ fn upstream() -> (String, Seen) {
         counted: Arc::default(),
         uploaded: watch::Sender::new(0),
         first_event_read: watch::Sender::new(false),
+        ended: watch::Sender::new(0),
     };
     let data = web::Data::new(seen.clone());
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -550,5 +567,82 @@ async fn the_upstreams_hop_by_hop_headers_stay_behind_and_a_large_body_is_refuse
     assert_eq!(res.status(), 413);
     let body: serde_json::Value = res.json().await.unwrap();
     assert_eq!(body["error"], "payload_too_large");
+    s.stop().await;
+}
+
+/// Requests of `client` to `path` until one is admitted (a released unit comes back
+/// just after the response that held it ends); how many were refused first.
+async fn until_admitted(s: &TestServer, client: &str, path: &str) -> usize {
+    let started = std::time::Instant::now();
+    let mut refused = 0;
+    loop {
+        let r = s.get_as(client, path).await;
+        if r.status != 429 {
+            return refused;
+        }
+        refused += 1;
+        assert!(started.elapsed() < STALL, "{path} never admitted again");
+        actix_rt::task::yield_now().await;
+    }
+}
+
+#[actix_rt::test]
+async fn a_concurrency_limit_holds_each_proxied_request_until_its_body_ends() {
+    let (up, seen) = upstream();
+    let s = TestServer::with(|c| {
+        c.upstream = Some(up.clone());
+        c.upstream_timeout_ms = 300;
+    })
+    .await;
+    let body = json!({"endpoint": "/*", "limits": [
+        {"name": "exports", "algorithm": "concurrency", "max_in_flight": 2}]});
+    assert_eq!(
+        s.post("/admin/configs", &body.to_string()).await.status,
+        201
+    );
+    let client = awc::Client::builder().timeout(STALL).finish();
+    let open = |n: u64| {
+        client
+            .get(format!("{}/held/{n}", s.url))
+            .insert_header(("X-Client-ID", "exp"))
+            .send()
+    };
+    // Two bodies in flight: the third request is refused, and says why.
+    let mut first = open(1).await.unwrap();
+    let mut second = open(2).await.unwrap();
+    assert_eq!(
+        (first.status().as_u16(), second.status().as_u16()),
+        (200, 200)
+    );
+    assert_eq!(first.next().await.unwrap().unwrap(), "start ");
+    let r = s.get_as("exp", "/count/c").await;
+    assert_eq!(r.status, 429);
+    assert_eq!(
+        r.body["violated"],
+        json!(null),
+        "one limit: the 429 names the config"
+    );
+    assert_eq!(
+        r.header("ratelimit-policy"),
+        Some("\"/*\";q=2;qu=\"concurrent-requests\"")
+    );
+    assert_eq!(r.header_u64("retry-after"), 1);
+    // The upstream ends the first body: its unit comes back, and no other.
+    seen.ended.send_replace(1);
+    assert_eq!(first.body().await.unwrap(), "end");
+    until_admitted(&s, "exp", "/count/c").await;
+    let mut third = open(3).await.unwrap();
+    assert_eq!(third.status(), 200);
+    assert_eq!(s.get_as("exp", "/count/c").await.status, 429);
+    // A client that goes away mid-body gives its unit back.
+    drop(third.next().await);
+    drop(third);
+    until_admitted(&s, "exp", "/count/c").await;
+    // So does a request the upstream fails (a 504 after --upstream-timeout-ms).
+    let hung = s.get_as("exp", "/hang").await;
+    assert_eq!(hung.status, 504);
+    until_admitted(&s, "exp", "/count/c").await;
+    seen.ended.send_replace(u64::MAX);
+    assert_eq!(second.body().await.unwrap(), "start end");
     s.stop().await;
 }

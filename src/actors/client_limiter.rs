@@ -333,7 +333,12 @@ impl Endpoint {
     fn take_counts(&mut self) -> Option<StatDelta> {
         (self.allowed + self.blocked > 0).then(|| StatDelta {
             minute: self.minute,
-            endpoint: self.name.clone(),
+            // Counted under the config's endpoint, whatever slot holds the state.
+            endpoint: self
+                .policy
+                .as_ref()
+                .map_or(&self.name, |p| &p.endpoint)
+                .clone(),
             allowed: std::mem::take(&mut self.allowed),
             blocked: std::mem::take(&mut self.blocked),
         })

@@ -36,7 +36,7 @@ pub const MAX_REFILL_RATE: f64 = 1e9;
 /// descriptor rule names `domain` and `descriptor` instead of `endpoint`.)
 const REQUIRED: [&str; 3] = ["endpoint", "requests_per_window", "window_seconds"];
 /// Fields of a [`Config`] the server owns.
-const READ_ONLY: [&str; 3] = ["id", "created_at", "updated_at"];
+const READ_ONLY: [&str; 4] = ["id", "created_at", "updated_at", "warnings"];
 
 /// The writable part of a config, validated as a whole. Its serde form is the admin
 /// API's input and the stored form; a field missing from stored JSON takes its default,
@@ -151,6 +151,16 @@ impl Override {
     /// rate follow the override's own numbers unless given (the limit's were set for its
     /// own quota).
     pub fn apply_to(&self, base: &LimitSpec) -> LimitSpec {
+        if base.algorithm == Algorithm::Concurrency {
+            // Its number is the units held at once; its lease stays the limit's.
+            return LimitSpec {
+                max_in_flight: Some(self.requests_per_window),
+                window_seconds: self.window_seconds.unwrap_or(0),
+                burst_limit: self.burst_limit,
+                refill_rate: self.refill_rate,
+                ..base.clone()
+            };
+        }
         LimitSpec {
             requests_per_window: self.requests_per_window,
             window_seconds: self.window_seconds.unwrap_or(base.window_seconds),
@@ -181,8 +191,12 @@ pub struct LimitSpec {
     /// `sliding_window` when left out.
     #[serde(default = "default_algorithm")]
     pub algorithm: Algorithm,
+    /// Every algorithm's but `concurrency`'s (left out of its JSON, 0 here).
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub requests_per_window: u64,
-    /// With `calendar`, the calendar's nominal length (which may be left out).
+    /// With `calendar`, the calendar's nominal length (which may be left out). Every
+    /// algorithm's but `concurrency`'s.
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub window_seconds: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub calendar: Option<Calendar>,
@@ -195,10 +209,27 @@ pub struct LimitSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>, example = "global")]
     pub key: Option<Key>,
+    /// A `concurrency` limit's units held at once (requests in flight).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_in_flight: Option<u64>,
+    /// How long a `concurrency` limit's unit is held at most, in seconds (default 60):
+    /// a unit never given back (a crashed instance's, a lease never released) comes
+    /// back then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_seconds: Option<u64>,
+}
+
+/// A concurrency limit's lease when not given.
+pub const DEFAULT_LEASE_SECONDS: u64 = 60;
+/// The longest lease.
+pub const MAX_LEASE_SECONDS: u64 = 86_400;
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// The fields of a [`LimitSpec`], in its order: what a `limits` entry may hold.
-const LIMIT_FIELDS: [&str; 8] = [
+const LIMIT_FIELDS: [&str; 10] = [
     "name",
     "algorithm",
     "requests_per_window",
@@ -207,12 +238,21 @@ const LIMIT_FIELDS: [&str; 8] = [
     "burst_limit",
     "refill_rate",
     "key",
+    "max_in_flight",
+    "lease_seconds",
 ];
 
 impl LimitSpec {
     /// The limit these numbers describe: only the algorithm's own parameters are read (a
     /// token bucket's `burst_limit` and `refill_rate`, defaulting to the window's numbers).
     pub fn limit(&self) -> Limit {
+        if self.algorithm == Algorithm::Concurrency {
+            return Limit::new(
+                self.algorithm,
+                self.max_in_flight.unwrap_or(0),
+                self.lease_seconds(),
+            );
+        }
         let mut limit = Limit::new(
             self.algorithm,
             self.requests_per_window,
@@ -234,19 +274,77 @@ impl LimitSpec {
         limit
     }
 
+    /// A `concurrency` limit's lease, in seconds.
+    fn lease_seconds(&self) -> u64 {
+        self.lease_seconds.unwrap_or(DEFAULT_LEASE_SECONDS)
+    }
+
     /// The limit as the decision core takes it.
     pub fn named(&self) -> Named {
         Named {
             name: Arc::from(self.name.as_str()),
             limit: self.limit(),
-            window_seconds: self.window_seconds,
+            window_seconds: match self.algorithm {
+                Algorithm::Concurrency => self.lease_seconds(),
+                _ => self.window_seconds,
+            },
         }
+    }
+
+    /// A `concurrency` limit's fields: `max_in_flight` and `lease_seconds`, and none of
+    /// a window's.
+    fn validate_concurrency(&self, at: &dyn Fn(&str) -> String) -> Result<(), ValidationError> {
+        let err = |field: &str, message: String| Err(ValidationError::new(at(field), message));
+        let window_fields = [
+            ("requests_per_window", self.requests_per_window != 0),
+            ("window_seconds", self.window_seconds != 0),
+            ("calendar", self.calendar.is_some()),
+            ("burst_limit", self.burst_limit.is_some()),
+            ("refill_rate", self.refill_rate.is_some()),
+        ];
+        if let Some((field, _)) = window_fields.iter().find(|(_, given)| *given) {
+            return err(
+                field,
+                "is not a field of a concurrency limit, which takes max_in_flight (and \
+                 lease_seconds)"
+                    .to_owned(),
+            );
+        }
+        let Some(max) = self.max_in_flight else {
+            return err(
+                "max_in_flight",
+                "is required by a concurrency limit".to_owned(),
+            );
+        };
+        if let Err(e) = in_range("max_in_flight", max, MAX_REQUESTS_PER_WINDOW)
+            .and_then(|()| in_range("lease_seconds", self.lease_seconds(), MAX_LEASE_SECONDS))
+        {
+            return err(&e.field, e.message);
+        }
+        Ok(())
     }
 
     /// Checks the numbers; an error names its field through `at` (`limits[2].` before
     /// it, or nothing for a config's top-level fields).
     fn validate(&self, at: &dyn Fn(&str) -> String) -> Result<(), ValidationError> {
         let err = |field: &str, message: String| Err(ValidationError::new(at(field), message));
+        if self.algorithm == Algorithm::Concurrency {
+            return self.validate_concurrency(at);
+        }
+        for (field, given) in [
+            ("max_in_flight", self.max_in_flight.is_some()),
+            ("lease_seconds", self.lease_seconds.is_some()),
+        ] {
+            if given {
+                return err(
+                    field,
+                    format!(
+                        "is a field of a concurrency limit (this limit's algorithm is {})",
+                        self.algorithm.as_str()
+                    ),
+                );
+            }
+        }
         if let Err(e) = in_range(
             "requests_per_window",
             self.requests_per_window,
@@ -327,8 +425,12 @@ impl LimitSpec {
                 .entry("window_seconds")
                 .or_insert_with(|| Value::from(calendar.nominal_seconds()));
         }
-        for field in ["name", "requests_per_window", "window_seconds"] {
-            if object.get(field).is_none_or(Value::is_null) {
+        let required: &[&str] = match object.get("algorithm").and_then(Value::as_str) {
+            Some("concurrency") => &["name", "max_in_flight"],
+            _ => &["name", "requests_per_window", "window_seconds"],
+        };
+        for field in required {
+            if object.get(*field).is_none_or(Value::is_null) {
                 return Err(ValidationError::new(at(field), "is required".to_owned()));
             }
         }
@@ -435,12 +537,29 @@ impl ConfigSpec {
             burst_limit: self.burst_limit,
             refill_rate: self.refill_rate,
             key: None,
+            max_in_flight: None,
+            lease_seconds: None,
         }]
     }
 
     /// What limit `l` (one of [`ConfigSpec::limit_specs`]) counts per.
     pub fn key_of<'a>(&'a self, l: &'a LimitSpec) -> &'a Key {
         l.key.as_ref().unwrap_or(&self.key)
+    }
+
+    /// What it does not do everywhere (see [`ConfigView::warnings`]).
+    fn warnings(&self) -> Vec<String> {
+        (self.limits.iter())
+            .filter(|l| l.algorithm == Algorithm::Concurrency)
+            .map(|l| {
+                format!(
+                    "limit {:?} (concurrency) is not enforced through /v1/forward-auth, \
+                     which sees no end of the request; routes, the reverse proxy and \
+                     /v1/check (with its lease) enforce it",
+                    l.name
+                )
+            })
+            .collect()
     }
 
     /// The first top-level limit field this spec gives, if any.
@@ -530,6 +649,14 @@ impl ConfigSpec {
                     ));
                 }
             }
+            if self.algorithm == Some(Algorithm::Concurrency) {
+                return Err(ValidationError::new(
+                    "algorithm",
+                    "concurrency: a concurrency limit is given in \"limits\": [{\"name\": \
+                     \"exports\", \"algorithm\": \"concurrency\", \"max_in_flight\": 4}]"
+                        .to_owned(),
+                ));
+            }
             return self.limit_specs()[0].validate(&|f| f.to_owned());
         }
         if let Some(field) = self.top_level_given() {
@@ -561,6 +688,14 @@ impl ConfigSpec {
                 ));
             }
             l.validate(&at)?;
+            if self.domain.is_some() && l.algorithm == Algorithm::Concurrency {
+                return Err(ValidationError::new(
+                    at("algorithm"),
+                    "concurrency needs the end of a request, which Envoy's rate-limit service \
+                     never sees: a descriptor rule cannot hold one"
+                        .to_owned(),
+                ));
+            }
             if let Some(key) = &l.key
                 && self.domain.is_some()
                 && key.needs_http()
@@ -830,6 +965,7 @@ impl ConfigSpec {
         }
         if let [only] = self.limits.as_slice()
             && only.name == DEFAULT_LIMIT
+            && only.algorithm != Algorithm::Concurrency
             && self.top_level_given().is_none()
         {
             let only = self.limits.remove(0);
@@ -1141,6 +1277,10 @@ pub struct ConfigView<'a> {
     pub created_at: String,
     /// RFC 3339.
     pub updated_at: String,
+    /// What the config does not do everywhere: a concurrency limit is not enforced
+    /// where no end of the request is seen (forward-auth, Envoy).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 impl Config {
@@ -1154,6 +1294,7 @@ impl Config {
             spec: self.spec.shown(),
             created_at: rfc3339(self.created_at),
             updated_at: rfc3339(self.updated_at),
+            warnings: self.spec.warnings(),
         }
     }
 

@@ -12,9 +12,9 @@
 pub(crate) mod deadline;
 
 use crate::actors::broadcaster::FeedInterest;
-use crate::actors::registry::{Answer, Check, Registries};
+use crate::actors::registry::{Check, LimiterUnavailable, Registries};
 use crate::actors::{Asked, Via};
-use crate::clock::{NANOS_PER_SEC, SharedClock, ceil_secs};
+use crate::clock::{NANOS_PER_SEC, Nanos, SharedClock, ceil_secs};
 use crate::limiter::{Decision, Decisions, Mode};
 use crate::metrics::{ErrorReason, Metrics, Outcome};
 use crate::policy::{Policies, Policy};
@@ -34,7 +34,9 @@ const REFUND_DEADLINE: Duration = Duration::from_secs(5);
 pub enum Ruling {
     /// The config that applies is inactive: nothing is limited, nothing counted.
     Inactive,
-    Decided(Decisions),
+    /// The decision, and what the request holds until it is done (its concurrency
+    /// limits' units; nothing for most configs).
+    Decided(Decisions, Hold),
     /// The limiter could not decide in time: `--on-error` applies.
     Failed,
 }
@@ -110,12 +112,26 @@ impl Decider {
             record: true,
         };
         let answer = match policy.groups.is_empty() {
-            true => deadline::within(deadline, self.registries.decide(check)).await,
+            true => {
+                let whole = async {
+                    let d = self.registries.decide(check).await?;
+                    let held: Held = match policy.limits[0].limit.is_held() {
+                        true => smallvec::smallvec![(0, d.at())],
+                        false => Held::new(),
+                    };
+                    Ok((d, held))
+                };
+                deadline::within(deadline, whole).await
+            }
             false => deadline::within(deadline, self.decide_groups(values, check)).await,
         };
         let counted = mode == Mode::Consume;
         match answer {
-            Ok(Ok(d)) => {
+            Ok(Ok((d, held))) => {
+                let hold = match mode == Mode::Consume && d.allowed && cost > 0 {
+                    true => Hold::of(&self.registries, values, policy, held, cost),
+                    false => Hold::default(),
+                };
                 if counted {
                     Metrics::observe(&self.metrics.decision_seconds, started.elapsed());
                     let outcome = match (d.allowed, policy.shadow) {
@@ -130,7 +146,7 @@ impl Decider {
                         }
                     }
                 }
-                Ruling::Decided(d)
+                Ruling::Decided(d, hold)
             }
             failed => {
                 let reason = match failed {
@@ -152,13 +168,18 @@ impl Decider {
     /// up taking nothing; until then its units are held, which can refuse another
     /// request that would have fit. The request is counted once, under the config's
     /// key value, with every limit's decision.
-    async fn decide_groups(&self, values: &[Arc<str>], whole: Check) -> Answer {
+    async fn decide_groups(
+        &self,
+        values: &[Arc<str>],
+        whole: Check,
+    ) -> Result<(Decisions, Held), LimiterUnavailable> {
         let policy = whole.policy.clone();
         let mut parts: SmallVec<[Decisions; 2]> = SmallVec::new();
         // The groups before the first refusal, which consumed.
         let mut consumed = 0;
         let mut refused = false;
-        for (g, value) in policy.groups.iter().zip(values) {
+        for g in policy.groups.iter() {
+            let value = &values[g.value];
             let mode = match (whole.mode, refused) {
                 (Mode::Consume, true) => Mode::Peek,
                 (mode, _) => mode,
@@ -172,11 +193,10 @@ impl Decider {
                 answer_by: whole.answer_by,
                 record: false,
             };
-            let answer = self.registries.decide(check).await;
-            let Ok(d) = answer else {
+            let Ok(d) = self.registries.decide(check).await else {
                 self.give_back(values, &policy, &mut parts[..consumed], whole.cost)
                     .await;
-                return answer;
+                return Err(LimiterUnavailable);
             };
             refused |= !d.allowed;
             if whole.mode == Mode::Consume && !refused {
@@ -192,7 +212,40 @@ impl Decider {
         if whole.mode == Mode::Consume {
             self.registries.record(&whole, &d);
         }
-        Ok(d)
+        // What an admitted request holds: its held groups' units, taken at their times.
+        let held = match refused {
+            true => Held::new(),
+            false => (policy.groups.iter().zip(&parts).enumerate())
+                .filter(|(_, (g, _))| g.held)
+                .map(|(i, (_, d))| (i, d.at()))
+                .collect(),
+        };
+        Ok((d, held))
+    }
+
+    /// Gives back what a lease holds (see [`Lease`]): `Ok(false)` when it names no
+    /// config this server has, or none of its concurrency limits.
+    pub async fn release(&self, lease: &Lease) -> Result<bool, LimiterUnavailable> {
+        let table = self.policies.current();
+        let Some(policy) = lease
+            .values
+            .first()
+            .and_then(|v| table.policy(&lease.endpoint, v))
+        else {
+            return Ok(false);
+        };
+        let mut released = false;
+        for ((i, part), &at) in policy.held_parts().zip(&lease.at) {
+            let value = match policy.groups.get(i) {
+                Some(g) => lease.values.get(g.value),
+                None => lease.values.first(),
+            };
+            let Some(value) = value else { continue };
+            let check = refund_check(&Arc::from(value.as_str()), part, lease.cost, at);
+            self.registries.decide(check).await?;
+            released = true;
+        }
+        Ok(released)
     }
 
     /// Gives back what the groups decided in `consumed` took (the first groups, each of
@@ -209,17 +262,9 @@ impl Decider {
         if cost == 0 {
             return;
         }
-        for ((g, value), d) in policy.groups.iter().zip(values).zip(consumed) {
-            let check = Check {
-                client: value.clone(),
-                policy: g.policy.clone(),
-                cost,
-                mode: Mode::Refund(d.at()),
-                asked: None,
-                // A refund is worth making however late: it only gives back.
-                answer_by: Instant::now() + REFUND_DEADLINE,
-                record: false,
-            };
+        for (g, d) in policy.groups.iter().zip(consumed) {
+            let value = &values[g.value];
+            let check = refund_check(value, &g.policy, cost, d.at());
             match self.registries.decide(check).await {
                 Ok(after) => *d = after,
                 Err(_) => log::warn!(
@@ -248,6 +293,154 @@ impl Decider {
             OnError::Deny => Outcome::on_error_denied,
         };
         self.metrics.decision(endpoint, outcome);
+    }
+}
+
+/// A check that gives back `cost` units that a check of `value` under `policy` took at
+/// `at`.
+fn refund_check(value: &Arc<str>, policy: &Arc<Policy>, cost: u64, at: Nanos) -> Check {
+    Check {
+        client: value.clone(),
+        policy: policy.clone(),
+        cost,
+        mode: Mode::Refund(at),
+        asked: None,
+        // A refund is worth making however late: it only gives back.
+        answer_by: Instant::now() + REFUND_DEADLINE,
+        record: false,
+    }
+}
+
+/// The held parts of a decision that took units: each held group's index (0 for a
+/// policy all of whose limits are held) and when it was decided.
+type Held = SmallVec<[(usize, Nanos); 1]>;
+
+/// Units a request holds until it is done: its concurrency limits', given back when
+/// this is dropped (the response sent, the connection gone, the handler failed or
+/// panicked), or turned into a [`Lease`] for a caller to give back later. Empty for a
+/// config without concurrency limits, and for a request that was refused.
+#[derive(Default)]
+pub struct Hold(Option<Box<Holding>>);
+
+/// One held part: the key value it counts under, the part's policy, and when it was
+/// decided.
+type HeldPart = (Arc<str>, Arc<Policy>, Nanos);
+
+/// What a non-empty [`Hold`] holds.
+struct Holding {
+    parts: SmallVec<[HeldPart; 1]>,
+    cost: u64,
+    /// For a lease: every key value of the request, in their order.
+    values: Vec<Arc<str>>,
+    registries: Registries,
+}
+
+/// What a request holds of a config's concurrency limits, to give back: the config,
+/// the key values the request counted under, when each held part was decided, and the
+/// cost. It is what `POST /v1/release` takes back (in [`Lease::token`]'s form), on any
+/// instance.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Lease {
+    #[serde(rename = "e")]
+    pub endpoint: String,
+    #[serde(rename = "v")]
+    pub values: Vec<String>,
+    #[serde(rename = "t")]
+    pub at: Vec<Nanos>,
+    #[serde(rename = "c")]
+    pub cost: u64,
+}
+
+impl Lease {
+    /// Its opaque form: URL-safe base64 of its JSON.
+    pub fn token(&self) -> String {
+        use base64::Engine;
+        let json = serde_json::to_vec(self).unwrap_or_default();
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json)
+    }
+
+    /// The lease a token names, if it is one.
+    pub fn parse(token: &str) -> Option<Self> {
+        use base64::Engine;
+        if token.len() > 4096 {
+            return None;
+        }
+        let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(token)
+            .ok()?;
+        let lease: Lease = serde_json::from_slice(&json).ok()?;
+        let limits = crate::limiter::MAX_LIMITS;
+        let sane = (1..=limits + 1).contains(&lease.values.len())
+            && (1..=limits).contains(&lease.at.len())
+            && lease.cost > 0;
+        sane.then_some(lease)
+    }
+}
+
+impl Hold {
+    fn of(
+        registries: &Registries,
+        values: &[Arc<str>],
+        policy: &Arc<Policy>,
+        held: Held,
+        cost: u64,
+    ) -> Self {
+        let parts: SmallVec<_> = (held.iter())
+            .filter_map(|&(i, at)| {
+                let (value, part) = match policy.groups.get(i) {
+                    Some(g) => (values.get(g.value)?, &g.policy),
+                    None => (values.first()?, policy),
+                };
+                Some((value.clone(), part.clone(), at))
+            })
+            .collect();
+        if parts.is_empty() {
+            return Self::default();
+        }
+        Self(Some(Box::new(Holding {
+            parts,
+            cost,
+            values: values.to_vec(),
+            registries: registries.clone(),
+        })))
+    }
+
+    /// Whether it holds anything.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_none()
+    }
+
+    /// What it holds, for a caller to give back later; it no longer gives it back
+    /// itself.
+    pub fn into_lease(mut self) -> Option<Lease> {
+        let h = self.0.take()?;
+        Some(Lease {
+            endpoint: h.parts[0].1.endpoint.to_string(),
+            values: h.values.iter().map(|v| v.to_string()).collect(),
+            at: h.parts.iter().map(|(_, _, at)| *at).collect(),
+            cost: h.cost,
+        })
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        let Some(h) = self.0.take() else {
+            return;
+        };
+        // Given back on the thread that dropped it, after the response is on its way.
+        actix_web::rt::spawn(async move {
+            for (value, policy, at) in &h.parts {
+                let check = refund_check(value, policy, h.cost, *at);
+                if h.registries.decide(check).await.is_err() {
+                    log::warn!(
+                        "{value:?}: could not give back what a request held under {}; it \
+                         comes back when its lease ends",
+                        policy.endpoint
+                    );
+                }
+            }
+        });
     }
 }
 
@@ -290,8 +483,18 @@ pub fn structured_fields(policy: &Policy, d: &Decisions) -> [(HeaderName, String
             limits.push_str(", ");
             policies.push_str(", ");
         }
-        let _ = write!(limits, "{name};r={};t={}", d.remaining, reset_secs(d));
-        let _ = write!(policies, "{name};q={};w={}", d.limit, l.window_seconds);
+        // A concurrency limit has no window: its quota is of requests in flight, and
+        // when a unit comes back nobody knows.
+        match l.limit.is_held() {
+            true => {
+                let _ = write!(limits, "{name};r={}", d.remaining);
+                let _ = write!(policies, "{name};q={};qu=\"concurrent-requests\"", d.limit);
+            }
+            false => {
+                let _ = write!(limits, "{name};r={};t={}", d.remaining, reset_secs(d));
+                let _ = write!(policies, "{name};q={};w={}", d.limit, l.window_seconds);
+            }
+        }
     }
     [(RATELIMIT, limits), (RATELIMIT_POLICY, policies)]
 }

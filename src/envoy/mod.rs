@@ -134,6 +134,8 @@ fn policy_for(
         tier: None,
         slot: endpoint,
         groups: Box::new([]),
+        other_keys: Box::new([]),
+        unheld: None,
     };
     // Its own budget, under the config's key alone.
     let mut values = m.values;
@@ -214,7 +216,8 @@ pub async fn should_rate_limit(
         match ruling {
             Ruling::Inactive => statuses.push(unlimited()),
             Ruling::Failed => return Err(Failure::Unavailable),
-            Ruling::Decided(decision) => {
+            // A descriptor rule holds no concurrency limit: nothing is held.
+            Ruling::Decided(decision, _) => {
                 statuses.push(status(&policy, &decision));
                 let over = policy.refuses(&decision);
                 let better = match &headline {

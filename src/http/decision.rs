@@ -20,7 +20,7 @@ use crate::actors::client_limiter::LimitStatus;
 use crate::clock::{NANOS_PER_SEC, Nanos, rfc3339};
 use crate::config::key::KeySource;
 use crate::config::{Key, ValidationError};
-use crate::decide::Ruling;
+use crate::decide::{Lease, Ruling};
 use crate::envoy::proto::{Code, RateLimitRequest};
 use crate::envoy::{Failure, should_rate_limit};
 use crate::error::ApiError;
@@ -125,6 +125,11 @@ struct Answer {
     /// wait; otherwise the one with the fewest units left relative to its quota).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     limits: Vec<LimitStatus>,
+    /// Under a config with a concurrency limit, an admitted check holds its units until
+    /// this lease is given back (`POST /v1/release`) or ends by itself (the limit's
+    /// `lease_seconds`, 60 by default).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lease: Option<String>,
 }
 
 /// The answer of `POST /v1/check`: one check's, or a batch's.
@@ -391,6 +396,7 @@ async fn answer(state: &AppState, ask: &Ask, now: Nanos) -> (Answer, Option<Deci
         reset_time: rfc3339(now),
         error: None,
         limits: Vec::new(),
+        lease: None,
     };
     let ruling = state
         .decider
@@ -414,8 +420,9 @@ async fn answer(state: &AppState, ask: &Ask, now: Nanos) -> (Answer, Option<Deci
             },
             None,
         ),
-        Ruling::Decided(d) => (
+        Ruling::Decided(d, hold) => (
             Answer {
+                lease: hold.into_lease().map(|l| l.token()),
                 allowed: !p.refuses(&d),
                 would_limit: !d.allowed,
                 algorithm: p.limits[d.binding()].limit.algorithm(),
@@ -430,6 +437,56 @@ async fn answer(state: &AppState, ask: &Ask, now: Nanos) -> (Answer, Option<Deci
             Some(d),
         ),
     }
+}
+
+/// The body of `POST /v1/release`.
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct ReleaseBody {
+    /// A lease from an admitted check's answer.
+    lease: String,
+}
+
+/// The answer of `POST /v1/release`.
+#[derive(Serialize, ToSchema)]
+struct Released {
+    /// False when the lease's config no longer has a concurrency limit: nothing was
+    /// held any more.
+    released: bool,
+}
+
+/// `POST /v1/release`: gives back what an admitted check holds of its config's
+/// concurrency limits. Give each lease back once: its units were taken at one instant,
+/// and a second release gives back units of the same instant, which may be another
+/// request's. A lease not given back ends by itself after the limit's `lease_seconds`.
+#[utoipa::path(
+    post,
+    path = "/v1/release",
+    tag = "decisions",
+    request_body(content = ReleaseBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Given back (or nothing was held any more)", body = Released),
+        (status = 422, description = "Not a lease; nothing was given back", body = ErrorBody),
+        (status = 503, description = "The limiter could not be reached: the lease ends by itself", body = ErrorBody),
+    )
+)]
+pub async fn release(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let body = super::read_json(&req, payload).await?;
+    let body: ReleaseBody = serde_json::from_value(body)
+        .map_err(|_| invalid("lease", "is required: the lease of an admitted check"))?;
+    let lease = Lease::parse(&body.lease)
+        .filter(|l| l.values.iter().all(|v| crate::config::key::is_key_value(v)))
+        .ok_or_else(|| invalid("lease", "is not a lease this server gave"))?;
+    let released = state
+        .decider
+        .release(&lease)
+        .await
+        .map_err(|_| ApiError::LimiterUnavailable)?;
+    Ok(HttpResponse::Ok().json(Released { released }))
 }
 
 /// `/v1/forward-auth`, any method: decides the request the proxy describes in its
@@ -490,6 +547,10 @@ pub async fn forward_auth(
         )
     })?;
     let (values, policy) = state.resolve_request(&path, req.headers(), req.peer_addr())?;
+    // No end of the request comes here: its concurrency limits are not enforced.
+    let Some(policy) = policy.without_held().cloned() else {
+        return Ok(HttpResponse::Ok().finish());
+    };
     let now = state.clock.now();
     let ruling = state
         .decider
@@ -508,12 +569,12 @@ pub async fn forward_auth(
             OnError::Allow => Ok(HttpResponse::Ok().finish()),
             OnError::Deny => Err(ApiError::LimiterUnavailable),
         },
-        Ruling::Decided(d) if !policy.refuses(&d) => {
+        Ruling::Decided(d, _) if !policy.refuses(&d) => {
             let mut res = HttpResponse::Ok().finish();
             add_headers(res.headers_mut(), &policy, &d, now);
             Ok(res)
         }
-        Ruling::Decided(d) => {
+        Ruling::Decided(d, _) => {
             let problem = wants_problem(req.headers());
             let status = state.forward_auth.deny_status;
             Ok(refusal(&values[0], &policy, &d, now, problem, status))

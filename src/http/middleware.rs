@@ -38,6 +38,27 @@ const EXEMPT: [&str; 11] = [
     "/readyz",
 ];
 
+/// A response body and what its request holds until the body is done with.
+struct Holding {
+    body: BoxBody,
+    _hold: crate::decide::Hold,
+}
+
+impl MessageBody for Holding {
+    type Error = <BoxBody as MessageBody>::Error;
+
+    fn size(&self) -> actix_web::body::BodySize {
+        self.body.size()
+    }
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<actix_web::web::Bytes, Self::Error>>> {
+        std::pin::Pin::new(&mut self.get_mut().body).poll_next(cx)
+    }
+}
+
 pub fn is_exempt(path: &str) -> bool {
     EXEMPT.iter().any(|p| {
         path.strip_prefix(p)
@@ -107,13 +128,20 @@ pub async fn rate_limit(
                 OnError::Deny => Ok(req.error_response(ApiError::LimiterUnavailable)),
             };
         }
-        Ruling::Decided(d) => d,
+        Ruling::Decided(d, hold) => (d, hold),
     };
+    let (decision, hold) = decision;
     let now = state.clock.now();
     if !policy.refuses(&decision) {
+        // What the request holds (its concurrency limits' units) is given back when
+        // its response body is done with: sent whole, or the connection gone. An error
+        // or a panic on the way drops it sooner.
         let mut res = next.call(req).await?.map_into_boxed_body();
         add_headers(res.headers_mut(), &policy, &decision, now);
-        return Ok(res);
+        if hold.is_empty() {
+            return Ok(res);
+        }
+        return Ok(res.map_body(|_, body| Holding { body, _hold: hold }.boxed()));
     }
     let problem = wants_problem(req.headers());
     let res = refusal(
@@ -190,9 +218,8 @@ pub fn refusal(
     let refusal = Refusal {
         error: "rate_limit_exceeded",
         message: format!(
-            "Rate limit exceeded: {which}{} requests per {} for {}. Retry in {retry_after} s.",
-            decision.limit,
-            policy.window_words(binding),
+            "Rate limit exceeded: {which}{} for {}. Retry in {retry_after} s.",
+            policy.limit_words(binding, decision.limit),
             policy.endpoint
         ),
         client_id: client.to_owned(),

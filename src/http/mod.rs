@@ -123,6 +123,7 @@ pub fn routes(upstream: Option<proxy::Upstream>) -> impl Fn(&mut web::ServiceCon
                 web::scope("/v1")
                     .wrap(actix_web::middleware::from_fn(middleware::decision_access))
                     .service(resource("/check").post(decision::check))
+                    .service(resource("/release").post(decision::release))
                     .service(web::resource("/forward-auth").to(decision::forward_auth))
                     .service(resource("/envoy/json").post(decision::envoy_json))
                     .default_service(web::to(not_found)),

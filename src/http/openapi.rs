@@ -47,6 +47,7 @@ use utoipa::{IntoParams, Modify, OpenApi, PartialSchema, ToSchema};
         admin::top,
         admin::reset_client,
         decision::check,
+        decision::release,
         decision::forward_auth,
         decision::envoy_json,
         realtime::websocket,

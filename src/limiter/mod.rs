@@ -8,18 +8,20 @@
 //! [`Limit`] and [`State`], and one arm in each of their `match`es:
 //! `Algorithm::index`, `Algorithm::as_str`, `Algorithm::redis_kinds`,
 //! `Algorithm::redis_script`, `Limit::new`, `Limit::algorithm`, `Limit::quota`,
-//! `Limit::fresh_after`, `Limit::redis_args`, `State::new`,
+//! `Limit::fresh_after`, `Limit::redis_args`, `Limit::settle`, `State::new`,
 //! `State::algorithm`, `State::evaluate`, `State::encode` and `State::decode` (and the
 //! script's in `store::redis::Scripts`).
 //! None has a catch-all arm, so the compiler lists every place to touch. Nothing in this
 //! module reads the clock, allocates per decision (beyond the sliding window's growth)
 //! or does I/O, so it is unit- and property-tested directly.
 
+mod concurrency;
 mod fixed_window;
 mod several;
 mod sliding_window;
 mod token_bucket;
 
+pub use concurrency::ConcurrencyLimit;
 pub use fixed_window::{Calendar, FixedWindow, FixedWindowLimit};
 pub use several::{DEFAULT_LIMIT, Decisions, MAX_LIMITS, Named, States};
 pub use sliding_window::{SlidingWindow, SlidingWindowLimit, granule_ms};
@@ -35,13 +37,16 @@ pub enum Algorithm {
     SlidingWindow,
     FixedWindow,
     TokenBucket,
+    /// Requests in flight (see [`ConcurrencyLimit`]).
+    Concurrency,
 }
 
 impl Algorithm {
-    pub const ALL: [Algorithm; 3] = [
+    pub const ALL: [Algorithm; 4] = [
         Algorithm::SlidingWindow,
         Algorithm::FixedWindow,
         Algorithm::TokenBucket,
+        Algorithm::Concurrency,
     ];
 
     /// Its place in [`Algorithm::ALL`]: how snapshots and the Redis script of several
@@ -51,6 +56,7 @@ impl Algorithm {
             Algorithm::SlidingWindow => 0,
             Algorithm::FixedWindow => 1,
             Algorithm::TokenBucket => 2,
+            Algorithm::Concurrency => 3,
         }
     }
 
@@ -59,6 +65,7 @@ impl Algorithm {
             Algorithm::SlidingWindow => "sliding_window",
             Algorithm::FixedWindow => "fixed_window",
             Algorithm::TokenBucket => "token_bucket",
+            Algorithm::Concurrency => "concurrency",
         }
     }
 
@@ -78,6 +85,7 @@ impl Algorithm {
             Algorithm::SlidingWindow => SlidingWindowLimit::REDIS_SCRIPT,
             Algorithm::FixedWindow => FixedWindowLimit::REDIS_SCRIPT,
             Algorithm::TokenBucket => TokenBucketLimit::REDIS_SCRIPT,
+            Algorithm::Concurrency => ConcurrencyLimit::REDIS_SCRIPT,
         }
     }
 
@@ -87,6 +95,7 @@ impl Algorithm {
             Algorithm::SlidingWindow => SlidingWindowLimit::REDIS_KINDS,
             Algorithm::FixedWindow => FixedWindowLimit::REDIS_KINDS,
             Algorithm::TokenBucket => TokenBucketLimit::REDIS_KINDS,
+            Algorithm::Concurrency => ConcurrencyLimit::REDIS_KINDS,
         }
     }
 }
@@ -127,6 +136,7 @@ pub enum Limit {
     SlidingWindow(SlidingWindowLimit),
     FixedWindow(FixedWindowLimit),
     TokenBucket(TokenBucketLimit),
+    Concurrency(ConcurrencyLimit),
 }
 
 impl Limit {
@@ -146,6 +156,25 @@ impl Limit {
                 burst: limit,
                 refill_interval: window.div_ceil(limit).max(1),
             }),
+            Algorithm::Concurrency => Limit::Concurrency(ConcurrencyLimit {
+                max_in_flight: limit,
+                lease: window,
+            }),
+        }
+    }
+
+    /// Whether a request holds what it takes of this limit only until it is done (and
+    /// gives it back then), rather than for good.
+    pub fn is_held(&self) -> bool {
+        matches!(self, Limit::Concurrency(_))
+    }
+
+    /// A decision of its Redis script, as this limit answers it (see
+    /// [`ConcurrencyLimit::settle`]; the others answer the script's as it is).
+    pub fn settle(&self, d: Decision) -> Decision {
+        match self {
+            Limit::Concurrency(p) => p.settle(d),
+            Limit::SlidingWindow(_) | Limit::FixedWindow(_) | Limit::TokenBucket(_) => d,
         }
     }
 
@@ -154,6 +183,7 @@ impl Limit {
             Limit::SlidingWindow(_) => Algorithm::SlidingWindow,
             Limit::FixedWindow(_) => Algorithm::FixedWindow,
             Limit::TokenBucket(_) => Algorithm::TokenBucket,
+            Limit::Concurrency(_) => Algorithm::Concurrency,
         }
     }
 
@@ -163,6 +193,7 @@ impl Limit {
             Limit::SlidingWindow(p) => p.quota(),
             Limit::FixedWindow(p) => p.quota(),
             Limit::TokenBucket(p) => p.quota(),
+            Limit::Concurrency(p) => p.quota(),
         }
     }
 
@@ -174,6 +205,7 @@ impl Limit {
             Limit::SlidingWindow(p) => p.fresh_after(),
             Limit::FixedWindow(p) => p.fresh_after(),
             Limit::TokenBucket(p) => p.fresh_after(),
+            Limit::Concurrency(p) => p.fresh_after(),
         }
     }
 
@@ -183,6 +215,7 @@ impl Limit {
             Limit::SlidingWindow(p) => p.redis_args(),
             Limit::FixedWindow(p) => p.redis_args(),
             Limit::TokenBucket(p) => p.redis_args(),
+            Limit::Concurrency(p) => p.redis_args(),
         }
     }
 }
@@ -243,6 +276,8 @@ pub enum State {
     Sliding(SlidingWindow),
     Fixed(FixedWindow),
     Bucket(TokenBucket),
+    /// Held units of a concurrency limit.
+    InFlight(SlidingWindow),
 }
 
 impl State {
@@ -251,6 +286,7 @@ impl State {
             Algorithm::SlidingWindow => State::Sliding(SlidingWindow::default()),
             Algorithm::FixedWindow => State::Fixed(FixedWindow::default()),
             Algorithm::TokenBucket => State::Bucket(TokenBucket::default()),
+            Algorithm::Concurrency => State::InFlight(SlidingWindow::default()),
         }
     }
 
@@ -259,6 +295,7 @@ impl State {
             State::Sliding(_) => Algorithm::SlidingWindow,
             State::Fixed(_) => Algorithm::FixedWindow,
             State::Bucket(_) => Algorithm::TokenBucket,
+            State::InFlight(_) => Algorithm::Concurrency,
         }
     }
 
@@ -282,6 +319,7 @@ impl State {
             Limit::SlidingWindow(p) => self.evaluate_with(p, now, cost, mode),
             Limit::FixedWindow(p) => self.evaluate_with(p, now, cost, mode),
             Limit::TokenBucket(p) => self.evaluate_with(p, now, cost, mode),
+            Limit::Concurrency(p) => self.evaluate_with(p, now, cost, mode),
         }
     }
 
@@ -312,6 +350,7 @@ impl State {
             State::Sliding(s) => SlidingWindowLimit::encode(s, &mut out),
             State::Fixed(s) => FixedWindowLimit::encode(s, &mut out),
             State::Bucket(s) => TokenBucketLimit::encode(s, &mut out),
+            State::InFlight(s) => ConcurrencyLimit::encode(s, &mut out),
         }
         out
     }
@@ -323,6 +362,7 @@ impl State {
             Algorithm::SlidingWindow => State::Sliding(SlidingWindowLimit::decode(&mut r)?),
             Algorithm::FixedWindow => State::Fixed(FixedWindowLimit::decode(&mut r)?),
             Algorithm::TokenBucket => State::Bucket(TokenBucketLimit::decode(&mut r)?),
+            Algorithm::Concurrency => State::InFlight(ConcurrencyLimit::decode(&mut r)?),
         };
         r.0.is_empty().then_some(state)
     }
@@ -386,6 +426,8 @@ mod tests {
             Limit::TokenBucket(l) => admitted.iter().all(|&(from, _)| {
                 units(&|t| t >= from) <= l.burst + (now - from) / l.refill_interval
             }),
+            // Never more held at once (none given back here: each for its lease).
+            Limit::Concurrency(l) => units(&|t| t + l.lease > now) <= l.max_in_flight,
         }
     }
 
@@ -424,8 +466,11 @@ mod tests {
                 if d.retry_after > 0 {
                     let mut probe = state.clone();
                     prop_assert!(!probe.check(&l, need, now + d.retry_after - 1).allowed);
-                    let mut probe = state.clone();
-                    prop_assert!(probe.check(&l, need, now + d.retry_after).allowed);
+                    // A concurrency limit says to retry soon, however long its leases.
+                    if !l.is_held() {
+                        let mut probe = state.clone();
+                        prop_assert!(probe.check(&l, need, now + d.retry_after).allowed);
+                    }
                 }
             }
         }

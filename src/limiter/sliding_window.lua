@@ -15,29 +15,25 @@ local function expired(ms)
   return s < now_s or (s == now_s and ns <= now_ns)
 end
 if refund and cost > 0 then
-  -- The check recorded its units in one run at or after its granule: take them from the
-  -- first runs from there, so that no unit left is recorded earlier than it was.
+  -- The check recorded its units in the run of its granule: take them from that run
+  -- only (see `limiter::sliding_window`'s refund).
   local from = now_s * 1000 + math.ceil(now_ns / 1000000)
   local r = from % g
   if r > 0 then from = from + g - r end
-  local left, emptied = cost, false
   for i, v in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
-    if left == 0 then break end
     local ms, c = parse(v)
-    if ms >= from then
-      local take = math.min(left, c)
-      left = left - take
+    if ms == from then
+      local take = math.min(cost, c)
       if take == c then
         redis.call('LSET', KEYS[1], i - 1, '-')
-        emptied = true
+        redis.call('LREM', KEYS[1], 1, '-')
       else
         redis.call('LSET', KEYS[1], i - 1, string.format('%d:%d', ms, c - take))
       end
+      if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('DECRBY', KEYS[2], take) end
+      break
     end
-  end
-  if emptied then redis.call('LREM', KEYS[1], 0, '-') end
-  if left < cost and redis.call('EXISTS', KEYS[2]) == 1 then
-    redis.call('DECRBY', KEYS[2], cost - left)
+    if ms > from then break end
   end
 end
 local total = tonumber(redis.call('GET', KEYS[2]) or '-1')

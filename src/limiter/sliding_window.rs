@@ -46,24 +46,21 @@ impl Algo for SlidingWindowLimit {
     }
 
     fn refund(&self, state: &mut SlidingWindow, at: Nanos, cost: u64) {
-        // The check recorded its units in one run at or after its granule: take them from
-        // the first runs from there, so that no unit left is recorded earlier than it was
-        // (which would let it expire early).
+        // The check recorded its units in the run of its granule (with time going
+        // forward): take them from that run only. A run gone (expired, so nothing is
+        // left to give back) is never confused with a later one; units recorded in a
+        // later run (a clock stepped back) stay until they expire, never shorter.
         let granule = granule_ms(self.window);
         let from = at.div_ceil(NANOS_PER_MS).div_ceil(granule) * granule;
-        let mut left = cost;
-        let mut i = state.runs.partition_point(|&(ms, _)| ms < from);
-        while left > 0 && i < state.runs.len() {
-            let count = &mut state.runs[i].1;
-            let take = left.min(*count as u64);
-            *count -= take as u32;
-            left -= take;
-            state.total -= take;
-            if *count == 0 {
-                state.runs.remove(i);
-            } else {
-                i += 1;
-            }
+        let Ok(i) = state.runs.binary_search_by_key(&from, |&(ms, _)| ms) else {
+            return;
+        };
+        let count = &mut state.runs[i].1;
+        let take = cost.min(*count as u64);
+        *count -= take as u32;
+        state.total -= take;
+        if *count == 0 {
+            state.runs.remove(i);
         }
     }
 

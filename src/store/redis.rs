@@ -346,7 +346,8 @@ impl Redis {
             let script = match (several, limits[0].algorithm()) {
                 (true, _) => &s.several,
                 (false, Algorithm::FixedWindow) => &s.fixed,
-                (false, Algorithm::SlidingWindow) => &s.sliding,
+                // A concurrency limit is a sliding window of leases: the same script.
+                (false, Algorithm::SlidingWindow | Algorithm::Concurrency) => &s.sliding,
                 (false, Algorithm::TokenBucket) => &s.bucket,
             };
             let mut call = script.prepare_invoke();
@@ -397,16 +398,15 @@ impl Redis {
                     limits.len()
                 )));
             };
-            let each = each
-                .chunks_exact(6)
-                .zip(&limits)
-                .map(|(r, limit)| Decision {
+            let each = each.chunks_exact(6).zip(&limits).map(|(r, limit)| {
+                limit.settle(Decision {
                     allowed: r[0] == 1,
                     limit: limit.quota(),
                     remaining: r[1],
                     retry_after: nanos(r[2], r[3]),
                     reset_after: nanos(r[4], r[5]),
-                });
+                })
+            });
             Ok(Decisions::of(each.collect()).decided_at(nanos(s, ns)))
         }
     }
@@ -657,7 +657,9 @@ mod tests {
         let k = keys("alice", "/api/{x}", DEFAULT_LIMIT, Algorithm::SlidingWindow);
         assert_eq!(k[0], "rw:{alice}:/api/{x}:sw");
         assert_eq!(k[1], "rw:{alice}:/api/{x}:swn");
-        assert_eq!(k.len(), 4);
+        // Then every other algorithm's, which a changed algorithm deletes.
+        let all: usize = Algorithm::ALL.iter().map(|a| a.redis_kinds().len()).sum();
+        assert_eq!(k.len(), all);
         // Redis Cluster hashes the first {...}: the client, whatever the endpoint holds.
         assert!(k.iter().all(|k| k.starts_with("rw:{alice}:")));
         assert_eq!(
