@@ -290,6 +290,22 @@ fn hostile_requests() -> Vec<Hostile> {
         hostile("PUT", "/admin/configs/keep", 422).body(r#"{"limits": [{"name": "a", "requests_per_window": 18446744073709551616, "window_seconds": 1}]}"#),
         hostile("PUT", "/admin/configs/keep", 422).body(r#"{"limits": [{"name": "a", "requests_per_window": 1, "window_seconds": 1, "refill_rate": 1e308}]}"#),
         hostile("PUT", "/admin/configs/keep", 422).body(r#"{"limits": "burst"}"#),
+        // Limits of other keys and concurrency limits.
+        hostile("PUT", "/admin/configs/keep", 422).body(r#"{"limits": [{"name": "a", "requests_per_window": 1, "window_seconds": 1}, {"name": "b", "requests_per_window": 1, "window_seconds": 1, "key": "header:a\r\nb"}]}"#),
+        hostile("PUT", "/admin/configs/keep", 422).body(r#"{"limits": [{"name": "a", "requests_per_window": 1, "window_seconds": 1}, {"name": "b", "requests_per_window": 1, "window_seconds": 1, "key": ["global"]}]}"#),
+        hostile("PUT", "/admin/configs/keep", 422).body(r#"{"limits": [{"name": "a", "algorithm": "concurrency", "max_in_flight": 18446744073709551616}]}"#),
+        hostile("PUT", "/admin/configs/keep", 422).body(r#"{"limits": [{"name": "a", "algorithm": "concurrency", "max_in_flight": -1}]}"#),
+        hostile("PUT", "/admin/configs/keep", 422).body(r#"{"limits": [{"name": "a", "algorithm": "concurrency", "max_in_flight": 2, "lease_seconds": 1e9}]}"#),
+        hostile("PUT", "/admin/configs/keep", 422).body(r#"{"limits": [{"name": "a", "algorithm": "concurrency", "max_in_flight": 2, "lease_seconds": 86401}]}"#),
+        hostile("PUT", "/admin/configs/keep", 422).body(r#"{"limits": [{"name": "a", "algorithm": "concurrency", "max_in_flight": "4"}]}"#),
+        hostile("PUT", "/admin/configs/keep", 422).body(r#"{"warnings": []}"#),
+        // Releases of what was never leased.
+        hostile("POST", "/v1/release", 422).body(r#"{"lease": "eyJlIjoiLyIsInYiOlsiYVxyXG5iIl0sInQiOlsxXSwiYyI6MX0"}"#),
+        hostile("POST", "/v1/release", 422).body(format!(r#"{{"lease": "{}"}}"#, "A".repeat(5000))),
+        hostile("POST", "/v1/release", 422).body(r#"{"lease": "%%%%"}"#),
+        hostile("POST", "/v1/release", 422).body(r#"{"lease": "x", "extra": 1}"#),
+        hostile("POST", "/v1/release", 400).body("[1, 2,]"),
+        hostile("GET", "/v1/release", 405),
         // History, rollback, reload.
         hostile("GET", "/admin/configs/history?limit=abc", 400),
         hostile("GET", "/admin/configs/history?limit=18446744073709551616", 400),
