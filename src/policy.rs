@@ -457,13 +457,14 @@ impl PolicyTable {
     }
 
     /// The policy whose state a key value keeps under `slot` (see [`Policy::slot`]),
-    /// with that value's override if it has one.
-    pub fn slot_policy(&self, slot: &str, value: &str) -> Option<&Arc<Policy>> {
+    /// with that value's override if it has one, and whether its config has several
+    /// limits (so that each is shown by name).
+    pub fn slot_policy(&self, slot: &str, value: &str) -> Option<(&Arc<Policy>, bool)> {
         let policy = match self.policy(slot, value) {
             Some(p) => p,
-            None => self.policy(slot.rsplit_once(" [key:")?.0, value)?,
+            None => self.policy(slot.rsplit_once(" [")?.0, value)?,
         };
-        policy.of_slot(slot)
+        Some((policy.of_slot(slot)?, policy.several()))
     }
 
     pub fn active_count(&self) -> usize {

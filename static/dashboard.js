@@ -301,6 +301,10 @@ let configLoads = 0;
 
 // A limit's window in words, and a token bucket's capacity and rate ("–" otherwise).
 const windowOf = (l) => l.calendar ? `${l.calendar} (UTC)` : l.window_seconds + " s";
+// One limit of a config of several, in a line: its numbers, or its cap in flight.
+const limitLine = (l) => l.algorithm === "concurrency"
+  ? `${l.name}: ${fmt(l.max_in_flight)} in flight concurrency`
+  : `${l.name}: ${fmt(l.requests_per_window)} / ${windowOf(l)} ${l.algorithm}`;
 const bucketOf = (l) => l.algorithm === "token_bucket"
   ? `${l.burst_limit ?? l.requests_per_window} / ${l.refill_rate ?? +(l.requests_per_window / l.window_seconds).toFixed(3)}`
   : "–";
@@ -322,7 +326,7 @@ async function loadConfigs() {
     // One limit: its numbers in the columns; several: one line each, by name.
     const several = c.requests_per_window === undefined;
     const cells = several
-      ? [el("td", "", c.limits.length + " limits"), el("td", "limits", c.limits.map((l) => `${l.name}: ${fmt(l.requests_per_window)} / ${windowOf(l)} ${l.algorithm}`).join("; ")), el("td", "", "–"), el("td", "", "–")]
+      ? [el("td", "", c.limits.length + " limits"), el("td", "limits", c.limits.map(limitLine).join("; ")), el("td", "", "–"), el("td", "", "–")]
       : [el("td", "", c.algorithm), el("td", "", fmt(c.requests_per_window)), el("td", "", windowOf(c)), el("td", "", bucketOf(c))];
     tr.append(el("td", "endpoint", c.endpoint), ...cells, el("td", "", c.is_active ? "yes" : "no"), mode, overrides);
     tr.dataset.key = c.endpoint;
@@ -542,7 +546,7 @@ let historyOf = null;
 // A config's numbers in one line, for a history row.
 const summary = (c) => c
   ? (c.requests_per_window === undefined
-      ? c.limits.map((l) => `${l.name} ${l.requests_per_window}/${l.window_seconds}s ${l.algorithm}`).join(", ")
+      ? c.limits.map(limitLine).join(", ")
       : `${c.requests_per_window}/${c.window_seconds}s ${c.algorithm}`) +
     ` ${c.mode}${c.is_active ? "" : " inactive"}` +
     (c.overrides.length ? ` +${c.overrides.length} overrides` : "")
@@ -646,6 +650,8 @@ function showClient(d) {
     for (const l of e.limits || [e]) {
       const tr = el("tr");
       tr.dataset.endpoint = rowKey(e.endpoint, l.name);
+      // A concurrency limit's row shows the requests in flight.
+      if (l.algorithm === "concurrency") tr.dataset.held = "1";
       const bar = el("div", "bar");
       bar.append(el("div"));
       const barCell = el("td", "bar-cell");
@@ -663,7 +669,9 @@ function showClient(d) {
 const rowKey = (endpoint, name) => (name ? `${endpoint}#${name}` : endpoint);
 
 function setRemaining(tr, remaining, limit) {
-  tr.querySelector(".remaining").textContent = `${fmt(remaining)} / ${fmt(limit)}`;
+  tr.querySelector(".remaining").textContent = tr.dataset.held
+    ? `${fmt(remaining)} / ${fmt(limit)} · ${fmt(limit - remaining)} in flight`
+    : `${fmt(remaining)} / ${fmt(limit)}`;
   const pct = limit ? Math.max(0, Math.min(100, (remaining / limit) * 100)) : 0;
   const bar = tr.querySelector(".bar");
   bar.firstChild.style.width = pct + "%";

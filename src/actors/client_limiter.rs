@@ -386,9 +386,10 @@ pub struct LimitStatus {
 }
 
 impl LimitStatus {
-    /// Each limit of `policy` under `d`, if it has several.
-    pub fn list(policy: &Policy, d: &Decisions, now: Nanos) -> Vec<Self> {
-        if !policy.several() {
+    /// Each limit of `policy` under `d`, if its config has several (`named`; `policy`
+    /// may be the part of it kept under one key value).
+    pub fn list(policy: &Policy, d: &Decisions, now: Nanos, named: bool) -> Vec<Self> {
+        if !named {
             return Vec::new();
         }
         (policy.each(d))
@@ -430,14 +431,15 @@ impl ClientStatus {
         let peeks: Vec<_> = states
             .iter_mut()
             .filter_map(|(name, state)| {
-                let policy = table.slot_policy(name, client)?.clone();
+                let (policy, named) = table.slot_policy(name, client)?;
+                let policy = policy.clone();
                 let quota = Quota {
                     client,
                     endpoint: &policy.endpoint,
                     limits: &policy.limits,
                 };
                 let peek = backend.check(state, quota, 1, Mode::Peek, now);
-                Some(async move { peek.resolve().await.ok().map(|d| (policy, d)) })
+                Some(async move { peek.resolve().await.ok().map(|d| (policy, named, d)) })
             })
             .collect();
         async move {
@@ -449,11 +451,11 @@ impl ClientStatus {
     /// The status from each endpoint's policy and the decision a request would get now.
     fn from_decisions(
         totals: Totals,
-        decisions: impl Iterator<Item = (Arc<Policy>, Decisions)>,
+        decisions: impl Iterator<Item = (Arc<Policy>, bool, Decisions)>,
         now: Nanos,
     ) -> Self {
         let mut endpoints: Vec<EndpointStatus> = decisions
-            .map(|(policy, d)| EndpointStatus {
+            .map(|(policy, named, d)| EndpointStatus {
                 endpoint: policy.endpoint.to_string(),
                 algorithm: policy.limits[d.binding()].limit.algorithm(),
                 limit: d.limit,
@@ -463,7 +465,7 @@ impl ClientStatus {
                 is_active: policy.active,
                 shadow: policy.shadow,
                 tier: policy.tier.as_deref().map(str::to_owned),
-                limits: LimitStatus::list(&policy, &d, now),
+                limits: LimitStatus::list(&policy, &d, now, named),
             })
             .collect();
         endpoints.sort_by(|a, b| a.endpoint.cmp(&b.endpoint));

@@ -426,7 +426,7 @@ async fn answer(state: &AppState, ask: &Ask, now: Nanos) -> (Answer, Option<Deci
                 allowed: !p.refuses(&d),
                 would_limit: !d.allowed,
                 algorithm: p.limits[d.binding()].limit.algorithm(),
-                limits: LimitStatus::list(p, &d, now),
+                limits: LimitStatus::list(p, &d, now, p.several()),
                 limit: d.limit,
                 remaining: d.remaining,
                 retry_after: secs(d.retry_after),

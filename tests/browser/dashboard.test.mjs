@@ -375,6 +375,27 @@ test("a calendar quota, a keyed config and one of several limits made and change
     // A request's event keeps every limit's row current, not only the binding one's.
     await fetch(url + "/api/layered/x", { headers: { "X-Client-ID": "lay" } });
     await until(page, () => [...document.querySelectorAll("#quota-rows td.remaining")].map((td) => td.textContent).join() === "2 / 5,47 / 50");
+    // A concurrency limit next to a rate: listed with its cap, and the inspector shows
+    // the requests in flight (here a check's lease, held until released).
+    const exports = { endpoint: "/api/exports/*", limits: [
+      { name: "hourly", requests_per_window: 10, window_seconds: 3600 },
+      { name: "exports", algorithm: "concurrency", max_in_flight: 2 }] };
+    const made = await fetch(url + "/admin/configs", { method: "POST",
+      headers: { "Content-Type": "application/json" }, body: JSON.stringify(exports) });
+    assert.equal(made.status, 201);
+    await page.reload();
+    await until(page, () => [...document.querySelectorAll("#config-rows td")].some((td) =>
+      td.textContent === "hourly: 10 / 3600 s sliding_window; exports: 2 in flight concurrency"));
+    const check = await fetch(url + "/v1/check", { method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ client_id: "exp", path: "/api/exports/a" }) });
+    const { lease } = await check.json();
+    assert.ok(lease);
+    await page.fill("#inspector [name=client]", "exp");
+    await page.press("#inspector [name=client]", "Enter");
+    await until(page, () => [...document.querySelectorAll("#quota-rows td.remaining")].map((td) => td.textContent).join() ===
+      "9 / 10,1 / 2 · 1 in flight");
+    assert.deepEqual(await page.evaluate(() => [...document.querySelectorAll("#quota-rows td.endpoint")].map((td) => td.textContent)),
+      ["/api/exports/* · hourly", "/api/exports/* · exports"]);
     assert.deepEqual(pageErrors, []);
   });
 });
