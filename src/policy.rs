@@ -116,6 +116,10 @@ impl Policy {
             .collect();
         if parts.iter().any(|p| *p != parts[0]) {
             policy.grouped(&parts);
+        } else if parts.first().is_some_and(|(_, held)| *held) {
+            // Held limits alone keep their state where they would next to others, so
+            // that a limit added or removed beside them leaves what is in flight.
+            policy.slot = Arc::from(format!("{} [in-flight]", policy.endpoint));
         }
         policy
     }
@@ -248,10 +252,15 @@ impl Policy {
             .chain(groups.filter(|(_, g)| g.held).map(|(i, g)| (i, &g.policy)))
     }
 
-    /// The policy whose state a check of the config's key value keeps: the first
-    /// group's, or this one when it has no groups.
-    pub fn own(self: &Arc<Self>) -> &Arc<Policy> {
-        self.groups.first().map_or(self, |g| &g.policy)
+    /// The policy whose state a check of the config's key value keeps: its first
+    /// group's counted under that value, or this one when it has no groups; `None` when
+    /// no group counts under it (the part of a config without its held limits, where
+    /// only those counted under the config's key).
+    pub fn own(self: &Arc<Self>) -> Option<&Arc<Policy>> {
+        match self.groups.first() {
+            None => Some(self),
+            Some(g) => (g.value == 0).then_some(&g.policy),
+        }
     }
 
     /// The decisions of the whole policy from each group's (`parts`, in the groups'

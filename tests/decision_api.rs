@@ -585,12 +585,19 @@ async fn a_check_under_a_concurrency_limit_holds_a_lease_until_released_or_expir
     );
     assert_eq!(check(&s, ask()).await.body["allowed"], true);
     assert_eq!(check(&s, ask()).await.body["allowed"], false);
-    // Not a lease: refused, nothing given back.
+    // Not a lease: refused, nothing given back. Nor is a lease of units another
+    // process holds in its memory, or one altered to give back more than it took.
+    let mut foreign = ratewarden::decide::Lease::parse(&leases[1]).unwrap();
+    foreign.scope ^= 2;
+    let mut greedy = ratewarden::decide::Lease::parse(&leases[1]).unwrap();
+    greedy.cost = u64::MAX;
     for bad in [
         json!({"lease": "x"}),
         json!({}),
         json!({"lease": 3}),
         json!({"lease": "eyJlIjoxfQ"}),
+        json!({"lease": foreign.token()}),
+        json!({"lease": greedy.token()}),
     ] {
         let r = s.post("/v1/release", &bad.to_string()).await;
         assert_eq!(
@@ -642,10 +649,6 @@ async fn concurrency_limits_are_validated() {
         (
             json!({"endpoint": "/c", "algorithm": "concurrency", "requests_per_window": 2, "window_seconds": 9}),
             "algorithm",
-        ),
-        (
-            json!({"domain": "rw", "descriptor": [{"key": "k"}], "limits": [{"name": "c", "algorithm": "concurrency", "max_in_flight": 2}]}),
-            "limits[0].algorithm",
         ),
     ] {
         let r = s.post("/admin/configs", &body.to_string()).await;

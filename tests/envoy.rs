@@ -649,16 +649,33 @@ async fn a_rule_may_share_one_of_its_limits_among_every_descriptor() {
         &s,
         json!({"domain": "rw", "descriptor": [{"key": "user"}], "limits": [
             {"name": "own", "algorithm": "fixed_window", "requests_per_window": 2, "window_seconds": 60},
-            {"name": "all", "algorithm": "fixed_window", "requests_per_window": 3, "window_seconds": 60, "key": "global"}]}),
+            {"name": "all", "algorithm": "fixed_window", "requests_per_window": 3, "window_seconds": 60, "key": "global"},
+            {"name": "flight", "algorithm": "concurrency", "max_in_flight": 1}]}),
     )
     .await;
+    // Envoy never says when a request is done: the concurrency limit is not enforced
+    // here (held units would never come back), and the rule says so.
+    let shown = s.get("/admin/configs").await;
+    let rule = shown
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["domain"] == "rw")
+        .unwrap();
+    let warning = rule["warnings"][0].as_str().unwrap();
+    assert!(
+        warning.contains("\"flight\"") && warning.contains("Envoy"),
+        "{warning}"
+    );
     let user = |u: &str| request(vec![descriptor(&[("user", u)])]);
     let mut seen = Vec::new();
     for u in ["u1", "u1", "u1", "u2", "u2"] {
         seen.push(codes(&ok(&ch, user(u)).await)[0]);
     }
-    // u1's own 2, u1 over its own (the shared budget untouched), u2's first (the
-    // shared third), then the shared budget is spent.
+    // u1's own 2 (one in flight at most would refuse the second), u1 over its own (the
+    // shared budget untouched), u2's first (the shared third), then the shared budget
+    // is spent.
     assert_eq!(seen, [1, 1, 2, 1, 2], "OK, OK, OVER, OK, OVER");
     s.stop().await;
 }

@@ -984,6 +984,80 @@ async fn ip_and_header_keyed_limits_count_what_a_client_id_cannot_escape() {
     assert_eq!(seen, [200, 200, 429, 200, 200, 200, 429]);
 }
 
+/// The issue's example, whole: a burst bucket, a sliding day, a calendar month, a budget
+/// every caller shares, and a cap on requests in flight.
+const EXAMPLE: &str = r#"{"endpoint": "/api/*", "limits": [
+    {"name": "burst",   "algorithm": "token_bucket",   "requests_per_window": 10, "window_seconds": 1, "burst_limit": 20},
+    {"name": "daily",   "algorithm": "sliding_window", "requests_per_window": 10000, "window_seconds": 86400},
+    {"name": "monthly", "algorithm": "fixed_window",   "requests_per_window": 200000, "calendar": "month"},
+    {"name": "backend", "algorithm": "sliding_window", "requests_per_window": 500, "window_seconds": 1, "key": "global"},
+    {"name": "exports", "algorithm": "concurrency",    "max_in_flight": 4}]}"#;
+
+#[actix_rt::test]
+async fn the_issues_example_works_through_routes_checks_and_forward_auth() {
+    let s = TestServer::start().await;
+    let created = s.post("/admin/configs", EXAMPLE).await;
+    assert_eq!(created.status, 201, "{:?}", created.body);
+    assert_eq!(created.body["limits"].as_array().unwrap().len(), 5);
+    assert_eq!(created.body["warnings"].as_array().unwrap().len(), 1);
+    // Four checks hold the four units of "exports" (each taking one of every rate).
+    let ask = json!({"client_id": "ex", "path": "/api/data"}).to_string();
+    let mut leases = Vec::new();
+    for _ in 0..4 {
+        let r = s.post("/v1/check", &ask).await;
+        assert_eq!(r.body["allowed"], true, "{:?}", r.body);
+        assert_eq!(r.body["limits"].as_array().unwrap().len(), 5);
+        leases.push(r.body["lease"].as_str().unwrap().to_owned());
+    }
+    let refused = s.post("/v1/check", &ask).await;
+    assert_eq!(refused.body["allowed"], false);
+    // A route is refused for the same reason, naming it.
+    let r = s.get_as("ex", "/api/data").await;
+    assert_eq!(r.status, 429);
+    assert_eq!(r.body["violated"], json!(["exports"]));
+    assert_eq!(
+        r.header("ratelimit-policy"),
+        Some(
+            "\"burst\";q=20;w=1, \"daily\";q=10000;w=86400, \"monthly\";q=200000;w=2592000, \
+             \"backend\";q=500;w=1, \"exports\";q=4;qu=\"concurrent-requests\""
+        )
+    );
+    // Forward-auth sees no end of a request: every limit but "exports" applies there.
+    let fa = [("X-Client-ID", "ex"), ("X-Original-URI", "/api/data")];
+    let r = s.send("GET", "/v1/forward-auth", &fa, None).await;
+    assert_eq!(r.status, 200);
+    let announced = r.header("ratelimit-policy").unwrap();
+    assert!(
+        !announced.contains("exports") && announced.contains("\"backend\""),
+        "{announced}"
+    );
+    // One lease given back: the route is admitted, and every limit counted it (4
+    // checks, the forward-auth request and this one: 6; the refusals took nothing).
+    let r = s
+        .post("/v1/release", &json!({"lease": leases[0]}).to_string())
+        .await;
+    assert_eq!(r.body["released"], true);
+    let r = s.get_as("ex", "/api/data").await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let t = r.header("ratelimit").unwrap();
+    for each in [
+        "\"burst\";r=14;",
+        "\"daily\";r=9994;",
+        "\"monthly\";r=199994;",
+        "\"backend\";r=494;",
+        "\"exports\";r=0",
+    ] {
+        assert!(t.contains(each), "{each} in {t}");
+    }
+    // The shared budget is kept under the global key's value.
+    let global = s.get("/admin/stats/(global)").await;
+    let ep = &global.body["status"]["endpoints"][0];
+    assert_eq!(
+        (&ep["limits"][0]["name"], &ep["limits"][0]["remaining"]),
+        (&json!("backend"), &json!(494))
+    );
+}
+
 #[actix_rt::test]
 async fn limit_keys_are_validated_and_written_only_where_they_differ() {
     let s = TestServer::start().await;

@@ -196,22 +196,24 @@ impl ClientLimiter {
         shared: &Shared,
     ) {
         let minute = now / NANOS_PER_SEC / 60;
-        let mut stats = std::mem::take(&mut self.stats);
-        // The state of the config's key value (of a policy whose limits count per
-        // different keys, the first group's).
-        let own = policy.own();
-        let endpoint = self.endpoint(own, minute);
-        if !endpoint
-            .policy
-            .as_ref()
-            .is_some_and(|p| Arc::ptr_eq(p, own))
-        {
-            endpoint.policy = Some(own.clone());
-        }
         // Counted as what happened to the request: in shadow mode it went through.
         let passed = !policy.refuses(decision);
-        endpoint.count(minute, passed, &mut stats);
-        self.stats = stats;
+        // Per minute under the state this key value keeps of the config (of a policy
+        // whose limits count per different keys, its group's); a policy that keeps none
+        // here counts in the totals only.
+        if let Some(own) = policy.own() {
+            let mut stats = std::mem::take(&mut self.stats);
+            let endpoint = self.endpoint(own, minute);
+            if !endpoint
+                .policy
+                .as_ref()
+                .is_some_and(|p| Arc::ptr_eq(p, own))
+            {
+                endpoint.policy = Some(own.clone());
+            }
+            endpoint.count(minute, passed, &mut stats);
+            self.stats = stats;
+        }
         if !passed {
             self.totals.blocked_requests += 1;
         }

@@ -549,13 +549,19 @@ impl ConfigSpec {
 
     /// What it does not do everywhere (see [`ConfigView::warnings`]).
     fn warnings(&self) -> Vec<String> {
+        let (surface, others) = match self.domain {
+            Some(_) => ("Envoy's rate-limit service", "its other limits apply there"),
+            None => (
+                "/v1/forward-auth",
+                "routes, the reverse proxy and /v1/check (with its lease) enforce it",
+            ),
+        };
         (self.limits.iter())
             .filter(|l| l.algorithm == Algorithm::Concurrency)
             .map(|l| {
                 format!(
-                    "limit {:?} (concurrency) is not enforced through /v1/forward-auth, \
-                     which sees no end of the request; routes, the reverse proxy and \
-                     /v1/check (with its lease) enforce it",
+                    "limit {:?} (concurrency) is not enforced through {surface}, which sees \
+                     no end of the request; {others}",
                     l.name
                 )
             })
@@ -688,14 +694,6 @@ impl ConfigSpec {
                 ));
             }
             l.validate(&at)?;
-            if self.domain.is_some() && l.algorithm == Algorithm::Concurrency {
-                return Err(ValidationError::new(
-                    at("algorithm"),
-                    "concurrency needs the end of a request, which Envoy's rate-limit service \
-                     never sees: a descriptor rule cannot hold one"
-                        .to_owned(),
-                ));
-            }
             if let Some(key) = &l.key
                 && self.domain.is_some()
                 && key.needs_http()

@@ -53,6 +53,8 @@ pub struct Decider {
     /// What a check gets when its limiter cannot answer within `timeout`.
     pub on_error: OnError,
     timeout: Duration,
+    /// The scope of the leases it gives (see [`Lease::scope`]).
+    pub lease_scope: u64,
 }
 
 impl Decider {
@@ -65,6 +67,18 @@ impl Decider {
         on_error: OnError,
         timeout: Duration,
     ) -> Self {
+        // Quotas in a shared store are released by any instance; quotas in this
+        // process's memory only by it: a random scope of its own.
+        let lease_scope = match registries.backend_reachable() {
+            Some(_) => 0,
+            None => {
+                use std::hash::{BuildHasher, Hasher};
+                std::collections::hash_map::RandomState::new()
+                    .build_hasher()
+                    .finish()
+                    | 1
+            }
+        };
         Self {
             policies,
             registries,
@@ -73,6 +87,7 @@ impl Decider {
             clock,
             on_error,
             timeout,
+            lease_scope,
         }
     }
 
@@ -115,11 +130,13 @@ impl Decider {
             true => {
                 let whole = async {
                     let d = self.registries.decide(check).await?;
-                    let held: Held = match policy.limits[0].limit.is_held() {
-                        true => smallvec::smallvec![(0, d.at())],
-                        false => Held::new(),
-                    };
-                    Ok((d, held))
+                    // A policy all of whose limits are held holds what it took.
+                    let mut hold = Hold::default();
+                    if mode == Mode::Consume && d.allowed && policy.limits[0].limit.is_held() {
+                        hold = Hold::new(&self.registries, values, cost);
+                        hold.push(0, &values[0], policy, d.at());
+                    }
+                    Ok((d, hold))
                 };
                 deadline::within(deadline, whole).await
             }
@@ -127,11 +144,7 @@ impl Decider {
         };
         let counted = mode == Mode::Consume;
         match answer {
-            Ok(Ok((d, held))) => {
-                let hold = match mode == Mode::Consume && d.allowed && cost > 0 {
-                    true => Hold::of(&self.registries, values, policy, held, cost),
-                    false => Hold::default(),
-                };
+            Ok(Ok((d, hold))) => {
                 if counted {
                     Metrics::observe(&self.metrics.decision_seconds, started.elapsed());
                     let outcome = match (d.allowed, policy.shadow) {
@@ -161,24 +174,26 @@ impl Decider {
         }
     }
 
-    /// A check under a policy whose limits count per different keys: each group under
-    /// its own key value, in the groups' order, each all or nothing. Once one refuses,
-    /// the groups after it are only peeked (for the headers) and the groups before it
-    /// are given back what they consumed ([`Mode::Refund`]), so a refused request ends
-    /// up taking nothing; until then its units are held, which can refuse another
-    /// request that would have fit. The request is counted once, under the config's
-    /// key value, with every limit's decision.
+    /// A check under a policy whose limits count per different keys (or hold units
+    /// until a request is done): each group under its own key value, in the groups'
+    /// order, each all or nothing. Once one refuses, the groups after it are only
+    /// peeked (for the headers) and the groups before it are given back what they
+    /// consumed ([`Mode::Refund`]), so a refused request ends up taking nothing; until
+    /// then its units are held, which can refuse another request that would have fit.
+    /// What was taken is given back even when this is dropped half way (the decision
+    /// timed out): it is held in a [`Hold`] meanwhile. The request is counted once,
+    /// under the config's key value, with every limit's decision; an admitted request
+    /// keeps what its held groups took.
     async fn decide_groups(
         &self,
         values: &[Arc<str>],
         whole: Check,
-    ) -> Result<(Decisions, Held), LimiterUnavailable> {
+    ) -> Result<(Decisions, Hold), LimiterUnavailable> {
         let policy = whole.policy.clone();
         let mut parts: SmallVec<[Decisions; 2]> = SmallVec::new();
-        // The groups before the first refusal, which consumed.
-        let mut consumed = 0;
+        let mut taken = Hold::new(&self.registries, values, whole.cost);
         let mut refused = false;
-        for g in policy.groups.iter() {
+        for (i, g) in policy.groups.iter().enumerate() {
             let value = &values[g.value];
             let mode = match (whole.mode, refused) {
                 (Mode::Consume, true) => Mode::Peek,
@@ -193,87 +208,56 @@ impl Decider {
                 answer_by: whole.answer_by,
                 record: false,
             };
-            let Ok(d) = self.registries.decide(check).await else {
-                self.give_back(values, &policy, &mut parts[..consumed], whole.cost)
-                    .await;
-                return Err(LimiterUnavailable);
+            let d = match self.registries.decide(check).await {
+                Ok(d) => d,
+                // Refused already: a group that cannot be looked at changes nothing.
+                Err(_) if refused => unknown(&g.policy),
+                Err(e) => return Err(e),
             };
-            refused |= !d.allowed;
-            if whole.mode == Mode::Consume && !refused {
-                consumed += 1;
+            if mode == Mode::Consume && d.allowed {
+                taken.push(i, value, &g.policy, d.at());
             }
+            refused |= !d.allowed;
             parts.push(d);
         }
         if refused {
-            self.give_back(values, &policy, &mut parts[..consumed], whole.cost)
-                .await;
+            // Given back now, so that the answer says what each limit has once it is.
+            for (i, after) in taken.give_back().await {
+                parts[i] = after;
+            }
         }
         let d = policy.merge(&parts);
         if whole.mode == Mode::Consume {
             self.registries.record(&whole, &d);
         }
-        // What an admitted request holds: its held groups' units, taken at their times.
-        let held = match refused {
-            true => Held::new(),
-            false => (policy.groups.iter().zip(&parts).enumerate())
-                .filter(|(_, (g, _))| g.held)
-                .map(|(i, (_, d))| (i, d.at()))
-                .collect(),
-        };
-        Ok((d, held))
+        taken.retain(|i| policy.groups[i].held);
+        Ok((d, taken))
     }
 
-    /// Gives back what a lease holds (see [`Lease`]): `Ok(false)` when it names no
-    /// config this server has, or none of its concurrency limits.
+    /// Gives back what a lease holds (see [`Lease`]), each part to the held group of
+    /// its slot: `Ok(false)` when the config no longer has any of them (nothing was
+    /// held any more).
     pub async fn release(&self, lease: &Lease) -> Result<bool, LimiterUnavailable> {
         let table = self.policies.current();
-        let Some(policy) = lease
-            .values
-            .first()
-            .and_then(|v| table.policy(&lease.endpoint, v))
+        let Some(policy) = (lease.values.first()).and_then(|v| table.policy(&lease.endpoint, v))
         else {
             return Ok(false);
         };
         let mut released = false;
-        for ((i, part), &at) in policy.held_parts().zip(&lease.at) {
+        for (i, part) in policy.held_parts() {
+            let Some((_, at)) = lease.parts.iter().find(|(slot, _)| **slot == *part.slot) else {
+                continue;
+            };
             let value = match policy.groups.get(i) {
                 Some(g) => lease.values.get(g.value),
                 None => lease.values.first(),
             };
             let Some(value) = value else { continue };
-            let check = refund_check(&Arc::from(value.as_str()), part, lease.cost, at);
+            let check = refund_check(&Arc::from(value.as_str()), part, lease.cost, *at);
             self.registries.decide(check).await?;
             released = true;
         }
         Ok(released)
-    }
-
-    /// Gives back what the groups decided in `consumed` took (the first groups, each of
-    /// which admitted a request that is not admitted as a whole), and puts in their
-    /// place what those groups say once given back. A refund that fails leaves those
-    /// units taken until their window passes: never more than a limit admits.
-    async fn give_back(
-        &self,
-        values: &[Arc<str>],
-        policy: &Policy,
-        consumed: &mut [Decisions],
-        cost: u64,
-    ) {
-        if cost == 0 {
-            return;
-        }
-        for (g, d) in policy.groups.iter().zip(consumed) {
-            let value = &values[g.value];
-            let check = refund_check(value, &g.policy, cost, d.at());
-            match self.registries.decide(check).await {
-                Ok(after) => *d = after,
-                Err(_) => log::warn!(
-                    "{value:?}: could not give back {cost} unit(s) of {} taken by a refused \
-                     request; they count until their window passes",
-                    policy.endpoint
-                ),
-            }
-        }
     }
 
     /// A check whose limiter could not decide: counted under `--on-error`'s outcome, and
@@ -311,20 +295,31 @@ fn refund_check(value: &Arc<str>, policy: &Arc<Policy>, cost: u64, at: Nanos) ->
     }
 }
 
-/// The held parts of a decision that took units: each held group's index (0 for a
-/// policy all of whose limits are held) and when it was decided.
-type Held = SmallVec<[(usize, Nanos); 1]>;
+/// The decision of a group that could not be asked (after another refused): it
+/// refuses nothing, and says nothing of its quota but the quota.
+fn unknown(policy: &Policy) -> Decisions {
+    let each = policy.limits.iter().map(|l| Decision {
+        allowed: true,
+        limit: l.limit.quota(),
+        remaining: l.limit.quota(),
+        retry_after: 0,
+        reset_after: 0,
+    });
+    Decisions::of(each.collect())
+}
 
-/// Units a request holds until it is done: its concurrency limits', given back when
-/// this is dropped (the response sent, the connection gone, the handler failed or
-/// panicked), or turned into a [`Lease`] for a caller to give back later. Empty for a
-/// config without concurrency limits, and for a request that was refused.
+/// Units a request took and still holds: what its concurrency limits hold until it is
+/// done, or, while a request of several groups is being decided, what the groups
+/// decided so far took. Given back when dropped (the response sent, the connection
+/// gone, the handler failed or panicked, the decision timed out), or turned into a
+/// [`Lease`] for a caller to give back later. Empty (one null pointer) for most
+/// requests.
 #[derive(Default)]
 pub struct Hold(Option<Box<Holding>>);
 
-/// One held part: the key value it counts under, the part's policy, and when it was
-/// decided.
-type HeldPart = (Arc<str>, Arc<Policy>, Nanos);
+/// One held part: its group's index (0 for a policy of one group), the key value it
+/// counts under, the part's policy, and when it was decided.
+type HeldPart = (usize, Arc<str>, Arc<Policy>, Nanos);
 
 /// What a non-empty [`Hold`] holds.
 struct Holding {
@@ -336,19 +331,24 @@ struct Holding {
 }
 
 /// What a request holds of a config's concurrency limits, to give back: the config,
-/// the key values the request counted under, when each held part was decided, and the
-/// cost. It is what `POST /v1/release` takes back (in [`Lease::token`]'s form), on any
-/// instance.
+/// the key values the request counted under, each held part by its slot with when it
+/// was decided, the cost, and the scope of the counters it was taken from. It is what
+/// `POST /v1/release` takes back (in [`Lease::token`]'s form).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Lease {
     #[serde(rename = "e")]
     pub endpoint: String,
     #[serde(rename = "v")]
     pub values: Vec<String>,
-    #[serde(rename = "t")]
-    pub at: Vec<Nanos>,
+    /// Each held part's slot (see `Policy::slot`) and decision time.
+    #[serde(rename = "p")]
+    pub parts: Vec<(String, Nanos)>,
     #[serde(rename = "c")]
     pub cost: u64,
+    /// Where the units are counted: 0 for a shared Redis (any instance gives them
+    /// back), else the process that holds them in memory (only it can).
+    #[serde(rename = "s")]
+    pub scope: u64,
 }
 
 impl Lease {
@@ -371,73 +371,107 @@ impl Lease {
         let lease: Lease = serde_json::from_slice(&json).ok()?;
         let limits = crate::limiter::MAX_LIMITS;
         let sane = (1..=limits + 1).contains(&lease.values.len())
-            && (1..=limits).contains(&lease.at.len())
-            && lease.cost > 0;
+            && (1..=limits).contains(&lease.parts.len())
+            && (1..=crate::config::MAX_REQUESTS_PER_WINDOW).contains(&lease.cost);
         sane.then_some(lease)
     }
 }
 
 impl Hold {
-    fn of(
-        registries: &Registries,
-        values: &[Arc<str>],
-        policy: &Arc<Policy>,
-        held: Held,
-        cost: u64,
-    ) -> Self {
-        let parts: SmallVec<_> = (held.iter())
-            .filter_map(|&(i, at)| {
-                let (value, part) = match policy.groups.get(i) {
-                    Some(g) => (values.get(g.value)?, &g.policy),
-                    None => (values.first()?, policy),
-                };
-                Some((value.clone(), part.clone(), at))
-            })
-            .collect();
-        if parts.is_empty() {
-            return Self::default();
-        }
+    /// Nothing yet, for a request counted under `values` that takes `cost` (an
+    /// allocation: made only for a request that may hold something).
+    fn new(registries: &Registries, values: &[Arc<str>], cost: u64) -> Self {
         Self(Some(Box::new(Holding {
-            parts,
+            parts: SmallVec::new(),
             cost,
             values: values.to_vec(),
             registries: registries.clone(),
         })))
     }
 
+    /// Adds what group `i` (counted under `value`, decided by `policy` at `at`) took.
+    fn push(&mut self, i: usize, value: &Arc<str>, policy: &Arc<Policy>, at: Nanos) {
+        if let Some(h) = &mut self.0
+            && h.cost > 0
+        {
+            h.parts.push((i, value.clone(), policy.clone(), at));
+        }
+    }
+
+    /// Keeps only the parts whose group `keep` says.
+    fn retain(&mut self, keep: impl Fn(usize) -> bool) {
+        if let Some(h) = &mut self.0 {
+            h.parts.retain(|(i, ..)| keep(*i));
+            if h.parts.is_empty() {
+                // Nothing left to give back: disarmed.
+                self.0 = None;
+            }
+        }
+    }
+
+    /// Gives back every part now, and says what each part's group answered once given
+    /// back (by group index). A part whose refund fails stays taken until its window
+    /// passes (logged): never more than a limit admits.
+    async fn give_back(&mut self) -> Vec<(usize, Decisions)> {
+        let mut answers = Vec::new();
+        let Some(h) = &mut self.0 else {
+            return answers;
+        };
+        // Each part leaves the hold before its refund is asked: once asked it is made
+        // (a backend that answers later completes it on its own thread), and a hold
+        // dropped meanwhile must not give it back twice.
+        while !h.parts.is_empty() {
+            let (i, value, policy, at) = h.parts.remove(0);
+            let check = refund_check(&value, &policy, h.cost, at);
+            match h.registries.decide(check).await {
+                Ok(after) => answers.push((i, after)),
+                Err(_) => warn_not_given_back(&value, &policy),
+            }
+        }
+        self.0 = None;
+        answers
+    }
+
     /// Whether it holds anything.
     pub fn is_empty(&self) -> bool {
-        self.0.is_none()
+        self.0.as_ref().is_none_or(|h| h.parts.is_empty())
     }
 
     /// What it holds, for a caller to give back later; it no longer gives it back
-    /// itself.
-    pub fn into_lease(mut self) -> Option<Lease> {
-        let h = self.0.take()?;
+    /// itself. `scope`: see [`Lease::scope`].
+    pub fn into_lease(mut self, scope: u64) -> Option<Lease> {
+        let h = self.0.take().filter(|h| !h.parts.is_empty())?;
         Some(Lease {
-            endpoint: h.parts[0].1.endpoint.to_string(),
+            endpoint: h.parts[0].2.endpoint.to_string(),
             values: h.values.iter().map(|v| v.to_string()).collect(),
-            at: h.parts.iter().map(|(_, _, at)| *at).collect(),
+            parts: (h.parts.iter())
+                .map(|(_, _, p, at)| (p.slot.to_string(), *at))
+                .collect(),
             cost: h.cost,
+            scope,
         })
     }
 }
 
+fn warn_not_given_back(value: &str, policy: &Policy) {
+    log::warn!(
+        "{value:?}: could not give back what a request took of {}; it counts until its \
+         window (a concurrency limit: its lease) passes",
+        policy.endpoint
+    );
+}
+
 impl Drop for Hold {
     fn drop(&mut self) {
-        let Some(h) = self.0.take() else {
+        let Some(h) = self.0.take().filter(|h| !h.parts.is_empty()) else {
             return;
         };
         // Given back on the thread that dropped it, after the response is on its way.
         actix_web::rt::spawn(async move {
-            for (value, policy, at) in &h.parts {
+            for (_, value, policy, at) in &h.parts {
                 let check = refund_check(value, policy, h.cost, *at);
                 if h.registries.decide(check).await.is_err() {
-                    log::warn!(
-                        "{value:?}: could not give back what a request held under {}; it \
-                         comes back when its lease ends",
-                        policy.endpoint
-                    );
+                    warn_not_given_back(value, policy);
                 }
             }
         });
@@ -521,8 +555,118 @@ fn sf_string(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clock::Nanos;
     use crate::limiter::{Algorithm, Limit, State};
+
+    /// A decider over one in-memory registry shard, on a manual clock.
+    fn decider() -> Decider {
+        use crate::actors::db::Db;
+        use crate::actors::registry::RegistryConfig;
+        use crate::config::{Config, ConfigSpec};
+        use crate::policy::PolicyTable;
+        use crate::store::quota::Memory;
+        use crate::store::sqlite::{DatabaseUrl, open};
+        let url = DatabaseUrl::Memory;
+        let metrics = Arc::new(Metrics::default());
+        let clock = crate::clock::ManualClock::new(1_800_000_000 * NANOS_PER_SEC);
+        let db = Db::start(
+            open(&url).unwrap(),
+            url,
+            1000,
+            metrics.clone(),
+            Default::default(),
+        );
+        let config = RegistryConfig {
+            clock: clock.clone(),
+            db,
+            global: Arc::default(),
+            events: None,
+            max_clients: 1000,
+            idle: u64::MAX,
+            flush_interval: Duration::from_secs(60),
+            live_total: Arc::default(),
+            metrics: metrics.clone(),
+        };
+        let registries = Registries::start(vec![Arc::new(Memory)], config, []);
+        let default = Config {
+            id: 0,
+            spec: ConfigSpec::default_policy(),
+            created_at: 0,
+            updated_at: 0,
+        };
+        let policies = Arc::new(Policies::new(PolicyTable::new(vec![default]).unwrap()));
+        let timeout = Duration::from_secs(5);
+        Decider::new(
+            policies,
+            registries,
+            Arc::default(),
+            metrics,
+            clock,
+            OnError::Deny,
+            timeout,
+        )
+    }
+
+    #[actix_rt::test]
+    async fn what_a_request_holds_comes_back_when_its_handler_panics() {
+        let decider = decider();
+        let spec: crate::config::ConfigSpec = serde_json::from_str(
+            r#"{"endpoint": "/x", "limits": [
+                {"name": "minute", "algorithm": "fixed_window", "requests_per_window": 10, "window_seconds": 60},
+                {"name": "c", "algorithm": "concurrency", "max_in_flight": 1}]}"#,
+        )
+        .unwrap();
+        let policy = Arc::new(Policy::from_spec(&spec));
+        let values = [Arc::<str>::from("p")];
+        let decide = || {
+            decider.decide(
+                &values,
+                &policy,
+                || Arc::from("/x"),
+                Via::Route,
+                1,
+                Mode::Consume,
+            )
+        };
+        let Ruling::Decided(d, hold) = decide().await else {
+            panic!("decided");
+        };
+        assert!(d.allowed && !hold.is_empty());
+        let Ruling::Decided(d, nothing) = decide().await else {
+            panic!("decided");
+        };
+        assert!(!d.allowed && nothing.is_empty(), "one in flight");
+        // The handler holding it panics: unwinding drops the hold, which gives it back.
+        let handler = std::panic::AssertUnwindSafe(move || {
+            let _held = hold;
+            panic!("the handler failed");
+        });
+        assert!(std::panic::catch_unwind(handler).is_err());
+        let mut admitted = false;
+        for _ in 0..1000 {
+            actix_rt::task::yield_now().await;
+            if let Ruling::Decided(d, _) = decide().await
+                && d.allowed
+            {
+                admitted = true;
+                break;
+            }
+        }
+        assert!(admitted, "the unit came back");
+        // The refusals took nothing from the minute: 10 - 2 admitted.
+        let Ruling::Decided(d, _) = (decider.decide(
+            &values,
+            &policy,
+            || Arc::from("/x"),
+            Via::Route,
+            1,
+            Mode::Peek,
+        ))
+        .await
+        else {
+            panic!("decided");
+        };
+        assert_eq!(d.each()[0].remaining, 8);
+    }
 
     /// The `t` and `Retry-After` of `n` requests `gap` apart under `limits`.
     fn headers_of(limits: Limit, n: usize, gap: Nanos) -> Vec<(u64, Option<u64>)> {

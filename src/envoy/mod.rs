@@ -112,8 +112,12 @@ fn policy_for(
 ) -> Option<(Arc<Policy>, KeyValues)> {
     let entries = d.entries.iter().map(|e| (e.key.as_str(), e.value.as_str()));
     let m = table.match_descriptor(domain, entries)?;
+    // Envoy never says when a request is done: a rule's concurrency limits are not
+    // enforced here (the admin API warns of it), and a rule of only those limits
+    // nothing.
+    let policy = m.policy.without_held()?;
     let Some(limit) = &d.limit else {
-        return Some((m.policy.clone(), m.values));
+        return Some((policy.clone(), m.values));
     };
     let unit = override_unit(limit.unit)?;
     let window = unit.seconds;
@@ -121,7 +125,7 @@ fn policy_for(
     // One limit, of the algorithm of the rule's first.
     let limit = Named {
         name: Arc::from(DEFAULT_LIMIT),
-        limit: Limit::new(m.policy.limits[0].limit.algorithm(), requests, window),
+        limit: Limit::new(policy.limits[0].limit.algorithm(), requests, window),
         window_seconds: window,
     };
     let endpoint: Arc<str> = Arc::from(format!("{} ({requests}/{})", m.policy.endpoint, unit.name));
@@ -216,7 +220,7 @@ pub async fn should_rate_limit(
         match ruling {
             Ruling::Inactive => statuses.push(unlimited()),
             Ruling::Failed => return Err(Failure::Unavailable),
-            // A descriptor rule holds no concurrency limit: nothing is held.
+            // Decided without its concurrency limits: nothing is held.
             Ruling::Decided(decision, _) => {
                 statuses.push(status(&policy, &decision));
                 let over = policy.refuses(&decision);

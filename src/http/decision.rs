@@ -422,7 +422,9 @@ async fn answer(state: &AppState, ask: &Ask, now: Nanos) -> (Answer, Option<Deci
         ),
         Ruling::Decided(d, hold) => (
             Answer {
-                lease: hold.into_lease().map(|l| l.token()),
+                lease: hold
+                    .into_lease(state.decider.lease_scope)
+                    .map(|l| l.token()),
                 allowed: !p.refuses(&d),
                 would_limit: !d.allowed,
                 algorithm: p.limits[d.binding()].limit.algorithm(),
@@ -478,7 +480,9 @@ pub async fn release(
     let body = super::read_json(&req, payload).await?;
     let body: ReleaseBody = serde_json::from_value(body)
         .map_err(|_| invalid("lease", "is required: the lease of an admitted check"))?;
+    // Units kept in another process's memory are that process's to give back.
     let lease = Lease::parse(&body.lease)
+        .filter(|l| l.scope == state.decider.lease_scope)
         .filter(|l| l.values.iter().all(|v| crate::config::key::is_key_value(v)))
         .ok_or_else(|| invalid("lease", "is not a lease this server gave"))?;
     let released = state

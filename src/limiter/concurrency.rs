@@ -64,8 +64,8 @@ impl Algo for ConcurrencyLimit {
         self.settle(self.window().evaluate(state, now, cost, consume))
     }
 
-    fn refund(&self, state: &mut SlidingWindow, at: Nanos, cost: u64) {
-        self.window().refund(state, at, cost)
+    fn refund(&self, state: &mut SlidingWindow, at: Nanos, now: Nanos, cost: u64) {
+        self.window().refund(state, at, now, cost)
     }
 
     fn quota(&self) -> u64 {

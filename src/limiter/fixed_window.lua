@@ -40,7 +40,7 @@ else
   start, finish = first * 86400, next_ * 86400
 end
 local st = redis.call('HMGET', KEYS[1], 's', 'c')
-if refund and tonumber(st[1]) == start then
+if refund and at_s >= start and tonumber(st[1]) == start then
   -- Only while the window of that time is still the one counted.
   st[2] = math.max(tonumber(st[2]) - cost, 0)
   redis.call('HSET', KEYS[1], 'c', st[2])

@@ -122,9 +122,10 @@ impl Algo for FixedWindowLimit {
         state.evaluate(self, now, cost, consume)
     }
 
-    fn refund(&self, state: &mut FixedWindow, at: Nanos, cost: u64) {
+    fn refund(&self, state: &mut FixedWindow, at: Nanos, now: Nanos, cost: u64) {
         // Only while the window of `at` is still the one counted.
-        if state.start == self.bounds(at).0 {
+        let (start, _) = self.bounds(now);
+        if at >= start && state.start == start {
             state.count = state.count.saturating_sub(cost);
         }
     }

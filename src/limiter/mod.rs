@@ -112,10 +112,11 @@ pub trait Algo: Copy + Into<Limit> {
 
     /// Checks `cost` units at `now`, consuming them when `consume` and they all fit.
     fn evaluate(&self, state: &mut Self::State, now: Nanos, cost: u64, consume: bool) -> Decision;
-    /// Gives back `cost` units that a check at `at` consumed, as if it had not been made
-    /// (see [`Mode::Refund`]): never more than it took, and never so that units recorded
-    /// later than they were would count for less time.
-    fn refund(&self, state: &mut Self::State, at: Nanos, cost: u64);
+    /// Gives back, at `now`, `cost` units that a check at `at` consumed, as if it had
+    /// not been made (see [`Mode::Refund`]): never more than it took or than is still
+    /// counted of it, and never so that units recorded later than they were would count
+    /// for less time.
+    fn refund(&self, state: &mut Self::State, at: Nanos, now: Nanos, cost: u64);
     /// The quota reported in headers.
     fn quota(&self) -> u64;
     /// The longest a state can take, after its last check, to be as good as fresh.
@@ -333,7 +334,7 @@ impl State {
             // it (as the Redis scripts do, which give back at the check's time).
             Some(state) => match mode {
                 Mode::Refund(at) => {
-                    p.refund(state, at, cost);
+                    p.refund(state, at, now, cost);
                     p.evaluate(&mut state.clone(), now, cost, false)
                 }
                 _ => p.evaluate(state, now, cost, consume),

@@ -17,7 +17,7 @@ end
 if refund and cost > 0 then
   -- The check recorded its units in the run of its granule: take them from that run
   -- only (see `limiter::sliding_window`'s refund).
-  local from = now_s * 1000 + math.ceil(now_ns / 1000000)
+  local from = at_s * 1000 + math.ceil(at_ns / 1000000)
   local r = from % g
   if r > 0 then from = from + g - r end
   for i, v in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do

@@ -45,7 +45,7 @@ impl Algo for SlidingWindowLimit {
         state.evaluate(self, now, cost, consume)
     }
 
-    fn refund(&self, state: &mut SlidingWindow, at: Nanos, cost: u64) {
+    fn refund(&self, state: &mut SlidingWindow, at: Nanos, _now: Nanos, cost: u64) {
         // The check recorded its units in the run of its granule (with time going
         // forward): take them from that run only. A run gone (expired, so nothing is
         // left to give back) is never confused with a later one; units recorded in a

@@ -7,13 +7,15 @@ local burst, t = tonumber(ARGV[5]), tonumber(ARGV[6])
 local cap = burst * t
 local st = redis.call('HMGET', KEYS[1], 'ts', 'tn', 'i')
 if refund and st[1] then
-  -- The debt the check added, in the interval it was recorded with, and never back
-  -- before its time; nothing else is written (as in memory).
+  -- The debt the check added (in the interval it was recorded with), less what has
+  -- dripped back in since (which a check since may have taken), never back before
+  -- now; nothing else is written (as in memory).
   local old = tonumber(st[3])
   if old == 0 then old = t end
   local raw = (tonumber(st[1]) - now_s) * 1000000000 + (tonumber(st[2]) - now_ns)
-  if raw > 0 then
-    local ts, tn = split(now_ns + math.max(raw - cost * old, 0))
+  local back = cost * old - ((now_s - at_s) * 1000000000 + (now_ns - at_ns))
+  if raw > 0 and back > 0 then
+    local ts, tn = split(now_ns + math.max(raw - back, 0))
     st[1], st[2] = string.format('%d', now_s + ts), string.format('%d', tn)
     redis.call('HSET', KEYS[1], 'ts', st[1], 'tn', st[2])
   end

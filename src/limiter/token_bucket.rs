@@ -31,18 +31,19 @@ impl Algo for TokenBucketLimit {
         state.evaluate(self, now, cost, consume)
     }
 
-    fn refund(&self, state: &mut TokenBucket, at: Nanos, cost: u64) {
-        // The debt the check added, in the interval it was recorded with, and never back
-        // before `at` (a bucket full by then is full now).
+    fn refund(&self, state: &mut TokenBucket, at: Nanos, now: Nanos, cost: u64) {
+        // The debt the check added (in the interval it was recorded with), less what has
+        // dripped back in since: a check made since on a bucket that had refilled may
+        // have taken that, and it is not given back twice. Never back before now.
         let interval = match state.interval {
             0 => self.refill_interval,
             i => i,
         };
-        let back = cost as u128 * interval as u128;
-        state.tat = state
-            .tat
-            .saturating_sub(back)
-            .max(state.tat.min(at as u128));
+        let elapsed = now.saturating_sub(at) as u128;
+        let back = (cost as u128 * interval as u128).saturating_sub(elapsed);
+        if state.tat > now as u128 && back > 0 {
+            state.tat = state.tat.saturating_sub(back).max(now as u128);
+        }
     }
 
     fn quota(&self) -> u64 {

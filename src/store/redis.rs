@@ -354,19 +354,15 @@ impl Redis {
             for k in &keys {
                 call.key(k);
             }
-            // A refund is made at the time of the check it gives back for.
-            let at = match mode {
-                Mode::Refund(at) => Some(at),
-                _ => now,
-            };
-            match at {
-                Some(at) => call.arg(at / NANOS_PER_SEC).arg(at % NANOS_PER_SEC),
+            match now {
+                Some(now) => call.arg(now / NANOS_PER_SEC).arg(now % NANOS_PER_SEC),
                 None => call.arg("").arg(""),
             };
             let consume = match mode {
-                Mode::Consume => "1",
-                Mode::Peek | Mode::Reset => "0",
-                Mode::Refund(_) => "2",
+                Mode::Consume => "1".to_owned(),
+                Mode::Peek | Mode::Reset => "0".to_owned(),
+                // Given back for the check made at `at`.
+                Mode::Refund(at) => format!("2:{}:{}", at / NANOS_PER_SEC, at % NANOS_PER_SEC),
             };
             call.arg(consume).arg(cost);
             if several {

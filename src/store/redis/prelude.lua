@@ -1,8 +1,8 @@
 -- The prelude of every decision script. ARGV[1], ARGV[2]: the time in seconds and
--- nanoseconds, or '' for Redis `TIME`; ARGV[3]: '1' to consume, '0' to peek, '2' to give
--- back the cost that a check at that time consumed (then answer as a peek then);
--- ARGV[4]: the cost. The algorithm's own arguments follow from ARGV[5]. Every script
--- answers its six numbers, then the time it decided at (s, ns).
+-- nanoseconds, or '' for Redis `TIME`; ARGV[3]: '1' to consume, '0' to peek, or
+-- '2:<s>:<ns>' to give back the cost that a check at that earlier time consumed (then
+-- answer as a peek); ARGV[4]: the cost. The algorithm's own arguments follow from
+-- ARGV[5]. Every script answers its six numbers, then the time it decided at (s, ns).
 local now_s, now_ns
 if ARGV[1] == '' then
   local t = redis.call('TIME')
@@ -11,7 +11,11 @@ else
   now_s = tonumber(ARGV[1]); now_ns = tonumber(ARGV[2])
 end
 local consume = ARGV[3] == '1'
-local refund = ARGV[3] == '2'
+local refund, at_s, at_ns = false, 0, 0
+do
+  local s, ns = string.match(ARGV[3], '^2:(%d+):(%d+)$')
+  if s then refund = true; at_s = tonumber(s); at_ns = tonumber(ns) end
+end
 -- Units asked for (all or nothing), and the units a retry estimate is for (at least 1).
 local cost = tonumber(ARGV[4])
 local need = math.max(cost, 1)

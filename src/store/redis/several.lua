@@ -2,8 +2,8 @@
 -- by `store::redis::several_script`) holds each algorithm's script as a function of its
 -- own KEYS and ARGV, in the order of `limiter::Algorithm::ALL`.
 -- ARGV[1], ARGV[2]: the time (or '' for Redis `TIME`); ARGV[3]: '1' to consume, '0' to
--- peek, '2' to give back (see `prelude.lua`); ARGV[4]: the cost; ARGV[5]: the number of
--- limits. Then per limit: its
+-- peek, '2:<s>:<ns>' to give back (see `prelude.lua`); ARGV[4]: the cost; ARGV[5]: the
+-- number of limits. Then per limit: its
 -- algorithm's index (from 1), its number of keys, its number of own arguments, and
 -- those arguments. KEYS: each limit's keys in turn.
 -- Every limit is first asked with consume '0'; only if all admit is each asked again
@@ -19,7 +19,8 @@ local k, a = 1, 6
 for j = 1, tonumber(ARGV[5]) do
   local algorithm, nkeys, nargs = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
   a = a + 3
-  local keys, args = {}, {now_s, now_ns, ARGV[3] == '2' and '2' or '0', ARGV[4]}
+  local first = string.sub(ARGV[3], 1, 1) == '2' and ARGV[3] or '0'
+  local keys, args = {}, {now_s, now_ns, first, ARGV[4]}
   for i = 1, nkeys do keys[i] = KEYS[k]; k = k + 1 end
   for i = 1, nargs do args[4 + i] = ARGV[a]; a = a + 1 end
   calls[j] = {algorithms[algorithm], keys, args}
