@@ -585,6 +585,16 @@ async fn a_check_under_a_concurrency_limit_holds_a_lease_until_released_or_expir
     );
     assert_eq!(check(&s, ask()).await.body["allowed"], true);
     assert_eq!(check(&s, ask()).await.body["allowed"], false);
+    // Given back twice (a retried call): the second gives nothing back, so the check
+    // admitted meanwhile in the same instant keeps its unit.
+    let again = s
+        .post("/v1/release", &json!({"lease": leases[0]}).to_string())
+        .await;
+    assert_eq!(
+        (again.status.as_u16(), &again.body["released"]),
+        (200, &json!(false))
+    );
+    assert_eq!(check(&s, ask()).await.body["allowed"], false);
     // Not a lease: refused, nothing given back. Nor is a lease of units another
     // process holds in its memory, or one altered to give back more than it took.
     let mut foreign = ratewarden::decide::Lease::parse(&leases[1]).unwrap();

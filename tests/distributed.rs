@@ -204,6 +204,11 @@ async fn exact_limit_across(nodes: &[Binary]) {
         .post("/v1/release", &json!({"lease": leases[0]}).to_string())
         .await;
     assert_eq!(released.body["released"], true, "{:?}", released.body);
+    // Once: a retry on another instance gives nothing back.
+    let again = nodes[0]
+        .post("/v1/release", &json!({"lease": leases[0]}).to_string())
+        .await;
+    assert_eq!(again.body["released"], false, "{:?}", again.body);
     assert_eq!(nodes[0].post("/v1/check", &ask).await.body["allowed"], true);
     assert_eq!(
         nodes[0].post("/v1/check", &ask).await.body["allowed"],

@@ -813,6 +813,18 @@ impl Registries {
             .all(Result::is_ok)
     }
 
+    /// Marks the lease `id` of `client` as given back, for `ttl`: `true` the first time
+    /// (see [`QuotaBackend::first_use`]), through `client`'s shard's backend.
+    pub async fn first_use(&self, client: &str, id: u64, ttl: Nanos) -> Result<bool, ()> {
+        let i = self.index(client);
+        let now = lock(&self.states[i]).config.clock.now();
+        let backend = self.backends[i].clone();
+        backend
+            .first_use(client, id, ttl, now)
+            .await
+            .map_err(|_| ())
+    }
+
     /// The backend's name, and how many shards reach it of how many (`None` for a
     /// backend that cannot be unreachable).
     pub fn backend_reachable(&self) -> Option<(&'static str, usize, usize)> {

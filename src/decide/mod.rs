@@ -235,14 +235,34 @@ impl Decider {
     }
 
     /// Gives back what a lease holds (see [`Lease`]), each part to the held group of
-    /// its slot: `Ok(false)` when the config no longer has any of them (nothing was
-    /// held any more).
+    /// its slot, once: `Ok(false)` when it was given back before, or the config no
+    /// longer has any of its parts (nothing is held any more). A lease is marked as
+    /// given back (in Redis, for every instance) until its units would have come back
+    /// by themselves, before they are: a release that then fails (503) is not made
+    /// again, and its units come back when their lease ends.
     pub async fn release(&self, lease: &Lease) -> Result<bool, LimiterUnavailable> {
         let table = self.policies.current();
         let Some(policy) = (lease.values.first()).and_then(|v| table.policy(&lease.endpoint, v))
         else {
             return Ok(false);
         };
+        let held: Vec<_> = (policy.held_parts())
+            .filter(|(_, part)| lease.parts.iter().any(|(slot, _)| **slot == *part.slot))
+            .collect();
+        let Some(ttl) = (held.iter())
+            .flat_map(|(_, part)| part.limits.iter().map(|l| l.limit.fresh_after()))
+            .max()
+        else {
+            return Ok(false);
+        };
+        let first = self
+            .registries
+            .first_use(&lease.values[0], lease.id, ttl)
+            .await
+            .map_err(|()| LimiterUnavailable)?;
+        if !first {
+            return Ok(false);
+        }
         let mut released = false;
         for (i, part) in policy.held_parts() {
             let Some((_, at)) = lease.parts.iter().find(|(slot, _)| **slot == *part.slot) else {
@@ -349,6 +369,9 @@ pub struct Lease {
     /// back), else the process that holds them in memory (only it can).
     #[serde(rename = "s")]
     pub scope: u64,
+    /// Its own id: a lease is given back once (see [`Decider::release`]).
+    #[serde(rename = "n")]
+    pub id: u64,
 }
 
 impl Lease {
@@ -449,6 +472,12 @@ impl Hold {
                 .collect(),
             cost: h.cost,
             scope,
+            id: {
+                use std::hash::{BuildHasher, Hasher};
+                let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+                hasher.write_u64(h.parts[0].3);
+                hasher.finish()
+            },
         })
     }
 }

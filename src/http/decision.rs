@@ -452,15 +452,14 @@ struct ReleaseBody {
 /// The answer of `POST /v1/release`.
 #[derive(Serialize, ToSchema)]
 struct Released {
-    /// False when the lease's config no longer has a concurrency limit: nothing was
-    /// held any more.
+    /// False when the lease was given back before, or its config no longer has its
+    /// concurrency limits: nothing was held any more.
     released: bool,
 }
 
 /// `POST /v1/release`: gives back what an admitted check holds of its config's
-/// concurrency limits. Give each lease back once: its units were taken at one instant,
-/// and a second release gives back units of the same instant, which may be another
-/// request's. A lease not given back ends by itself after the limit's `lease_seconds`.
+/// concurrency limits, once (a second release gives nothing back). A lease not given
+/// back ends by itself after the limit's `lease_seconds`.
 #[utoipa::path(
     post,
     path = "/v1/release",

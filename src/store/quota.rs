@@ -75,7 +75,21 @@ pub trait QuotaBackend: Send + Sync + 'static {
     fn reachable(&self) -> Option<(&'static str, bool)> {
         None
     }
+
+    /// Marks `id` (of `client`'s lease) as used, for `ttl` after `now`: `true` the first
+    /// time, `false` while it is marked (a lease given back twice).
+    fn first_use(
+        &self,
+        client: &str,
+        id: u64,
+        ttl: Nanos,
+        now: Nanos,
+    ) -> BoxFuture<'static, Result<bool, Unavailable>>;
 }
+
+/// The leases given back in this process, with when each may be forgotten.
+static USED: std::sync::Mutex<Option<std::collections::HashMap<u64, Nanos>>> =
+    std::sync::Mutex::new(None);
 
 /// Quotas in this process: the limiter's own state decides, at once.
 #[derive(Debug, Default, Clone, Copy)]
@@ -95,5 +109,29 @@ impl QuotaBackend for Memory {
 
     fn fresh_at(&self, local: &mut States, limits: &[Named], now: Nanos) -> Nanos {
         local.fresh_at(limits, now)
+    }
+
+    fn first_use(
+        &self,
+        _client: &str,
+        id: u64,
+        ttl: Nanos,
+        now: Nanos,
+    ) -> BoxFuture<'static, Result<bool, Unavailable>> {
+        let mut used = USED.lock().unwrap_or_else(|e| e.into_inner());
+        let used = used.get_or_insert_with(Default::default);
+        // Forgotten once their leases have ended: what is marked is bounded by the
+        // leases of the last `ttl`.
+        if used.len() >= 1024 && used.len().is_power_of_two() {
+            used.retain(|_, until| *until > now);
+        }
+        let first = match used.get(&id) {
+            Some(until) if *until > now => false,
+            _ => {
+                used.insert(id, now.saturating_add(ttl));
+                true
+            }
+        };
+        Box::pin(async move { Ok(first) })
     }
 }

@@ -24,6 +24,7 @@ use crate::limiter::{
     SlidingWindowLimit, States, TokenBucketLimit,
 };
 use crate::metrics::{Metrics, RedisFailure};
+use futures_util::future::BoxFuture;
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisError, RedisFuture, Script, Value};
@@ -99,6 +100,34 @@ impl QuotaBackend for Redis {
 
     fn reachable(&self) -> Option<(&'static str, bool)> {
         Some(("redis", self.is_up()))
+    }
+
+    /// `SET NX` with the lease's time to live, in the client's slot.
+    fn first_use(
+        &self,
+        client: &str,
+        id: u64,
+        ttl: Nanos,
+        _now: Nanos,
+    ) -> BoxFuture<'static, Result<bool, Unavailable>> {
+        let conn = self.conn();
+        let this = self.clone();
+        let key = format!("rw:{{{client}}}:released:{id:016x}");
+        let ms = ttl.div_ceil(1_000_000).max(1);
+        Box::pin(async move {
+            let mut conn = conn.map_err(|_| Unavailable)?;
+            let set: Result<Option<String>, RedisError> = redis::cmd("SET")
+                .arg(&key)
+                .arg(1)
+                .arg("NX")
+                .arg("PX")
+                .arg(ms)
+                .query_async(&mut conn)
+                .await;
+            this.observe(set)
+                .map(|v| v.is_some())
+                .map_err(|_| Unavailable)
+        })
     }
 }
 
