@@ -874,37 +874,44 @@ impl Registries {
     }
 }
 
+/// A shard's settings for unit tests: an in-memory database, no feeds, room for 10,000
+/// clients never idle, on `clock`.
+#[cfg(test)]
+pub(crate) fn test_config(clock: SharedClock) -> RegistryConfig {
+    use crate::store::sqlite::{DatabaseUrl, open};
+    let url = DatabaseUrl::Memory;
+    let metrics = Arc::new(Metrics::default());
+    let db = Db::start(
+        open(&url).unwrap(),
+        url,
+        1000,
+        metrics.clone(),
+        Default::default(),
+    );
+    RegistryConfig {
+        clock,
+        db,
+        global: Arc::default(),
+        events: None,
+        max_clients: 10_000,
+        idle: u64::MAX,
+        flush_interval: Duration::from_secs(60),
+        live_total: Arc::default(),
+        metrics,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::clock::ManualClock;
     use crate::config::ConfigSpec;
     use crate::store::quota::Memory;
-    use crate::store::sqlite::{DatabaseUrl, open};
 
     fn shard() -> SharedShard {
-        let url = DatabaseUrl::Memory;
-        let metrics = Arc::new(Metrics::default());
-        let db = Db::start(
-            open(&url).unwrap(),
-            url,
-            1000,
-            metrics.clone(),
-            Default::default(),
-        );
-        let config = RegistryConfig {
-            clock: ManualClock::new(1_800_000_000 * crate::clock::NANOS_PER_SEC),
-            db,
-            global: Arc::default(),
-            events: None,
-            max_clients: 10_000,
-            idle: u64::MAX,
-            flush_interval: Duration::from_secs(60),
-            live_total: Arc::default(),
-            metrics,
-        };
+        let clock = ManualClock::new(1_800_000_000 * crate::clock::NANOS_PER_SEC);
         Arc::new(Mutex::new(Shard::new(
-            config,
+            test_config(clock),
             HashSet::new(),
             Arc::new(Memory),
             actix::Arbiter::current(),

@@ -588,33 +588,13 @@ mod tests {
 
     /// A decider over one in-memory registry shard, on a manual clock.
     fn decider() -> Decider {
-        use crate::actors::db::Db;
-        use crate::actors::registry::RegistryConfig;
+        use crate::actors::registry::test_config;
         use crate::config::{Config, ConfigSpec};
         use crate::policy::PolicyTable;
         use crate::store::quota::Memory;
-        use crate::store::sqlite::{DatabaseUrl, open};
-        let url = DatabaseUrl::Memory;
-        let metrics = Arc::new(Metrics::default());
         let clock = crate::clock::ManualClock::new(1_800_000_000 * NANOS_PER_SEC);
-        let db = Db::start(
-            open(&url).unwrap(),
-            url,
-            1000,
-            metrics.clone(),
-            Default::default(),
-        );
-        let config = RegistryConfig {
-            clock: clock.clone(),
-            db,
-            global: Arc::default(),
-            events: None,
-            max_clients: 1000,
-            idle: u64::MAX,
-            flush_interval: Duration::from_secs(60),
-            live_total: Arc::default(),
-            metrics: metrics.clone(),
-        };
+        let config = test_config(clock.clone());
+        let metrics = config.metrics.clone();
         let registries = Registries::start(vec![Arc::new(Memory)], config, []);
         let default = Config {
             id: 0,
