@@ -92,6 +92,7 @@ impl Policy {
             other_keys: Box::new([]),
             unheld: None,
         };
+        // (`base` lends its endpoint, mode, key and tier; its limits are these.)
         base.with_limits(limits, &keys)
     }
 
@@ -99,29 +100,41 @@ impl Policy {
     /// its key in `keys`: grouped when they count per different keys or some are held
     /// ([`Limit::is_held`]), and with the policy of its limits that are not held.
     fn with_limits(&self, limits: Box<[Named]>, keys: &[Key]) -> Policy {
-        let mut policy = Policy {
-            endpoint: self.endpoint.clone(),
-            limits,
-            active: self.active,
-            shadow: self.shadow,
-            key: self.key.clone(),
-            tier: self.tier.clone(),
-            slot: self.endpoint.clone(),
-            groups: Box::new([]),
-            other_keys: Box::new([]),
-            unheld: None,
-        };
+        let held = limits.first().is_some_and(|l| l.limit.is_held());
+        // Held limits alone keep their state where they would next to others, so that a
+        // limit added or removed beside them leaves what is in flight.
+        let mut policy = self.part(limits, &self.key, held);
         let parts: Vec<(&Key, bool)> = (keys.iter())
             .zip(policy.limits.iter().map(|l| l.limit.is_held()))
             .collect();
         if parts.iter().any(|p| *p != parts[0]) {
+            policy.slot = self.endpoint.clone();
             policy.grouped(&parts);
-        } else if parts.first().is_some_and(|(_, held)| *held) {
-            // Held limits alone keep their state where they would next to others, so
-            // that a limit added or removed beside them leaves what is in flight.
-            policy.slot = Arc::from(format!("{} [in-flight]", policy.endpoint));
         }
         policy
+    }
+
+    /// A policy of this one's endpoint, mode and tier with `limits`, counting per `key`,
+    /// held or not, and ungrouped: its state kept under the slot of its kind.
+    fn part(&self, limits: Box<[Named]>, key: &Key, held: bool) -> Policy {
+        let slot = match (*key == self.key, held) {
+            (true, false) => self.endpoint.clone(),
+            (true, true) => Arc::from(format!("{} [in-flight]", self.endpoint)),
+            (false, false) => Arc::from(format!("{} [key:{key}]", self.endpoint)),
+            (false, true) => Arc::from(format!("{} [key:{key} in-flight]", self.endpoint)),
+        };
+        Policy {
+            endpoint: self.endpoint.clone(),
+            limits,
+            active: self.active,
+            shadow: self.shadow,
+            key: key.clone(),
+            tier: self.tier.clone(),
+            slot,
+            groups: Box::new([]),
+            other_keys: Box::new([]),
+            unheld: None,
+        }
     }
 
     /// Groups its limits by the key each counts per and whether it is held (`parts`, in
@@ -156,30 +169,12 @@ impl Policy {
                 let positions: Box<[usize]> = (0..parts.len())
                     .filter(|&i| parts[i] == (key, held))
                     .collect();
-                let own = *key == self.key;
-                let slot = match (own, held) {
-                    (true, false) => self.endpoint.clone(),
-                    (true, true) => Arc::from(format!("{} [in-flight]", self.endpoint)),
-                    (false, false) => Arc::from(format!("{} [key:{key}]", self.endpoint)),
-                    (false, true) => Arc::from(format!("{} [key:{key} in-flight]", self.endpoint)),
-                };
-                let policy = Policy {
-                    endpoint: self.endpoint.clone(),
-                    limits: positions.iter().map(|&i| self.limits[i].clone()).collect(),
-                    active: self.active,
-                    shadow: self.shadow,
-                    key: key.clone(),
-                    tier: self.tier.clone(),
-                    slot,
-                    groups: Box::new([]),
-                    other_keys: Box::new([]),
-                    unheld: None,
-                };
+                let limits = positions.iter().map(|&i| self.limits[i].clone()).collect();
                 Group {
-                    policy: Arc::new(policy),
+                    policy: Arc::new(self.part(limits, key, held)),
                     positions,
                     held,
-                    value: match own {
+                    value: match *key == self.key {
                         true => 0,
                         false => 1 + other_keys.iter().position(|k| k == key).unwrap_or(0),
                     },
@@ -205,29 +200,17 @@ impl Policy {
                     value: g.value,
                 })
                 .collect();
-            self.unheld = Some(Arc::new(match unheld.as_slice() {
+            self.unheld = Some(match unheld.as_slice() {
                 // The config's key's limits alone: that group is the whole policy.
-                [only] if only.value == 0 => return self.set_groups(groups, only.policy.clone()),
-                _ => Policy {
-                    endpoint: self.endpoint.clone(),
-                    limits: kept.into(),
-                    active: self.active,
-                    shadow: self.shadow,
-                    key: self.key.clone(),
-                    tier: self.tier.clone(),
-                    slot: self.endpoint.clone(),
+                [only] if only.value == 0 => only.policy.clone(),
+                _ => Arc::new(Policy {
                     groups: unheld.into(),
                     other_keys: self.other_keys.clone(),
-                    unheld: None,
-                },
-            }));
+                    ..self.part(kept.into(), &self.key, false)
+                }),
+            });
         }
         self.groups = groups;
-    }
-
-    fn set_groups(&mut self, groups: Box<[Group]>, unheld: Arc<Policy>) {
-        self.groups = groups;
-        self.unheld = Some(unheld);
     }
 
     /// The policy to decide where nothing tells when a request is done (forward-auth,

@@ -69,6 +69,28 @@ pub struct Check {
     pub record: bool,
 }
 
+impl Check {
+    /// A check that is not counted (see [`Check::record`]) and that no feed shows: a
+    /// part of a request's limits, a refund, a reset.
+    pub fn unrecorded(
+        client: Arc<str>,
+        policy: Arc<Policy>,
+        cost: u64,
+        mode: Mode,
+        answer_by: Instant,
+    ) -> Self {
+        Check {
+            client,
+            policy,
+            cost,
+            mode,
+            asked: None,
+            answer_by,
+            record: false,
+        }
+    }
+}
+
 /// The client's limiter could not answer (its restore failed, or the check's turn came
 /// after `answer_by`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -815,10 +837,14 @@ impl Registries {
 
     /// Marks the lease `id` of `client` as given back, for `ttl`: `true` the first time
     /// (see [`QuotaBackend::first_use`]), through `client`'s shard's backend.
-    pub async fn first_use(&self, client: &str, id: u64, ttl: Nanos) -> Result<bool, ()> {
-        let i = self.index(client);
-        let now = lock(&self.states[i]).config.clock.now();
-        let backend = self.backends[i].clone();
+    pub async fn first_use(
+        &self,
+        client: &str,
+        id: u64,
+        ttl: Nanos,
+        now: Nanos,
+    ) -> Result<bool, ()> {
+        let backend = &self.backends[self.index(client)];
         backend
             .first_use(client, id, ttl, now)
             .await

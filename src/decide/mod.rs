@@ -71,13 +71,7 @@ impl Decider {
         // process's memory only by it: a random scope of its own.
         let lease_scope = match registries.backend_reachable() {
             Some(_) => 0,
-            None => {
-                use std::hash::{BuildHasher, Hasher};
-                std::collections::hash_map::RandomState::new()
-                    .build_hasher()
-                    .finish()
-                    | 1
-            }
+            None => random_u64() | 1,
         };
         Self {
             policies,
@@ -199,15 +193,8 @@ impl Decider {
                 (Mode::Consume, true) => Mode::Peek,
                 (mode, _) => mode,
             };
-            let check = Check {
-                client: value.clone(),
-                policy: g.policy.clone(),
-                cost: whole.cost,
-                mode,
-                asked: None,
-                answer_by: whole.answer_by,
-                record: false,
-            };
+            let (client, part) = (value.clone(), g.policy.clone());
+            let check = Check::unrecorded(client, part, whole.cost, mode, whole.answer_by);
             let d = match self.registries.decide(check).await {
                 Ok(d) => d,
                 // Refused already: a group that cannot be looked at changes nothing.
@@ -257,7 +244,7 @@ impl Decider {
         };
         let first = self
             .registries
-            .first_use(&lease.values[0], lease.id, ttl)
+            .first_use(&lease.values[0], lease.id, ttl, self.clock.now())
             .await
             .map_err(|()| LimiterUnavailable)?;
         if !first {
@@ -303,16 +290,41 @@ impl Decider {
 /// A check that gives back `cost` units that a check of `value` under `policy` took at
 /// `at`.
 fn refund_check(value: &Arc<str>, policy: &Arc<Policy>, cost: u64, at: Nanos) -> Check {
-    Check {
-        client: value.clone(),
-        policy: policy.clone(),
-        cost,
-        mode: Mode::Refund(at),
-        asked: None,
-        // A refund is worth making however late: it only gives back.
-        answer_by: Instant::now() + REFUND_DEADLINE,
-        record: false,
+    let (value, policy) = (value.clone(), policy.clone());
+    // A refund is worth making however late: it only gives back.
+    let answer_by = Instant::now() + REFUND_DEADLINE;
+    Check::unrecorded(value, policy, cost, Mode::Refund(at), answer_by)
+}
+
+/// Gives back `cost` units that a check of `value` under `policy` took at `at`, and
+/// answers what `policy` says once they are; logs a refund that failed (its units
+/// then count until their window, or lease, passes: never more than a limit admits).
+async fn give_back_part(
+    registries: &Registries,
+    value: &Arc<str>,
+    policy: &Arc<Policy>,
+    cost: u64,
+    at: Nanos,
+) -> Option<Decisions> {
+    let answer = registries
+        .decide(refund_check(value, policy, cost, at))
+        .await;
+    if answer.is_err() {
+        log::warn!(
+            "{value:?}: could not give back what a request took of {}; it counts until \
+             its window (a concurrency limit: its lease) passes",
+            policy.endpoint
+        );
     }
+    answer.ok()
+}
+
+/// A random number, from the standard library's randomly keyed hasher.
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish()
 }
 
 /// The decision of a group that could not be asked (after another refused): it
@@ -445,11 +457,8 @@ impl Hold {
         // dropped meanwhile must not give it back twice.
         while !h.parts.is_empty() {
             let (i, value, policy, at) = h.parts.remove(0);
-            let check = refund_check(&value, &policy, h.cost, at);
-            match h.registries.decide(check).await {
-                Ok(after) => answers.push((i, after)),
-                Err(_) => warn_not_given_back(&value, &policy),
-            }
+            let after = give_back_part(&h.registries, &value, &policy, h.cost, at).await;
+            answers.extend(after.map(|after| (i, after)));
         }
         self.0 = None;
         answers
@@ -472,22 +481,9 @@ impl Hold {
                 .collect(),
             cost: h.cost,
             scope,
-            id: {
-                use std::hash::{BuildHasher, Hasher};
-                let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-                hasher.write_u64(h.parts[0].3);
-                hasher.finish()
-            },
+            id: random_u64(),
         })
     }
-}
-
-fn warn_not_given_back(value: &str, policy: &Policy) {
-    log::warn!(
-        "{value:?}: could not give back what a request took of {}; it counts until its \
-         window (a concurrency limit: its lease) passes",
-        policy.endpoint
-    );
 }
 
 impl Drop for Hold {
@@ -498,10 +494,7 @@ impl Drop for Hold {
         // Given back on the thread that dropped it, after the response is on its way.
         actix_web::rt::spawn(async move {
             for (_, value, policy, at) in &h.parts {
-                let check = refund_check(value, policy, h.cost, *at);
-                if h.registries.decide(check).await.is_err() {
-                    warn_not_given_back(value, policy);
-                }
+                give_back_part(&h.registries, value, policy, h.cost, *at).await;
             }
         });
     }

@@ -450,15 +450,8 @@ pub async fn reset_client(
         };
         let mut first = None;
         for part in parts {
-            let check = Check {
-                client: client.clone(),
-                policy: part,
-                cost: 1,
-                mode: Mode::Reset,
-                asked: None,
-                answer_by: actix_web::rt::time::Instant::now() + RESET_DEADLINE,
-                record: false,
-            };
+            let answer_by = actix_web::rt::time::Instant::now() + RESET_DEADLINE;
+            let check = Check::unrecorded(client.clone(), part, 1, Mode::Reset, answer_by);
             let Ok(d) = state.registries.decide(check).await else {
                 failed = Some(policy.endpoint.clone());
                 break 'policies;
