@@ -1,7 +1,10 @@
 //! The benchmark's peer: the same `/api/data` behind actix-governor, the most used actix
 //! rate limiter (an in-process DashMap of GCRA cells), keyed by `X-Client-ID` like
 //! ratewarden. It keeps nothing on disk and publishes no events.
-//! Usage: `cargo run --release --example governor_peer -- 127.0.0.1:8102 [per_second]`
+//! With `--headers`, it answers with actix-governor's own rate-limit headers
+//! (`x-ratelimit-limit`, `x-ratelimit-remaining`, `x-ratelimit-after` on a refusal), as
+//! ratewarden always does with its own.
+//! Usage: `cargo run --release --example governor_peer -- 127.0.0.1:8102 [per_second] [--headers]`
 
 use actix_governor::{Governor, GovernorConfigBuilder, KeyExtractor, SimpleKeyExtractionError};
 use actix_web::dev::ServiceRequest;
@@ -37,24 +40,34 @@ async fn data() -> HttpResponse {
 
 #[actix_web::main]
 async fn main() -> std::io::Result<()> {
-    let mut args = std::env::args().skip(1);
+    let headers = std::env::args().any(|a| a == "--headers");
+    let mut args = std::env::args().skip(1).filter(|a| a != "--headers");
     let bind = args.next().unwrap_or_else(|| "127.0.0.1:8102".to_owned());
     let per_second: u64 = args
         .next()
         .and_then(|a| a.parse().ok())
         .unwrap_or(1_000_000_000);
-    let config = GovernorConfigBuilder::default()
+    let mut builder = GovernorConfigBuilder::default();
+    builder
         .requests_per_second(per_second)
-        .burst_size(u32::try_from(per_second).unwrap_or(u32::MAX))
-        .key_extractor(ClientId)
-        .finish()
-        .expect("a positive rate and burst");
-    HttpServer::new(move || {
-        App::new()
-            .wrap(Governor::new(&config))
-            .route("/api/data", web::get().to(data))
-    })
-    .bind(bind)?
-    .run()
-    .await
+        .burst_size(u32::try_from(per_second).unwrap_or(u32::MAX));
+    let mut builder = builder.key_extractor(ClientId);
+    // The two configs are of different types: one server each.
+    macro_rules! serve {
+        ($config:expr) => {{
+            let config = $config.expect("a positive rate and burst");
+            HttpServer::new(move || {
+                App::new()
+                    .wrap(Governor::new(&config))
+                    .route("/api/data", web::get().to(data))
+            })
+            .bind(bind)?
+            .run()
+            .await
+        }};
+    }
+    match headers {
+        true => serve!(builder.use_headers().finish()),
+        false => serve!(builder.finish()),
+    }
 }

@@ -407,6 +407,7 @@ pub fn build_state_on(
                 peers,
                 clock: clock.clone(),
                 metrics: metrics.clone(),
+                registries: registries.clone(),
             }))
         }
         _ => None,

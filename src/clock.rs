@@ -78,12 +78,22 @@ pub fn rfc3339(at: Nanos) -> String {
     let secs = at / NANOS_PER_SEC;
     let (days, rem) = (secs / 86_400, secs % 86_400);
     let (y, m, d) = civil_from_days(days as i64);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60
-    )
+    // Written digit by digit: every response of the demo routes carries one.
+    let mut out = *b"0000-00-00T00:00:00Z";
+    let mut put = |at: usize, width: usize, mut n: u64| {
+        for i in (at..at + width).rev() {
+            out[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+        }
+    };
+    // (Nanoseconds since 1970 in a u64 end in the year 2554.)
+    put(0, 4, y as u64);
+    put(5, 2, m.into());
+    put(8, 2, d.into());
+    put(11, 2, rem / 3600);
+    put(14, 2, (rem % 3600) / 60);
+    put(17, 2, rem % 60);
+    std::str::from_utf8(&out).unwrap_or_default().to_owned()
 }
 
 /// (year, month, day) to days since 1970-01-01, after Howard Hinnant's

@@ -14,10 +14,16 @@
 //!   events; the others add the counts to their cluster statistics and hand the events
 //!   to their broadcaster, so any instance's `/ws/global` and dashboard show the cluster.
 //!
+//! - **Resets**: an admin reset of a client is announced on `rw:reset`; every instance
+//!   then forgets the refusals it remembers of that client (see
+//!   [`crate::store::over_limit`]), and all of them whenever its subscription starts
+//!   again (announcements may have been missed meanwhile).
+//!
 //! Everything here runs as tasks on the main arbiter; nothing on the request path waits
 //! for it.
 
 use crate::actors::broadcaster::{Broadcaster, FeedInterest, TakeOutbox};
+use crate::actors::registry::Registries;
 use crate::actors::{Asked, DecisionEvent, LimitSeen, Via};
 use crate::clock::SharedClock;
 use crate::config::writer::{Committer, WriteError};
@@ -26,7 +32,9 @@ use crate::limiter::Decision;
 use crate::metrics::Metrics;
 use crate::policy::Policies;
 use crate::stats::{GlobalStats, Peers, SecondCounts};
-use crate::store::redis::{CONFIG_CHANNEL, FEED_CHANNEL, Redis, RedisConfig, RedisUnavailable};
+use crate::store::redis::{
+    CONFIG_CHANNEL, FEED_CHANNEL, RESET_CHANNEL, Redis, RedisConfig, RedisUnavailable,
+};
 use actix::Addr;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -97,6 +105,8 @@ pub struct Cluster {
     pub peers: Arc<Peers>,
     clock: SharedClock,
     metrics: Arc<Metrics>,
+    /// Told of other instances' resets.
+    registries: Registries,
     /// The shared config version this instance serves.
     applied: AtomicU64,
     /// A sync is running; another request for one only marks `again`.
@@ -121,6 +131,7 @@ pub struct ClusterParts {
     pub peers: Arc<Peers>,
     pub clock: SharedClock,
     pub metrics: Arc<Metrics>,
+    pub registries: Registries,
 }
 
 impl Cluster {
@@ -140,6 +151,7 @@ impl Cluster {
             peers: p.peers,
             clock: p.clock,
             metrics: p.metrics,
+            registries: p.registries,
             applied: AtomicU64::new(NEVER),
             syncing: AtomicBool::new(false),
             again: AtomicBool::new(false),
@@ -206,14 +218,25 @@ impl Cluster {
         }
     }
 
-    /// Subscribes to both channels, and again whenever the connection breaks.
+    /// Tells the other instances that `client` was reset here: they forget the refusals
+    /// they remember of it. (Best effort: one that misses it refuses that client at
+    /// most until the refusal it remembers would have ended anyway.)
+    pub async fn announce_reset(&self, client: &str) {
+        if let Err(e) = self.redis.publish(RESET_CHANNEL, client).await {
+            log::warn!("announcing the reset of {client:?} to the other instances failed: {e}");
+        }
+    }
+
+    /// Subscribes to the channels, and again whenever the connection breaks.
     async fn subscription(self: Arc<Self>, config: Arc<RedisConfig>) {
         let client = config.pubsub_client().clone();
         let mut logged = false;
         loop {
             let subscribed = async {
                 let mut pubsub = client.get_async_pubsub().await?;
-                pubsub.subscribe(&[CONFIG_CHANNEL, FEED_CHANNEL]).await?;
+                pubsub
+                    .subscribe(&[CONFIG_CHANNEL, FEED_CHANNEL, RESET_CHANNEL])
+                    .await?;
                 Ok::<_, redis::RedisError>(pubsub)
             };
             let pubsub = match subscribed.await {
@@ -230,6 +253,7 @@ impl Cluster {
             logged = false;
             // Whatever was announced while not subscribed.
             self.clone().request_sync();
+            self.registries.forget(None);
             let mut messages = pubsub.into_on_message();
             while let Some(msg) = messages.next().await {
                 self.metrics.cluster_messages.inc();
@@ -239,6 +263,7 @@ impl Cluster {
                 match msg.get_channel_name() {
                     CONFIG_CHANNEL => self.clone().request_sync(),
                     FEED_CHANNEL => self.heard(&payload),
+                    RESET_CHANNEL => self.registries.forget(Some(&payload)),
                     _ => {}
                 }
             }

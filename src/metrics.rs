@@ -189,6 +189,7 @@ pub struct Metrics {
     pub redis_errors: Family<RedisFailureLabels, Counter>,
     pub redis_breaker_open: Gauge,
     pub redis_reconnects: Counter,
+    pub redis_refused_locally: Counter,
     pub redis_seconds: Histogram,
     pub cluster_messages: Counter,
     pub upstream_errors: Family<UpstreamFailureLabels, Counter>,
@@ -218,6 +219,7 @@ impl Default for Metrics {
             redis_errors: Family::default(),
             redis_breaker_open: Gauge::default(),
             redis_reconnects: Counter::default(),
+            redis_refused_locally: Counter::default(),
             redis_seconds: seconds_histogram(),
             cluster_messages: Counter::default(),
             upstream_errors: Family::default(),
@@ -323,6 +325,11 @@ impl Default for Metrics {
             "redis_reconnects",
             "Redis connections re-established after a failure",
             m.redis_reconnects.clone(),
+        );
+        r.register(
+            "redis_refused_locally",
+            "Checks refused without asking Redis: their quota was refused lately, until it could admit",
+            m.redis_refused_locally.clone(),
         );
         r.register(
             "redis_decision_duration_seconds",

@@ -4,6 +4,7 @@
 
 use crate::config::descriptor::Pattern;
 use crate::config::{Change, Config, ConfigSpec, DEFAULT_ENDPOINT, Enforcement, Key, Override};
+use crate::decide::QuotaField;
 use crate::limiter::{Decision, Decisions, FixedWindowLimit, Limit, Named};
 use smallvec::SmallVec;
 use std::collections::HashMap;
@@ -41,6 +42,12 @@ pub struct Policy {
     /// The policy of its limits that are not held, when it has both kinds (see
     /// [`Policy::without_held`]).
     pub unheld: Option<Arc<Policy>>,
+    /// Its `RateLimit-Policy` field, once made (see [`crate::decide::structured_fields`]).
+    pub quota_field: QuotaField,
+    /// Whether units its checks take may be given back before their window passes:
+    /// it holds them until a request is done, or it is a part of a config whose limits
+    /// count per different keys (a later part's refusal gives back what it took).
+    pub refundable: bool,
 }
 
 /// The limits of a config that count per one key (and are held, or not), as a policy
@@ -91,6 +98,8 @@ impl Policy {
             groups: Box::new([]),
             other_keys: Box::new([]),
             unheld: None,
+            quota_field: QuotaField::default(),
+            refundable: false,
         };
         // (`base` lends its endpoint, mode, key and tier; its limits are these.)
         base.with_limits(limits, &keys)
@@ -134,6 +143,8 @@ impl Policy {
             groups: Box::new([]),
             other_keys: Box::new([]),
             unheld: None,
+            quota_field: QuotaField::default(),
+            refundable: held,
         }
     }
 
@@ -171,7 +182,10 @@ impl Policy {
                     .collect();
                 let limits = positions.iter().map(|&i| self.limits[i].clone()).collect();
                 Group {
-                    policy: Arc::new(self.part(limits, key, held)),
+                    policy: Arc::new(Policy {
+                        refundable: true,
+                        ..self.part(limits, key, held)
+                    }),
                     positions,
                     held,
                     value: match *key == self.key {

@@ -33,12 +33,21 @@ pub enum By {
 
 #[derive(Debug, Default)]
 struct Sketch {
-    counts: HashMap<Arc<str>, u64>,
+    /// (Hashed with the fast, randomly seeded hasher of the registry's own map: every
+    /// request of a shard's clients passes here.)
+    counts: HashMap<Arc<str>, u64, hashlink::DefaultHashBuilder>,
     /// Subtracted from every count so far: how far short of the truth a count may be.
     shed: u64,
 }
 
 impl Sketch {
+    /// Room for a running minute's clients from the start: it never grows on the way.
+    fn running() -> Self {
+        let mut counts = HashMap::default();
+        counts.reserve(WORKING);
+        Self { counts, shed: 0 }
+    }
+
     fn add(&mut self, client: &Arc<str>) {
         if let Some(n) = self.counts.get_mut(client) {
             *n += 1;
@@ -127,8 +136,8 @@ impl TopClients {
             }
             self.minutes.push_back(Minute {
                 minute,
-                allowed: Sketch::default(),
-                blocked: Sketch::default(),
+                allowed: Sketch::running(),
+                blocked: Sketch::running(),
             });
         }
         // A clock that stepped back counts in the newest minute.

@@ -70,6 +70,11 @@ async fn burst(nodes: &[Binary], client: &str, path: &str, n: usize) -> (usize, 
     (ok, limited)
 }
 
+/// For the exactness tests: Redis decides every check. Under the default 50 ms a debug
+/// build answering hundreds of concurrent requests on a loaded machine now and then
+/// waits longer, and `--on-error allow` (tested on its own below) then admits.
+const PATIENT: [&str; 2] = ["--redis-timeout-ms", "1000"];
+
 async fn exact_limit_across(nodes: &[Binary]) {
     until_connected(nodes).await;
     for (i, algorithm) in ["sliding_window", "fixed_window", "token_bucket"]
@@ -219,14 +224,14 @@ async fn exact_limit_across(nodes: &[Binary]) {
 #[actix_rt::test]
 async fn instances_on_one_redis_admit_exactly_the_shared_limit() {
     let redis = RedisServer::start();
-    let (_dir, nodes) = instances(3, &redis.url(), false, &[]);
+    let (_dir, nodes) = instances(3, &redis.url(), false, &PATIENT);
     exact_limit_across(&nodes).await;
 }
 
 #[actix_rt::test]
 async fn instances_on_a_redis_cluster_admit_exactly_the_shared_limit() {
     let cluster = RedisCluster::start();
-    let (_dir, nodes) = instances(2, &cluster.urls(), true, &[]);
+    let (_dir, nodes) = instances(2, &cluster.urls(), true, &PATIENT);
     exact_limit_across(&nodes).await;
     // The clients' keys really are spread over the masters.
     let holding = cluster
@@ -444,4 +449,98 @@ async fn an_instance_is_ready_only_once_redis_answers_and_the_shared_configs_are
         assert!(started.elapsed() < WAIT, "never ready: {:?}", ready.body);
         actix_rt::task::yield_now().await;
     }
+}
+
+/// Whether `node` admits `client` on `path` within [`WAIT`] (asked again and again: what
+/// it waits for is another instance's announcement).
+async fn until_admitted(node: &Binary, client: &str, path: &str) -> Duration {
+    let started = Instant::now();
+    loop {
+        let r = node.get_as(client, path).await;
+        if r.status == 200 || r.status == 404 {
+            return started.elapsed();
+        }
+        assert_eq!(r.status, 429, "{:?}", r.body);
+        assert!(
+            started.elapsed() < WAIT,
+            "{} never admitted {client}",
+            node.url
+        );
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[actix_rt::test]
+async fn a_flooding_client_is_refused_without_asking_redis_until_it_is_reset_or_its_limit_raised() {
+    let redis = RedisServer::start();
+    let (_dir, nodes) = instances(2, &redis.url(), false, &[]);
+    until_connected(&nodes).await;
+    let body = json!({"endpoint": "/api/flood", "requests_per_window": 5,
+                      "window_seconds": 3600, "algorithm": "fixed_window"});
+    let r = nodes[0].post("/admin/configs", &body.to_string()).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    for node in &nodes {
+        until_served(node, "/api/flood", "algorithm", &json!("fixed_window")).await;
+    }
+    let local = "ratewarden_redis_refused_locally_total";
+    // Exactly the limit, across both instances; then every request refused, all but each
+    // instance's first refusal without a round trip, saying the same as Redis would.
+    let mut statuses = Vec::new();
+    for i in 0..60 {
+        statuses.push(nodes[i % 2].get_as("flooder", "/api/flood").await.status);
+    }
+    assert_eq!(
+        statuses.iter().filter(|s| **s != 429).count(),
+        5,
+        "{statuses:?}"
+    );
+    assert!(statuses[5..].iter().all(|s| *s == 429), "{statuses:?}");
+    for node in &nodes {
+        assert!(
+            node.metric(local).await >= 26.0,
+            "{}",
+            node.metric(local).await
+        );
+    }
+    let first = nodes[0].get_as("flooder", "/api/flood").await;
+    assert_eq!(first.status, 429);
+    // When the fixed window ends, as both instances say.
+    let retry = first.header_u64("retry-after");
+    let other = nodes[1].get_as("flooder", "/api/flood").await;
+    assert!((1..=3600).contains(&retry), "{retry}");
+    assert!(other.header_u64("retry-after").abs_diff(retry) <= 1);
+    assert_eq!(first.header("x-ratelimit-remaining"), Some("0"));
+    assert_eq!(first.body["error"], "rate_limit_exceeded");
+    // Reset on one instance: the other forgets its refusal once it hears, long before
+    // the window ends, and counts from zero in Redis.
+    let r = nodes[1].delete("/admin/clients/flooder/state").await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    until_admitted(&nodes[0], "flooder", "/api/flood").await;
+    for _ in 0..4 {
+        let r = nodes[0].get_as("flooder", "/api/flood").await;
+        assert_ne!(r.status, 429);
+    }
+    let r = nodes[0].get_as("flooder", "/api/flood").await;
+    assert_eq!(r.status, 429, "exactly 5 again after the reset");
+    let before = nodes[0].metric(local).await;
+    assert_eq!(nodes[0].get_as("flooder", "/api/flood").await.status, 429);
+    assert_eq!(nodes[0].metric(local).await, before + 1.0);
+    // A raised limit on the other instance: this one asks Redis again as soon as it
+    // serves the new config, and admits up to the new limit.
+    let r = nodes[1]
+        .put(
+            "/admin/configs/api/flood",
+            &json!({"requests_per_window": 7}).to_string(),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    until_served(&nodes[0], "/api/flood", "requests_per_window", &json!(7)).await;
+    let admitted = {
+        let mut n = 0;
+        for _ in 0..5 {
+            n += usize::from(nodes[0].get_as("flooder", "/api/flood").await.status != 429);
+        }
+        n
+    };
+    assert_eq!(admitted, 2, "7 - 5");
 }

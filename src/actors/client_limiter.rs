@@ -182,6 +182,7 @@ impl ClientLimiter {
             client: &self.client,
             endpoint: &policy.endpoint,
             limits: &policy.limits,
+            refundable: policy.refundable,
         };
         backend.check(state, quota, cost, mode, now)
     }
@@ -439,6 +440,7 @@ impl ClientStatus {
                     client,
                     endpoint: &policy.endpoint,
                     limits: &policy.limits,
+                    refundable: policy.refundable,
                 };
                 let peek = backend.check(state, quota, 1, Mode::Peek, now);
                 Some(async move { peek.resolve().await.ok().map(|d| (policy, named, d)) })

@@ -167,11 +167,20 @@ pub enum Reply {
     Later(BoxFuture<'static, Answer>),
 }
 
-impl Reply {
-    async fn resolve(self) -> Answer {
-        match self {
-            Reply::Now(answer) => answer,
-            Reply::Later(later) => later.await,
+/// Awaited as the answer. (A plain future, not an `async fn`: it is part of every
+/// request's future, which it keeps small.)
+impl std::future::Future for Reply {
+    type Output = Answer;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Answer> {
+        match &mut *self {
+            Reply::Now(answer) => {
+                std::task::Poll::Ready(std::mem::replace(answer, Err(LimiterUnavailable)))
+            }
+            Reply::Later(later) => later.as_mut().poll(cx),
         }
     }
 }
@@ -432,7 +441,7 @@ impl Shard {
                 }
                 later => {
                     actix::spawn(async move {
-                        let _ = reply.send(later.resolve().await);
+                        let _ = reply.send(later.await);
                     });
                 }
             }
@@ -683,7 +692,7 @@ impl Handler<Check> for Registry {
 
     fn handle(&mut self, msg: Check, _: &mut Context<Self>) -> Self::Result {
         let reply = lock(&self.shard).check(&self.shard, msg);
-        Box::pin(reply.resolve())
+        Box::pin(reply)
     }
 }
 
@@ -789,21 +798,28 @@ impl Registries {
     }
 
     fn index(&self, client: &str) -> usize {
-        (client_hash(client) % self.shards.len() as u64) as usize
+        match self.shards.len() {
+            // (The default on two CPUs: no hash to compute.)
+            1 => 0,
+            n => (client_hash(client) % n as u64) as usize,
+        }
     }
 
     /// The one decision path: decides `check` on the calling thread when its client is
     /// live and restored (locking its shard for the decision alone, and awaiting a
     /// backend that answers later), else through the shard's actor.
-    pub async fn decide(&self, check: Check) -> Answer {
+    /// (Decided when called, answered when awaited.)
+    pub fn decide(&self, check: Check) -> Reply {
         let i = self.index(&check.client);
         let tried = lock(&self.states[i]).try_decide(&self.states[i], check);
         match tried {
-            Ok(reply) => reply.resolve().await,
-            Err(check) => match self.shards[i].send(check).await {
-                Ok(answer) => answer,
-                Err(_) => Err(LimiterUnavailable),
-            },
+            Ok(reply) => reply,
+            Err(check) => {
+                let sent = self.shards[i].send(check);
+                Reply::Later(Box::pin(async move {
+                    sent.await.unwrap_or(Err(LimiterUnavailable))
+                }))
+            }
         }
     }
 
@@ -818,6 +834,14 @@ impl Registries {
     /// The actor of `client`'s shard.
     pub fn shard(&self, client: &str) -> &Addr<Registry> {
         &self.shards[self.index(client)]
+    }
+
+    /// Forgets what the backends remember of `client`'s quotas (`None`: of every
+    /// client): another instance reset them, or may have (see `crate::cluster`).
+    pub fn forget(&self, client: Option<&str>) {
+        for backend in self.backends.iter() {
+            backend.forget(client);
+        }
     }
 
     /// Whether a shard has stopped (its mailbox is closed): its clients cannot be

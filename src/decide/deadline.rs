@@ -10,7 +10,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::future::{Future, poll_fn};
-use std::pin::pin;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Poll, Waker};
 use std::time::Duration;
@@ -36,9 +36,12 @@ thread_local! {
 }
 
 /// Runs `fut` until it finishes or `deadline` passes (checked at least every [`TICK`]).
-/// Must run on an actix (tokio local) runtime.
-pub async fn within<F: Future>(deadline: Instant, fut: F) -> Result<F::Output, Elapsed> {
-    let mut fut = pin!(fut);
+/// Must run on an actix (tokio local) runtime. (It takes the future pinned where the
+/// caller keeps it: moved in, it would be stored twice in this one's state.)
+pub async fn within<F: Future>(
+    deadline: Instant,
+    mut fut: Pin<&mut F>,
+) -> Result<F::Output, Elapsed> {
     let mut registered: Option<Rc<Cell<bool>>> = None;
     let out = poll_fn(|cx| {
         if let Poll::Ready(v) = fut.as_mut().poll(cx) {
@@ -114,15 +117,16 @@ fn ensure_ticking() {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::pin::pin;
 
     #[actix_rt::test]
     async fn answers_in_time_and_gives_up_one_tick_after_the_deadline() {
         tokio::time::pause();
         let start = Instant::now();
         let soon = start + Duration::from_secs(3600);
-        assert_eq!(within(soon, async { 7 }).await, Ok(7));
+        assert_eq!(within(soon, pin!(async { 7 })).await, Ok(7));
         assert_eq!(
-            within(start, std::future::pending::<()>()).await,
+            within(start, pin!(std::future::pending::<()>())).await,
             Err(Elapsed)
         );
 
@@ -130,7 +134,7 @@ mod tests {
         // the deadline (tokio's timers round to the millisecond).
         let deadline = start + Duration::from_millis(55);
         assert_eq!(
-            within(deadline, std::future::pending::<()>()).await,
+            within(deadline, pin!(std::future::pending::<()>())).await,
             Err(Elapsed)
         );
         let waited = Instant::now() - start;

@@ -19,7 +19,7 @@ use crate::limiter::{Decision, Decisions, Mode};
 use crate::metrics::{ErrorReason, Metrics, Outcome};
 use crate::policy::{Policies, Policy};
 use crate::settings::OnError;
-use actix_web::http::header::HeaderName;
+use actix_web::http::header::{HeaderName, HeaderValue};
 use smallvec::SmallVec;
 use std::fmt::Write;
 use std::sync::Arc;
@@ -132,9 +132,13 @@ impl Decider {
                     }
                     Ok((d, hold))
                 };
-                deadline::within(deadline, whole).await
+                deadline::within(deadline, std::pin::pin!(whole)).await
             }
-            false => deadline::within(deadline, self.decide_groups(values, check)).await,
+            // Boxed: its state is large, and would make every request's future as large.
+            false => {
+                let mut groups = Box::pin(self.decide_groups(values, check));
+                deadline::within(deadline, groups.as_mut()).await
+            }
         };
         let counted = mode == Mode::Consume;
         match answer {
@@ -526,52 +530,138 @@ const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy")
 /// The structured rate-limit fields of one decision, `RateLimit` then
 /// `RateLimit-Policy`: what a route's response and Envoy's callers get. A config of one
 /// limit is one policy named by its endpoint; a config of several lists each limit as a
-/// policy of its own name, in the config's order.
-pub fn structured_fields(policy: &Policy, d: &Decisions) -> [(HeaderName, String); 2] {
-    let mut limits = String::new();
-    let mut policies = String::new();
+/// policy of its own name, in the config's order. `RateLimit-Policy` says nothing a
+/// decision changes but the quotas, so it is made once per policy and reused while the
+/// decisions report the same quotas.
+pub fn structured_fields(policy: &Policy, d: &Decisions) -> [(HeaderName, HeaderValue); 2] {
+    let mut limits = String::with_capacity(48);
     for (l, d) in policy.each(d) {
-        let name = match policy.several() {
-            true => sf_string(&l.name),
-            false => sf_string(&policy.endpoint),
-        };
         if !limits.is_empty() {
             limits.push_str(", ");
-            policies.push_str(", ");
         }
-        // A concurrency limit has no window: its quota is of requests in flight, and
-        // when a unit comes back nobody knows.
-        match l.limit.is_held() {
-            true => {
-                let _ = write!(limits, "{name};r={}", d.remaining);
-                let _ = write!(policies, "{name};q={};qu=\"concurrent-requests\"", d.limit);
-            }
-            false => {
-                let _ = write!(limits, "{name};r={};t={}", d.remaining, reset_secs(d));
-                let _ = write!(policies, "{name};q={};w={}", d.limit, l.window_seconds);
-            }
+        push_sf_string(&mut limits, policy_name(policy, l));
+        limits.push_str(";r=");
+        limits.push_str(itoa::Buffer::new().format(d.remaining));
+        // A concurrency limit has no window: when a unit comes back nobody knows.
+        if !l.limit.is_held() {
+            limits.push_str(";t=");
+            limits.push_str(itoa::Buffer::new().format(reset_secs(d)));
         }
     }
-    [(RATELIMIT, limits), (RATELIMIT_POLICY, policies)]
+    let policies = policy.quota_field.policy_field(policy, d);
+    [
+        (RATELIMIT, header_value(limits)),
+        (RATELIMIT_POLICY, policies),
+    ]
 }
 
-/// A structured-field string (RFC 8941): quoted, `"` and `\` escaped, and anything
-/// outside printable ASCII percent-encoded (the policy name is a path).
-fn sf_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
+/// A limit's name in the structured fields: a config of one limit is named by its
+/// endpoint, each of several by its own name.
+fn policy_name<'a>(policy: &'a Policy, l: &'a crate::limiter::Named) -> &'a str {
+    match policy.several() {
+        true => &l.name,
+        false => &policy.endpoint,
+    }
+}
+
+/// `RateLimit-Policy` of `policy` as decision `d` reports its quotas.
+fn policy_field(policy: &Policy, d: &Decisions) -> HeaderValue {
+    let mut policies = String::with_capacity(48);
+    for (l, d) in policy.each(d) {
+        if !policies.is_empty() {
+            policies.push_str(", ");
+        }
+        push_sf_string(&mut policies, policy_name(policy, l));
+        let _ = match l.limit.is_held() {
+            // Its quota is of requests in flight.
+            true => write!(policies, ";q={};qu=\"concurrent-requests\"", d.limit),
+            false => write!(policies, ";q={};w={}", d.limit, l.window_seconds),
+        };
+    }
+    header_value(policies)
+}
+
+/// A field made of `sf_string`s, numbers and separators: printable ASCII, so always a
+/// valid header value.
+fn header_value(s: String) -> HeaderValue {
+    HeaderValue::try_from(s).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// What a policy's rate-limit headers say of its quotas, made once: `RateLimit-Policy`
+/// and `X-RateLimit-Limit`, kept with the quotas they state and reused for every
+/// decision that reports the same.
+#[derive(Debug, Default)]
+pub struct QuotaField(std::sync::OnceLock<Quotas>);
+
+#[derive(Debug)]
+struct Quotas {
+    each: SmallVec<[u64; 2]>,
+    policy: HeaderValue,
+    /// The binding limit's quota, and `X-RateLimit-Limit` saying it.
+    binding: (u64, HeaderValue),
+}
+
+impl QuotaField {
+    fn quotas(&self, policy: &Policy, d: &Decisions) -> &Quotas {
+        (self.0).get_or_init(|| Quotas {
+            each: d.each().iter().map(|d| d.limit).collect(),
+            policy: policy_field(policy, d),
+            binding: (d.limit, HeaderValue::from(d.limit)),
+        })
+    }
+
+    fn policy_field(&self, policy: &Policy, d: &Decisions) -> HeaderValue {
+        let kept = self.quotas(policy, d);
+        match kept
+            .each
+            .iter()
+            .copied()
+            .eq(d.each().iter().map(|d| d.limit))
+        {
+            true => kept.policy.clone(),
+            // Quotas the policy's first decision did not report: made for this one.
+            false => policy_field(policy, d),
+        }
+    }
+
+    /// `X-RateLimit-Limit` of decision `d` under `policy`.
+    pub fn limit_field(&self, policy: &Policy, d: &Decisions) -> HeaderValue {
+        match &self.quotas(policy, d).binding {
+            (limit, value) if *limit == d.limit => value.clone(),
+            _ => HeaderValue::from(d.limit),
+        }
+    }
+}
+
+/// Equal whatever they cached: a cache is not part of what a policy says.
+impl PartialEq for QuotaField {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+/// Appends a structured-field string (RFC 8941): quoted, `"` and `\` escaped, and
+/// anything outside printable ASCII percent-encoded (the policy name is a path).
+fn push_sf_string(out: &mut String, s: &str) {
     out.push('"');
-    for b in s.bytes() {
-        match b {
-            b'"' | b'\\' => {
-                out.push('\\');
-                out.push(b as char);
+    let plain = |b: u8| (0x20..=0x7e).contains(&b) && b != b'"' && b != b'\\';
+    if s.bytes().all(plain) {
+        out.push_str(s);
+    } else {
+        for b in s.bytes() {
+            match b {
+                b'"' | b'\\' => {
+                    out.push('\\');
+                    out.push(b as char);
+                }
+                0x20..=0x7e => out.push(b as char),
+                _ => {
+                    let _ = write!(out, "%{b:02X}");
+                }
             }
-            0x20..=0x7e => out.push(b as char),
-            _ => out.push_str(&format!("%{b:02X}")),
         }
     }
     out.push('"');
-    out
 }
 
 #[cfg(test)]
@@ -708,6 +798,11 @@ mod tests {
 
     #[test]
     fn escapes_policy_names() {
+        let sf_string = |s: &str| {
+            let mut out = String::new();
+            push_sf_string(&mut out, s);
+            out
+        };
         assert_eq!(sf_string("/api/*"), "\"/api/*\"");
         assert_eq!(sf_string("/a\"b\\c"), "\"/a\\\"b\\\\c\"");
         assert_eq!(sf_string("/é"), "\"/%C3%A9\"");

@@ -140,6 +140,8 @@ fn policy_for(
         groups: Box::new([]),
         other_keys: Box::new([]),
         unheld: None,
+        quota_field: Default::default(),
+        refundable: false,
     };
     // Its own budget, under the config's key alone.
     let mut values = m.values;
@@ -246,7 +248,7 @@ pub async fn should_rate_limit(
         for (name, value) in structured_fields(&policy, &decision) {
             response_headers_to_add.push(HeaderValue {
                 key: name.as_str().to_owned(),
-                value,
+                value: value.to_str().unwrap_or_default().to_owned(),
             });
         }
         // Only a refusal says when to retry, as on a route.

@@ -469,6 +469,9 @@ pub async fn reset_client(
     // What was reset is announced even when a later config could not be.
     let endpoints: Vec<String> = reset.iter().map(|r| r.endpoint.clone()).collect();
     if !endpoints.is_empty() {
+        if let Some(cluster) = &state.cluster {
+            cluster.announce_reset(&client).await;
+        }
         state.broadcaster.do_send(ClientReset {
             client: client.clone(),
             endpoints: endpoints.clone(),

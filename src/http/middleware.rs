@@ -71,6 +71,10 @@ pub fn is_exempt(path: &str) -> bool {
 /// after the config was chosen: `/api/../admin` would be limited as `/api/*` and served
 /// as `/admin`. So such a path is refused, never decided.
 pub fn has_dot_segments(path: &str) -> bool {
+    // Most paths have no dot at all.
+    if !path.contains('.') {
+        return false;
+    }
     path.split('/')
         .flat_map(|s| s.split("%2F").flat_map(|s| s.split("%2f")))
         .any(|seg| seg == "." || seg == "..")
@@ -287,14 +291,11 @@ pub async fn log_request(
 /// The `X-RateLimit-*` headers describe the binding limit (see `limiter::Decisions`).
 pub fn add_headers(headers: &mut HeaderMap, policy: &Policy, d: &Decisions, now: Nanos) {
     let reset_at = d.reset_at_secs(now);
-    headers.insert(X_LIMIT, HeaderValue::from(d.limit));
+    headers.insert(X_LIMIT, policy.quota_field.limit_field(policy, d));
     headers.insert(X_REMAINING, HeaderValue::from(d.remaining));
     headers.insert(X_RESET, HeaderValue::from(reset_at));
     for (header, value) in structured_fields(policy, d) {
-        // `sf_string` only emits printable ASCII, so this cannot fail.
-        if let Ok(v) = HeaderValue::try_from(value) {
-            headers.insert(header, v);
-        }
+        headers.insert(header, value);
     }
     // Only a refusal says when to retry; a request let through in shadow mode does not.
     if policy.refuses(d) {

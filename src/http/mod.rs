@@ -143,7 +143,13 @@ pub fn routes(upstream: Option<proxy::Upstream>) -> impl Fn(&mut web::ServiceCon
             )
             .service(resource("/dashboard").get(dashboard::page))
             .service(resource("/openapi.json").get(openapi::openapi_json))
-            .service(resource("/static/{file:.*}").get(dashboard::asset))
+            // In a scope of its own, so that no other path is matched against its
+            // pattern.
+            .service(
+                web::scope("/static")
+                    .service(resource("/{file:.*}").get(dashboard::asset))
+                    .default_service(web::to(not_found)),
+            )
             .service(resource("/health").get(ops::health))
             .service(resource("/livez").get(ops::livez))
             .service(resource("/readyz").get(ops::readyz))

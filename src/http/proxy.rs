@@ -230,7 +230,12 @@ pub async fn forward(
     // The decision's cheap deadline, not a timer per request: registering one wakes the
     // runtime's timer driver each time the wheel was empty (an eventfd write).
     let deadline = Instant::now() + upstream.timeout;
-    let answer = match deadline::within(deadline, forwarder.pool.send(head, size, body)).await {
+    let answer = match deadline::within(
+        deadline,
+        std::pin::pin!(forwarder.pool.send(head, size, body)),
+    )
+    .await
+    {
         Ok(Ok(answer)) => answer,
         Ok(Err(SendError::Body(_))) if too_large.get() => {
             return Err(ApiError::PayloadTooLarge {

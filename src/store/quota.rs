@@ -19,6 +19,9 @@ pub struct Quota<'a> {
     pub endpoint: &'a str,
     /// The config's limits, all of which must admit a check.
     pub limits: &'a [Named],
+    /// Whether units taken may come back before their window passes (see
+    /// [`crate::policy::Policy::refundable`]).
+    pub refundable: bool,
 }
 
 /// The backend could not decide (unreachable, timed out, or its breaker is open).
@@ -85,6 +88,11 @@ pub trait QuotaBackend: Send + Sync + 'static {
         ttl: Nanos,
         now: Nanos,
     ) -> BoxFuture<'static, Result<bool, Unavailable>>;
+
+    /// Forgets what it remembers of `client`'s quotas (see
+    /// [`super::over_limit::OverLimit`]): another instance reset them. `None`: all
+    /// clients.
+    fn forget(&self, _client: Option<&str>) {}
 }
 
 /// The leases given back in this process, with when each may be forgotten.

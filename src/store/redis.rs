@@ -16,6 +16,7 @@
 //!   with a version counter; writes are compare-and-set scripts that also announce the new
 //!   version on the `rw:config` channel (see `crate::cluster`).
 
+use super::over_limit::OverLimit;
 use super::quota::{Quota, QuotaBackend, Unavailable, Verdict};
 use crate::clock::{NANOS_PER_SEC, Nanos, SharedClock};
 use crate::config::Config;
@@ -30,13 +31,15 @@ use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisError, RedisFuture, Script, Value};
 use smallvec::SmallVec;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
 /// Channel on which config versions are announced.
 pub const CONFIG_CHANNEL: &str = "rw:config";
 /// Channel on which instances share their per-second statistics and decision events.
 pub const FEED_CHANNEL: &str = "rw:feed";
+/// Channel on which an instance announces a client it reset (the client's key value).
+pub const RESET_CHANNEL: &str = "rw:reset";
 const CONFIGS_KEY: &str = "rw:{config}:all";
 const CONFIG_VERSION_KEY: &str = "rw:{config}:version";
 const CONFIG_ID_KEY: &str = "rw:{config}:next_id";
@@ -76,16 +79,61 @@ impl std::fmt::Display for RedisUnavailable {
 }
 
 impl QuotaBackend for Redis {
+    /// A consuming check of a quota refused lately, until it could admit, is refused
+    /// here without a round trip (see [`OverLimit`]).
     fn check(
         &self,
         _local: &mut States,
         quota: Quota<'_>,
         cost: u64,
         mode: Mode,
-        _now: Nanos,
+        now: Nanos,
     ) -> Verdict {
+        let remembers = mode == Mode::Consume && !quota.refundable;
+        {
+            let mut over = self.over_limit();
+            match mode {
+                Mode::Consume if remembers => {
+                    let (client, endpoint, limits) = (quota.client, quota.endpoint, quota.limits);
+                    if let Some(d) = over.refusal(client, endpoint, limits, cost, now) {
+                        self.inner.config.metrics.redis_refused_locally.inc();
+                        return Verdict::Now(d);
+                    }
+                }
+                Mode::Reset | Mode::Refund(_) => over.forget_quota(quota.client, quota.endpoint),
+                Mode::Consume | Mode::Peek => {}
+            }
+        }
         let ask = Redis::check(self, quota.client, quota.endpoint, quota.limits, cost, mode);
-        Verdict::Later(Box::pin(async move { ask.await.map_err(|_| Unavailable) }))
+        // What to remember of a refusal: sent at `now`, so never later than Redis
+        // decided it.
+        let remember = remembers.then(|| {
+            let limits: Box<[Named]> = quota.limits.into();
+            (
+                self.clone(),
+                Box::<str>::from(quota.client),
+                Box::<str>::from(quota.endpoint),
+                limits,
+            )
+        });
+        Verdict::Later(Box::pin(async move {
+            let d = ask.await.map_err(|_| Unavailable)?;
+            if let Some((this, client, endpoint, limits)) = remember
+                && !d.allowed
+            {
+                this.over_limit()
+                    .remember(&client, &endpoint, &limits, cost, now, &d);
+            }
+            Ok(d)
+        }))
+    }
+
+    fn forget(&self, client: Option<&str>) {
+        let mut over = self.over_limit();
+        match client {
+            Some(client) => over.forget_client(client),
+            None => over.clear(),
+        }
     }
 
     /// The exact reset is in Redis: the longest a quota can take to be fresh again.
@@ -294,6 +342,8 @@ struct Inner {
     failures: AtomicU32,
     /// A probe task is running.
     probing: AtomicBool,
+    /// Quotas refused lately (a decision backend's; unused by the cluster's handle).
+    over_limit: Mutex<OverLimit>,
 }
 
 impl Redis {
@@ -307,8 +357,14 @@ impl Redis {
                 open: AtomicBool::new(true),
                 failures: AtomicU32::new(0),
                 probing: AtomicBool::new(false),
+                over_limit: Mutex::default(),
             }),
         }
+    }
+
+    /// The quotas it refused lately (locked for a lookup or an update only).
+    fn over_limit(&self) -> MutexGuard<'_, OverLimit> {
+        (self.inner.over_limit.lock()).unwrap_or_else(|e| e.into_inner())
     }
 
     /// Starts connecting on the current thread's runtime, retrying with backoff until it
