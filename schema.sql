@@ -30,7 +30,10 @@ CREATE TABLE IF NOT EXISTS config_history (
 CREATE INDEX IF NOT EXISTS config_history_by_endpoint ON config_history (endpoint, version);
 
 -- One row per client: lifetime totals. `version` orders snapshots of the same client,
--- so a late write of an older snapshot never overwrites a newer one.
+-- so a late write of an older snapshot never overwrites a newer one. Rows of `clients`
+-- and `snapshots` are rewritten by every flush that finds their client checked, so
+-- neither table has a secondary index to update on each write: the retention cleanup
+-- (every 10 minutes) scans them.
 CREATE TABLE IF NOT EXISTS clients (
     client_id        TEXT    PRIMARY KEY,
     total_requests   INTEGER NOT NULL,
@@ -38,7 +41,6 @@ CREATE TABLE IF NOT EXISTS clients (
     last_request     INTEGER NOT NULL,
     version          INTEGER NOT NULL
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS clients_by_last_request ON clients (last_request);
 
 -- Limiter state per (client, config endpoint), in the algorithm's compact binary form;
 -- for a config of several limits (or of one limit not named `default`), `algorithm` is
@@ -54,7 +56,6 @@ CREATE TABLE IF NOT EXISTS snapshots (
     version    INTEGER NOT NULL,
     PRIMARY KEY (client_id, endpoint)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS snapshots_by_expiry ON snapshots (expires_at);
 
 -- Allowed and blocked counts per minute, client and endpoint: grows with clients and
 -- minutes, not with requests.

@@ -41,13 +41,6 @@ struct Sketch {
 }
 
 impl Sketch {
-    /// Room for a running minute's clients from the start: it never grows on the way.
-    fn running() -> Self {
-        let mut counts = HashMap::default();
-        counts.reserve(WORKING);
-        Self { counts, shed: 0 }
-    }
-
     fn add(&mut self, client: &Arc<str>) {
         if let Some(n) = self.counts.get_mut(client) {
             *n += 1;
@@ -136,8 +129,8 @@ impl TopClients {
             }
             self.minutes.push_back(Minute {
                 minute,
-                allowed: Sketch::running(),
-                blocked: Sketch::running(),
+                allowed: Sketch::default(),
+                blocked: Sketch::default(),
             });
         }
         // A clock that stepped back counts in the newest minute.

@@ -15,8 +15,10 @@
 //! A reset forgets the client here at once (its check passes through this backend), and
 //! on the other instances when they hear of it (`crate::cluster`); an instance that
 //! missed the announcement refuses that client at most until the remembered time, never
-//! admitting more than the limit. Memory is bounded by [`MOST`] entries, pruned of the
-//! expired ones as it fills.
+//! admitting more than the limit. A refusal whose answer comes back after a reset
+//! began is not remembered: it may predate the reset (see [`OverLimit::generation`]).
+//! Memory is bounded by [`MOST`] entries, pruned of the expired ones as it fills, and
+//! emptied if that is not enough (it only saves round trips).
 
 use crate::clock::Nanos;
 use crate::limiter::{Decision, Decisions, Named};
@@ -44,6 +46,9 @@ struct Refused {
 pub struct OverLimit {
     refused: HashMap<u64, Refused>,
     hasher: hashlink::DefaultHashBuilder,
+    /// Counts what it was told to forget: a refusal asked before the last forget is not
+    /// remembered.
+    generation: u64,
 }
 
 impl OverLimit {
@@ -70,7 +75,10 @@ impl OverLimit {
             return None;
         }
         let since = now.saturating_sub(r.at);
+        // Each limit's times counted from now (one that refused and could admit by now
+        // no longer refuses); what remains is as the store last said.
         let each = r.decision.each().iter().map(|d| Decision {
+            allowed: d.allowed || d.retry_after <= since,
             retry_after: d.retry_after.saturating_sub(since),
             reset_after: d.reset_after.saturating_sub(since),
             ..*d
@@ -78,24 +86,30 @@ impl OverLimit {
         Some(Decisions::of(each.collect()).decided_at(now))
     }
 
-    /// Remembers `decision`, a refusal of a check of `cost` under `limits` sent at `at`.
+    /// What to hand back to [`OverLimit::remember`] with the answer of a check sent now.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Remembers `decision`, a refusal of a check of `cost` under `limits` sent at `at`,
+    /// when it was told to forget nothing since (`generation`, read when it was sent).
     pub fn remember(
         &mut self,
         client: &str,
         endpoint: &str,
         limits: &[Named],
         cost: u64,
-        at: Nanos,
+        (at, generation): (Nanos, u64),
         decision: &Decisions,
     ) {
-        if decision.allowed || decision.retry_after == 0 {
+        if decision.allowed || decision.retry_after == 0 || generation != self.generation {
             return;
         }
         let until = at.saturating_add(decision.retry_after);
         if self.refused.len() >= MOST {
             self.refused.retain(|_, r| r.until > at);
-            if self.refused.len() >= MOST {
-                return;
+            if self.refused.len() >= MOST / 2 {
+                self.refused.clear();
             }
         }
         let key = self.key(client, endpoint);
@@ -116,6 +130,7 @@ impl OverLimit {
     /// Forgets the refusal of `client` under `endpoint` (its quota was reset or given
     /// units back).
     pub fn forget_quota(&mut self, client: &str, endpoint: &str) {
+        self.generation += 1;
         let key = self.key(client, endpoint);
         if self.refused.get(&key).is_some_and(|r| *r.client == *client) {
             self.refused.remove(&key);
@@ -124,11 +139,13 @@ impl OverLimit {
 
     /// Forgets every refusal of `client` (reset on another instance).
     pub fn forget_client(&mut self, client: &str) {
+        self.generation += 1;
         self.refused.retain(|_, r| *r.client != *client);
     }
 
     /// Forgets everything (announcements may have been missed).
     pub fn clear(&mut self) {
+        self.generation += 1;
         self.refused.clear();
     }
 
@@ -168,7 +185,14 @@ mod tests {
         }
         let refused = state.evaluate(&limits, start + 5 * S, 1, Mode::Consume);
         assert!(!refused.allowed);
-        cache.remember("c", "/a", &limits, 1, start + 5 * S, &refused);
+        cache.remember(
+            "c",
+            "/a",
+            &limits,
+            1,
+            (start + 5 * S, cache.generation()),
+            &refused,
+        );
         // Every later moment before the window ends: refused here exactly as the
         // limiter itself refuses, with the same times.
         for t in [start + 5 * S, start + 30 * S, start + 60 * S - 1] {
@@ -195,7 +219,7 @@ mod tests {
             retry_after: 10 * S,
             reset_after: 10 * S,
         });
-        cache.remember("c", "/a", &limits(2), 1, 0, &refused);
+        cache.remember("c", "/a", &limits(2), 1, (0, cache.generation()), &refused);
         assert!(cache.refusal("c", "/a", &limits(2), 1, S).is_some());
         // A raised limit, another cost, client or endpoint: asked again.
         assert!(cache.refusal("c", "/a", &limits(3), 1, S).is_none());
@@ -207,18 +231,43 @@ mod tests {
             allowed: true,
             ..*refused
         });
-        cache.remember("d", "/a", &limits(2), 1, 0, &allowed);
+        cache.remember("d", "/a", &limits(2), 1, (0, cache.generation()), &allowed);
         assert!(cache.refusal("d", "/a", &limits(2), 1, S).is_none());
+        // A refusal asked before a reset, answered after it, is not remembered.
+        let asked = cache.generation();
+        cache.forget_client("x");
+        cache.remember("e", "/a", &limits(2), 1, (0, asked), &refused);
+        assert!(cache.refusal("e", "/a", &limits(2), 1, S).is_none());
         // Forgotten by a reset of the quota, of the client, or all at once.
         cache.forget_quota("c", "/a");
         assert!(cache.is_empty());
-        cache.remember("c", "/a", &limits(2), 1, 0, &refused);
-        cache.remember("c", "/b", &limits(2), 1, 0, &refused);
-        cache.remember("e", "/b", &limits(2), 1, 0, &refused);
+        cache.remember("c", "/a", &limits(2), 1, (0, cache.generation()), &refused);
+        cache.remember("c", "/b", &limits(2), 1, (0, cache.generation()), &refused);
+        cache.remember("e", "/b", &limits(2), 1, (0, cache.generation()), &refused);
         cache.forget_client("c");
         assert_eq!(cache.len(), 1);
         cache.clear();
         assert!(cache.is_empty());
+    }
+
+    #[test]
+    fn a_limit_whose_own_wait_has_passed_no_longer_refuses() {
+        let refusing = |retry_after| Decision {
+            allowed: false,
+            limit: 2,
+            remaining: 0,
+            retry_after,
+            reset_after: retry_after,
+        };
+        let both = Decisions::of([refusing(10 * S), refusing(3 * S)].into_iter().collect());
+        let mut cache = OverLimit::default();
+        let two = [limits(2), limits(2)].concat();
+        cache.remember("c", "/a", &two, 1, (0, cache.generation()), &both);
+        let at = |t| cache.refusal("c", "/a", &two, 1, t).unwrap();
+        assert!(!at(2 * S).each()[1].allowed);
+        let later = at(4 * S);
+        assert!(!later.allowed && !later.each()[0].allowed && later.each()[1].allowed);
+        assert_eq!(later.retry_after, 6 * S);
     }
 
     #[test]
@@ -231,12 +280,20 @@ mod tests {
             retry_after: S,
             reset_after: S,
         });
-        for i in 0..MOST + 10 {
-            cache.remember(&format!("c{i}"), "/a", &limits(2), 1, 0, &refused);
+        let g = cache.generation();
+        for i in 0..MOST {
+            cache.remember(&format!("c{i}"), "/a", &limits(2), 1, (0, g), &refused);
         }
         assert_eq!(cache.len(), MOST);
         // Once they have expired, they make room.
-        cache.remember("late", "/a", &limits(2), 1, 2 * S, &refused);
+        cache.remember("late", "/a", &limits(2), 1, (2 * S, g), &refused);
+        assert_eq!(cache.len(), 1);
+        // Full of refusals still running: emptied rather than searched again and again.
+        for i in 0..MOST - 1 {
+            cache.remember(&format!("d{i}"), "/a", &limits(2), 1, (2 * S, g), &refused);
+        }
+        assert_eq!(cache.len(), MOST);
+        cache.remember("last", "/a", &limits(2), 1, (2 * S, g), &refused);
         assert_eq!(cache.len(), 1);
     }
 }

@@ -89,40 +89,34 @@ impl QuotaBackend for Redis {
         mode: Mode,
         now: Nanos,
     ) -> Verdict {
-        let remembers = mode == Mode::Consume && !quota.refundable;
-        {
-            let mut over = self.over_limit();
-            match mode {
-                Mode::Consume if remembers => {
-                    let (client, endpoint, limits) = (quota.client, quota.endpoint, quota.limits);
-                    if let Some(d) = over.refusal(client, endpoint, limits, cost, now) {
-                        self.inner.config.metrics.redis_refused_locally.inc();
-                        return Verdict::Now(d);
-                    }
+        let (client, endpoint, limits) = (quota.client, quota.endpoint, quota.limits);
+        // What a refusal of this check will be remembered with: when it was sent (so
+        // never later than Redis decided it), and what had been forgotten by then.
+        let mut sent = None;
+        match mode {
+            Mode::Consume if !quota.refundable => {
+                let over = self.over_limit();
+                if let Some(d) = over.refusal(client, endpoint, limits, cost, now) {
+                    self.inner.config.metrics.redis_refused_locally.inc();
+                    return Verdict::Now(d);
                 }
-                Mode::Reset | Mode::Refund(_) => over.forget_quota(quota.client, quota.endpoint),
-                Mode::Consume | Mode::Peek => {}
+                sent = Some((now, over.generation()));
             }
+            Mode::Reset | Mode::Refund(_) => self.over_limit().forget_quota(client, endpoint),
+            Mode::Consume | Mode::Peek => {}
         }
-        let ask = Redis::check(self, quota.client, quota.endpoint, quota.limits, cost, mode);
-        // What to remember of a refusal: sent at `now`, so never later than Redis
-        // decided it.
-        let remember = remembers.then(|| {
-            let limits: Box<[Named]> = quota.limits.into();
-            (
-                self.clone(),
-                Box::<str>::from(quota.client),
-                Box::<str>::from(quota.endpoint),
-                limits,
-            )
+        let ask = Redis::check(self, client, endpoint, limits, cost, mode);
+        let remember = sent.map(|sent| {
+            let quota: (Box<str>, Box<str>, Box<[Named]>) =
+                (client.into(), endpoint.into(), limits.into());
+            (self.clone(), quota, sent)
         });
         Verdict::Later(Box::pin(async move {
             let d = ask.await.map_err(|_| Unavailable)?;
-            if let Some((this, client, endpoint, limits)) = remember
+            if let Some((this, (client, endpoint, limits), sent)) = remember
                 && !d.allowed
             {
-                this.over_limit()
-                    .remember(&client, &endpoint, &limits, cost, now, &d);
+                (this.over_limit()).remember(&client, &endpoint, &limits, cost, sent, &d);
             }
             Ok(d)
         }))
