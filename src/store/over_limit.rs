@@ -174,6 +174,17 @@ mod tests {
         }]
     }
 
+    /// A refusal by a limit of 2 that admits again after `retry_after`.
+    fn refusing(retry_after: Nanos) -> Decision {
+        Decision {
+            allowed: false,
+            limit: 2,
+            remaining: 0,
+            retry_after,
+            reset_after: retry_after,
+        }
+    }
+
     #[test]
     fn a_refusal_is_remembered_until_the_quota_could_admit_and_no_longer() {
         let limits = limits(2);
@@ -212,13 +223,7 @@ mod tests {
     #[test]
     fn only_the_same_check_under_the_same_limits_is_answered() {
         let mut cache = OverLimit::default();
-        let refused = Decisions::one(Decision {
-            allowed: false,
-            limit: 2,
-            remaining: 0,
-            retry_after: 10 * S,
-            reset_after: 10 * S,
-        });
+        let refused = Decisions::one(refusing(10 * S));
         cache.remember("c", "/a", &limits(2), 1, (0, cache.generation()), &refused);
         assert!(cache.refusal("c", "/a", &limits(2), 1, S).is_some());
         // A raised limit, another cost, client or endpoint: asked again.
@@ -252,13 +257,6 @@ mod tests {
 
     #[test]
     fn a_limit_whose_own_wait_has_passed_no_longer_refuses() {
-        let refusing = |retry_after| Decision {
-            allowed: false,
-            limit: 2,
-            remaining: 0,
-            retry_after,
-            reset_after: retry_after,
-        };
         let both = Decisions::of([refusing(10 * S), refusing(3 * S)].into_iter().collect());
         let mut cache = OverLimit::default();
         let two = [limits(2), limits(2)].concat();
@@ -273,13 +271,7 @@ mod tests {
     #[test]
     fn it_stays_bounded() {
         let mut cache = OverLimit::default();
-        let refused = Decisions::one(Decision {
-            allowed: false,
-            limit: 2,
-            remaining: 0,
-            retry_after: S,
-            reset_after: S,
-        });
+        let refused = Decisions::one(refusing(S));
         let g = cache.generation();
         for i in 0..MOST {
             cache.remember(&format!("c{i}"), "/a", &limits(2), 1, (0, g), &refused);
