@@ -29,43 +29,37 @@ CREATE TABLE IF NOT EXISTS config_history (
 );
 CREATE INDEX IF NOT EXISTS config_history_by_endpoint ON config_history (endpoint, version);
 
--- One row per client: lifetime totals. `version` orders snapshots of the same client,
--- so a late write of an older snapshot never overwrites a newer one. Rows of `clients`
--- and `snapshots` are rewritten by every flush that finds their client checked, so
--- neither table has a secondary index to update on each write: the retention cleanup
--- (every 10 minutes) scans them.
+-- One row per client: its lifetime totals and its limiter state, written together by one
+-- upsert. `version` orders snapshots of the same client, so a late write of an older
+-- snapshot never overwrites a newer one. A row is rewritten whenever its client's state
+-- is, so the table has no secondary index to update on each write: the retention cleanup
+-- (every 10 minutes) scans it.
+-- `states`: the state per config endpoint, each as endpoint (2-byte big-endian length,
+-- UTF-8), algorithm (1-byte length, its name; `several` for a config of several limits,
+-- or of one limit not named `default`, whose state holds each limit's name, algorithm
+-- and state, see `limiter::States::encode`), state (4-byte big-endian length, the
+-- algorithm's compact binary form) and expiry (8-byte big-endian nanoseconds: when the
+-- state is as good as fresh). `expires_at`: the latest of them (0 for none), when the
+-- row holds nothing a restore needs beyond the totals.
 CREATE TABLE IF NOT EXISTS clients (
     client_id        TEXT    PRIMARY KEY,
     total_requests   INTEGER NOT NULL,
     blocked_requests INTEGER NOT NULL,
     last_request     INTEGER NOT NULL,
-    version          INTEGER NOT NULL
+    version          INTEGER NOT NULL,
+    states           BLOB    NOT NULL,
+    expires_at       INTEGER NOT NULL
 ) WITHOUT ROWID;
 
--- Limiter state per (client, config endpoint), in the algorithm's compact binary form;
--- for a config of several limits (or of one limit not named `default`), `algorithm` is
--- `several` and `state` holds each limit's name, algorithm and state (see
--- `limiter::States::encode`).
--- `expires_at`: when the state is as good as fresh; the row can go after that.
-CREATE TABLE IF NOT EXISTS snapshots (
-    client_id  TEXT    NOT NULL,
-    endpoint   TEXT    NOT NULL,
-    algorithm  TEXT    NOT NULL,
-    state      BLOB    NOT NULL,
-    expires_at INTEGER NOT NULL,
-    version    INTEGER NOT NULL,
-    PRIMARY KEY (client_id, endpoint)
-) WITHOUT ROWID;
-
--- Allowed and blocked counts per minute, client and endpoint: grows with clients and
--- minutes, not with requests.
+-- Allowed and blocked counts per minute and endpoint, over all clients (a client's own
+-- are its totals in `clients` and its blocked events): grows with minutes and endpoints,
+-- not with clients or requests.
 CREATE TABLE IF NOT EXISTS request_stats (
     minute    INTEGER NOT NULL,
-    client_id TEXT    NOT NULL,
     endpoint  TEXT    NOT NULL,
     allowed   INTEGER NOT NULL,
     blocked   INTEGER NOT NULL,
-    PRIMARY KEY (minute, client_id, endpoint)
+    PRIMARY KEY (minute, endpoint)
 ) WITHOUT ROWID;
 
 -- Notable events: blocked requests (coalesced per client, endpoint and minute, `at` is

@@ -361,6 +361,7 @@ pub fn build_state_on(
             max_clients: settings.max_clients.get(),
             idle: settings.client_idle_secs * NANOS_PER_SEC,
             flush_interval: Duration::from_millis(settings.flush_interval_ms),
+            write_interval: Duration::from_millis(settings.client_write_interval_ms),
             live_total: Arc::new(AtomicUsize::new(0)),
             metrics: metrics.clone(),
         },

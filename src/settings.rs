@@ -88,11 +88,18 @@ pub struct Settings {
     #[arg(long, env = "RATEWARDEN_SHARDS")]
     pub shards: Option<NonZeroUsize>,
 
-    /// How often limiter state is written to the database; a crash loses at most this
-    /// much consumption.
+    /// How often changed limiter state is written to the database: a client's first
+    /// change after its state was last written waits at most this long.
     #[arg(long, env = "RATEWARDEN_FLUSH_INTERVAL_MS", default_value_t = 1000,
           value_parser = clap::value_parser!(u64).range(10..=60_000))]
     pub flush_interval_ms: u64,
+
+    /// Least time between two writes of one client's state: a client that stays busy is
+    /// written once per this, not at every flush. A crash (not a stop) loses at most
+    /// this plus `--flush-interval-ms` of a client's consumption.
+    #[arg(long, env = "RATEWARDEN_CLIENT_WRITE_INTERVAL_MS", default_value_t = 60_000,
+          value_parser = clap::value_parser!(u64).range(10..=600_000))]
+    pub client_write_interval_ms: u64,
 
     /// Days of statistics and events to keep.
     #[arg(long, env = "RATEWARDEN_RETENTION_DAYS", default_value_t = 7,
@@ -336,6 +343,7 @@ mod tests {
         assert_eq!(s.bind.to_string(), "127.0.0.1:8000");
         assert_eq!(s.database, DatabaseUrl::File("ratewarden.db".into()));
         assert_eq!(s.flush_interval_ms, 1000);
+        assert_eq!(s.client_write_interval_ms, 60_000);
         assert_eq!(s.retention_days, 7);
         assert_eq!(s.client_id_header.0.unwrap().as_str(), "x-client-id");
         assert_eq!(s.on_error, OnError::Allow);
@@ -368,6 +376,7 @@ mod tests {
             &["--bind", "nowhere"][..],
             &["--workers", "0"],
             &["--flush-interval-ms", "5"],
+            &["--client-write-interval-ms", "5"],
             &["--max-clients", "-3"],
             &["--trusted-proxies", "10.0.0.0/33"],
             &["--database", "mysql://x"],

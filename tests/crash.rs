@@ -99,7 +99,15 @@ async fn twenty_kills_under_load_lose_at_most_one_flush_interval() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("crash.db");
     let flush = FLUSH.as_millis().to_string();
-    let args = ["--flush-interval-ms", flush.as_str(), "--log-level", "warn"];
+    // Every change written within one flush interval, the bound this test checks.
+    let args = [
+        "--flush-interval-ms",
+        flush.as_str(),
+        "--client-write-interval-ms",
+        flush.as_str(),
+        "--log-level",
+        "warn",
+    ];
     let mut server = Binary::start(&db, &args);
     let limit = serde_json::json!({
         "endpoint": "/api/*", "requests_per_window": LIMIT, "window_seconds": 86_400,

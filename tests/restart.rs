@@ -6,6 +6,7 @@
 mod common;
 
 use common::binary::{BIN, Binary};
+use ratewarden::snapshot::EndpointSnapshot;
 use serde_json::json;
 use std::path::Path;
 use std::process::Command;
@@ -115,28 +116,32 @@ async fn sigterm_then_restart_keeps_configs_and_consumption() {
     );
     assert_eq!(get(&root, "other").await, 200);
     let conn = rusqlite::Connection::open(&db).unwrap();
-    let algorithm: String = conn
-        .query_row(
-            "SELECT algorithm FROM snapshots WHERE client_id = 'term' AND endpoint = '/'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
-    assert_eq!(algorithm, "several");
+    // Each client's states, as its one row holds them.
+    let stored = |client: &str| -> Vec<EndpointSnapshot> {
+        let states: Vec<u8> = conn
+            .query_row(
+                "SELECT states FROM clients WHERE client_id = ?1",
+                [client],
+                |r| r.get(0),
+            )
+            .unwrap();
+        EndpointSnapshot::decode_all(&states, 0).unwrap()
+    };
+    let term = stored("term");
+    let layered = term.iter().find(|e| &*e.endpoint == "/").unwrap();
+    assert_eq!(layered.algorithm, None, "stored as several limits");
+    assert!(term.iter().any(|e| &*e.endpoint == "/api/*"));
     let shared = format!("{}/shared/x", server.url);
     assert_eq!(
         get(&shared, "s4").await,
         429,
         "the shared budget is restored"
     );
-    let kept: String = conn
-        .query_row(
-            "SELECT endpoint FROM snapshots WHERE client_id = '(global)'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
-    assert_eq!(kept, "/shared/* [key:global]");
+    let kept: Vec<String> = stored("(global)")
+        .iter()
+        .map(|e| e.endpoint.to_string())
+        .collect();
+    assert_eq!(kept, ["/shared/* [key:global]"]);
 }
 
 #[actix_rt::test]

@@ -83,6 +83,7 @@ impl Db {
     ) -> Addr<Db> {
         let first = Mutex::new(Some(conn));
         SyncArbiter::start(1, move || {
+            super::name_thread("rw-db");
             let conn = first
                 .lock()
                 .ok()
@@ -145,6 +146,29 @@ impl Db {
             .set(self.pending.len() as i64);
     }
 
+    /// Writes a batch directly, with nothing pending; queues it if that fails.
+    fn write_batch(&mut self, mut batch: Vec<ClientSnapshot>) -> Result<usize, String> {
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        let (started, n) = (Instant::now(), batch.len());
+        // In key order, each upsert finds its B-tree pages where the last one left them.
+        batch.sort_unstable_by(|a, b| a.client.cmp(&b.client));
+        log::debug!("writing {n} client snapshots");
+        let result = sqlite::persist(&self.conn, &batch).map(|()| {
+            Metrics::observe(&self.metrics.flush_seconds, started.elapsed());
+            self.metrics.flush_batch_size.observe(n as f64);
+            log::debug!("persisted {n} client snapshots");
+            n
+        });
+        if result.is_err() {
+            for snapshot in batch {
+                merge_snapshot(&mut self.pending, snapshot);
+            }
+        }
+        self.settle(result)
+    }
+
     /// Writes every pending snapshot in one transaction (while failing, at most once per
     /// [`RETRY_EVERY`] unless `force`d by a flush someone waits for). On failure they
     /// stay pending; beyond `max_pending`, the least recently updated are dropped.
@@ -174,6 +198,13 @@ impl Db {
                 n
             })
         };
+        self.settle(result)
+    }
+
+    /// Records a write's outcome: on failure, the pending snapshots wait (beyond
+    /// `max_pending`, the least recently updated are dropped) and no write is tried
+    /// before [`RETRY_EVERY`].
+    fn settle(&mut self, result: Result<usize, StoreError>) -> Result<usize, String> {
         let result = match result {
             Ok(n) => {
                 self.retry_at = None;
@@ -185,7 +216,7 @@ impl Db {
                 self.failed(DbOperation::persist, &e);
                 self.enforce_cap();
                 Err(format!(
-                    "persisting {n} client snapshots failed ({e}); {} kept for the next try",
+                    "persisting client snapshots failed ({e}); {} kept for the next try",
                     self.pending.len()
                 ))
             }
@@ -263,11 +294,19 @@ pub struct Persist {
 impl Handler<Persist> for Db {
     type Result = ();
     fn handle(&mut self, msg: Persist, _: &mut SyncContext<Self>) {
-        for snapshot in msg.batch {
-            merge_snapshot(&mut self.pending, snapshot);
-        }
-        // A flush someone waits for (shutdown, tests) always tries.
-        let result = self.write_pending(msg.done.is_some());
+        let force = msg.done.is_some();
+        // The common case, nothing queued: the batch is written as it came (each client
+        // once: a shard sends one snapshot per client), and queued only if that fails.
+        let result = match self.pending.is_empty() && self.retry_at.is_none() {
+            true => self.write_batch(msg.batch),
+            false => {
+                for snapshot in msg.batch {
+                    merge_snapshot(&mut self.pending, snapshot);
+                }
+                // A flush someone waits for (shutdown, tests) always tries.
+                self.write_pending(force)
+            }
+        };
         if let Err(e) = &result
             && self
                 .retry_at

@@ -101,3 +101,11 @@ impl EventSink {
         }
     }
 }
+
+/// Names the calling thread (as `top -H`, `ps -L` and `/proc/<pid>/task/*/comm` show
+/// it, at most 15 bytes), so an operator and `scripts/bench` can tell the DB's and the
+/// shards' threads from the HTTP workers. Only Linux has the file; elsewhere, or if it
+/// fails, the thread keeps its name.
+pub fn name_thread(name: &str) {
+    let _ = std::fs::write("/proc/thread-self/comm", name);
+}

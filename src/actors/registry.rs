@@ -136,6 +136,9 @@ pub struct RegistryConfig {
     pub max_clients: usize,
     pub idle: Nanos,
     pub flush_interval: Duration,
+    /// Least time between two writes of one client's state (`--client-write-interval-ms`):
+    /// a client that stays busy is written once per this, not at every flush.
+    pub write_interval: Duration,
     /// Live limiters over all shards, for `/admin/stats`.
     pub live_total: Arc<AtomicUsize>,
     pub metrics: Arc<Metrics>,
@@ -150,8 +153,11 @@ type Waiting = (Check, oneshot::Sender<Answer>);
 struct Entity {
     limiter: ClientLimiter,
     last_used: Nanos,
-    /// Listed in `Registry::dirty` since the last flush.
+    /// Listed in `Shard::dirty` since its last snapshot.
     dirty: bool,
+    /// The flush that took its last snapshot (0: none yet), which decides when the next
+    /// may be taken.
+    written: u64,
     /// While its state is being read back from the database: the checks that wait.
     /// (Boxed: a pointer in the struct every live client has, a vector only while
     /// restoring; the extra allocation is made only then.)
@@ -193,8 +199,8 @@ pub struct Shard {
     config: RegistryConfig,
     /// Live clients, least recently used first.
     live: LinkedHashMap<Arc<str>, Entity>,
-    /// Clients checked since the last flush.
-    dirty: Vec<Arc<str>>,
+    /// Clients checked since their last snapshot, by the flush that is due to take them.
+    dirty: Dirty,
     /// Dirty clients the timer's flush has yet to snapshot, a slice at a time, oldest
     /// first.
     flushing: VecDeque<Arc<str>>,
@@ -227,11 +233,66 @@ pub struct Registry {
     shard: SharedShard,
 }
 
-/// Lists `client` for the next flush, once.
-fn mark_dirty(e: &mut Entity, dirty: &mut Vec<Arc<str>>, client: &Arc<str>) {
+/// Lists `client` for the flush due to snapshot it, once.
+fn mark_dirty(e: &mut Entity, dirty: &mut Dirty, client: &Arc<str>) {
     if !e.dirty {
         e.dirty = true;
-        dirty.push(client.clone());
+        dirty.list(e.written, client);
+    }
+}
+
+/// Clients whose state changed since their last snapshot, each listed for the flush that
+/// is due to take it: the next flush, or for a client snapshotted less than
+/// `write_interval` ago, the first flush a whole `write_interval` after that snapshot.
+/// A client that stays busy is then written once per `write_interval`, not once per
+/// flush; one whose first change follows a quiet spell still waits one flush at most.
+/// Listing costs a push, whatever the wait: a ring of one list per flush to come.
+#[derive(Debug)]
+struct Dirty {
+    /// `lists[i]`: the clients flush `next + i` takes.
+    lists: VecDeque<Vec<Arc<str>>>,
+    /// The number of the next flush to begin (flushes are numbered from 1; a client's
+    /// `written` is 0 before its first snapshot).
+    next: u64,
+}
+
+impl Dirty {
+    /// `flushes` apart: the flushes that begin in one write interval (at least 1).
+    fn new(flushes: u64) -> Self {
+        Dirty {
+            lists: (0..flushes.max(1)).map(|_| Vec::new()).collect(),
+            next: 1,
+        }
+    }
+
+    /// Lists a client last snapshotted by flush `written`.
+    fn list(&mut self, written: u64, client: &Arc<str>) {
+        let apart = self.lists.len() as u64;
+        let due = if written == 0 {
+            self.next
+        } else {
+            self.next.max(written + apart)
+        };
+        // `written < next`, so `due - next < apart`: always one of the lists.
+        self.lists[(due - self.next) as usize].push(client.clone());
+    }
+
+    /// Begins the next flush: the clients it is due to take.
+    fn begin(&mut self) -> Vec<Arc<str>> {
+        self.next += 1;
+        let due = self.lists.pop_front().unwrap_or_default();
+        self.lists.push_back(Vec::new());
+        due
+    }
+
+    /// Every listed client, due or not (a flush someone waits for: a stop, a test).
+    fn take_all(&mut self) -> impl Iterator<Item = Arc<str>> + '_ {
+        self.lists.iter_mut().flat_map(std::mem::take)
+    }
+
+    /// The flush whose snapshots are being taken (the last one begun).
+    fn current(&self) -> u64 {
+        self.next - 1
     }
 }
 
@@ -325,6 +386,13 @@ impl<'a> Parts<'a> {
     }
 }
 
+/// The flushes that begin in one write interval, rounded up: how far apart two
+/// snapshots of a busy client are taken.
+fn flushes_apart(c: &RegistryConfig) -> u64 {
+    let flush = c.flush_interval.as_nanos().max(1);
+    c.write_interval.as_nanos().div_ceil(flush).max(1) as u64
+}
+
 /// The hash that picks a client's shard and marks it as known.
 pub fn client_hash(client: &str) -> u64 {
     BuildHasherDefault::<DefaultHasher>::default().hash_one(client)
@@ -338,9 +406,9 @@ impl Shard {
         arbiter: ArbiterHandle,
     ) -> Self {
         Self {
+            dirty: Dirty::new(flushes_apart(&config)),
             config,
             live: LinkedHashMap::new(),
-            dirty: Vec::new(),
             flushing: VecDeque::new(),
             unsent: PendingSnapshots::new(),
             known,
@@ -368,6 +436,7 @@ impl Shard {
             limiter: ClientLimiter::new(client.clone()),
             last_used: now,
             dirty: true,
+            written: 0,
             restoring: None,
             incarnation: self.incarnations,
         };
@@ -379,7 +448,7 @@ impl Shard {
             self.restore(me, client.clone(), entity.incarnation, now);
         }
         self.live.insert(client.clone(), entity);
-        self.dirty.push(client.clone());
+        self.dirty.list(0, client);
         self.config.live_total.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -547,13 +616,17 @@ impl Shard {
     fn evict(&mut self, mut entity: Entity, now: Nanos) {
         self.config.live_total.fetch_sub(1, Ordering::Relaxed);
         self.config.metrics.evictions.inc();
-        self.stash(entity.limiter.snapshot(now, &*self.backend));
+        let snapshot = entity.limiter.snapshot(now, &*self.backend);
+        self.stash(snapshot, false);
     }
 
     /// Keeps a snapshot for the next batch: the newest state wins, statistics add up.
-    fn stash(&mut self, snapshot: Option<ClientSnapshot>) {
+    /// `known`: the client is known to have state in the database already.
+    fn stash(&mut self, snapshot: Option<ClientSnapshot>, known: bool) {
         let Some(new) = snapshot else { return };
-        self.known.insert(client_hash(&new.client));
+        if !known {
+            self.known.insert(client_hash(&new.client));
+        }
         merge_snapshot(&mut self.unsent, new);
     }
 
@@ -562,25 +635,29 @@ impl Shard {
         let now = self.config.clock.now();
         let idle = self.config.idle;
         self.evict_oldest(now, usize::MAX, |e| e.last_used.saturating_add(idle) <= now);
-        let dirty = std::mem::take(&mut self.dirty);
-        self.flushing.extend(dirty);
+        let due = self.dirty.begin();
+        self.flushing.extend(due);
     }
 
     /// Snapshots up to `most` clients of the flush under way; true once none is left.
     fn snapshot_some(&mut self, most: usize) -> bool {
         let now = self.config.clock.now();
+        let flush = self.dirty.current();
         let slice: Vec<Arc<str>> = self
             .flushing
             .drain(..most.min(self.flushing.len()))
             .collect();
+        self.unsent.reserve(slice.len());
         for client in slice {
             let Some(e) = self.live.get_mut(&client) else {
                 continue;
             };
             e.dirty = false;
+            // Written before, so in `known` already.
+            let known = std::mem::replace(&mut e.written, flush) != 0;
             if e.restoring.is_none() {
                 let snapshot = e.limiter.snapshot(now, &*self.backend);
-                self.stash(snapshot);
+                self.stash(snapshot, known);
             }
         }
         self.flushing.is_empty()
@@ -589,10 +666,8 @@ impl Shard {
     /// Ends a flush: every pending snapshot, in one batch to the DB actor. `done` hears
     /// back once the batch is committed.
     fn persist(&mut self, done: Option<oneshot::Sender<Result<usize, String>>>) {
-        let batch: Vec<ClientSnapshot> = std::mem::take(&mut self.unsent)
-            .into_iter()
-            .map(|(_, s)| s)
-            .collect();
+        // Drained, not taken: the map keeps its capacity for the next flush.
+        let batch: Vec<ClientSnapshot> = self.unsent.drain().map(|(_, s)| s).collect();
         // `do_send` queues at once, ahead of any restore read that follows. An empty
         // batch is sent too: the DB actor retries what it holds.
         self.config.db.do_send(Persist { batch, done });
@@ -601,9 +676,16 @@ impl Shard {
     /// A whole flush at once (shutdown, tests): the idle sweep, every dirty client's
     /// snapshot (with those of a sliced flush under way), the batch.
     fn flush(&mut self, done: Option<oneshot::Sender<Result<usize, String>>>) {
-        self.begin_flush();
-        self.snapshot_some(usize::MAX);
+        self.snapshot_all();
         self.persist(done);
+    }
+
+    /// Snapshots every changed client, whether or not its write is due.
+    fn snapshot_all(&mut self) {
+        self.begin_flush();
+        let waiting: Vec<Arc<str>> = self.dirty.take_all().collect();
+        self.flushing.extend(waiting);
+        self.snapshot_some(usize::MAX);
     }
 }
 
@@ -766,7 +848,13 @@ impl Registries {
             ..config.clone()
         };
         let backends: Arc<[_]> = backends.into();
-        let arbiters: Vec<ArbiterHandle> = (0..n).map(|_| Arbiter::new().handle()).collect();
+        let arbiters: Vec<ArbiterHandle> = (0..n)
+            .map(|i| {
+                let arbiter = Arbiter::new().handle();
+                arbiter.spawn_fn(move || super::name_thread(&format!("rw-shard-{i}")));
+                arbiter
+            })
+            .collect();
         let states: Arc<[SharedShard]> = per_shard
             .into_iter()
             .zip(backends.iter())
@@ -946,6 +1034,7 @@ pub(crate) fn test_config(clock: SharedClock) -> RegistryConfig {
         max_clients: 10_000,
         idle: u64::MAX,
         flush_interval: Duration::from_secs(60),
+        write_interval: Duration::from_secs(60),
         live_total: Arc::default(),
         metrics,
     }
@@ -959,9 +1048,15 @@ mod tests {
     use crate::store::quota::Memory;
 
     fn shard() -> SharedShard {
+        shard_with(|_| {})
+    }
+
+    fn shard_with(configure: impl FnOnce(&mut RegistryConfig)) -> SharedShard {
         let clock = ManualClock::new(1_800_000_000 * crate::clock::NANOS_PER_SEC);
+        let mut config = test_config(clock);
+        configure(&mut config);
         Arc::new(Mutex::new(Shard::new(
-            test_config(clock),
+            config,
             HashSet::new(),
             Arc::new(Memory),
             actix::Arbiter::current(),
@@ -1006,7 +1101,7 @@ mod tests {
                 ));
             }
             s.begin_flush();
-            assert_eq!((s.flushing.len(), s.dirty.len()), (n, 0));
+            assert_eq!((s.flushing.len(), s.dirty.lists[0].len()), (n, 0));
 
             assert!(!s.snapshot_some(FLUSH_SLICE));
             assert_eq!(s.unsent.len(), FLUSH_SLICE);
@@ -1023,7 +1118,7 @@ mod tests {
             let mut peek = check("c1", &policy);
             peek.mode = Mode::Peek;
             assert!(matches!(s.try_decide(&me, peek), Ok(Reply::Now(Ok(_)))));
-            assert_eq!(s.dirty, vec![Arc::<str>::from(&*done)]);
+            assert_eq!(s.dirty.lists[0], vec![Arc::<str>::from(&*done)]);
 
             assert!(!s.snapshot_some(FLUSH_SLICE));
             assert!(s.snapshot_some(FLUSH_SLICE));
@@ -1044,5 +1139,56 @@ mod tests {
         assert!(s.snapshot_some(FLUSH_SLICE));
         assert_eq!(s.unsent.len(), 1);
         assert_eq!(total_requests(&s, &done), 2);
+    }
+
+    #[actix_rt::test]
+    async fn a_busy_client_is_written_once_per_write_interval_and_a_quiet_one_at_the_next_flush() {
+        let me = shard_with(|c| {
+            c.flush_interval = Duration::from_secs(1);
+            c.write_interval = Duration::from_millis(2500);
+        });
+        let policy = Arc::new(Policy::from_spec(&ConfigSpec::default_policy()));
+        let mut s = lock(&me);
+        // One flush at a time, after the checks of its interval: the clients it wrote.
+        let flush = |s: &mut Shard, checked: &[&str]| {
+            for client in checked {
+                let check = check(client, &policy);
+                let decided = match s.try_decide(&me, check) {
+                    Ok(reply) => reply,
+                    Err(check) => s.check(&me, check),
+                };
+                assert!(matches!(decided, Reply::Now(Ok(_))));
+            }
+            s.begin_flush();
+            assert!(s.snapshot_some(usize::MAX));
+            let mut written: Vec<String> = std::mem::take(&mut s.unsent)
+                .into_iter()
+                .map(|(c, _)| c.to_string())
+                .collect();
+            written.sort();
+            written
+        };
+        // Written 2.5 s apart, rounded up to whole flushes: every third flush.
+        assert_eq!(flush(&mut s, &["busy"]), ["busy"]);
+        assert_eq!(flush(&mut s, &["busy"]), [""; 0]);
+        assert_eq!(flush(&mut s, &["busy", "quiet"]), ["quiet"]);
+        assert_eq!(flush(&mut s, &["busy"]), ["busy"]);
+        assert_eq!(flush(&mut s, &["busy"]), [""; 0]);
+        assert_eq!(flush(&mut s, &[]), [""; 0]);
+        // Its check two flushes ago is written now, a whole interval after the last.
+        assert_eq!(flush(&mut s, &[]), ["busy"]);
+        assert_eq!(flush(&mut s, &[]), [""; 0]);
+        // Checked again after a quiet spell as long as the interval: written at once.
+        assert_eq!(flush(&mut s, &["quiet"]), ["quiet"]);
+        assert_eq!(flush(&mut s, &[]), [""; 0]);
+        assert_eq!(flush(&mut s, &[]), [""; 0]);
+        assert_eq!(flush(&mut s, &[]), [""; 0]);
+        assert_eq!(flush(&mut s, &["quiet"]), ["quiet"]);
+
+        // A flush someone waits for (a stop) writes every changed client, due or not.
+        assert_eq!(flush(&mut s, &["quiet"]), [""; 0]);
+        s.snapshot_all();
+        assert_eq!(total_requests(&s, "quiet"), 4);
+        assert_eq!(s.unsent.len(), 1);
     }
 }

@@ -3,16 +3,15 @@
 
 use crate::clock::{NANOS_PER_SEC, Nanos};
 use crate::config::{Change, Config, ConfigSpec, DEFAULT_ENDPOINT, Source, diff};
-use crate::limiter::Algorithm;
 use crate::snapshot::{ClientSnapshot, EndpointSnapshot, StoredClient, Totals};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde::Serialize;
+use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
 
 pub const SCHEMA: &str = include_str!("../../schema.sql");
 /// Bumped by every change to `schema.sql` that needs a migration step.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// Where the database lives, from `--database` / `DATABASE_URL`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,9 +114,10 @@ pub fn open(url: &DatabaseUrl) -> Result<Connection> {
 /// `i + 2`. Each runs in one transaction with the version bump, so a failed step leaves
 /// the file as it was. A new database gets `schema.sql` (the schema after every step)
 /// directly.
-const MIGRATIONS: [&str; 2] = [
+const MIGRATIONS: [&str; 3] = [
     include_str!("migrations/002_config_spec.sql"),
     include_str!("migrations/003_no_write_indexes.sql"),
+    include_str!("migrations/004_one_row_per_client.sql"),
 ];
 
 /// Brings the file to [`SCHEMA_VERSION`]: creates the schema in a new database, or runs
@@ -348,8 +348,9 @@ pub fn probe_write(conn: &Connection) -> Result<()> {
 }
 
 /// Writes a batch of snapshots in one transaction with prepared statements. A row is
-/// only replaced by a snapshot with a higher version; statistics are added up, and
-/// blocked counts also become one coalesced event per client, endpoint and minute.
+/// only replaced by a snapshot with a higher version; statistics are summed over the
+/// batch's clients and added to their minute's, and blocked counts also become one
+/// coalesced event per client, endpoint and minute.
 pub fn persist<'a>(
     conn: &Connection,
     batch: impl IntoIterator<Item = &'a ClientSnapshot>,
@@ -357,22 +358,17 @@ pub fn persist<'a>(
     let tx = conn.unchecked_transaction()?;
     {
         let mut client = tx.prepare_cached(
-            "INSERT INTO clients (client_id, total_requests, blocked_requests, last_request, version) \
-             VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (client_id) DO UPDATE SET \
+            "INSERT INTO clients (client_id, total_requests, blocked_requests, last_request, \
+             version, states, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
+             ON CONFLICT (client_id) DO UPDATE SET \
              total_requests = excluded.total_requests, blocked_requests = excluded.blocked_requests, \
-             last_request = excluded.last_request, version = excluded.version \
+             last_request = excluded.last_request, version = excluded.version, \
+             states = excluded.states, expires_at = excluded.expires_at \
              WHERE excluded.version > clients.version",
         )?;
-        let mut snapshot = tx.prepare_cached(
-            "INSERT INTO snapshots (client_id, endpoint, algorithm, state, expires_at, version) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (client_id, endpoint) DO UPDATE SET \
-             algorithm = excluded.algorithm, state = excluded.state, \
-             expires_at = excluded.expires_at, version = excluded.version \
-             WHERE excluded.version > snapshots.version",
-        )?;
         let mut stat = tx.prepare_cached(
-            "INSERT INTO request_stats (minute, client_id, endpoint, allowed, blocked) \
-             VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (minute, client_id, endpoint) DO UPDATE SET \
+            "INSERT INTO request_stats (minute, endpoint, allowed, blocked) \
+             VALUES (?1, ?2, ?3, ?4) ON CONFLICT (minute, endpoint) DO UPDATE SET \
              allowed = allowed + excluded.allowed, blocked = blocked + excluded.blocked",
         )?;
         let mut blocked = tx.prepare_cached(
@@ -380,87 +376,68 @@ pub fn persist<'a>(
              VALUES (?1, 'rate_limit_exceeded', ?2, ?3, ?4) \
              ON CONFLICT (kind, client_id, endpoint, at) DO UPDATE SET count = count + excluded.count",
         )?;
+        // Per minute and endpoint: a few rows per batch, however many clients it holds.
+        let mut stats: HashMap<(u64, &str), (u64, u64), hashlink::DefaultHashBuilder> =
+            HashMap::default();
+        let mut states = Vec::new();
         for s in batch {
             let id: &str = &s.client;
+            states.clear();
+            let expires_at = EndpointSnapshot::encode_all(&s.endpoints, &mut states);
             client.execute(params![
                 id,
                 s.totals.total_requests,
                 s.totals.blocked_requests,
                 s.totals.last_request as i64,
-                s.version
+                s.version,
+                states,
+                expires_at as i64,
             ])?;
-            for e in &s.endpoints {
-                snapshot.execute(params![
-                    id,
-                    &*e.endpoint,
-                    e.algorithm.map_or(SEVERAL, Algorithm::as_str),
-                    e.state,
-                    e.expires_at.min(i64::MAX as u64) as i64,
-                    s.version
-                ])?;
-            }
             for d in &s.stats {
-                stat.execute(params![d.minute, id, &*d.endpoint, d.allowed, d.blocked])?;
+                let sum = stats.entry((d.minute, &d.endpoint)).or_default();
+                *sum = (sum.0 + d.allowed, sum.1 + d.blocked);
                 if d.blocked > 0 {
                     let at = d.minute * 60 * NANOS_PER_SEC;
                     blocked.execute(params![at as i64, id, &*d.endpoint, d.blocked])?;
                 }
             }
         }
+        for ((minute, endpoint), (allowed, blocked)) in stats {
+            stat.execute(params![minute, endpoint, allowed, blocked])?;
+        }
     }
     tx.commit()?;
     Ok(())
 }
 
-/// The `algorithm` of a snapshot row holding the states of a config of several limits.
-const SEVERAL: &str = "several";
-
 pub fn load_client(conn: &Connection, client: &str, now: Nanos) -> Result<Option<StoredClient>> {
-    let Some((version, totals)) = conn
+    let row = conn
         .prepare_cached(
-            "SELECT version, total_requests, blocked_requests, last_request FROM clients WHERE client_id = ?1",
+            "SELECT version, total_requests, blocked_requests, last_request, states \
+             FROM clients WHERE client_id = ?1",
         )?
         .query_row([client], |r| {
-            Ok((
-                r.get::<_, u64>(0)?,
-                Totals {
+            let states = r.get_ref(4)?.as_blob()?;
+            let endpoints = EndpointSnapshot::decode_all(states, now).ok_or_else(|| {
+                rusqlite::Error::FromSqlConversionFailure(
+                    4,
+                    rusqlite::types::Type::Blob,
+                    format!("client {client:?}: its stored states are not in the stored form")
+                        .into(),
+                )
+            })?;
+            Ok(StoredClient {
+                version: r.get(0)?,
+                totals: Totals {
                     total_requests: r.get(1)?,
                     blocked_requests: r.get(2)?,
                     last_request: r.get::<_, i64>(3)? as Nanos,
                 },
-            ))
+                endpoints,
+            })
         })
-        .optional()?
-    else {
-        return Ok(None);
-    };
-    let mut stmt = conn.prepare_cached(
-        "SELECT endpoint, algorithm, state, expires_at FROM snapshots \
-         WHERE client_id = ?1 AND expires_at > ?2",
-    )?;
-    let rows = stmt.query_map(params![client, now as i64], |r| {
-        let algorithm: String = r.get(1)?;
-        let algorithm = match Algorithm::parse(&algorithm) {
-            Some(algorithm) => Some(algorithm),
-            None if algorithm == SEVERAL => None,
-            None => return Ok(None),
-        };
-        Ok(Some(EndpointSnapshot {
-            endpoint: Arc::from(r.get::<_, String>(0)?),
-            algorithm,
-            state: r.get(2)?,
-            expires_at: r.get::<_, i64>(3)? as Nanos,
-        }))
-    })?;
-    let mut endpoints = Vec::new();
-    for row in rows {
-        endpoints.extend(row?);
-    }
-    Ok(Some(StoredClient {
-        version,
-        totals,
-        endpoints,
-    }))
+        .optional()?;
+    Ok(row)
 }
 
 /// Calls `f` with every client that has a row, so the registry knows whose state to
@@ -514,7 +491,6 @@ pub fn client_events(conn: &Connection, client: &str, limit: usize) -> Result<Ve
 pub struct Cleaned {
     pub stats: usize,
     pub events: usize,
-    pub snapshots: usize,
     pub clients: usize,
 }
 
@@ -526,8 +502,8 @@ pub fn checkpoint(conn: &Connection) -> Result<()> {
     Ok(())
 }
 
-/// Deletes statistics and events older than `retention`, expired snapshots, and clients
-/// with neither a request within the retention nor a snapshot left.
+/// Deletes statistics and events older than `retention`, and clients with neither a
+/// request within the retention nor a state that has not expired.
 pub fn cleanup(conn: &Connection, now: Nanos, retention: Nanos) -> Result<Cleaned> {
     let cutoff = now.saturating_sub(retention);
     let tx = conn.unchecked_transaction()?;
@@ -537,11 +513,9 @@ pub fn cleanup(conn: &Connection, now: Nanos, retention: Nanos) -> Result<Cleane
             [cutoff / (60 * NANOS_PER_SEC)],
         )?,
         events: tx.execute("DELETE FROM events WHERE at < ?1", [cutoff as i64])?,
-        snapshots: tx.execute("DELETE FROM snapshots WHERE expires_at <= ?1", [now as i64])?,
         clients: tx.execute(
-            "DELETE FROM clients WHERE last_request < ?1 AND NOT EXISTS \
-             (SELECT 1 FROM snapshots s WHERE s.client_id = clients.client_id)",
-            [cutoff as i64],
+            "DELETE FROM clients WHERE last_request < ?1 AND expires_at <= ?2",
+            [cutoff as i64, now as i64],
         )?,
     };
     tx.commit()?;
@@ -551,6 +525,7 @@ pub fn cleanup(conn: &Connection, now: Nanos, retention: Nanos) -> Result<Cleane
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::limiter::Algorithm;
     use crate::snapshot::StatDelta;
 
     const MIN: Nanos = 60 * NANOS_PER_SEC;
@@ -756,7 +731,8 @@ mod tests {
              DELETE FROM configs WHERE endpoint = '/gone'; \
              INSERT INTO clients VALUES ('c1', 9, 2, 99, 4); \
              INSERT INTO snapshots VALUES ('c1', '/api/*', 'token_bucket', x'0102', 9999999999, 4); \
-             INSERT INTO request_stats VALUES (5, 'c1', '/api/*', 7, 2);",
+             INSERT INTO request_stats VALUES (5, 'c1', '/api/*', 7, 2), \
+                (5, 'c2', '/api/*', 1, 0), (6, 'c2', '/api/*', 3, 1);",
         )
         .unwrap();
     }
@@ -836,7 +812,8 @@ mod tests {
         assert_eq!((client.version, client.totals.total_requests), (4, 9));
         assert_eq!(client.endpoints.len(), 1);
         assert_eq!(client.endpoints[0].state, vec![1, 2]);
-        assert_eq!(minute_totals(&conn, 0).unwrap(), vec![(5, 7, 2)]);
+        // Statistics per client became statistics per minute and endpoint.
+        assert_eq!(minute_totals(&conn, 0).unwrap(), vec![(5, 8, 2), (6, 3, 1)]);
         // The id of the config deleted before the migration is not handed out again.
         let mut new = ConfigSpec::default_policy();
         new.endpoint = "/new".into();
@@ -929,6 +906,22 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_adds_one_row_of_statistics_per_minute_and_endpoint_whatever_its_clients() {
+        let (_dir, conn) = temp_db();
+        let t = 1_000 * DAY;
+        let batch: Vec<_> = (0..50)
+            .map(|i| snapshot(&format!("c{i}"), 1, t, i % 2))
+            .collect();
+        persist(&conn, &batch).unwrap();
+        persist(&conn, &[snapshot("c0", 2, t + 1, 1)]).unwrap();
+        let rows: i64 = conn
+            .query_row("SELECT COUNT(*) FROM request_stats", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, 1);
+        assert_eq!(minute_totals(&conn, 0).unwrap(), vec![(t / MIN, 51, 26)]);
+    }
+
+    #[test]
     fn coalesces_blocked_requests_into_one_event_per_minute() {
         let (_dir, conn) = temp_db();
         let t = 1_000 * DAY;
@@ -953,7 +946,6 @@ mod tests {
             Cleaned {
                 stats: 1,
                 events: 1,
-                snapshots: 2,
                 clients: 1
             }
         );
