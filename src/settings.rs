@@ -88,8 +88,8 @@ pub struct Settings {
     #[arg(long, env = "RATEWARDEN_SHARDS")]
     pub shards: Option<NonZeroUsize>,
 
-    /// How often changed limiter state is written to the database: a client's first
-    /// change after its state was last written waits at most this long.
+    /// How often changed limiter state is written to the database: a change of a client
+    /// not written within `--client-write-interval-ms` waits at most this long.
     #[arg(long, env = "RATEWARDEN_FLUSH_INTERVAL_MS", default_value_t = 1000,
           value_parser = clap::value_parser!(u64).range(10..=60_000))]
     pub flush_interval_ms: u64,

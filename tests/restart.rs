@@ -1,5 +1,5 @@
 //! End-to-end checks of the real binary: restarts keep configs and consumption (graceful
-//! stop flushes everything; `kill -9` loses at most one flush interval), a stop first
+//! stop flushes everything; `kill -9` is `tests/crash.rs`'s), a stop first
 //! turns not ready and keeps serving for the shutdown delay, and the command line
 //! reports bad values in one line, its version, and checks a config file.
 

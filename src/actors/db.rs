@@ -148,9 +148,6 @@ impl Db {
 
     /// Writes a batch directly, with nothing pending; queues it if that fails.
     fn write_batch(&mut self, mut batch: Vec<ClientSnapshot>) -> Result<usize, String> {
-        if batch.is_empty() {
-            return Ok(0);
-        }
         let (started, n) = (Instant::now(), batch.len());
         // In key order, each upsert finds its B-tree pages where the last one left them.
         batch.sort_unstable_by(|a, b| a.client.cmp(&b.client));
@@ -297,7 +294,9 @@ impl Handler<Persist> for Db {
         let force = msg.done.is_some();
         // The common case, nothing queued: the batch is written as it came (each client
         // once: a shard sends one snapshot per client), and queued only if that fails.
-        let result = match self.pending.is_empty() && self.retry_at.is_none() {
+        // An empty batch goes the other way: while failing, it probes the file.
+        let direct = !msg.batch.is_empty() && self.pending.is_empty() && self.retry_at.is_none();
+        let result = match direct {
             true => self.write_batch(msg.batch),
             false => {
                 for snapshot in msg.batch {

@@ -653,11 +653,14 @@ impl Shard {
                 continue;
             };
             e.dirty = false;
-            // Written before, so in `known` already.
-            let known = std::mem::replace(&mut e.written, flush) != 0;
-            if e.restoring.is_none() {
-                let snapshot = e.limiter.snapshot(now, &*self.backend);
-                self.stash(snapshot, known);
+            if e.restoring.is_some() {
+                continue;
+            }
+            // Only a snapshot taken counts as a write (and puts the client in `known`):
+            // one that found nothing changed leaves the next due at once.
+            if let Some(snapshot) = e.limiter.snapshot(now, &*self.backend) {
+                let known = std::mem::replace(&mut e.written, flush) != 0;
+                self.stash(Some(snapshot), known);
             }
         }
         self.flushing.is_empty()
@@ -1190,5 +1193,30 @@ mod tests {
         s.snapshot_all();
         assert_eq!(total_requests(&s, "quiet"), 4);
         assert_eq!(s.unsent.len(), 1);
+    }
+
+    #[actix_rt::test]
+    async fn a_client_whose_first_flush_found_nothing_to_write_is_known_once_written() {
+        let me = shard();
+        let policy = Arc::new(Policy::from_spec(&ConfigSpec::default_policy()));
+        let mut s = lock(&me);
+        // A peek makes the entity and changes nothing: no write, so not known yet.
+        let mut peek = check("p", &policy);
+        peek.mode = Mode::Peek;
+        assert!(matches!(s.check(&me, peek), Reply::Now(Ok(_))));
+        s.begin_flush();
+        assert!(s.snapshot_some(usize::MAX));
+        assert!(s.unsent.is_empty());
+        assert!(!s.known.contains(&client_hash("p")));
+        // Its first write makes it known: evicted later, it is restored, not started
+        // afresh with its quota back.
+        assert!(matches!(
+            s.try_decide(&me, check("p", &policy)),
+            Ok(Reply::Now(Ok(_)))
+        ));
+        s.begin_flush();
+        assert!(s.snapshot_some(usize::MAX));
+        assert_eq!(total_requests(&s, "p"), 1);
+        assert!(s.known.contains(&client_hash("p")));
     }
 }

@@ -100,7 +100,7 @@ pub fn open(url: &DatabaseUrl) -> Result<Connection> {
     };
     // WAL: readers never block the writer; NORMAL sync is durable across process
     // crashes (only an OS crash can lose the last transactions), which the write-behind
-    // design already accepts for one flush interval.
+    // design already accepts for a client write interval.
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     // Only another process (a backup, the sqlite3 shell) can hold the lock; waiting
