@@ -7,6 +7,14 @@ use ratewarden::settings::{Command, Settings};
 use std::net::TcpListener;
 use std::process::ExitCode;
 
+/// mimalloc rather than glibc's malloc: a live client's map node, state and name are
+/// small allocations made by the HTTP workers among each request's short-lived ones, and
+/// glibc's per-thread arenas leave them about 90 bytes per client more resident memory
+/// (`scripts/memory`: 522 → 428 bytes per live client at 300,000 clients); CPU per
+/// request is unchanged.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let settings = match Settings::try_parse() {
         Ok(s) => s,

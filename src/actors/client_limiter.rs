@@ -33,9 +33,12 @@ struct Endpoint {
     policy: Option<Arc<Policy>>,
     /// The restored snapshot's expiry, used while `policy` is `None`.
     stored_expiry: Nanos,
-    minute: u64,
-    allowed: u64,
-    blocked: u64,
+    /// The minute counted (minutes since the epoch fit 32 bits until the year 10,000),
+    /// and its requests (a minute's fit too; they saturate). Narrow: every live client
+    /// has one.
+    minute: u32,
+    allowed: u32,
+    blocked: u32,
 }
 
 /// What every limiter of a shard shares, lent for one call.
@@ -56,8 +59,11 @@ pub struct ClientLimiter {
     last_now: Nanos,
     /// `version` at the last snapshot: the limiter is dirty when they differ.
     snapshot_version: u64,
-    /// Per-minute counts of past minutes, waiting for the next snapshot.
-    stats: Vec<StatDelta>,
+    /// Per-minute counts of past minutes, waiting for the next snapshot. (Boxed: a
+    /// pointer in the struct every live client has, a vector only once a minute has
+    /// passed since the last snapshot.)
+    #[allow(clippy::box_collection)]
+    stats: Option<Box<Vec<StatDelta>>>,
 }
 
 impl ClientLimiter {
@@ -69,7 +75,7 @@ impl ClientLimiter {
             version: 0,
             last_now: 0,
             snapshot_version: 0,
-            stats: Vec::new(),
+            stats: None,
         }
     }
 
@@ -90,7 +96,7 @@ impl ClientLimiter {
                         state,
                         policy: None,
                         stored_expiry: e.expires_at,
-                        minute,
+                        minute: minute as u32,
                         allowed: 0,
                         blocked: 0,
                     });
@@ -203,7 +209,6 @@ impl ClientLimiter {
         // whose limits count per different keys, its group's); a policy that keeps none
         // here counts in the totals only.
         if let Some(own) = policy.own() {
-            let mut stats = std::mem::take(&mut self.stats);
             let endpoint = self.endpoint(own, minute);
             if !endpoint
                 .policy
@@ -212,8 +217,9 @@ impl ClientLimiter {
             {
                 endpoint.policy = Some(own.clone());
             }
-            endpoint.count(minute, passed, &mut stats);
-            self.stats = stats;
+            if let Some(past) = endpoint.count(minute, passed) {
+                self.stats.get_or_insert_default().push(past);
+            }
         }
         if !passed {
             self.totals.blocked_requests += 1;
@@ -258,7 +264,7 @@ impl ClientLimiter {
         self.snapshot_version = self.version;
         let now = self.now(now);
         let mut endpoints = Vec::with_capacity(self.endpoints.len());
-        let mut stats = std::mem::take(&mut self.stats);
+        let mut stats = self.stats.take().map_or_else(Vec::new, |s| *s);
         for e in &mut self.endpoints {
             stats.extend(e.take_counts());
             // A single state keeps its limit's name (see `States::stored`).
@@ -304,25 +310,26 @@ impl Endpoint {
             state: States::new(&policy.limits),
             policy: Some(policy.clone()),
             stored_expiry: 0,
-            minute,
+            minute: minute as u32,
             allowed: 0,
             blocked: 0,
         }
     }
 
-    /// Counts a decision in `minute`, moving the counts of an earlier minute to `out`.
-    fn count(&mut self, minute: u64, allowed: bool, out: &mut Vec<StatDelta>) {
+    /// Counts a decision in `minute`; returns the counts of an earlier minute it ends.
+    fn count(&mut self, minute: u64, allowed: bool) -> Option<StatDelta> {
+        let minute = minute as u32;
+        let mut past = None;
         if self.minute != minute {
-            if let Some(delta) = self.take_counts() {
-                out.push(delta);
-            }
+            past = self.take_counts();
             self.minute = minute;
         }
         if allowed {
-            self.allowed += 1;
+            self.allowed = self.allowed.saturating_add(1);
         } else {
-            self.blocked += 1;
+            self.blocked = self.blocked.saturating_add(1);
         }
+        past
     }
 
     /// When the state will be as good as fresh (see [`ClientLimiter::snapshot`]).
@@ -334,16 +341,16 @@ impl Endpoint {
     }
 
     fn take_counts(&mut self) -> Option<StatDelta> {
-        (self.allowed + self.blocked > 0).then(|| StatDelta {
-            minute: self.minute,
+        (self.allowed > 0 || self.blocked > 0).then(|| StatDelta {
+            minute: self.minute.into(),
             // Counted under the config's endpoint, whatever slot holds the state.
             endpoint: self
                 .policy
                 .as_ref()
                 .map_or(&self.name, |p| &p.endpoint)
                 .clone(),
-            allowed: std::mem::take(&mut self.allowed),
-            blocked: std::mem::take(&mut self.blocked),
+            allowed: std::mem::take(&mut self.allowed).into(),
+            blocked: std::mem::take(&mut self.blocked).into(),
         })
     }
 }

@@ -156,15 +156,17 @@ struct Entity {
     /// Listed in `Shard::dirty` since its last snapshot.
     dirty: bool,
     /// The flush that took its last snapshot (0: none yet), which decides when the next
-    /// may be taken.
-    written: u64,
+    /// may be taken. (32 bits, compared wrapping, like `incarnation`: every live client
+    /// has them.)
+    written: u32,
     /// While its state is being read back from the database: the checks that wait.
     /// (Boxed: a pointer in the struct every live client has, a vector only while
     /// restoring; the extra allocation is made only then.)
     #[allow(clippy::box_collection)]
     restoring: Option<Box<Vec<Waiting>>>,
-    /// Tells this entity from an earlier one of the same client, for a restore's answer.
-    incarnation: u64,
+    /// Tells this entity from an earlier one of the same client, for a restore's answer
+    /// (wrapping: two entities of a client 2^32 apart never overlap a restore).
+    incarnation: u32,
 }
 
 /// A check's answer: now, or once the backend (or a restore) has answered.
@@ -214,7 +216,7 @@ pub struct Shard {
     /// The shard's own thread: a backend's later answers are awaited and counted there,
     /// next to its connection, whether or not the request still waits for them.
     arbiter: ArbiterHandle,
-    incarnations: u64,
+    incarnations: u32,
     /// The heaviest clients of the last hour, for `/admin/top`.
     top: TopClients,
 }
@@ -265,16 +267,16 @@ impl Dirty {
         }
     }
 
-    /// Lists a client last snapshotted by flush `written`.
-    fn list(&mut self, written: u64, client: &Arc<str>) {
-        let apart = self.lists.len() as u64;
-        let due = if written == 0 {
-            self.next
-        } else {
-            self.next.max(written + apart)
+    /// Lists a client last snapshotted by flush `written` (its low 32 bits).
+    fn list(&mut self, written: u32, client: &Arc<str>) {
+        // Flush `written + apart` is due: `apart - since` flushes after the next, where
+        // `since >= 1` flushes have begun since the write (counted wrapping).
+        let since = (self.next as u32).wrapping_sub(written);
+        let wait = match written {
+            0 => 0,
+            _ => self.lists.len().saturating_sub(since as usize),
         };
-        // `written < next`, so `due - next < apart`: always one of the lists.
-        self.lists[(due - self.next) as usize].push(client.clone());
+        self.lists[wait].push(client.clone());
     }
 
     /// Begins the next flush: the clients it is due to take.
@@ -290,9 +292,10 @@ impl Dirty {
         self.lists.iter_mut().flat_map(std::mem::take)
     }
 
-    /// The flush whose snapshots are being taken (the last one begun).
-    fn current(&self) -> u64 {
-        self.next - 1
+    /// The flush whose snapshots are being taken (the last one begun), as a client's
+    /// `written`.
+    fn current(&self) -> u32 {
+        (self.next - 1) as u32
     }
 }
 
@@ -431,7 +434,7 @@ impl Shard {
         if self.live.len() >= self.config.max_clients {
             self.evict_oldest(now, 1, |_| true);
         }
-        self.incarnations += 1;
+        self.incarnations = self.incarnations.wrapping_add(1);
         let mut entity = Entity {
             limiter: ClientLimiter::new(client.clone()),
             last_used: now,
@@ -456,7 +459,7 @@ impl Shard {
     /// failed read decides nothing (the waiting checks get `--on-error`) and drops the
     /// entity, rather than start it empty, which would hand the client a fresh quota:
     /// the next check tries again.
-    fn restore(&mut self, me: &SharedShard, client: Arc<str>, incarnation: u64, now: Nanos) {
+    fn restore(&mut self, me: &SharedShard, client: Arc<str>, incarnation: u32, now: Nanos) {
         let load = self.config.db.send(LoadClient {
             client: client.clone(),
             now,
@@ -472,7 +475,7 @@ impl Shard {
         &mut self,
         me: &SharedShard,
         client: Arc<str>,
-        incarnation: u64,
+        incarnation: u32,
         res: Result<Result<Option<StoredClient>, StoreError>, MailboxError>,
     ) {
         let now = self.config.clock.now();
