@@ -631,15 +631,39 @@ async fn a_concurrency_limit_holds_each_proxied_request_until_its_body_ends() {
     seen.ended.send_replace(1);
     assert_eq!(first.body().await.unwrap(), "end");
     until_admitted(&s, "exp", "/count/c").await;
-    let mut third = open(3).await.unwrap();
+    // The probe's own unit comes back just after its response, as the others do.
+    let started = std::time::Instant::now();
+    let mut third = loop {
+        let res = open(3).await.unwrap();
+        if res.status() != 429 {
+            break res;
+        }
+        assert!(
+            started.elapsed() < STALL,
+            "the probe's unit never came back"
+        );
+        actix_rt::task::yield_now().await;
+    };
     assert_eq!(third.status(), 200);
     assert_eq!(s.get_as("exp", "/count/c").await.status, 429);
     // A client that goes away mid-body gives its unit back.
     drop(third.next().await);
     drop(third);
     until_admitted(&s, "exp", "/count/c").await;
-    // So does a request the upstream fails (a 504 after --upstream-timeout-ms).
-    let hung = s.get_as("exp", "/hang").await;
+    // So does a request the upstream fails (a 504 after --upstream-timeout-ms), once
+    // the probe's unit is back.
+    let started = std::time::Instant::now();
+    let hung = loop {
+        let r = s.get_as("exp", "/hang").await;
+        if r.status != 429 {
+            break r;
+        }
+        assert!(
+            started.elapsed() < STALL,
+            "the probe's unit never came back"
+        );
+        actix_rt::task::yield_now().await;
+    };
     assert_eq!(hung.status, 504);
     until_admitted(&s, "exp", "/count/c").await;
     seen.ended.send_replace(u64::MAX);
