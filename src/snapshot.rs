@@ -4,7 +4,7 @@
 //! `store::sqlite` writes and reads it.
 
 use crate::clock::Nanos;
-use crate::limiter::Algorithm;
+use crate::limiter::{Algorithm, Reader};
 use serde::Serialize;
 use std::sync::Arc;
 
@@ -61,22 +61,17 @@ impl EndpointSnapshot {
 
     /// The states of `stored` that have not expired by `now`; `None` if it is not in the
     /// stored form. A state of an algorithm this version does not know is left out.
-    pub fn decode_all(mut stored: &[u8], now: Nanos) -> Option<Vec<EndpointSnapshot>> {
-        fn take<'a>(rest: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
-            let (head, tail) = rest.split_at_checked(n)?;
-            *rest = tail;
-            Some(head)
-        }
+    pub fn decode_all(stored: &[u8], now: Nanos) -> Option<Vec<EndpointSnapshot>> {
+        let mut r = Reader::new(stored);
         let mut endpoints = Vec::new();
-        while !stored.is_empty() {
-            let rest = &mut stored;
-            let n = u16::from_be_bytes(take(rest, 2)?.try_into().ok()?) as usize;
-            let endpoint = std::str::from_utf8(take(rest, n)?).ok()?;
-            let n = take(rest, 1)?[0] as usize;
-            let algorithm = std::str::from_utf8(take(rest, n)?).ok()?;
-            let n = u32::from_be_bytes(take(rest, 4)?.try_into().ok()?) as usize;
-            let state = take(rest, n)?;
-            let expires_at = u64::from_be_bytes(take(rest, 8)?.try_into().ok()?);
+        while !r.is_empty() {
+            let n = r.be_u16()?.into();
+            let endpoint = std::str::from_utf8(r.bytes(n)?).ok()?;
+            let n = r.u8()?.into();
+            let algorithm = std::str::from_utf8(r.bytes(n)?).ok()?;
+            let n = r.be_u32()? as usize;
+            let state = r.bytes(n)?;
+            let expires_at = r.be_u64()?;
             let algorithm = match Algorithm::parse(algorithm) {
                 Some(a) => Some(a),
                 None if algorithm == SEVERAL => None,

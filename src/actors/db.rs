@@ -148,16 +148,9 @@ impl Db {
 
     /// Writes a batch directly, with nothing pending; queues it if that fails.
     fn write_batch(&mut self, mut batch: Vec<ClientSnapshot>) -> Result<usize, String> {
-        let (started, n) = (Instant::now(), batch.len());
         // In key order, each upsert finds its B-tree pages where the last one left them.
         batch.sort_unstable_by(|a, b| a.client.cmp(&b.client));
-        log::debug!("writing {n} client snapshots");
-        let result = sqlite::persist(&self.conn, &batch).map(|()| {
-            Metrics::observe(&self.metrics.flush_seconds, started.elapsed());
-            self.metrics.flush_batch_size.observe(n as f64);
-            log::debug!("persisted {n} client snapshots");
-            n
-        });
+        let result = self.persist(&batch, batch.len());
         if result.is_err() {
             for snapshot in batch {
                 merge_snapshot(&mut self.pending, snapshot);
@@ -185,17 +178,25 @@ impl Db {
                 None => Ok(0),
             }
         } else {
-            let started = Instant::now();
-            log::debug!("writing {n} client snapshots");
-            sqlite::persist(&self.conn, self.pending.values()).map(|()| {
-                Metrics::observe(&self.metrics.flush_seconds, started.elapsed());
-                self.metrics.flush_batch_size.observe(n as f64);
-                self.pending.clear();
-                log::debug!("persisted {n} client snapshots");
-                n
-            })
+            self.persist(self.pending.values(), n)
+                .inspect(|_| self.pending.clear())
         };
         self.settle(result)
+    }
+
+    /// Writes `n` snapshots in one transaction, timed and counted.
+    fn persist<'a>(
+        &self,
+        batch: impl IntoIterator<Item = &'a ClientSnapshot>,
+        n: usize,
+    ) -> Result<usize, StoreError> {
+        let started = Instant::now();
+        log::debug!("writing {n} client snapshots");
+        sqlite::persist(&self.conn, batch)?;
+        Metrics::observe(&self.metrics.flush_seconds, started.elapsed());
+        self.metrics.flush_batch_size.observe(n as f64);
+        log::debug!("persisted {n} client snapshots");
+        Ok(n)
     }
 
     /// Records a write's outcome: on failure, the pending snapshots wait (beyond

@@ -253,14 +253,14 @@ fn mark_dirty(e: &mut Entity, dirty: &mut Dirty, client: &Arc<str>) {
 struct Dirty {
     /// `lists[i]`: the clients flush `next + i` takes.
     lists: VecDeque<Vec<Arc<str>>>,
-    /// The number of the next flush to begin (flushes are numbered from 1; a client's
-    /// `written` is 0 before its first snapshot).
-    next: u64,
+    /// The number of the next flush to begin (from 1, wrapping; a client's `written` is
+    /// 0 before its first snapshot).
+    next: u32,
 }
 
 impl Dirty {
     /// `flushes` apart: the flushes that begin in one write interval (at least 1).
-    fn new(flushes: u64) -> Self {
+    fn new(flushes: u32) -> Self {
         Dirty {
             lists: (0..flushes.max(1)).map(|_| Vec::new()).collect(),
             next: 1,
@@ -271,7 +271,7 @@ impl Dirty {
     fn list(&mut self, written: u32, client: &Arc<str>) {
         // Flush `written + apart` is due: `apart - since` flushes after the next, where
         // `since >= 1` flushes have begun since the write (counted wrapping).
-        let since = (self.next as u32).wrapping_sub(written);
+        let since = self.next.wrapping_sub(written);
         let wait = match written {
             0 => 0,
             _ => self.lists.len().saturating_sub(since as usize),
@@ -279,12 +279,15 @@ impl Dirty {
         self.lists[wait].push(client.clone());
     }
 
-    /// Begins the next flush: the clients it is due to take.
-    fn begin(&mut self) -> Vec<Arc<str>> {
-        self.next += 1;
-        let due = self.lists.pop_front().unwrap_or_default();
-        self.lists.push_back(Vec::new());
-        due
+    /// Begins the next flush: moves the clients it is due to take to `into`. (The
+    /// emptied list goes round to the back with its room, so the workers' pushes do not
+    /// grow a new one each flush.)
+    fn begin(&mut self, into: &mut VecDeque<Arc<str>>) {
+        self.next = self.next.wrapping_add(1);
+        if let Some(mut due) = self.lists.pop_front() {
+            into.extend(due.drain(..));
+            self.lists.push_back(due);
+        }
     }
 
     /// Every listed client, due or not (a flush someone waits for: a stop, a test).
@@ -295,7 +298,7 @@ impl Dirty {
     /// The flush whose snapshots are being taken (the last one begun), as a client's
     /// `written`.
     fn current(&self) -> u32 {
-        (self.next - 1) as u32
+        self.next.wrapping_sub(1)
     }
 }
 
@@ -391,9 +394,10 @@ impl<'a> Parts<'a> {
 
 /// The flushes that begin in one write interval, rounded up: how far apart two
 /// snapshots of a busy client are taken.
-fn flushes_apart(c: &RegistryConfig) -> u64 {
+fn flushes_apart(c: &RegistryConfig) -> u32 {
     let flush = c.flush_interval.as_nanos().max(1);
-    c.write_interval.as_nanos().div_ceil(flush).max(1) as u64
+    let apart = c.write_interval.as_nanos().div_ceil(flush).max(1);
+    u32::try_from(apart).unwrap_or(u32::MAX)
 }
 
 /// The hash that picks a client's shard and marks it as known.
@@ -619,14 +623,14 @@ impl Shard {
     fn evict(&mut self, mut entity: Entity, now: Nanos) {
         self.config.live_total.fetch_sub(1, Ordering::Relaxed);
         self.config.metrics.evictions.inc();
-        let snapshot = entity.limiter.snapshot(now, &*self.backend);
-        self.stash(snapshot, false);
+        if let Some(snapshot) = entity.limiter.snapshot(now, &*self.backend) {
+            self.stash(snapshot, false);
+        }
     }
 
     /// Keeps a snapshot for the next batch: the newest state wins, statistics add up.
     /// `known`: the client is known to have state in the database already.
-    fn stash(&mut self, snapshot: Option<ClientSnapshot>, known: bool) {
-        let Some(new) = snapshot else { return };
+    fn stash(&mut self, new: ClientSnapshot, known: bool) {
         if !known {
             self.known.insert(client_hash(&new.client));
         }
@@ -638,8 +642,7 @@ impl Shard {
         let now = self.config.clock.now();
         let idle = self.config.idle;
         self.evict_oldest(now, usize::MAX, |e| e.last_used.saturating_add(idle) <= now);
-        let due = self.dirty.begin();
-        self.flushing.extend(due);
+        self.dirty.begin(&mut self.flushing);
     }
 
     /// Snapshots up to `most` clients of the flush under way; true once none is left.
@@ -663,7 +666,7 @@ impl Shard {
             // one that found nothing changed leaves the next due at once.
             if let Some(snapshot) = e.limiter.snapshot(now, &*self.backend) {
                 let known = std::mem::replace(&mut e.written, flush) != 0;
-                self.stash(Some(snapshot), known);
+                self.stash(snapshot, known);
             }
         }
         self.flushing.is_empty()

@@ -369,14 +369,37 @@ impl State {
     }
 }
 
-/// A little-endian cursor for [`State::decode`].
+/// A cursor over stored bytes: little-endian for [`State::decode`], big-endian (`be_`)
+/// for the stored form of a client's states (`snapshot::EndpointSnapshot::decode_all`,
+/// whose bytes a migration also writes in SQL, as hex).
 pub struct Reader<'a>(&'a [u8]);
 
 impl<'a> Reader<'a> {
-    fn bytes(&mut self, n: usize) -> Option<&'a [u8]> {
+    pub fn new(bytes: &'a [u8]) -> Self {
+        Reader(bytes)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn bytes(&mut self, n: usize) -> Option<&'a [u8]> {
         let (head, tail) = self.0.split_at_checked(n)?;
         self.0 = tail;
         Some(head)
+    }
+
+    pub fn u8(&mut self) -> Option<u8> {
+        self.take().map(u8::from_be_bytes)
+    }
+    pub fn be_u16(&mut self) -> Option<u16> {
+        self.take().map(u16::from_be_bytes)
+    }
+    pub fn be_u32(&mut self) -> Option<u32> {
+        self.take().map(u32::from_be_bytes)
+    }
+    pub fn be_u64(&mut self) -> Option<u64> {
+        self.take().map(u64::from_be_bytes)
     }
 }
 

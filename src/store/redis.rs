@@ -116,7 +116,8 @@ impl QuotaBackend for Redis {
             if let Some((this, (client, endpoint, limits), sent)) = remember
                 && !d.allowed
             {
-                (this.over_limit()).remember(&client, &endpoint, &limits, cost, sent, &d);
+                this.over_limit()
+                    .remember(&client, &endpoint, &limits, cost, sent, &d);
             }
             Ok(d)
         }))
