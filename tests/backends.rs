@@ -338,10 +338,15 @@ async fn redis_keys_expire_once_their_state_is_fresh() {
         (Algorithm::TokenBucket, "ttl-tb"),
     ] {
         let limits = Limit::new(algorithm, 10, 30);
-        redis
-            .check(client, "/e", &[one(limits)], 1, Mode::Consume)
-            .await
-            .unwrap();
+        // Twice at one instant: the second check adds to the state the first made (a
+        // sliding window's newest run, a fixed window's count), which must keep its
+        // expiry.
+        for _ in 0..2 {
+            redis
+                .check(client, "/e", &[one(limits)], 1, Mode::Consume)
+                .await
+                .unwrap();
+        }
         let keys = server.cli(&["--scan", "--pattern", &format!("rw:{{{client}}}:*")]);
         assert!(!keys.trim().is_empty(), "{algorithm:?} wrote no key");
         for key in keys.lines() {
@@ -351,6 +356,31 @@ async fn redis_keys_expire_once_their_state_is_fresh() {
             let bound = 31_000 + granule_ms(30 * NANOS_PER_SEC) as i64;
             assert!((1..=bound).contains(&ttl), "{key}: pttl {ttl}");
         }
+    }
+}
+
+/// A fixed window's expiry is set once per window (not at every check), so it must
+/// still move when only the window's length changed.
+#[actix_rt::test]
+async fn a_fixed_windows_expiry_follows_a_changed_window_length() {
+    let server = RedisServer::start();
+    // A multiple of both windows: the 120 s window starts where the 60 s one did.
+    let clock = ManualClock::new(1_800_000_000 * NANOS_PER_SEC);
+    let redis = redis_with(&clock, &server).await;
+    let key = "rw:{ttl-len}:/e:fw";
+    for (window, remaining, expires) in [(60, 9, 61_000), (60, 8, 61_000), (120, 7, 121_000)] {
+        let limits = Limit::new(Algorithm::FixedWindow, 10, window);
+        let d = redis
+            .check("ttl-len", "/e", &[one(limits)], 1, Mode::Consume)
+            .await
+            .unwrap();
+        // The count carries over: the longer window began at the same second.
+        assert_eq!(d.remaining, remaining);
+        let ttl: i64 = server.cli(&["pttl", key]).trim().parse().unwrap();
+        assert!(
+            (expires - 2_000..=expires).contains(&ttl),
+            "{window} s window: pttl {ttl}, expected about {expires}"
+        );
     }
 }
 

@@ -186,9 +186,7 @@ impl ClientLimiter {
         };
         let quota = Quota {
             client: &self.client,
-            endpoint: &policy.endpoint,
-            limits: &policy.limits,
-            refundable: policy.refundable,
+            policy,
         };
         backend.check(state, quota, cost, mode, now)
     }
@@ -438,16 +436,15 @@ impl ClientStatus {
         table: &PolicyTable,
         now: Nanos,
     ) -> impl Future<Output = Self> + use<> {
+        let client: Arc<str> = Arc::from(client);
         let peeks: Vec<_> = states
             .iter_mut()
             .filter_map(|(name, state)| {
-                let (policy, named) = table.slot_policy(name, client)?;
+                let (policy, named) = table.slot_policy(name, &client)?;
                 let policy = policy.clone();
                 let quota = Quota {
-                    client,
-                    endpoint: &policy.endpoint,
-                    limits: &policy.limits,
-                    refundable: policy.refundable,
+                    client: &client,
+                    policy: &policy,
                 };
                 let peek = backend.check(state, quota, 1, Mode::Peek, now);
                 Some(async move { peek.resolve().await.ok().map(|d| (policy, named, d)) })

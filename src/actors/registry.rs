@@ -213,9 +213,6 @@ pub struct Shard {
     known: HashSet<u64>,
     /// Where the quotas are decided (this shard's own connection, for a remote store).
     backend: Arc<dyn QuotaBackend>,
-    /// The shard's own thread: a backend's later answers are awaited and counted there,
-    /// next to its connection, whether or not the request still waits for them.
-    arbiter: ArbiterHandle,
     incarnations: u32,
     /// The heaviest clients of the last hour, for `/admin/top`.
     top: TopClients,
@@ -325,7 +322,6 @@ fn decide_now(
     let Parts {
         backend,
         config,
-        arbiter,
         top,
     } = parts;
     let now = e.limiter.now(now);
@@ -346,11 +342,13 @@ fn decide_now(
             Reply::Now(Ok(d))
         }
         Verdict::Later(later) => {
-            // Awaited on the shard's thread, not by the request: an answer that comes
-            // after the request gave up is still counted (the backend has consumed).
+            // Awaited by a task of this thread (the request's, whose connection the
+            // backend uses: no hop to another thread), not by the request: an answer
+            // that comes after the request gave up is still counted (the backend has
+            // consumed).
             let me = me.clone();
             let (tx, rx) = oneshot::channel();
-            arbiter.spawn(async move {
+            actix::spawn(async move {
                 let answer = later.await.map_err(|_| LimiterUnavailable);
                 if let Ok(d) = &answer
                     && check.mode == Mode::Consume
@@ -371,7 +369,6 @@ fn decide_now(
 struct Parts<'a> {
     backend: &'a dyn QuotaBackend,
     config: &'a RegistryConfig,
-    arbiter: &'a ArbiterHandle,
     top: &'a mut TopClients,
 }
 
@@ -380,13 +377,11 @@ impl<'a> Parts<'a> {
     fn of(
         backend: &'a Arc<dyn QuotaBackend>,
         config: &'a RegistryConfig,
-        arbiter: &'a ArbiterHandle,
         top: &'a mut TopClients,
     ) -> Self {
         Parts {
             backend: &**backend,
             config,
-            arbiter,
             top,
         }
     }
@@ -410,7 +405,6 @@ impl Shard {
         config: RegistryConfig,
         known: HashSet<u64>,
         backend: Arc<dyn QuotaBackend>,
-        arbiter: ArbiterHandle,
     ) -> Self {
         Self {
             dirty: Dirty::new(flushes_apart(&config)),
@@ -420,7 +414,6 @@ impl Shard {
             unsent: PendingSnapshots::new(),
             known,
             backend,
-            arbiter,
             incarnations: 0,
             top: TopClients::default(),
         }
@@ -535,7 +528,7 @@ impl Shard {
         match self.live.get_mut(&check.client) {
             Some(e) => decide_now(
                 e,
-                Parts::of(&self.backend, &self.config, &self.arbiter, &mut self.top),
+                Parts::of(&self.backend, &self.config, &mut self.top),
                 me,
                 check,
                 now,
@@ -590,7 +583,7 @@ impl Shard {
         }
         Ok(decide_now(
             e,
-            Parts::of(&self.backend, &self.config, &self.arbiter, &mut self.top),
+            Parts::of(&self.backend, &self.config, &mut self.top),
             me,
             check,
             now,
@@ -867,14 +860,8 @@ impl Registries {
         let states: Arc<[SharedShard]> = per_shard
             .into_iter()
             .zip(backends.iter())
-            .zip(&arbiters)
-            .map(|((known, backend), arbiter)| {
-                let shard = Shard::new(
-                    shard_config.clone(),
-                    known,
-                    backend.clone(),
-                    arbiter.clone(),
-                );
+            .map(|(known, backend)| {
+                let shard = Shard::new(shard_config.clone(), known, backend.clone());
                 Arc::new(Mutex::new(shard))
             })
             .collect();
@@ -1068,7 +1055,6 @@ mod tests {
             config,
             HashSet::new(),
             Arc::new(Memory),
-            actix::Arbiter::current(),
         )))
     }
 

@@ -1,4 +1,6 @@
--- Fixed window. KEYS[1]: hash {s = window start (s), c = count}; KEYS[2..]: the keys of
+-- Fixed window. KEYS[1]: hash {s = window start (s), c = count, f = the end of the window
+-- its expiry was set for (a window's state expires one second after it ends; set once
+-- per window)}; KEYS[2..]: the keys of
 -- the other algorithms. ARGV[5]: limit, ARGV[6]: window in seconds, ARGV[7]: calendar
 -- windows instead (0 none, 1 a UTC day, 2 an ISO week from Monday, 3 a month from the
 -- 1st; see `limiter::fixed_window::Calendar::bounds`, whose arithmetic this repeats).
@@ -39,7 +41,8 @@ else
   end
   start, finish = first * 86400, next_ * 86400
 end
-local st = redis.call('HMGET', KEYS[1], 's', 'c')
+local st = redis.call('HMGET', KEYS[1], 's', 'c', 'f')
+local fresh = not st[1]
 if refund and at_s >= start and tonumber(st[1]) == start then
   -- Only while the window of that time is still the one counted.
   st[2] = math.max(tonumber(st[2]) - cost, 0)
@@ -56,8 +59,12 @@ local rt_s, rt_ns, rs_s, rs_ns = 0, 0, 0, 0
 if count + need > limit then rt_s, rt_ns = ue_s, ue_ns end
 if count > 0 then rs_s, rs_ns = ue_s, ue_ns end
 if consume then
-  redis.call('HSET', KEYS[1], 's', start, 'c', count)
-  expire_in({KEYS[1]}, ue_s, ue_ns)
-  forget_others(2)
+  if tonumber(st[3]) == finish then
+    redis.call('HSET', KEYS[1], 's', start, 'c', count)
+  else
+    redis.call('HSET', KEYS[1], 's', start, 'c', count, 'f', finish)
+    expire_in({KEYS[1]}, ue_s, ue_ns)
+  end
+  forget_others(2, fresh)
 end
 return {allowed and 1 or 0, remaining, rt_s, rt_ns, rs_s, rs_ns, now_s, now_ns}

@@ -37,8 +37,10 @@ if refund and cost > 0 then
   end
 end
 local total = tonumber(redis.call('GET', KEYS[2]) or '-1')
+local fresh = total < 0
+local front = redis.call('LINDEX', KEYS[1], 0)
 -- A sum without its runs (the list alone was evicted) counts nothing that could expire.
-if total > 0 and redis.call('EXISTS', KEYS[1]) == 0 then total = 0 end
+if total > 0 and not front then total = 0 end
 if total < 0 then
   -- No sum (a fresh key, or the sum alone was evicted): count the runs themselves.
   total = 0
@@ -48,36 +50,40 @@ if total < 0 then
   end
 end
 local popped = false
-while true do
-  local v = redis.call('LINDEX', KEYS[1], 0)
-  if not v then break end
-  local ms, c = parse(v)
+while front do
+  local ms, c = parse(front)
   if not expired(ms) then break end
   redis.call('LPOP', KEYS[1])
   total = total - c
   popped = true
+  front = redis.call('LINDEX', KEYS[1], 0)
 end
 local allowed = total + cost <= limit
+-- The newest run once this check is done, when it wrote it (else read below), and
+-- whether it is a new run: the keys' expiry follows the newest run, so it moves only then.
+local back, pushed = nil, false
 if allowed and consume and cost > 0 then
   local at = now_s * 1000 + math.ceil(now_ns / 1000000)
   local r = at % g
   if r > 0 then at = at + g - r end
-  local back = redis.call('LINDEX', KEYS[1], -1)
+  local last = redis.call('LINDEX', KEYS[1], -1)
   local bms, bc
-  if back then bms, bc = parse(back) end
+  if last then bms, bc = parse(last) end
   if bms and bms >= at and bc + cost <= 4294967295 then
-    redis.call('LSET', KEYS[1], -1, string.format('%d:%d', bms, bc + cost))
-  elseif bms and bms >= at then
-    -- A full run: the next millisecond, counted longer, never shorter.
-    redis.call('RPUSH', KEYS[1], string.format('%d:%d', bms + 1, cost))
+    back = string.format('%d:%d', bms, bc + cost)
+    redis.call('LSET', KEYS[1], -1, back)
   else
-    redis.call('RPUSH', KEYS[1], string.format('%d:%d', at, cost))
+    -- A full run goes on at the next millisecond, counted longer, never shorter.
+    if bms and bms >= at then at = bms + 1 end
+    back = string.format('%d:%d', at, cost)
+    redis.call('RPUSH', KEYS[1], back)
+    pushed = true
   end
   total = total + cost
 end
 local remaining = math.max(limit - total, 0)
 local rt_s, rt_ns, rs_s, rs_ns = 0, 0, 0, 0
-local back = redis.call('LINDEX', KEYS[1], -1)
+if not back then back = redis.call('LINDEX', KEYS[1], -1) end
 if back then rs_s, rs_ns = until_(expiry(parse(back))) end
 if total + need > limit and need > limit then
   -- Never fits: the best it gets is the whole quota back.
@@ -103,11 +109,11 @@ end
 -- A peek that dropped expired runs must keep the sum in step with them.
 if consume or popped then
   if total > 0 then
-    redis.call('SET', KEYS[2], total)
-    expire_in({KEYS[1], KEYS[2]}, rs_s, rs_ns)
+    redis.call('SET', KEYS[2], total, 'KEEPTTL')
+    if pushed or fresh then expire_in({KEYS[1], KEYS[2]}, rs_s, rs_ns) end
   else
     redis.call('DEL', KEYS[1], KEYS[2])
   end
-  forget_others(3)
+  forget_others(3, fresh)
 end
 return {allowed and 1 or 0, remaining, rt_s, rt_ns, rs_s, rs_ns, now_s, now_ns}

@@ -6,6 +6,7 @@
 local burst, t = tonumber(ARGV[5]), tonumber(ARGV[6])
 local cap = burst * t
 local st = redis.call('HMGET', KEYS[1], 'ts', 'tn', 'i')
+local fresh = not st[1]
 if refund and st[1] then
   -- The debt the check added (in the interval it was recorded with), less what has
   -- dripped back in since (which a check since may have taken), never back before
@@ -44,6 +45,6 @@ if not refund then
   local ts, tn = split(now_ns + debt)
   redis.call('HSET', KEYS[1], 'ts', string.format('%d', now_s + ts), 'tn', string.format('%d', tn), 'i', string.format('%d', t))
   expire_in({KEYS[1]}, rs_s, rs_ns)
-  forget_others(2)
+  forget_others(2, fresh)
 end
 return {allowed and 1 or 0, remaining, rt_s, rt_ns, rs_s, rs_ns, now_s, now_ns}

@@ -9,19 +9,18 @@
 
 use crate::clock::Nanos;
 use crate::limiter::{Decisions, Mode, Named, States};
+use crate::policy::Policy;
 use futures_util::future::BoxFuture;
+use std::sync::Arc;
 
-/// The quota a check is about: one client's, under one config.
+/// The quota a check is about: one client's, under one config (by reference to what
+/// the caller holds, so a backend that keeps them past the call clones two `Arc`s).
 #[derive(Debug, Clone, Copy)]
 pub struct Quota<'a> {
-    pub client: &'a str,
-    /// The config's identity (its endpoint), which names the quota.
-    pub endpoint: &'a str,
-    /// The config's limits, all of which must admit a check.
-    pub limits: &'a [Named],
-    /// Whether units taken may come back before their window passes (see
-    /// [`crate::policy::Policy::refundable`]).
-    pub refundable: bool,
+    pub client: &'a Arc<str>,
+    /// The config: its identity (`endpoint`) names the quota, and all its `limits` must
+    /// admit a check.
+    pub policy: &'a Arc<Policy>,
 }
 
 /// The backend could not decide (unreachable, timed out, or its breaker is open).
@@ -112,7 +111,7 @@ impl QuotaBackend for Memory {
         mode: Mode,
         now: Nanos,
     ) -> Verdict {
-        Verdict::Now(local.evaluate(quota.limits, now, cost, mode))
+        Verdict::Now(local.evaluate(&quota.policy.limits, now, cost, mode))
     }
 
     fn fresh_at(&self, local: &mut States, limits: &[Named], now: Nanos) -> Nanos {

@@ -30,8 +30,9 @@ use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisError, RedisFuture, Script, Value};
 use smallvec::SmallVec;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 /// Channel on which config versions are announced.
@@ -52,6 +53,9 @@ const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 /// The prelude of every decision script: the time, and helpers.
 const PRELUDE: &str = include_str!("redis/prelude.lua");
+
+/// How a decision script answers (see [`parse_answer`]).
+const ANSWER: &str = include_str!("redis/answer.lua");
 
 /// The driver of the script of several limits (see [`several_script`]).
 const SEVERAL: &str = include_str!("redis/several.lua");
@@ -89,12 +93,13 @@ impl QuotaBackend for Redis {
         mode: Mode,
         now: Nanos,
     ) -> Verdict {
-        let (client, endpoint, limits) = (quota.client, quota.endpoint, quota.limits);
+        let (client, policy) = (quota.client, quota.policy);
+        let (endpoint, limits) = (&*policy.endpoint, &*policy.limits);
         // What a refusal of this check will be remembered with: when it was sent (so
         // never later than Redis decided it), and what had been forgotten by then.
         let mut sent = None;
         match mode {
-            Mode::Consume if !quota.refundable => {
+            Mode::Consume if !policy.refundable => {
                 let over = self.over_limit();
                 if let Some(d) = over.refusal(client, endpoint, limits, cost, now) {
                     self.inner.config.metrics.redis_refused_locally.inc();
@@ -106,18 +111,20 @@ impl QuotaBackend for Redis {
             Mode::Consume | Mode::Peek => {}
         }
         let ask = Redis::check(self, client, endpoint, limits, cost, mode);
-        let remember = sent.map(|sent| {
-            let quota: (Box<str>, Box<str>, Box<[Named]>) =
-                (client.into(), endpoint.into(), limits.into());
-            (self.clone(), quota, sent)
-        });
+        let remember = sent.map(|sent| (self.clone(), client.clone(), policy.clone(), sent));
         Verdict::Later(Box::pin(async move {
             let d = ask.await.map_err(|_| Unavailable)?;
-            if let Some((this, (client, endpoint, limits), sent)) = remember
+            if let Some((this, client, policy, sent)) = remember
                 && !d.allowed
             {
-                this.over_limit()
-                    .remember(&client, &endpoint, &limits, cost, sent, &d);
+                this.over_limit().remember(
+                    &client,
+                    &policy.endpoint,
+                    &policy.limits,
+                    cost,
+                    sent,
+                    &d,
+                );
             }
             Ok(d)
         }))
@@ -231,7 +238,12 @@ struct Scripts {
 impl Scripts {
     fn new() -> Self {
         // The decision scripts, one per algorithm, each in its module (`crate::limiter`).
-        let decision = |body: &str| Script::new(&format!("{PRELUDE}{body}"));
+        // The algorithm's script, which returns its numbers, as the body of a function.
+        let decision = |body: &str| {
+            Script::new(&format!(
+                "{ANSWER}{PRELUDE}local function decide()\n{body}\nend\nreturn answer(decide())\n"
+            ))
+        };
         Self {
             fixed: decision(FixedWindowLimit::REDIS_SCRIPT),
             sliding: decision(SlidingWindowLimit::REDIS_SCRIPT),
@@ -244,11 +256,27 @@ impl Scripts {
     }
 }
 
+impl Scripts {
+    /// The script that decides `limits`.
+    fn decision(&self, limits: &[Limit]) -> &Script {
+        match limits {
+            [one] => match one.algorithm() {
+                Algorithm::FixedWindow => &self.fixed,
+                // A concurrency limit is a sliding window of leases: the same script.
+                Algorithm::SlidingWindow | Algorithm::Concurrency => &self.sliding,
+                Algorithm::TokenBucket => &self.bucket,
+            },
+            _ => &self.several,
+        }
+    }
+}
+
 /// The script of several limits: each algorithm's script as a function of its own keys
 /// and arguments (in the order of [`Algorithm::ALL`]), then `redis/several.lua`, which
 /// peeks every limit and consumes from all only if all admit.
 fn several_script() -> String {
-    let mut script = String::from("local algorithms = {\n");
+    let mut script = String::from(ANSWER);
+    script.push_str("local algorithms = {\n");
     for algorithm in Algorithm::ALL {
         script.push_str("function(KEYS, ARGV)\n");
         script.push_str(PRELUDE);
@@ -323,7 +351,9 @@ impl RedisConfig {
 }
 
 /// One connection to Redis with its circuit breaker. Each registry shard holds its own,
-/// connected on its own thread, so the connection's driver runs where its checks are sent.
+/// connected on its own thread. Decisions go through a connection of the thread that
+/// makes them (see [`Redis::local_conn`]), so that a check, its connection's driver and
+/// the answer stay on the request's thread: no hop to another thread and back.
 #[derive(Clone)]
 pub struct Redis {
     inner: Arc<Inner>,
@@ -339,6 +369,23 @@ struct Inner {
     probing: AtomicBool,
     /// Quotas refused lately (a decision backend's; unused by the cluster's handle).
     over_limit: Mutex<OverLimit>,
+    /// Counts the connections [`Redis::use_connection`] made: a thread's own connection
+    /// made before the last one is replaced (the breaker opened since).
+    generation: AtomicU64,
+}
+
+/// A thread's own connection to the Redis of one [`RedisConfig`].
+struct LocalConn {
+    config: Weak<RedisConfig>,
+    /// The handle's generation when it was asked for.
+    generation: u64,
+    /// `None` while it is being opened.
+    conn: Option<Conn>,
+}
+
+thread_local! {
+    /// This thread's own connections, one per Redis it decides with (one, but for tests).
+    static LOCAL: RefCell<Vec<LocalConn>> = const { RefCell::new(Vec::new()) };
 }
 
 impl Redis {
@@ -353,6 +400,7 @@ impl Redis {
                 failures: AtomicU32::new(0),
                 probing: AtomicBool::new(false),
                 over_limit: Mutex::default(),
+                generation: AtomicU64::new(0),
             }),
         }
     }
@@ -378,6 +426,7 @@ impl Redis {
 
     fn use_connection(&self, conn: Conn) {
         *self.inner.conn.write().unwrap_or_else(|e| e.into_inner()) = Some(conn);
+        self.inner.generation.fetch_add(1, Ordering::Relaxed);
         self.inner.failures.store(0, Ordering::Relaxed);
         if self.inner.open.swap(false, Ordering::Relaxed) {
             self.inner.config.metrics.redis_breaker_open.dec();
@@ -400,68 +449,81 @@ impl Redis {
         cost: u64,
         mode: Mode,
     ) -> impl Future<Output = Result<Decisions, RedisUnavailable>> + use<> {
-        let conn = self.conn();
+        let conn = self
+            .conn()
+            .map(|shared| self.local_conn().unwrap_or(shared));
         let this = self.clone();
         let several = limits.len() > 1;
-        // Each limit's keys in turn, as many for each (every algorithm's kinds).
-        let keys: Vec<String> = limits
-            .iter()
-            .flat_map(|l| keys(client, endpoint, &l.name, l.limit.algorithm()))
-            .collect();
-        let limits: SmallVec<[Limit; 1]> = limits.iter().map(|l| l.limit).collect();
-        let now = self.inner.config.clock.as_ref().map(|c| c.now());
+        let limits_only: SmallVec<[Limit; 1]> = limits.iter().map(|l| l.limit).collect();
+        let script = self.inner.config.scripts.decision(&limits_only);
+        // The call is written here, once, into one buffer: `EVALSHA`, each limit's keys
+        // in turn (as many for each: every algorithm's kinds), then the arguments.
+        let per_limit: usize = Algorithm::ALL.iter().map(|a| a.redis_kinds().len()).sum();
+        let mut call = redis::cmd("EVALSHA");
+        call.arg(script.get_hash()).arg(per_limit * limits.len());
+        let mut del = (mode == Mode::Reset).then(|| redis::cmd("DEL"));
+        for l in limits {
+            for_each_key(client, endpoint, &l.name, l.limit.algorithm(), |key| {
+                call.arg(key);
+                if let Some(del) = &mut del {
+                    del.arg(key);
+                }
+            });
+        }
+        match self.inner.config.clock.as_ref().map(|c| c.now()) {
+            Some(now) => call.arg(now / NANOS_PER_SEC).arg(now % NANOS_PER_SEC),
+            None => call.arg("").arg(""),
+        };
+        match mode {
+            Mode::Consume => call.arg("1"),
+            Mode::Peek | Mode::Reset => call.arg("0"),
+            // Given back for the check made at `at`.
+            Mode::Refund(at) => {
+                call.arg(format!("2:{}:{}", at / NANOS_PER_SEC, at % NANOS_PER_SEC))
+            }
+        };
+        call.arg(cost);
+        if several {
+            // How to cut KEYS and ARGV into each limit's (see `redis/several.lua`).
+            call.arg(limits.len());
+            for l in limits {
+                let args = l.limit.redis_args();
+                call.arg(l.limit.algorithm().index() + 1)
+                    .arg(per_limit)
+                    .arg(args.len())
+                    .arg(args);
+            }
+        } else {
+            call.arg(limits[0].limit.redis_args());
+        }
+        let limits = limits_only;
         async move {
             let mut conn = conn?;
-            if mode == Mode::Reset {
+            if let Some(del) = del {
                 // Every key of the quota, whatever the algorithm: one hash slot (the
                 // client's tag), so one command even in a Redis Cluster.
-                let mut del = redis::cmd("DEL");
-                for k in &keys {
-                    del.arg(k);
-                }
                 let deleted: Result<u64, RedisError> = del.query_async(&mut conn).await;
                 this.observe(deleted)?;
             }
-            let s = &this.inner.config.scripts;
-            let script = match (several, limits[0].algorithm()) {
-                (true, _) => &s.several,
-                (false, Algorithm::FixedWindow) => &s.fixed,
-                // A concurrency limit is a sliding window of leases: the same script.
-                (false, Algorithm::SlidingWindow | Algorithm::Concurrency) => &s.sliding,
-                (false, Algorithm::TokenBucket) => &s.bucket,
-            };
-            let mut call = script.prepare_invoke();
-            for k in &keys {
-                call.key(k);
-            }
-            match now {
-                Some(now) => call.arg(now / NANOS_PER_SEC).arg(now % NANOS_PER_SEC),
-                None => call.arg("").arg(""),
-            };
-            let consume = match mode {
-                Mode::Consume => "1".to_owned(),
-                Mode::Peek | Mode::Reset => "0".to_owned(),
-                // Given back for the check made at `at`.
-                Mode::Refund(at) => format!("2:{}:{}", at / NANOS_PER_SEC, at % NANOS_PER_SEC),
-            };
-            call.arg(consume).arg(cost);
-            if several {
-                // How to cut KEYS and ARGV into each limit's (see `redis/several.lua`).
-                call.arg(limits.len());
-                for limit in &limits {
-                    let args = limit.redis_args();
-                    call.arg(limit.algorithm().index() + 1)
-                        .arg(keys.len() / limits.len())
-                        .arg(args.len());
-                    call.arg(args);
-                }
-            } else {
-                call.arg(limits[0].redis_args());
-            }
+            let script = this.inner.config.scripts.decision(&limits);
             let started = Instant::now();
-            let reply: Result<Vec<u64>, RedisError> = call.invoke_async(&mut conn).await;
+            let reply: Result<Vec<u8>, RedisError> = match call.query_async(&mut conn).await {
+                // Redis lost its scripts (restarted, or `SCRIPT FLUSH`): loaded again.
+                Err(e)
+                    if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                {
+                    match script.prepare_invoke().load_async(&mut conn).await {
+                        Ok(_) => call.query_async(&mut conn).await,
+                        Err(e) => Err(e),
+                    }
+                }
+                reply => reply,
+            };
             Metrics::observe(&this.inner.config.metrics.redis_seconds, started.elapsed());
             let reply = this.observe(reply)?;
+            let reply = parse_answer(&reply).ok_or_else(|| {
+                RedisUnavailable::Failed("a decision script's answer is not its numbers".to_owned())
+            })?;
             let nanos = |s: u64, ns: u64| s.saturating_mul(NANOS_PER_SEC).saturating_add(ns);
             // Six numbers per limit, then the time of the decision.
             let Some((each, &[s, ns])) = reply
@@ -601,6 +663,60 @@ impl Redis {
         conn.clone().ok_or(RedisUnavailable::Open)
     }
 
+    /// This thread's own connection, once it has one made since the breaker last
+    /// closed; until then `None` (the caller uses the handle's), and one is opened on
+    /// this thread, if it runs an actix arbiter (an HTTP worker, a shard, the gRPC
+    /// server's). A multiplexed connection's driver is a task of the thread that opened
+    /// it, so a check sent on it is written, read and answered without leaving the
+    /// thread. A connection that fails trips the handle's breaker as any other does.
+    fn local_conn(&self) -> Option<Conn> {
+        let config = &self.inner.config;
+        let generation = self.inner.generation.load(Ordering::Relaxed);
+        LOCAL.with_borrow_mut(|locals| {
+            let found = locals
+                .iter_mut()
+                .find(|l| std::ptr::eq(l.config.as_ptr(), Arc::as_ptr(config)));
+            let local = match found {
+                Some(l) if l.generation == generation => return l.conn.clone(),
+                // Being opened for an older generation: that attempt's result is dropped.
+                Some(l) => l,
+                None if actix::Arbiter::try_current().is_none() => return None,
+                None => {
+                    locals.retain(|l| l.config.strong_count() > 0);
+                    locals.push(LocalConn {
+                        config: Arc::downgrade(config),
+                        generation,
+                        conn: None,
+                    });
+                    locals.last_mut().expect("just pushed")
+                }
+            };
+            local.generation = generation;
+            local.conn = None;
+            let this = self.clone();
+            actix_web::rt::spawn(async move {
+                let opened = this.open_connection().await;
+                let config = &this.inner.config;
+                LOCAL.with_borrow_mut(|locals| {
+                    let mine = |l: &LocalConn| {
+                        std::ptr::eq(l.config.as_ptr(), Arc::as_ptr(config))
+                            && l.generation == generation
+                    };
+                    match opened {
+                        Ok(conn) => {
+                            if let Some(l) = locals.iter_mut().find(|l| mine(l)) {
+                                l.conn = Some(conn);
+                            }
+                        }
+                        // Tried again by the next check on this thread.
+                        Err(_) => locals.retain(|l| !mine(l)),
+                    }
+                });
+            });
+            None
+        })
+    }
+
     /// Counts the outcome of one call for the breaker.
     fn observe<T>(&self, reply: Result<T, RedisError>) -> Result<T, RedisUnavailable> {
         let e = match reply {
@@ -698,6 +814,17 @@ impl Redis {
     }
 }
 
+/// A decision script's numbers (see `redis/answer.lua`), or `None` for anything but
+/// non-negative 64-bit integers.
+fn parse_answer(reply: &[u8]) -> Option<SmallVec<[u64; 8]>> {
+    let (numbers, []) = reply.as_chunks::<8>() else {
+        return None;
+    };
+    (numbers.iter())
+        .map(|n| u64::try_from(i64::from_be_bytes(*n)).ok())
+        .collect()
+}
+
 /// The shared configs as read from Redis.
 pub struct SharedTable {
     /// `None` until the first instance seeds them.
@@ -712,16 +839,41 @@ pub struct SharedTable {
 /// descriptor rule's identity no `#`), except `default`, the limit of a config written
 /// with top-level fields, which keeps the keys such configs have always had.
 pub fn keys(client: &str, endpoint: &str, limit: &str, algorithm: Algorithm) -> Vec<String> {
+    let mut all = Vec::new();
+    for_each_key(client, endpoint, limit, algorithm, |k| {
+        all.push(k.to_owned())
+    });
+    all
+}
+
+/// Hands each of [`keys`] in turn to `each`, written into one buffer.
+fn for_each_key(
+    client: &str,
+    endpoint: &str,
+    limit: &str,
+    algorithm: Algorithm,
+    mut each: impl FnMut(&str),
+) {
+    let mut key = String::with_capacity(client.len() + endpoint.len() + limit.len() + 12);
+    key.push_str("rw:{");
+    key.push_str(client);
+    key.push_str("}:");
+    key.push_str(endpoint);
+    if limit != DEFAULT_LIMIT {
+        key.push_str(" #");
+        key.push_str(limit);
+    }
+    key.push(':');
+    let stem = key.len();
     let others = Algorithm::ALL.into_iter().filter(|a| *a != algorithm);
-    let named = match limit {
-        DEFAULT_LIMIT => endpoint.to_owned(),
-        name => format!("{endpoint} #{name}"),
-    };
-    std::iter::once(algorithm)
+    for kind in std::iter::once(algorithm)
         .chain(others)
         .flat_map(Algorithm::redis_kinds)
-        .map(|kind| format!("rw:{{{client}}}:{named}:{kind}"))
-        .collect()
+    {
+        key.truncate(stem);
+        key.push_str(kind);
+        each(&key);
+    }
 }
 
 #[cfg(test)]

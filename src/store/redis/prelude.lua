@@ -2,7 +2,8 @@
 -- nanoseconds, or '' for Redis `TIME`; ARGV[3]: '1' to consume, '0' to peek, or
 -- '2:<s>:<ns>' to give back the cost that a check at that earlier time consumed (then
 -- answer as a peek); ARGV[4]: the cost. The algorithm's own arguments follow from
--- ARGV[5]. Every script answers its six numbers, then the time it decided at (s, ns).
+-- ARGV[5]. Every script returns its six numbers, then the time it decided at (s, ns),
+-- which `answer.lua` packs into one string.
 local now_s, now_ns
 if ARGV[1] == '' then
   local t = redis.call('TIME')
@@ -12,7 +13,7 @@ else
 end
 local consume = ARGV[3] == '1'
 local refund, at_s, at_ns = false, 0, 0
-do
+if string.byte(ARGV[3]) == 50 then
   local s, ns = string.match(ARGV[3], '^2:(%d+):(%d+)$')
   if s then refund = true; at_s = tonumber(s); at_ns = tonumber(ns) end
 end
@@ -34,6 +35,10 @@ local function expire_in(keys, s, ns)
   local ms = s * 1000 + math.ceil(ns / 1000000) + 1000
   for _, k in ipairs(keys) do redis.call('PEXPIRE', k, ms) end
 end
-local function forget_others(first)
-  if consume and #KEYS >= first then redis.call('DEL', unpack(KEYS, first)) end
+-- Deletes the other algorithms' keys (KEYS[first..]) when a consuming check found no
+-- state of its own (`fresh`): a changed algorithm starts afresh. Only keys that a check
+-- consumed under make a state, and making one deletes the others', so while this
+-- algorithm's state lives there is none to delete.
+local function forget_others(first, fresh)
+  if consume and fresh and #KEYS >= first then redis.call('DEL', unpack(KEYS, first)) end
 end

@@ -7,8 +7,8 @@
 -- algorithm's index (from 1), its number of keys, its number of own arguments, and
 -- those arguments. KEYS: each limit's keys in turn.
 -- Every limit is first asked with consume '0'; only if all admit is each asked again
--- with consume '1'; a refund gives back to each at once. Returns each limit's six
--- numbers in turn, then the time it decided at (s, ns).
+-- with consume '1'; a refund gives back to each at once. Answers (see `answer.lua`)
+-- each limit's six numbers in turn, then the time it decided at (s, ns).
 local now_s, now_ns = ARGV[1], ARGV[2]
 if now_s == '' then
   local t = redis.call('TIME')
@@ -42,4 +42,4 @@ for _, r in ipairs(out) do
 end
 flat[#flat + 1] = tonumber(now_s)
 flat[#flat + 1] = tonumber(now_ns)
-return flat
+return answer(flat)
