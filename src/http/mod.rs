@@ -240,61 +240,71 @@ pub async fn read_json(
     }
     let invalid =
         |e| ApiError::bad_request("invalid_json", format!("The body is not valid JSON: {e}."));
-    serde_json::from_slice::<NoDuplicateKeys>(&body).map_err(invalid)?;
-    serde_json::from_slice(&body).map_err(invalid)
+    serde_json::from_slice::<Checked>(&body)
+        .map(|Checked(v)| v)
+        .map_err(invalid)
 }
 
-/// Walks a JSON document and fails on an object with the same key twice, at any depth:
-/// otherwise the last one would silently win (`{"window_seconds": 1, "window_seconds":
-/// 3600}` means something different to every parser).
-struct NoDuplicateKeys;
+/// A JSON document read in one pass that fails on an object with the same key twice,
+/// at any depth: otherwise the last one would silently win (`{"window_seconds": 1,
+/// "window_seconds": 3600}` means something different to every parser).
+struct Checked(serde_json::Value);
 
-impl<'de> serde::Deserialize<'de> for NoDuplicateKeys {
+impl<'de> serde::Deserialize<'de> for Checked {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(NoDuplicateKeys)
+        d.deserialize_any(CheckedVisitor)
     }
 }
 
-impl<'de> serde::de::Visitor<'de> for NoDuplicateKeys {
-    type Value = NoDuplicateKeys;
+struct CheckedVisitor;
+
+impl<'de> serde::de::Visitor<'de> for CheckedVisitor {
+    type Value = Checked;
 
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         f.write_str("a JSON value")
     }
 
-    fn visit_bool<E>(self, _: bool) -> Result<Self, E> {
-        Ok(self)
+    fn visit_bool<E>(self, v: bool) -> Result<Checked, E> {
+        Ok(Checked(v.into()))
     }
-    fn visit_i64<E>(self, _: i64) -> Result<Self, E> {
-        Ok(self)
+    fn visit_i64<E>(self, v: i64) -> Result<Checked, E> {
+        Ok(Checked(v.into()))
     }
-    fn visit_u64<E>(self, _: u64) -> Result<Self, E> {
-        Ok(self)
+    fn visit_u64<E>(self, v: u64) -> Result<Checked, E> {
+        Ok(Checked(v.into()))
     }
-    fn visit_f64<E>(self, _: f64) -> Result<Self, E> {
-        Ok(self)
+    fn visit_f64<E>(self, v: f64) -> Result<Checked, E> {
+        Ok(Checked(v.into()))
     }
-    fn visit_str<E>(self, _: &str) -> Result<Self, E> {
-        Ok(self)
+    fn visit_str<E>(self, v: &str) -> Result<Checked, E> {
+        Ok(Checked(v.into()))
     }
-    fn visit_unit<E>(self) -> Result<Self, E> {
-        Ok(self)
+    fn visit_string<E>(self, v: String) -> Result<Checked, E> {
+        Ok(Checked(v.into()))
     }
-
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self, A::Error> {
-        while seq.next_element::<NoDuplicateKeys>()?.is_some() {}
-        Ok(self)
+    fn visit_unit<E>(self) -> Result<Checked, E> {
+        Ok(Checked(serde_json::Value::Null))
     }
 
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self, A::Error> {
-        let mut seen = std::collections::HashSet::new();
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Checked, A::Error> {
+        let mut all = Vec::new();
+        while let Some(Checked(v)) = seq.next_element()? {
+            all.push(v);
+        }
+        Ok(Checked(serde_json::Value::Array(all)))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Checked, A::Error> {
+        let mut object = serde_json::Map::new();
         while let Some(key) = map.next_key::<String>()? {
-            if !seen.insert(key.clone()) {
+            if object.contains_key(&key) {
                 return Err(serde::de::Error::custom(format!("duplicate key {key:?}")));
             }
-            map.next_value::<NoDuplicateKeys>()?;
+            let Checked(v) = map.next_value()?;
+            object.insert(key, v);
         }
-        Ok(self)
+        Ok(Checked(serde_json::Value::Object(object)))
     }
 }
 
