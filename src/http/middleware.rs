@@ -407,6 +407,10 @@ fn protocol_token(headers: &HeaderMap) -> Option<String> {
 /// The `token` query parameter, percent-decoded (for clients that can set neither a
 /// header nor a subprotocol; avoid it where URLs are logged).
 fn query_token(query: &str) -> Option<String> {
+    // Most requests carry no query: nothing to decode.
+    if query.is_empty() {
+        return None;
+    }
     #[derive(serde::Deserialize)]
     struct TokenQuery {
         token: String,
