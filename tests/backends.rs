@@ -359,6 +359,57 @@ async fn redis_keys_expire_once_their_state_is_fresh() {
     }
 }
 
+/// Redis lost its scripts (a restart without persistence, `SCRIPT FLUSH`): the next
+/// check loads its script again and is decided once, not refused and not counted twice.
+#[actix_rt::test]
+async fn a_check_after_redis_lost_its_scripts_loads_them_and_counts_once() {
+    let server = RedisServer::start();
+    let clock = ManualClock::new(1_800_000_000 * NANOS_PER_SEC);
+    let redis = redis_with(&clock, &server).await;
+    for algorithm in [
+        Algorithm::FixedWindow,
+        Algorithm::SlidingWindow,
+        Algorithm::TokenBucket,
+    ] {
+        let limits = [one(Limit::new(algorithm, 10, 60))];
+        let client = format!("flushed-{}", algorithm.as_str());
+        let first = redis
+            .check(&client, "/e", &limits, 1, Mode::Consume)
+            .await
+            .unwrap();
+        assert_eq!(first.remaining, 9);
+        assert_eq!(server.cli(&["script", "flush"]).trim(), "OK");
+        let second = redis
+            .check(&client, "/e", &limits, 1, Mode::Consume)
+            .await
+            .unwrap();
+        assert_eq!(second.remaining, 8, "{algorithm:?}");
+    }
+}
+
+/// A peek at a quota with no state makes none: the consuming check after it still
+/// starts afresh, dropping what another algorithm left.
+#[actix_rt::test]
+async fn a_peek_before_a_changed_algorithm_still_starts_fresh_state() {
+    let server = RedisServer::start();
+    let clock = ManualClock::new(1_800_000_000 * NANOS_PER_SEC);
+    let mut backends = [
+        Backend::memory(),
+        Backend::Redis(redis_with(&clock, &server).await, "peeker"),
+    ];
+    for b in &mut backends {
+        let sliding = Limit::new(Algorithm::SlidingWindow, 2, 60);
+        let bucket = Limit::new(Algorithm::TokenBucket, 2, 60);
+        let now = clock.now();
+        assert!(b.check(&sliding, now, 1, Mode::Consume).await.allowed);
+        assert!(b.check(&sliding, now, 1, Mode::Consume).await.allowed);
+        assert_eq!(b.check(&bucket, now, 1, Mode::Peek).await.remaining, 2);
+        assert_eq!(b.check(&bucket, now, 1, Mode::Consume).await.remaining, 1);
+        // And back: the sliding window's state was dropped with the switch.
+        assert_eq!(b.check(&sliding, now, 1, Mode::Consume).await.remaining, 1);
+    }
+}
+
 /// A fixed window's expiry is set once per window (not at every check), so it must
 /// still move when only the window's length changed.
 #[actix_rt::test]

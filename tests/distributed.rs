@@ -228,6 +228,78 @@ async fn instances_on_one_redis_admit_exactly_the_shared_limit() {
     exact_limit_across(&nodes).await;
 }
 
+/// Each thread that decides keeps one connection of its own, whatever the number of
+/// shards: under steady load, and after Redis restarted, the connections Redis accepts
+/// stop growing once every thread has reopened its own.
+#[actix_rt::test]
+async fn connections_stay_few_with_several_shards_and_after_a_restart() {
+    let mut redis = RedisServer::start();
+    let (_dir, nodes) = instances(1, &redis.url(), false, &["--shards", "3", "--workers", "2"]);
+    until_connected(&nodes).await;
+    let node = &nodes[0];
+    node.config("/api/data", 1_000_000, 3600, "fixed_window")
+        .await;
+    until_served(node, "/api/data", "requests_per_window", &json!(1_000_000)).await;
+    // The connections Redis accepted, less this question's own (redis-cli's).
+    let received = |redis: &RedisServer| -> u64 {
+        let info = redis.cli(&["info", "stats"]);
+        let line = info
+            .lines()
+            .find(|l| l.starts_with("total_connections_received:"))
+            .expect("INFO stats names the connections received");
+        let n: u64 = line.split(':').nth(1).unwrap().trim().parse().unwrap();
+        n - 1
+    };
+    let load = |round: usize| async move {
+        let clients: Vec<String> = (0..60).map(|i| format!("c{round}-{i}")).collect();
+        join_all(clients.iter().map(|c| node.get_as(c, "/api/data"))).await;
+    };
+    for restarted in [false, true] {
+        if restarted {
+            redis.kill();
+            redis.restart();
+            until_connected(&nodes).await;
+        }
+        // Every thread opens its own while these are decided (again as each handle's
+        // connection comes up); then the count settles.
+        let mut round = 0;
+        let mut last = received(&redis);
+        let settled = loop {
+            for _ in 0..5 {
+                load(round).await;
+                round += 1;
+            }
+            let now = received(&redis);
+            // (The question before this one was a connection too.)
+            if now == last + 1 || round >= 100 {
+                break now == last + 1;
+            }
+            last = now;
+        };
+        assert!(settled, "connections kept opening (restarted: {restarted})");
+        if !restarted {
+            for _ in 0..20 {
+                load(round).await;
+                round += 1;
+            }
+            assert_eq!(received(&redis), last + 2, "connections kept opening");
+        }
+        // One per shard, one per deciding thread, one for the configs, one to subscribe,
+        // and this question's.
+        let connected = redis.cli(&["info", "clients"]);
+        let connected: u64 = (connected.lines())
+            .find_map(|l| l.strip_prefix("connected_clients:"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(
+            connected <= 3 + (2 + 3) + 2 + 1 + 1,
+            "{connected} connections"
+        );
+    }
+}
+
 #[actix_rt::test]
 async fn instances_on_a_redis_cluster_admit_exactly_the_shared_limit() {
     let cluster = RedisCluster::start();

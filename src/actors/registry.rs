@@ -211,7 +211,8 @@ pub struct Shard {
     /// Hashes of clients the database may hold state for; a hit costs one read on the
     /// client's first request, a miss (a new client) costs nothing.
     known: HashSet<u64>,
-    /// Where the quotas are decided (this shard's own connection, for a remote store).
+    /// Where the quotas are decided (for a remote store, this shard's handle: its
+    /// breaker and shared connection, beside each deciding thread's own).
     backend: Arc<dyn QuotaBackend>,
     incarnations: u32,
     /// The heaviest clients of the last hour, for `/admin/top`.
@@ -755,8 +756,9 @@ impl Actor for Registry {
         // Checks that must wait queue here. Beyond this many, senders wait
         // (backpressure) instead of the queue growing without bound.
         ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
-        // On this shard's thread, so the connection's driver and the tasks that wait on
-        // Redis or a restore run here, not on the HTTP workers.
+        // On this shard's thread, so the shared connection's driver and the probe that
+        // reconnects it run here, not on an HTTP worker (each deciding thread opens a
+        // connection of its own besides).
         lock(&self.shard).backend.start();
         ctx.run_interval(lock(&self.shard).config.flush_interval, |act, ctx| {
             let mut shard = lock(&act.shard);

@@ -59,9 +59,8 @@ while front do
   front = redis.call('LINDEX', KEYS[1], 0)
 end
 local allowed = total + cost <= limit
--- The newest run once this check is done, when it wrote it (else read below), and
--- whether it is a new run: the keys' expiry follows the newest run, so it moves only then.
-local back, pushed = nil, false
+-- The newest run once this check is done, when it wrote it (else read below).
+local back
 if allowed and consume and cost > 0 then
   local at = now_s * 1000 + math.ceil(now_ns / 1000000)
   local r = at % g
@@ -77,7 +76,6 @@ if allowed and consume and cost > 0 then
     if bms and bms >= at then at = bms + 1 end
     back = string.format('%d:%d', at, cost)
     redis.call('RPUSH', KEYS[1], back)
-    pushed = true
   end
   total = total + cost
 end
@@ -109,8 +107,11 @@ end
 -- A peek that dropped expired runs must keep the sum in step with them.
 if consume or popped then
   if total > 0 then
+    -- The expiry follows the newest run under this check's window (which a changed
+    -- config may have lengthened), so every consuming check sets it; a peek that only
+    -- dropped expired runs keeps it (KEEPTTL), unless it made the sum.
     redis.call('SET', KEYS[2], total, 'KEEPTTL')
-    if pushed or fresh then expire_in({KEYS[1], KEYS[2]}, rs_s, rs_ns) end
+    if consume or fresh then expire_in({KEYS[1], KEYS[2]}, rs_s, rs_ns) end
   else
     redis.call('DEL', KEYS[1], KEYS[2])
   end

@@ -40,8 +40,10 @@ elseif debt + need * t > cap then
   rt_s, rt_ns = split(debt + need * t - cap)
 end
 local rs_s, rs_ns = split(debt)
--- Written on a peek too, as in memory: a rescaled or capped debt stays so.
-if not refund then
+-- Written on a peek too, as in memory: a rescaled or capped debt stays so. A peek of a
+-- bucket with no state writes none (an absent bucket is a full one): only a consuming
+-- check makes a state, which keeps `forget_others` exact.
+if not refund and (consume or not fresh) then
   local ts, tn = split(now_ns + debt)
   redis.call('HSET', KEYS[1], 'ts', string.format('%d', now_s + ts), 'tn', string.format('%d', tn), 'i', string.format('%d', t))
   expire_in({KEYS[1]}, rs_s, rs_ns)

@@ -32,7 +32,7 @@ use redis::{Cmd, Pipeline, RedisError, RedisFuture, Script, Value};
 use smallvec::SmallVec;
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 /// Channel on which config versions are announced.
@@ -298,6 +298,10 @@ pub struct RedisConfig {
     /// `None`: Redis server time; otherwise a test's clock.
     clock: Option<SharedClock>,
     metrics: Arc<Metrics>,
+    /// Counts the reconnections of any handle (after a failure): a thread's own
+    /// connection opened before the last of them is opened again, as Redis may have
+    /// restarted under it.
+    generation: AtomicU64,
 }
 
 impl RedisConfig {
@@ -337,6 +341,7 @@ impl RedisConfig {
             timeout,
             clock: (!clock.is_system()).then(|| clock.clone()),
             metrics,
+            generation: AtomicU64::new(0),
         }))
     }
 
@@ -369,19 +374,46 @@ struct Inner {
     probing: AtomicBool,
     /// Quotas refused lately (a decision backend's; unused by the cluster's handle).
     over_limit: Mutex<OverLimit>,
-    /// Counts the connections [`Redis::use_connection`] made: a thread's own connection
-    /// made before the last one is replaced (the breaker opened since).
-    generation: AtomicU64,
+    /// The thread [`Redis::connect`] ran on (a shard's), where probes run.
+    home: OnceLock<actix::ArbiterHandle>,
+    /// Connected at least once (a later connection is a reconnection).
+    connected: AtomicBool,
 }
 
-/// A thread's own connection to the Redis of one [`RedisConfig`].
+/// A thread's own connection to the Redis of one [`RedisConfig`], with its own health:
+/// timeouts on it are counted in the metrics, not in its handle's breaker (whose count
+/// the other threads' answers would reset): three in a row drop it, and the thread uses
+/// the handle's connection while it opens another. A broken one trips the handle's
+/// breaker, as a broken handle's connection does; any handle's reconnection replaces
+/// every thread's own.
 struct LocalConn {
     config: Weak<RedisConfig>,
-    /// The handle's generation when it was asked for.
+    /// Which opening made `conn` (see [`NEXT_LOCAL`]), so that the outcome of a call on
+    /// a connection since replaced is not held against its successor.
+    id: u64,
+    /// The config's generation when it was opened.
     generation: u64,
-    /// `None` while it is being opened.
+    /// `None` until it is open, or once it failed.
     conn: Option<Conn>,
+    /// Being opened.
+    opening: bool,
+    /// Not opened again before this, after an opening failed.
+    retry_at: Option<Instant>,
+    /// Calls on it that timed out in a row.
+    timeouts: u32,
 }
+
+impl LocalConn {
+    fn of(&self, config: &Arc<RedisConfig>) -> bool {
+        std::ptr::eq(self.config.as_ptr(), Arc::as_ptr(config))
+    }
+}
+
+/// After an opening of a thread's own connection failed, the least wait before another.
+const LOCAL_RETRY: Duration = Duration::from_secs(1);
+
+/// Numbers the openings of threads' own connections.
+static NEXT_LOCAL: AtomicU64 = AtomicU64::new(1);
 
 thread_local! {
     /// This thread's own connections, one per Redis it decides with (one, but for tests).
@@ -400,7 +432,8 @@ impl Redis {
                 failures: AtomicU32::new(0),
                 probing: AtomicBool::new(false),
                 over_limit: Mutex::default(),
-                generation: AtomicU64::new(0),
+                home: OnceLock::new(),
+                connected: AtomicBool::new(false),
             }),
         }
     }
@@ -413,6 +446,9 @@ impl Redis {
     /// Starts connecting on the current thread's runtime, retrying with backoff until it
     /// works. Must run inside an actix system.
     pub fn connect(&self) {
+        if let Some(home) = actix::Arbiter::try_current() {
+            let _ = self.inner.home.set(home);
+        }
         self.probe();
     }
 
@@ -426,7 +462,9 @@ impl Redis {
 
     fn use_connection(&self, conn: Conn) {
         *self.inner.conn.write().unwrap_or_else(|e| e.into_inner()) = Some(conn);
-        self.inner.generation.fetch_add(1, Ordering::Relaxed);
+        if self.inner.connected.swap(true, Ordering::Relaxed) {
+            self.inner.config.generation.fetch_add(1, Ordering::Relaxed);
+        }
         self.inner.failures.store(0, Ordering::Relaxed);
         if self.inner.open.swap(false, Ordering::Relaxed) {
             self.inner.config.metrics.redis_breaker_open.dec();
@@ -449,9 +487,11 @@ impl Redis {
         cost: u64,
         mode: Mode,
     ) -> impl Future<Output = Result<Decisions, RedisUnavailable>> + use<> {
-        let conn = self
-            .conn()
-            .map(|shared| self.local_conn().unwrap_or(shared));
+        // This thread's own connection (and its id), else the handle's.
+        let conn = self.conn().map(|shared| match self.local_conn() {
+            Some((conn, id)) => (conn, Some(id)),
+            None => (shared, None),
+        });
         let this = self.clone();
         let several = limits.len() > 1;
         let limits_only: SmallVec<[Limit; 1]> = limits.iter().map(|l| l.limit).collect();
@@ -498,12 +538,12 @@ impl Redis {
         }
         let limits = limits_only;
         async move {
-            let mut conn = conn?;
+            let (mut conn, local) = conn?;
             if let Some(del) = del {
                 // Every key of the quota, whatever the algorithm: one hash slot (the
                 // client's tag), so one command even in a Redis Cluster.
                 let deleted: Result<u64, RedisError> = del.query_async(&mut conn).await;
-                this.observe(deleted)?;
+                this.outcome(local, deleted)?;
             }
             let script = this.inner.config.scripts.decision(&limits);
             let started = Instant::now();
@@ -520,7 +560,7 @@ impl Redis {
                 reply => reply,
             };
             Metrics::observe(&this.inner.config.metrics.redis_seconds, started.elapsed());
-            let reply = this.observe(reply)?;
+            let reply = this.outcome(local, reply)?;
             let reply = parse_answer(&reply).ok_or_else(|| {
                 RedisUnavailable::Failed("a decision script's answer is not its numbers".to_owned())
             })?;
@@ -663,57 +703,116 @@ impl Redis {
         conn.clone().ok_or(RedisUnavailable::Open)
     }
 
-    /// This thread's own connection, once it has one made since the breaker last
-    /// closed; until then `None` (the caller uses the handle's), and one is opened on
-    /// this thread, if it runs an actix arbiter (an HTTP worker, a shard, the gRPC
-    /// server's). A multiplexed connection's driver is a task of the thread that opened
-    /// it, so a check sent on it is written, read and answered without leaving the
-    /// thread. A connection that fails trips the handle's breaker as any other does.
-    fn local_conn(&self) -> Option<Conn> {
+    /// This thread's own connection, once it is open; until then `None` (the caller
+    /// uses the handle's), and one is opened on this thread, if it runs an actix arbiter
+    /// (an HTTP worker, a shard, the gRPC server's). A multiplexed connection's driver
+    /// is a task of the thread that opened it, so a check sent on it is written, read
+    /// and answered without leaving the thread. Answers the connection and its id.
+    fn local_conn(&self) -> Option<(Conn, u64)> {
         let config = &self.inner.config;
-        let generation = self.inner.generation.load(Ordering::Relaxed);
         LOCAL.with_borrow_mut(|locals| {
-            let found = locals
-                .iter_mut()
-                .find(|l| std::ptr::eq(l.config.as_ptr(), Arc::as_ptr(config)));
-            let local = match found {
-                Some(l) if l.generation == generation => return l.conn.clone(),
-                // Being opened for an older generation: that attempt's result is dropped.
-                Some(l) => l,
+            let local = match locals.iter().position(|l| l.of(config)) {
+                Some(i) => &mut locals[i],
                 None if actix::Arbiter::try_current().is_none() => return None,
                 None => {
                     locals.retain(|l| l.config.strong_count() > 0);
                     locals.push(LocalConn {
                         config: Arc::downgrade(config),
-                        generation,
+                        id: 0,
+                        generation: 0,
                         conn: None,
+                        opening: false,
+                        retry_at: None,
+                        timeouts: 0,
                     });
                     locals.last_mut().expect("just pushed")
                 }
             };
-            local.generation = generation;
-            local.conn = None;
+            let generation = config.generation.load(Ordering::Relaxed);
+            if local.generation != generation {
+                local.conn = None;
+            }
+            if let Some(conn) = &local.conn {
+                return Some((conn.clone(), local.id));
+            }
+            let waiting = local.retry_at.is_some_and(|at| Instant::now() < at);
+            if local.opening || waiting {
+                return None;
+            }
+            local.opening = true;
             let this = self.clone();
             actix_web::rt::spawn(async move {
                 let opened = this.open_connection().await;
                 let config = &this.inner.config;
                 LOCAL.with_borrow_mut(|locals| {
-                    let mine = |l: &LocalConn| {
-                        std::ptr::eq(l.config.as_ptr(), Arc::as_ptr(config))
-                            && l.generation == generation
+                    let Some(l) = locals.iter_mut().find(|l| l.of(config)) else {
+                        return;
                     };
+                    l.opening = false;
                     match opened {
                         Ok(conn) => {
-                            if let Some(l) = locals.iter_mut().find(|l| mine(l)) {
-                                l.conn = Some(conn);
-                            }
+                            l.id = NEXT_LOCAL.fetch_add(1, Ordering::Relaxed);
+                            l.generation = generation;
+                            l.conn = Some(conn);
+                            l.timeouts = 0;
+                            l.retry_at = None;
                         }
-                        // Tried again by the next check on this thread.
-                        Err(_) => locals.retain(|l| !mine(l)),
+                        Err(_) => l.retry_at = Some(Instant::now() + LOCAL_RETRY),
                     }
                 });
             });
             None
+        })
+    }
+
+    /// Counts the outcome of a call on this thread's own connection `id` (or else on
+    /// the handle's, see [`Redis::observe`]).
+    fn outcome<T>(
+        &self,
+        local: Option<u64>,
+        reply: Result<T, RedisError>,
+    ) -> Result<T, RedisUnavailable> {
+        match local {
+            Some(id) => self.local_outcome(id, reply),
+            None => self.observe(reply),
+        }
+    }
+
+    /// Counts the outcome of a call on this thread's own connection `id`: a broken
+    /// connection, or [`BREAKER_FAILURES`] timeouts in a row, drop it (the next check
+    /// opens another), and a failure is counted in the metrics.
+    fn local_outcome<T>(
+        &self,
+        id: u64,
+        reply: Result<T, RedisError>,
+    ) -> Result<T, RedisUnavailable> {
+        let config = &self.inner.config;
+        let failure = reply.as_ref().err().map(failure_kind);
+        LOCAL.with_borrow_mut(|locals| {
+            let Some(l) = locals.iter_mut().find(|l| l.of(config) && l.id == id) else {
+                return;
+            };
+            match failure {
+                None => l.timeouts = 0,
+                Some((RedisFailure::timeout, _)) => {
+                    l.timeouts += 1;
+                    if l.timeouts >= BREAKER_FAILURES {
+                        l.conn = None;
+                    }
+                }
+                Some((_, true)) => l.conn = None,
+                Some(_) => {}
+            }
+        });
+        reply.map_err(|e| {
+            let (kind, broken) = failure_kind(&e);
+            config.metrics.redis_error(kind);
+            // A broken connection (Redis restarted, or went away): the handle's may be
+            // too; its probe reconnects it, and every thread's own is opened again.
+            if broken {
+                self.trip(&e);
+            }
+            RedisUnavailable::Failed(e.to_string())
         })
     }
 
@@ -726,13 +825,7 @@ impl Redis {
             }
             Err(e) => e,
         };
-        let (kind, trip) = if e.is_timeout() {
-            (RedisFailure::timeout, false)
-        } else if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() {
-            (RedisFailure::connection, true)
-        } else {
-            (RedisFailure::server, false)
-        };
+        let (kind, trip) = failure_kind(&e);
         let metrics = &self.inner.config.metrics;
         metrics.redis_error(kind);
         let failures = self.inner.failures.fetch_add(1, Ordering::Relaxed) + 1;
@@ -758,7 +851,7 @@ impl Redis {
             return;
         }
         let this = self.clone();
-        actix_web::rt::spawn(async move {
+        let probe = async move {
             let mut wait = BACKOFF_MIN;
             let mut attempts = 0u32;
             loop {
@@ -786,7 +879,17 @@ impl Redis {
             if this.inner.open.load(Ordering::Relaxed) {
                 this.probe();
             }
-        });
+        };
+        // On the shard's thread, whichever thread saw the failure: a worker may stop
+        // first, and the connection's driver runs where it was opened.
+        match self.inner.home.get() {
+            Some(home) => {
+                home.spawn(probe);
+            }
+            None => {
+                actix_web::rt::spawn(probe);
+            }
+        }
     }
 
     async fn open_connection(&self) -> Result<Conn, RedisError> {
@@ -823,6 +926,18 @@ fn parse_answer(reply: &[u8]) -> Option<SmallVec<[u64; 8]>> {
     (numbers.iter())
         .map(|n| u64::try_from(i64::from_be_bytes(*n)).ok())
         .collect()
+}
+
+/// What kind of failure a call's error is, and whether it means the connection is
+/// broken (rather than slow, or the server refusing one command).
+fn failure_kind(e: &RedisError) -> (RedisFailure, bool) {
+    if e.is_timeout() {
+        (RedisFailure::timeout, false)
+    } else if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() {
+        (RedisFailure::connection, true)
+    } else {
+        (RedisFailure::server, false)
+    }
 }
 
 /// The shared configs as read from Redis.
