@@ -159,11 +159,11 @@ impl ClientLimiter {
         let found = self.find(policy);
         // A state changed (consumed, reset or given back): the next flush must write it,
         // whether or not the decision is counted here.
-        if mode == Mode::Consume || (mode != Mode::Peek && found.is_some()) {
+        if mode.takes() || (mode != Mode::Peek && found.is_some()) {
             self.version += 1;
         }
         let mut fresh;
-        let state = if mode != Mode::Consume && found.is_none() {
+        let state = if !mode.takes() && found.is_none() {
             // A peek changes nothing, not even the list of endpoints this client used;
             // nor does resetting a quota the client never used.
             fresh = States::new(&policy.limits);

@@ -338,7 +338,8 @@ fn decide_now(
                 }
                 // A reset or a refund marks the state changed itself, when there was one;
                 // a check of a request's other limits is counted with the request.
-                Mode::Consume | Mode::Reset | Mode::Peek | Mode::Refund(_) => {}
+                // A charge is counted by whoever made it, with what it charged.
+                Mode::Consume | Mode::Reset | Mode::Peek | Mode::Refund(_) | Mode::Charge => {}
             }
             Reply::Now(Ok(d))
         }

@@ -12,7 +12,7 @@
 //! usually comes back when some request ends, which nobody can know, so a refusal says
 //! to retry within [`RETRY_AFTER`] rather than at the latest lease's expiry.
 
-use super::{Algo, Decision, Limit, Reader, SlidingWindow, SlidingWindowLimit, State};
+use super::{Algo, Decision, Limit, Reader, SlidingWindow, SlidingWindowLimit, State, Take};
 use crate::clock::{NANOS_PER_SEC, Nanos};
 
 /// What a refusal by a concurrency limit says to wait, at most.
@@ -54,14 +54,8 @@ impl Algo for ConcurrencyLimit {
     const REDIS_KINDS: &'static [&'static str] = &["cc", "ccn"];
     const REDIS_SCRIPT: &'static str = SlidingWindowLimit::REDIS_SCRIPT;
 
-    fn evaluate(
-        &self,
-        state: &mut SlidingWindow,
-        now: Nanos,
-        cost: u64,
-        consume: bool,
-    ) -> Decision {
-        self.settle(self.window().evaluate(state, now, cost, consume))
+    fn evaluate(&self, state: &mut SlidingWindow, now: Nanos, cost: u64, take: Take) -> Decision {
+        self.settle(self.window().evaluate(state, now, cost, take))
     }
 
     fn refund(&self, state: &mut SlidingWindow, at: Nanos, now: Nanos, cost: u64) {

@@ -50,15 +50,16 @@ if refund and at_s >= start and tonumber(st[1]) == start then
 end
 local rs, count = tonumber(st[1]), 0
 if rs and rs >= start and rs < finish then count = tonumber(st[2]) end
-local allowed = count + cost <= limit
-if allowed and consume then count = count + cost end
+local allowed = charge or count + need <= limit
+-- A charge past the limit overdraws the window; its debt ends with it.
+if takes(allowed) then count = count + cost end
 local remaining = math.max(limit - count, 0)
 local ue_s, ue_ns = until_(finish, 0)
 local rt_s, rt_ns, rs_s, rs_ns = 0, 0, 0, 0
 -- The count starts again at the end of the window.
 if count + need > limit then rt_s, rt_ns = ue_s, ue_ns end
 if count > 0 then rs_s, rs_ns = ue_s, ue_ns end
-if consume then
+if consume or charge then
   if tonumber(st[3]) == finish then
     redis.call('HSET', KEYS[1], 's', start, 'c', count)
   else

@@ -4,7 +4,7 @@
 //! bytes per key), at the cost of allowing up to twice the limit across a window
 //! boundary.
 
-use super::{Algo, Decision, Limit, Reader, State, fits};
+use super::{Algo, Decision, Limit, Reader, State, Take, fits};
 use crate::clock::{NANOS_PER_SEC, Nanos, civil_from_days, days_from_civil};
 use serde::{Deserialize, Serialize};
 
@@ -118,8 +118,8 @@ impl Algo for FixedWindowLimit {
     const REDIS_KINDS: &'static [&'static str] = &["fw"];
     const REDIS_SCRIPT: &'static str = include_str!("fixed_window.lua");
 
-    fn evaluate(&self, state: &mut FixedWindow, now: Nanos, cost: u64, consume: bool) -> Decision {
-        state.evaluate(self, now, cost, consume)
+    fn evaluate(&self, state: &mut FixedWindow, now: Nanos, cost: u64, take: Take) -> Decision {
+        state.evaluate(self, now, cost, take)
     }
 
     fn refund(&self, state: &mut FixedWindow, at: Nanos, now: Nanos, cost: u64) {
@@ -180,7 +180,7 @@ impl FixedWindow {
         limits: &FixedWindowLimit,
         now: Nanos,
         cost: u64,
-        consume: bool,
+        take: Take,
     ) -> Decision {
         let (start, end) = limits.bounds(now);
         // Same window if the recorded start falls inside the current one; this also keeps
@@ -191,10 +191,9 @@ impl FixedWindow {
         }
         self.start = start;
 
-        let allowed = fits(self.count, cost, limits.limit);
-        if allowed && consume {
-            self.count += cost;
-        }
+        let (allowed, need) = take.decide(self.count, cost, limits.limit);
+        // A charge past the limit overdraws the window; its debt ends with it.
+        self.count = self.count.saturating_add(take.taken(allowed, cost));
         let remaining = limits.limit.saturating_sub(self.count);
         let until_end = end - now;
         Decision {
@@ -202,7 +201,7 @@ impl FixedWindow {
             limit: limits.limit,
             remaining,
             // The count starts again at the end of the window.
-            retry_after: match fits(self.count, cost.max(1), limits.limit) {
+            retry_after: match fits(self.count, need, limits.limit) {
                 true => 0,
                 false => until_end,
             },
@@ -297,14 +296,20 @@ mod tests {
         let mut s = FixedWindow::default();
         // The leap day, 2028-02-29 at 23:00: the window ends at 00:00 on March 1st.
         let t = midnight(2028, 2, 29) + 23 * 3600 * NANOS_PER_SEC;
-        assert!(s.evaluate(&l, midnight(2028, 2, 1), 1, true).allowed);
-        assert!(s.evaluate(&l, t, 1, true).allowed);
-        let d = s.evaluate(&l, t, 1, true);
+        assert!(
+            s.evaluate(&l, midnight(2028, 2, 1), 1, Take::IfFits)
+                .allowed
+        );
+        assert!(s.evaluate(&l, t, 1, Take::IfFits).allowed);
+        let d = s.evaluate(&l, t, 1, Take::IfFits);
         assert!(!d.allowed);
         assert_eq!(d.retry_after, 3600 * NANOS_PER_SEC);
         assert_eq!(d.reset_after, 3600 * NANOS_PER_SEC);
-        assert!(!s.evaluate(&l, midnight(2028, 3, 1) - 1, 1, true).allowed);
-        let d = s.evaluate(&l, midnight(2028, 3, 1), 1, true);
+        assert!(
+            !s.evaluate(&l, midnight(2028, 3, 1) - 1, 1, Take::IfFits)
+                .allowed
+        );
+        let d = s.evaluate(&l, midnight(2028, 3, 1), 1, Take::IfFits);
         assert!(d.allowed);
         assert_eq!(d.remaining, 1);
         // Its reset is the 1st of April: 31 days.
@@ -317,13 +322,16 @@ mod tests {
         let mut s = FixedWindow::default();
         // 700 s is a multiple of 7 s: the window is [700, 707).
         let t = 702 * NANOS_PER_SEC;
-        assert!(s.evaluate(&l, t, 1, true).allowed);
-        assert!(s.evaluate(&l, t, 1, true).allowed);
-        let d = s.evaluate(&l, t, 1, true);
+        assert!(s.evaluate(&l, t, 1, Take::IfFits).allowed);
+        assert!(s.evaluate(&l, t, 1, Take::IfFits).allowed);
+        let d = s.evaluate(&l, t, 1, Take::IfFits);
         assert!(!d.allowed);
         assert_eq!(d.retry_after, 5 * NANOS_PER_SEC);
-        assert!(!s.evaluate(&l, 707 * NANOS_PER_SEC - 1, 1, true).allowed);
-        let d = s.evaluate(&l, 707 * NANOS_PER_SEC, 1, true);
+        assert!(
+            !s.evaluate(&l, 707 * NANOS_PER_SEC - 1, 1, Take::IfFits)
+                .allowed
+        );
+        let d = s.evaluate(&l, 707 * NANOS_PER_SEC, 1, Take::IfFits);
         assert!(d.allowed);
         assert_eq!(d.remaining, 1);
     }
@@ -333,10 +341,13 @@ mod tests {
         let mut s = FixedWindow::default();
         let t = 120 * NANOS_PER_SEC;
         for _ in 0..3 {
-            s.evaluate(&limits(10, 60), t, 1, true);
+            s.evaluate(&limits(10, 60), t, 1, Take::IfFits);
         }
         // [120, 180) lies inside [0, 3600): the three requests still count.
-        assert_eq!(s.evaluate(&limits(10, 3600), t, 1, false).remaining, 7);
+        assert_eq!(
+            s.evaluate(&limits(10, 3600), t, 1, Take::Nothing).remaining,
+            7
+        );
     }
 
     /// The calendar window holding `now`, by walking the calendar from the epoch: an

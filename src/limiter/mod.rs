@@ -110,8 +110,8 @@ pub trait Algo: Copy + Into<Limit> {
     /// and arguments are.
     const REDIS_SCRIPT: &'static str;
 
-    /// Checks `cost` units at `now`, consuming them when `consume` and they all fit.
-    fn evaluate(&self, state: &mut Self::State, now: Nanos, cost: u64, consume: bool) -> Decision;
+    /// Checks `cost` units at `now`, and takes them as `take` says (see [`Take`]).
+    fn evaluate(&self, state: &mut Self::State, now: Nanos, cost: u64, take: Take) -> Decision;
     /// Gives back, at `now`, `cost` units that a check at `at` consumed, as if it had
     /// not been made (see [`Mode::Refund`]): never more than it took or than is still
     /// counted of it, and never so that units recorded later than they were would count
@@ -232,9 +232,56 @@ pub enum Mode {
     /// Give the whole quota back (an operator's reset), then report as a peek.
     Reset,
     /// Give back the cost that a check consumed at the given time (the decision's
-    /// [`Decisions::at`]), because another limit of the same request refused it; then
+    /// [`Decisions::at`]), because another limit of the same request refused it, the
+    /// request ended (a concurrency limit), or it used less than its estimate; then
     /// report as a peek. Nothing is given back from a window that has ended.
     Refund(Nanos),
+    /// Take the cost whatever is left: what a request used, known only once it is done.
+    /// Past the limit the quota is overdrawn (`remaining` shows 0, never less) and
+    /// refuses until the debt has aged out of the window or been refilled; the decision
+    /// is `allowed` (the charge was made) and its `retry_after` is when one unit would
+    /// pass again.
+    Charge,
+}
+
+impl Mode {
+    /// Whether it takes units (and so makes a state where there was none).
+    pub fn takes(self) -> bool {
+        matches!(self, Mode::Consume | Mode::Charge)
+    }
+}
+
+/// What an algorithm does with a check's cost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Take {
+    /// Nothing: a peek.
+    Nothing,
+    /// All of it if all of it fits, else nothing.
+    IfFits,
+    /// All of it, fitting or not (see [`Mode::Charge`]).
+    Always,
+}
+
+impl Take {
+    /// Whether a check of `cost` with `used` of `limit` taken is allowed, and the units a
+    /// retry estimate is for. A cost of 0 takes nothing and is allowed while at least
+    /// one unit is left (a balance is positive); a charge is always made, and its retry
+    /// estimate is for one unit.
+    fn decide(self, used: u64, cost: u64, limit: u64) -> (bool, u64) {
+        match self {
+            Take::Always => (true, 1),
+            Take::Nothing | Take::IfFits => (fits(used, cost.max(1), limit), cost.max(1)),
+        }
+    }
+
+    /// The units a check that was `allowed` takes of `cost`.
+    fn taken(self, allowed: bool, cost: u64) -> u64 {
+        match self {
+            Take::Always => cost,
+            Take::IfFits if allowed => cost,
+            Take::IfFits | Take::Nothing => 0,
+        }
+    }
 }
 
 /// Whether `cost` more units fit next to `used` under `limit`.
@@ -302,7 +349,7 @@ impl State {
 
     /// Checks a request of `cost` units and, when all of them fit, consumes them (never
     /// a part: a request that does not fit consumes nothing). A cost of 0 consumes
-    /// nothing and is allowed while the quota is not overdrawn. A state of another
+    /// nothing and is allowed while at least one unit is left. A state of another
     /// algorithm (the config's algorithm was changed) is replaced by a fresh one first.
     pub fn check(&mut self, limit: &Limit, cost: u64, now: Nanos) -> Decision {
         self.evaluate(limit, now, cost, Mode::Consume)
@@ -328,19 +375,23 @@ impl State {
         if mode == Mode::Reset || A::state_of(self).is_none() {
             *self = A::wrap(A::State::default());
         }
-        let consume = mode == Mode::Consume;
+        let take = match mode {
+            Mode::Consume => Take::IfFits,
+            Mode::Charge => Take::Always,
+            Mode::Peek | Mode::Reset | Mode::Refund(_) => Take::Nothing,
+        };
         match A::state_of(self) {
             // A refund then reports as a peek that leaves the state as the refund left
             // it (as the Redis scripts do, which give back at the check's time).
             Some(state) => match mode {
                 Mode::Refund(at) => {
                     p.refund(state, at, now, cost);
-                    p.evaluate(&mut state.clone(), now, cost, false)
+                    p.evaluate(&mut state.clone(), now, cost, Take::Nothing)
                 }
-                _ => p.evaluate(state, now, cost, consume),
+                _ => p.evaluate(state, now, cost, take),
             },
             // Not reached: made of this algorithm just above.
-            None => p.evaluate(&mut A::State::default(), now, cost, consume),
+            None => p.evaluate(&mut A::State::default(), now, cost, take),
         }
     }
 
@@ -481,9 +532,9 @@ mod tests {
                     }
                     prop_assert!(within_guarantee(&l, &admitted, now));
                 } else {
-                    // Nothing was taken.
+                    // Nothing was taken; a cost of 0 needs one unit left.
                     prop_assert_eq!(d.remaining, before);
-                    prop_assert!(cost > before);
+                    prop_assert!(cost.max(1) > before);
                 }
                 let need = cost.max(1);
                 prop_assert_eq!(d.retry_after > 0, d.remaining < need);
@@ -496,6 +547,111 @@ mod tests {
                         prop_assert!(probe.check(&l, need, now + d.retry_after).allowed);
                     }
                 }
+            }
+        }
+
+        /// Charges (usage known after the fact) always apply, even past the limit:
+        /// `remaining` drops by the charge and stops at 0, an overdrawn quota refuses
+        /// every check (a cost of 0 too) until the debt has aged out or been refilled,
+        /// `retry_after` is exactly then, and every admission still keeps the
+        /// guarantee counting what was charged.
+        #[test]
+        fn charges_overdraw_and_the_debt_is_repaid_exactly_when_retry_after_says(
+            algorithm in prop::sample::select(vec![
+                Algorithm::SlidingWindow, Algorithm::FixedWindow, Algorithm::TokenBucket,
+            ]),
+            quota in 1u64..8,
+            window_secs in 1u64..4,
+            steps in prop::collection::vec((0u64..900_000_000, 0u64..20, any::<bool>()), 1..120),
+        ) {
+            let l = small_limits(algorithm, quota, window_secs);
+            let mut state = State::new(algorithm);
+            let mut now = 1_700_000_000 * NANOS_PER_SEC + 7;
+            let mut taken = Vec::new();
+            for (gap, cost, charge) in steps {
+                now += gap;
+                let before = state.peek(&l, 0, now).remaining;
+                let d = match charge {
+                    true => state.evaluate(&l, now, cost, Mode::Charge),
+                    false => state.check(&l, cost.min(quota), now),
+                };
+                prop_assert!(d.remaining <= quota);
+                if charge {
+                    prop_assert!(d.allowed);
+                    prop_assert_eq!(d.remaining, before.saturating_sub(cost));
+                    taken.push((now, cost));
+                } else if d.allowed {
+                    taken.push((now, cost.min(quota)));
+                    prop_assert!(within_guarantee(&l, &taken, now));
+                }
+                // When one unit passes again: exactly `retry_after` after a charge (for
+                // one unit) or a check (for its cost, here 1).
+                let one = match charge { true => d, false => state.peek(&l, 1, now) };
+                prop_assert_eq!(one.retry_after > 0, one.remaining == 0);
+                prop_assert_eq!(state.peek(&l, 0, now).allowed, one.retry_after == 0);
+                if one.retry_after > 0 {
+                    let at = now + one.retry_after;
+                    prop_assert!(!state.clone().check(&l, 1, at - 1).allowed);
+                    prop_assert!(!state.clone().check(&l, 0, at - 1).allowed);
+                    prop_assert!(state.clone().check(&l, 1, at).allowed);
+                }
+            }
+        }
+
+        /// Reconciling an estimate: giving back part or all of what a check took never
+        /// frees more than it took. With the same charges made next to it, the quota
+        /// never has more left than if the check had never been made, and giving back
+        /// all of it right away leaves exactly that.
+        #[test]
+        fn a_refund_never_frees_more_than_the_check_took(
+            algorithm in prop::sample::select(vec![
+                Algorithm::SlidingWindow, Algorithm::FixedWindow, Algorithm::TokenBucket,
+            ]),
+            quota in 1u64..8,
+            before in prop::collection::vec((0u64..900_000_000, 0u64..9, any::<bool>()), 0..20),
+            estimate in 1u64..8,
+            back in 0u64..9,
+            later in prop::collection::vec((0u64..900_000_000, 0u64..9), 0..40),
+        ) {
+            let l = small_limits(algorithm, quota, 2);
+            let mut plain = State::new(algorithm);
+            let mut now = 1_700_000_000 * NANOS_PER_SEC;
+            let step = |s: &mut State, now: Nanos, cost: u64, charge: bool| match charge {
+                true => s.evaluate(&l, now, cost, Mode::Charge),
+                false => s.check(&l, cost, now),
+            };
+            for &(gap, cost, charge) in &before {
+                now += gap;
+                step(&mut plain, now, cost, charge);
+            }
+            let mut reconciled = plain.clone();
+            // An estimate that fits what is left.
+            let estimate = estimate.min(plain.peek(&l, 0, now).remaining);
+            if estimate == 0 {
+                return Ok(());
+            }
+            prop_assert!(reconciled.check(&l, estimate, now).allowed);
+            let at = now;
+            // All of it at once: as if never taken.
+            let mut whole = reconciled.clone();
+            whole.evaluate(&l, now, estimate, Mode::Refund(at));
+            prop_assert_eq!(
+                whole.peek(&l, 0, now).remaining,
+                plain.clone().peek(&l, 0, now).remaining
+            );
+            // Part or all of it, at any later time.
+            let mut refunded = false;
+            for (gap, cost) in later {
+                now += gap;
+                if !refunded && cost % 3 == 0 {
+                    reconciled.evaluate(&l, now, back.min(estimate), Mode::Refund(at));
+                    refunded = true;
+                }
+                prop_assert!(
+                    reconciled.peek(&l, 0, now).remaining <= plain.peek(&l, 0, now).remaining
+                );
+                step(&mut plain, now, cost, true);
+                step(&mut reconciled, now, cost, true);
             }
         }
 
@@ -519,6 +675,40 @@ mod tests {
                 }
                 prop_assert_eq!(peeked.check(&l, cost, now), plain.check(&l, cost, now));
             }
+        }
+    }
+
+    #[test]
+    fn an_overdrawn_quota_refuses_until_its_debt_is_repaid() {
+        // 1,000 tokens a minute; two responses of 700 each, charged after the fact: the
+        // second overdraws by 400, so the third request waits for the debt and one token.
+        let t0 = 1_700_000_080 * NANOS_PER_SEC;
+        let s = NANOS_PER_SEC;
+        let granule = granule_ms(60 * s) * 1_000_000;
+        for (algorithm, charged_at, repaid_at) in [
+            // The first charge leaves the window (rounded up to its granule).
+            (
+                Algorithm::SlidingWindow,
+                t0 + 10 * s,
+                t0.div_ceil(granule) * granule + 60 * s,
+            ),
+            // The window ends (t0 is 40 s into a minute).
+            (Algorithm::FixedWindow, t0 + 10 * s, t0 + 20 * s),
+            // 401 tokens drip back at 60 ms each.
+            (Algorithm::TokenBucket, t0, t0 + 401 * 60_000_000),
+        ] {
+            let l = Limit::new(algorithm, 1_000, 60);
+            let mut state = State::new(algorithm);
+            assert!(state.check(&l, 0, t0).allowed, "{algorithm:?}");
+            let d = state.evaluate(&l, t0, 700, Mode::Charge);
+            assert_eq!((d.allowed, d.remaining, d.retry_after), (true, 300, 0));
+            assert!(state.check(&l, 0, charged_at).allowed, "{algorithm:?}");
+            let d = state.evaluate(&l, charged_at, 700, Mode::Charge);
+            assert_eq!(d.remaining, 0, "{algorithm:?}");
+            assert_eq!(charged_at + d.retry_after, repaid_at, "{algorithm:?}");
+            assert!(!state.check(&l, 0, repaid_at - 1).allowed, "{algorithm:?}");
+            let d = state.check(&l, 0, repaid_at);
+            assert!(d.allowed, "{algorithm:?}");
         }
     }
 

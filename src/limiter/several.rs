@@ -151,7 +151,8 @@ impl States {
         let states = self.align(limits, DEFAULT_LIMIT);
         let pairs = states.iter_mut().zip(limits);
         let each = match mode {
-            Mode::Peek | Mode::Reset | Mode::Refund(_) => pairs
+            // A charge is made to each (it refuses nothing).
+            Mode::Peek | Mode::Reset | Mode::Refund(_) | Mode::Charge => pairs
                 .map(|((_, s), l)| s.evaluate(&l.limit, now, cost, mode))
                 .collect(),
             Mode::Consume => {

@@ -58,26 +58,28 @@ while front do
   popped = true
   front = redis.call('LINDEX', KEYS[1], 0)
 end
-local allowed = total + cost <= limit
+local allowed = charge or total + need <= limit
 -- The newest run once this check is done, when it wrote it (else read below).
 local back
-if allowed and consume and cost > 0 then
+-- A charge of more than 2^32 - 1 units counts as that many (see `limiter::sliding_window`).
+local n = math.min(cost, 4294967295)
+if takes(allowed) and n > 0 then
   local at = now_s * 1000 + math.ceil(now_ns / 1000000)
   local r = at % g
   if r > 0 then at = at + g - r end
   local last = redis.call('LINDEX', KEYS[1], -1)
   local bms, bc
   if last then bms, bc = parse(last) end
-  if bms and bms >= at and bc + cost <= 4294967295 then
-    back = string.format('%d:%d', bms, bc + cost)
+  if bms and bms >= at and bc + n <= 4294967295 then
+    back = string.format('%d:%d', bms, bc + n)
     redis.call('LSET', KEYS[1], -1, back)
   else
     -- A full run goes on at the next millisecond, counted longer, never shorter.
     if bms and bms >= at then at = bms + 1 end
-    back = string.format('%d:%d', at, cost)
+    back = string.format('%d:%d', at, n)
     redis.call('RPUSH', KEYS[1], back)
   end
-  total = total + cost
+  total = total + n
 end
 local remaining = math.max(limit - total, 0)
 local rt_s, rt_ns, rs_s, rs_ns = 0, 0, 0, 0
@@ -105,13 +107,13 @@ elseif total + need > limit then
   rt_s, rt_ns = until_(e_s, e_ns)
 end
 -- A peek that dropped expired runs must keep the sum in step with them.
-if consume or popped then
+if consume or charge or popped then
   if total > 0 then
     -- The expiry follows the newest run under this check's window (which a changed
     -- config may have lengthened), so every consuming check sets it; a peek that only
     -- dropped expired runs keeps it (KEEPTTL), unless it made the sum.
     redis.call('SET', KEYS[2], total, 'KEEPTTL')
-    if consume or fresh then expire_in({KEYS[1], KEYS[2]}, rs_s, rs_ns) end
+    if consume or charge or fresh then expire_in({KEYS[1], KEYS[2]}, rs_s, rs_ns) end
   else
     redis.call('DEL', KEYS[1], KEYS[2])
   end

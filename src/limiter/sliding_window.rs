@@ -11,7 +11,7 @@
 //! granules. (A window shortened by a config change keeps the runs recorded under the
 //! old granule until they expire.)
 
-use super::{Algo, Decision, Limit, Reader, State, fits};
+use super::{Algo, Decision, Limit, Reader, State, Take, fits};
 use crate::clock::{NANOS_PER_SEC, Nanos};
 use std::collections::VecDeque;
 
@@ -35,14 +35,8 @@ impl Algo for SlidingWindowLimit {
     const REDIS_KINDS: &'static [&'static str] = &["sw", "swn"];
     const REDIS_SCRIPT: &'static str = include_str!("sliding_window.lua");
 
-    fn evaluate(
-        &self,
-        state: &mut SlidingWindow,
-        now: Nanos,
-        cost: u64,
-        consume: bool,
-    ) -> Decision {
-        state.evaluate(self, now, cost, consume)
+    fn evaluate(&self, state: &mut SlidingWindow, now: Nanos, cost: u64, take: Take) -> Decision {
+        state.evaluate(self, now, cost, take)
     }
 
     fn refund(&self, state: &mut SlidingWindow, at: Nanos, _now: Nanos, cost: u64) {
@@ -140,7 +134,7 @@ impl SlidingWindow {
         limits: &SlidingWindowLimit,
         now: Nanos,
         cost: u64,
-        consume: bool,
+        take: Take,
     ) -> Decision {
         let window = limits.window;
         // A run recorded at `ms` stops counting once `now >= ms + window`.
@@ -153,13 +147,14 @@ impl SlidingWindow {
             self.total -= count as u64;
         }
 
-        let allowed = fits(self.total, cost, limits.limit);
-        if allowed && consume && cost > 0 {
+        let (allowed, need) = take.decide(self.total, cost, limits.limit);
+        // A consumed cost fits the limit, which fits a u32 (see `config::max_limit`). A
+        // charge may not: one of more than 2^32 - 1 units counts as that many, which
+        // refuses as long (the limit is below it) and expires alike.
+        let n = u32::try_from(take.taken(allowed, cost)).unwrap_or(u32::MAX);
+        if n > 0 {
             let granule = granule_ms(window);
             let at = now.div_ceil(NANOS_PER_MS).div_ceil(granule) * granule;
-            // `total + cost <= limit <= 10^9` (see `policy::validate`), so one run's count
-            // fits a u32.
-            let n = u32::try_from(cost).unwrap_or(u32::MAX);
             match self.runs.back_mut() {
                 // A clock that stepped back still records at the newest run: time never
                 // runs backwards inside the window.
@@ -168,12 +163,11 @@ impl SlidingWindow {
                 Some(&mut (ms, _)) if ms >= at => self.runs.push_back((ms + 1, n)),
                 _ => self.runs.push_back((at, n)),
             }
-            self.total += cost;
+            self.total += n as u64;
         }
 
         let remaining = limits.limit.saturating_sub(self.total);
         let reset_after = self.runs.back().map_or(0, |&(ms, _)| expires(ms) - now);
-        let need = cost.max(1);
         let retry_after = if fits(self.total, need, limits.limit) {
             0
         } else if need > limits.limit {
@@ -224,26 +218,32 @@ mod tests {
         let mut s = SlidingWindow::default();
         let t0 = 1_000 * NANOS_PER_SEC;
         for (i, remaining) in [2, 1, 0].into_iter().enumerate() {
-            let d = s.evaluate(&l, t0 + i as u64 * NANOS_PER_SEC, 1, true);
+            let d = s.evaluate(&l, t0 + i as u64 * NANOS_PER_SEC, 1, Take::IfFits);
             assert!(d.allowed);
             assert_eq!(d.remaining, remaining);
         }
-        let d = s.evaluate(&l, t0 + 5 * NANOS_PER_SEC, 1, true);
+        let d = s.evaluate(&l, t0 + 5 * NANOS_PER_SEC, 1, Take::IfFits);
         assert!(!d.allowed);
         assert_eq!(d.retry_after, 5 * NANOS_PER_SEC);
         assert_eq!(d.reset_after, 7 * NANOS_PER_SEC);
-        assert!(!s.evaluate(&l, t0 + 10 * NANOS_PER_SEC - 1, 1, true).allowed);
-        assert!(s.evaluate(&l, t0 + 10 * NANOS_PER_SEC, 1, true).allowed);
+        assert!(
+            !s.evaluate(&l, t0 + 10 * NANOS_PER_SEC - 1, 1, Take::IfFits)
+                .allowed
+        );
+        assert!(
+            s.evaluate(&l, t0 + 10 * NANOS_PER_SEC, 1, Take::IfFits)
+                .allowed
+        );
     }
 
     #[test]
     fn a_lowered_limit_keeps_recorded_requests() {
         let mut s = SlidingWindow::default();
         for i in 0..5 {
-            assert!(s.evaluate(&limits(10, 60), i, 1, true).allowed);
+            assert!(s.evaluate(&limits(10, 60), i, 1, Take::IfFits).allowed);
         }
         // Five recorded, new limit two: four must expire before one more fits.
-        let d = s.evaluate(&limits(2, 60), 10, 1, true);
+        let d = s.evaluate(&limits(2, 60), 10, 1, Take::IfFits);
         assert!(!d.allowed);
         assert_eq!(d.remaining, 0);
     }
@@ -257,7 +257,9 @@ mod tests {
         let t0 = 1_700_000_000 * NANOS_PER_SEC;
         let mut admitted = 0u64;
         for i in 0..864_000u64 {
-            admitted += s.evaluate(&l, t0 + i * 100 * NANOS_PER_MS, 1, true).allowed as u64;
+            admitted += s
+                .evaluate(&l, t0 + i * 100 * NANOS_PER_MS, 1, Take::IfFits)
+                .allowed as u64;
             assert!(s.runs.len() <= MAX_RUNS);
         }
         assert_eq!(admitted, 864_000);
@@ -271,9 +273,9 @@ mod tests {
         let g = granule_ms(l.window) * NANOS_PER_MS;
         let mut s = SlidingWindow::default();
         let t0 = 1_700_000_000 * NANOS_PER_SEC + 1;
-        assert!(s.evaluate(&l, t0, 1, true).allowed);
-        assert!(s.evaluate(&l, t0 + NANOS_PER_SEC, 1, true).allowed);
-        let d = s.evaluate(&l, t0 + 2 * NANOS_PER_SEC, 1, true);
+        assert!(s.evaluate(&l, t0, 1, Take::IfFits).allowed);
+        assert!(s.evaluate(&l, t0 + NANOS_PER_SEC, 1, Take::IfFits).allowed);
+        let d = s.evaluate(&l, t0 + 2 * NANOS_PER_SEC, 1, Take::IfFits);
         let exact = l.window - 2 * NANOS_PER_SEC;
         assert!(!d.allowed);
         assert!(d.retry_after >= exact && d.retry_after < exact + g, "{d:?}");
@@ -284,7 +286,7 @@ mod tests {
         let l = limits(1000, 60);
         let mut s = SlidingWindow::default();
         for i in 0..500 {
-            s.evaluate(&l, 5 * NANOS_PER_SEC + 1 + i, 1, true);
+            s.evaluate(&l, 5 * NANOS_PER_SEC + 1 + i, 1, Take::IfFits);
         }
         assert_eq!(s.runs.len(), 1);
         assert_eq!(s.total, 500);
@@ -305,7 +307,7 @@ mod tests {
             let mut admitted: Vec<Nanos> = Vec::new();
             for gap in gaps {
                 now += gap;
-                let d = state.evaluate(&l, now, 1, true);
+                let d = state.evaluate(&l, now, 1, Take::IfFits);
                 prop_assert!(state.runs.len() <= MAX_RUNS);
                 if d.allowed {
                     admitted.push(now);
@@ -313,9 +315,9 @@ mod tests {
                     prop_assert!(in_window <= limit);
                 } else {
                     let mut probe = state.clone();
-                    prop_assert!(!probe.evaluate(&l, now + d.retry_after - 1, 1, true).allowed);
+                    prop_assert!(!probe.evaluate(&l, now + d.retry_after - 1, 1, Take::IfFits).allowed);
                     let mut probe = state.clone();
-                    prop_assert!(probe.evaluate(&l, now + d.retry_after, 1, true).allowed);
+                    prop_assert!(probe.evaluate(&l, now + d.retry_after, 1, Take::IfFits).allowed);
                 }
             }
         }

@@ -28,10 +28,10 @@ if st[1] then
   local old = tonumber(st[3])
   if old ~= 0 and old ~= t then debt = math.floor(debt * t / old) end
 end
-if debt > cap then debt = cap end
-local allowed = debt + cost * t <= cap
-if allowed and consume then debt = debt + cost * t end
-local remaining = math.floor((cap - debt) / t)
+-- A debt past the capacity (an overdrawn bucket, or a lowered capacity) is kept.
+local allowed = charge or debt + need * t <= cap
+if takes(allowed) then debt = debt + cost * t end
+local remaining = math.max(math.floor((cap - debt) / t), 0)
 local rt_s, rt_ns = 0, 0
 if debt + need * t > cap and need * t > cap then
   -- Never fits: the best it gets is a full bucket.
@@ -43,7 +43,7 @@ local rs_s, rs_ns = split(debt)
 -- Written on a peek too, as in memory: a rescaled or capped debt stays so. A peek of a
 -- bucket with no state writes none (an absent bucket is a full one): only a consuming
 -- check makes a state, which keeps `forget_others` exact.
-if not refund and (consume or not fresh) then
+if not refund and (consume or charge or not fresh) then
   local ts, tn = split(now_ns + debt)
   redis.call('HSET', KEYS[1], 'ts', string.format('%d', now_s + ts), 'tn', string.format('%d', tn), 'i', string.format('%d', t))
   expire_in({KEYS[1]}, rs_s, rs_ns)

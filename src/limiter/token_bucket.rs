@@ -3,7 +3,7 @@
 //! `refill_interval` nanoseconds, continuously (fractional tokens are kept implicitly);
 //! a new bucket starts full. Integer arithmetic makes `retry_after` exact.
 
-use super::{Algo, Decision, Limit, Reader, State};
+use super::{Algo, Decision, Limit, Reader, State, Take};
 use crate::clock::Nanos;
 
 /// A token bucket's parameters.
@@ -27,8 +27,8 @@ impl Algo for TokenBucketLimit {
     const REDIS_KINDS: &'static [&'static str] = &["tb"];
     const REDIS_SCRIPT: &'static str = include_str!("token_bucket.lua");
 
-    fn evaluate(&self, state: &mut TokenBucket, now: Nanos, cost: u64, consume: bool) -> Decision {
-        state.evaluate(self, now, cost, consume)
+    fn evaluate(&self, state: &mut TokenBucket, now: Nanos, cost: u64, take: Take) -> Decision {
+        state.evaluate(self, now, cost, take)
     }
 
     fn refund(&self, state: &mut TokenBucket, at: Nanos, now: Nanos, cost: u64) {
@@ -98,7 +98,7 @@ impl TokenBucket {
         limits: &TokenBucketLimit,
         now: Nanos,
         cost: u64,
-        consume: bool,
+        take: Take,
     ) -> Decision {
         let t = limits.refill_interval as u128;
         let capacity = limits.burst as u128 * t;
@@ -107,37 +107,42 @@ impl TokenBucket {
         let mut debt = self.tat.saturating_sub(now128);
         if self.interval != 0 && self.interval != limits.refill_interval {
             // Tokens owed times the new interval; a product past u128 is far beyond any
-            // capacity, so it clamps to an empty bucket below.
+            // capacity: an empty bucket.
             debt = debt
                 .checked_mul(t)
                 .map_or(capacity, |d| d / self.interval as u128);
         }
-        // A lowered capacity cannot leave the bucket emptier than empty.
-        debt = debt.min(capacity);
+        // A debt past the capacity (a charge overdrew the bucket, or its capacity was
+        // lowered) is kept: it refuses until refilled, as a window keeps what it counted.
         self.interval = limits.refill_interval;
 
-        // `cost * t` stays far inside u128: both are below 2^64.
-        let allowed = debt + cost as u128 * t <= capacity;
-        if allowed && consume {
-            debt += cost as u128 * t;
-        }
-        self.tat = now128 + debt;
-        let remaining = ((capacity - debt) / t) as u64;
-        let need = cost.max(1) as u128 * t;
-        let retry_after = if debt + need <= capacity {
-            0
-        } else if need > capacity {
-            // Never fits: the best it gets is a full bucket.
-            debt.min(Nanos::MAX as u128) as Nanos
-        } else {
-            (debt + need - capacity) as Nanos
+        // As `Take::decide`, in time rather than units. `cost * t` stays far inside
+        // u128: both are below 2^64.
+        let (allowed, need) = match take {
+            Take::Always => (true, 1),
+            Take::Nothing | Take::IfFits => {
+                let need = cost.max(1);
+                (debt + need as u128 * t <= capacity, need)
+            }
         };
+        debt = debt.saturating_add(take.taken(allowed, cost) as u128 * t);
+        self.tat = now128.saturating_add(debt);
+        let remaining = (capacity.saturating_sub(debt) / t) as u64;
+        let need = need as u128 * t;
+        let short = debt.saturating_add(need).saturating_sub(capacity);
+        let retry_after = match short {
+            0 => 0,
+            // Never fits: the best it gets is a full bucket.
+            _ if need > capacity => debt,
+            _ => short,
+        };
+        let nanos = |d: u128| d.min(Nanos::MAX as u128) as Nanos;
         Decision {
             allowed,
             limit: limits.burst,
             remaining,
-            retry_after,
-            reset_after: debt.min(Nanos::MAX as u128) as Nanos,
+            retry_after: nanos(retry_after),
+            reset_after: nanos(debt),
         }
     }
 }
@@ -162,21 +167,21 @@ mod tests {
         let mut s = TokenBucket::default();
         let t0 = 10 * NANOS_PER_SEC;
         for remaining in (0..5).rev() {
-            let d = s.evaluate(&l, t0, 1, true);
+            let d = s.evaluate(&l, t0, 1, Take::IfFits);
             assert!(d.allowed);
             assert_eq!(d.remaining, remaining);
         }
-        let d = s.evaluate(&l, t0, 1, true);
+        let d = s.evaluate(&l, t0, 1, Take::IfFits);
         assert!(!d.allowed);
         assert_eq!(d.retry_after, 500_000_000);
         assert_eq!(d.reset_after, 5 * 500_000_000);
-        assert!(!s.evaluate(&l, t0 + 499_999_999, 1, true).allowed);
-        let d = s.evaluate(&l, t0 + 500_000_000, 1, true);
+        assert!(!s.evaluate(&l, t0 + 499_999_999, 1, Take::IfFits).allowed);
+        let d = s.evaluate(&l, t0 + 500_000_000, 1, Take::IfFits);
         assert!(d.allowed);
         assert_eq!(d.remaining, 0);
         // Fractional refill is kept: 1.5 intervals later one token is back, half of the
         // next one is on its way.
-        let d = s.evaluate(&l, t0 + 1_250_000_000, 1, false);
+        let d = s.evaluate(&l, t0 + 1_250_000_000, 1, Take::Nothing);
         assert_eq!(d.remaining, 1);
     }
 
@@ -184,14 +189,16 @@ mod tests {
     fn a_changed_rate_keeps_the_consumption() {
         let mut s = TokenBucket::default();
         for _ in 0..4 {
-            s.evaluate(&limits(10, 1), 0, 1, true);
+            s.evaluate(&limits(10, 1), 0, 1, Take::IfFits);
         }
         // Four tokens used; twice the rate: the debt is rescaled, still four tokens.
-        assert_eq!(s.evaluate(&limits(10, 2), 0, 1, false).remaining, 6);
-        // A smaller bucket is simply empty, not negative.
-        let d = s.evaluate(&limits(3, 2), 0, 1, false);
+        assert_eq!(s.evaluate(&limits(10, 2), 0, 1, Take::Nothing).remaining, 6);
+        // A smaller bucket keeps the debt past its capacity, as a window keeps what it
+        // counted: it shows none left (never fewer), and one token fits once two have
+        // dripped back (4 owed, 3 held).
+        let d = s.evaluate(&limits(3, 2), 0, 1, Take::Nothing);
         assert_eq!(d.remaining, 0);
-        assert_eq!(d.retry_after, 500_000_000);
+        assert_eq!(d.retry_after, 1_000_000_000);
     }
 
     proptest! {

@@ -108,7 +108,9 @@ impl QuotaBackend for Redis {
                 sent = Some((now, over.generation()));
             }
             Mode::Reset | Mode::Refund(_) => self.over_limit().forget_quota(client, endpoint),
-            Mode::Consume | Mode::Peek => {}
+            // A charge only moves a quota's next admission later: a refusal remembered
+            // until an earlier moment is still true until then.
+            Mode::Consume | Mode::Peek | Mode::Charge => {}
         }
         let ask = Redis::check(self, client, endpoint, limits, cost, mode);
         let remember = sent.map(|sent| (self.clone(), client.clone(), policy.clone(), sent));
@@ -517,6 +519,7 @@ impl Redis {
         match mode {
             Mode::Consume => call.arg("1"),
             Mode::Peek | Mode::Reset => call.arg("0"),
+            Mode::Charge => call.arg("3"),
             // Given back for the check made at `at`.
             Mode::Refund(at) => {
                 call.arg(format!("2:{}:{}", at / NANOS_PER_SEC, at % NANOS_PER_SEC))

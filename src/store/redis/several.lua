@@ -2,7 +2,7 @@
 -- by `store::redis::several_script`) holds each algorithm's script as a function of its
 -- own KEYS and ARGV, in the order of `limiter::Algorithm::ALL`.
 -- ARGV[1], ARGV[2]: the time (or '' for Redis `TIME`); ARGV[3]: '1' to consume, '0' to
--- peek, '2:<s>:<ns>' to give back (see `prelude.lua`); ARGV[4]: the cost; ARGV[5]: the
+-- peek, '2:<s>:<ns>' to give back, '3' to charge (see `prelude.lua`); ARGV[4]: the cost; ARGV[5]: the
 -- number of limits. Then per limit: its
 -- algorithm's index (from 1), its number of keys, its number of own arguments, and
 -- those arguments. KEYS: each limit's keys in turn.
@@ -19,7 +19,9 @@ local k, a = 1, 6
 for j = 1, tonumber(ARGV[5]) do
   local algorithm, nkeys, nargs = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
   a = a + 3
-  local first = string.sub(ARGV[3], 1, 1) == '2' and ARGV[3] or '0'
+  -- A refund or a charge is made to each at once; a consuming check peeks first.
+  local kind = string.sub(ARGV[3], 1, 1)
+  local first = (kind == '2' or kind == '3') and ARGV[3] or '0'
   local keys, args = {}, {now_s, now_ns, first, ARGV[4]}
   for i = 1, nkeys do keys[i] = KEYS[k]; k = k + 1 end
   for i = 1, nargs do args[4 + i] = ARGV[a]; a = a + 1 end
