@@ -171,6 +171,8 @@ pub struct Metrics {
     registry: Registry,
     pub decisions: Family<DecisionLabels, Counter>,
     pub limit_refusals: Family<LimitLabels, Counter>,
+    pub units_charged: Family<LimitLabels, Counter>,
+    pub cost_header_missing: Family<LimitLabels, Counter>,
     pub decision_seconds: Histogram,
     pub decision_errors: Family<ReasonLabels, Counter>,
     pub live_limiters: Gauge,
@@ -201,6 +203,8 @@ impl Default for Metrics {
             registry: Registry::with_prefix("ratewarden"),
             decisions: Family::default(),
             limit_refusals: Family::default(),
+            units_charged: Family::default(),
+            cost_header_missing: Family::default(),
             decision_seconds: seconds_histogram(),
             decision_errors: Family::default(),
             live_limiters: Gauge::default(),
@@ -235,6 +239,19 @@ impl Default for Metrics {
             "Refusals by config endpoint and the limit that refused (a request refused by \
              several limits counts under each; shadow mode included)",
             m.limit_refusals.clone(),
+        );
+        r.register(
+            "units_charged",
+            "Units of tokens or bytes charged after the fact (a report, a response's cost \
+             header, a proxied body's bytes, what a reconciliation charged beyond its \
+             estimate), by config endpoint and limit",
+            m.units_charged.clone(),
+        );
+        r.register(
+            "cost_header_missing",
+            "Responses whose cost header (a limit's cost_from) was missing or not a whole \
+             number: each was charged 1 unit, by config endpoint and limit",
+            m.cost_header_missing.clone(),
         );
         r.register(
             "decision_duration_seconds",
@@ -371,6 +388,26 @@ impl Metrics {
     /// A refusal by the limit `limit` of the config `endpoint`.
     pub fn limit_refusal(&self, endpoint: &Arc<str>, limit: &Arc<str>) {
         self.limit_refusals
+            .get_or_create(&LimitLabels {
+                endpoint: endpoint.clone(),
+                limit: limit.clone(),
+            })
+            .inc();
+    }
+
+    /// `units` charged to `limit` of the config `endpoint`.
+    pub fn charged(&self, endpoint: &Arc<str>, limit: &Arc<str>, units: u64) {
+        self.units_charged
+            .get_or_create(&LimitLabels {
+                endpoint: endpoint.clone(),
+                limit: limit.clone(),
+            })
+            .inc_by(units);
+    }
+
+    /// A response without a usable cost header for `limit` of `endpoint`.
+    pub fn cost_header_missing(&self, endpoint: &Arc<str>, limit: &Arc<str>) {
+        self.cost_header_missing
             .get_or_create(&LimitLabels {
                 endpoint: endpoint.clone(),
                 limit: limit.clone(),

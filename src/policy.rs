@@ -5,7 +5,7 @@
 use crate::config::descriptor::Pattern;
 use crate::config::{Change, Config, ConfigSpec, DEFAULT_ENDPOINT, Enforcement, Key, Override};
 use crate::decide::QuotaField;
-use crate::limiter::{Decision, Decisions, FixedWindowLimit, Limit, Named};
+use crate::limiter::{Decision, Decisions, FixedWindowLimit, Limit, Named, Unit};
 use smallvec::SmallVec;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -45,9 +45,51 @@ pub struct Policy {
     /// Its `RateLimit-Policy` field, once made (see [`crate::decide::structured_fields`]).
     pub quota_field: QuotaField,
     /// Whether units its checks take may be given back before their window passes:
-    /// it holds them until a request is done, or it is a part of a config whose limits
-    /// count per different keys (a later part's refusal gives back what it took).
+    /// it holds them until a request is done, it takes an estimate that a report may
+    /// reconcile down, or it is a part of a config whose limits count per different
+    /// keys (a later part's refusal gives back what it took).
     pub refundable: bool,
+    /// The kind of its limits (of the first, for a policy of groups).
+    pub kind: Kind,
+}
+
+/// How a limit takes what a request costs: for good when admitted (requests), until
+/// the request is done (concurrency), or as tokens or bytes, charged what the request
+/// used (a request takes its estimate of them up front, 0 if none: then it is admitted
+/// while a unit is left). Limits of different kinds are decided as groups of their
+/// own, each taking its kind's cost (see [`crate::decide::Cost`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Requests,
+    Held,
+    Tokens,
+    Bytes,
+}
+
+impl Kind {
+    pub fn of(l: &Named) -> Self {
+        match (l.limit.is_held(), l.unit) {
+            (true, _) => Kind::Held,
+            (false, Unit::Requests) => Kind::Requests,
+            (false, Unit::Tokens) => Kind::Tokens,
+            (false, Unit::Bytes) => Kind::Bytes,
+        }
+    }
+
+    /// Whether its units are charged for what a request used.
+    pub fn is_metered(self) -> bool {
+        matches!(self, Kind::Tokens | Kind::Bytes)
+    }
+
+    /// What a slot of its kind is marked with (none for requests).
+    fn mark(self) -> &'static str {
+        match self {
+            Kind::Requests => "",
+            Kind::Held => "in-flight",
+            Kind::Tokens => "tokens",
+            Kind::Bytes => "bytes",
+        }
+    }
 }
 
 /// The limits of a config that count per one key (and are held, or not), as a policy
@@ -57,8 +99,8 @@ pub struct Group {
     pub policy: Arc<Policy>,
     /// Where its limits are among the whole policy's.
     pub positions: Box<[usize]>,
-    /// Whether its limits are held until a request is done ([`Limit::is_held`]).
-    pub held: bool,
+    /// The kind of its limits (held until a request is done: [`Limit::is_held`]).
+    pub kind: Kind,
     /// Which of a request's key values it counts under (see [`KeyValues`]).
     pub value: usize,
 }
@@ -100,21 +142,22 @@ impl Policy {
             unheld: None,
             quota_field: QuotaField::default(),
             refundable: false,
+            kind: Kind::Requests,
         };
         // (`base` lends its endpoint, mode, key and tier; its limits are these.)
         base.with_limits(limits, &keys)
     }
 
     /// This policy (its endpoint, mode, key and tier) with `limits`, each counting per
-    /// its key in `keys`: grouped when they count per different keys or some are held
-    /// ([`Limit::is_held`]), and with the policy of its limits that are not held.
+    /// its key in `keys`: grouped when they count per different keys or are of
+    /// different kinds ([`Kind`]), and with the policy of its limits that are not held.
     fn with_limits(&self, limits: Box<[Named]>, keys: &[Key]) -> Policy {
-        let held = limits.first().is_some_and(|l| l.limit.is_held());
-        // Held limits alone keep their state where they would next to others, so that a
-        // limit added or removed beside them leaves what is in flight.
-        let mut policy = self.part(limits, &self.key, held);
-        let parts: Vec<(&Key, bool)> = (keys.iter())
-            .zip(policy.limits.iter().map(|l| l.limit.is_held()))
+        let kind = limits.first().map_or(Kind::Requests, Kind::of);
+        // Held or metered limits alone keep their state where they would next to
+        // others, so that a limit added or removed beside them leaves what they hold.
+        let mut policy = self.part(limits, &self.key, kind);
+        let parts: Vec<(&Key, Kind)> = (keys.iter())
+            .zip(policy.limits.iter().map(Kind::of))
             .collect();
         if parts.iter().any(|p| *p != parts[0]) {
             policy.slot = self.endpoint.clone();
@@ -123,14 +166,14 @@ impl Policy {
         policy
     }
 
-    /// A policy of this one's endpoint, mode and tier with `limits`, counting per `key`,
-    /// held or not, and ungrouped: its state kept under the slot of its kind.
-    fn part(&self, limits: Box<[Named]>, key: &Key, held: bool) -> Policy {
-        let slot = match (*key == self.key, held) {
-            (true, false) => self.endpoint.clone(),
-            (true, true) => Arc::from(format!("{} [in-flight]", self.endpoint)),
-            (false, false) => Arc::from(format!("{} [key:{key}]", self.endpoint)),
-            (false, true) => Arc::from(format!("{} [key:{key} in-flight]", self.endpoint)),
+    /// A policy of this one's endpoint, mode and tier with `limits` of one kind,
+    /// counting per `key`, and ungrouped: its state kept under the slot of its kind.
+    fn part(&self, limits: Box<[Named]>, key: &Key, kind: Kind) -> Policy {
+        let slot = match (*key == self.key, kind) {
+            (true, Kind::Requests) => self.endpoint.clone(),
+            (true, _) => Arc::from(format!("{} [{}]", self.endpoint, kind.mark())),
+            (false, Kind::Requests) => Arc::from(format!("{} [key:{key}]", self.endpoint)),
+            (false, _) => Arc::from(format!("{} [key:{key} {}]", self.endpoint, kind.mark())),
         };
         Policy {
             endpoint: self.endpoint.clone(),
@@ -144,22 +187,23 @@ impl Policy {
             other_keys: Box::new([]),
             unheld: None,
             quota_field: QuotaField::default(),
-            refundable: held,
+            refundable: kind != Kind::Requests,
+            kind,
         }
     }
 
-    /// Groups its limits by the key each counts per and whether it is held (`parts`, in
-    /// their order): the config's key first (its limits that are not held, then those
-    /// that are), then the other keys in the config's order, `global` last (the budget
-    /// every caller shares is only touched once a caller's own limits admit). Each
-    /// group's state is kept under a slot of its own: the endpoint's name for the
-    /// config's key's limits that are not held. Then the policy of the limits that are
-    /// not held, made of the same groups.
-    fn grouped(&mut self, parts: &[(&Key, bool)]) {
-        let mut order: Vec<(&Key, bool)> = Vec::new();
-        for held in [false, true] {
-            if parts.contains(&(&self.key, held)) {
-                order.push((&self.key, held));
+    /// Groups its limits by the key each counts per and their kind (`parts`, in their
+    /// order): the config's key first (its limits of requests, then those held, then
+    /// those of tokens, then of bytes), then the other keys in the config's order, `global` last (the
+    /// budget every caller shares is only touched once a caller's own limits admit).
+    /// Each group's state is kept under a slot of its own: the endpoint's name for the
+    /// config's key's limits of requests. Then the policy of the limits that are not
+    /// held, made of the same groups.
+    fn grouped(&mut self, parts: &[(&Key, Kind)]) {
+        let mut order: Vec<(&Key, Kind)> = Vec::new();
+        for kind in [Kind::Requests, Kind::Held, Kind::Tokens, Kind::Bytes] {
+            if parts.contains(&(&self.key, kind)) {
+                order.push((&self.key, kind));
             }
         }
         let first_other = order.len();
@@ -176,18 +220,18 @@ impl Policy {
             }
         }
         let groups: Box<[Group]> = (order.iter())
-            .map(|&(key, held)| {
+            .map(|&(key, kind)| {
                 let positions: Box<[usize]> = (0..parts.len())
-                    .filter(|&i| parts[i] == (key, held))
+                    .filter(|&i| parts[i] == (key, kind))
                     .collect();
                 let limits = positions.iter().map(|&i| self.limits[i].clone()).collect();
                 Group {
                     policy: Arc::new(Policy {
                         refundable: true,
-                        ..self.part(limits, key, held)
+                        ..self.part(limits, key, kind)
                     }),
                     positions,
-                    held,
+                    kind,
                     value: match *key == self.key {
                         true => 0,
                         false => 1 + other_keys.iter().position(|k| k == key).unwrap_or(0),
@@ -198,19 +242,19 @@ impl Policy {
         // The limits that are not held, numbered among themselves.
         let mut renumbered = vec![usize::MAX; parts.len()];
         let mut kept = Vec::new();
-        for (i, (_, held)) in parts.iter().enumerate() {
-            if !held {
+        for (i, (_, kind)) in parts.iter().enumerate() {
+            if *kind != Kind::Held {
                 renumbered[i] = kept.len();
                 kept.push(self.limits[i].clone());
             }
         }
         self.other_keys = other_keys.into();
         if !kept.is_empty() && kept.len() < parts.len() {
-            let unheld: Vec<Group> = (groups.iter().filter(|g| !g.held))
+            let unheld: Vec<Group> = (groups.iter().filter(|g| g.kind != Kind::Held))
                 .map(|g| Group {
                     policy: g.policy.clone(),
                     positions: g.positions.iter().map(|&i| renumbered[i]).collect(),
-                    held: false,
+                    kind: g.kind,
                     value: g.value,
                 })
                 .collect();
@@ -220,7 +264,7 @@ impl Policy {
                 _ => Arc::new(Policy {
                     groups: unheld.into(),
                     other_keys: self.other_keys.clone(),
-                    ..self.part(kept.into(), &self.key, false)
+                    ..self.part(kept.into(), &self.key, Kind::Requests)
                 }),
             });
         }
@@ -244,9 +288,22 @@ impl Policy {
         let whole = (self.groups.is_empty() && self.limits.iter().all(|l| l.limit.is_held()))
             .then_some((0, self));
         let groups = self.groups.iter().enumerate();
+        whole.into_iter().chain(
+            groups
+                .filter(|(_, g)| g.kind == Kind::Held)
+                .map(|(i, g)| (i, &g.policy)),
+        )
+    }
+
+    /// Its parts of tokens or bytes, each with the index of the request's key value it
+    /// counts under (see [`KeyValues`]): its groups of those kinds, or itself when all
+    /// its limits are of one of them; nothing when none is.
+    pub fn metered_parts(self: &Arc<Self>) -> impl Iterator<Item = (usize, &Arc<Policy>)> {
+        let whole = (self.groups.is_empty() && self.kind.is_metered()).then_some((0, self));
+        let groups = self.groups.iter().filter(|g| g.kind.is_metered());
         whole
             .into_iter()
-            .chain(groups.filter(|(_, g)| g.held).map(|(i, g)| (i, &g.policy)))
+            .chain(groups.map(|g| (g.value, &g.policy)))
     }
 
     /// The policy whose state a check of the config's key value keeps: its first

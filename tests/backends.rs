@@ -52,11 +52,7 @@ impl Backend {
 
 /// The one limit of a config written with top-level fields.
 fn one(limit: Limit) -> Named {
-    Named {
-        name: Arc::from(DEFAULT_LIMIT),
-        limit,
-        window_seconds: 1,
-    }
+    Named::requests(DEFAULT_LIMIT, limit, 1)
 }
 
 async fn redis_with(clock: &Arc<ManualClock>, server: &RedisServer) -> Redis {
@@ -259,11 +255,7 @@ async fn several_limits_decide_alike_all_or_nothing() {
                 {
                     w.calendar = Some(Calendar::Month);
                 }
-                Named {
-                    name: Arc::from(format!("l{i}")),
-                    limit,
-                    window_seconds: window,
-                }
+                Named::requests(&format!("l{i}"), limit, window)
             })
             .collect();
         let mut memory = Backend::memory();

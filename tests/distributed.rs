@@ -616,3 +616,62 @@ async fn a_flooding_client_is_refused_without_asking_redis_until_it_is_reset_or_
     };
     assert_eq!(admitted, 2, "7 - 5");
 }
+
+/// Usage reported to one instance is the balance every instance sees, and a check id
+/// one instance gave is reconciled by another, once.
+#[actix_rt::test]
+async fn usage_reported_to_one_instance_is_the_balance_of_every_instance() {
+    let redis = RedisServer::start();
+    let (_dir, nodes) = instances(2, &redis.url(), false, &PATIENT);
+    let (a, b) = (&nodes[0], &nodes[1]);
+    until_connected(&nodes).await;
+    let body = json!({"endpoint": "/llm/*", "limits": [{"name": "tokens", "unit": "tokens",
+        "algorithm": "sliding_window", "requests_per_window": 1000, "window_seconds": 3600}]});
+    assert_eq!(
+        a.post("/admin/configs", &body.to_string()).await.status,
+        201
+    );
+    until_served(b, "/llm/*", "endpoint", &json!("/llm/*")).await;
+    let ask = |body: Value| body.to_string();
+    let left = |r: &common::Resp| r.body["limits"][0]["remaining"].as_u64();
+
+    let r = a
+        .post(
+            "/v1/report",
+            &ask(json!({"client_id": "u", "path": "/llm/x", "cost": 700})),
+        )
+        .await;
+    assert_eq!(
+        (r.status.as_u16(), left(&r)),
+        (200, Some(300)),
+        "{:?}",
+        r.body
+    );
+    let peek = json!({"client_id": "u", "path": "/llm/x", "peek": true});
+    let r = b.post("/v1/check", &ask(peek.clone())).await;
+    assert_eq!(r.body["remaining"], 300, "{:?}", r.body);
+
+    let r = b
+        .post(
+            "/v1/check",
+            &ask(json!({"client_id": "u", "path": "/llm/x", "estimate": 200})),
+        )
+        .await;
+    assert_eq!(r.body["remaining"], 100, "{:?}", r.body);
+    let id = r.body["check_id"].as_str().expect("a check id").to_owned();
+    let reconcile = json!({"client_id": "u", "path": "/llm/x", "cost": 50, "check_id": id});
+    let r = a.post("/v1/report", &ask(reconcile.clone())).await;
+    assert_eq!(
+        (r.status.as_u16(), &r.body["refunded"]),
+        (200, &json!(150)),
+        "{:?}",
+        r.body
+    );
+    assert_eq!(left(&r), Some(250));
+    let r = b.post("/v1/report", &ask(reconcile)).await;
+    assert_eq!(
+        (r.status.as_u16(), &r.body["field"]),
+        (422, &json!("check_id"))
+    );
+    assert_eq!(b.post("/v1/check", &ask(peek)).await.body["remaining"], 250);
+}

@@ -14,7 +14,7 @@
 
 use super::{Asked, DecisionEvent, EventSink, LimitSeen};
 use crate::clock::{NANOS_PER_SEC, Nanos, rfc3339};
-use crate::limiter::{Algorithm, Decisions, Mode, States};
+use crate::limiter::{Algorithm, Decisions, Mode, States, Unit};
 use crate::policy::{Policy, PolicyTable};
 use crate::snapshot::{ClientSnapshot, EndpointSnapshot, StatDelta, StoredClient, Totals};
 use crate::stats::GlobalStats;
@@ -382,6 +382,9 @@ pub struct EndpointStatus {
 pub struct LimitStatus {
     pub name: String,
     pub algorithm: Algorithm,
+    /// What it counts, when not requests.
+    #[serde(skip_serializing_if = "Unit::is_requests")]
+    pub unit: Unit,
     /// Whether this limit admits (or, for a status, would admit) a request.
     pub allowed: bool,
     pub limit: u64,
@@ -404,6 +407,7 @@ impl LimitStatus {
             .map(|(l, d)| LimitStatus {
                 name: l.name.to_string(),
                 algorithm: l.limit.algorithm(),
+                unit: l.unit,
                 allowed: d.allowed,
                 limit: d.limit,
                 remaining: d.remaining,

@@ -15,7 +15,7 @@ pub mod key;
 pub mod writer;
 
 use crate::clock::{NANOS_PER_SEC, Nanos, rfc3339};
-use crate::limiter::{Algorithm, Calendar, DEFAULT_LIMIT, Limit, MAX_LIMITS, Named};
+use crate::limiter::{Algorithm, Calendar, DEFAULT_LIMIT, Limit, MAX_LIMITS, Named, Unit};
 use descriptor::DescriptorEntry;
 pub use key::Key;
 use serde::{Deserialize, Serialize};
@@ -217,6 +217,31 @@ pub struct LimitSpec {
     /// back then.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease_seconds: Option<u64>,
+    /// What it counts: `requests` (the default; left out of the JSON), `tokens` (any
+    /// quantity a caller reports) or `bytes`. A limit of tokens or bytes admits a
+    /// request while its balance is positive and is charged what the request used.
+    #[serde(default, skip_serializing_if = "Unit::is_requests")]
+    pub unit: Unit,
+    /// Where a limit of tokens or bytes finds what a proxied request used:
+    /// `response_header:<Name>`, the value of that header of the upstream's answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = "response_header:X-Usage-Tokens")]
+    pub cost_from: Option<String>,
+}
+
+/// The largest quota of a limit of tokens or bytes (a petabyte): Redis's Lua counts
+/// exactly below 2^53.
+pub const MAX_UNITS: u64 = 1_000_000_000_000_000;
+/// The largest quota of a sliding window of tokens or bytes: its runs count in 32 bits.
+pub const MAX_SLIDING_UNITS: u64 = u32::MAX as u64;
+/// What `cost_from` may name.
+const COST_FROM_HEADER: &str = "response_header:";
+
+/// The header `cost_from` names (as given), if it is well formed.
+pub fn cost_header(cost_from: &str) -> Option<&str> {
+    let name = cost_from.strip_prefix(COST_FROM_HEADER)?;
+    let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    (!name.is_empty() && name.len() <= 128 && name.bytes().all(token)).then_some(name)
 }
 
 /// A concurrency limit's lease when not given.
@@ -229,7 +254,7 @@ fn is_zero(n: &u64) -> bool {
 }
 
 /// The fields of a [`LimitSpec`], in its order: what a `limits` entry may hold.
-const LIMIT_FIELDS: [&str; 10] = [
+const LIMIT_FIELDS: [&str; 12] = [
     "name",
     "algorithm",
     "requests_per_window",
@@ -240,6 +265,8 @@ const LIMIT_FIELDS: [&str; 10] = [
     "key",
     "max_in_flight",
     "lease_seconds",
+    "unit",
+    "cost_from",
 ];
 
 impl LimitSpec {
@@ -288,7 +315,50 @@ impl LimitSpec {
                 Algorithm::Concurrency => self.lease_seconds(),
                 _ => self.window_seconds,
             },
+            unit: self.unit,
+            cost_header: (self.cost_from.as_deref())
+                .and_then(cost_header)
+                .map(|h| Arc::from(h.to_ascii_lowercase())),
         }
+    }
+
+    /// The largest quota of its unit and algorithm.
+    fn max_quota(&self) -> u64 {
+        match (self.unit, self.algorithm) {
+            (Unit::Requests, _) => MAX_REQUESTS_PER_WINDOW,
+            (_, Algorithm::SlidingWindow) => MAX_SLIDING_UNITS,
+            _ => MAX_UNITS,
+        }
+    }
+
+    /// `unit` and `cost_from`: tokens and bytes are for the windows and the token
+    /// bucket, and only they are charged from a response header.
+    fn validate_unit(&self, at: &dyn Fn(&str) -> String) -> Result<(), ValidationError> {
+        let err = |field: &str, message: String| Err(ValidationError::new(at(field), message));
+        if self.unit != Unit::Requests && self.algorithm == Algorithm::Concurrency {
+            return err(
+                "unit",
+                "is requests for a concurrency limit (it counts requests in flight)".to_owned(),
+            );
+        }
+        if let Some(from) = &self.cost_from {
+            if self.unit == Unit::Requests {
+                return err(
+                    "cost_from",
+                    "is for a limit of tokens or bytes (set \"unit\")".to_owned(),
+                );
+            }
+            if cost_header(from).is_none() {
+                return err(
+                    "cost_from",
+                    format!(
+                        "must be \"{COST_FROM_HEADER}<Name>\", the response header whose \
+                         value is the cost (a header name of 1 to 128 token characters)"
+                    ),
+                );
+            }
+        }
+        Ok(())
     }
 
     /// A `concurrency` limit's fields: `max_in_flight` and `lease_seconds`, and none of
@@ -328,6 +398,7 @@ impl LimitSpec {
     /// it, or nothing for a config's top-level fields).
     fn validate(&self, at: &dyn Fn(&str) -> String) -> Result<(), ValidationError> {
         let err = |field: &str, message: String| Err(ValidationError::new(at(field), message));
+        self.validate_unit(at)?;
         if self.algorithm == Algorithm::Concurrency {
             return self.validate_concurrency(at);
         }
@@ -348,7 +419,7 @@ impl LimitSpec {
         if let Err(e) = in_range(
             "requests_per_window",
             self.requests_per_window,
-            MAX_REQUESTS_PER_WINDOW,
+            self.max_quota(),
         )
         .and_then(|()| in_range("window_seconds", self.window_seconds, MAX_WINDOW_SECONDS))
         {
@@ -378,7 +449,7 @@ impl LimitSpec {
             }
         }
         if let Some(burst) = self.burst_limit
-            && let Err(e) = in_range("burst_limit", burst, MAX_REQUESTS_PER_WINDOW)
+            && let Err(e) = in_range("burst_limit", burst, self.max_quota())
         {
             return err(&e.field, e.message);
         }
@@ -539,6 +610,8 @@ impl ConfigSpec {
             key: None,
             max_in_flight: None,
             lease_seconds: None,
+            unit: Unit::Requests,
+            cost_from: None,
         }]
     }
 
@@ -694,6 +767,22 @@ impl ConfigSpec {
                 ));
             }
             l.validate(&at)?;
+            // Limits of one unit counted per one key are charged together: one cost.
+            if let Some(o) = self.limits[..i].iter().find(|o| {
+                o.unit == l.unit && o.unit != Unit::Requests && self.key_of(o) == self.key_of(l)
+            }) && o.cost_from != l.cost_from
+            {
+                return Err(ValidationError::new(
+                    at("cost_from"),
+                    format!(
+                        "must be limit {:?}'s ({}): limits of {} counted per one key are \
+                         charged the same units",
+                        o.name,
+                        o.cost_from.as_deref().unwrap_or("none"),
+                        l.unit.as_str()
+                    ),
+                ));
+            }
             if let Some(key) = &l.key
                 && self.domain.is_some()
                 && key.needs_http()
@@ -932,7 +1021,9 @@ impl ConfigSpec {
                 limits: self.limit_specs(),
                 ..self.clone()
             }),
-            [only] => {
+            // A limit of tokens or bytes is shown in `limits` only: top-level fields
+            // would say requests.
+            [only] if only.unit == Unit::Requests => {
                 let mut both = self.clone();
                 both.set_top_level(only.clone());
                 Cow::Owned(both)
@@ -964,6 +1055,7 @@ impl ConfigSpec {
         if let [only] = self.limits.as_slice()
             && only.name == DEFAULT_LIMIT
             && only.algorithm != Algorithm::Concurrency
+            && only.unit == Unit::Requests
             && self.top_level_given().is_none()
         {
             let only = self.limits.remove(0);

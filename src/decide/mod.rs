@@ -17,7 +17,7 @@ use crate::actors::{Asked, Via};
 use crate::clock::{NANOS_PER_SEC, Nanos, SharedClock, ceil_secs};
 use crate::limiter::{Decision, Decisions, Mode};
 use crate::metrics::{ErrorReason, Metrics, Outcome};
-use crate::policy::{Policies, Policy};
+use crate::policy::{Kind, Policies, Policy};
 use crate::settings::OnError;
 use actix_web::http::header::{HeaderName, HeaderValue};
 use smallvec::SmallVec;
@@ -29,6 +29,49 @@ use tokio::time::Instant;
 
 /// How long a refund may wait for its limiter.
 const REFUND_DEADLINE: Duration = Duration::from_secs(5);
+
+/// What one request costs each kind of limit ([`Kind`]): limits of requests (and
+/// concurrency limits) take `requests`; limits of tokens and of bytes take what the
+/// request is known or estimated to use up front (0 when nothing is: it is then
+/// admitted while at least one unit is left, and charged what it used afterwards).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cost {
+    pub requests: u64,
+    pub tokens: u64,
+    pub bytes: u64,
+}
+
+impl Cost {
+    /// A request: one of limits of requests, nothing known up front of the others.
+    pub const ONE: Cost = Cost::requests(1);
+
+    /// `n` of limits of requests, nothing known up front of the others.
+    pub const fn requests(n: u64) -> Self {
+        Cost {
+            requests: n,
+            tokens: 0,
+            bytes: 0,
+        }
+    }
+
+    /// `n` of every limit, whatever it counts (Envoy's `hits_addend`).
+    pub const fn all(n: u64) -> Self {
+        Cost {
+            requests: n,
+            tokens: n,
+            bytes: n,
+        }
+    }
+
+    /// What limits of `kind` take.
+    pub fn of(&self, kind: Kind) -> u64 {
+        match kind {
+            Kind::Requests | Kind::Held => self.requests,
+            Kind::Tokens => self.tokens,
+            Kind::Bytes => self.bytes,
+        }
+    }
+}
 
 /// What the server ruled on one check, whoever asked.
 pub enum Ruling {
@@ -85,29 +128,30 @@ impl Decider {
         }
     }
 
-    /// Decides `cost` units under `policy` of the request counted under `values` (see
-    /// [`crate::policy::KeyValues`]; the path `path` makes is only made when a feed
-    /// would show it) within the decision timeout, and counts the outcome in the
-    /// metrics. Peeks are answered, not counted.
+    /// Decides a request of `cost` under `policy` (each kind of limit taking its own:
+    /// see [`Cost`]), counted under `values` (see [`crate::policy::KeyValues`]; the
+    /// path `path` makes is only made when a feed would show it) within the decision
+    /// timeout, and counts the outcome in the metrics. Peeks are answered, not counted.
     pub async fn decide(
         &self,
         values: &[Arc<str>],
         policy: &Arc<Policy>,
         path: impl FnOnce() -> Arc<str>,
         via: Via,
-        cost: u64,
+        cost: Cost,
         mode: Mode,
     ) -> Ruling {
         if !policy.active {
             return Ruling::Inactive;
         }
+        let own = cost.of(policy.kind);
         let client = &values[0];
         let started = Instant::now();
         let deadline = started + self.timeout;
         let check = Check {
             client: client.clone(),
             policy: policy.clone(),
-            cost,
+            cost: own,
             mode,
             // The check gives up at `deadline`, and learns of an answer up to one ticker
             // period late: an answer given after this could not reach it in time, so the
@@ -125,10 +169,16 @@ impl Decider {
                 let whole = async {
                     let d = self.registries.decide(check).await?;
                     // A policy all of whose limits are held holds what it took.
+                    // ... and a policy of tokens or bytes remembers the estimate it took.
                     let mut hold = Hold::default();
-                    if mode == Mode::Consume && d.allowed && policy.limits[0].limit.is_held() {
-                        hold = Hold::new(&self.registries, values, cost);
-                        hold.push(0, &values[0], policy, d.at());
+                    if mode == Mode::Consume && d.allowed && own > 0 {
+                        if policy.kind == Kind::Held {
+                            hold = Hold::new(&self.registries, values);
+                            hold.push(0, &values[0], policy, d.at(), own);
+                        } else if policy.kind.is_metered() {
+                            hold = Hold::new(&self.registries, values);
+                            hold.estimated(0, &values[0], policy, d.at(), own);
+                        }
                     }
                     Ok((d, hold))
                 };
@@ -136,7 +186,7 @@ impl Decider {
             }
             // Boxed: its state is large, and would make every request's future as large.
             false => {
-                let mut groups = Box::pin(self.decide_groups(values, check));
+                let mut groups = Box::pin(self.decide_groups(values, check, cost));
                 deadline::within(deadline, groups.as_mut()).await
             }
         };
@@ -186,10 +236,11 @@ impl Decider {
         &self,
         values: &[Arc<str>],
         whole: Check,
+        cost: Cost,
     ) -> Result<(Decisions, Hold), LimiterUnavailable> {
         let policy = whole.policy.clone();
         let mut parts: SmallVec<[Decisions; 2]> = SmallVec::new();
-        let mut taken = Hold::new(&self.registries, values, whole.cost);
+        let mut taken = Hold::new(&self.registries, values);
         let mut refused = false;
         for (i, g) in policy.groups.iter().enumerate() {
             let value = &values[g.value];
@@ -198,7 +249,8 @@ impl Decider {
                 (mode, _) => mode,
             };
             let (client, part) = (value.clone(), g.policy.clone());
-            let check = Check::unrecorded(client, part, whole.cost, mode, whole.answer_by);
+            let cost = cost.of(g.kind);
+            let check = Check::unrecorded(client, part, cost, mode, whole.answer_by);
             let d = match self.registries.decide(check).await {
                 Ok(d) => d,
                 // Refused already: a group that cannot be looked at changes nothing.
@@ -206,7 +258,7 @@ impl Decider {
                 Err(e) => return Err(e),
             };
             if mode == Mode::Consume && d.allowed {
-                taken.push(i, value, &g.policy, d.at());
+                taken.push(i, value, &g.policy, d.at(), cost);
             }
             refused |= !d.allowed;
             parts.push(d);
@@ -221,7 +273,12 @@ impl Decider {
         if whole.mode == Mode::Consume {
             self.registries.record(&whole, &d);
         }
-        taken.retain(|i| policy.groups[i].held);
+        // What the held groups took is held until the request is done; what the groups
+        // of tokens or bytes took is an estimate a report may reconcile.
+        taken.settle(
+            |i| policy.groups[i].kind == Kind::Held,
+            |i| policy.groups[i].kind.is_metered(),
+        );
         Ok((d, taken))
     }
 
@@ -271,6 +328,91 @@ impl Decider {
         Ok(released)
     }
 
+    /// Charges `amount` units that a request counted under `values` used to every limit
+    /// of tokens or bytes of `policy` ([`Mode::Charge`]: past the limit too), and
+    /// answers each such part's decisions once charged, in the policy's order. Given
+    /// the check id of the check that took an estimate up front (`estimate`, whose
+    /// values and endpoint the caller has matched to these), it reconciles instead:
+    /// the parts that took the estimate are charged what `amount` exceeds it, or given
+    /// back what it exceeds `amount` (never more than the check took, see
+    /// [`Mode::Refund`]); a check id is reconciled once, in Redis for every instance
+    /// (`Err(Charging::Reported)` after). Nothing is charged under an inactive config.
+    pub async fn charge(
+        &self,
+        values: &[Arc<str>],
+        policy: &Arc<Policy>,
+        amount: u64,
+        estimate: Option<&Lease>,
+    ) -> Result<Vec<(Arc<Policy>, Decisions)>, Charging> {
+        let parts: SmallVec<[(usize, &Arc<Policy>); 1]> = policy.metered_parts().collect();
+        if let Some(lease) = estimate {
+            let ttl = (parts.iter())
+                .flat_map(|(_, p)| p.limits.iter().map(|l| l.limit.fresh_after()))
+                .max()
+                .unwrap_or(0);
+            let first = (self.registries)
+                .first_use(&values[0], lease.id, ttl, self.clock.now())
+                .await
+                .map_err(|()| Charging::Unavailable)?;
+            if !first {
+                return Err(Charging::Reported);
+            }
+        }
+        let answer_by = Instant::now() + self.timeout;
+        let mut charged = Vec::with_capacity(parts.len());
+        for (value, part) in parts {
+            let value = values.get(value).unwrap_or(&values[0]);
+            let took = estimate.and_then(|l| {
+                let (_, at) = l.parts.iter().find(|(slot, _)| **slot == *part.slot)?;
+                Some((l.cost, *at))
+            });
+            let d = match took {
+                Some((taken, at)) if amount < taken => {
+                    // Given back, then looked at: the answer is for one more unit.
+                    let back = taken - amount;
+                    let refund = Mode::Refund(at);
+                    let check =
+                        Check::unrecorded(value.clone(), part.clone(), back, refund, answer_by);
+                    (self.registries.decide(check).await).map_err(|_| Charging::Unavailable)?;
+                    self.charge_part(value, part, 0).await
+                }
+                Some((taken, _)) => self.charge_part(value, part, amount - taken).await,
+                None => self.charge_part(value, part, amount).await,
+            };
+            charged.push((part.clone(), d.map_err(|_| Charging::Unavailable)?));
+        }
+        Ok(charged)
+    }
+
+    /// Charges `units` to `part` (a policy's part of tokens or bytes, see
+    /// [`Policy::metered_parts`]) under `value`, counted in the metrics, and answers
+    /// its limits as a request would now find them (`allowed` while a unit is left);
+    /// 0 units only looks.
+    pub async fn charge_part(
+        &self,
+        value: &Arc<str>,
+        part: &Arc<Policy>,
+        units: u64,
+    ) -> Result<Decisions, LimiterUnavailable> {
+        let mode = match units {
+            0 => Mode::Peek,
+            _ => Mode::Charge,
+        };
+        let answer_by = Instant::now() + self.timeout;
+        let check = Check::unrecorded(value.clone(), part.clone(), units, mode, answer_by);
+        let d = self.registries.decide(check).await?;
+        if units > 0 {
+            for l in part.limits.iter() {
+                self.metrics.charged(&part.endpoint, &l.name, units);
+            }
+        }
+        let each = d.each().iter().map(|d| Decision {
+            allowed: d.retry_after == 0,
+            ..*d
+        });
+        Ok(Decisions::of(each.collect()).decided_at(d.at()))
+    }
+
     /// A check whose limiter could not decide: counted under `--on-error`'s outcome, and
     /// logged at most once a second so an outage cannot flood the log.
     fn failed(&self, client: &str, endpoint: &Arc<str>, reason: ErrorReason) {
@@ -289,6 +431,15 @@ impl Decider {
         };
         self.metrics.decision(endpoint, outcome);
     }
+}
+
+/// Why a charge was not made.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Charging {
+    /// A limiter could not answer (what was charged before it stays charged).
+    Unavailable,
+    /// The check id was reconciled before: nothing was charged again.
+    Reported,
 }
 
 /// A check that gives back `cost` units that a check of `value` under `policy` took at
@@ -354,13 +505,16 @@ fn unknown(policy: &Policy) -> Decisions {
 pub struct Hold(Option<Box<Holding>>);
 
 /// One held part: its group's index (0 for a policy of one group), the key value it
-/// counts under, the part's policy, and when it was decided.
-type HeldPart = (usize, Arc<str>, Arc<Policy>, Nanos);
+/// counts under, the part's policy, when it was decided, and what it took.
+type HeldPart = (usize, Arc<str>, Arc<Policy>, Nanos, u64);
 
 /// What a non-empty [`Hold`] holds.
 struct Holding {
     parts: SmallVec<[HeldPart; 1]>,
-    cost: u64,
+    /// The parts of tokens or bytes that took an estimate up front: never given back
+    /// here, but named by a check id for a report to reconcile (see
+    /// [`Hold::take_estimate`]).
+    estimated: SmallVec<[HeldPart; 1]>,
     /// For a lease: every key value of the request, in their order.
     values: Vec<Arc<str>>,
     registries: Registries,
@@ -411,41 +565,85 @@ impl Lease {
         let limits = crate::limiter::MAX_LIMITS;
         let sane = (1..=limits + 1).contains(&lease.values.len())
             && (1..=limits).contains(&lease.parts.len())
-            && (1..=crate::config::MAX_REQUESTS_PER_WINDOW).contains(&lease.cost);
+            && (1..=crate::config::MAX_UNITS).contains(&lease.cost);
         sane.then_some(lease)
     }
 }
 
 impl Hold {
-    /// Nothing yet, for a request counted under `values` that takes `cost` (an
-    /// allocation: made only for a request that may hold something).
-    fn new(registries: &Registries, values: &[Arc<str>], cost: u64) -> Self {
+    /// Nothing yet, for a request counted under `values` (an allocation: made only for
+    /// a request that may hold something).
+    fn new(registries: &Registries, values: &[Arc<str>]) -> Self {
         Self(Some(Box::new(Holding {
             parts: SmallVec::new(),
-            cost,
+            estimated: SmallVec::new(),
             values: values.to_vec(),
             registries: registries.clone(),
         })))
     }
 
-    /// Adds what group `i` (counted under `value`, decided by `policy` at `at`) took.
-    fn push(&mut self, i: usize, value: &Arc<str>, policy: &Arc<Policy>, at: Nanos) {
+    /// Adds what group `i` (counted under `value`, decided by `policy` at `at`) took:
+    /// `cost`.
+    fn push(&mut self, i: usize, value: &Arc<str>, policy: &Arc<Policy>, at: Nanos, cost: u64) {
         if let Some(h) = &mut self.0
-            && h.cost > 0
+            && cost > 0
         {
-            h.parts.push((i, value.clone(), policy.clone(), at));
+            h.parts.push((i, value.clone(), policy.clone(), at, cost));
         }
     }
 
-    /// Keeps only the parts whose group `keep` says.
-    fn retain(&mut self, keep: impl Fn(usize) -> bool) {
+    /// Adds the estimate group `i` (counted under `value`, decided by `policy` at
+    /// `at`) took: `cost` of its tokens or bytes.
+    fn estimated(
+        &mut self,
+        i: usize,
+        value: &Arc<str>,
+        policy: &Arc<Policy>,
+        at: Nanos,
+        cost: u64,
+    ) {
         if let Some(h) = &mut self.0 {
-            h.parts.retain(|(i, ..)| keep(*i));
-            if h.parts.is_empty() {
-                // Nothing left to give back: disarmed.
+            h.estimated
+                .push((i, value.clone(), policy.clone(), at, cost));
+        }
+    }
+
+    /// Keeps held the parts whose group `held` says, keeps as estimates those
+    /// `estimated` says, and lets the others go (what they took stays taken).
+    fn settle(&mut self, held: impl Fn(usize) -> bool, estimated: impl Fn(usize) -> bool) {
+        if let Some(h) = &mut self.0 {
+            for part in std::mem::take(&mut h.parts) {
+                if held(part.0) {
+                    h.parts.push(part);
+                } else if estimated(part.0) {
+                    h.estimated.push(part);
+                }
+            }
+            if h.parts.is_empty() && h.estimated.is_empty() {
+                // Nothing left to give back or reconcile: disarmed.
                 self.0 = None;
             }
         }
+    }
+
+    /// The estimate a check took of its limits of tokens or bytes, as the check id a
+    /// report names to reconcile it (a [`Lease`] of those parts; `scope` as a lease's):
+    /// `None` when it took none.
+    pub fn take_estimate(&mut self, scope: u64) -> Option<Lease> {
+        let h = self.0.as_mut()?;
+        let estimated = std::mem::take(&mut h.estimated);
+        let first = estimated.first()?;
+        Some(Lease {
+            endpoint: first.2.endpoint.to_string(),
+            values: h.values.iter().map(|v| v.to_string()).collect(),
+            parts: (estimated.iter())
+                .map(|(_, _, p, at, _)| (p.slot.to_string(), *at))
+                .collect(),
+            // Every part of tokens or bytes takes the same estimate.
+            cost: first.4,
+            scope,
+            id: random_u64(),
+        })
     }
 
     /// Gives back every part now, and says what each part's group answered once given
@@ -460,8 +658,8 @@ impl Hold {
         // (a backend that answers later completes it on its own thread), and a hold
         // dropped meanwhile must not give it back twice.
         while !h.parts.is_empty() {
-            let (i, value, policy, at) = h.parts.remove(0);
-            let after = give_back_part(&h.registries, &value, &policy, h.cost, at).await;
+            let (i, value, policy, at, cost) = h.parts.remove(0);
+            let after = give_back_part(&h.registries, &value, &policy, cost, at).await;
             answers.extend(after.map(|after| (i, after)));
         }
         self.0 = None;
@@ -481,9 +679,11 @@ impl Hold {
             endpoint: h.parts[0].2.endpoint.to_string(),
             values: h.values.iter().map(|v| v.to_string()).collect(),
             parts: (h.parts.iter())
-                .map(|(_, _, p, at)| (p.slot.to_string(), *at))
+                .map(|(_, _, p, at, _)| (p.slot.to_string(), *at))
                 .collect(),
-            cost: h.cost,
+            // Only held parts (of concurrency limits, which take the request's cost)
+            // are leased.
+            cost: h.parts[0].4,
             scope,
             id: random_u64(),
         })
@@ -497,8 +697,8 @@ impl Drop for Hold {
         };
         // Given back on the thread that dropped it, after the response is on its way.
         actix_web::rt::spawn(async move {
-            for (_, value, policy, at) in &h.parts {
-                give_back_part(&h.registries, value, policy, h.cost, *at).await;
+            for (_, value, policy, at, cost) in &h.parts {
+                give_back_part(&h.registries, value, policy, *cost, *at).await;
             }
         });
     }
@@ -577,6 +777,10 @@ fn policy_field(policy: &Policy, d: &Decisions) -> HeaderValue {
             true => write!(policies, ";q={};qu=\"concurrent-requests\"", d.limit),
             false => write!(policies, ";q={};w={}", d.limit, l.window_seconds),
         };
+        // Requests are the draft's default unit, left unsaid.
+        if !l.limit.is_held() && l.is_metered() {
+            let _ = write!(policies, ";qu=\"{}\"", l.unit.quota_unit());
+        }
     }
     header_value(policies)
 }
@@ -715,7 +919,7 @@ mod tests {
                 &policy,
                 || Arc::from("/x"),
                 Via::Route,
-                1,
+                Cost::ONE,
                 Mode::Consume,
             )
         };
@@ -750,7 +954,7 @@ mod tests {
             &policy,
             || Arc::from("/x"),
             Via::Route,
-            1,
+            Cost::ONE,
             Mode::Peek,
         ))
         .await

@@ -16,9 +16,9 @@ pub mod proto;
 use crate::actors::Via;
 use crate::config::MAX_REQUESTS_PER_WINDOW;
 use crate::config::descriptor::{self, MAX_ENTRIES};
-use crate::decide::{Decider, Ruling, reset_secs, retry_after_secs, structured_fields};
+use crate::decide::{Cost, Decider, Ruling, reset_secs, retry_after_secs, structured_fields};
 use crate::limiter::{DEFAULT_LIMIT, Decisions, Limit, Mode, Named};
-use crate::policy::{KeyValues, Policy, PolicyTable};
+use crate::policy::{KeyValues, Kind, Policy, PolicyTable};
 use proto::{
     Code, DescriptorStatus, HeaderValue, RateLimit, RateLimitDescriptor, RateLimitRequest,
     RateLimitResponse, UNITS, override_unit,
@@ -123,11 +123,11 @@ fn policy_for(
     let window = unit.seconds;
     let requests = u64::from(limit.requests_per_unit);
     // One limit, of the algorithm of the rule's first.
-    let limit = Named {
-        name: Arc::from(DEFAULT_LIMIT),
-        limit: Limit::new(policy.limits[0].limit.algorithm(), requests, window),
-        window_seconds: window,
-    };
+    let limit = Named::requests(
+        DEFAULT_LIMIT,
+        Limit::new(policy.limits[0].limit.algorithm(), requests, window),
+        window,
+    );
     let endpoint: Arc<str> = Arc::from(format!("{} ({requests}/{})", m.policy.endpoint, unit.name));
     let policy = Policy {
         endpoint: endpoint.clone(),
@@ -142,6 +142,7 @@ fn policy_for(
         unheld: None,
         quota_field: Default::default(),
         refundable: false,
+        kind: Kind::Requests,
     };
     // Its own budget, under the config's key alone.
     let mut values = m.values;
@@ -217,7 +218,7 @@ pub async fn should_rate_limit(
         };
         let path = || Arc::from(shown(&req.domain, d));
         let ruling = decider
-            .decide(&values, &policy, path, Via::Envoy, cost, mode)
+            .decide(&values, &policy, path, Via::Envoy, Cost::all(cost), mode)
             .await;
         match ruling {
             Ruling::Inactive => statuses.push(unlimited()),

@@ -20,7 +20,7 @@ use crate::actors::client_limiter::LimitStatus;
 use crate::clock::{NANOS_PER_SEC, Nanos, rfc3339};
 use crate::config::key::KeySource;
 use crate::config::{Key, ValidationError};
-use crate::decide::{Lease, Ruling};
+use crate::decide::{Charging, Cost, Lease, Ruling};
 use crate::envoy::proto::{Code, RateLimitRequest};
 use crate::envoy::{Failure, should_rate_limit};
 use crate::error::ApiError;
@@ -44,7 +44,7 @@ struct Ask {
     values: KeyValues,
     path: String,
     policy: Arc<Policy>,
-    cost: u64,
+    cost: Cost,
     mode: Mode,
 }
 
@@ -64,9 +64,17 @@ struct CheckRequest {
     /// The request's method, for the record.
     #[schema(pattern = "^[A-Za-z]+$", nullable = false)]
     method: Option<String>,
-    /// Units to take (0 to the config's limit; default 1).
+    /// Units to take of the config's limits of requests (0 to the smallest of their
+    /// quotas; default 1).
     #[schema(minimum = 0, nullable = false)]
     cost: Option<u64>,
+    /// Units to take up front of the config's limits of tokens or bytes, whose cost is
+    /// known (or estimated) before the request runs: 0 to the smallest of their quotas;
+    /// default 0, which takes nothing and is admitted while a unit is left. An admitted
+    /// check that took an estimate answers a `check_id` for `POST /v1/report` to
+    /// reconcile with what the request used.
+    #[schema(minimum = 0, nullable = false)]
+    estimate: Option<u64>,
     /// Only look: decide nothing, count nothing.
     #[schema(nullable = false)]
     peek: Option<bool>,
@@ -130,6 +138,10 @@ struct Answer {
     /// `lease_seconds`, 60 by default).
     #[serde(skip_serializing_if = "Option::is_none")]
     lease: Option<String>,
+    /// When the check took an `estimate` of limits of tokens or bytes: what
+    /// `POST /v1/report` names to reconcile it with what the request used, once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    check_id: Option<String>,
 }
 
 /// The answer of `POST /v1/check`: one check's, or a batch's.
@@ -166,37 +178,11 @@ pub async fn check(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let body = super::read_json(&req, payload).await?;
-    let Value::Object(mut body) = body else {
-        return Err(invalid("body", "must be a JSON object"));
-    };
     // Every check is validated before any is decided, so a bad call consumes nothing.
-    let batch = match body.remove("checks") {
-        Some(checks) => {
-            if let Some(other) = body.keys().next() {
-                return Err(invalid(other.clone(), "is not allowed next to checks"));
-            }
-            let Value::Array(checks) = checks else {
-                return Err(invalid("checks", "must be an array of checks"));
-            };
-            if checks.is_empty() || checks.len() > MAX_CHECKS {
-                return Err(invalid(
-                    "checks",
-                    format!("must hold 1 to {MAX_CHECKS} checks"),
-                ));
-            }
-            let asks = checks
-                .into_iter()
-                .enumerate()
-                .map(|(i, c)| parse(&state, c, &format!("checks[{i}].")))
-                .collect::<Result<Vec<_>, _>>()?;
-            Some(asks)
-        }
-        None => None,
-    };
+    let batch = items(&req, payload, "checks", |c, at| parse(&state, c, at)).await?;
     let now = || state.clock.now();
     match batch {
-        Some(asks) => {
+        Items::Batch(asks) => {
             let mut results = Vec::with_capacity(asks.len());
             // In order: each check sees what the ones before it consumed.
             for ask in &asks {
@@ -204,8 +190,7 @@ pub async fn check(
             }
             Ok(HttpResponse::Ok().json(CheckAnswer::Batch(Batch { results })))
         }
-        None => {
-            let ask = parse(&state, Value::Object(body), "")?;
+        Items::One(ask) => {
             let (answer, decision) = answer(&state, &ask, now()).await;
             let mut res = HttpResponse::Ok().json(CheckAnswer::One(answer));
             if let Some(d) = decision {
@@ -216,15 +201,133 @@ pub async fn check(
     }
 }
 
+/// One check or report of a call as an object (`prefix` names it within a batch).
+fn object(item: Value, prefix: &str) -> Result<Map<String, Value>, ApiError> {
+    match item {
+        Value::Object(c) => Ok(c),
+        _ => {
+            let field = prefix.trim_end_matches('.');
+            Err(invalid(
+                if field.is_empty() { "body" } else { field },
+                "must be a JSON object",
+            ))
+        }
+    }
+}
+
+/// A call's items: one, or a batch.
+enum Items<T> {
+    One(T),
+    Batch(Vec<T>),
+}
+
+/// Reads a call of one item, or a batch of 1 to [`MAX_CHECKS`] under `plural`, each
+/// validated by `parse` (given the prefix that names it in error fields, `checks[2].`)
+/// before any is acted on.
+async fn items<T>(
+    req: &HttpRequest,
+    payload: web::Payload,
+    plural: &str,
+    parse: impl Fn(Value, &str) -> Result<T, ApiError>,
+) -> Result<Items<T>, ApiError> {
+    let body = super::read_json(req, payload).await?;
+    let Value::Object(mut body) = body else {
+        return Err(invalid("body", "must be a JSON object"));
+    };
+    let Some(list) = body.remove(plural) else {
+        return Ok(Items::One(parse(Value::Object(body), "")?));
+    };
+    if let Some(other) = body.keys().next() {
+        return Err(invalid(
+            other.clone(),
+            format!("is not allowed next to {plural}"),
+        ));
+    }
+    let Value::Array(list) = list else {
+        return Err(invalid(plural, format!("must be an array of {plural}")));
+    };
+    if list.is_empty() || list.len() > MAX_CHECKS {
+        return Err(invalid(
+            plural,
+            format!("must hold 1 to {MAX_CHECKS} {plural}"),
+        ));
+    }
+    let parsed = (list.into_iter().enumerate())
+        .map(|(i, item)| parse(item, &format!("{plural}[{i}].")))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Items::Batch(parsed))
+}
+
 /// Validates one check (`prefix` names it within a batch in error messages).
 fn parse(state: &AppState, check: Value, prefix: &str) -> Result<Ask, ApiError> {
-    let Value::Object(mut c) = check else {
-        let field = prefix.trim_end_matches('.');
-        return Err(invalid(
-            if field.is_empty() { "body" } else { field },
-            "must be a JSON object",
-        ));
+    let mut c = object(check, prefix)?;
+    let field = |name: &str| format!("{prefix}{name}");
+    let (values, path, policy) = original(state, &mut c, prefix)?;
+    let units = |c: &mut Map<String, Value>, name: &str, default: u64| match c.remove(name) {
+        None => Ok(default),
+        Some(v) => v
+            .as_u64()
+            .ok_or_else(|| invalid(field(name), "must be a whole number of units, 0 or more")),
     };
+    if c.contains_key("cost") && policy.limits.iter().all(|l| l.is_metered()) {
+        return Err(invalid(
+            field("cost"),
+            format!(
+                "is for limits of requests, and the limits of {} count {}: send what the \
+                 request will use as estimate, or report it after (POST /v1/report)",
+                policy.endpoint,
+                policy.limits[0].unit.as_str()
+            ),
+        ));
+    }
+    let cost = units(&mut c, "cost", 1)?;
+    let estimate = units(&mut c, "estimate", 0)?;
+    // A cost above a limit's quota could never be admitted; an estimate needs limits
+    // of tokens or bytes to take it.
+    fits_quotas(&policy, cost, false).map_err(|m| invalid(field("cost"), m))?;
+    if estimate > 0 {
+        if !policy.limits.iter().any(|l| l.is_metered()) {
+            return Err(invalid(
+                field("estimate"),
+                format!(
+                    "is for limits of tokens or bytes, and the config of {} has none \
+                     (send the request's units as cost)",
+                    policy.endpoint
+                ),
+            ));
+        }
+        fits_quotas(&policy, estimate, true).map_err(|m| invalid(field("estimate"), m))?;
+    }
+    let cost = Cost {
+        requests: cost,
+        tokens: estimate,
+        bytes: estimate,
+    };
+    let mode = match c.remove("peek") {
+        None | Some(Value::Bool(false)) => Mode::Consume,
+        Some(Value::Bool(true)) => Mode::Peek,
+        Some(_) => return Err(invalid(field("peek"), "must be true or false")),
+    };
+    if let Some(other) = c.keys().next() {
+        return Err(invalid(field(other), "is not a field of a check"));
+    }
+    Ok(Ask {
+        values,
+        path,
+        policy,
+        cost,
+        mode,
+    })
+}
+
+/// Takes from a check or a report what it says of the original request (`client_id`,
+/// `path`, `method`, `ip`, `headers`), validated, and resolves its config and the
+/// values its key counts under.
+fn original(
+    state: &AppState,
+    c: &mut Map<String, Value>,
+    prefix: &str,
+) -> Result<(KeyValues, String, Arc<Policy>), ApiError> {
     let field = |name: &str| format!("{prefix}{name}");
     let string = |c: &mut Map<String, Value>, name: &str| match c.remove(name) {
         None => Ok(None),
@@ -233,11 +336,11 @@ fn parse(state: &AppState, check: Value, prefix: &str) -> Result<Ask, ApiError> 
     };
     // Needed only by a config that counts per client (see `OriginalRequest::client`);
     // checked whenever given.
-    let client = string(&mut c, "client_id")?;
+    let client = string(c, "client_id")?;
     if let Some(client) = &client {
         validate_client_id(client).map_err(|e| invalid(field("client_id"), e.to_string()))?;
     }
-    let path = string(&mut c, "path")?.ok_or_else(|| invalid(field("path"), "is required"))?;
+    let path = string(c, "path")?.ok_or_else(|| invalid(field("path"), "is required"))?;
     let path = (path.len() <= 2048)
         .then(|| request_path(path.split('#').next().unwrap_or_default()))
         .flatten()
@@ -247,7 +350,7 @@ fn parse(state: &AppState, check: Value, prefix: &str) -> Result<Ask, ApiError> 
                 "must be a request path starting with / (at most 2048 bytes, no control characters, spaces, \".\" or \"..\" segments)",
             )
         })?;
-    if let Some(method) = string(&mut c, "method")?
+    if let Some(method) = string(c, "method")?
         && (method.is_empty() || !method.bytes().all(|b| b.is_ascii_alphabetic()))
     {
         return Err(invalid(
@@ -295,42 +398,28 @@ fn parse(state: &AppState, check: Value, prefix: &str) -> Result<Ask, ApiError> 
         .policies
         .current()
         .resolve_keyed(&path, |key| key.value(&original))?;
-    let cost = match c.remove("cost") {
-        None => 1,
-        Some(v) => v
-            .as_u64()
-            .ok_or_else(|| invalid(field("cost"), "must be a whole number of units, 0 or more"))?,
-    };
-    // A cost above any limit's quota could never be admitted.
-    let smallest = policy.limits.iter().min_by_key(|l| l.limit.quota());
-    if let Some(l) = smallest
-        && cost > l.limit.quota()
-    {
-        let quota = l.limit.quota();
-        let message = match policy.several() {
-            true => format!(
-                "must be at most the smallest quota of {} ({quota}, limit {:?})",
-                policy.endpoint, l.name
-            ),
-            false => format!("must be at most the limit of {} ({quota})", policy.endpoint),
-        };
-        return Err(invalid(field("cost"), message));
+    Ok((values, path, policy))
+}
+
+/// Whether `units` fit every quota of the limits of `policy` that are (`metered`) or
+/// are not of tokens or bytes; the message for a field when not.
+fn fits_quotas(policy: &Policy, units: u64, metered: bool) -> Result<(), String> {
+    let smallest = (policy.limits.iter())
+        .filter(|l| l.is_metered() == metered)
+        .min_by_key(|l| l.limit.quota());
+    match smallest {
+        Some(l) if units > l.limit.quota() => {
+            let quota = l.limit.quota();
+            Err(match policy.several() {
+                true => format!(
+                    "must be at most the smallest quota of {} ({quota}, limit {:?})",
+                    policy.endpoint, l.name
+                ),
+                false => format!("must be at most the limit of {} ({quota})", policy.endpoint),
+            })
+        }
+        _ => Ok(()),
     }
-    let mode = match c.remove("peek") {
-        None | Some(Value::Bool(false)) => Mode::Consume,
-        Some(Value::Bool(true)) => Mode::Peek,
-        Some(_) => return Err(invalid(field("peek"), "must be true or false")),
-    };
-    if let Some(other) = c.keys().next() {
-        return Err(invalid(field(other), "is not a field of a check"));
-    }
-    Ok(Ask {
-        values,
-        path,
-        policy,
-        cost,
-        mode,
-    })
 }
 
 /// What a check names of the original request, for the config's key.
@@ -397,6 +486,7 @@ async fn answer(state: &AppState, ask: &Ask, now: Nanos) -> (Answer, Option<Deci
         error: None,
         limits: Vec::new(),
         lease: None,
+        check_id: None,
     };
     let ruling = state
         .decider
@@ -420,8 +510,9 @@ async fn answer(state: &AppState, ask: &Ask, now: Nanos) -> (Answer, Option<Deci
             },
             None,
         ),
-        Ruling::Decided(d, hold) => (
+        Ruling::Decided(d, mut hold) => (
             Answer {
+                check_id: (hold.take_estimate(state.decider.lease_scope)).map(|l| l.token()),
                 lease: hold
                     .into_lease(state.decider.lease_scope)
                     .map(|l| l.token()),
@@ -438,6 +529,300 @@ async fn answer(state: &AppState, ask: &Ask, now: Nanos) -> (Answer, Option<Deci
             },
             Some(d),
         ),
+    }
+}
+
+/// One report, as `POST /v1/report` reads it: the original request as a check names
+/// it, and what it used.
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)] // a description of the input, which `parse_report` reads by name
+struct ReportRequest {
+    /// As in a check: required when the path's config counts per client.
+    #[schema(pattern = "^[A-Za-z0-9._:@-]{1,128}$", nullable = false)]
+    client_id: Option<String>,
+    /// The path of the request that used the units.
+    #[schema(pattern = "^/", max_length = 2048)]
+    path: String,
+    #[schema(pattern = "^[A-Za-z]+$", nullable = false)]
+    method: Option<String>,
+    /// Units of tokens or bytes the request used (0 to 10^15), charged to every limit
+    /// of tokens or bytes of the path's config, past the limit too.
+    #[schema(minimum = 0, maximum = 1_000_000_000_000_000_u64)]
+    cost: u64,
+    /// The `check_id` of the check that took an estimate for this request: the report
+    /// then charges what `cost` exceeds the estimate, or gives back what the estimate
+    /// exceeds `cost`. Once per check id.
+    #[schema(nullable = false)]
+    check_id: Option<String>,
+    #[schema(nullable = false, example = "192.0.2.7")]
+    ip: Option<String>,
+    #[schema(nullable = false)]
+    headers: Option<std::collections::BTreeMap<String, String>>,
+}
+
+/// Several reports, charged in order.
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)]
+struct ReportBatchRequest {
+    #[schema(min_items = 1, max_items = 100)]
+    reports: Vec<ReportRequest>,
+}
+
+/// The body of `POST /v1/report`: one report, or a batch.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+enum ReportBody {
+    One(ReportRequest),
+    Batch(ReportBatchRequest),
+}
+
+/// One report, validated.
+struct Report {
+    values: KeyValues,
+    policy: Arc<Policy>,
+    cost: u64,
+    /// The check that took an estimate, to reconcile.
+    estimate: Option<Lease>,
+}
+
+/// One report's answer: its config's limits of tokens or bytes once charged.
+#[derive(Debug, Serialize, ToSchema)]
+struct ReportAnswer {
+    /// The config that applied.
+    endpoint: String,
+    /// False when that config is inactive: nothing was charged.
+    active: bool,
+    /// Units charged now: the cost, or what it exceeds the check's estimate.
+    charged: u64,
+    /// Units given back: what the check's estimate exceeds the cost.
+    refunded: u64,
+    /// Whether a request would be admitted now by these limits (at least one unit
+    /// left in each).
+    allowed: bool,
+    /// The binding limit's (the one with the fewest units left relative to its
+    /// quota; the one with the longest wait when any is overdrawn): its quota, the
+    /// units left (never below 0: an overdrawn limit shows 0), and seconds until one
+    /// unit is available again (0 while one is) and until the quota is whole.
+    limit: u64,
+    remaining: u64,
+    retry_after: f64,
+    reset_after: f64,
+    reset_time: String,
+    /// Each limit of tokens or bytes, in the config's order.
+    limits: Vec<LimitStatus>,
+    /// Set in a batch when this report's `check_id` was reconciled before (nothing was
+    /// charged), or the limiter could not be reached.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'static str>,
+}
+
+/// The answer of `POST /v1/report`: one report's, or a batch's.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+enum ReportResult {
+    One(ReportAnswer),
+    Batch(ReportBatch),
+}
+
+/// The batch form's answer.
+#[derive(Serialize, ToSchema)]
+struct ReportBatch {
+    results: Vec<ReportAnswer>,
+}
+
+/// `POST /v1/report`: charges what requests used to their configs' limits of tokens or
+/// bytes, after the fact (see `limiter::Mode::Charge`), or reconciles a check's
+/// estimate.
+#[utoipa::path(
+    post,
+    path = "/v1/report",
+    tag = "decisions",
+    request_body(content = ReportBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Charged: the limits' state once charged; a batch answers `results`", body = ReportResult),
+        (status = 422, description = "A bad report, or a check id reconciled before; `field` names it (reports[2].cost); nothing was charged", body = ErrorBody),
+        (status = 503, description = "The limiter could not be reached", body = ErrorBody),
+    )
+)]
+pub async fn report(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    // Every report is validated before any is charged, so a bad call charges nothing.
+    let batch = items(&req, payload, "reports", |r, at| {
+        parse_report(&state, r, at)
+    })
+    .await?;
+    match batch {
+        Items::Batch(reports) => {
+            let mut ids = std::collections::HashSet::new();
+            for (i, r) in reports.iter().enumerate() {
+                if let Some(lease) = &r.estimate
+                    && !ids.insert(lease.id)
+                {
+                    return Err(invalid(
+                        format!("reports[{i}].check_id"),
+                        "is named by an earlier report of this batch",
+                    ));
+                }
+            }
+            let mut results = Vec::with_capacity(reports.len());
+            for r in &reports {
+                results.push(match charge(&state, r).await {
+                    Ok(answer) => answer,
+                    Err(e) => failed(r, e),
+                });
+            }
+            Ok(HttpResponse::Ok().json(ReportResult::Batch(ReportBatch { results })))
+        }
+        Items::One(r) => match charge(&state, &r).await {
+            Ok(answer) => Ok(HttpResponse::Ok().json(ReportResult::One(answer))),
+            Err(Charging::Reported) => Err(invalid(
+                "check_id",
+                "was reconciled before: a check id is reported once (nothing was charged)",
+            )),
+            Err(Charging::Unavailable) => Err(ApiError::LimiterUnavailable),
+        },
+    }
+}
+
+/// Validates one report (`prefix` names it within a batch in error messages).
+fn parse_report(state: &AppState, report: Value, prefix: &str) -> Result<Report, ApiError> {
+    let mut c = object(report, prefix)?;
+    let field = |name: &str| format!("{prefix}{name}");
+    let (values, _, policy) = original(state, &mut c, prefix)?;
+    let max = crate::config::MAX_UNITS;
+    let cost = match c.remove("cost") {
+        None => {
+            return Err(invalid(
+                field("cost"),
+                "is required: the units the request used",
+            ));
+        }
+        Some(v) => v.as_u64().filter(|&n| n <= max).ok_or_else(|| {
+            invalid(
+                field("cost"),
+                format!("must be a whole number of units, 0 to {max}"),
+            )
+        })?,
+    };
+    if policy.active && policy.metered_parts().next().is_none() {
+        return Err(invalid(
+            field("path"),
+            format!(
+                "is limited by the config {}, which has no limit of tokens or bytes to \
+                 charge (a limit's \"unit\")",
+                policy.endpoint
+            ),
+        ));
+    }
+    let estimate = match c.remove("check_id") {
+        None => None,
+        Some(Value::String(token)) => {
+            let lease = Lease::parse(&token)
+                // An estimate kept in another process's memory is that process's.
+                .filter(|l| l.scope == state.decider.lease_scope)
+                .ok_or_else(|| invalid(field("check_id"), "is not a check id this server gave"))?;
+            let same = *lease.endpoint == *policy.endpoint
+                && lease.values.len() == values.len()
+                && lease
+                    .values
+                    .iter()
+                    .zip(values.iter())
+                    .all(|(a, b)| **a == **b);
+            let estimated = policy
+                .metered_parts()
+                .any(|(_, p)| lease.parts.iter().any(|(slot, _)| **slot == *p.slot));
+            if !same || !estimated {
+                return Err(invalid(
+                    field("check_id"),
+                    "was given for a check of another client, path or config: report with \
+                     the check's client_id and path",
+                ));
+            }
+            Some(lease)
+        }
+        Some(_) => return Err(invalid(field("check_id"), "must be a string")),
+    };
+    if let Some(other) = c.keys().next() {
+        return Err(invalid(field(other), "is not a field of a report"));
+    }
+    Ok(Report {
+        values,
+        policy,
+        cost,
+        estimate,
+    })
+}
+
+/// Charges one report, and answers its limits' state.
+async fn charge(state: &AppState, r: &Report) -> Result<ReportAnswer, Charging> {
+    let now = state.clock.now();
+    let p = &r.policy;
+    let (charged, refunded) = match &r.estimate {
+        Some(l) => (r.cost.saturating_sub(l.cost), l.cost.saturating_sub(r.cost)),
+        None => (r.cost, 0),
+    };
+    let mut answer = ReportAnswer {
+        endpoint: p.endpoint.to_string(),
+        active: p.active,
+        charged: 0,
+        refunded: 0,
+        allowed: true,
+        limit: 0,
+        remaining: 0,
+        retry_after: 0.0,
+        reset_after: 0.0,
+        reset_time: rfc3339(now),
+        limits: Vec::new(),
+        error: None,
+    };
+    if !p.active {
+        return Ok(answer);
+    }
+    let parts = (state.decider)
+        .charge(&r.values, p, r.cost, r.estimate.as_ref())
+        .await?;
+    let mut each = smallvec::SmallVec::<[crate::limiter::Decision; 1]>::new();
+    for (part, d) in &parts {
+        answer.limits.extend(LimitStatus::list(part, d, now, true));
+        each.extend(d.each().iter().copied());
+    }
+    let d = Decisions::of(each);
+    let secs = |n: Nanos| n as f64 / NANOS_PER_SEC as f64;
+    Ok(ReportAnswer {
+        charged,
+        refunded,
+        allowed: d.allowed,
+        limit: d.limit,
+        remaining: d.remaining,
+        retry_after: secs(d.retry_after),
+        reset_after: secs(d.reset_after),
+        reset_time: d.reset_time(now),
+        ..answer
+    })
+}
+
+/// A batch's answer for a report that was not charged.
+fn failed(r: &Report, e: Charging) -> ReportAnswer {
+    ReportAnswer {
+        endpoint: r.policy.endpoint.to_string(),
+        active: r.policy.active,
+        charged: 0,
+        refunded: 0,
+        allowed: false,
+        limit: 0,
+        remaining: 0,
+        retry_after: 0.0,
+        reset_after: 0.0,
+        reset_time: String::new(),
+        limits: Vec::new(),
+        error: Some(match e {
+            Charging::Reported => "already_reported",
+            Charging::Unavailable => "limiter_unavailable",
+        }),
     }
 }
 
@@ -562,7 +947,7 @@ pub async fn forward_auth(
             &policy,
             || Arc::from(path.as_str()),
             Via::ForwardAuth,
-            1,
+            Cost::ONE,
             Mode::Consume,
         )
         .await;

@@ -8,7 +8,7 @@ use super::proxy;
 use crate::access::{AllowedHosts, Asker, admit, bearer};
 use crate::actors::Via;
 use crate::clock::Nanos;
-use crate::decide::{Ruling, retry_after_secs, structured_fields};
+use crate::decide::{Cost, Ruling, retry_after_secs, structured_fields};
 use crate::error::{ApiError, Refusal};
 use crate::limiter::{Decisions, Mode};
 use crate::policy::Policy;
@@ -120,9 +120,18 @@ pub async fn rate_limit(
         None => Via::Route,
     };
     let shown = || Arc::from(path);
+    // A route's limits of bytes take the request body's declared length up front; the
+    // reverse proxy's are charged the response body's bytes as it streams.
+    let cost = match via {
+        Via::Route => Cost {
+            bytes: super::content_length(req.headers()).unwrap_or(0),
+            ..Cost::ONE
+        },
+        _ => Cost::ONE,
+    };
     let ruling = state
         .decider
-        .decide(&values, &policy, shown, via, 1, Mode::Consume)
+        .decide(&values, &policy, shown, via, cost, Mode::Consume)
         .await;
     let decision = match ruling {
         Ruling::Inactive => return Ok(next.call(req).await?.map_into_boxed_body()),
@@ -141,6 +150,11 @@ pub async fn rate_limit(
         // its response body is done with: sent whole, or the connection gone. An error
         // or a panic on the way drops it sooner.
         let mut res = next.call(req).await?.map_into_boxed_body();
+        // What the response says the request used is charged to its limits of tokens
+        // or bytes.
+        if super::usage::charges_after(&policy) {
+            res = super::usage::charge_response(&state, &values, &policy, via, res).await;
+        }
         add_headers(res.headers_mut(), &policy, &decision, now);
         if hold.is_empty() {
             return Ok(res);

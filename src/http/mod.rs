@@ -13,6 +13,7 @@ pub(crate) mod ops;
 pub(crate) mod proxy;
 pub(crate) mod realtime;
 mod upstream;
+pub(crate) mod usage;
 
 use crate::actors::broadcaster::{Broadcaster, FeedInterest};
 use crate::actors::db::{Db, DbStatus};
@@ -124,6 +125,7 @@ pub fn routes(upstream: Option<proxy::Upstream>) -> impl Fn(&mut web::ServiceCon
                     .wrap(actix_web::middleware::from_fn(middleware::decision_access))
                     .service(resource("/check").post(decision::check))
                     .service(resource("/release").post(decision::release))
+                    .service(resource("/report").post(decision::report))
                     .service(web::resource("/forward-auth").to(decision::forward_auth))
                     .service(resource("/envoy/json").post(decision::envoy_json))
                     .default_service(web::to(not_found)),

@@ -48,6 +48,7 @@ use utoipa::{IntoParams, Modify, OpenApi, PartialSchema, ToSchema};
         admin::reset_client,
         decision::check,
         decision::release,
+        decision::report,
         decision::forward_auth,
         decision::envoy_json,
         realtime::websocket,

@@ -23,7 +23,7 @@ mod token_bucket;
 
 pub use concurrency::ConcurrencyLimit;
 pub use fixed_window::{Calendar, FixedWindow, FixedWindowLimit};
-pub use several::{DEFAULT_LIMIT, Decisions, MAX_LIMITS, Named, States};
+pub use several::{DEFAULT_LIMIT, Decisions, MAX_LIMITS, Named, States, Unit};
 pub use sliding_window::{SlidingWindow, SlidingWindowLimit, granule_ms};
 pub use token_bucket::{TokenBucket, TokenBucketLimit};
 

@@ -26,6 +26,80 @@ pub struct Named {
     pub limit: Limit,
     /// The window as configured, in seconds: the `w` the headers announce.
     pub window_seconds: u64,
+    /// What it counts.
+    pub unit: Unit,
+    /// For a limit of tokens or bytes charged from the upstream's answer: the response
+    /// header (its name in lower case) whose value is the cost.
+    pub cost_header: Option<Arc<str>>,
+}
+
+impl Named {
+    /// A limit of requests.
+    pub fn requests(name: &str, limit: Limit, window_seconds: u64) -> Self {
+        Named {
+            name: Arc::from(name),
+            limit,
+            window_seconds,
+            unit: Unit::Requests,
+            cost_header: None,
+        }
+    }
+
+    /// Whether its units are charged for what a request used (tokens, bytes), rather
+    /// than taken one per request.
+    pub fn is_metered(&self) -> bool {
+        self.unit != Unit::Requests
+    }
+}
+
+/// What a limit counts: requests (one per request, or a check's cost), or units a
+/// request uses, known up front or only once it is done: a caller-defined quantity
+/// (`tokens`: an LLM call's tokens, an export's rows) or `bytes` of a body.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
+    utoipa::ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Unit {
+    #[default]
+    Requests,
+    Tokens,
+    Bytes,
+}
+
+impl Unit {
+    pub const ALL: [Unit; 3] = [Unit::Requests, Unit::Tokens, Unit::Bytes];
+
+    /// Whether it is the default, requests (which bodies leave out).
+    pub fn is_requests(&self) -> bool {
+        *self == Unit::Requests
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Unit::Requests => "requests",
+            Unit::Tokens => "tokens",
+            Unit::Bytes => "bytes",
+        }
+    }
+
+    /// Its name as the IETF `qu` parameter of `RateLimit-Policy`: a registered quota
+    /// unit, or a vendor-prefixed one for tokens.
+    pub fn quota_unit(self) -> &'static str {
+        match self {
+            Unit::Requests => "requests",
+            Unit::Tokens => "ratewarden-tokens",
+            Unit::Bytes => "content-bytes",
+        }
+    }
 }
 
 /// The name of the one limit a config written with top-level fields holds.
@@ -330,6 +404,8 @@ mod tests {
 
     fn named(name: &str, algorithm: Algorithm, quota: u64, window: u64) -> Named {
         Named {
+            unit: Unit::Requests,
+            cost_header: None,
             name: Arc::from(name),
             limit: Limit::new(algorithm, quota, window),
             window_seconds: window,

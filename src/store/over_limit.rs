@@ -167,11 +167,11 @@ mod tests {
     const S: Nanos = NANOS_PER_SEC;
 
     fn limits(quota: u64) -> Vec<Named> {
-        vec![Named {
-            name: "default".into(),
-            limit: Limit::new(Algorithm::FixedWindow, quota, 60),
-            window_seconds: 60,
-        }]
+        vec![Named::requests(
+            "default",
+            Limit::new(Algorithm::FixedWindow, quota, 60),
+            60,
+        )]
     }
 
     /// A refusal by a limit of 2 that admits again after `retry_after`.
