@@ -90,6 +90,13 @@ struct SharedEvent {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     limits: Vec<LimitSeen>,
     at: u64,
+    /// Units charged after the fact, when the event is a charge; absent otherwise (and
+    /// from instances that predate usage limits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    charged: Option<u64>,
+    /// The binding limit's debt; absent while 0.
+    #[serde(default, skip_serializing_if = "crate::is_zero")]
+    debt: u64,
 }
 
 /// The coordination of one instance with the others.
@@ -491,6 +498,8 @@ impl From<DecisionEvent> for SharedEvent {
             limit_name: e.limit.as_deref().map(str::to_owned),
             limits: e.each,
             at: e.at,
+            charged: e.charged,
+            debt: e.decision.debt,
         }
     }
 }
@@ -510,12 +519,14 @@ impl SharedEvent {
                 remaining: self.remaining,
                 retry_after: self.retry_after,
                 reset_after: self.reset_after,
+                debt: self.debt,
             },
             limit: self.limit_name.map(Arc::from),
             each: self.limits,
             shadow: self.shadow,
             at: self.at,
             origin: Some(origin),
+            charged: self.charged,
         }
     }
 }
@@ -544,16 +555,19 @@ mod tests {
                 remaining: 0,
                 retry_after: 1_500_000_000,
                 reset_after: 9_000_000_000,
+                debt: 2,
             },
             limit: Some(Arc::from("daily")),
             each: vec![LimitSeen {
                 name: "daily".to_owned(),
                 remaining: 0,
                 limit: 5,
+                debt: 2,
             }],
             shadow: true,
             at: 1_800_000_000_000_000_123,
             origin: None,
+            charged: Some(7),
         };
         let json = serde_json::to_string(&SharedEvent::from(event.clone())).unwrap();
         let back: SharedEvent = serde_json::from_str(&json).unwrap();

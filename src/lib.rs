@@ -41,3 +41,8 @@ pub mod snapshot;
 pub(crate) mod stats;
 pub mod store;
 pub(crate) mod top;
+
+/// Whether a count is 0: what serde leaves out of a body (`skip_serializing_if`).
+pub(crate) fn is_zero(n: &u64) -> bool {
+    *n == 0
+}

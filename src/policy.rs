@@ -347,8 +347,9 @@ impl Policy {
         self.limits.len() > 1
     }
 
-    /// Limit `i` of `quota` in words, for messages: `5 requests per 60 s`, `... per
-    /// month (UTC)` for calendar windows, `4 requests in flight` for concurrency.
+    /// Limit `i` of `quota` in words, for messages: `5 requests per 60 s` (`1000 tokens
+    /// per 60 s` for a limit of tokens), `... per month (UTC)` for calendar windows, `4
+    /// requests in flight` for concurrency.
     pub fn limit_words(&self, i: usize, quota: u64) -> String {
         match self.limits.get(i) {
             Some(Named {
@@ -356,10 +357,11 @@ impl Policy {
                     Limit::FixedWindow(FixedWindowLimit {
                         calendar: Some(c), ..
                     }),
+                unit,
                 ..
-            }) => format!("{quota} requests per {} (UTC)", c.as_str()),
+            }) => format!("{quota} {} per {} (UTC)", unit.as_str(), c.as_str()),
             Some(l) if l.limit.is_held() => format!("{quota} requests in flight"),
-            Some(l) => format!("{quota} requests per {} s", l.window_seconds),
+            Some(l) => format!("{quota} {} per {} s", l.unit.as_str(), l.window_seconds),
             None => String::new(),
         }
     }

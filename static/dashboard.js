@@ -304,7 +304,8 @@ const windowOf = (l) => l.calendar ? `${l.calendar} (UTC)` : l.window_seconds + 
 // One limit of a config of several, in a line: its numbers, or its cap in flight.
 const limitLine = (l) => l.algorithm === "concurrency"
   ? `${l.name}: ${fmt(l.max_in_flight)} in flight concurrency`
-  : `${l.name}: ${fmt(l.requests_per_window)} / ${windowOf(l)} ${l.algorithm}`;
+  : `${l.name}: ${fmt(l.requests_per_window)}${l.unit ? " " + l.unit : ""} / ${windowOf(l)} ${l.algorithm}` +
+    (l.cost_from ? ` (cost from ${l.cost_from.replace("response_header:", "")})` : "");
 const bucketOf = (l) => l.algorithm === "token_bucket"
   ? `${l.burst_limit ?? l.requests_per_window} / ${l.refill_rate ?? +(l.requests_per_window / l.window_seconds).toFixed(3)}`
   : "–";
@@ -650,14 +651,17 @@ function showClient(d) {
     for (const l of e.limits || [e]) {
       const tr = el("tr");
       tr.dataset.endpoint = rowKey(e.endpoint, l.name);
-      // A concurrency limit's row shows the requests in flight.
+      // A concurrency limit's row shows the requests in flight; a limit of tokens or
+      // bytes its unit, and its debt while overdrawn.
       if (l.algorithm === "concurrency") tr.dataset.held = "1";
+      if (l.unit) tr.dataset.unit = l.unit;
       const bar = el("div", "bar");
       bar.append(el("div"));
       const barCell = el("td", "bar-cell");
       barCell.append(bar);
+      const resets = l.debt ? `${fmt(l.debt)} owed, repaid in ${l.retry_after} s` : clock(l.reset_time);
       tr.append(el("td", "endpoint", e.endpoint + (l.name ? ` · ${l.name}` : "")), el("td", "", l.algorithm), el("td", "remaining", ""), barCell,
-                el("td", "", clock(l.reset_time)), el("td", "limit-from", from + (e.shadow ? " · shadow" : "")));
+                el("td", "resets", resets), el("td", "limit-from", from + (e.shadow ? " · shadow" : "")));
       rows.append(tr);
       setRemaining(tr, l.remaining, l.limit);
     }
@@ -671,7 +675,7 @@ const rowKey = (endpoint, name) => (name ? `${endpoint}#${name}` : endpoint);
 function setRemaining(tr, remaining, limit) {
   tr.querySelector(".remaining").textContent = tr.dataset.held
     ? `${fmt(remaining)} / ${fmt(limit)} · ${fmt(limit - remaining)} in flight`
-    : `${fmt(remaining)} / ${fmt(limit)}`;
+    : `${fmt(remaining)} / ${fmt(limit)}${tr.dataset.unit ? " " + tr.dataset.unit : ""}`;
   const pct = limit ? Math.max(0, Math.min(100, (remaining / limit) * 100)) : 0;
   const bar = tr.querySelector(".bar");
   bar.firstChild.style.width = pct + "%";

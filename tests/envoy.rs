@@ -250,6 +250,51 @@ async fn a_zero_hits_addend_only_looks_and_hits_addend_takes_units() {
 }
 
 #[actix_rt::test]
+async fn a_rule_of_tokens_is_charged_what_each_call_carries_past_its_limit() {
+    let (s, ch) = server().await;
+    rule(
+        &s,
+        json!({"domain": "rw", "descriptor": [{"key": "api_key"}], "limits": [{"name":
+            "tokens", "unit": "tokens", "algorithm": "fixed_window",
+            "requests_per_window": 1000, "window_seconds": 60}]}),
+    )
+    .await;
+    let key = || descriptor(&[("api_key", "k1")]);
+    // At a request's start: only looking, admitted while a token is left.
+    let mut look = key();
+    look.hits_addend = Some(0);
+    let res = ok(&ch, request(vec![look.clone()])).await;
+    assert_eq!(
+        (res.overall_code, res.statuses[0].limit_remaining),
+        (OK, 1000)
+    );
+    // When the stream is done (Envoy's apply_on_stream_done): 700, then 700 more,
+    // charged past the limit.
+    let mut used = request(vec![key()]);
+    used.hits_addend = 700;
+    let res = ok(&ch, used.clone()).await;
+    assert_eq!(
+        (res.overall_code, res.statuses[0].limit_remaining),
+        (OK, 300)
+    );
+    let res = ok(&ch, used).await;
+    assert_eq!(
+        (res.overall_code, res.statuses[0].limit_remaining),
+        (OVER, 0)
+    );
+    // Overdrawn: the next request's look is refused until the window repays the debt.
+    let res = ok(&ch, request(vec![look.clone()])).await;
+    assert_eq!(res.overall_code, OVER);
+    s.clock.advance(60 * ratewarden::clock::NANOS_PER_SEC);
+    let res = ok(&ch, request(vec![look])).await;
+    assert_eq!(
+        (res.overall_code, res.statuses[0].limit_remaining),
+        (OK, 1000)
+    );
+    s.stop().await;
+}
+
+#[actix_rt::test]
 async fn the_most_specific_rule_wins_and_overrides_apply_to_descriptor_clients() {
     let (s, ch) = server().await;
     rule(

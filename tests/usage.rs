@@ -6,6 +6,7 @@
 
 mod common;
 
+use common::ws::{connect, next_of};
 use common::{Resp, TestServer};
 use ratewarden::clock::NANOS_PER_SEC;
 use serde_json::{Value, json};
@@ -452,4 +453,35 @@ async fn a_download_is_delivered_whole_and_its_bytes_refuse_the_next_one() {
     let mut res = get(1).await.unwrap();
     assert_eq!(res.status(), 200);
     assert_eq!(res.body().limit(16 * MIB).await.unwrap().len(), MIB);
+}
+
+#[actix_rt::test]
+async fn charges_reach_the_feeds_and_the_inspector_shows_the_debt() {
+    let s = server().await;
+    let c = "llm-seen";
+    let mut feed = connect(&s.url, &format!("/ws/{c}")).await;
+    let r = report(&s, json!({"client_id": c, "path": "/llm/a", "cost": 1300})).await;
+    assert_eq!(r.body["limits"][0]["debt"], 300, "{:?}", r.body);
+    let m = next_of(&mut feed, "usage_charged").await;
+    assert_eq!(
+        (&m["client_id"], &m["endpoint"]),
+        (&json!(c), &json!("/llm/*"))
+    );
+    assert_eq!(
+        (&m["charged"], &m["remaining"], &m["debt"]),
+        (&json!(1300), &json!(0), &json!(300))
+    );
+    assert_eq!(m["limits"][0]["name"], "tokens");
+    assert_eq!(m["retry_after"], 60);
+    // The client's statistics (the dashboard's inspector) show the unit and the debt.
+    let stats = s.get(&format!("/admin/stats/{c}")).await;
+    let endpoint = &stats.body["status"]["endpoints"][0];
+    let tokens = (endpoint["limits"].as_array().unwrap().iter())
+        .find(|l| l["name"] == "tokens")
+        .expect("the limit of tokens");
+    assert_eq!(
+        (&tokens["unit"], &tokens["debt"], &tokens["remaining"]),
+        (&json!("tokens"), &json!(300), &json!(0))
+    );
+    assert_eq!(tokens["retry_after"], 60);
 }

@@ -488,7 +488,17 @@ impl Handler<DecisionEvent> for Broadcaster {
             body["shadow"] = json!(true);
             body["would_limit"] = json!(!d.allowed);
         }
-        let kind = if d.allowed || event.shadow {
+        let kind = if let Some(units) = event.charged {
+            // A charge of what a request used: every charged limit, with its debt.
+            body["charged"] = json!(units);
+            body["limits"] = json!(&event.each);
+            body["remaining"] = json!(d.remaining);
+            if d.debt > 0 {
+                body["debt"] = json!(d.debt);
+                body["retry_after"] = json!(ceil_secs(d.retry_after).max(1));
+            }
+            "usage_charged"
+        } else if d.allowed || event.shadow {
             body["remaining"] = json!(d.remaining);
             if !d.allowed {
                 body["retry_after"] = json!(ceil_secs(d.retry_after).max(1));

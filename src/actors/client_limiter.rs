@@ -236,18 +236,13 @@ impl ClientLimiter {
                     .several()
                     .then(|| policy.limits[decision.binding()].name.clone()),
                 each: match policy.several() {
-                    true => (policy.each(decision))
-                        .map(|(l, d)| LimitSeen {
-                            name: l.name.to_string(),
-                            remaining: d.remaining,
-                            limit: d.limit,
-                        })
-                        .collect(),
+                    true => LimitSeen::each(policy, decision),
                     false => Vec::new(),
                 },
                 shadow: policy.shadow,
                 at: now,
                 origin: None,
+                charged: None,
             });
         }
     }
@@ -392,15 +387,20 @@ pub struct LimitStatus {
     /// When this limit's quota is fully restored (RFC 3339).
     pub reset_time: String,
     /// Whole seconds until this limit would allow the request again, rounded up (0 while
-    /// it would).
+    /// it would): for an overdrawn limit, when its debt is repaid.
     pub retry_after: u64,
+    /// Units used past the limit (charged after the fact), repaid by `retry_after`;
+    /// left out while 0.
+    #[serde(skip_serializing_if = "crate::is_zero")]
+    pub debt: u64,
 }
 
 impl LimitStatus {
     /// Each limit of `policy` under `d`, if its config has several (`named`; `policy`
-    /// may be the part of it kept under one key value).
+    /// may be the part of it kept under one key value) or counts tokens or bytes (whose
+    /// unit and debt a body then shows).
     pub fn list(policy: &Policy, d: &Decisions, now: Nanos, named: bool) -> Vec<Self> {
-        if !named {
+        if !named && !policy.limits.iter().any(|l| l.is_metered()) {
             return Vec::new();
         }
         (policy.each(d))
@@ -413,6 +413,7 @@ impl LimitStatus {
                 remaining: d.remaining,
                 reset_time: d.reset_time(now),
                 retry_after: crate::clock::ceil_secs(d.retry_after),
+                debt: d.debt,
             })
             .collect()
     }

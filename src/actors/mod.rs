@@ -45,6 +45,9 @@ pub struct DecisionEvent {
     /// The instance that decided, for events heard from other instances over Redis;
     /// `None` for this instance's own.
     pub origin: Option<Arc<str>>,
+    /// Units of tokens or bytes charged after the fact: the event is that charge (to
+    /// the limits in `each`), not a request.
+    pub charged: Option<u64>,
 }
 
 /// One limit of a config of several, as a decision left it.
@@ -53,6 +56,24 @@ pub struct LimitSeen {
     pub name: String,
     pub remaining: u64,
     pub limit: u64,
+    /// Units used past the limit (see `limiter::Decision::debt`); absent while 0, and
+    /// from instances that predate it.
+    #[serde(default, skip_serializing_if = "crate::is_zero")]
+    pub debt: u64,
+}
+
+impl LimitSeen {
+    /// Each limit of `policy` as `d` (decided under it) left it, in its order.
+    pub fn each(policy: &crate::policy::Policy, d: &crate::limiter::Decisions) -> Vec<Self> {
+        (policy.each(d))
+            .map(|(l, d)| LimitSeen {
+                name: l.name.to_string(),
+                remaining: d.remaining,
+                limit: d.limit,
+                debt: d.debt,
+            })
+            .collect()
+    }
 }
 
 /// Where a decision was asked for, as the live feeds tell it: by whom, and for which

@@ -22,7 +22,7 @@
 
 use super::client_limiter::{ClientLimiter, ClientStatus, Shared};
 use super::db::{Db, LoadClient, Persist};
-use super::{Asked, EventSink};
+use super::{Asked, DecisionEvent, EventSink, LimitSeen};
 use crate::clock::{Nanos, SharedClock};
 use crate::limiter::{Decisions, Mode};
 use crate::metrics::{Metrics, RestoreSource};
@@ -916,6 +916,27 @@ impl Registries {
     pub fn record(&self, check: &Check, d: &Decisions) {
         let i = self.index(&check.client);
         lock(&self.states[i]).record(check, d);
+    }
+
+    /// Streams to the live feeds a charge of `units` to `value` under `part` (a
+    /// policy's part of tokens or bytes) that left its limits as `d` says.
+    pub fn charged(&self, value: &Arc<str>, part: &Arc<Policy>, d: &Decisions, units: u64) {
+        let state = lock(&self.states[self.index(value)]);
+        let c = &state.config;
+        if let Some(sink) = &c.events {
+            sink.offer(value, || DecisionEvent {
+                client: value.clone(),
+                endpoint: part.endpoint.clone(),
+                asked: None,
+                decision: **d,
+                limit: Some(part.limits[d.binding()].name.clone()),
+                each: LimitSeen::each(part, d),
+                shadow: part.shadow,
+                at: d.at(),
+                origin: None,
+                charged: Some(units),
+            });
+        }
     }
 
     /// The actor of `client`'s shard.

@@ -192,11 +192,11 @@ pub struct LimitSpec {
     #[serde(default = "default_algorithm")]
     pub algorithm: Algorithm,
     /// Every algorithm's but `concurrency`'s (left out of its JSON, 0 here).
-    #[serde(default, skip_serializing_if = "is_zero")]
+    #[serde(default, skip_serializing_if = "crate::is_zero")]
     pub requests_per_window: u64,
     /// With `calendar`, the calendar's nominal length (which may be left out). Every
     /// algorithm's but `concurrency`'s.
-    #[serde(default, skip_serializing_if = "is_zero")]
+    #[serde(default, skip_serializing_if = "crate::is_zero")]
     pub window_seconds: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub calendar: Option<Calendar>,
@@ -248,10 +248,6 @@ pub fn cost_header(cost_from: &str) -> Option<&str> {
 pub const DEFAULT_LEASE_SECONDS: u64 = 60;
 /// The longest lease.
 pub const MAX_LEASE_SECONDS: u64 = 86_400;
-
-fn is_zero(n: &u64) -> bool {
-    *n == 0
-}
 
 /// The fields of a [`LimitSpec`], in its order: what a `limits` entry may hold.
 const LIMIT_FIELDS: [&str; 12] = [
@@ -1177,6 +1173,17 @@ fn given_calendar(object: &Map<String, Value>) -> Option<Calendar> {
 /// A field's serde error as a sentence: what the field takes, shown by the value it had.
 fn type_message(e: &serde_json::Error, example: &Value) -> String {
     let e_text = e.to_string();
+    // A field's own validation (a key naming a credentials header) says what is wrong
+    // in its own words; serde's words are about types and values.
+    let serde_own = [
+        "invalid type",
+        "invalid value",
+        "invalid length",
+        "unknown variant",
+    ];
+    if !serde_own.iter().any(|w| e_text.starts_with(w)) {
+        return e_text;
+    }
     let expected = match example {
         Value::Bool(_) => "must be true or false".to_owned(),
         // An absent optional field: what serde expected says what it takes.
@@ -1644,6 +1651,25 @@ mod tests {
             body.as_object_mut().unwrap().remove(required);
             assert_eq!(create(body).unwrap_err().field, required);
         }
+    }
+
+    #[test]
+    fn a_fields_own_validation_speaks_for_itself() {
+        let e = ConfigSpec::from_create(object(json!({"endpoint": "/a",
+            "requests_per_window": 1, "window_seconds": 1, "key": "header:X-API-Key"})))
+        .unwrap_err();
+        assert_eq!(e.field, "key");
+        assert!(
+            e.message
+                .starts_with("names X-API-Key, which carries credentials"),
+            "{}",
+            e.message
+        );
+        // A wrong type still says what the field takes.
+        let e = ConfigSpec::from_create(object(json!({"endpoint": "/a",
+            "requests_per_window": "1", "window_seconds": 1})))
+        .unwrap_err();
+        assert!(e.message.starts_with("must be a number"), "{}", e.message);
     }
 
     #[test]

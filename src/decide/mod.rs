@@ -401,16 +401,18 @@ impl Decider {
         let answer_by = Instant::now() + self.timeout;
         let check = Check::unrecorded(value.clone(), part.clone(), units, mode, answer_by);
         let d = self.registries.decide(check).await?;
-        if units > 0 {
-            for l in part.limits.iter() {
-                self.metrics.charged(&part.endpoint, &l.name, units);
-            }
-        }
         let each = d.each().iter().map(|d| Decision {
             allowed: d.retry_after == 0,
             ..*d
         });
-        Ok(Decisions::of(each.collect()).decided_at(d.at()))
+        let d = Decisions::of(each.collect()).decided_at(d.at());
+        if units > 0 {
+            for l in part.limits.iter() {
+                self.metrics.charged(&part.endpoint, &l.name, units);
+            }
+            self.registries.charged(value, part, &d, units);
+        }
+        Ok(d)
     }
 
     /// A check whose limiter could not decide: counted under `--on-error`'s outcome, and
@@ -491,6 +493,7 @@ fn unknown(policy: &Policy) -> Decisions {
         remaining: l.limit.quota(),
         retry_after: 0,
         reset_after: 0,
+        debt: 0,
     });
     Decisions::of(each.collect())
 }

@@ -16,7 +16,7 @@ pub mod proto;
 use crate::actors::Via;
 use crate::config::MAX_REQUESTS_PER_WINDOW;
 use crate::config::descriptor::{self, MAX_ENTRIES};
-use crate::decide::{Cost, Decider, Ruling, reset_secs, retry_after_secs, structured_fields};
+use crate::decide::{Cost, Decider, Hold, Ruling, reset_secs, retry_after_secs, structured_fields};
 use crate::limiter::{DEFAULT_LIMIT, Decisions, Limit, Mode, Named};
 use crate::policy::{KeyValues, Kind, Policy, PolicyTable};
 use proto::{
@@ -217,9 +217,17 @@ pub async fn should_rate_limit(
             None => (default_hits, Mode::Consume),
         };
         let path = || Arc::from(shown(&req.domain, d));
-        let ruling = decider
-            .decide(&values, &policy, path, Via::Envoy, Cost::all(cost), mode)
-            .await;
+        // A rule whose limits all count tokens or bytes is charged what a call carries,
+        // past its limit too: the call Envoy makes when a stream is done
+        // (`apply_on_stream_done`) says what the request used.
+        let charged = policy.active && policy.groups.is_empty() && policy.kind.is_metered();
+        let ruling = match (charged, mode) {
+            (true, Mode::Consume) => match decider.charge_part(&values[0], &policy, cost).await {
+                Ok(d) => Ruling::Decided(d, Hold::default()),
+                Err(_) => Ruling::Failed,
+            },
+            _ => (decider.decide(&values, &policy, path, Via::Envoy, Cost::all(cost), mode)).await,
+        };
         match ruling {
             Ruling::Inactive => statuses.push(unlimited()),
             Ruling::Failed => return Err(Failure::Unavailable),

@@ -68,4 +68,4 @@ if consume or charge then
   end
   forget_others(2, fresh)
 end
-return {allowed and 1 or 0, remaining, rt_s, rt_ns, rs_s, rs_ns, now_s, now_ns}
+return {allowed and 1 or 0, remaining, rt_s, rt_ns, rs_s, rs_ns, math.max(count - limit, 0), now_s, now_ns}

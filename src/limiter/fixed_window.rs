@@ -206,6 +206,7 @@ impl FixedWindow {
                 false => until_end,
             },
             reset_after: if self.count > 0 { until_end } else { 0 },
+            debt: self.count.saturating_sub(limits.limit),
         }
     }
 }

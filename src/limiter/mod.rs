@@ -302,6 +302,9 @@ pub struct Decision {
     pub retry_after: Nanos,
     /// Time until the quota is fully restored.
     pub reset_after: Nanos,
+    /// Units used past the limit: the debt of a quota overdrawn by a charge (or by a
+    /// limit lowered below what was used), repaid by `retry_after`; 0 otherwise.
+    pub debt: u64,
 }
 
 impl Decision {

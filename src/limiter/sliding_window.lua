@@ -119,4 +119,4 @@ if consume or charge or popped then
   end
   forget_others(3, fresh)
 end
-return {allowed and 1 or 0, remaining, rt_s, rt_ns, rs_s, rs_ns, now_s, now_ns}
+return {allowed and 1 or 0, remaining, rt_s, rt_ns, rs_s, rs_ns, math.max(total - limit, 0), now_s, now_ns}

@@ -192,6 +192,7 @@ impl SlidingWindow {
             remaining,
             retry_after,
             reset_after,
+            debt: self.total.saturating_sub(limits.limit),
         }
     }
 }

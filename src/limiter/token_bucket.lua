@@ -49,4 +49,7 @@ if not refund and (consume or charge or not fresh) then
   expire_in({KEYS[1]}, rs_s, rs_ns)
   forget_others(2, fresh)
 end
-return {allowed and 1 or 0, remaining, rt_s, rt_ns, rs_s, rs_ns, now_s, now_ns}
+-- Tokens owed past an empty bucket, rounded up.
+local owed = 0
+if debt > cap then owed = math.ceil((debt - cap) / t) end
+return {allowed and 1 or 0, remaining, rt_s, rt_ns, rs_s, rs_ns, owed, now_s, now_ns}

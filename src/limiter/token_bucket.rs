@@ -143,6 +143,11 @@ impl TokenBucket {
             remaining,
             retry_after: nanos(retry_after),
             reset_after: nanos(debt),
+            // Tokens owed past an empty bucket, rounded up.
+            debt: debt
+                .saturating_sub(capacity)
+                .div_ceil(t)
+                .min(u64::MAX as u128) as u64,
         }
     }
 }

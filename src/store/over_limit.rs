@@ -182,6 +182,7 @@ mod tests {
             remaining: 0,
             retry_after,
             reset_after: retry_after,
+            debt: 0,
         }
     }
 

@@ -568,10 +568,10 @@ impl Redis {
                 RedisUnavailable::Failed("a decision script's answer is not its numbers".to_owned())
             })?;
             let nanos = |s: u64, ns: u64| s.saturating_mul(NANOS_PER_SEC).saturating_add(ns);
-            // Six numbers per limit, then the time of the decision.
+            // Seven numbers per limit, then the time of the decision.
             let Some((each, &[s, ns])) = reply
                 .split_last_chunk::<2>()
-                .filter(|(each, _)| each.len() == 6 * limits.len())
+                .filter(|(each, _)| each.len() == 7 * limits.len())
             else {
                 return Err(RedisUnavailable::Failed(format!(
                     "a decision script answered {} numbers for {} limits",
@@ -579,13 +579,14 @@ impl Redis {
                     limits.len()
                 )));
             };
-            let each = each.chunks_exact(6).zip(&limits).map(|(r, limit)| {
+            let each = each.chunks_exact(7).zip(&limits).map(|(r, limit)| {
                 limit.settle(Decision {
                     allowed: r[0] == 1,
                     limit: limit.quota(),
                     remaining: r[1],
                     retry_after: nanos(r[2], r[3]),
                     reset_after: nanos(r[4], r[5]),
+                    debt: r[6],
                 })
             });
             Ok(Decisions::of(each.collect()).decided_at(nanos(s, ns)))

@@ -3,7 +3,8 @@
 -- '2:<s>:<ns>' to give back the cost that a check at that earlier time consumed (then
 -- answer as a peek), or '3' to charge (take the cost whatever is left, see
 -- `limiter::Mode::Charge`); ARGV[4]: the cost. The algorithm's own arguments follow from
--- ARGV[5]. Every script returns its six numbers, then the time it decided at (s, ns),
+-- ARGV[5]. Every script returns its seven numbers (allowed, remaining, retry after in s and ns,
+-- reset after in s and ns, debt), then the time it decided at (s, ns),
 -- which `answer.lua` packs into one string.
 local now_s, now_ns
 if ARGV[1] == '' then

@@ -8,7 +8,7 @@
 -- those arguments. KEYS: each limit's keys in turn.
 -- Every limit is first asked with consume '0'; only if all admit is each asked again
 -- with consume '1'; a refund gives back to each at once. Answers (see `answer.lua`)
--- each limit's six numbers in turn, then the time it decided at (s, ns).
+-- each limit's seven numbers in turn, then the time it decided at (s, ns).
 local now_s, now_ns = ARGV[1], ARGV[2]
 if now_s == '' then
   local t = redis.call('TIME')
@@ -40,7 +40,7 @@ if all and ARGV[3] == '1' then
 end
 local flat = {}
 for _, r in ipairs(out) do
-  for i = 1, 6 do flat[#flat + 1] = r[i] end
+  for i = 1, 7 do flat[#flat + 1] = r[i] end
 end
 flat[#flat + 1] = tonumber(now_s)
 flat[#flat + 1] = tonumber(now_ns)
