@@ -6,7 +6,7 @@
 mod common;
 
 use common::TestServer;
-use common::proxy::{Proxy, free_port, get_from, port_of};
+use common::proxy::{Proxy, free_port, get_from, port_of, send_from};
 use ratewarden::http::client_id::Cidr;
 use ratewarden::settings::ForwardAuthHeaders;
 use std::process::{Command, Stdio};
@@ -60,6 +60,7 @@ http {{
             proxy_set_header Content-Length "";
             proxy_set_header X-Original-URI $request_uri;
             proxy_set_header X-Original-Method $request_method;
+            proxy_set_header X-Original-Content-Length $content_length;
             proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
             proxy_set_header X-Client-ID "";
         }}
@@ -129,6 +130,30 @@ http {{
     let stats = s.get("/admin/stats/127.0.0.2").await.body;
     assert_eq!(stats["status"]["total_requests"], 8, "{stats}");
     assert_eq!(stats["status"]["blocked_requests"], 6, "{stats}");
+
+    // A limit of bytes takes the upload's length, which nginx passes on, up front: 60
+    // of 100 pass, another 60 do not fit the 40 left, 40 do.
+    let body = serde_json::json!({"endpoint": "/upload/*", "limits": [{"name": "bytes",
+        "unit": "bytes", "algorithm": "fixed_window", "requests_per_window": 100,
+        "window_seconds": 60}]});
+    assert_eq!(
+        s.post("/admin/configs", &body.to_string()).await.status,
+        201
+    );
+    let c = "127.0.0.4";
+    let upload = |n: usize| {
+        send_from(
+            c,
+            nginx.port,
+            "POST",
+            "/upload/f",
+            &[],
+            Some(&[b'x'; 100][..n]),
+        )
+    };
+    assert_eq!(upload(60).await.status, 200);
+    assert_eq!(upload(60).await.status, 429);
+    assert_eq!(upload(40).await.status, 200);
     drop(nginx);
     s.stop().await;
 }

@@ -485,3 +485,36 @@ async fn charges_reach_the_feeds_and_the_inspector_shows_the_debt() {
     );
     assert_eq!(tokens["retry_after"], 60);
 }
+
+#[actix_rt::test]
+async fn forward_auth_takes_the_declared_length_for_limits_of_bytes() {
+    let s = TestServer::start().await;
+    let body = json!({"endpoint": "/up/*", "limits": [{"name": "bytes", "unit": "bytes",
+        "algorithm": "fixed_window", "requests_per_window": 100, "window_seconds": 60}]});
+    assert_eq!(
+        s.post("/admin/configs", &body.to_string()).await.status,
+        201
+    );
+    let ask = |length: &'static str| {
+        let headers = [
+            ("X-Original-URI", "/up/file"),
+            ("X-Client-ID", "fa"),
+            ("X-Original-Content-Length", length),
+        ];
+        let s = &s;
+        async move {
+            s.send("GET", "/v1/forward-auth", &headers, None)
+                .await
+                .status
+                .as_u16()
+        }
+    };
+    // 60 of 100, then 60 more do not fit: taken up front, all or nothing.
+    assert_eq!(ask("60").await, 200);
+    assert_eq!(ask("60").await, 429);
+    // No length (a request without a body): admitted while a byte is left.
+    assert_eq!(ask("").await, 200);
+    assert_eq!(ask("40").await, 200);
+    assert_eq!(ask("").await, 429);
+    assert_eq!(ask("lots").await, 400);
+}

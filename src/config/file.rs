@@ -319,6 +319,27 @@ key = "global"
         assert_eq!(layered[0].limits[2].key, Some(crate::config::Key::Global));
         assert_eq!(layered[0].limits[0].burst_limit, Some(20));
         assert_eq!(layered[0].overrides[0].limit.as_deref(), Some("daily"));
+        // Units and where a cost comes from, as in the admin API.
+        let metered = parse(
+            r#"
+[[config]]
+endpoint = "/llm/*"
+
+[[config.limits]]
+name = "tokens"
+unit = "tokens"
+requests_per_window = 100000
+window_seconds = 3600
+cost_from = "response_header:X-Usage-Tokens"
+"#,
+        )
+        .unwrap();
+        assert_eq!(metered[0].limits[0].unit, crate::limiter::Unit::Tokens);
+        let named = metered[0].limits[0].named();
+        assert_eq!(named.cost_header.as_deref(), Some("x-usage-tokens"));
+        let e = parse("[[config]]\nendpoint = \"/a\"\n[[config.limits]]\nname = \"a\"\nrequests_per_window = 1\nwindow_seconds = 1\nunit = \"pages\"\n")
+            .unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("limits[0].unit"));
         let e = parse("[[config]]\nendpoint = \"/a\"\n[[config.limits]]\nname = \"a\"\nrequests_per_window = 1\nwindow_seconds = 0\n")
             .unwrap_err();
         assert_eq!(e.field.as_deref(), Some("limits[0].window_seconds"));

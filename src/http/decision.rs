@@ -901,9 +901,17 @@ pub async fn forward_auth(
     req: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let (uri_header, method_header) = match state.forward_auth.headers {
-        ForwardAuthHeaders::Original => ("x-original-uri", "x-original-method"),
-        ForwardAuthHeaders::Forwarded => ("x-forwarded-uri", "x-forwarded-method"),
+    let (uri_header, method_header, length_header) = match state.forward_auth.headers {
+        ForwardAuthHeaders::Original => (
+            "x-original-uri",
+            "x-original-method",
+            "x-original-content-length",
+        ),
+        ForwardAuthHeaders::Forwarded => (
+            "x-forwarded-uri",
+            "x-forwarded-method",
+            "x-forwarded-content-length",
+        ),
     };
     let one = |name: &str| -> Result<Option<&str>, ApiError> {
         let mut values = req.headers().get_all(name);
@@ -928,6 +936,20 @@ pub async fn forward_auth(
         )
     })?;
     let _method = one(method_header)?;
+    // The original request body's declared length, for limits of bytes (0 when the
+    // proxy does not say).
+    let length = match one(length_header)?.map(str::trim) {
+        // A proxy that sets it from a request without a body may send it empty.
+        None | Some("") => 0,
+        Some(n) => n.parse::<u64>().map_err(|_| {
+            ApiError::bad_request(
+                "invalid_forward_auth",
+                format!(
+                    "{length_header} must be the original request's Content-Length, a whole number."
+                ),
+            )
+        })?,
+    };
     let path = request_path(uri).ok_or_else(|| {
         ApiError::bad_request(
             "invalid_forward_auth",
@@ -947,7 +969,10 @@ pub async fn forward_auth(
             &policy,
             || Arc::from(path.as_str()),
             Via::ForwardAuth,
-            Cost::ONE,
+            Cost {
+                bytes: length,
+                ..Cost::ONE
+            },
             Mode::Consume,
         )
         .await;

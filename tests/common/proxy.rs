@@ -68,19 +68,37 @@ impl Answer {
 
 /// `GET path` sent to `port` from the loopback address `source`, with `extra` headers.
 pub async fn get_from(source: &str, port: u16, path: &str, extra: &[(&str, &str)]) -> Answer {
+    send_from(source, port, "GET", path, extra, None).await
+}
+
+/// A request sent to `port` from the loopback address `source`, with `extra` headers
+/// and, when given, a body (with its `Content-Length`).
+pub async fn send_from(
+    source: &str,
+    port: u16,
+    method: &str,
+    path: &str,
+    extra: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> Answer {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let mut stream = socket.connect(addr).await.unwrap();
-    let mut req = format!("GET {path} HTTP/1.1\r\nConnection: close\r\n");
+    let mut req = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
     if !extra.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
         req.push_str("Host: 127.0.0.1\r\n");
     }
     for (k, v) in extra {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
+    if let Some(body) = body {
+        req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
     req.push_str("\r\n");
-    stream.write_all(req.as_bytes()).await.unwrap();
+    let mut bytes = req.into_bytes();
+    bytes.extend_from_slice(body.unwrap_or_default());
+    stream.write_all(&bytes).await.unwrap();
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).await.unwrap();
     let text = String::from_utf8_lossy(&raw);
