@@ -145,6 +145,13 @@ async fn same_decisions(algorithm: Algorithm, seed: u64, server: &RedisServer, l
             8 => 0,
             _ => quota + 1 + rng.next(3),
         };
+        // Now and then, late in the trace (a long window stays overdrawn), a charge far
+        // past any limit: both backends stop counting at the same point, and Redis
+        // keeps the key usable (its expiry in range).
+        let cost = match (mode, rng.next(12)) {
+            (Mode::Charge, 0) if step >= 100 => 1_000_000_000_000_000,
+            _ => cost,
+        };
         // An admission given back a step later (as a request refused by a limit of
         // another key gives back what it took): both backends forget it alike.
         if let Some((at, cost)) = held.take() {

@@ -295,6 +295,34 @@ async fn a_rule_of_tokens_is_charged_what_each_call_carries_past_its_limit() {
 }
 
 #[actix_rt::test]
+async fn a_rule_of_tokens_counted_per_two_keys_is_charged_under_both() {
+    let (s, ch) = server().await;
+    rule(
+        &s,
+        json!({"domain": "rw", "descriptor": [{"key": "api_key"}], "limits": [
+            {"name": "per-key", "unit": "tokens", "algorithm": "fixed_window",
+             "requests_per_window": 1000, "window_seconds": 60},
+            {"name": "all", "unit": "tokens", "algorithm": "fixed_window",
+             "requests_per_window": 1500, "window_seconds": 60, "key": "global"}]}),
+    )
+    .await;
+    let used = |key: &str| {
+        let mut d = descriptor(&[("api_key", key)]);
+        d.hits_addend = Some(700);
+        request(vec![d])
+    };
+    assert_eq!(ok(&ch, used("k1")).await.overall_code, OK);
+    assert_eq!(ok(&ch, used("k2")).await.overall_code, OK);
+    // 100 left of all keys' 1,500: the third is charged past it.
+    assert_eq!(ok(&ch, used("k3")).await.overall_code, OVER);
+    // So a fourth key finds nothing left of the shared budget.
+    let mut look = descriptor(&[("api_key", "k4")]);
+    look.hits_addend = Some(0);
+    assert_eq!(ok(&ch, request(vec![look])).await.overall_code, OVER);
+    s.stop().await;
+}
+
+#[actix_rt::test]
 async fn the_most_specific_rule_wins_and_overrides_apply_to_descriptor_clients() {
     let (s, ch) = server().await;
     rule(

@@ -317,6 +317,12 @@ async fn units_are_validated_per_limit() {
             json!({"name": "a", "requests_per_window": 2_000_000_000u64, "window_seconds": 60}),
             "limits[0].requests_per_window",
         ),
+        // A bucket whose default rate (quota / window) is above 10^9 a second.
+        (
+            json!({"name": "a", "unit": "bytes", "algorithm": "token_bucket",
+                "requests_per_window": 2_000_000_000u64, "window_seconds": 1}),
+            "limits[0].refill_rate",
+        ),
     ];
     for (limit, field) in bad {
         let r = post(limit.clone()).await;
@@ -517,4 +523,35 @@ async fn forward_auth_takes_the_declared_length_for_limits_of_bytes() {
     assert_eq!(ask("40").await, 200);
     assert_eq!(ask("").await, 429);
     assert_eq!(ask("lots").await, 400);
+}
+
+#[actix_rt::test]
+async fn a_routes_limit_of_bytes_takes_the_declared_length_and_refuses_what_never_fits() {
+    let s = TestServer::start().await;
+    let body = json!({"endpoint": "/api/*", "limits": [{"name": "bytes", "unit": "bytes",
+        "algorithm": "fixed_window", "requests_per_window": 100, "window_seconds": 60}]});
+    assert_eq!(
+        s.post("/admin/configs", &body.to_string()).await.status,
+        201
+    );
+    let post = |n: usize| {
+        let s = &s;
+        async move {
+            let headers = [
+                ("X-Client-ID", "up"),
+                ("Content-Type", "application/octet-stream"),
+            ];
+            let body = vec![b'x'; n];
+            let r = s
+                .send_bytes("POST", "/api/data", &headers, Some(&body))
+                .await;
+            r.status.as_u16()
+        }
+    };
+    // Whatever the route answers (it serves GET), the limit took 60 of 100.
+    assert_ne!(post(60).await, 429);
+    assert_eq!(post(60).await, 429, "60 more do not fit the 40 left");
+    // More than the whole quota could never pass: a 413, not a 429 to wait out.
+    assert_eq!(post(101).await, 413);
+    assert_ne!(post(40).await, 429);
 }

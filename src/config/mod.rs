@@ -449,6 +449,21 @@ impl LimitSpec {
         {
             return err(&e.field, e.message);
         }
+        // A token bucket's default rate, one window's quota per window, has the bounds of
+        // a given one (a bucket of 10^12 bytes a second refills no faster than 10^9).
+        if self.algorithm == Algorithm::TokenBucket
+            && self.refill_rate.is_none()
+            && self.window_seconds > 0
+            && self.requests_per_window as f64 / self.window_seconds as f64 > MAX_REFILL_RATE
+        {
+            return err(
+                "refill_rate",
+                format!(
+                    "is requests_per_window / window_seconds when left out, here above \
+                     {MAX_REFILL_RATE:e} per second: give a refill_rate of at most that"
+                ),
+            );
+        }
         if let Some(rate) = self.refill_rate
             && !(rate.is_finite() && (MIN_REFILL_RATE..=MAX_REFILL_RATE).contains(&rate))
         {

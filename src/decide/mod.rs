@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// How long a refund may wait for its limiter.
+/// How long a refund or a charge may wait for its limiter.
 const REFUND_DEADLINE: Duration = Duration::from_secs(5);
 
 /// What one request costs each kind of limit ([`Kind`]): limits of requests (and
@@ -358,7 +358,8 @@ impl Decider {
                 return Err(Charging::Reported);
             }
         }
-        let answer_by = Instant::now() + self.timeout;
+        // A charge is worth making however late, as a refund is: it is what was used.
+        let answer_by = Instant::now() + REFUND_DEADLINE;
         let mut charged = Vec::with_capacity(parts.len());
         for (value, part) in parts {
             let value = values.get(value).unwrap_or(&values[0]);
@@ -398,7 +399,7 @@ impl Decider {
             0 => Mode::Peek,
             _ => Mode::Charge,
         };
-        let answer_by = Instant::now() + self.timeout;
+        let answer_by = Instant::now() + REFUND_DEADLINE;
         let check = Check::unrecorded(value.clone(), part.clone(), units, mode, answer_by);
         let d = self.registries.decide(check).await?;
         let each = d.each().iter().map(|d| Decision {

@@ -123,11 +123,18 @@ fn policy_for(
     let window = unit.seconds;
     let requests = u64::from(limit.requests_per_unit);
     // One limit, of the algorithm of the rule's first.
-    let limit = Named::requests(
-        DEFAULT_LIMIT,
-        Limit::new(policy.limits[0].limit.algorithm(), requests, window),
-        window,
-    );
+    // The rule's first limit's algorithm and unit: a rule of tokens stays one.
+    let first = &policy.limits[0];
+    let limit = Named {
+        unit: first.unit,
+        cost_header: first.cost_header.clone(),
+        ..Named::requests(
+            DEFAULT_LIMIT,
+            Limit::new(first.limit.algorithm(), requests, window),
+            window,
+        )
+    };
+    let kind = Kind::of(&limit);
     let endpoint: Arc<str> = Arc::from(format!("{} ({requests}/{})", m.policy.endpoint, unit.name));
     let policy = Policy {
         endpoint: endpoint.clone(),
@@ -141,8 +148,8 @@ fn policy_for(
         other_keys: Box::new([]),
         unheld: None,
         quota_field: Default::default(),
-        refundable: false,
-        kind: Kind::Requests,
+        refundable: kind.is_metered(),
+        kind,
     };
     // Its own budget, under the config's key alone.
     let mut values = m.values;
@@ -220,10 +227,20 @@ pub async fn should_rate_limit(
         // A rule whose limits all count tokens or bytes is charged what a call carries,
         // past its limit too: the call Envoy makes when a stream is done
         // (`apply_on_stream_done`) says what the request used.
-        let charged = policy.active && policy.groups.is_empty() && policy.kind.is_metered();
+        let charged = policy.active && policy.limits.iter().all(|l| l.is_metered());
         let ruling = match (charged, mode) {
-            (true, Mode::Consume) => match decider.charge_part(&values[0], &policy, cost).await {
-                Ok(d) => Ruling::Decided(d, Hold::default()),
+            (true, Mode::Consume) => match decider.charge(&values, &policy, cost, None).await {
+                Ok(parts) => {
+                    // Each group's decisions (all of them are charged), as the rule's.
+                    let mut parts: Vec<Decisions> = parts.into_iter().map(|(_, d)| d).collect();
+                    match (policy.groups.len(), parts.len()) {
+                        (0, 1) => Ruling::Decided(parts.remove(0), Hold::default()),
+                        (groups, n) if groups == n && n > 0 => {
+                            Ruling::Decided(policy.merge(&parts), Hold::default())
+                        }
+                        _ => Ruling::Failed,
+                    }
+                }
                 Err(_) => Ruling::Failed,
             },
             _ => (decider.decide(&values, &policy, path, Via::Envoy, Cost::all(cost), mode)).await,

@@ -961,6 +961,8 @@ pub async fn forward_auth(
     let Some(policy) = policy.without_held().cloned() else {
         return Ok(HttpResponse::Ok().finish());
     };
+    let length = super::usage::bytes_up_front(&policy, length)
+        .map_err(|limit| ApiError::PayloadTooLarge { limit })?;
     let now = state.clock.now();
     let ruling = state
         .decider

@@ -123,10 +123,13 @@ pub async fn rate_limit(
     // A route's limits of bytes take the request body's declared length up front; the
     // reverse proxy's are charged the response body's bytes as it streams.
     let cost = match via {
-        Via::Route => Cost {
-            bytes: super::content_length(req.headers()).unwrap_or(0),
-            ..Cost::ONE
-        },
+        Via::Route => {
+            let length = super::content_length(req.headers()).unwrap_or(0);
+            match super::usage::bytes_up_front(&policy, length) {
+                Ok(bytes) => Cost { bytes, ..Cost::ONE },
+                Err(limit) => return Ok(req.error_response(ApiError::PayloadTooLarge { limit })),
+            }
+        }
         _ => Cost::ONE,
     };
     let ruling = state

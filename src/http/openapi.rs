@@ -229,10 +229,15 @@ impl Modify for Rules {
 
 /// The bounds `ConfigSpec::validate` enforces, on any schema with a config's numbers.
 fn bound_config_numbers(object: &mut Object) {
+    // A limit (one with a `unit`) may count tokens or bytes, up to `MAX_UNITS`.
+    let quota = match object.properties.contains_key("unit") {
+        true => crate::config::MAX_UNITS,
+        false => MAX_REQUESTS_PER_WINDOW,
+    };
     for (field, max) in [
-        ("requests_per_window", MAX_REQUESTS_PER_WINDOW),
+        ("requests_per_window", quota),
         ("window_seconds", MAX_WINDOW_SECONDS),
-        ("burst_limit", MAX_REQUESTS_PER_WINDOW),
+        ("burst_limit", quota),
     ] {
         if let Some(RefOr::T(Schema::Object(p))) = object.properties.get_mut(field) {
             p.minimum = Some(1u64.into());

@@ -6,6 +6,7 @@
 use super::AppState;
 use crate::actors::Via;
 use crate::config::MAX_UNITS;
+use crate::limiter::Unit;
 use crate::policy::{Kind, Policy};
 use actix_web::body::{BodySize, BoxBody, MessageBody};
 use actix_web::dev::ServiceResponse;
@@ -18,6 +19,26 @@ use std::task::{Context, Poll, ready};
 /// Bytes of a body charged at once: a streamed body is charged each time this much more
 /// has been sent, and what is left when it ends.
 pub const CHARGE_EVERY: u64 = 64 * 1024;
+
+/// What a request whose body declares `length` bytes takes up front of `policy`'s
+/// limits of bytes: its length, or nothing when they are charged from a response
+/// header. `Err(quota)` when it never fits: above the smallest quota of those limits
+/// (the caller answers 413, not a 429 that waiting could not clear).
+pub fn bytes_up_front(policy: &Policy, length: u64) -> Result<u64, u64> {
+    let mut bytes = policy
+        .limits
+        .iter()
+        .filter(|l| l.unit == Unit::Bytes)
+        .peekable();
+    match bytes.peek() {
+        None => Ok(0),
+        Some(l) if l.cost_header.is_some() => Ok(0),
+        Some(_) => match bytes.map(|l| l.limit.quota()).min() {
+            Some(quota) if length > quota => Err(quota),
+            _ => Ok(length),
+        },
+    }
+}
 
 /// Whether a request under `policy` may be charged after its response: it has limits
 /// of tokens or bytes.

@@ -52,7 +52,7 @@ local rs, count = tonumber(st[1]), 0
 if rs and rs >= start and rs < finish then count = tonumber(st[2]) end
 local allowed = charge or count + need <= limit
 -- A charge past the limit overdraws the window; its debt ends with it.
-if takes(allowed) then count = count + cost end
+if takes(allowed) then count = math.min(count + cost, 9007199254740991) end
 local remaining = math.max(limit - count, 0)
 local ue_s, ue_ns = until_(finish, 0)
 local rt_s, rt_ns, rs_s, rs_ns = 0, 0, 0, 0

@@ -193,7 +193,8 @@ impl FixedWindow {
 
         let (allowed, need) = take.decide(self.count, cost, limits.limit);
         // A charge past the limit overdraws the window; its debt ends with it.
-        self.count = self.count.saturating_add(take.taken(allowed, cost));
+        // (Up to `MAX_EXACT`, as Redis's Lua counts.)
+        self.count = (self.count.saturating_add(take.taken(allowed, cost))).min(super::MAX_EXACT);
         let remaining = limits.limit.saturating_sub(self.count);
         let until_end = end - now;
         Decision {

@@ -284,6 +284,11 @@ impl Take {
     }
 }
 
+/// The largest integer Redis's Lua (a double) holds exactly, 2^53 - 1: how far a
+/// charge may push a fixed window's count, so that both backends keep the same numbers
+/// (a token bucket's debt stops earlier: `token_bucket::MAX_DEBT`).
+pub const MAX_EXACT: u64 = (1 << 53) - 1;
+
 /// Whether `cost` more units fit next to `used` under `limit`.
 fn fits(used: u64, cost: u64, limit: u64) -> bool {
     used.checked_add(cost).is_some_and(|n| n <= limit)

@@ -70,7 +70,9 @@ if takes(allowed) and n > 0 then
   local last = redis.call('LINDEX', KEYS[1], -1)
   local bms, bc
   if last then bms, bc = parse(last) end
-  if bms and bms >= at and bc + n <= 4294967295 then
+  if bms and bms >= at and (bc + n <= 4294967295 or charge) then
+    -- A charge fills a run up to 2^32 - 1 (see `limiter::sliding_window`).
+    n = math.min(n, 4294967295 - bc)
     back = string.format('%d:%d', bms, bc + n)
     redis.call('LSET', KEYS[1], -1, back)
   else

@@ -155,15 +155,28 @@ impl SlidingWindow {
         if n > 0 {
             let granule = granule_ms(window);
             let at = now.div_ceil(NANOS_PER_MS).div_ceil(granule) * granule;
-            match self.runs.back_mut() {
+            let added = match self.runs.back_mut() {
                 // A clock that stepped back still records at the newest run: time never
-                // runs backwards inside the window.
-                Some((ms, count)) if *ms >= at && count.checked_add(n).is_some() => *count += n,
+                // runs backwards inside the window. A charge fills a run up to 2^32 - 1
+                // (which refuses as long as more would), so runs stay bounded.
+                Some((ms, count))
+                    if *ms >= at && (count.checked_add(n).is_some() || take == Take::Always) =>
+                {
+                    let added = n.min(u32::MAX - *count);
+                    *count += added;
+                    added
+                }
                 // A full run: the next millisecond, counted longer, never shorter.
-                Some(&mut (ms, _)) if ms >= at => self.runs.push_back((ms + 1, n)),
-                _ => self.runs.push_back((at, n)),
-            }
-            self.total += n as u64;
+                Some(&mut (ms, _)) if ms >= at => {
+                    self.runs.push_back((ms + 1, n));
+                    n
+                }
+                _ => {
+                    self.runs.push_back((at, n));
+                    n
+                }
+            };
+            self.total += added as u64;
         }
 
         let remaining = limits.limit.saturating_sub(self.total);

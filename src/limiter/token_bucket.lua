@@ -14,7 +14,8 @@ if refund and st[1] then
   local old = tonumber(st[3])
   if old == 0 then old = t end
   local raw = (tonumber(st[1]) - now_s) * 1000000000 + (tonumber(st[2]) - now_ns)
-  local back = cost * old - ((now_s - at_s) * 1000000000 + (now_ns - at_ns))
+  -- (Never less than nothing elapsed: a clock stepped back gives back no more.)
+  local back = cost * old - math.max((now_s - at_s) * 1000000000 + (now_ns - at_ns), 0)
   if raw > 0 and back > 0 then
     local ts, tn = split(now_ns + math.max(raw - back, 0))
     st[1], st[2] = string.format('%d', now_s + ts), string.format('%d', tn)
@@ -31,6 +32,10 @@ end
 -- A debt past the capacity (an overdrawn bucket, or a lowered capacity) is kept.
 local allowed = charge or debt + need * t <= cap
 if takes(allowed) then debt = debt + cost * t end
+-- A debt is kept up to 2^52 ns, or a whole bucket if that is longer (see
+-- `limiter::token_bucket::MAX_DEBT`).
+local most = math.max(cap, 4503599627370496)
+if debt > most then debt = most end
 local remaining = math.max(math.floor((cap - debt) / t), 0)
 local rt_s, rt_ns = 0, 0
 if debt + need * t > cap and need * t > cap then

@@ -6,6 +6,11 @@
 use super::{Algo, Decision, Limit, Reader, State, Take};
 use crate::clock::Nanos;
 
+/// The longest debt a bucket keeps, in nanoseconds of refill (2^52, 52 days), when its
+/// whole capacity is shorter: a debt and a request's tokens added to it stay below
+/// 2^53, which Redis's Lua counts exactly.
+pub const MAX_DEBT: u64 = 1 << 52;
+
 /// A token bucket's parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TokenBucketLimit {
@@ -126,6 +131,10 @@ impl TokenBucket {
             }
         };
         debt = debt.saturating_add(take.taken(allowed, cost) as u128 * t);
+        // A debt is kept up to 2^52 ns of refill (52 days), or a whole bucket if that is
+        // longer: what Redis's Lua still counts exactly with a request's tokens added,
+        // and expires.
+        debt = debt.min(capacity.max(MAX_DEBT as u128));
         self.tat = now128.saturating_add(debt);
         let remaining = (capacity.saturating_sub(debt) / t) as u64;
         let need = need as u128 * t;

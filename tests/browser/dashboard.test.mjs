@@ -396,6 +396,26 @@ test("a calendar quota, a keyed config and one of several limits made and change
       "9 / 10,1 / 2 · 1 in flight");
     assert.deepEqual(await page.evaluate(() => [...document.querySelectorAll("#quota-rows td.endpoint")].map((td) => td.textContent)),
       ["/api/exports/* · hourly", "/api/exports/* · exports"]);
+    // A limit of tokens: listed with its unit and where its cost comes from; once a
+    // report overdraws it, the inspector shows the debt and when it is repaid.
+    const llm = { endpoint: "/api/llm/*", limits: [
+      { name: "tokens", unit: "tokens", algorithm: "fixed_window", requests_per_window: 1000, window_seconds: 60,
+        cost_from: "response_header:X-Usage-Tokens" }] };
+    const llmMade = await fetch(url + "/admin/configs", { method: "POST",
+      headers: { "Content-Type": "application/json" }, body: JSON.stringify(llm) });
+    assert.equal(llmMade.status, 201);
+    await page.reload();
+    await until(page, () => [...document.querySelectorAll("#config-rows td")].some((td) =>
+      td.textContent === "tokens: 1,000 tokens / 60 s fixed_window (cost from X-Usage-Tokens)"));
+    const reported = await fetch(url + "/v1/report", { method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ client_id: "llm", path: "/api/llm/chat", cost: 1400 }) });
+    assert.equal(reported.status, 200);
+    await page.fill("#inspector [name=client]", "llm");
+    await page.press("#inspector [name=client]", "Enter");
+    await until(page, () => [...document.querySelectorAll("#quota-rows td.remaining")].map((td) => td.textContent).join() ===
+      "0 / 1,000 tokens");
+    const resets = await page.evaluate(() => document.querySelector("#quota-rows td.resets").textContent);
+    assert.match(resets, /^400 owed, repaid in \d+ s$/);
     assert.deepEqual(pageErrors, []);
   });
 });
