@@ -213,7 +213,16 @@ async fn a_second_sigterm_cuts_the_shutdown_delay_short() {
 async fn kill_9_after_a_flush_interval_keeps_consumption() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("k.db");
-    let mut server = Binary::start(&db, &["--flush-interval-ms", "100"]);
+    // A busy client is written at most once per --client-write-interval-ms (60 s by
+    // default): short here too, so that a flush that fell between the requests is
+    // followed by one that writes all three.
+    let fast = [
+        "--flush-interval-ms",
+        "100",
+        "--client-write-interval-ms",
+        "100",
+    ];
+    let mut server = Binary::start(&db, &fast);
     create_config(&server.url).await;
     let url = format!("{}/api/data", server.url);
     for _ in 0..3 {
@@ -226,7 +235,7 @@ async fn kill_9_after_a_flush_interval_keeps_consumption() {
     server.signal("-KILL");
     server.wait_exit();
 
-    let server = Binary::start(&db, &["--flush-interval-ms", "100"]);
+    let server = Binary::start(&db, &fast);
     let url = format!("{}/api/data", server.url);
     assert_eq!(get(&url, "killed").await, 429);
 }
