@@ -248,6 +248,20 @@ async fn bad_reports_name_the_field_and_charge_nothing() {
         assert_eq!(r.status, 422, "{body}: {:?}", r.body);
         assert_eq!(r.body["field"], field, "{body}");
     }
+    // A check id that claims more than any check could take is not one.
+    let r = check(&s, json!({"client_id": c, "path": "/llm/a", "estimate": 1})).await;
+    let id = r.body["check_id"].as_str().unwrap().to_owned();
+    let engine = &base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let json = base64::Engine::decode(engine, &id).unwrap();
+    let mut lease: Value = serde_json::from_slice(&json).unwrap();
+    lease["c"] = json!(1_000_000u64);
+    let forged = base64::Engine::encode(engine, lease.to_string());
+    let body = json!({"client_id": c, "path": "/llm/a", "cost": 0, "check_id": forged});
+    let r = report(&s, body).await;
+    assert_eq!(
+        (r.status.as_u16(), &r.body["field"]),
+        (422, &json!("check_id"))
+    );
     // A check id names its own client and path.
     let r = check(&s, json!({"client_id": c, "path": "/llm/a", "estimate": 5})).await;
     let id = r.body["check_id"].as_str().unwrap().to_owned();
@@ -275,9 +289,9 @@ async fn bad_reports_name_the_field_and_charge_nothing() {
         (r.status.as_u16(), &r.body["field"]),
         (422, &json!("estimate"))
     );
-    // Nothing was charged by any of them (the one check took its estimate of 5).
+    // Nothing was charged by any of them (the checks took their estimates, 5 and 1).
     let r = check(&s, json!({"client_id": c, "path": "/llm/a", "peek": true})).await;
-    assert_eq!(left(&r, "tokens"), 995);
+    assert_eq!(left(&r, "tokens"), 994);
 }
 
 #[actix_rt::test]
@@ -337,6 +351,14 @@ async fn units_are_validated_per_limit() {
     assert!(r.body.get("requests_per_window").is_none(), "{:?}", r.body);
     let r = s.get("/admin/configs/u/*").await;
     assert_eq!(r.body["limits"][0]["requests_per_window"], 2_147_483_648u64);
+    // Header names are case-insensitive: these two limits name one header.
+    let body = json!({"endpoint": "/v/*", "limits": [
+        {"name": "a", "unit": "tokens", "requests_per_window": 5, "window_seconds": 60,
+         "cost_from": "response_header:X-Used"},
+        {"name": "b", "unit": "tokens", "requests_per_window": 50, "window_seconds": 3600,
+         "cost_from": "response_header:x-used"}]});
+    let r = s.post("/admin/configs", &body.to_string()).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
 }
 
 const MIB: usize = 1024 * 1024;
@@ -358,6 +380,10 @@ fn upstream() -> String {
         }
         match path.as_str() {
             "/llm/none" => HttpResponse::Ok().json(json!({"tokens": "unknown"})),
+            "/llm/failed" => HttpResponse::BadGateway().json(json!({"error": "model down"})),
+            "/llm/huge" => HttpResponse::Ok()
+                .insert_header(("X-Usage-Tokens", "99999999999999999999"))
+                .json(json!({})),
             "/llm/bad" => HttpResponse::Ok()
                 .insert_header(("X-Usage-Tokens", "lots"))
                 .json(json!({})),
@@ -418,6 +444,16 @@ async fn the_proxy_charges_the_upstreams_usage_header_and_refuses_once_overdrawn
     assert_eq!(r.body["remaining"], 998, "{:?}", r.body);
     let charged = "ratewarden_units_charged_total{endpoint=\"/llm/*\",limit=\"tokens\"}";
     assert_eq!(s.metric(charged).await, (3 * 700 + 2) as f64);
+    let peek = |client: &str| json!({"client_id": client, "path": "/llm/x", "peek": true});
+    // An upstream that failed said nothing of what was used: nothing charged, and not
+    // a missing header.
+    assert_eq!(s.statuses("u2", "/llm/failed", 1).await, [502]);
+    assert_eq!(s.metric(series).await, 2.0);
+    assert_eq!(check(&s, peek("u2")).await.body["remaining"], 998);
+    // More digits than any quota: charged the most a charge takes, not 1.
+    assert_eq!(s.statuses("u3", "/llm/huge", 1).await, [200]);
+    assert_eq!(check(&s, peek("u3")).await.body["remaining"], 0);
+    assert_eq!(s.metric(series).await, 2.0);
 }
 
 #[actix_rt::test]
@@ -523,6 +559,9 @@ async fn forward_auth_takes_the_declared_length_for_limits_of_bytes() {
     assert_eq!(ask("40").await, 200);
     assert_eq!(ask("").await, 429);
     assert_eq!(ask("lots").await, 400);
+    // More than the quota could never pass: answered with the refusal's status (the
+    // proxy maps it), not a 413 a proxy would turn into a 500.
+    assert_eq!(ask("101").await, 429);
 }
 
 #[actix_rt::test]
@@ -551,6 +590,16 @@ async fn a_routes_limit_of_bytes_takes_the_declared_length_and_refuses_what_neve
     // Whatever the route answers (it serves GET), the limit took 60 of 100.
     assert_ne!(post(60).await, 429);
     assert_eq!(post(60).await, 429, "60 more do not fit the 40 left");
+    // The refusal's body says what is left, as its headers do.
+    let headers = [
+        ("X-Client-ID", "up"),
+        ("Content-Type", "application/octet-stream"),
+    ];
+    let r = s
+        .send_bytes("POST", "/api/data", &headers, Some(&[b'x'; 60]))
+        .await;
+    assert_eq!((r.status.as_u16(), &r.body["remaining"]), (429, &json!(40)));
+    assert_eq!(r.header("x-ratelimit-remaining"), Some("40"));
     // More than the whole quota could never pass: a 413, not a 429 to wait out.
     assert_eq!(post(101).await, 413);
     assert_ne!(post(40).await, 429);

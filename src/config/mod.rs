@@ -518,7 +518,8 @@ impl LimitSpec {
         }
         // Each field alone against a valid entry, so a wrong type names its field.
         let valid = serde_json::json!({"name": "x", "algorithm": "fixed_window",
-            "requests_per_window": 1, "window_seconds": 1});
+            "requests_per_window": 1, "window_seconds": 1, "unit": "tokens",
+            "cost_from": "response_header:X-Usage"});
         for (key, v) in &object {
             let mut one = valid.clone();
             one[key] = v.clone();
@@ -781,7 +782,7 @@ impl ConfigSpec {
             // Limits of one unit counted per one key are charged together: one cost.
             if let Some(o) = self.limits[..i].iter().find(|o| {
                 o.unit == l.unit && o.unit != Unit::Requests && self.key_of(o) == self.key_of(l)
-            }) && o.cost_from != l.cost_from
+            }) && o.named().cost_header != l.named().cost_header
             {
                 return Err(ValidationError::new(
                     at("cost_from"),

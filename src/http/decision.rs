@@ -612,7 +612,8 @@ struct ReportAnswer {
     /// Each limit of tokens or bytes, in the config's order.
     limits: Vec<LimitStatus>,
     /// Set in a batch when this report's `check_id` was reconciled before (nothing was
-    /// charged), or the limiter could not be reached.
+    /// charged), or the limiter could not be reached; the numbers then say nothing of
+    /// the limits (0, `limits` empty).
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<&'static str>,
 }
@@ -672,7 +673,7 @@ pub async fn report(
             for r in &reports {
                 results.push(match charge(&state, r).await {
                     Ok(answer) => answer,
-                    Err(e) => failed(r, e),
+                    Err(e) => failed(r, e, state.clock.now()),
                 });
             }
             Ok(HttpResponse::Ok().json(ReportResult::Batch(ReportBatch { results })))
@@ -738,8 +739,16 @@ fn parse_report(state: &AppState, report: Value, prefix: &str) -> Result<Report,
             if !same || !estimated {
                 return Err(invalid(
                     field("check_id"),
-                    "was given for a check of another client, path or config: report with \
-                     the check's client_id and path",
+                    "was given for a check of another client or config (or the config's \
+                     limits of tokens or bytes changed since): report with the check's \
+                     client_id and path",
+                ));
+            }
+            // No check takes more than the smallest quota of the limits it estimated.
+            if fits_quotas(&policy, lease.cost, true).is_err() {
+                return Err(invalid(
+                    field("check_id"),
+                    "is not a check id this server gave",
                 ));
             }
             Some(lease)
@@ -795,7 +804,8 @@ async fn charge(state: &AppState, r: &Report) -> Result<ReportAnswer, Charging> 
     Ok(ReportAnswer {
         charged,
         refunded,
-        allowed: d.allowed,
+        // Shadow mode lets everything through, over the limit or not.
+        allowed: !p.refuses(&d),
         limit: d.limit,
         remaining: d.remaining,
         retry_after: secs(d.retry_after),
@@ -806,7 +816,7 @@ async fn charge(state: &AppState, r: &Report) -> Result<ReportAnswer, Charging> 
 }
 
 /// A batch's answer for a report that was not charged.
-fn failed(r: &Report, e: Charging) -> ReportAnswer {
+fn failed(r: &Report, e: Charging, now: Nanos) -> ReportAnswer {
     ReportAnswer {
         endpoint: r.policy.endpoint.to_string(),
         active: r.policy.active,
@@ -817,7 +827,7 @@ fn failed(r: &Report, e: Charging) -> ReportAnswer {
         remaining: 0,
         retry_after: 0.0,
         reset_after: 0.0,
-        reset_time: String::new(),
+        reset_time: rfc3339(now),
         limits: Vec::new(),
         error: Some(match e {
             Charging::Reported => "already_reported",
@@ -961,8 +971,17 @@ pub async fn forward_auth(
     let Some(policy) = policy.without_held().cloned() else {
         return Ok(HttpResponse::Ok().finish());
     };
-    let length = super::usage::bytes_up_front(&policy, length)
-        .map_err(|limit| ApiError::PayloadTooLarge { limit })?;
+    // A body that could never fit is answered with the refusal's status, which the
+    // proxy maps (nginx's auth_request makes any other status a 500), and says why.
+    let length = match super::usage::bytes_up_front(&policy, length) {
+        Ok(length) => length,
+        Err(limit) => {
+            use actix_web::ResponseError;
+            let mut res = ApiError::PayloadTooLarge { limit }.error_response();
+            *res.status_mut() = state.forward_auth.deny_status;
+            return Ok(res);
+        }
+    };
     let now = state.clock.now();
     let ruling = state
         .decider

@@ -246,7 +246,9 @@ pub fn refusal(
         client_id: client.to_owned(),
         endpoint: policy.endpoint.to_string(),
         limit: decision.limit,
-        remaining: 0,
+        // 0 for a request refused for lack of one unit; what is left for one whose cost
+        // (a body's declared bytes) did not fit.
+        remaining: decision.remaining,
         retry_after,
         reset_time: decision.reset_time(now),
         violated: violated.iter().map(|v| (*v).to_owned()).collect(),

@@ -64,15 +64,22 @@ pub async fn charge_response(
         let value = values.get(value).unwrap_or(&values[0]);
         match (&part.limits[0].cost_header, part.kind) {
             (Some(name), _) => {
-                let cost = (res.headers().get(&**name))
-                    .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
-                    .filter(|&n| n <= MAX_UNITS);
-                let cost = cost.unwrap_or_else(|| {
-                    for l in part.limits.iter() {
-                        state.metrics.cost_header_missing(&part.endpoint, &l.name);
+                let cost = match res
+                    .headers()
+                    .get(&**name)
+                    .map(|v| header_units(v.as_bytes()))
+                {
+                    Some(Some(n)) => n,
+                    // An upstream that failed (or could not be reached) said nothing of
+                    // what was used: nothing is charged, and it is not a missing header.
+                    None if res.status().is_server_error() => continue,
+                    _ => {
+                        for l in part.limits.iter() {
+                            state.metrics.cost_header_missing(&part.endpoint, &l.name);
+                        }
+                        1
                     }
-                    1
-                });
+                };
                 if state.decider.charge_part(value, part, cost).await.is_err() {
                     log::warn!("{value:?}: could not charge {cost} to {}", part.endpoint);
                 }
@@ -100,6 +107,20 @@ pub async fn charge_response(
         }
         .boxed()
     })
+}
+
+/// A cost header's units: a whole number, at most [`MAX_UNITS`] (more digits than that
+/// count as the most); `None` for anything else.
+fn header_units(value: &[u8]) -> Option<u64> {
+    let digits = value.trim_ascii();
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n = std::str::from_utf8(digits)
+        .ok()?
+        .parse::<u64>()
+        .unwrap_or(u64::MAX);
+    Some(n.min(MAX_UNITS))
 }
 
 /// Where a streamed body's bytes are charged: each part of bytes, under its value.
