@@ -832,6 +832,8 @@ pub struct Registries {
     live_total: Arc<AtomicUsize>,
     /// Each shard's backend, for the health check.
     backends: Arc<[Arc<dyn QuotaBackend>]>,
+    /// Where the shards' limiters send their events, for charges made outside them.
+    events: Option<EventSink>,
 }
 
 impl Registries {
@@ -881,6 +883,7 @@ impl Registries {
             states,
             live_total: config.live_total,
             backends,
+            events: config.events,
         }
     }
 
@@ -921,9 +924,7 @@ impl Registries {
     /// Streams to the live feeds a charge of `units` to `value` under `part` (a
     /// policy's part of tokens or bytes) that left its limits as `d` says.
     pub fn charged(&self, value: &Arc<str>, part: &Arc<Policy>, d: &Decisions, units: u64) {
-        let state = lock(&self.states[self.index(value)]);
-        let c = &state.config;
-        if let Some(sink) = &c.events {
+        if let Some(sink) = &self.events {
             sink.offer(value, || DecisionEvent {
                 client: value.clone(),
                 endpoint: part.endpoint.clone(),

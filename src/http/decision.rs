@@ -774,20 +774,7 @@ async fn charge(state: &AppState, r: &Report) -> Result<ReportAnswer, Charging> 
         Some(l) => (r.cost.saturating_sub(l.cost), l.cost.saturating_sub(r.cost)),
         None => (r.cost, 0),
     };
-    let mut answer = ReportAnswer {
-        endpoint: p.endpoint.to_string(),
-        active: p.active,
-        charged: 0,
-        refunded: 0,
-        allowed: true,
-        limit: 0,
-        remaining: 0,
-        retry_after: 0.0,
-        reset_after: 0.0,
-        reset_time: rfc3339(now),
-        limits: Vec::new(),
-        error: None,
-    };
+    let mut answer = ReportAnswer::empty(r, now);
     if !p.active {
         return Ok(answer);
     }
@@ -815,24 +802,35 @@ async fn charge(state: &AppState, r: &Report) -> Result<ReportAnswer, Charging> 
     })
 }
 
+impl ReportAnswer {
+    /// The answer of `r` before anything is charged: its config, and no numbers.
+    fn empty(r: &Report, now: Nanos) -> Self {
+        ReportAnswer {
+            endpoint: r.policy.endpoint.to_string(),
+            active: r.policy.active,
+            charged: 0,
+            refunded: 0,
+            allowed: true,
+            limit: 0,
+            remaining: 0,
+            retry_after: 0.0,
+            reset_after: 0.0,
+            reset_time: rfc3339(now),
+            limits: Vec::new(),
+            error: None,
+        }
+    }
+}
+
 /// A batch's answer for a report that was not charged.
 fn failed(r: &Report, e: Charging, now: Nanos) -> ReportAnswer {
     ReportAnswer {
-        endpoint: r.policy.endpoint.to_string(),
-        active: r.policy.active,
-        charged: 0,
-        refunded: 0,
         allowed: false,
-        limit: 0,
-        remaining: 0,
-        retry_after: 0.0,
-        reset_after: 0.0,
-        reset_time: rfc3339(now),
-        limits: Vec::new(),
         error: Some(match e {
             Charging::Reported => "already_reported",
             Charging::Unavailable => "limiter_unavailable",
         }),
+        ..ReportAnswer::empty(r, now)
     }
 }
 
@@ -973,7 +971,7 @@ pub async fn forward_auth(
     };
     // A body that could never fit is answered with the refusal's status, which the
     // proxy maps (nginx's auth_request makes any other status a 500), and says why.
-    let length = match super::usage::bytes_up_front(&policy, length) {
+    let length = match super::usage::bytes_up_front(&policy, || length) {
         Ok(length) => length,
         Err(limit) => {
             use actix_web::ResponseError;

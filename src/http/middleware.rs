@@ -124,7 +124,7 @@ pub async fn rate_limit(
     // reverse proxy's are charged the response body's bytes as it streams.
     let cost = match via {
         Via::Route => {
-            let length = super::content_length(req.headers()).unwrap_or(0);
+            let length = || super::content_length(req.headers()).unwrap_or(0);
             match super::usage::bytes_up_front(&policy, length) {
                 Ok(bytes) => Cost { bytes, ..Cost::ONE },
                 Err(limit) => return Ok(req.error_response(ApiError::PayloadTooLarge { limit })),

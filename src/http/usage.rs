@@ -20,11 +20,12 @@ use std::task::{Context, Poll, ready};
 /// has been sent, and what is left when it ends.
 pub const CHARGE_EVERY: u64 = 64 * 1024;
 
-/// What a request whose body declares `length` bytes takes up front of `policy`'s
-/// limits of bytes: its length, or nothing when they are charged from a response
-/// header. `Err(quota)` when it never fits: above the smallest quota of those limits
-/// (the caller answers 413, not a 429 that waiting could not clear).
-pub fn bytes_up_front(policy: &Policy, length: u64) -> Result<u64, u64> {
+/// What a request whose body declares `length()` bytes takes up front of `policy`'s
+/// limits of bytes: its length (read only under such limits), or nothing when they
+/// are charged from a response header. `Err(quota)` when it never fits: above the
+/// smallest quota of those limits (the caller answers with an error, not a 429 that
+/// waiting could not clear).
+pub fn bytes_up_front(policy: &Policy, length: impl FnOnce() -> u64) -> Result<u64, u64> {
     let mut bytes = policy
         .limits
         .iter()
@@ -33,10 +34,13 @@ pub fn bytes_up_front(policy: &Policy, length: u64) -> Result<u64, u64> {
     match bytes.peek() {
         None => Ok(0),
         Some(l) if l.cost_header.is_some() => Ok(0),
-        Some(_) => match bytes.map(|l| l.limit.quota()).min() {
-            Some(quota) if length > quota => Err(quota),
-            _ => Ok(length),
-        },
+        Some(_) => {
+            let length = length();
+            match bytes.map(|l| l.limit.quota()).min() {
+                Some(quota) if length > quota => Err(quota),
+                _ => Ok(length),
+            }
+        }
     }
 }
 

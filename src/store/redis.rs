@@ -952,20 +952,12 @@ pub struct SharedTable {
     pub configs: Vec<(String, String, Result<Config, String>)>,
 }
 
-/// The keys of one (client, endpoint) for one limit: the algorithm's own first, then the
-/// others' (a changed algorithm starts fresh state, as in memory). A limit is named after
+/// Hands each key of one (client, endpoint) for one limit to `each`, written into one
+/// buffer: the algorithm's own first, then the others' (a changed algorithm starts
+/// fresh state, as in memory). A limit is named after
 /// the endpoint (`rw:{alice}:/api/* #daily:fw`: a path config has no whitespace, a
 /// descriptor rule's identity no `#`), except `default`, the limit of a config written
 /// with top-level fields, which keeps the keys such configs have always had.
-pub fn keys(client: &str, endpoint: &str, limit: &str, algorithm: Algorithm) -> Vec<String> {
-    let mut all = Vec::new();
-    for_each_key(client, endpoint, limit, algorithm, |k| {
-        all.push(k.to_owned())
-    });
-    all
-}
-
-/// Hands each of [`keys`] in turn to `each`, written into one buffer.
 fn for_each_key(
     client: &str,
     endpoint: &str,
@@ -998,6 +990,15 @@ fn for_each_key(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every key [`for_each_key`] names, in its order.
+    fn keys(client: &str, endpoint: &str, limit: &str, algorithm: Algorithm) -> Vec<String> {
+        let mut all = Vec::new();
+        for_each_key(client, endpoint, limit, algorithm, |k| {
+            all.push(k.to_owned())
+        });
+        all
+    }
 
     #[test]
     fn keys_share_the_clients_hash_tag_and_name_the_algorithm_first() {
