@@ -315,10 +315,10 @@ pub fn build_state_on(
     sqlite::for_each_client(&conn, |c| known.push(client_hash(c)))
         .map_err(|e| format!("loading clients: {e}"))?;
 
-    let redis = match settings.redis_url.as_slice() {
-        [] => None,
-        urls => Some(RedisConfig::new(
-            urls,
+    let redis = match &settings.redis_url {
+        None => None,
+        Some(url) => Some(RedisConfig::new(
+            url,
             settings.redis_cluster,
             Duration::from_millis(settings.redis_timeout_ms),
             &clock,
@@ -537,7 +537,7 @@ fn reload_on_sighup(writer: Arc<ConfigWriter>) {
 /// mode no longer than `--redis-timeout-ms`.
 fn decision_timeout(settings: &Settings) -> Duration {
     let mut ms = settings.decision_timeout_ms;
-    if !settings.redis_url.is_empty() {
+    if settings.redis_url.is_some() {
         ms = ms.min(settings.redis_timeout_ms);
     }
     Duration::from_millis(ms)

@@ -236,11 +236,12 @@ impl Cluster {
 
     /// Subscribes to the channels, and again whenever the connection breaks.
     async fn subscription(self: Arc<Self>, config: Arc<RedisConfig>) {
-        let client = config.pubsub_client().clone();
-        let mut logged = false;
+        // Failures since the last subscription that worked (a cluster's seed nodes are
+        // tried in turn).
+        let mut failures = 0;
         loop {
             let subscribed = async {
-                let mut pubsub = client.get_async_pubsub().await?;
+                let mut pubsub = config.pubsub(failures).await?;
                 pubsub
                     .subscribe(&[CONFIG_CHANNEL, FEED_CHANNEL, RESET_CHANNEL])
                     .await?;
@@ -249,15 +250,15 @@ impl Cluster {
             let pubsub = match subscribed.await {
                 Ok(p) => p,
                 Err(e) => {
-                    if !logged {
+                    if failures == 0 {
                         log::warn!("subscribing to the cluster's channels failed ({e}); retrying");
-                        logged = true;
                     }
+                    failures += 1;
                     actix_web::rt::time::sleep(RESUBSCRIBE_AFTER).await;
                     continue;
                 }
             };
-            logged = false;
+            failures = 0;
             // Whatever was announced while not subscribed.
             self.clone().request_sync();
             self.registries.forget(None);

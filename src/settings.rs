@@ -2,6 +2,7 @@
 //! line that names it (see `main`).
 
 use crate::http::client_id::Cidr;
+use crate::store::redis::RedisUrl;
 use crate::store::sqlite::DatabaseUrl;
 use clap::Parser;
 use std::net::SocketAddr;
@@ -168,11 +169,12 @@ pub struct Settings {
     pub client_timeout_ms: u64,
 
     /// Redis for distributed mode: counters, token buckets and configs are shared by every
-    /// instance on the same Redis. A `redis://` URL, or for Redis Cluster a comma-separated
-    /// list of seed nodes with `--redis-cluster`. Without it, state stays in this process
-    /// and its SQLite file.
-    #[arg(long, env = "REDIS_URL", value_delimiter = ',', value_parser = parse_redis_url)]
-    pub redis_url: Vec<String>,
+    /// instance on the same Redis. A `redis://` URL; for Redis Cluster a comma-separated
+    /// list of seed nodes with `--redis-cluster`; for Redis Sentinel
+    /// `redis+sentinel://host:port[,host:port...]/<service>`. Without it, state stays in
+    /// this process and its SQLite file.
+    #[arg(long, env = "REDIS_URL")]
+    pub redis_url: Option<RedisUrl>,
 
     /// Treat `--redis-url` as the seed nodes of a Redis Cluster.
     #[arg(long, env = "REDIS_CLUSTER")]
@@ -241,14 +243,6 @@ fn parse_header_name(s: &str) -> Result<ClientIdHeader, String> {
     actix_web::http::header::HeaderName::try_from(s)
         .map(|h| ClientIdHeader(Some(h)))
         .map_err(|_| format!("{s:?} is not a valid header name"))
-}
-
-fn parse_redis_url(s: &str) -> Result<String, String> {
-    let s = s.trim();
-    redis::parse_redis_url(s)
-        .filter(|u| matches!(u.scheme(), "redis" | "rediss" | "redis+unix" | "unix"))
-        .map(|_| s.to_owned())
-        .ok_or_else(|| format!("{s:?} is not a redis:// URL"))
 }
 
 /// `http://host[:port]`, with no path but `/`, no query and no user: the origin every
@@ -349,7 +343,7 @@ mod tests {
         assert_eq!(s.on_error, OnError::Allow);
         assert_eq!(s.decision_timeout_ms, 1000);
         assert_eq!(s.client_timeout_ms, 5000);
-        assert!(s.redis_url.is_empty());
+        assert!(s.redis_url.is_none());
         assert_eq!(s.redis_timeout_ms, 50);
         assert_eq!(s.shutdown_delay_ms, 0);
         assert_eq!(s.command, None);
@@ -358,7 +352,7 @@ mod tests {
             "redis://127.0.0.1:7000,redis://127.0.0.1:7001",
         ])
         .unwrap();
-        assert_eq!(s.redis_url.len(), 2);
+        assert!(matches!(s.redis_url, Some(RedisUrl::Nodes(n)) if n.len() == 2));
         let s = parse(&[
             "--on-error",
             "deny",

@@ -58,7 +58,7 @@ fn one(limit: Limit) -> Named {
 async fn redis_with(clock: &Arc<ManualClock>, server: &RedisServer) -> Redis {
     let shared: SharedClock = clock.clone();
     let config = RedisConfig::new(
-        &[server.url()],
+        &server.url().parse().unwrap(),
         false,
         Duration::from_secs(2),
         &shared,

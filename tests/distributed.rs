@@ -4,76 +4,14 @@
 mod common;
 
 use common::binary::Binary;
+use common::nodes::{
+    PATIENT, burst, instances, until_admitted, until_connected, until_served, warm,
+};
 use common::redis::{RedisCluster, RedisServer};
 use common::ws::{WAIT, connect, next};
 use futures_util::future::join_all;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
-
-/// `n` instances on the Redis at `url` (`cluster`: seed nodes of a Redis Cluster).
-fn instances(
-    n: usize,
-    url: &str,
-    cluster: bool,
-    extra: &[&str],
-) -> (tempfile::TempDir, Vec<Binary>) {
-    let dir = tempfile::tempdir().unwrap();
-    let nodes = (0..n)
-        .map(|i| {
-            let name = format!("node-{i}");
-            let mut args = vec!["--redis-url", url, "--instance-id", &name];
-            if cluster {
-                args.push("--redis-cluster");
-            }
-            args.extend_from_slice(extra);
-            Binary::start(&dir.path().join(format!("{name}.db")), &args)
-        })
-        .collect();
-    (dir, nodes)
-}
-
-/// Waits until `node` serves a config for `endpoint` whose `field` is `value`; returns
-/// how long that took.
-async fn until_served(node: &Binary, endpoint: &str, field: &str, value: &Value) -> Duration {
-    let started = Instant::now();
-    loop {
-        let r = node.get(&format!("/admin/configs{endpoint}")).await;
-        if r.status == 200 && r.body[field] == *value {
-            return started.elapsed();
-        }
-        assert!(
-            started.elapsed() < WAIT,
-            "{} never served {endpoint} with {field}={value}: {:?}",
-            node.url,
-            r.body
-        );
-        actix_rt::task::yield_now().await;
-    }
-}
-
-/// Waits until every node's health says Redis is connected.
-async fn until_connected(nodes: &[Binary]) {
-    for node in nodes {
-        node.until_redis_connected().await;
-    }
-}
-
-/// `n` concurrent requests of one client, spread over the nodes: (admitted, limited).
-async fn burst(nodes: &[Binary], client: &str, path: &str, n: usize) -> (usize, usize) {
-    let statuses = join_all((0..n).map(|i| nodes[i % nodes.len()].get_as(client, path))).await;
-    // Admitted requests of an endpoint nothing serves are answered 404.
-    let ok = statuses
-        .iter()
-        .filter(|r| r.status == 200 || r.status == 404)
-        .count();
-    let limited = statuses.iter().filter(|r| r.status == 429).count();
-    (ok, limited)
-}
-
-/// For the exactness tests: Redis decides every check. Under the default 50 ms a debug
-/// build answering hundreds of concurrent requests on a loaded machine now and then
-/// waits longer, and `--on-error allow` (tested on its own below) then admits.
-const PATIENT: [&str; 2] = ["--redis-timeout-ms", "1000"];
 
 async fn exact_limit_across(nodes: &[Binary]) {
     until_connected(nodes).await;
@@ -521,46 +459,6 @@ async fn an_instance_is_ready_only_once_redis_answers_and_the_shared_configs_are
             break;
         }
         assert!(started.elapsed() < WAIT, "never ready: {:?}", ready.body);
-        actix_rt::task::yield_now().await;
-    }
-}
-
-/// Waits until `node` admits `client` on `path` (asked again and again, as
-/// [`until_served`] asks: what it waits for is another instance's announcement).
-/// Under a 50 ms Redis timeout a node's first decisions can miss it on a loaded machine
-/// (the script loaded into Redis, the threads' connections opened): one admitted
-/// request of a client of its own on each node first, so that a burst measures the
-/// limit, not the start-up.
-async fn warm(nodes: &[Binary]) {
-    for node in nodes {
-        let started = Instant::now();
-        while !matches!(
-            node.get_as("warm-up", "/api/data").await.status.as_u16(),
-            200 | 404
-        ) {
-            assert!(
-                started.elapsed() < WAIT,
-                "{} never admitted a request",
-                node.url
-            );
-            actix_rt::task::yield_now().await;
-        }
-    }
-}
-
-async fn until_admitted(node: &Binary, client: &str, path: &str) {
-    let started = Instant::now();
-    loop {
-        let r = node.get_as(client, path).await;
-        if r.status == 200 || r.status == 404 {
-            return;
-        }
-        assert_eq!(r.status, 429, "{:?}", r.body);
-        assert!(
-            started.elapsed() < WAIT,
-            "{} never admitted {client}",
-            node.url
-        );
         actix_rt::task::yield_now().await;
     }
 }

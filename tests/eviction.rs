@@ -141,7 +141,7 @@ async fn in_redis_mode_an_idle_client_still_shows_the_quota_redis_holds() {
     let redis = RedisServer::start();
     let s = TestServer::with(|c| {
         c.client_idle_secs = 1;
-        c.redis_url = vec![redis.url()];
+        c.redis_url = Some(redis.url().parse().unwrap());
     })
     .await;
     s.until_redis_connected().await;

@@ -169,7 +169,7 @@ async fn a_reset_gives_one_client_its_quota_back_in_memory_and_in_redis() {
         let s = TestServer::with(move |s| {
             s.database = file;
             if in_redis {
-                s.redis_url = vec![url];
+                s.redis_url = Some(url.parse().unwrap());
             }
         })
         .await;

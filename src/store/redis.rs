@@ -16,6 +16,10 @@
 //!   with a version counter; writes are compare-and-set scripts that also announce the new
 //!   version on the `rw:config` channel (see `crate::cluster`).
 
+mod connection;
+
+pub use connection::RedisUrl;
+
 use super::over_limit::OverLimit;
 use super::quota::{Quota, QuotaBackend, Unavailable, Verdict};
 use crate::clock::{NANOS_PER_SEC, Nanos, SharedClock};
@@ -25,10 +29,9 @@ use crate::limiter::{
     SlidingWindowLimit, States, TokenBucketLimit,
 };
 use crate::metrics::{Metrics, RedisFailure};
+use connection::{Conn, Target};
 use futures_util::future::BoxFuture;
-use redis::aio::{ConnectionLike, MultiplexedConnection};
-use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, Pipeline, RedisError, RedisFuture, Script, Value};
+use redis::{RedisError, Script};
 use smallvec::SmallVec;
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -49,7 +52,7 @@ const CONFIG_ID_KEY: &str = "rw:{config}:next_id";
 const BREAKER_FAILURES: u32 = 3;
 /// First and longest wait between reconnection attempts.
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
-const BACKOFF_MAX: Duration = Duration::from_secs(2);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// The prelude of every decision script: the time, and helpers.
 const PRELUDE: &str = include_str!("redis/prelude.lua");
@@ -183,49 +186,6 @@ impl QuotaBackend for Redis {
     }
 }
 
-/// Where to connect: one server, or the seed nodes of a cluster.
-#[derive(Clone)]
-enum Target {
-    Single(redis::Client),
-    Cluster(Box<redis::cluster::ClusterClient>),
-}
-
-/// A live connection; both kinds multiplex every concurrent call over their sockets,
-/// which pipelines the checks of many requests without waiting for each answer.
-#[derive(Clone)]
-enum Conn {
-    Single(MultiplexedConnection),
-    Cluster(ClusterConnection),
-}
-
-impl ConnectionLike for Conn {
-    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        match self {
-            Conn::Single(c) => c.req_packed_command(cmd),
-            Conn::Cluster(c) => c.req_packed_command(cmd),
-        }
-    }
-
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        pipeline: &'a Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> RedisFuture<'a, Vec<Value>> {
-        match self {
-            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
-            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
-        }
-    }
-
-    fn get_db(&self) -> i64 {
-        match self {
-            Conn::Single(c) => c.get_db(),
-            Conn::Cluster(c) => c.get_db(),
-        }
-    }
-}
-
 struct Scripts {
     fixed: Script,
     sliding: Script,
@@ -293,8 +253,6 @@ fn several_script() -> String {
 /// What every handle shares: where to connect, the scripts, the settings.
 pub struct RedisConfig {
     target: Target,
-    /// For pub/sub: the first node (in a cluster, PUBLISH reaches every node).
-    pubsub: redis::Client,
     scripts: Scripts,
     timeout: Duration,
     /// `None`: Redis server time; otherwise a test's clock.
@@ -307,38 +265,17 @@ pub struct RedisConfig {
 }
 
 impl RedisConfig {
-    /// Checks the URLs (one server, or seed nodes with `cluster`); connects nothing yet.
+    /// Checks the URL (one server, seed nodes with `cluster`, or sentinels); connects
+    /// nothing yet.
     pub fn new(
-        urls: &[String],
+        url: &RedisUrl,
         cluster: bool,
         timeout: Duration,
         clock: &SharedClock,
         metrics: Arc<Metrics>,
     ) -> Result<Arc<Self>, String> {
-        let first = urls.first().ok_or("no Redis URL")?;
-        let pubsub = redis::Client::open(first.as_str()).map_err(|e| e.to_string())?;
-        let target = match (cluster, urls) {
-            (false, [url]) => {
-                Target::Single(redis::Client::open(url.as_str()).map_err(|e| e.to_string())?)
-            }
-            (false, _) => {
-                return Err(
-                    "--redis-url names several servers: add --redis-cluster for a Redis Cluster"
-                        .to_owned(),
-                );
-            }
-            (true, urls) => Target::Cluster(Box::new(
-                redis::cluster::ClusterClientBuilder::new(urls.iter().map(String::as_str))
-                    .connection_timeout(timeout.max(Duration::from_millis(200)))
-                    .response_timeout(timeout)
-                    .retries(1)
-                    .build()
-                    .map_err(|e| e.to_string())?,
-            )),
-        };
         Ok(Arc::new(Self {
-            target,
-            pubsub,
+            target: Target::new(url, cluster, timeout)?,
             scripts: Scripts::new(),
             timeout,
             clock: (!clock.is_system()).then(|| clock.clone()),
@@ -347,9 +284,10 @@ impl RedisConfig {
         }))
     }
 
-    /// A client for pub/sub: the first node (in a cluster, PUBLISH reaches every node).
-    pub fn pubsub_client(&self) -> &redis::Client {
-        &self.pubsub
+    /// A subscription connection (see [`connection`]); `attempt` counts the failures
+    /// since the last one that worked.
+    pub async fn pubsub(&self, attempt: usize) -> Result<redis::aio::PubSub, RedisError> {
+        self.target.pubsub(attempt, self.timeout).await
     }
 
     pub fn timeout(&self) -> Duration {
@@ -898,26 +836,7 @@ impl Redis {
 
     async fn open_connection(&self) -> Result<Conn, RedisError> {
         let config = &self.inner.config;
-        let connect_timeout = config.timeout.max(Duration::from_millis(200));
-        let mut conn = match &config.target {
-            Target::Single(client) => {
-                let settings = redis::AsyncConnectionConfig::new()
-                    .set_connection_timeout(Some(connect_timeout))
-                    .set_response_timeout(Some(config.timeout));
-                Conn::Single(
-                    client
-                        .get_multiplexed_async_connection_with_config(&settings)
-                        .await?,
-                )
-            }
-            Target::Cluster(client) => Conn::Cluster(client.get_async_connection().await?),
-        };
-        let ping = redis::cmd("PING");
-        let probe = ping.query_async::<String>(&mut conn);
-        actix_web::rt::time::timeout(connect_timeout, probe)
-            .await
-            .map_err(|_| RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut)))??;
-        Ok(conn)
+        config.target.connect(config.timeout).await
     }
 }
 

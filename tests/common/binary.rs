@@ -78,6 +78,11 @@ impl Binary {
         }
     }
 
+    /// The log lines printed so far and not read yet (the process runs on).
+    pub fn lines_so_far(&mut self) -> Vec<String> {
+        self.lines.try_iter().collect()
+    }
+
     /// The log lines not read yet, up to the process's exit (call after it exited).
     pub fn remaining_lines(&mut self) -> Vec<String> {
         let mut out = Vec::new();

@@ -3,6 +3,8 @@
 #![allow(dead_code)] // each test binary uses its own part of this module
 
 pub mod binary;
+pub mod link;
+pub mod nodes;
 pub mod proxy;
 pub mod redis;
 pub mod ws;
