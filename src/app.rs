@@ -9,7 +9,7 @@ use crate::actors::registry::{Registries, RegistryConfig, client_hash};
 use crate::clock::{NANOS_PER_SEC, SharedClock, SystemClock};
 use crate::cluster::{self, Cluster, ClusterParts};
 use crate::config::file;
-use crate::config::writer::{Committer, ConfigWriter};
+use crate::config::writer::{Committer, ConfigWriter, LocalConfigs};
 use crate::config::{Config, Source};
 use crate::decide::Decider;
 use crate::envoy::grpc::GrpcServer;
@@ -217,6 +217,9 @@ pub fn start_with_clock(
     let state = build_state_on(settings, clock, addr.port())?;
     if settings.config_file.is_some() {
         reload_on_sighup(state.configs.clone());
+        if let Some(cluster) = &state.cluster {
+            apply_file_once_synced(cluster.clone(), state.configs.clone());
+        }
     }
     let grpc_decider = state.decider.clone();
     let grpc_tokens = state.decision_tokens().map(Clone::clone);
@@ -469,8 +472,11 @@ pub fn build_state_on(
         db_status,
         decider,
         configs: Arc::new(ConfigWriter::new(
-            committer,
-            cluster.clone(),
+            committer.clone(),
+            match &cluster {
+                Some(shared) => shared.clone(),
+                None => Arc::new(LocalConfigs(committer)),
+            },
             metrics.clone(),
             settings.config_file.clone(),
         )),
@@ -512,6 +518,19 @@ fn apply_file_at_start(
         desired.len()
     );
     sqlite::load_configs(conn, now).map_err(|e| format!("loading configs: {e}"))
+}
+
+/// Distributed mode: the config file applied to the shared configs once they have been
+/// read from Redis (the start applied it to this instance's copy only): every instance
+/// given the same file converges on it, whichever applies it first.
+fn apply_file_once_synced(cluster: Arc<Cluster>, writer: Arc<ConfigWriter>) {
+    actix_web::rt::spawn(async move {
+        let mut every = actix_web::rt::time::interval(Duration::from_millis(100));
+        while !cluster.synced() {
+            every.tick().await;
+        }
+        let _ = writer.reload().await;
+    });
 }
 
 /// Reloads the config file on every SIGHUP (a refused file is logged and counted by

@@ -26,7 +26,7 @@ use crate::actors::broadcaster::{Broadcaster, FeedInterest, TakeOutbox};
 use crate::actors::registry::Registries;
 use crate::actors::{Asked, DecisionEvent, LimitSeen, Via};
 use crate::clock::SharedClock;
-use crate::config::writer::{Committer, WriteError};
+use crate::config::writer::{Committer, ConfigStore, Plan, WriteError};
 use crate::config::{Change, Config, DEFAULT_ENDPOINT, Source, diff};
 use crate::limiter::Decision;
 use crate::metrics::Metrics;
@@ -37,6 +37,7 @@ use crate::store::redis::{
 };
 use actix::Addr;
 use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -125,7 +126,7 @@ pub struct Cluster {
     copy_stale: AtomicBool,
     /// This instance's own change served before it was stored (its sync failed): the
     /// endpoint and source the history records once a copy succeeds.
-    unstored: std::sync::Mutex<Option<(String, Source)>>,
+    unstored: std::sync::Mutex<Option<Mine>>,
 }
 
 /// What [`Cluster::start`] needs.
@@ -334,10 +335,10 @@ impl Cluster {
     }
 
     /// Reads the shared configs and serves them (the caller holds the write lock). The
-    /// first instance on an empty Redis seeds it with its own. `mine`: the endpoint this
+    /// first instance on an empty Redis seeds it with its own. `mine`: the endpoints this
     /// instance just wrote and who asked, for its history; other changes are recorded as
     /// the cluster's.
-    async fn sync(&self, mine: Option<(&str, Source)>) -> Result<(), RedisUnavailable> {
+    async fn sync(&self, mine: Option<Mine>) -> Result<(), RedisUnavailable> {
         let mut shared = self.redis.shared_configs().await?;
         if shared.version.is_none() {
             self.seed().await?;
@@ -369,7 +370,7 @@ impl Cluster {
         let changes = diff(current.configs(), &configs);
         if changes.is_empty() {
             self.applied.store(version, Ordering::Relaxed);
-            if self.copy_stale.load(Ordering::Relaxed) {
+            if self.copy_stale.load(Ordering::Relaxed) || mine.is_some() {
                 self.store_copy(configs, mine).await;
             }
             return Ok(());
@@ -383,13 +384,13 @@ impl Cluster {
 
     /// Writes the shared configs to this instance's SQLite copy; on failure they are still
     /// served from memory, and every later sync tries again.
-    async fn store_copy(&self, configs: Vec<Config>, mine: Option<(&str, Source)>) {
+    async fn store_copy(&self, configs: Vec<Config>, mine: Option<Mine>) {
         let unstored = self
             .unstored
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        let mine = mine.or(unstored.as_ref().map(|(e, s)| (e.as_str(), *s)));
+        let mine = mine.or(unstored);
         let failed = self.committer.copy(configs, mine).await.err();
         if failed.is_none() {
             *self.unstored.lock().unwrap_or_else(|e| e.into_inner()) = None;
@@ -410,74 +411,93 @@ impl Cluster {
         }
         Ok(())
     }
+}
 
-    /// One write, applied to the shared configs: `change` gets the config Redis holds for
-    /// `endpoint` (if any) and returns the new one (`None` deletes). Retried when another
-    /// instance wrote the same endpoint in between. Answers the change made; this
-    /// instance serves it before answering. The caller holds the write lock.
-    pub async fn write(
-        &self,
-        endpoint: &str,
+/// The endpoints this instance wrote, and who asked: its history records them so.
+type Mine = (Vec<String>, Source);
+
+/// The shared configs as the store of config writes: a plan is made against the table
+/// Redis holds and written back as one compare-and-set of its version (retried when
+/// another instance wrote in between); this instance's sync then stores, serves and
+/// announces it before the write answers.
+impl ConfigStore for Cluster {
+    fn change<'a>(
+        &'a self,
+        plan: &'a Plan<'a>,
         source: Source,
-        change: impl Fn(Option<&Config>) -> Result<Option<Config>, WriteError>,
-    ) -> Result<Change, WriteError> {
-        let unavailable = |e: RedisUnavailable| {
-            WriteError::Unavailable(format!(
-                "The shared configs could not be changed ({e}); nothing changed."
-            ))
-        };
-        // A write must never be the first shared config: the others would lack the rest.
-        self.seed().await.map_err(unavailable)?;
-        for _ in 0..WRITE_ATTEMPTS {
-            let stored = self
-                .redis
-                .shared_config(endpoint)
-                .await
-                .map_err(unavailable)?;
-            let before = match &stored {
-                Some(json) => Some(Config::parse(json).map_err(|e| {
-                    WriteError::Unavailable(format!(
-                        "The shared config for {endpoint:?} is unreadable ({e}); nothing changed."
-                    ))
-                })?),
-                None => None,
+    ) -> BoxFuture<'a, Result<Vec<Change>, WriteError>> {
+        Box::pin(async move {
+            let unavailable = |e: RedisUnavailable| {
+                WriteError::Unavailable(format!(
+                    "The shared configs could not be changed ({e}); nothing changed."
+                ))
             };
-            let after = change(before.as_ref())?;
-            let json = after.as_ref().map(Config::to_json);
-            match self
-                .redis
-                .swap_config(endpoint, stored.as_deref(), json.as_deref())
-                .await
-                .map_err(unavailable)?
-            {
-                Ok(_) => {
-                    let made = Change { before, after };
-                    // The sync serves it here, stores it in SQLite (recorded with its
-                    // source) and tells the feeds; should Redis fail in between, it is
-                    // served from memory at once and stored by the next sync.
-                    if let Err(e) = self.sync(Some((endpoint, source))).await {
-                        log::warn!("config stored in Redis, local sync deferred: {e}");
-                        self.committer.publish(std::slice::from_ref(&made), source);
-                        self.copy_stale.store(true, Ordering::Relaxed);
-                        // Stored by a later sync: with this change's own source.
-                        *self.unstored.lock().unwrap_or_else(|e| e.into_inner()) =
-                            Some((endpoint.to_owned(), source));
+            // A write must never be the first shared config: the others would lack the
+            // rest.
+            self.seed().await.map_err(unavailable)?;
+            for _ in 0..WRITE_ATTEMPTS {
+                let shared = self.redis.shared_configs().await.map_err(unavailable)?;
+                let Some(read) = shared.version else {
+                    continue;
+                };
+                let mut configs = Vec::with_capacity(shared.configs.len());
+                let mut unreadable = Vec::new();
+                for (endpoint, _, parsed) in shared.configs {
+                    match parsed {
+                        Ok(c) if c.endpoint() == endpoint => configs.push(c),
+                        _ => unreadable.push(endpoint),
                     }
-                    return Ok(made);
                 }
-                Err(_) => continue,
+                let mut changes = plan(&configs)?;
+                if changes.is_empty() {
+                    return Ok(changes);
+                }
+                if let Some(e) = changes
+                    .iter()
+                    .find(|c| unreadable.contains(&c.endpoint().to_owned()))
+                {
+                    return Err(WriteError::Unavailable(format!(
+                        "The shared config for {:?} is unreadable; nothing changed.",
+                        e.endpoint()
+                    )));
+                }
+                // A created config gets an id no other instance will use.
+                for change in &mut changes {
+                    if let Some(after) = change.after.as_mut().filter(|a| a.id == 0) {
+                        after.id = self.redis.next_config_id().await.map_err(unavailable)?;
+                    }
+                }
+                let writes: Vec<(String, Option<String>)> = (changes.iter())
+                    .map(|c| {
+                        (
+                            c.endpoint().to_owned(),
+                            c.after.as_ref().map(Config::to_json),
+                        )
+                    })
+                    .collect();
+                if self
+                    .redis
+                    .swap_configs(read, &writes)
+                    .await
+                    .map_err(unavailable)?
+                    .is_err()
+                {
+                    continue;
+                }
+                // The sync serves them here, stores them in SQLite (recorded with their
+                // source) and tells the feeds; should Redis fail in between, they are
+                // served from memory at once and stored by the next sync.
+                let mine: Mine = (writes.into_iter().map(|(e, _)| e).collect(), source);
+                if let Err(e) = self.sync(Some(mine.clone())).await {
+                    log::warn!("configs stored in Redis, local sync deferred: {e}");
+                    self.committer.publish(&changes, source);
+                    self.copy_stale.store(true, Ordering::Relaxed);
+                    *self.unstored.lock().unwrap_or_else(|e| e.into_inner()) = Some(mine);
+                }
+                return Ok(changes);
             }
-        }
-        Err(WriteError::Conflict(
-            "Other instances kept changing this config; nothing changed, try again.".to_owned(),
-        ))
-    }
-
-    /// A config id no other instance will use.
-    pub async fn next_config_id(&self) -> Result<i64, WriteError> {
-        self.redis.next_config_id().await.map_err(|e| {
-            WriteError::Unavailable(format!(
-                "The shared configs could not be changed ({e}); nothing changed."
+            Err(WriteError::Conflict(
+                "Other instances kept changing the configs; nothing changed, try again.".to_owned(),
             ))
         })
     }

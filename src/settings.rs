@@ -30,10 +30,9 @@ pub struct Settings {
 
     /// Configs as code: a TOML file that declares every config. Applied at start, on
     /// SIGHUP and on POST /admin/reload (as one change; an invalid file changes
-    /// nothing); while it is set, the admin API's config writes answer 409.
-    /// Not with --redis-url (yet): in distributed mode configs are managed through the
-    /// admin API of any instance.
-    #[arg(long, env = "RATEWARDEN_CONFIG_FILE", conflicts_with = "redis_url")]
+    /// nothing); while it is set, the admin API's config writes answer 409. With
+    /// --redis-url it is applied to the configs every instance shares.
+    #[arg(long, env = "RATEWARDEN_CONFIG_FILE")]
     pub config_file: Option<std::path::PathBuf>,
 
     /// Bearer token required by the admin API. Without one, only loopback peers may use it.
@@ -392,12 +391,6 @@ mod tests {
             &["--shutdown-delay-ms", "-1"],
             &["--shutdown-delay-ms", "600001"],
             &["check-config"],
-            &[
-                "--config-file",
-                "r.toml",
-                "--redis-url",
-                "redis://127.0.0.1",
-            ],
         ] {
             assert!(parse(args).is_err(), "{args:?}");
         }

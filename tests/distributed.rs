@@ -596,3 +596,101 @@ async fn usage_reported_to_one_instance_is_the_balance_of_every_instance() {
     );
     assert_eq!(b.post("/v1/check", &ask(peek)).await.body["remaining"], 250);
 }
+
+/// The configs `node` serves: (endpoint, requests_per_window), sorted.
+async fn served(node: &Binary) -> Vec<(String, u64)> {
+    let configs = node.get("/admin/configs").await.body;
+    let mut all: Vec<(String, u64)> = (configs.as_array().unwrap().iter())
+        .map(|c| {
+            let endpoint = c["endpoint"].as_str().unwrap().to_owned();
+            (endpoint, c["requests_per_window"].as_u64().unwrap())
+        })
+        .collect();
+    all.sort();
+    all
+}
+
+/// Waits until `node` serves exactly `want`.
+async fn until_serving(node: &Binary, want: &[(&str, u64)]) {
+    let want: Vec<(String, u64)> = want.iter().map(|(e, n)| (e.to_string(), *n)).collect();
+    let started = Instant::now();
+    loop {
+        let now = served(node).await;
+        if now == want {
+            return;
+        }
+        assert!(started.elapsed() < WAIT, "{} serves {now:?}", node.url);
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[actix_rt::test]
+async fn instances_given_one_config_file_converge_on_it_whichever_reloads_first() {
+    let redis = RedisServer::start();
+    // Configs made through the API before the file takes charge: the file declares every
+    // config, so the ones it does not name go.
+    let (_dir, early) = instances(1, &redis.url(), false, &[]);
+    until_connected(&early).await;
+    early[0].config("/legacy", 5, 60, "fixed_window").await;
+    drop(early);
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ratewarden.toml");
+    let first = "[[config]]\nendpoint = \"/api/*\"\nrequests_per_window = 2\nwindow_seconds = 60\n";
+    std::fs::write(&file, first).unwrap();
+    let path = file.to_str().unwrap();
+    let (_dirs, mut nodes) = instances(2, &redis.url(), false, &["--config-file", path]);
+    // Both apply it to the shared configs once they have read them: the first changes
+    // them (/api/* created, /legacy deleted), the second finds nothing left to change.
+    let mut changed: Vec<String> = (nodes.iter_mut())
+        .map(|node| node.wait_for("applied: 1 configs"))
+        .map(|line| line.rsplit(", ").next().unwrap().to_owned())
+        .collect();
+    changed.sort();
+    assert_eq!(changed, ["0 changed", "2 changed"]);
+    for node in &nodes {
+        until_serving(node, &[("*", 100), ("/api/*", 2)]).await;
+    }
+
+    // The file changes; one instance is told (a real SIGHUP): both serve it.
+    let second = "[[config]]\nendpoint = \"*\"\nrequests_per_window = 500\nwindow_seconds = 60\n\n\
+                  [[config]]\nendpoint = \"/new\"\nrequests_per_window = 1\nwindow_seconds = 1\n";
+    std::fs::write(&file, second).unwrap();
+    nodes[1].signal("-HUP");
+    nodes[1].wait_for("applied: 2 configs, 3 changed");
+    for node in &nodes {
+        until_serving(node, &[("*", 500), ("/new", 1)]).await;
+    }
+    let version = redis.cli(&["get", "rw:{config}:version"]);
+    // The other reloads it too, later: nothing left to change.
+    nodes[0].signal("-HUP");
+    nodes[0].wait_for("applied: 2 configs, 0 changed");
+    assert_eq!(redis.cli(&["get", "rw:{config}:version"]), version);
+    // The history of the instance that applied it says the file made the change; the
+    // other's, that it came from the cluster.
+    for (node, source) in [(&nodes[1], "file"), (&nodes[0], "cluster")] {
+        let history = node.get("/admin/configs/history?endpoint=/new").await;
+        assert_eq!(history.body[0]["source"], source, "{:?}", history.body);
+    }
+
+    // The file is in charge on every instance: the API's writes are refused.
+    let r = nodes[0]
+        .put("/admin/configs/new", r#"{"requests_per_window": 9}"#)
+        .await;
+    assert_eq!(
+        (r.status.as_u16(), &r.body["error"]),
+        (409, &json!("conflict"))
+    );
+    // An invalid file changes nothing, anywhere.
+    std::fs::write(
+        &file,
+        "[[config]]\nendpoint = \"/x\"\nrequests_per_window = 0\nwindow_seconds = 1\n",
+    )
+    .unwrap();
+    nodes[0].signal("-HUP");
+    nodes[0].wait_for("config file refused");
+    assert_eq!(redis.cli(&["get", "rw:{config}:version"]), version);
+    for node in &nodes {
+        until_serving(node, &[("*", 500), ("/new", 1)]).await;
+    }
+}

@@ -5,20 +5,22 @@
 //! - [`Edit::apply`] holds the rules of a write (conflict, not found, the merge of a
 //!   partial update, the default policy kept) for every backend.
 //! - [`Committer`] persists changes, swaps them into the live table and tells the feeds.
-//! - [`ConfigWriter`] runs one write to its end: against SQLite alone, or, in distributed
-//!   mode, as a compare-and-set on the shared configs in Redis whose sync then commits it
-//!   (see [`crate::cluster`]). Which one is chosen once, in the composition root.
+//! - [`ConfigWriter`] runs one write (an admin API edit, or a config file's reload) to
+//!   its end through a [`ConfigStore`]: [`LocalConfigs`] (SQLite alone) or, in
+//!   distributed mode, the configs every instance shares (a compare-and-set in Redis
+//!   whose sync then commits it, see [`crate::cluster`]). The writer does not know which:
+//!   the store is chosen once, in the composition root.
 
 use super::file::{self, FileError};
 use super::{Change, Config, ConfigSpec, DEFAULT_ENDPOINT, Source, ValidationError};
 use crate::actors::broadcaster::{Broadcaster, ConfigChanged};
 use crate::actors::db::{Db, ReplaceConfigs, WriteConfigs, WriteTicket};
 use crate::clock::{Nanos, SharedClock};
-use crate::cluster::Cluster;
 use crate::metrics::{Metrics, ReloadResult};
 use crate::policy::Policies;
 use crate::store::sqlite::StoreError;
 use actix::Addr;
+use futures_util::future::BoxFuture;
 use serde_json::{Map, Value};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -195,17 +197,17 @@ impl Committer {
     }
 
     /// Distributed mode: makes this instance's SQLite copy equal to the shared configs
-    /// (`mine`: the endpoint this instance wrote and its source, for the history), or
+    /// (`mine`: the endpoints this instance wrote and its source, for the history), or
     /// fails within the write deadline.
     pub async fn copy(
         &self,
         configs: Vec<Config>,
-        mine: Option<(&str, Source)>,
+        mine: Option<(Vec<String>, Source)>,
     ) -> Result<(), String> {
         let msg = ReplaceConfigs {
             configs,
             now: self.clock.now(),
-            mine: mine.map(|(e, s)| (e.to_owned(), s)),
+            mine,
         };
         match actix_web::rt::time::timeout(WRITE_DEADLINE, self.db.send(msg)).await {
             Ok(Ok(Ok(()))) => Ok(()),
@@ -240,11 +242,51 @@ impl Committer {
     }
 }
 
+/// What a write changes: given the configs the store holds now, the changes to make
+/// (a created config with id 0 gets one from the store).
+pub type Plan<'a> = dyn Fn(&[Config]) -> Result<Vec<Change>, WriteError> + Send + Sync + 'a;
+
+/// Where config writes are stored and from where they take effect.
+pub trait ConfigStore: Send + Sync {
+    /// Stores what `plan` makes of the configs held now, as one change, then serves and
+    /// announces it here before answering it as stored. Should another writer change the
+    /// configs in between, `plan` is asked again. An empty plan changes nothing. The
+    /// caller holds the write lock.
+    fn change<'a>(
+        &'a self,
+        plan: &'a Plan<'a>,
+        source: Source,
+    ) -> BoxFuture<'a, Result<Vec<Change>, WriteError>>;
+}
+
+/// This instance's SQLite file alone: the configs it serves are the ones it holds.
+pub struct LocalConfigs(pub Arc<Committer>);
+
+impl ConfigStore for LocalConfigs {
+    fn change<'a>(
+        &'a self,
+        plan: &'a Plan<'a>,
+        source: Source,
+    ) -> BoxFuture<'a, Result<Vec<Change>, WriteError>> {
+        Box::pin(async move {
+            let c = &self.0;
+            let changes = plan(c.policies.current().configs())?;
+            if changes.is_empty() {
+                return Ok(changes);
+            }
+            // Persisted in one transaction, then served and announced.
+            let ticket = WriteTicket::new(Instant::now() + WRITE_DEADLINE);
+            let stored = c.persist(changes, source, &ticket).await?;
+            c.publish(&stored, source);
+            Ok(stored)
+        })
+    }
+}
+
 /// Runs config writes, one at a time, each to its end.
 pub struct ConfigWriter {
     committer: Arc<Committer>,
-    /// Distributed mode: the shared configs in Redis are the truth.
-    cluster: Option<Arc<Cluster>>,
+    store: Arc<dyn ConfigStore>,
     metrics: Arc<Metrics>,
     /// The config file in charge (`--config-file`): then it alone changes configs.
     file: Option<PathBuf>,
@@ -253,13 +295,13 @@ pub struct ConfigWriter {
 impl ConfigWriter {
     pub fn new(
         committer: Arc<Committer>,
-        cluster: Option<Arc<Cluster>>,
+        store: Arc<dyn ConfigStore>,
         metrics: Arc<Metrics>,
         file: Option<PathBuf>,
     ) -> Self {
         Self {
             committer,
-            cluster,
+            store,
             metrics,
             file,
         }
@@ -287,20 +329,18 @@ impl ConfigWriter {
 
     async fn write_now(&self, edit: Edit, source: Source) -> Result<Change, WriteError> {
         let _writing = self.lock_in_time().await?;
-        let change = match &self.cluster {
-            Some(cluster) => self.write_shared(cluster, &edit, source).await?,
-            None => {
-                let c = &self.committer;
-                let before = c.policies.current().get(edit.endpoint()).cloned();
-                let after = edit.apply(before.as_ref(), 0, c.clock.now())?;
-                let stored = self
-                    .write_local(vec![Change { before, after }], source)
-                    .await?;
-                stored.into_iter().next().ok_or_else(|| {
-                    WriteError::Unavailable("The database answered no change.".to_owned())
-                })?
-            }
+        let now = self.committer.clock.now();
+        let plan = |configs: &[Config]| {
+            let before = (configs.iter()).find(|c| c.endpoint() == edit.endpoint());
+            let after = edit.apply(before, 0, now)?;
+            let before = before.cloned();
+            Ok(vec![Change { before, after }])
         };
+        let stored = self.store.change(&plan, source).await?;
+        let change = stored
+            .into_iter()
+            .next()
+            .ok_or_else(|| WriteError::Unavailable("The store answered no change.".to_owned()))?;
         self.metrics.config_changed(change.action());
         Ok(change)
     }
@@ -315,40 +355,6 @@ impl ConfigWriter {
                     "Other config writes took too long; nothing changed, try again.".to_owned(),
                 )
             })
-    }
-
-    /// SQLite alone: persists `changes` in one transaction, then serves and announces
-    /// them. The caller holds the write lock.
-    async fn write_local(
-        &self,
-        changes: Vec<Change>,
-        source: Source,
-    ) -> Result<Vec<Change>, WriteError> {
-        let ticket = WriteTicket::new(Instant::now() + WRITE_DEADLINE);
-        let c = &self.committer;
-        let stored = c.persist(changes, source, &ticket).await?;
-        c.publish(&stored, source);
-        Ok(stored)
-    }
-
-    /// Distributed mode: one compare-and-set on the shared configs; the cluster's sync
-    /// then stores, serves and announces it. The caller holds the write lock.
-    async fn write_shared(
-        &self,
-        cluster: &Cluster,
-        edit: &Edit,
-        source: Source,
-    ) -> Result<Change, WriteError> {
-        let id = match edit {
-            Edit::Create(_) | Edit::Put(_) => cluster.next_config_id().await?,
-            _ => 0,
-        };
-        let now = self.committer.clock.now();
-        cluster
-            .write(edit.endpoint(), source, |current| {
-                edit.apply(current, id, now)
-            })
-            .await
     }
 
     /// Reads the config file and makes the configs equal to it, as one change. An
@@ -378,14 +384,12 @@ impl ConfigWriter {
             }
         };
         let _writing = self.lock_in_time().await?;
-        let current = self.committer.policies.current();
-        let planned = file::plan(current.configs(), &desired, self.committer.clock.now());
-        // `--config-file` and `--redis-url` exclude each other (see `settings`), so the
-        // file's changes are this instance's own.
-        let applied = match planned.is_empty() {
-            true => Ok(Vec::new()),
-            false => self.write_local(planned, Source::File).await,
-        };
+        let now = self.committer.clock.now();
+        // Planned against the configs the store holds (in distributed mode the shared
+        // ones): applying a file twice, or on every instance, changes nothing the second
+        // time.
+        let plan = |configs: &[Config]| Ok(file::plan(configs, &desired, now));
+        let applied = self.store.change(&plan, Source::File).await;
         let changes =
             applied.inspect_err(|_| self.metrics.config_reloaded(ReloadResult::failed))?;
         for change in &changes {

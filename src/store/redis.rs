@@ -552,17 +552,6 @@ impl Redis {
         })
     }
 
-    /// The JSON Redis holds for one endpoint.
-    pub async fn shared_config(&self, endpoint: &str) -> Result<Option<String>, RedisUnavailable> {
-        let mut conn = self.conn()?;
-        let reply = redis::cmd("HGET")
-            .arg(CONFIGS_KEY)
-            .arg(endpoint)
-            .query_async(&mut conn)
-            .await;
-        self.observe(reply)
-    }
-
     /// A fresh config id, unique across the cluster.
     pub async fn next_config_id(&self) -> Result<i64, RedisUnavailable> {
         let mut conn = self.conn()?;
@@ -573,27 +562,28 @@ impl Redis {
         self.observe(reply)
     }
 
-    /// Replaces `expected` (None: absent) by `new` (None: delete). `Ok(Ok(version))` when
-    /// written; `Ok(Err(current))` when another writer changed it first.
-    pub async fn swap_config(
+    /// Writes `writes` (endpoint, and its JSON or `None` to delete) as one change if the
+    /// shared configs' version is still `read`: `Ok(Ok(version))` when written,
+    /// `Ok(Err(()))` when another writer changed them first.
+    pub async fn swap_configs(
         &self,
-        endpoint: &str,
-        expected: Option<&str>,
-        new: Option<&str>,
-    ) -> Result<Result<u64, Option<String>>, RedisUnavailable> {
+        read: u64,
+        writes: &[(String, Option<String>)],
+    ) -> Result<Result<u64, ()>, RedisUnavailable> {
         let s = &self.inner.config.scripts;
         let mut call = s.cas.prepare_invoke();
         call.key(CONFIGS_KEY)
             .key(CONFIG_VERSION_KEY)
-            .arg(endpoint)
-            .arg(expected.unwrap_or(""))
-            .arg(new.unwrap_or(""))
+            .arg(read)
             .arg(CONFIG_CHANNEL);
+        for (endpoint, json) in writes {
+            call.arg(endpoint).arg(json.as_deref().unwrap_or(""));
+        }
         let mut conn = self.conn()?;
-        let (written, value): (u64, String) = self.observe(call.invoke_async(&mut conn).await)?;
+        let (written, version): (u64, String) = self.observe(call.invoke_async(&mut conn).await)?;
         Ok(match written {
-            1 => Ok(value.parse().unwrap_or(0)),
-            _ => Err((!value.is_empty()).then_some(value)),
+            1 => Ok(version.parse().unwrap_or(0)),
+            _ => Err(()),
         })
     }
 

@@ -320,18 +320,18 @@ pub fn config_history(
 
 /// Makes the stored configs equal to `configs` (distributed mode: the shared ones), ids
 /// and times included, in one transaction, recording each change in the history: as
-/// `mine`'s source for the endpoint this instance wrote, as the cluster's for the others.
+/// `mine`'s source for the endpoints this instance wrote, as the cluster's for the others.
 pub fn replace_configs(
     conn: &Connection,
     configs: &[Config],
     now: Nanos,
-    mine: Option<(&str, Source)>,
+    mine: Option<(&[String], Source)>,
 ) -> Result<()> {
     let stored = load_configs(conn, now)?;
     let tx = conn.unchecked_transaction()?;
     for mut change in diff(&stored, configs) {
         let source = match mine {
-            Some((endpoint, source)) if endpoint == change.endpoint() => source,
+            Some((endpoints, source)) if endpoints.iter().any(|e| e == change.endpoint()) => source,
             _ => Source::Cluster,
         };
         write_change(&tx, &mut change, source, now)?;
@@ -697,7 +697,13 @@ mod tests {
             created_at: 2,
             updated_at: 2,
         });
-        replace_configs(&conn, &shared, 3, Some(("/s", Source::Rollback))).unwrap();
+        replace_configs(
+            &conn,
+            &shared,
+            3,
+            Some((&["/s".to_owned()], Source::Rollback)),
+        )
+        .unwrap();
         replace_configs(&conn, &shared, 4, None).unwrap();
         let mut stored = load_configs(&conn, 5).unwrap();
         stored.sort_by_key(|c| c.id);
@@ -710,7 +716,13 @@ mod tests {
         );
         shared[1].spec.requests_per_window = Some(9);
         shared[1].updated_at = 5;
-        replace_configs(&conn, &shared, 6, Some(("/elsewhere", Source::Api))).unwrap();
+        replace_configs(
+            &conn,
+            &shared,
+            6,
+            Some((&["/elsewhere".to_owned()], Source::Api)),
+        )
+        .unwrap();
         assert_eq!(history(&conn)[2].2, "cluster", "another instance's");
     }
 

@@ -1,10 +1,13 @@
--- Compare-and-set of one config: KEYS[1] the configs hash, KEYS[2] the version.
--- ARGV: endpoint, the JSON expected now ('' for none), the new JSON ('' to delete), the
--- channel. Answers {1, version} when written, {0, current JSON} when it had changed.
-local cur = redis.call('HGET', KEYS[1], ARGV[1])
-if (cur or '') ~= ARGV[2] then return {0, cur or ''} end
-if ARGV[3] == '' then redis.call('HDEL', KEYS[1], ARGV[1])
-else redis.call('HSET', KEYS[1], ARGV[1], ARGV[3]) end
-local v = redis.call('INCR', KEYS[2])
-redis.call('PUBLISH', ARGV[4], v)
-return {1, v}
+-- Compare-and-set of the shared configs as a whole: KEYS[1] the configs hash, KEYS[2]
+-- the version. ARGV: the version the writer read, the channel, then endpoint / JSON
+-- pairs ('' deletes). Written, with the version bumped and announced, only if the
+-- version is still the one read. Answers {1, new version} or {0, current version}.
+local v = redis.call('GET', KEYS[2]) or ''
+if v ~= ARGV[1] then return {0, v} end
+for i = 3, #ARGV, 2 do
+  if ARGV[i + 1] == '' then redis.call('HDEL', KEYS[1], ARGV[i])
+  else redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+end
+local new = redis.call('INCR', KEYS[2])
+redis.call('PUBLISH', ARGV[2], new)
+return {1, tostring(new)}
