@@ -9,7 +9,7 @@ use crate::actors::registry::{Registries, RegistryConfig, client_hash};
 use crate::clock::{NANOS_PER_SEC, SharedClock, SystemClock};
 use crate::cluster::{self, Cluster, ClusterParts};
 use crate::config::file;
-use crate::config::writer::{Committer, ConfigWriter, LocalConfigs};
+use crate::config::writer::{Committer, ConfigWriter, LocalConfigs, WriteError};
 use crate::config::{Config, Source};
 use crate::decide::Decider;
 use crate::envoy::grpc::GrpcServer;
@@ -522,14 +522,26 @@ fn apply_file_at_start(
 
 /// Distributed mode: the config file applied to the shared configs once they have been
 /// read from Redis (the start applied it to this instance's copy only): every instance
-/// given the same file converges on it, whichever applies it first.
+/// given the same file converges on it, whichever applies it first. Tried again every
+/// second while Redis cannot take it; a file refused as invalid is not (logged by the
+/// writer: the shared configs serve).
 fn apply_file_once_synced(cluster: Arc<Cluster>, writer: Arc<ConfigWriter>) {
     actix_web::rt::spawn(async move {
         let mut every = actix_web::rt::time::interval(Duration::from_millis(100));
         while !cluster.synced() {
             every.tick().await;
         }
-        let _ = writer.reload().await;
+        loop {
+            match writer.reload().await {
+                Ok(_) | Err(WriteError::InvalidFile(_) | WriteError::Invalid(_)) => return,
+                Err(e) => {
+                    log::warn!(
+                        "applying the config file to the shared configs failed ({e:?}); retrying in a second"
+                    );
+                    actix_web::rt::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
     });
 }
 

@@ -378,18 +378,17 @@ pub struct ReplaceConfigs {
     pub configs: Vec<Config>,
     pub now: Nanos,
     /// The endpoints this instance wrote, and who asked: recorded as such in the history.
-    pub mine: Option<(Vec<String>, Source)>,
+    pub mine: Vec<(String, Source)>,
 }
 
 impl Handler<ReplaceConfigs> for Db {
     type Result = Result<(), StoreError>;
     fn handle(&mut self, msg: ReplaceConfigs, _: &mut SyncContext<Self>) -> Self::Result {
-        let mine = msg.mine.as_ref().map(|(e, s)| (e.as_slice(), *s));
         self.config_write(sqlite::replace_configs(
             &self.conn,
             &msg.configs,
             msg.now,
-            mine,
+            &msg.mine,
         ))
     }
 }

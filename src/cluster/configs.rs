@@ -25,7 +25,7 @@ impl Cluster {
             loop {
                 while self.again.swap(false, Ordering::SeqCst) {
                     let _writing = self.policies.lock_writes().await;
-                    if let Err(e) = self.sync(None).await {
+                    if let Err(e) = self.sync(Vec::new()).await {
                         log::debug!("config sync failed: {e}");
                     }
                 }
@@ -44,7 +44,7 @@ impl Cluster {
     /// first instance on an empty Redis seeds it with its own. `mine`: the endpoints this
     /// instance just wrote and who asked, for its history; other changes are recorded as
     /// the cluster's.
-    async fn sync(&self, mine: Option<Mine>) -> Result<(), RedisUnavailable> {
+    async fn sync(&self, mine: Mine) -> Result<(), RedisUnavailable> {
         let mut shared = self.redis.shared_configs().await?;
         if shared.version.is_none() {
             self.seed().await?;
@@ -76,7 +76,7 @@ impl Cluster {
         let changes = diff(current.configs(), &configs);
         if changes.is_empty() {
             self.applied.store(version, Ordering::Relaxed);
-            if self.copy_stale.load(Ordering::Relaxed) || mine.is_some() {
+            if self.copy_stale.load(Ordering::Relaxed) || !mine.is_empty() {
                 self.store_copy(configs, mine).await;
             }
             return Ok(());
@@ -89,17 +89,19 @@ impl Cluster {
     }
 
     /// Writes the shared configs to this instance's SQLite copy; on failure they are still
-    /// served from memory, and every later sync tries again.
-    async fn store_copy(&self, configs: Vec<Config>, mine: Option<Mine>) {
-        let unstored = self
-            .unstored
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        let mine = mine.or(unstored);
-        let failed = self.committer.copy(configs, mine).await.err();
-        if failed.is_none() {
-            *self.unstored.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    /// served from memory, and every later sync tries again (with this instance's own
+    /// changes not yet stored, so that the history still names their source).
+    async fn store_copy(&self, configs: Vec<Config>, mine: Mine) {
+        let mut all = std::mem::take(&mut *self.unstored());
+        for (endpoint, source) in mine {
+            all.retain(|(e, _)| *e != endpoint);
+            all.push((endpoint, source));
+        }
+        let failed = self.committer.copy(configs, all.clone()).await.err();
+        if failed.is_some() {
+            let mut unstored = self.unstored();
+            all.retain(|(e, _)| !unstored.iter().any(|(u, _)| u == e));
+            unstored.extend(all);
         }
         if let Some(e) = &failed {
             log::error!(
@@ -107,6 +109,11 @@ impl Cluster {
             );
         }
         self.copy_stale.store(failed.is_some(), Ordering::Relaxed);
+    }
+
+    /// This instance's own changes not yet stored in its SQLite copy.
+    fn unstored(&self) -> std::sync::MutexGuard<'_, Mine> {
+        self.unstored.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Seeds an empty Redis with this instance's configs (no-op once any instance has).
@@ -119,8 +126,8 @@ impl Cluster {
     }
 }
 
-/// The endpoints this instance wrote, and who asked: its history records them so.
-pub(super) type Mine = (Vec<String>, Source);
+/// The endpoints this instance wrote, each with who asked: its history records them so.
+pub(super) type Mine = Vec<(String, Source)>;
 
 /// The shared configs as the store of config writes: a plan is made against the table
 /// Redis holds and written back as one compare-and-set of its version (retried when
@@ -138,34 +145,31 @@ impl ConfigStore for Cluster {
                     "The shared configs could not be changed ({e}); nothing changed."
                 ))
             };
-            // A write must never be the first shared config: the others would lack the
-            // rest.
-            self.seed().await.map_err(unavailable)?;
             for _ in 0..WRITE_ATTEMPTS {
+                // A write must never be the first shared config: the others would lack
+                // the rest.
+                self.seed().await.map_err(unavailable)?;
                 let shared = self.redis.shared_configs().await.map_err(unavailable)?;
                 let Some(read) = shared.version else {
                     continue;
                 };
                 let mut configs = Vec::with_capacity(shared.configs.len());
-                let mut unreadable = Vec::new();
                 for (endpoint, _, parsed) in shared.configs {
                     match parsed {
                         Ok(c) if c.endpoint() == endpoint => configs.push(c),
-                        _ => unreadable.push(endpoint),
+                        // Planned without it, a write could not see it (a 404, a file
+                        // that cannot delete it): no write until it is readable.
+                        _ => {
+                            return Err(WriteError::Unavailable(format!(
+                                "The shared config for {endpoint:?} is unreadable here \
+                                 (written by a newer version?); nothing changed."
+                            )));
+                        }
                     }
                 }
                 let mut changes = plan(&configs)?;
                 if changes.is_empty() {
                     return Ok(changes);
-                }
-                if let Some(e) = changes
-                    .iter()
-                    .find(|c| unreadable.contains(&c.endpoint().to_owned()))
-                {
-                    return Err(WriteError::Unavailable(format!(
-                        "The shared config for {:?} is unreadable; nothing changed.",
-                        e.endpoint()
-                    )));
                 }
                 // A created config gets an id no other instance will use.
                 for change in &mut changes {
@@ -181,24 +185,27 @@ impl ConfigStore for Cluster {
                         )
                     })
                     .collect();
-                if self
-                    .redis
-                    .swap_configs(read, &writes)
-                    .await
-                    .map_err(unavailable)?
-                    .is_err()
-                {
+                let swapped = self.redis.swap_configs(read, &writes).await;
+                let swapped = swapped.map_err(|e| match e {
+                    // Sent, then no answer: the script may have run.
+                    RedisUnavailable::Failed(e) => WriteError::Unavailable(format!(
+                        "Redis did not confirm the change ({e}); it may have been made: \
+                         read the configs to see."
+                    )),
+                    open => unavailable(open),
+                })?;
+                if swapped.is_err() {
                     continue;
                 }
                 // The sync serves them here, stores them in SQLite (recorded with their
                 // source) and tells the feeds; should Redis fail in between, they are
                 // served from memory at once and stored by the next sync.
-                let mine: Mine = (writes.into_iter().map(|(e, _)| e).collect(), source);
-                if let Err(e) = self.sync(Some(mine.clone())).await {
+                let mine: Mine = writes.into_iter().map(|(e, _)| (e, source)).collect();
+                if let Err(e) = self.sync(mine.clone()).await {
                     log::warn!("configs stored in Redis, local sync deferred: {e}");
                     self.committer.publish(&changes, source);
                     self.copy_stale.store(true, Ordering::Relaxed);
-                    *self.unstored.lock().unwrap_or_else(|e| e.into_inner()) = Some(mine);
+                    self.unstored().extend(mine);
                 }
                 return Ok(changes);
             }

@@ -46,6 +46,10 @@ use std::time::Duration;
 
 /// How often an instance publishes its feed batch and checks the config version.
 const TICK: Duration = Duration::from_secs(1);
+/// A subscription that hears nothing for this long is asked for a PING, and made again
+/// unless it answers within [`PING_WAIT`].
+const SILENCE: Duration = Duration::from_secs(3);
+const PING_WAIT: Duration = Duration::from_secs(1);
 /// Wait before resubscribing after the pub/sub connection broke.
 const RESUBSCRIBE_AFTER: Duration = Duration::from_millis(250);
 /// `applied` before the first sync.
@@ -77,7 +81,7 @@ pub struct Cluster {
     copy_stale: AtomicBool,
     /// This instance's own change served before it was stored (its sync failed): the
     /// endpoint and source the history records once a copy succeeds.
-    unstored: std::sync::Mutex<Option<Mine>>,
+    unstored: std::sync::Mutex<Mine>,
 }
 
 /// What [`Cluster::start`] needs.
@@ -115,7 +119,7 @@ impl Cluster {
             syncing: AtomicBool::new(false),
             again: AtomicBool::new(false),
             copy_stale: AtomicBool::new(false),
-            unstored: std::sync::Mutex::new(None),
+            unstored: std::sync::Mutex::default(),
             published: AtomicU64::new(0),
         });
         actix_web::rt::spawn(cluster.clone().tick_loop());
@@ -189,8 +193,22 @@ impl Cluster {
             // Whatever was announced while not subscribed.
             self.clone().request_sync();
             self.registries.forget(None);
-            let mut messages = pubsub.into_on_message();
-            while let Some(msg) = messages.next().await {
+            let (mut sink, mut messages) = pubsub.split();
+            loop {
+                let msg = match actix_web::rt::time::timeout(SILENCE, messages.next()).await {
+                    Ok(Some(msg)) => msg,
+                    Ok(None) => break,
+                    // Quiet for a while: a server gone without closing the connection
+                    // (after a failover, a partition) would leave it silent for good, so
+                    // it must answer a PING.
+                    Err(_) => {
+                        let ping = sink.ping::<redis::Value>();
+                        match actix_web::rt::time::timeout(PING_WAIT, ping).await {
+                            Ok(Ok(_)) => continue,
+                            _ => break,
+                        }
+                    }
+                };
                 self.metrics.cluster_messages.inc();
                 let Ok(payload) = msg.get_payload::<String>() else {
                     continue;
@@ -202,7 +220,12 @@ impl Cluster {
                     _ => {}
                 }
             }
-            log::warn!("the cluster subscription ended; resubscribing");
+            match self.redis.is_up() {
+                true => log::warn!("the cluster subscription ended or fell silent; resubscribing"),
+                false => {
+                    log::debug!("the cluster subscription ended or fell silent; resubscribing")
+                }
+            }
             actix_web::rt::time::sleep(RESUBSCRIBE_AFTER).await;
         }
     }

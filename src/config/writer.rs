@@ -202,7 +202,7 @@ impl Committer {
     pub async fn copy(
         &self,
         configs: Vec<Config>,
-        mine: Option<(Vec<String>, Source)>,
+        mine: Vec<(String, Source)>,
     ) -> Result<(), String> {
         let msg = ReplaceConfigs {
             configs,
@@ -358,9 +358,8 @@ impl ConfigWriter {
     }
 
     /// Reads the config file and makes the configs equal to it, as one change. An
-    /// invalid file
-    /// changes nothing: logged with its line and field, counted, and the running configs
-    /// keep serving.
+    /// invalid file changes nothing: logged with its line and field, counted, and the
+    /// running configs keep serving.
     pub async fn reload(self: &Arc<Self>) -> Result<Vec<Change>, WriteError> {
         let this = self.clone();
         actix_web::rt::spawn(async move { this.reload_now().await })

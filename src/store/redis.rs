@@ -41,13 +41,13 @@ const CONFIG_ID_KEY: &str = "rw:{config}:next_id";
 /// The prelude of every decision script: the time, and helpers.
 const PRELUDE: &str = include_str!("redis/prelude.lua");
 
-/// How a decision script answers (see [`parse_answer`]).
+/// How a decision script answers (see `decisions::parse_answer`).
 const ANSWER: &str = include_str!("redis/answer.lua");
 
 /// The driver of the script of several limits (see [`several_script`]).
 const SEVERAL: &str = include_str!("redis/several.lua");
 
-/// The shared-config scripts (see `crate::cluster`); each file says what it takes.
+/// The shared-config scripts (see `configs`); each file says what it takes.
 const CONFIG_CAS: &str = include_str!("redis/config_cas.lua");
 const CONFIG_SEED: &str = include_str!("redis/config_seed.lua");
 const CONFIG_ALL: &str = include_str!("redis/config_all.lua");

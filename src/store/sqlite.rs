@@ -325,15 +325,14 @@ pub fn replace_configs(
     conn: &Connection,
     configs: &[Config],
     now: Nanos,
-    mine: Option<(&[String], Source)>,
+    mine: &[(String, Source)],
 ) -> Result<()> {
     let stored = load_configs(conn, now)?;
     let tx = conn.unchecked_transaction()?;
     for mut change in diff(&stored, configs) {
-        let source = match mine {
-            Some((endpoints, source)) if endpoints.iter().any(|e| e == change.endpoint()) => source,
-            _ => Source::Cluster,
-        };
+        let source = (mine.iter())
+            .find(|(endpoint, _)| endpoint == change.endpoint())
+            .map_or(Source::Cluster, |(_, source)| *source);
         write_change(&tx, &mut change, source, now)?;
     }
     tx.commit()?;
@@ -697,14 +696,8 @@ mod tests {
             created_at: 2,
             updated_at: 2,
         });
-        replace_configs(
-            &conn,
-            &shared,
-            3,
-            Some((&["/s".to_owned()], Source::Rollback)),
-        )
-        .unwrap();
-        replace_configs(&conn, &shared, 4, None).unwrap();
+        replace_configs(&conn, &shared, 3, &[("/s".to_owned(), Source::Rollback)]).unwrap();
+        replace_configs(&conn, &shared, 4, &[]).unwrap();
         let mut stored = load_configs(&conn, 5).unwrap();
         stored.sort_by_key(|c| c.id);
         assert_eq!(stored, shared);
@@ -716,13 +709,7 @@ mod tests {
         );
         shared[1].spec.requests_per_window = Some(9);
         shared[1].updated_at = 5;
-        replace_configs(
-            &conn,
-            &shared,
-            6,
-            Some((&["/elsewhere".to_owned()], Source::Api)),
-        )
-        .unwrap();
+        replace_configs(&conn, &shared, 6, &[("/elsewhere".to_owned(), Source::Api)]).unwrap();
         assert_eq!(history(&conn)[2].2, "cluster", "another instance's");
     }
 

@@ -2,8 +2,9 @@
 //! no `netem`): it forwards every connection to the Redis port it was given, and on the
 //! test's command adds latency, drops everything for a while (bytes are held, as TCP
 //! retransmission would deliver them once the link heals, and new connections hang), or
-//! resets every connection at once (RST, mid-call). It runs on its own thread, so the
-//! test's own waiting never stalls the link.
+//! resets every connection at once (RST, mid-call), or silences every open connection for
+//! good while new ones pass (a server gone without closing them). It runs on its own
+//! thread, so the test's own waiting never stalls the link.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,6 +24,8 @@ struct State {
     healed: Notify,
     /// Bumped by every reset: connections made before it are reset.
     resets: AtomicU64,
+    /// Bumped by every freeze: connections made before it deliver nothing any more.
+    freezes: AtomicU64,
     reset: Notify,
     /// Connections open through the link now.
     open: AtomicUsize,
@@ -87,6 +90,12 @@ impl Link {
         self.state.reset.notify_waiters();
     }
 
+    /// Every open connection delivers nothing from now on, and is never closed; new
+    /// connections work.
+    pub fn freeze(&self) {
+        self.state.freezes.fetch_add(1, Ordering::SeqCst);
+    }
+
     /// Connections open through the link now.
     pub fn open_connections(&self) -> usize {
         self.state.open.load(Ordering::SeqCst)
@@ -119,6 +128,7 @@ async fn serve(client: TcpStream, upstream: SocketAddr, state: Arc<State>) {
     // A connection attempt while the link is cut gets no answer until it heals.
     state.until_healed().await;
     let generation = state.resets.load(Ordering::SeqCst);
+    let frozen_at = state.freezes.load(Ordering::SeqCst);
     let Ok(server) = TcpStream::connect(upstream).await else {
         return;
     };
@@ -133,8 +143,8 @@ async fn serve(client: TcpStream, upstream: SocketAddr, state: Arc<State>) {
     let (server_r, server_w) = tokio::io::split(server);
     let both = async {
         tokio::join!(
-            pump(client_r, server_w, &state),
-            pump(server_r, client_w, &state)
+            pump(client_r, server_w, &state, frozen_at),
+            pump(server_r, client_w, &state, frozen_at)
         )
     };
     tokio::select! {
@@ -144,9 +154,15 @@ async fn serve(client: TcpStream, upstream: SocketAddr, state: Arc<State>) {
     state.open.fetch_sub(1, Ordering::SeqCst);
 }
 
-/// Copies `from` to `to`, each chunk delivered its delay after it was read, and held
-/// while the link is cut. Ends when either side ends.
-async fn pump(mut from: impl AsyncRead + Unpin, mut to: impl AsyncWrite + Unpin, state: &State) {
+/// Copies `from` to `to`, each chunk delivered its delay after it was read, held while
+/// the link is cut, and never once the link was frozen after the connection was made
+/// (`frozen_at`: the freezes before it). Ends when either side ends.
+async fn pump(
+    mut from: impl AsyncRead + Unpin,
+    mut to: impl AsyncWrite + Unpin,
+    state: &State,
+    frozen_at: u64,
+) {
     let (tx, mut rx) = mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
     let read = async move {
         let mut buf = vec![0u8; 64 * 1024];
@@ -169,6 +185,9 @@ async fn pump(mut from: impl AsyncRead + Unpin, mut to: impl AsyncWrite + Unpin,
         while let Some((due, chunk)) = rx.recv().await {
             tokio::time::sleep_until(due).await;
             state.until_healed().await;
+            if state.freezes.load(Ordering::SeqCst) != frozen_at {
+                std::future::pending::<()>().await;
+            }
             if to.write_all(&chunk).await.is_err() {
                 break;
             }

@@ -15,7 +15,7 @@ use redis::aio::{ConnectionLike, MultiplexedConnection, PubSub};
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisError, RedisFuture, RedisResult, Value};
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -126,6 +126,8 @@ pub(super) enum Target {
     Sentinel {
         sentinels: Vec<String>,
         service: String,
+        /// The sentinel that answered last, asked first next time.
+        first: Arc<AtomicUsize>,
     },
 }
 
@@ -164,22 +166,28 @@ impl Target {
             (RedisUrl::Sentinel { sentinels, service }, false) => Target::Sentinel {
                 sentinels: sentinels.clone(),
                 service: service.clone(),
+                first: Arc::default(),
             },
         })
     }
 
-    /// A new connection that answered PING, within [`connect_timeout`] in all.
+    /// A new connection that answered PING: the node found (see [`Target::node`]), then
+    /// connected within [`connect_timeout`].
     pub(super) async fn connect(&self, timeout: Duration) -> Result<Conn, RedisError> {
-        let opening = async {
-            let mut conn = match self {
-                Target::Cluster { client, .. } => {
+        let node = match self {
+            Target::Cluster { .. } => None,
+            _ => Some(self.node(0, timeout).await?),
+        };
+        within(connect_timeout(timeout), async {
+            let mut conn = match (self, node) {
+                (Target::Cluster { client, .. }, _) => {
                     Conn::Cluster(client.get_async_connection().await?)
                 }
-                _ => {
+                (_, node) => {
                     let settings = redis::AsyncConnectionConfig::new()
                         .set_connection_timeout(Some(connect_timeout(timeout)))
                         .set_response_timeout(Some(timeout));
-                    let node = self.node(0).await?;
+                    let node = node.expect("found above for every target but a cluster");
                     Conn::Single(
                         node.get_multiplexed_async_connection_with_config(&settings)
                             .await?,
@@ -188,35 +196,57 @@ impl Target {
             };
             redis::cmd("PING").query_async::<String>(&mut conn).await?;
             Ok(conn)
-        };
-        actix_web::rt::time::timeout(connect_timeout(timeout), opening)
-            .await
-            .map_err(|_| RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut)))?
+        })
+        .await
     }
 
     /// A subscription connection: the server, the primary the sentinels name now, or
     /// (`attempt` counting the failures since the last that worked) each seed node of a
     /// cluster in turn.
     pub(super) async fn pubsub(&self, attempt: usize, timeout: Duration) -> RedisResult<PubSub> {
-        let opening = async { self.node(attempt).await?.get_async_pubsub().await };
-        actix_web::rt::time::timeout(connect_timeout(timeout), opening)
-            .await
-            .map_err(|_| RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut)))?
+        let node = self.node(attempt, timeout).await?;
+        within(connect_timeout(timeout), node.get_async_pubsub()).await
     }
 
-    /// One node to connect to directly.
-    async fn node(&self, attempt: usize) -> RedisResult<redis::Client> {
+    /// One node to connect to directly. The sentinels are asked one at a time, from the
+    /// one that answered last, each within [`connect_timeout`] (a sentinel that does not
+    /// answer cannot hold up the others), and the node one names is checked with `ROLE`
+    /// to be a primary.
+    async fn node(&self, attempt: usize, timeout: Duration) -> RedisResult<redis::Client> {
         match self {
             Target::Single(client) => Ok(client.clone()),
             Target::Cluster { seeds, .. } => Ok(seeds[attempt % seeds.len()].clone()),
-            Target::Sentinel { sentinels, service } => {
-                // Asks each sentinel in turn, and checks with ROLE that the node it names
-                // is a primary.
-                let mut sentinel = redis::sentinel::Sentinel::build(sentinels.clone())?;
-                sentinel.async_master_for(service, None).await
+            Target::Sentinel {
+                sentinels,
+                service,
+                first,
+            } => {
+                let start = first.load(Ordering::Relaxed);
+                let mut failed = None;
+                for k in (0..sentinels.len()).map(|i| (start + i) % sentinels.len()) {
+                    let ask = async {
+                        let mut one = redis::sentinel::Sentinel::build(vec![&*sentinels[k]])?;
+                        one.async_master_for(service, None).await
+                    };
+                    match within(connect_timeout(timeout), ask).await {
+                        Ok(client) => {
+                            first.store(k, Ordering::Relaxed);
+                            return Ok(client);
+                        }
+                        Err(e) => failed = Some(e),
+                    }
+                }
+                Err(failed.expect("a Sentinel URL names at least one sentinel"))
             }
         }
     }
+}
+
+/// `work`, or a timeout error once `limit` has passed.
+async fn within<T>(limit: Duration, work: impl Future<Output = RedisResult<T>>) -> RedisResult<T> {
+    actix_web::rt::time::timeout(limit, work)
+        .await
+        .map_err(|_| RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut)))?
 }
 
 /// How long opening a connection may take: a call's timeout, but never under 200 ms.
@@ -571,10 +601,18 @@ impl Redis {
 /// What kind of failure a call's error is, and whether it means the connection is
 /// broken (rather than slow, or the server refusing one command).
 fn failure_kind(e: &RedisError) -> (RedisFailure, bool) {
+    use redis::{ErrorKind, ServerErrorKind};
     if e.is_timeout() {
         (RedisFailure::timeout, false)
     } else if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() {
         (RedisFailure::connection, true)
+    } else if let ErrorKind::Server(
+        ServerErrorKind::ReadOnly | ServerErrorKind::MasterDown | ServerErrorKind::BusyLoading,
+    ) = e.kind()
+    {
+        // Not the primary any more (demoted, or still loading): the connection is as good
+        // as broken, and the next one asks again where the primary is.
+        (RedisFailure::server, true)
     } else {
         (RedisFailure::server, false)
     }
