@@ -9,7 +9,7 @@ use crate::actors::registry::{Registries, RegistryConfig, client_hash};
 use crate::clock::{NANOS_PER_SEC, SharedClock, SystemClock};
 use crate::cluster::{self, Cluster, ClusterParts};
 use crate::config::file;
-use crate::config::writer::{Committer, ConfigWriter, LocalConfigs, WriteError};
+use crate::config::writer::{Committer, ConfigStore, ConfigWriter, LocalConfigs, WriteError};
 use crate::config::{Config, Source};
 use crate::decide::Decider;
 use crate::envoy::grpc::GrpcServer;
@@ -318,16 +318,8 @@ pub fn build_state_on(
     sqlite::for_each_client(&conn, |c| known.push(client_hash(c)))
         .map_err(|e| format!("loading clients: {e}"))?;
 
-    let redis = match &settings.redis_url {
-        None => None,
-        Some(url) => Some(RedisConfig::new(
-            url,
-            settings.redis_cluster,
-            Duration::from_millis(settings.redis_timeout_ms),
-            &clock,
-            metrics.clone(),
-        )?),
-    };
+    let instance: Arc<str> = Arc::from(settings.instance_id(port));
+    let sharing = Sharing::new(settings, &clock, &metrics, instance)?;
     let db_status = Arc::new(DbStatus::default());
     let db = Db::start(
         conn,
@@ -341,16 +333,8 @@ pub fn build_state_on(
     let broadcaster_ctx = Context::<Broadcaster>::new();
     let broadcaster = broadcaster_ctx.address();
     let interest = Arc::new(FeedInterest::default());
-    // The quota backend, chosen here and nowhere else: one per shard (each shard's own
-    // connection to a remote store).
-    let backends = (0..settings.shards())
-        .map(|_| -> Arc<dyn QuotaBackend> {
-            match &redis {
-                Some(config) => Arc::new(Redis::new(config.clone())),
-                None => Arc::new(Memory),
-            }
-        })
-        .collect();
+    // The quota backend: one per shard (each shard's own connection to a remote store).
+    let backends = (0..settings.shards()).map(|_| sharing.backend()).collect();
     let registries = Registries::start(
         backends,
         RegistryConfig {
@@ -371,8 +355,6 @@ pub fn build_state_on(
         known,
     );
     let policies = Arc::new(Policies::new(table));
-    let instance: Arc<str> = Arc::from(settings.instance_id(port));
-    let peers = redis.as_ref().map(|_| Arc::new(Peers::default()));
     let reporter = Reporter {
         clock: clock.clone(),
         global: global.clone(),
@@ -380,42 +362,29 @@ pub fn build_state_on(
         registries: registries.clone(),
         db: db.clone(),
         started_at: now,
-        cluster: peers.clone().map(|p| (instance.clone(), p)),
+        cluster: sharing.peers(),
     };
-    let mut feeds = Broadcaster::new(
+    let feeds = Broadcaster::new(
         reporter.clone(),
         interest.clone(),
         settings.feed_max_events_per_sec,
         metrics.feed_events_dropped.clone(),
     );
-    if redis.is_some() {
-        let max = cluster::events_per_second(settings.feed_max_events_per_sec);
-        feeds = feeds.in_cluster(instance.clone(), max);
-    }
-    broadcaster_ctx.run(feeds);
+    broadcaster_ctx.run(sharing.feeds(feeds, settings));
     let committer = Arc::new(Committer {
         policies: policies.clone(),
         db: db.clone(),
         broadcaster: broadcaster.clone(),
         clock: clock.clone(),
     });
-    let cluster = match (redis, peers) {
-        (Some(redis), Some(peers)) => {
-            log::info!("distributed mode: instance {instance} shares limits through Redis");
-            Some(Cluster::start(ClusterParts {
-                instance,
-                redis,
-                committer: committer.clone(),
-                interest: interest.clone(),
-                global,
-                peers,
-                clock: clock.clone(),
-                metrics: metrics.clone(),
-                registries: registries.clone(),
-            }))
-        }
-        _ => None,
-    };
+    let (cluster, store) = sharing.start(Shared {
+        committer: committer.clone(),
+        interest: interest.clone(),
+        global,
+        clock: clock.clone(),
+        metrics: metrics.clone(),
+        registries: registries.clone(),
+    });
     spawn_cleanup(
         db.clone(),
         clock.clone(),
@@ -439,7 +408,7 @@ pub fn build_state_on(
         metrics.clone(),
         clock.clone(),
         settings.on_error,
-        decision_timeout(settings),
+        sharing.decision_timeout(settings),
     ));
     Ok(web::Data::new(AppState {
         policies,
@@ -472,11 +441,8 @@ pub fn build_state_on(
         db_status,
         decider,
         configs: Arc::new(ConfigWriter::new(
-            committer.clone(),
-            match &cluster {
-                Some(shared) => shared.clone(),
-                None => Arc::new(LocalConfigs(committer)),
-            },
+            committer,
+            store,
             metrics.clone(),
             settings.config_file.clone(),
         )),
@@ -564,14 +530,114 @@ fn reload_on_sighup(writer: Arc<ConfigWriter>) {
     });
 }
 
-/// How long a request waits for its decision: `--decision-timeout-ms`, and in distributed
-/// mode no longer than `--redis-timeout-ms`.
-fn decision_timeout(settings: &Settings) -> Duration {
-    let mut ms = settings.decision_timeout_ms;
-    if settings.redis_url.is_some() {
-        ms = ms.min(settings.redis_timeout_ms);
+/// Whether this instance limits alone or shares its limits, configs and feeds with
+/// others through Redis: chosen once, from `--redis-url`, and asked by every part that
+/// differs between the two (and nothing else asks which Redis topology runs: that is
+/// `store::redis`'s connection's).
+enum Sharing {
+    Alone,
+    Redis {
+        config: Arc<RedisConfig>,
+        instance: Arc<str>,
+        peers: Arc<Peers>,
+    },
+}
+
+/// What the coordination between instances needs from the rest.
+struct Shared {
+    committer: Arc<Committer>,
+    interest: Arc<FeedInterest>,
+    global: Arc<GlobalStats>,
+    clock: SharedClock,
+    metrics: Arc<Metrics>,
+    registries: Registries,
+}
+
+impl Sharing {
+    fn new(
+        settings: &Settings,
+        clock: &SharedClock,
+        metrics: &Arc<Metrics>,
+        instance: Arc<str>,
+    ) -> Result<Self, String> {
+        let Some(url) = &settings.redis_url else {
+            return Ok(Sharing::Alone);
+        };
+        let timeout = Duration::from_millis(settings.redis_timeout_ms);
+        let config =
+            RedisConfig::new(url, settings.redis_cluster, timeout, clock, metrics.clone())?;
+        Ok(Sharing::Redis {
+            config,
+            instance,
+            peers: Arc::new(Peers::default()),
+        })
     }
-    Duration::from_millis(ms)
+
+    /// A registry shard's quota backend: the entities' own state, or the shard's own
+    /// handle on Redis.
+    fn backend(&self) -> Arc<dyn QuotaBackend> {
+        match self {
+            Sharing::Alone => Arc::new(Memory),
+            Sharing::Redis { config, .. } => Arc::new(Redis::new(config.clone())),
+        }
+    }
+
+    /// This instance's name and the others it hears from, for the statistics.
+    fn peers(&self) -> Option<(Arc<str>, Arc<Peers>)> {
+        match self {
+            Sharing::Alone => None,
+            Sharing::Redis {
+                instance, peers, ..
+            } => Some((instance.clone(), peers.clone())),
+        }
+    }
+
+    /// The broadcaster, which with others also collects the events to relay to them.
+    fn feeds(&self, feeds: Broadcaster, settings: &Settings) -> Broadcaster {
+        match self {
+            Sharing::Alone => feeds,
+            Sharing::Redis { instance, .. } => {
+                let max = cluster::events_per_second(settings.feed_max_events_per_sec);
+                feeds.in_cluster(instance.clone(), max)
+            }
+        }
+    }
+
+    /// How long a request waits for its decision: `--decision-timeout-ms`, and with Redis
+    /// no longer than `--redis-timeout-ms`.
+    fn decision_timeout(&self, settings: &Settings) -> Duration {
+        let ms = match self {
+            Sharing::Alone => settings.decision_timeout_ms,
+            Sharing::Redis { .. } => settings.decision_timeout_ms.min(settings.redis_timeout_ms),
+        };
+        Duration::from_millis(ms)
+    }
+
+    /// Starts the coordination with the others, if any; answers it and where config
+    /// writes go (this instance's SQLite file, or the configs every instance shares).
+    fn start(&self, p: Shared) -> (Option<Arc<Cluster>>, Arc<dyn ConfigStore>) {
+        let Sharing::Redis {
+            config,
+            instance,
+            peers,
+        } = self
+        else {
+            return (None, Arc::new(LocalConfigs(p.committer)));
+        };
+        log::info!("distributed mode: instance {instance} shares limits through Redis");
+        let cluster = Cluster::start(ClusterParts {
+            instance: instance.clone(),
+            redis: Redis::new(config.clone()),
+            committer: p.committer,
+            interest: p.interest,
+            global: p.global,
+            peers: peers.clone(),
+            clock: p.clock,
+            metrics: p.metrics,
+            registries: p.registries,
+        });
+        (Some(cluster.clone()), cluster)
+    }
 }
 
 fn spawn_cleanup(db: actix::Addr<Db>, clock: SharedClock, retention: u64) {

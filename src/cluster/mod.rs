@@ -36,7 +36,7 @@ use crate::config::writer::Committer;
 use crate::metrics::Metrics;
 use crate::policy::Policies;
 use crate::stats::{GlobalStats, Peers};
-use crate::store::redis::{CONFIG_CHANNEL, FEED_CHANNEL, RESET_CHANNEL, Redis, RedisConfig};
+use crate::store::redis::{CONFIG_CHANNEL, FEED_CHANNEL, RESET_CHANNEL, Redis};
 use actix::Addr;
 use configs::Mine;
 use futures_util::StreamExt;
@@ -87,7 +87,8 @@ pub struct Cluster {
 /// What [`Cluster::start`] needs.
 pub struct ClusterParts {
     pub instance: Arc<str>,
-    pub redis: Arc<RedisConfig>,
+    /// The coordination's own handle (its connection and breaker), not yet connected.
+    pub redis: Redis,
     pub committer: Arc<Committer>,
     pub interest: Arc<FeedInterest>,
     pub global: Arc<GlobalStats>,
@@ -101,11 +102,10 @@ impl Cluster {
     /// Connects (in the background) and starts the tick and the subscription. Must run
     /// inside an actix system.
     pub fn start(p: ClusterParts) -> Arc<Self> {
-        let redis = Redis::new(p.redis.clone());
-        redis.connect();
+        p.redis.connect();
         let cluster = Arc::new(Self {
             instance: p.instance,
-            redis,
+            redis: p.redis,
             policies: p.committer.policies.clone(),
             broadcaster: p.committer.broadcaster.clone(),
             committer: p.committer,
@@ -123,7 +123,7 @@ impl Cluster {
             published: AtomicU64::new(0),
         });
         actix_web::rt::spawn(cluster.clone().tick_loop());
-        actix_web::rt::spawn(cluster.clone().subscription(p.redis));
+        actix_web::rt::spawn(cluster.clone().subscription());
         cluster
     }
 
@@ -166,13 +166,13 @@ impl Cluster {
     }
 
     /// Subscribes to the channels, and again whenever the connection breaks.
-    async fn subscription(self: Arc<Self>, config: Arc<RedisConfig>) {
+    async fn subscription(self: Arc<Self>) {
         // Failures since the last subscription that worked (a cluster's seed nodes are
         // tried in turn).
         let mut failures = 0;
         loop {
             let subscribed = async {
-                let mut pubsub = config.pubsub(failures).await?;
+                let mut pubsub = self.redis.pubsub(failures).await?;
                 pubsub
                     .subscribe(&[CONFIG_CHANNEL, FEED_CHANNEL, RESET_CHANNEL])
                     .await?;

@@ -23,7 +23,7 @@ use crate::limiter::{
 };
 use crate::metrics::Metrics;
 use connection::{Conn, Target};
-use redis::{RedisError, Script};
+use redis::Script;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
@@ -148,12 +148,6 @@ impl RedisConfig {
             metrics,
             generation: AtomicU64::new(0),
         }))
-    }
-
-    /// A subscription connection (see [`connection`]); `attempt` counts the failures
-    /// since the last one that worked.
-    pub async fn pubsub(&self, attempt: usize) -> Result<redis::aio::PubSub, RedisError> {
-        self.target.pubsub(attempt, self.timeout).await
     }
 
     pub fn timeout(&self) -> Duration {

@@ -376,6 +376,13 @@ impl Redis {
         }
     }
 
+    /// A subscription connection, made where this handle's connections are; `attempt`
+    /// counts the failures since the last one that worked.
+    pub async fn pubsub(&self, attempt: usize) -> RedisResult<PubSub> {
+        let config = &self.inner.config;
+        config.target.pubsub(attempt, config.timeout).await
+    }
+
     /// Whether calls are being sent (the breaker is closed).
     pub fn is_up(&self) -> bool {
         !self.inner.open.load(Ordering::Relaxed)
