@@ -3,9 +3,9 @@
 
 mod common;
 
-use common::TestServer;
 use common::binary::Binary;
-use serde_json::{Value, json};
+use common::{TestServer, endpoints, owned};
+use serde_json::json;
 use std::path::Path;
 
 const FIRST: &str = r#"
@@ -54,26 +54,6 @@ endpoint = "/broken"
 requests_per_window = 0
 window_seconds = 60
 "#;
-
-fn endpoints(configs: &Value) -> Vec<(String, u64)> {
-    let mut all: Vec<(String, u64)> = configs
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| {
-            (
-                c["endpoint"].as_str().unwrap().to_owned(),
-                c["requests_per_window"].as_u64().unwrap(),
-            )
-        })
-        .collect();
-    all.sort();
-    all
-}
-
-fn owned(list: &[(&str, u64)]) -> Vec<(String, u64)> {
-    list.iter().map(|(e, n)| (e.to_string(), *n)).collect()
-}
 
 fn write(path: &Path, text: &str) {
     std::fs::write(path, text).unwrap();

@@ -5,10 +5,11 @@ mod common;
 
 use common::binary::Binary;
 use common::nodes::{
-    PATIENT, burst, instances, until_admitted, until_connected, until_served, warm,
+    PATIENT, burst, eventually, instances, until_admitted, until_connected, until_served, warm,
 };
 use common::redis::{RedisCluster, RedisServer};
 use common::ws::{WAIT, connect, next};
+use common::{endpoints, owned};
 use futures_util::future::join_all;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
@@ -597,31 +598,14 @@ async fn usage_reported_to_one_instance_is_the_balance_of_every_instance() {
     assert_eq!(b.post("/v1/check", &ask(peek)).await.body["remaining"], 250);
 }
 
-/// The configs `node` serves: (endpoint, requests_per_window), sorted.
-async fn served(node: &Binary) -> Vec<(String, u64)> {
-    let configs = node.get("/admin/configs").await.body;
-    let mut all: Vec<(String, u64)> = (configs.as_array().unwrap().iter())
-        .map(|c| {
-            let endpoint = c["endpoint"].as_str().unwrap().to_owned();
-            (endpoint, c["requests_per_window"].as_u64().unwrap())
-        })
-        .collect();
-    all.sort();
-    all
-}
-
-/// Waits until `node` serves exactly `want`.
+/// Waits until `node` serves exactly `want` (another instance's change is announced).
 async fn until_serving(node: &Binary, want: &[(&str, u64)]) {
-    let want: Vec<(String, u64)> = want.iter().map(|(e, n)| (e.to_string(), *n)).collect();
-    let started = Instant::now();
-    loop {
-        let now = served(node).await;
-        if now == want {
-            return;
-        }
-        assert!(started.elapsed() < WAIT, "{} serves {now:?}", node.url);
-        actix_rt::time::sleep(Duration::from_millis(20)).await;
-    }
+    let want = owned(want);
+    let what = format!("{} serves {want:?}", node.url);
+    eventually(&what, || async {
+        endpoints(&node.get("/admin/configs").await.body) == want
+    })
+    .await;
 }
 
 #[actix_rt::test]

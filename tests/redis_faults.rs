@@ -10,7 +10,7 @@ mod common;
 use common::binary::Binary;
 use common::link::Link;
 use common::nodes::{
-    PATIENT, burst, instances, until_connected, until_relayed, until_served, warm,
+    PATIENT, POLL, burst, eventually, instances, until_connected, until_relayed, until_served, warm,
 };
 use common::redis::{RedisCluster, RedisSentinels, RedisServer};
 use common::ws::WAIT;
@@ -152,8 +152,9 @@ async fn under_load(
     tally.into_inner()
 }
 
-/// Polls `node`'s `/health` while `during` runs: whether it ever said Redis was
-/// unreachable, and whether it said connected again afterwards.
+/// Polls `node`'s `/health` while `during` runs (every [`POLL`]: the failover happens in
+/// the Redis processes' own time): whether it ever said Redis was unreachable, and
+/// whether it said connected again afterwards.
 async fn watching_health<T>(node: &Binary, during: impl Future<Output = T>) -> (T, bool, bool) {
     let (mut down, mut up_again) = (false, false);
     let done = std::cell::Cell::new(false);
@@ -165,7 +166,7 @@ async fn watching_health<T>(node: &Binary, during: impl Future<Output = T>) -> (
                 Some("connected") if down => up_again = true,
                 _ => {}
             }
-            actix_rt::time::sleep(Duration::from_millis(20)).await;
+            actix_rt::time::sleep(POLL).await;
         }
     };
     let run = async {
@@ -312,15 +313,8 @@ async fn through_link(
 /// Waits until the connections through `link` are at most `before` again (none
 /// leaked); answers how many there are.
 async fn until_settled(link: &Link, before: usize) -> usize {
-    let started = Instant::now();
-    while link.open_connections() > before {
-        assert!(
-            started.elapsed() < WAIT,
-            "{} connections, {before} before",
-            link.open_connections()
-        );
-        actix_rt::time::sleep(Duration::from_millis(20)).await;
-    }
+    let what = format!("at most {before} connections through the link");
+    eventually(&what, || async { link.open_connections() <= before }).await;
     link.open_connections()
 }
 
@@ -481,16 +475,13 @@ async fn a_redis_restarted_empty_starts_its_windows_afresh_and_gets_the_configs_
     redis.kill();
     redis.restart();
     until_connected(&nodes).await;
-    // The shared configs are seeded again by the instances, and shared again: a
-    // change on one reaches the other.
-    let started = Instant::now();
-    while redis.cli(&["hlen", "rw:{config}:all"]).trim() == "0" {
-        assert!(
-            started.elapsed() < WAIT,
-            "the configs were never seeded again"
-        );
-        actix_rt::time::sleep(Duration::from_millis(20)).await;
-    }
+    // The shared configs are seeded again by the instances (once the coordination's own
+    // connection has found Redis restarted and reconnected), and shared again: a change
+    // on one reaches the other.
+    eventually("the configs seeded again", || async {
+        redis.cli(&["hlen", "rw:{config}:all"]).trim() == "2"
+    })
+    .await;
     let r = (nodes[0].put("/admin/configs/api/data", r#"{"requests_per_window": 90}"#)).await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     until_served(&nodes[1], "/api/data", "requests_per_window", &json!(90)).await;

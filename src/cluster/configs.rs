@@ -93,15 +93,10 @@ impl Cluster {
     /// changes not yet stored, so that the history still names their source).
     async fn store_copy(&self, configs: Vec<Config>, mine: Mine) {
         let mut all = std::mem::take(&mut *self.unstored());
-        for (endpoint, source) in mine {
-            all.retain(|(e, _)| *e != endpoint);
-            all.push((endpoint, source));
-        }
+        merge(&mut all, mine);
         let failed = self.committer.copy(configs, all.clone()).await.err();
         if failed.is_some() {
-            let mut unstored = self.unstored();
-            all.retain(|(e, _)| !unstored.iter().any(|(u, _)| u == e));
-            unstored.extend(all);
+            merge(&mut self.unstored(), all);
         }
         if let Some(e) = &failed {
             log::error!(
@@ -128,6 +123,12 @@ impl Cluster {
 
 /// The endpoints this instance wrote, each with who asked: its history records them so.
 pub(super) type Mine = Vec<(String, Source)>;
+
+/// Adds `newer` to `into`, an endpoint's newer source replacing its older.
+fn merge(into: &mut Mine, newer: Mine) {
+    into.retain(|(e, _)| !newer.iter().any(|(n, _)| n == e));
+    into.extend(newer);
+}
 
 /// The shared configs as the store of config writes: a plan is made against the table
 /// Redis holds and written back as one compare-and-set of its version (retried when
@@ -205,7 +206,7 @@ impl ConfigStore for Cluster {
                     log::warn!("configs stored in Redis, local sync deferred: {e}");
                     self.committer.publish(&changes, source);
                     self.copy_stale.store(true, Ordering::Relaxed);
-                    self.unstored().extend(mine);
+                    merge(&mut self.unstored(), mine);
                 }
                 return Ok(changes);
             }

@@ -20,6 +20,28 @@ use serde_json::Value;
 use std::net::TcpListener;
 use std::sync::Arc;
 
+/// The configs a `GET /admin/configs` body lists: (endpoint, requests_per_window),
+/// sorted.
+pub fn endpoints(configs: &Value) -> Vec<(String, u64)> {
+    let mut all: Vec<(String, u64)> = configs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["endpoint"].as_str().unwrap().to_owned(),
+                c["requests_per_window"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    all.sort();
+    all
+}
+
+pub fn owned(list: &[(&str, u64)]) -> Vec<(String, u64)> {
+    list.iter().map(|(e, n)| (e.to_string(), *n)).collect()
+}
+
 /// 2027-01-15T08:00:00Z: a fixed start for the manual clock.
 pub const T0: u64 = 1_800_000_000 * NANOS_PER_SEC;
 

@@ -7,6 +7,21 @@ use futures_util::future::join_all;
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
+/// The pause between two looks at what other processes change in their own time (an
+/// announcement heard, a connection closed, a failover): no test clock moves it, so it is
+/// polled, and the pause keeps the polling from taking the CPU the processes need.
+pub const POLL: Duration = Duration::from_millis(20);
+
+/// Waits until `done` says so, asking every [`POLL`], at most [`WAIT`]; `what` names
+/// what was awaited when it never comes.
+pub async fn eventually<F: Future<Output = bool>>(what: &str, mut done: impl FnMut() -> F) {
+    let started = Instant::now();
+    while !done().await {
+        assert!(started.elapsed() < WAIT, "never: {what}");
+        actix_rt::time::sleep(POLL).await;
+    }
+}
+
 /// `n` instances on the Redis at `url` (`cluster`: seed nodes of a Redis Cluster).
 pub fn instances(
     n: usize,

@@ -109,13 +109,19 @@ impl RedisServer {
 
     /// Runs `redis-cli` against this server and returns what it printed.
     pub fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new("redis-cli")
-            .args(["-p", &self.port.to_string()])
-            .args(args)
-            .output()
-            .expect("redis-cli runs");
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        cli(self.port, args)
     }
+}
+
+/// Runs `redis-cli` against the server (or sentinel) on `port` and returns what it
+/// printed.
+fn cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .output()
+        .expect("redis-cli runs");
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 impl Drop for RedisServer {
@@ -315,8 +321,8 @@ impl RedisSentinels {
         // each other through the primary every two seconds) and the replica.
         for port in &s.sentinel_ports {
             until(|| {
-                let others = sentinel_cli(*port, &["sentinel", "sentinels", SERVICE]);
-                let replicas = sentinel_cli(*port, &["sentinel", "replicas", SERVICE]);
+                let others = cli(*port, &["sentinel", "sentinels", SERVICE]);
+                let replicas = cli(*port, &["sentinel", "replicas", SERVICE]);
                 others.matches("runid").count() == 2 && replicas.contains("runid")
             });
         }
@@ -333,7 +339,7 @@ impl RedisSentinels {
 
     /// The port of the server the first sentinel names as the primary now.
     pub fn primary_named(&self) -> Option<u16> {
-        let out = sentinel_cli(
+        let out = cli(
             self.sentinel_ports[0],
             &["sentinel", "get-master-addr-by-name", SERVICE],
         );
@@ -348,16 +354,6 @@ impl Drop for RedisSentinels {
             let _ = c.wait();
         }
     }
-}
-
-/// `redis-cli` against the sentinel on `port`.
-fn sentinel_cli(port: u16, args: &[&str]) -> String {
-    let out = Command::new("redis-cli")
-        .args(["-p", &port.to_string()])
-        .args(args)
-        .output()
-        .expect("redis-cli runs");
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Asks `done` again (every 50 ms, for commands that talk to other processes) until it
